@@ -1,0 +1,72 @@
+"""`anyalign` console script: a thin layer over the Python API, one module per command group.
+
+Each command module exposes `register(app, eval_app)` and adds its commands; a new group is one module plus
+one name in `_COMMAND_MODULES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import typer
+
+app = typer.Typer(help="anyalign: adapter-based multimodal alignment toolkit.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+eval_app = typer.Typer(help="Evaluate retrieval or zero-shot classification.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart"]
+
+
+def _register_all() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__package__}.{name}":
+                continue  # command group not written yet
+            raise
+        mod.register(app, eval_app)
+
+
+class CLIError(Exception):
+    """An error the CLI reports as one line, without a traceback."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn expected errors into one-line messages (exit code 2)."""
+    logging.basicConfig(level=os.environ.get("ANYALIGN_LOG", "WARNING").upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _register_all()
+    from ..config import ConfigError
+    from ..encoders import InputError
+    from ..registry import UnknownNameError
+
+    expected = (CLIError, ConfigError, InputError, UnknownNameError, FileNotFoundError, ValueError)
+    try:
+        app(args=argv, standalone_mode=False)
+    except expected as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

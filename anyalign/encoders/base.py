@@ -1,0 +1,145 @@
+"""The one interface every frozen modality encoder implements.
+
+An encoder is split in three so that the expensive parts run where they should:
+`load(item)` decodes one raw input (a path, array, PIL image or string) and may run in DataLoader workers;
+`collate(items)` turns decoded items into a batch of tensors; `encode(batch)` runs the network and returns
+token features `[B, T, D]` with a validity mask plus a pooled embedding `[B, P]`.
+Calling the encoder on raw inputs does all three under `no_grad` (and bf16 autocast when asked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class EncoderOutput:
+    """Token features, their mask and a pooled embedding for one batch."""
+
+    tokens: torch.Tensor  # [B, T, D]
+    mask: torch.Tensor  # [B, T] bool, True where a token is real
+    pooled: torch.Tensor  # [B, P]
+
+    def to(self, device: torch.device | str) -> EncoderOutput:
+        return EncoderOutput(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
+
+    def __getitem__(self, idx: Any) -> EncoderOutput:
+        return EncoderOutput(self.tokens[idx], self.mask[idx], self.pooled[idx])
+
+
+class InputError(ValueError):
+    """A raw input cannot be decoded (corrupt, unreadable or of the wrong modality); names the input."""
+
+
+class Encoder(nn.Module):
+    """Base class of frozen encoders. Subclasses set the class/instance attributes and the three methods."""
+
+    modality: ClassVar[str] = ""
+    #: file suffixes this encoder reads (lower case, with dot); empty for non-file inputs such as text
+    extensions: ClassVar[tuple[str, ...]] = ()
+    #: human-readable description of the expected raw input
+    input_spec: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token_dim: int = 0
+        self.pooled_dim: int = 0
+        self.autocast_dtype: torch.dtype | None = None
+        self.frozen = False
+        self.registry_name: str = ""  # set by create_encoder; lets adapters record how to rebuild it
+
+    # --- the three stages -------------------------------------------------------------------------------
+    def load(self, item: Any) -> Any:
+        """Decode one raw input (cheap to run in a worker). Raise `InputError` naming the input on failure."""
+        return item
+
+    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Preprocess decoded items into batched tensors."""
+        raise NotImplementedError
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        """Run the network on a collated batch (already on the encoder's device)."""
+        raise NotImplementedError
+
+    # --- conveniences -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context for `encode` (bf16 on CPU is ~3x faster than fp32 here); no-op when disabled."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def run(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        """Move a collated batch to the device and encode it under autocast; outputs are float32."""
+        dev = self.device
+        batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with self.autocast():
+            out = self.encode(batch)
+        return EncoderOutput(out.tokens.float(), out.mask.bool(), out.pooled.float())
+
+    def forward(self, inputs: Sequence[Any]) -> EncoderOutput:
+        """Encode raw inputs end to end (load -> collate -> encode); no gradients when frozen."""
+        if isinstance(inputs, (str, Path)) or not isinstance(inputs, Sequence):
+            inputs = [inputs]
+        ctx = torch.no_grad() if self.frozen else contextlib.nullcontext()
+        with ctx:
+            return self.run(self.collate([self.load(x) for x in inputs]))
+
+    def freeze(self) -> Encoder:
+        """Eval mode, no gradients; `train()` keeps a frozen encoder in eval mode (dropout off)."""
+        self.frozen = True
+        self.requires_grad_(False)
+        return super().train(False)
+
+    def unfreeze(self) -> Encoder:
+        """Make the encoder trainable (e.g. the IMU encoder trained from scratch)."""
+        self.frozen = False
+        self.requires_grad_(True)
+        return self
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(False if self.frozen else mode)
+
+    def accepts_file(self, path: str | Path) -> bool:
+        """True when `path` has one of this encoder's file suffixes."""
+        return Path(path).suffix.lower() in self.extensions
+
+    def describe(self) -> dict[str, Any]:
+        """Modality, dims and input spec, for listings and saved adapter configs."""
+        return {
+            "modality": self.modality,
+            "token_dim": self.token_dim,
+            "pooled_dim": self.pooled_dim,
+            "input_spec": self.input_spec,
+        }
+
+
+def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad `[T_i, ...]` tensors to `[B, T_max, ...]` and return them with a `[B, T_max]` bool mask."""
+    lengths = torch.tensor([s.shape[0] for s in seqs])
+    out = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True, padding_value=pad_value)
+    mask = torch.arange(out.shape[1])[None, :] < lengths[:, None]
+    return out, mask
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid tokens: `[B, T, D]`, `[B, T]` -> `[B, D]`."""
+    w = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+LoadFn = Callable[[Any], Any]

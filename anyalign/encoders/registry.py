@@ -1,0 +1,121 @@
+"""Encoder registry and the `create_encoder` factory (timm / open_clip style)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..registry import Registry
+from .base import Encoder
+
+logger = logging.getLogger(__name__)
+
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """Static facts about a registered encoder's default variant (for `anyalign encoders`)."""
+
+    name: str
+    modality: str
+    token_dim: int
+    pooled_dim: int
+    input_spec: str
+    default_model: str = ""
+
+
+ENCODER_INFO: dict[str, EncoderInfo] = {}
+
+
+def register_encoder(
+    name: str, *, modality: str, token_dim: int, pooled_dim: int, input_spec: str, default_model: str = ""
+) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
+    """Register an encoder factory `fn(pretrained=None, **overrides) -> Encoder` with its listing facts."""
+
+    def wrap(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        ENCODER_INFO[name] = EncoderInfo(name, modality, token_dim, pooled_dim, input_spec, default_model)
+        return ENCODERS.register(name)(fn)
+
+    return wrap
+
+
+def create_encoder(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    autocast: str | torch.dtype | None = None,
+    frozen: bool = True,
+    **overrides: Any,
+) -> Encoder:
+    """Build a registered encoder.
+
+    Args:
+        name: registry name (see `list_encoders()`).
+        pretrained: weights source: a local file/folder, a hub id (`org/name` or `hf-hub:org/name`), or a
+            library tag. None builds the architecture with random weights.
+        device: where to put it.
+        autocast: "bf16"/"bfloat16" (or a dtype) to run `encode` under autocast; None for full precision.
+        frozen: eval mode and no gradients (the default for frozen encoders).
+        overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`).
+    """
+    _import_builtin()
+    enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
+    enc.registry_name = name
+    if device is not None:
+        enc = enc.to(device)
+    enc.autocast_dtype = _parse_dtype(autocast)
+    if frozen:
+        enc.freeze()
+    return enc
+
+
+def list_encoders(modality: str | None = None) -> list[str]:
+    """Registered encoder names, optionally only those of one modality."""
+    _import_builtin()
+    names = ENCODERS.names()
+    if modality is not None:
+        names = [n for n in names if n in ENCODER_INFO and ENCODER_INFO[n].modality == modality]
+    return names
+
+
+def encoder_info(name: str) -> EncoderInfo:
+    """Listing facts of a registered encoder."""
+    _import_builtin()
+    ENCODERS.get(name)  # raises a clear error for unknown names
+    return ENCODER_INFO[name]
+
+
+def _parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "none": None, "fp32": None, "float32": None}
+    if value.lower() not in table:
+        raise ValueError(f"autocast={value!r}: expected one of bf16, fp16, fp32/none")
+    return table[value.lower()]
+
+
+# Built-in encoder families: each module registers its encoders on import. One line per family.
+_BUILTIN = ["text", "clip", "dinov2", "timm_image", "clap", "whisper", "imu", "video"]
+_imported = False
+
+
+def _import_builtin() -> None:
+    global _imported
+    if _imported:
+        return
+    _imported = True
+    for mod in _BUILTIN:
+        try:
+            importlib.import_module(f"{__package__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith(f"{__package__}.{mod}"):
+                continue  # family not written yet
+            raise

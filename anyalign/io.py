@@ -1,0 +1,133 @@
+"""File io shared by the whole package: safetensors weights, JSON configs, atomic writes, pretrained sources.
+
+Nothing here unpickles: `.pt`/`.pth`/`.bin` files are read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success rename it over `path`, on error remove it.
+
+    Readers never see a half-written file or folder, and a failed write leaves the old one intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir:
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as pretty JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON, with an error naming the file on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (expected a JSON file)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a state dict as safetensors, atomically (contiguous, de-aliased copies)."""
+    tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a state dict from safetensors, or from a torch file without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        return load_file(str(path), device=str(device))
+    if path.suffix in WEIGHT_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - surface a readable reason
+            raise ValueError(f"{path}: cannot read as a weights-only torch checkpoint ({e})") from None
+        for key in ("state_dict", "model", "module"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        return obj
+    raise ValueError(f"{path}: unsupported weights format; expected one of {', '.join(WEIGHT_SUFFIXES)}")
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    """Where pretrained weights come from: a local file, a local folder, or a hub id (`hf-hub:org/name`)."""
+
+    kind: str  # "file" | "dir" | "hub" | "tag"
+    location: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind in ("file", "dir")
+
+
+def resolve_pretrained(source: str | os.PathLike) -> PretrainedSource:
+    """Classify a `pretrained=` argument.
+
+    Local paths win; `hf-hub:` prefixes and `org/name` ids are hub ids; anything else is a library tag
+    (e.g. an open_clip tag such as `laion2b_s34b_b79k`).
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return PretrainedSource("file", str(path))
+    if path.is_dir():
+        return PretrainedSource("dir", str(path))
+    if text.startswith("hf-hub:"):
+        return PretrainedSource("hub", text[len("hf-hub:") :])
+    if text.startswith((".", "/", "~")) or text.endswith(WEIGHT_SUFFIXES):
+        raise FileNotFoundError(f"pretrained={text!r}: no such file or folder")
+    if text.count("/") == 1:
+        return PretrainedSource("hub", text)
+    return PretrainedSource("tag", text)

@@ -1,0 +1,34 @@
+"""MLP projection in LLaVA-1.5's `mlp2x_gelu` shape (Linear, GELU, Linear), depth configurable."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Projector, ProjectorOutput, full_mask, register_projector
+from .pooling import pool_tokens
+
+
+@register_projector("mlp")
+class MLPProjector(Projector):
+    """`depth` linear layers with GELU between them, applied per token after optional stride pooling."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, depth: int = 2, hidden_dim: int | None = None,
+                 stride: int = 1, dropout: float = 0.0) -> None:
+        if depth < 1:
+            raise ValueError(f"mlp projector: depth must be >= 1, got {depth}")
+        super().__init__(in_dim, out_dim, depth=depth, hidden_dim=hidden_dim, stride=stride, dropout=dropout)
+        hidden = hidden_dim or out_dim
+        dims = [in_dim] + [hidden] * (depth - 1) + [out_dim]
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            if i:
+                layers += [nn.GELU(), nn.Dropout(dropout)]
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+        self.net = nn.Sequential(*layers)
+        self.stride = stride
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                modality: str | None = None) -> ProjectorOutput:
+        tokens, mask = pool_tokens(tokens, full_mask(tokens, mask), self.stride)
+        return ProjectorOutput(self.net(tokens), mask)

@@ -1,0 +1,42 @@
+"""Shared fixtures: offline hub, small thread count, and the real assets (skip when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _assets_root() -> Path | None:
+    root = os.environ.get("ANYALIGN_ASSETS")
+    return Path(root) if root and Path(root).is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """Root of the real offline assets (`../shared/fetch-assets`); skips the test when not available."""
+    root = _assets_root()
+    if root is None:
+        pytest.skip("real assets not available: run ../shared/fetch-assets and export ANYALIGN_ASSETS")
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(assets: Path) -> Path:
+    path = assets / "text" / "all-MiniLM-L6-v2"
+    if not path.is_dir():
+        pytest.skip(f"{path} missing")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
