@@ -11,7 +11,10 @@ from .pooling import pool_tokens
 
 @register_projector("linear")
 class LinearProjector(Projector):
-    """One linear layer per token; `stride` > 1 average-pools groups of tokens first (fewer soft tokens)."""
+    """Linear projection (LLaVA, Liu et al., 2023; ImageBind heads, Girdhar et al., 2023), one layer per token.
+
+    `stride` > 1 average-pools groups of tokens first (fewer soft tokens).
+    """
 
     def __init__(self, in_dim: int, out_dim: int, *, stride: int = 1, bias: bool = True) -> None:
         super().__init__(in_dim, out_dim, stride=stride, bias=bias)

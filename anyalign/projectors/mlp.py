@@ -11,7 +11,10 @@ from .pooling import pool_tokens
 
 @register_projector("mlp")
 class MLPProjector(Projector):
-    """`depth` linear layers with GELU between them, applied per token after optional stride pooling."""
+    """GELU MLP projection (LLaVA-1.5 `mlp2x_gelu`, Liu et al., 2023), applied per token.
+
+    `depth` linear layers with GELU between them, after optional stride pooling.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, *, depth: int = 2, hidden_dim: int | None = None,
                  stride: int = 1, dropout: float = 0.0) -> None:

@@ -1,0 +1,310 @@
+"""Training recipes: one YAML file per stage (`configs/*.yaml`), read strictly into dataclasses.
+
+Sections: `model` (shared-space width, frozen LLM, LoRA), `adapters` (one trainable adapter per modality),
+`anchors` (frozen encoders whose embedding space is the target), `data` (train/eval sources), `train`
+(optimisation and checkpointing) and `eval`. Strings may use `${VAR}` / `${VAR:-default}` environment
+variables (e.g. `${ANYALIGN_ASSETS}/text/all-MiniLM-L6-v2`); an unset variable is an error naming the field.
+Every problem (unknown key, wrong type, missing file) raises `ConfigError` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config import ConfigError, from_dict, to_dict
+from ..io import WEIGHT_SUFFIXES
+
+TASKS = ("contrastive", "caption", "instruct")
+
+
+@dataclass
+class AnchorSpec:
+    """A frozen encoder defining (part of) the shared space; its pooled output is the target embedding."""
+
+    encoder: str
+    pretrained: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    autocast: str | None = None
+    weight: float = 1.0  # weight of this anchor's InfoNCE term
+    temperature: float = 0.07  # initial temperature of this anchor's InfoNCE
+    learn_temperature: bool = True
+    positives: Literal["label", "pair"] = "label"  # label: same-label pairs are positives too (class captions)
+
+
+@dataclass
+class AdapterSpec:
+    """A modality's adapter: its encoder (frozen unless `train_encoder`) and the trainable projector heads."""
+
+    encoder: str
+    encoder_pretrained: str | None = None
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder_autocast: str | None = None
+    feature: Literal["tokens", "pooled"] = "tokens"
+    embed_projector: dict[str, Any] | None = None  # shared-space head, e.g. {name: mlp}; dims are filled in
+    llm_projector: dict[str, Any] | None = None  # LLM soft-token head, e.g. {name: perceiver, num_latents: 32}
+    train_encoder: bool = False
+    init_from: str | None = None  # a saved adapter folder to continue from (stage 2 after stage 1)
+
+
+@dataclass
+class LoraSpec:
+    """peft LoRA on the frozen LLM (stage 2)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class ModelSpec:
+    embed_dim: int | None = None  # shared-space width; default: the anchors' pooled width
+    llm: str | None = None  # causal LM folder or hub id (needed by caption/instruct tasks)
+    gguf_file: str | None = None  # a GGUF file name inside `llm`
+    llm_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraSpec | None = None
+
+
+@dataclass
+class AugmentSpec:
+    """Time-series augmentation for small sensor datasets (applied to training windows only)."""
+
+    crop: float = 1.0  # keep a random crop of this fraction of the steps (1.0 = off)
+    jitter: float = 0.0  # gaussian noise, as a fraction of each channel's std
+    scale: float = 0.0  # per-channel multiplicative factor ~ N(1, scale)
+    shift: float = 0.0  # random circular shift, as a fraction of the length
+
+
+@dataclass
+class DataSource:
+    """One paired dataset. `kind`: uea (activity windows + captions), jsonl (manifest), files (a folder whose
+    file names are the captions) or features (`anyalign extract` shards)."""
+
+    kind: Literal["uea", "jsonl", "files", "features"]
+    path: str
+    task: Literal["contrastive", "caption", "instruct"] = "contrastive"
+    modality: str | None = None  # uea: imu (default); files: required; features: read from the manifest
+    split: str = "train"  # uea split; files/jsonl: "train" or "eval" part of a hash split (see holdout)
+    holdout: float = 0.0  # files/jsonl: fraction of items held out for split=eval (deterministic by key)
+    glob: str = "*"  # files: which files
+    caption_templates: list[str] = field(default_factory=lambda: ["{caption}"])  # {caption} / {label}
+    label_text: dict[str, str] = field(default_factory=dict)  # class name -> phrase used in captions
+    prompts: list[str] = field(default_factory=lambda: ["<{modality}>\nDescribe this."])  # caption task prompts
+    augment: AugmentSpec | None = None
+    limit: int | None = None  # use only the first N items
+
+
+@dataclass
+class DataSpec:
+    train: list[Any] = field(default_factory=list)
+    eval: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for part in ("train", "eval"):
+            items = getattr(self, part)
+            setattr(self, part, [item if isinstance(item, DataSource) else
+                                 from_dict(DataSource, item, source=f"{part}[{i}]") for i, item in enumerate(items)])
+        if not self.train:
+            raise ConfigError("train: at least one training data source is required")
+
+
+@dataclass
+class TrainSpec:
+    batch_size: int = 32  # global batch per micro-step, split across processes
+    grad_accum: int = 1
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 1e-3
+    encoder_lr: float | None = None  # lr of trained encoders (default: lr)
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    clip_grad: float | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    loss_weights: dict[str, float] = field(default_factory=dict)  # loss name (as logged) -> weight
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_steps", "save_every", "keep_checkpoints", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"field {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ConfigError(f"field 'lr' must be > 0, got {self.lr}")
+
+
+@dataclass
+class EvalSpec:
+    every: int = 0  # evaluate every N steps (0: only at the end)
+    batch_size: int = 64
+    zero_shot: bool = True  # labelled eval data: classify against class-caption embeddings
+    recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])
+    max_samples: int | None = None
+
+
+@dataclass
+class Recipe:
+    """A whole training stage."""
+
+    adapters: dict[str, Any]
+    data: DataSpec
+    name: str = "align"
+    seed: int = 0
+    output_dir: str | None = None  # default: runs/<name>
+    model: ModelSpec = field(default_factory=ModelSpec)
+    anchors: dict[str, Any] = field(default_factory=dict)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        self.adapters = {m: a if isinstance(a, AdapterSpec) else from_dict(AdapterSpec, a, source=f"adapters.{m}")
+                         for m, a in self.adapters.items()}
+        self.anchors = {m: a if isinstance(a, AnchorSpec) else from_dict(AnchorSpec, a, source=f"anchors.{m}")
+                        for m, a in self.anchors.items()}
+        if not self.adapters:
+            raise ConfigError("adapters: at least one modality adapter is required")
+        both = sorted(set(self.adapters) & set(self.anchors))
+        if both:
+            raise ConfigError(f"{both}: a modality is either trained (adapters) or a frozen anchor, not both")
+        tasks = {s.task for s in self.data.train + self.data.eval}
+        if "contrastive" in tasks and not self.anchors:
+            raise ConfigError("anchors: contrastive data needs at least one anchor (e.g. anchors.text)")
+        if tasks & {"caption", "instruct"}:
+            if not self.model.llm:
+                raise ConfigError("model.llm: caption/instruct data needs a causal LM")
+            if not any(a.llm_projector for a in self.adapters.values()):
+                raise ConfigError("adapters: caption/instruct data needs an adapter with an llm_projector")
+        for i, s in enumerate(self.data.train + self.data.eval):
+            if s.modality is not None and s.modality not in self.adapters:
+                raise ConfigError(f"data source {s.path}: modality {s.modality!r} has no adapter "
+                                  f"(adapters: {', '.join(self.adapters)})")
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),
+    list("-+0123456789."),
+)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML ({e})") from None
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a nested structure."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"field {where!r}: environment variable {name} is not set (used in {value!r}); "
+                          f"export {name}=... or write the path directly")
+
+    return _VAR.sub(sub, value)
+
+
+def _set_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    node: Any = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = node.setdefault(part, {})
+    if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+        node[int(parts[-1])] = parse_yaml(raw, f"override {item!r}")
+    elif isinstance(node, dict):
+        node[parts[-1]] = parse_yaml(raw, f"override {item!r}")
+    else:
+        raise ConfigError(f"override {item!r}: {parts[-2] if len(parts) > 1 else key!r} is not a section")
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or text.endswith(WEIGHT_SUFFIXES) or text.count("/") > 1
+
+
+def check_paths(recipe: Recipe, source: str) -> None:
+    """Fail early, naming the field, when a local file or folder the recipe points to does not exist."""
+    def need(where: str, value: str | None, *, always: bool = False) -> None:
+        if value and (always or _looks_like_path(value)) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{source}: {where}: {value}: no such file or folder")
+
+    for part in ("train", "eval"):
+        for i, s in enumerate(getattr(recipe.data, part)):
+            need(f"data.{part}[{i}].path", s.path, always=True)
+    for m, a in recipe.adapters.items():
+        need(f"adapters.{m}.encoder_pretrained", a.encoder_pretrained)
+        need(f"adapters.{m}.init_from", a.init_from, always=True)
+    for m, a in recipe.anchors.items():
+        need(f"anchors.{m}.pretrained", a.pretrained)
+    need("model.llm", recipe.model.llm)
+    if recipe.model.llm and recipe.model.gguf_file and Path(recipe.model.llm).is_dir():
+        need("model.gguf_file", str(Path(recipe.model.llm) / recipe.model.gguf_file), always=True)
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, *, check: bool = True) -> Recipe:
+    """Read a recipe strictly: YAML, then `key=value` overrides, then `${VAR}` expansion, then path checks."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    data = parse_yaml(path.read_text(), str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    for item in overrides or []:
+        _set_override(data, item)
+    try:
+        data = expand_env(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    recipe = from_dict(Recipe, data, source=str(path), strict=True)
+    if check:
+        check_paths(recipe, str(path))
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain-dict form of a recipe (written next to a run's outputs)."""
+    return to_dict(recipe)
+
+
+__all__ = ["AdapterSpec", "AnchorSpec", "AugmentSpec", "DataSource", "DataSpec", "EvalSpec", "LoraSpec", "ModelSpec",
+           "Recipe", "TASKS", "TrainSpec", "check_paths", "expand_env", "load_recipe", "parse_yaml",
+           "recipe_to_dict"]

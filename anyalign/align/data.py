@@ -1,0 +1,348 @@
+"""Paired training data: sources -> examples -> batches, in an order fixed by the seed (exact resume).
+
+An example is `{"task", "media": {modality: [item, ...]}, "caption", "prompt", "target", "label", "key"}`;
+media items are raw inputs (decoded by the adapter's encoder `load` in DataLoader workers) or cached
+features. Randomness (augmentation, template choice) comes from `numpy.random.default_rng([seed, epoch,
+index])`, never from global state, so a resumed run sees exactly the examples an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..encoders import EncoderOutput, pad_sequences
+from .config import AugmentSpec, DataSource
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_UEA_TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a person {label}.",
+                         "wearable sensor data of somebody {label}.", "a person who is {label}."]
+
+
+@dataclass
+class FeatureItem:
+    """One cached sample (`anyalign extract`): valid tokens `[T, D]` and the pooled vector `[P]`."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+
+
+# --- reading sources ---------------------------------------------------------------------------------------
+def _split_part(key: str, holdout: float, split: str) -> bool:
+    """Deterministic train/eval split by a hash of the key."""
+    if holdout <= 0:
+        return True
+    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return (h < holdout) == (split == "eval")
+
+
+def _stem_caption(path: Path) -> str:
+    return re.sub(r"[-_.]+", " ", path.stem).strip()
+
+
+def read_source(src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Records of one source: `{"media": {m: [item]}, "caption", "label", "key", "conversation"}`."""
+    path = Path(src.path).expanduser()
+    if src.kind == "uea":
+        from ..datasets.uea import load_uea
+
+        ds = load_uea(path, split=src.split)
+        m = src.modality or "imu"
+        records = [{"media": {m: [ds.x[i]]}, "label": ds.labels[i], "caption": None, "key": f"{path.name}/{src.split}/{i}"}
+                   for i in range(len(ds.labels))]
+    elif src.kind == "files":
+        if not src.modality:
+            raise ValueError(f"data source {path}: kind 'files' needs a modality")
+        files = sorted(p for p in path.glob(src.glob) if p.is_file())
+        records = [{"media": {src.modality: [str(p)]}, "caption": _stem_caption(p), "label": None, "key": p.name}
+                   for p in files if _split_part(p.name, src.holdout, src.split)]
+    elif src.kind == "jsonl":
+        records = _read_jsonl(path, src, media_names)
+    elif src.kind == "features":
+        records = _read_features(path, src)
+    else:  # pragma: no cover - the config's Literal already restricts kind
+        raise ValueError(f"unknown data kind {src.kind!r}")
+    if src.limit is not None:
+        records = records[: src.limit]
+    if not records:
+        raise ValueError(f"data source {path} ({src.kind}, split {src.split}): no examples")
+    return records
+
+
+def _read_jsonl(path: Path, src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Manifest lines with per-modality fields (paths relative to the manifest), a caption/label or a
+    LLaVA-style `conversations` list with `<modality>` placeholders."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: jsonl manifest not found")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        media = {}
+        for m in media_names:
+            if m in row:
+                items = row[m] if isinstance(row[m], list) else [row[m]]
+                media[m] = [str(path.parent / it) if isinstance(it, str) and not Path(it).is_absolute() else it
+                            for it in items]
+        key = str(row.get("key", row.get("id", f"{path.name}:{n}")))
+        conv = row.get("conversations") or row.get("messages")
+        if not media:
+            raise ValueError(f"{path}:{n}: no media field (expected one of {', '.join(media_names)})")
+        if src.task == "instruct" and not conv:
+            raise ValueError(f"{path}:{n}: instruct data needs a 'conversations' list")
+        caption = row.get("caption", row.get("text"))
+        if src.task != "instruct" and caption is None and row.get("label") is None:
+            raise ValueError(f"{path}:{n}: expected a 'caption' (or 'label') field")
+        if _split_part(key, src.holdout, src.split):
+            records.append({"media": media, "caption": caption, "label": row.get("label"), "key": key,
+                            "conversation": conv, "where": f"{path}:{n}"})
+    return records
+
+
+def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
+    from ..features import load_features
+    from ..io import read_json
+
+    manifest = read_json(path / "manifest.json")
+    m = manifest.get("modality")
+    if src.modality and m and src.modality != m:
+        raise ValueError(f"{path}: features of modality {m!r}, but the data source says {src.modality!r}")
+    m = src.modality or m
+    records = []
+    for r in load_features(path):
+        meta = r.meta or {}
+        key = str(r.key)
+        if _split_part(key, src.holdout, src.split):
+            records.append({"media": {m: [FeatureItem(r.tokens, r.pooled)]}, "caption": meta.get("caption"),
+                            "label": meta.get("label"), "key": key})
+    return records
+
+
+# --- augmentation ------------------------------------------------------------------------------------------
+def augment_series(x: np.ndarray, spec: AugmentSpec, rng: np.random.Generator) -> np.ndarray:
+    """Random resized crop, circular shift, per-channel scaling and jitter of a `[C, T]` window."""
+    x = np.asarray(x, dtype=np.float32)
+    c, t = x.shape
+    if spec.crop < 1.0:
+        length = max(2, int(round(t * rng.uniform(spec.crop, 1.0))))
+        start = int(rng.integers(0, t - length + 1))
+        window = torch.from_numpy(np.ascontiguousarray(x[:, start:start + length]))[None]  # [1, C, L]
+        x = torch.nn.functional.interpolate(window, size=t, mode="linear", align_corners=True)[0].numpy()
+    if spec.shift > 0:
+        x = np.roll(x, int(rng.integers(-int(spec.shift * t), int(spec.shift * t) + 1)), axis=1)
+    if spec.scale > 0:
+        x = x * rng.normal(1.0, spec.scale, size=(c, 1)).astype(np.float32)
+    if spec.jitter > 0:
+        x = x + rng.normal(0.0, 1.0, size=x.shape).astype(np.float32) * spec.jitter * (x.std(1, keepdims=True) + 1e-6)
+    return x.astype(np.float32)
+
+
+# --- the dataset ---------------------------------------------------------------------------------------------
+def _conversation_to_pair(conv: list[dict[str, Any]], where: str) -> tuple[str, str]:
+    """LLaVA `[{"from": human|gpt, "value"}]` or chat `[{"role", "content"}]` -> (prompt, last answer).
+    Earlier turns stay in the prompt as context; the loss is on the final answer."""
+    turns = [(t.get("from", t.get("role")), t.get("value", t.get("content"))) for t in conv]
+    if not turns or turns[-1][0] not in ("gpt", "assistant") or not isinstance(turns[-1][1], str):
+        raise ValueError(f"{where}: the conversation must end with an assistant ('gpt') turn")
+    lines = []
+    for role, text in turns[:-1]:
+        lines.append(text if role in ("human", "user") else f"Assistant: {text}")
+    return "\n".join(lines), turns[-1][1]
+
+
+class PairedDataset(Dataset):
+    """All examples of a list of sources. `dataset[(epoch, i)]` is deterministic in (seed, epoch, i)."""
+
+    def __init__(self, sources: Sequence[DataSource], media_names: Sequence[str], *, seed: int = 0,
+                 train: bool = True, loaders: dict[str, Callable[[Any], Any]] | None = None) -> None:
+        self.sources = list(sources)
+        self.seed = seed
+        self.train = train
+        self.loaders = loaders or {}
+        self.records: list[tuple[int, dict[str, Any]]] = []
+        for si, src in enumerate(self.sources):
+            for rec in read_source(src, media_names):
+                self._check(src, rec)
+                self.records.append((si, rec))
+        self.labels = sorted({r["label"] for _, r in self.records if r.get("label") is not None})
+        logger.info("%d %s examples from %d source(s)", len(self.records), "train" if train else "eval",
+                    len(self.sources))
+
+    @staticmethod
+    def _check(src: DataSource, rec: dict[str, Any]) -> None:
+        where = rec.get("where", f"{src.path} ({rec['key']})")
+        if src.task == "caption":
+            for p in src.prompts:
+                if src.modality and f"<{{modality}}>" not in p and f"<{src.modality}>" not in p:
+                    raise ValueError(f"{src.path}: caption prompt {p!r} lacks the <{src.modality}> placeholder")
+        if src.task == "instruct":
+            prompt, _ = _conversation_to_pair(rec["conversation"], where)
+            for m, items in rec["media"].items():
+                if prompt.count(f"<{m}>") != len(items):
+                    raise ValueError(f"{where}: {prompt.count(f'<{m}>')} <{m}> placeholder(s) in the conversation "
+                                     f"but {len(items)} {m} item(s)")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def caption(self, si: int, rec: dict[str, Any], rng: np.random.Generator | None) -> str | None:
+        """The paired caption: a template filled with the record's caption / label phrase."""
+        src = self.sources[si]
+        label = rec.get("label")
+        templates = src.caption_templates
+        if src.kind == "uea" and templates == ["{caption}"]:
+            templates = DEFAULT_UEA_TEMPLATES
+        if rec.get("caption") is None and label is None:
+            return None
+        phrase = src.label_text.get(str(label), str(label).lower()) if label is not None else ""
+        t = templates[int(rng.integers(len(templates)))] if rng is not None else templates[0]
+        return t.format(caption=rec.get("caption") or phrase, label=phrase)
+
+    def class_prompts(self, si: int = 0) -> dict[str, list[str]]:
+        """Every caption template for every class (zero-shot classification prompts)."""
+        src = self.sources[si]
+        templates = DEFAULT_UEA_TEMPLATES if src.kind == "uea" and src.caption_templates == ["{caption}"] \
+            else src.caption_templates
+        out = {}
+        for label in self.labels:
+            phrase = src.label_text.get(label, label.lower())
+            out[label] = [t.format(caption=phrase, label=phrase) for t in templates]
+        return out
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        si, rec = self.records[i]
+        src = self.sources[si]
+        rng = np.random.default_rng([self.seed, epoch, i]) if self.train else None
+        media = {}
+        for m, items in rec["media"].items():
+            out = []
+            for item in items:
+                if self.train and src.augment is not None and isinstance(item, np.ndarray):
+                    item = augment_series(item, src.augment, rng)
+                if not isinstance(item, FeatureItem) and m in self.loaders:
+                    item = self.loaders[m](item)
+                out.append(item)
+            media[m] = out
+        caption = self.caption(si, rec, rng)
+        prompt = target = None
+        if src.task == "caption":
+            m = src.modality or next(iter(media))
+            p = src.prompts[int(rng.integers(len(src.prompts)))] if rng is not None else src.prompts[0]
+            prompt, target = p.format(modality=m), caption
+        elif src.task == "instruct":
+            prompt, target = _conversation_to_pair(rec["conversation"], rec.get("where", rec["key"]))
+        return {"task": src.task, "media": media, "caption": caption, "prompt": prompt, "target": target,
+                "label": rec.get("label"), "key": rec["key"]}
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation per epoch, yielding `(epoch, index)` so the dataset can seed per-sample randomness.
+
+    Stateless apart from `set_epoch`: the order of epoch e is a pure function of (seed, e), which is what lets
+    `accelerate.skip_first_batches` resume mid-epoch exactly.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return iter([(self.epoch, i) for i in order])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+# --- batches -----------------------------------------------------------------------------------------------
+@dataclass
+class MediaBatch:
+    """All items of one modality in a batch: raw (collated encoder inputs) or cached features."""
+
+    rows: torch.Tensor  # [N] long: the example each item belongs to (reading order)
+    inputs: dict[str, torch.Tensor] | None = None
+    features: EncoderOutput | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MediaBatch:
+        inputs = None if self.inputs is None else {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v)
+                                                   else v for k, v in self.inputs.items()}
+        return MediaBatch(self.rows.to(device), inputs, None if self.features is None else self.features.to(device))
+
+
+@dataclass
+class Batch:
+    tasks: list[str]
+    media: dict[str, MediaBatch]
+    captions: list[str | None]
+    prompts: list[str | None]
+    targets: list[str | None]
+    labels: torch.Tensor  # [B] long, -1 where unlabelled
+    keys: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(self.tasks, {m: mb.to(device, non_blocking) for m, mb in self.media.items()}, self.captions,
+                     self.prompts, self.targets, self.labels.to(device), self.keys)
+
+
+class Collator:
+    """Examples -> `Batch`; raw media go through each encoder's `collate`, cached ones are padded."""
+
+    def __init__(self, collators: dict[str, Callable[[list[Any]], dict[str, torch.Tensor]]],
+                 label_vocab: Sequence[str]) -> None:
+        self.collators = collators
+        self.label_ids = {label: i for i, label in enumerate(label_vocab)}
+
+    def __call__(self, examples: list[dict[str, Any]]) -> Batch:
+        per_mod: dict[str, tuple[list[int], list[Any]]] = {}
+        for row, ex in enumerate(examples):
+            for m, items in ex["media"].items():
+                rows, its = per_mod.setdefault(m, ([], []))
+                rows.extend([row] * len(items))
+                its.extend(items)
+        media = {}
+        for m, (rows, items) in per_mod.items():
+            cached = [isinstance(x, FeatureItem) for x in items]
+            if all(cached):
+                tokens, mask = pad_sequences([x.tokens.float() for x in items])
+                feats = EncoderOutput(tokens, mask, torch.stack([x.pooled.float() for x in items]))
+                media[m] = MediaBatch(torch.tensor(rows), features=feats)
+            elif any(cached):
+                raise ValueError(f"{m}: a batch mixes cached features and raw inputs; use one kind per modality")
+            else:
+                if m not in self.collators:
+                    raise ValueError(f"{m}: raw inputs but no encoder to collate them")
+                media[m] = MediaBatch(torch.tensor(rows), inputs=self.collators[m](items))
+        labels = torch.tensor([self.label_ids.get(ex["label"], -1) if ex["label"] is not None else -1
+                               for ex in examples], dtype=torch.long)
+        return Batch([ex["task"] for ex in examples], media, [ex["caption"] for ex in examples],
+                     [ex["prompt"] for ex in examples], [ex["target"] for ex in examples], labels,
+                     [ex["key"] for ex in examples])
+
+
+__all__ = ["Batch", "Collator", "DEFAULT_UEA_TEMPLATES", "EpochSampler", "FeatureItem", "MediaBatch", "PairedDataset",
+           "augment_series", "read_source"]

@@ -1,0 +1,147 @@
+"""Alignment losses: ImageBind/CLIP symmetric InfoNCE with a learnable temperature, gathered across ranks.
+
+Under DDP every rank gathers all embeddings (with gradient) and computes the same global loss; the gather's
+backward sums the gradients of all ranks and DDP averages them, so N processes with a global batch B train
+exactly like one process with batch B (no hard-negative mining, the negatives are the whole global batch).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 1/100
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _sizes(n: int, device: torch.device) -> list[int]:
+    out = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(t.item()) for t in out]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    if x.shape[0] == rows:
+        return x.contiguous()
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))], 0)
+
+
+def _unpad(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    top = max(sizes)
+    if all(s == top for s in sizes):
+        return x
+    return torch.cat([x[i * top: i * top + s] for i, s in enumerate(sizes)], 0)
+
+
+def global_size(n: int, device: torch.device | str = "cpu") -> int:
+    """Sum of a local count over all ranks (the local count when not distributed)."""
+    return sum(_sizes(n, torch.device(device))) if _distributed() else n
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather `[B_r, ...]` from every rank into `[sum B_r, ...]` (rank order) keeping the autograd graph.
+
+    Ranks may hold different numbers of rows (mixed-task batches); every rank must call this.
+    """
+    if not _distributed():
+        return x
+    sizes = _sizes(x.shape[0], x.device)
+    padded = _pad_rows(x, max(sizes))
+    try:
+        import torch.distributed._functional_collectives as fc
+
+        out = fc.wait_tensor(fc.all_gather_tensor_autograd(padded, 0, dist.group.WORLD))
+    except (ImportError, AttributeError):  # older torch
+        import torch.distributed.nn.functional as dnf
+
+        out = torch.cat(dnf.all_gather(padded), 0)
+    return _unpad(out, sizes)
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather without gradient (labels, ids); unequal row counts allowed."""
+    if not _distributed():
+        return x
+    sizes = _sizes(x.shape[0], x.device)
+    padded = _pad_rows(x, max(sizes))
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return _unpad(torch.cat(out, 0), sizes)
+
+
+def info_nce(logits: torch.Tensor, positives: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric cross-entropy of a `[B, B]` similarity matrix: rows a->b and columns b->a, averaged.
+
+    `positives` (`[B, B]` bool) marks several correct matches per row (e.g. windows of the same class);
+    the target is then uniform over them. Default: the diagonal (the i-th a belongs with the i-th b).
+    """
+    if positives is None:
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    pos = positives.to(logits.dtype)
+    row = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+    col = -(pos.t() / pos.t().sum(1, keepdim=True) * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    return 0.5 * (row + col)
+
+
+class InfoNCE(nn.Module):
+    """Symmetric InfoNCE between two batches of embeddings with a learnable `logit_scale` (CLIP's 1/temperature).
+
+    `forward(a [B, E], b [B, E], labels=None) -> loss`. Inputs are L2-normalised here. With `labels` (`[B]`
+    ints, -1 = unlabelled), every pair sharing a label counts as positive, which removes false negatives when
+    captions are class-level (activity recognition). Under DDP the embeddings are gathered from every rank
+    first (ranks may hold different numbers of rows, but the global batch must not be empty).
+    """
+
+    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True,
+                 max_logit_scale: float = MAX_LOGIT_SCALE) -> None:
+        super().__init__()
+        if init_temperature <= 0:
+            raise ValueError(f"InfoNCE: init_temperature must be > 0, got {init_temperature}")
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)),
+                                        requires_grad=learn_temperature)
+        self.max_logit_scale = max_logit_scale
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The clamped multiplier applied to cosine similarities (no gradient beyond the clamp, as in CLIP)."""
+        return self.logit_scale.clamp(max=self.max_logit_scale).exp()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if a.shape != b.shape or a.dim() != 2:
+            raise ValueError(f"InfoNCE: expected two [B, E] tensors of the same shape, got {tuple(a.shape)} "
+                             f"and {tuple(b.shape)}")
+        a = gather_with_grad(F.normalize(a.float(), dim=-1))  # [W*B, E]
+        b = gather_with_grad(F.normalize(b.float(), dim=-1))  # [W*B, E]
+        logits = self.scale * a @ b.t()  # [W*B, W*B]
+        positives = None
+        if labels is not None:
+            labels = gather_no_grad(labels)
+            unlabelled = -1 - torch.arange(labels.shape[0], device=labels.device)  # unique: only its own pair
+            labels = torch.where(labels < 0, unlabelled, labels)
+            positives = labels[:, None] == labels[None, :]  # [W*B, W*B]
+        return info_nce(logits, positives)
+
+
+def multi_anchor_loss(embeddings: torch.Tensor, anchors: dict[str, torch.Tensor], losses: nn.ModuleDict,
+                      weights: dict[str, float] | None = None, labels: torch.Tensor | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """One InfoNCE term per anchor modality (ImageBind binds to several anchors at once); returns each term.
+
+    `losses[name]` is that anchor's `InfoNCE` (own temperature); the caller sums the weighted terms.
+    """
+    out = {}
+    for name, anchor in anchors.items():
+        out[name] = (weights or {}).get(name, 1.0) * losses[name](embeddings, anchor, labels)
+    return out
+
+
+__all__ = ["InfoNCE", "MAX_LOGIT_SCALE", "gather_no_grad", "gather_with_grad", "global_size", "info_nce", "multi_anchor_loss"]

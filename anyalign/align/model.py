@@ -1,0 +1,307 @@
+"""`AlignmentModel`: trainable adapters (ImageBind-style, one per modality) around frozen encoders and LLM.
+
+Only trainable parts are registered submodules (projector heads, encoders trained from scratch, InfoNCE
+temperatures, LoRA weights), so `state_dict()`, DDP and checkpoints hold just them; the frozen encoders,
+anchors and the LLM live beside them (moved along by `.to()`) and run under `no_grad`.
+`training_forward(batch)` returns one loss per term: `"{modality}-{anchor}"` (contrastive binding),
+`"caption"` and `"instruct"` (next-token loss on the target text of a frozen causal LM).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapter import AdapterConfig, ModalityAdapter, WEIGHTS_NAME
+from ..encoders import Encoder, EncoderOutput, create_encoder
+from ..io import load_weights
+from .config import AdapterSpec, Recipe
+from .data import Batch, MediaBatch
+from .losses import InfoNCE, global_size
+
+logger = logging.getLogger(__name__)
+
+LLM_TASKS = ("caption", "instruct")
+
+
+class _Frozen:
+    """Holder that keeps frozen modules out of the registered module tree."""
+
+    def __init__(self) -> None:
+        self.encoders: dict[str, Encoder] = {}  # modality -> frozen encoder of an adapter
+        self.anchors: dict[str, Encoder] = {}  # anchor modality -> frozen encoder
+        self.mllm: Any = None  # MultimodalLM (frozen LLM; LoRA weights are registered separately)
+
+    def modules(self) -> list[nn.Module]:
+        mods: list[nn.Module] = [*self.encoders.values(), *self.anchors.values()]
+        if self.mllm is not None:
+            mods.append(self.mllm.llm if hasattr(self.mllm, "llm") else self.mllm)
+        return mods
+
+
+class AlignmentModel(nn.Module):
+    """Adapters + losses for one recipe; `forward = training_forward` so DDP wraps it directly."""
+
+    def __init__(self, adapters: dict[str, ModalityAdapter], *, anchors: dict[str, Encoder] | None = None,
+                 frozen_encoders: dict[str, Encoder] | None = None, mllm: Any = None,
+                 contrastive_pairs: Sequence[tuple[str, str]] = (), anchor_options: dict[str, dict] | None = None,
+                 text_cache_size: int = 100_000) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict(adapters)
+        opts = anchor_options or {}
+        self.contrastive = nn.ModuleDict({
+            f"{m}-{a}": InfoNCE(opts.get(a, {}).get("temperature", 0.07), opts.get(a, {}).get("learn_temperature", True))
+            for m, a in contrastive_pairs})
+        self.anchor_weights = {a: float(o.get("weight", 1.0)) for a, o in opts.items()}
+        self.anchor_positives = {a: o.get("positives", "label") for a, o in opts.items()}
+        self.frozen = _Frozen()
+        self.frozen.encoders = dict(frozen_encoders or {})
+        self.frozen.anchors = dict(anchors or {})
+        self.frozen.mllm = mllm
+        self.lora = nn.ParameterDict()
+        if mllm is not None:
+            for name, p in mllm.named_parameters():
+                if p.requires_grad and "lora_" in name:
+                    self.lora[name.replace(".", "__")] = p
+        self._text_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._text_cache_size = text_cache_size
+
+    # --- device / mode handling of the frozen parts -----------------------------------------------------------
+    def _apply(self, fn: Callable, recurse: bool = True) -> AlignmentModel:  # .to(), .float(), ...
+        super()._apply(fn, recurse)
+        for mod in self.frozen.modules():
+            mod._apply(fn)
+        self._text_cache.clear()
+        return self
+
+    def train(self, mode: bool = True) -> AlignmentModel:
+        super().train(mode)
+        if len(self.lora) and self.frozen.mllm is not None:  # LoRA dropout follows the training mode
+            self.frozen.mllm.train(mode)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    # --- features and embeddings --------------------------------------------------------------------------
+    def encoder_for(self, modality: str) -> Encoder:
+        adapter = self.adapters[modality] if modality in self.adapters else None
+        if adapter is not None and adapter.encoder is not None:
+            return adapter.encoder
+        if modality in self.frozen.encoders:
+            return self.frozen.encoders[modality]
+        if modality in self.frozen.anchors:
+            return self.frozen.anchors[modality]
+        raise KeyError(f"no encoder for modality {modality!r}")
+
+    def features(self, modality: str, mb: MediaBatch) -> EncoderOutput:
+        """Encoder output of one modality's items: cached features as they are, raw inputs encoded now."""
+        if mb.features is not None:
+            return mb.features.to(self.device)
+        enc = self.encoder_for(modality)
+        if enc.frozen:
+            with torch.no_grad():
+                return enc.run(mb.inputs)
+        return enc.run(mb.inputs)
+
+    def embed(self, modality: str, feats: EncoderOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Shared-space embeddings `[N, E]` of an adapter modality (+ auxiliary projector losses)."""
+        return self.adapters[modality].embed_output(feats)
+
+    @torch.no_grad()
+    def anchor_texts(self, anchor: str, texts: Sequence[str]) -> torch.Tensor:
+        """Frozen text-anchor embeddings `[N, E]`, memoised per sentence (the anchor never changes)."""
+        enc = self.frozen.anchors[anchor]
+        missing = list(dict.fromkeys(t for t in texts if (anchor, t) not in self._text_cache))
+        if missing:
+            pooled = F.normalize(enc(missing).pooled.float(), dim=-1).cpu()
+            for t, e in zip(missing, pooled):
+                self._text_cache[(anchor, t)] = e
+            while len(self._text_cache) > self._text_cache_size:
+                self._text_cache.popitem(last=False)
+        if not texts:
+            return torch.zeros(0, enc.pooled_dim, device=self.device)
+        return torch.stack([self._text_cache[(anchor, t)] for t in texts]).to(self.device)
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.training_forward(batch)
+
+    def training_forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """All loss terms of a (possibly mixed-task) batch; every rank calls the same collectives."""
+        feats = {m: self.features(m, mb) for m, mb in batch.media.items()}
+        losses: dict[str, torch.Tensor] = {}
+        if len(self.contrastive):
+            losses.update(self._contrastive(batch, feats))
+        llm_rows = [i for i, t in enumerate(batch.tasks) if t in LLM_TASKS]
+        if llm_rows and self.frozen.mllm is not None:
+            for task in LLM_TASKS:
+                rows = [i for i in llm_rows if batch.tasks[i] == task]
+                if rows:
+                    losses[task] = self.llm_loss(batch, feats, rows)
+        return losses
+
+    def _contrastive(self, batch: Batch, feats: dict[str, EncoderOutput]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        is_con = torch.tensor([t == "contrastive" for t in batch.tasks], dtype=torch.bool)
+        for name, loss_fn in self.contrastive.items():
+            m, a = name.split("-", 1)
+            emb, aux, rows = self._modality_rows(m, batch, feats, is_con)
+            if a == "text":
+                keep = [i for i, r in enumerate(rows.tolist()) if batch.captions[r] is not None]
+                anchor = self.anchor_texts(a, [batch.captions[rows[i]] for i in keep])
+            else:
+                mb = batch.media.get(a)
+                a_rows = mb.rows.tolist() if mb is not None else []
+                where = {r: j for j, r in enumerate(a_rows)}
+                keep = [i for i, r in enumerate(rows.tolist()) if r in where]
+                if keep:
+                    anchor = F.normalize(feats[a].pooled[[where[int(rows[i])] for i in keep]].float(), dim=-1)
+                else:
+                    anchor = torch.zeros(0, emb.shape[1], device=emb.device)
+            if global_size(len(keep), emb.device) == 0:
+                continue
+            emb_k = emb[keep]
+            labels = None
+            if self.anchor_positives.get(a, "label") == "label":
+                labels = batch.labels.to(emb.device)[rows[keep]] if keep else batch.labels.new_zeros(0).to(emb.device)
+            out[name] = loss_fn(emb_k, anchor.to(emb_k.dtype), labels) * self.anchor_weights.get(a, 1.0)
+            for k, v in aux.items():
+                out[f"{m}/{k}"] = v
+        return out
+
+    def _modality_rows(self, m: str, batch: Batch, feats: dict[str, EncoderOutput], is_con: torch.Tensor
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Embeddings of modality `m` for contrastive rows (one item per example), possibly empty."""
+        adapter = self.adapters[m]
+        mb = batch.media.get(m)
+        if mb is None:
+            dim = adapter.config.in_dim
+            empty = EncoderOutput(torch.zeros(0, 1, dim, device=self.device),
+                                  torch.ones(0, 1, dtype=torch.bool, device=self.device),
+                                  torch.zeros(0, dim, device=self.device))
+            emb, aux = adapter.embed_output(empty)
+            return emb, {}, torch.zeros(0, dtype=torch.long)
+        rows = mb.rows.cpu()
+        sel = is_con[rows].nonzero().flatten()
+        emb, aux = adapter.embed_output(feats[m][sel.to(feats[m].tokens.device)])
+        return emb, aux, rows[sel]
+
+    def llm_loss(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int]) -> torch.Tensor:
+        """Next-token loss of the frozen LLM on the targets of `rows`, media as soft-token prefixes."""
+        row_set = set(rows)
+        sub: dict[str, EncoderOutput] = {}
+        for m, mb in batch.media.items():
+            if m not in self.adapters or self.adapters[m].llm_head is None:
+                continue
+            idx = [j for j, r in enumerate(mb.rows.tolist()) if r in row_set]
+            if idx:
+                sub[m] = feats[m][torch.tensor(idx, device=feats[m].tokens.device)]
+        out = self.frozen.mllm(prompts=[batch.prompts[i] for i in rows], targets=[batch.targets[i] for i in rows],
+                               features=sub)
+        return out.loss
+
+    # --- persistence --------------------------------------------------------------------------------------------
+    def save_adapters(self, directory: Any, *, is_main_process: bool = True) -> dict[str, str]:
+        """`save_pretrained` every adapter into `directory/<modality>`."""
+        from pathlib import Path
+
+        out = {}
+        for m, adapter in self.adapters.items():
+            path = Path(directory) / m
+            adapter.save_pretrained(path, is_main_process=is_main_process)
+            out[m] = str(path)
+        return out
+
+
+# --- building from a recipe ------------------------------------------------------------------------------------
+def _embed_dim(recipe: Recipe, anchors: dict[str, Encoder]) -> int | None:
+    if recipe.model.embed_dim is not None:
+        return recipe.model.embed_dim
+    dims = {a: e.pooled_dim for a, e in anchors.items()}
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"anchors have different widths {dims}; set model.embed_dim and give anchors a common space")
+    return next(iter(dims.values()), None)
+
+
+def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None
+                            ) -> tuple[ModalityAdapter, Encoder]:
+    """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved)."""
+    encoder = create_encoder(spec.encoder, pretrained=spec.encoder_pretrained, autocast=spec.encoder_autocast,
+                             frozen=not spec.train_encoder, **spec.encoder_kwargs)
+    in_dim = encoder.pooled_dim if spec.feature == "pooled" else encoder.token_dim
+    init_state: dict[str, torch.Tensor] = {}
+    if spec.init_from:
+        from pathlib import Path
+
+        init_state = load_weights(Path(spec.init_from) / WEIGHTS_NAME)
+    carries_encoder = spec.train_encoder or any(k.startswith("encoder.") for k in init_state)
+    config = AdapterConfig(modality=modality, encoder=spec.encoder, in_dim=in_dim,
+                           encoder_pretrained=spec.encoder_pretrained, encoder_kwargs=dict(spec.encoder_kwargs),
+                           feature=spec.feature, embed_dim=embed_dim if spec.embed_projector is not None else None,
+                           embed_projector=spec.embed_projector,
+                           llm_dim=llm_dim if spec.llm_projector is not None else None,
+                           llm_projector=spec.llm_projector, train_encoder=carries_encoder)
+    if config.embed_dim is None and config.llm_dim is None:
+        raise ValueError(f"adapters.{modality}: give an embed_projector (shared space) and/or an llm_projector")
+    adapter = ModalityAdapter(config, encoder if carries_encoder else None)
+    if init_state:
+        missing, unexpected = adapter.load_state_dict(init_state, strict=False)
+        if unexpected:
+            raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter "
+                             f"(unexpected: {unexpected[:5]})")
+        logger.info("%s: initialised from %s (%d new tensors)", modality, spec.init_from, len(missing))
+    if not spec.train_encoder:
+        encoder.freeze()
+    return adapter, encoder
+
+
+def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentModel:
+    """Everything a recipe trains and the frozen parts it trains against."""
+    anchors = {a: create_encoder(s.encoder, pretrained=s.pretrained, autocast=s.autocast, frozen=True, **s.kwargs)
+               for a, s in recipe.anchors.items()}
+    embed_dim = _embed_dim(recipe, anchors)
+    tasks = {s.task for s in recipe.data.train + recipe.data.eval}
+    need_llm = bool(tasks & set(LLM_TASKS)) if need_llm is None else need_llm
+    llm = None
+    llm_dim = None
+    if need_llm and recipe.model.llm:
+        from .llm_bridge import load_llm
+
+        llm = load_llm(recipe)
+        llm_dim = int(llm.config.hidden_size)
+    adapters, frozen = {}, {}
+    for m, spec in recipe.adapters.items():
+        if spec.llm_projector is not None and llm_dim is None and need_llm:
+            raise ValueError(f"adapters.{m}: llm_projector needs model.llm")
+        adapters[m], frozen[m] = build_adapter_from_spec(m, spec, embed_dim=embed_dim,
+                                                         llm_dim=llm_dim if need_llm else None)
+    frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None}
+    pairs = []
+    if "contrastive" in tasks:
+        pairs = [(m, a) for m in adapters for a in anchors if adapters[m].embed_head is not None
+                 or adapters[m].config.embed_dim is not None]
+    mllm = None
+    if llm is not None:
+        from .llm_bridge import wrap_llm
+
+        mllm = wrap_llm(recipe, llm, {m: a for m, a in adapters.items() if a.llm_head is not None})
+    opts = {a: {"temperature": s.temperature, "learn_temperature": s.learn_temperature, "weight": s.weight,
+                "positives": s.positives} for a, s in recipe.anchors.items()}
+    return AlignmentModel(adapters, anchors=anchors, frozen_encoders=frozen, mllm=mllm, contrastive_pairs=pairs,
+                          anchor_options=opts)
+
+
+__all__ = ["AlignmentModel", "LLM_TASKS", "build_adapter_from_spec", "build_model"]

@@ -1,0 +1,67 @@
+"""DINOv2 vision transformers through timm ("dinov2").
+
+Tokens are the final-LayerNorm outputs of `forward_features`: the class token followed by the patch tokens,
+`[B, 1 + h*w, D]`; register tokens (`*_reg4` variants) are dropped. Pooled is the class token as DINOv2's
+linear probes use it, not L2-normalised by default (`normalize=True` to normalise it).
+Images are run at `img_size=224` unless told otherwise (timm's default for DINOv2 is 518, ~5x the compute);
+pretrained position embeddings are resized by timm's checkpoint filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Encoder, EncoderOutput
+from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
+from .registry import register_encoder
+from .timm_image import create_timm_model, timm_transform
+
+DEFAULT_DINOV2_MODEL = "vit_small_patch14_dinov2"
+
+
+class DINOv2Encoder(Encoder):
+    """A timm ViT: tokens = `[cls, patches]` `[B, 1 + N, D]`, pooled = class token `[B, D]`."""
+
+    modality = "image"
+    extensions = IMAGE_EXTENSIONS
+    input_spec = IMAGE_INPUT_SPEC
+
+    def __init__(self, model: nn.Module, transform: Any, *, normalize: bool = False) -> None:
+        super().__init__()
+        if getattr(model, "cls_token", None) is None:
+            raise ValueError(f"dinov2: {type(model).__name__} has no class token to pool")
+        self.model = model
+        self.transform = transform
+        self.normalize = normalize
+        self.token_dim = self.pooled_dim = int(model.num_features)
+
+    def load(self, item: Any) -> torch.Tensor:
+        return self.transform(load_image(item))  # [3, H, W]
+
+    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"pixels": torch.stack(list(items))}  # [B, 3, H, W]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        x = self.model.forward_features(batch["pixels"])  # [B, prefix + N, D]: cls, registers, patches
+        cls = x[:, :1]  # [B, 1, D]
+        tokens = torch.cat([cls, x[:, self.model.num_prefix_tokens:]], dim=1)  # [B, 1 + N, D]
+        pooled = cls[:, 0].float()
+        if self.normalize:
+            pooled = F.normalize(pooled, dim=-1)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens, mask, pooled)
+
+
+@register_encoder("dinov2", modality="image", token_dim=384, pooled_dim=384, input_spec=IMAGE_INPUT_SPEC,
+                  default_model=DEFAULT_DINOV2_MODEL)
+def dinov2_encoder(pretrained: str | None = None, *, model: str = DEFAULT_DINOV2_MODEL, img_size: int = 224,
+                   normalize: bool = False, data_config: dict[str, Any] | None = None,
+                   **timm_kwargs: Any) -> DINOv2Encoder:
+    """DINOv2 (`vit_{small,base,large,giant2}_patch14_dinov2`, `*_reg4_*`) from a hub id or local file."""
+    net = create_timm_model(model, pretrained, img_size=img_size, **timm_kwargs)
+    return DINOv2Encoder(net, timm_transform(net, data_config), normalize=normalize)

@@ -1,0 +1,187 @@
+"""Any timm image model as a frozen encoder ("timm-image"), plus the timm loading helpers DINOv2 shares.
+
+Tokens are the final feature map flattened to `[B, H*W, C]` (`forward_features`; transformer models give their
+token sequence as is), pooled is the model's own global pooling before the classifier
+(`forward_head(pre_logits=True)`, not normalised). Preprocessing is timm's eval transform from the model's data
+config. Local checkpoints in the EfficientNet-PyTorch (lukemelas) layout, e.g. EfficientNet-Lite0, are renamed
+to timm's layout on load (`convert_lukemelas_efficientnet`) and get that checkpoint's (x - 0.5) / 0.5 input
+normalisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import create_transform, resolve_data_config
+from torch import nn
+
+from ..io import WEIGHT_SUFFIXES, load_weights, resolve_pretrained
+from .base import Encoder, EncoderOutput
+from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
+from .registry import register_encoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMM_MODEL = "efficientnet_lite0"
+
+# EfficientNet-PyTorch names -> timm names. Blocks with an expansion conv have three convs (pw, dw, pwl);
+# the first blocks of EfficientNet have none, so their names shift by one.
+_LUKEMELAS_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                  "_fc": "classifier"}
+_LUKEMELAS_EXPAND = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                     "_project_conv": "conv_pwl", "_bn2": "bn3", "_se_reduce": "se.conv_reduce",
+                     "_se_expand": "se.conv_expand"}
+_LUKEMELAS_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
+                 "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(.+)")
+
+
+def is_lukemelas_efficientnet(state: dict[str, torch.Tensor]) -> bool:
+    """True for EfficientNet-PyTorch style state dicts (`_conv_stem`, `_blocks.N._depthwise_conv`, ...)."""
+    return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
+
+
+def convert_lukemelas_efficientnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an EfficientNet-PyTorch state dict to timm's `efficientnet_*` layout (`blocks.<stage>.<index>`).
+
+    The flat block list is split into stages where the output width changes, which is where EfficientNet's
+    stages (16, 24, 40, 80, 112, 192, 320 channels for B0/Lite0) begin.
+    """
+    n_blocks = 1 + max(int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k)))
+    stage_of, stage, index, prev_out = [], -1, 0, None
+    for b in range(n_blocks):
+        out_ch = state[f"_blocks.{b}._project_conv.weight"].shape[0]
+        stage, index = (stage + 1, 0) if out_ch != prev_out else (stage, index + 1)
+        stage_of.append((stage, index))
+        prev_out = out_ch
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = _BLOCK_KEY.match(key)
+        if m is None:
+            module, _, rest = key.partition(".")
+            if module not in _LUKEMELAS_TOP:
+                raise ValueError(f"unexpected EfficientNet-PyTorch key {key!r}")
+            converted[f"{_LUKEMELAS_TOP[module]}.{rest}"] = value
+            continue
+        b, module, rest = int(m.group(1)), m.group(2), m.group(3)
+        names = _LUKEMELAS_EXPAND if f"_blocks.{b}._expand_conv.weight" in state else _LUKEMELAS_DS
+        if module not in names:
+            raise ValueError(f"unexpected EfficientNet-PyTorch key {key!r}")
+        s, i = stage_of[b]
+        converted[f"blocks.{s}.{i}.{names[module]}.{rest}"] = value
+    return converted
+
+
+def create_timm_model(name: str, pretrained: str | None, **kwargs: Any) -> nn.Module:
+    """A timm model with weights from nothing (random), a hub id, a timm tag, a local file or a local folder.
+
+    Local files are read without unpickling; when their keys match the model exactly they are loaded directly,
+    otherwise timm's own checkpoint filter for the architecture converts them (e.g. original DINOv2 weights,
+    position-embedding resizing). EfficientNet-PyTorch checkpoints are renamed first.
+    """
+    if pretrained is None:
+        return _create(name, False, **kwargs)
+    src = resolve_pretrained(pretrained)
+    if src.kind == "hub":
+        return _create(f"hf-hub:{src.location}", True, **kwargs)
+    if src.kind == "tag":
+        return _create(f"{name}.{src.location}", True, **kwargs)
+    path = _weights_file(Path(src.location)) if src.kind == "dir" else Path(src.location)
+    state = load_weights(path)
+    if is_lukemelas_efficientnet(state):
+        state = convert_lukemelas_efficientnet(state)
+        model = _create(name, False, **kwargs)
+        _load_exact(model, state, path)
+        model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        return model
+    model = _create(name, False, **kwargs)
+    own = model.state_dict()
+    if state.keys() == own.keys() and all(state[k].shape == own[k].shape for k in own):
+        _load_exact(model, state, path)
+        return model
+    del model, state  # foreign layout: let timm's checkpoint filter for this architecture convert it
+    return _create(name, True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+
+
+def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        raise ValueError(f"timm: cannot create {name!r} (pretrained={pretrained}): {e}") from None
+
+
+def _load_exact(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit {type(model).__name__} ({e})") from None
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if len(files) != 1:
+        raise FileNotFoundError(f"{folder}: expected one weights file ({', '.join(WEIGHT_SUFFIXES)}), "
+                                f"found {[p.name for p in files]}")
+    return files[0]
+
+
+def timm_transform(model: nn.Module, data_config: dict[str, Any] | None = None) -> Callable:
+    """timm's eval transform for `model`; fixed-size ViTs use their actual `img_size`, `data_config` overrides."""
+    cfg = resolve_data_config(model=model)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None and not getattr(model, "dynamic_img_size", False):
+        cfg["input_size"] = (3, *img_size)
+    cfg.update(data_config or {})
+    return create_transform(**cfg, is_training=False)
+
+
+class TimmImageEncoder(Encoder):
+    """A timm model: tokens = final features `[B, H*W, C]`, pooled = pre-logits global pool `[B, P]`."""
+
+    modality = "image"
+    extensions = IMAGE_EXTENSIONS
+    input_spec = IMAGE_INPUT_SPEC
+
+    def __init__(self, model: nn.Module, transform: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.transform = transform
+        self.token_dim = int(model.num_features)
+        self.pooled_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+    def load(self, item: Any) -> torch.Tensor:
+        return self.transform(load_image(item))  # [3, H, W]
+
+    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"pixels": torch.stack(list(items))}  # [B, 3, H, W]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        feats = self.model.forward_features(batch["pixels"])
+        pooled = self.model.forward_head(feats, pre_logits=True)  # [B, P]
+        if feats.dim() == 4:
+            if getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+                tokens = feats.flatten(1, 2)  # [B, H*W, C]
+            else:
+                tokens = feats.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, H*W, C]
+        else:
+            tokens = feats  # [B, N, C] already
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens, mask, pooled)
+
+
+@register_encoder("timm-image", modality="image", token_dim=1280, pooled_dim=1280, input_spec=IMAGE_INPUT_SPEC,
+                  default_model=DEFAULT_TIMM_MODEL)
+def timm_image_encoder(pretrained: str | None = None, *, model: str = DEFAULT_TIMM_MODEL,
+                       data_config: dict[str, Any] | None = None, **timm_kwargs: Any) -> TimmImageEncoder:
+    """Any `timm.create_model` name; `timm_kwargs` go to timm, `data_config` overrides preprocessing."""
+    net = create_timm_model(model, pretrained, **timm_kwargs)
+    return TimmImageEncoder(net, timm_transform(net, data_config))

@@ -1,0 +1,72 @@
+"""Q-Former-lite: a small BLIP-2-shaped querying transformer over encoder tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import Attention, FeedForward
+from .base import Projector, ProjectorOutput, full_mask, register_projector
+
+
+class _QFormerBlock(nn.Module):
+    """Query self-attention, optional cross-attention to the encoder tokens, MLP; each pre-norm residual."""
+
+    def __init__(self, dim: int, kv_dim: int, heads: int, ff_mult: int, dropout: float, cross: bool) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads, dropout=dropout)
+        self.cross = cross
+        if cross:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross_attn = Attention(dim, heads, kv_dim=kv_dim, dropout=dropout)
+        self.ff = FeedForward(dim, ff_mult, dropout)
+
+    def forward(self, queries: torch.Tensor, media: torch.Tensor, key_mask: torch.Tensor,
+                has_media: torch.Tensor) -> torch.Tensor:
+        h = self.norm_self(queries)
+        queries = queries + self.self_attn(h, h)
+        if self.cross:
+            # samples without any valid token attend to all (masked-out) keys and their update is zeroed
+            x = self.cross_attn(self.norm_cross(queries), media, key_mask | ~has_media[:, None])
+            queries = queries + x * has_media[:, None, None].to(x.dtype)
+        return queries + self.ff(queries)
+
+
+@register_projector("qformer")
+class QFormerProjector(Projector):
+    """Q-Former-lite (BLIP-2, Li et al., 2023): learned queries with self-attention, cross-attention and MLP blocks.
+
+    A small, randomly initialised version of BLIP-2's querying transformer: `num_queries` learned queries of width
+    `dim` pass through `depth` blocks; cross-attention to the (LayerNorm-ed) encoder tokens sits in every
+    `cross_attention_every`-th block (BLIP-2 uses 2) with keys/values read at the encoder width, like BLIP-2's.
+    Blocks are pre-norm (BLIP-2's BERT is post-norm) for stable training from scratch. Output: `num_queries`
+    tokens of width `out_dim`; padded encoder tokens are masked out of every cross-attention.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, num_queries: int = 32, dim: int = 256, depth: int = 2,
+                 heads: int = 4, ff_mult: int = 4, cross_attention_every: int = 1, dropout: float = 0.0) -> None:
+        if num_queries < 1 or depth < 1 or cross_attention_every < 1:
+            raise ValueError(f"qformer: num_queries, depth and cross_attention_every must be >= 1, got "
+                             f"{num_queries}, {depth}, {cross_attention_every}")
+        super().__init__(in_dim, out_dim, num_queries=num_queries, dim=dim, depth=depth, heads=heads,
+                         ff_mult=ff_mult, cross_attention_every=cross_attention_every, dropout=dropout)
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)  # [N, dim]
+        self.norm_media = nn.LayerNorm(in_dim)
+        self.blocks = nn.ModuleList(
+            _QFormerBlock(dim, in_dim, heads, ff_mult, dropout, cross=i % cross_attention_every == 0)
+            for i in range(depth))
+        self.norm_out = nn.LayerNorm(dim)
+        self.proj_out = nn.Linear(dim, out_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                modality: str | None = None) -> ProjectorOutput:
+        mask = full_mask(tokens, mask)  # [B, T]
+        b = tokens.shape[0]
+        media = self.norm_media(tokens)  # [B, T, D_in]
+        has_media = mask.any(1)  # [B]
+        queries = self.queries.expand(b, -1, -1)  # [B, N, dim]
+        for block in self.blocks:
+            queries = block(queries, media, mask, has_media)
+        out = self.proj_out(self.norm_out(queries))  # [B, N, out_dim]
+        return ProjectorOutput(out, mask.new_ones(b, out.shape[1]))

@@ -1,0 +1,142 @@
+"""OneLLM's universal projection: shared projection experts, per-modality routers and modality tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..encoders.base import masked_mean
+from .attention import SelfAttentionBlock
+from .base import Projector, ProjectorOutput, full_mask, register_projector
+
+Router = Literal["token", "static"]
+
+
+class _Expert(nn.Module):
+    """One projection expert: `depth` pre-norm transformer blocks over [modality tokens; input tokens]."""
+
+    def __init__(self, dim: int, depth: int, heads: int, ff_mult: int, dropout: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, heads, ff_mult=ff_mult, dropout=dropout)
+                                    for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+@register_projector("universal")
+class UniversalProjector(Projector):
+    """Universal projection module (OneLLM, Han et al., 2024): shared experts mixed by per-modality routers.
+
+    One module serves every modality in `modalities`: each has its own input projection (`in_dims[m]`, default
+    `in_dim`, to width `dim`), `num_modality_tokens` learnable modality tokens and a router; the
+    `num_experts` projection experts (transformer stacks of `expert_depth` blocks) are shared. The modality
+    tokens are prepended to the projected encoder tokens, every expert processes the sequence (padded tokens
+    masked out of attention), the experts' outputs at the modality-token positions are mixed with the router
+    weights and projected to `out_dim`: the output is `num_modality_tokens` tokens per sample.
+
+    Routers: `"token"` (default) computes soft weights per output token from that modality token plus the
+    masked mean of the sample's input tokens (an MLP per modality, so the mix depends on the content);
+    `"static"` learns one softmax weight vector per modality. `forward(..., modality=m)` selects them;
+    `modality` may be omitted only when a single modality is configured.
+
+    Adding a modality: `projector.add_modality("ecg", in_dim=256)` creates its input projection, modality
+    tokens and router (the experts stay shared) and records it in `config`, so `spec()` and saved adapters
+    rebuild it; create the optimizer afterwards (or add the new parameters to it), and train at least the
+    new parts on the new modality's data. Equivalently list it in `modalities` when building the projector.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, modalities: Sequence[str],
+                 in_dims: Mapping[str, int] | None = None,
+                 num_experts: int = 3, num_modality_tokens: int = 30, dim: int = 256, expert_depth: int = 1,
+                 heads: int = 4, ff_mult: int = 4, router: Router = "token", dropout: float = 0.0) -> None:
+        if isinstance(modalities, str) or not modalities:
+            raise ValueError(f"universal: modalities must be a non-empty list of names, got {modalities!r}")
+        if len(set(modalities)) != len(modalities):
+            raise ValueError(f"universal: duplicate names in modalities {list(modalities)}")
+        if router not in ("token", "static"):
+            raise ValueError(f"universal: router must be 'token' or 'static', got {router!r}")
+        if num_experts < 1 or num_modality_tokens < 1 or expert_depth < 1:
+            raise ValueError("universal: num_experts, num_modality_tokens and expert_depth must be >= 1")
+        unknown = sorted(set(in_dims or {}) - set(modalities))
+        if unknown:
+            raise ValueError(f"universal: in_dims names {unknown}, which are not in modalities {list(modalities)}")
+        super().__init__(in_dim, out_dim, modalities=[], in_dims={}, num_experts=num_experts,
+                         num_modality_tokens=num_modality_tokens, dim=dim, expert_depth=expert_depth, heads=heads,
+                         ff_mult=ff_mult, router=router, dropout=dropout)
+        self.dim = dim
+        self.num_experts = num_experts
+        self.num_modality_tokens = num_modality_tokens
+        self.router_kind = router
+        self.experts = nn.ModuleList(_Expert(dim, expert_depth, heads, ff_mult, dropout) for _ in range(num_experts))
+        self.inputs = nn.ModuleDict()
+        self.modality_tokens = nn.ParameterDict()
+        self.routers = nn.ModuleDict() if router == "token" else nn.ParameterDict()
+        self.norm_out = nn.LayerNorm(dim)
+        self.proj_out = nn.Linear(dim, out_dim)
+        for m in modalities:
+            self.add_modality(m, in_dim=(in_dims or {}).get(m))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.config["modalities"])
+
+    def add_modality(self, name: str, *, in_dim: int | None = None) -> None:
+        """Add a modality: its input projection, modality tokens and router; the experts stay shared."""
+        if not name or not isinstance(name, str):
+            raise ValueError(f"universal: a modality name must be a non-empty string, got {name!r}")
+        if name in self.inputs:
+            raise ValueError(f"universal: modality {name!r} already exists ({self.modalities})")
+        width = in_dim or self.in_dim
+        ref = self.proj_out.weight
+        self.inputs[name] = nn.Linear(width, self.dim).to(ref.device, ref.dtype)
+        self.modality_tokens[name] = nn.Parameter(
+            torch.randn(self.num_modality_tokens, self.dim, device=ref.device, dtype=ref.dtype) * 0.02)
+        if self.router_kind == "token":
+            self.routers[name] = nn.Sequential(nn.LayerNorm(self.dim), nn.Linear(self.dim, self.dim), nn.GELU(),
+                                               nn.Linear(self.dim, self.num_experts)).to(ref.device, ref.dtype)
+        else:
+            self.routers[name] = nn.Parameter(torch.zeros(self.num_experts, device=ref.device, dtype=ref.dtype))
+        self.config["modalities"].append(name)
+        if width != self.in_dim:
+            self.config["in_dims"][name] = width
+
+    def _resolve(self, modality: str | None) -> str:
+        if modality is None:
+            if len(self.inputs) == 1:
+                return next(iter(self.inputs))
+            raise ValueError(f"universal projector: pass modality=... (one of {self.modalities})")
+        if modality not in self.inputs:
+            raise ValueError(f"universal projector: unknown modality {modality!r}; known modalities: "
+                             f"{', '.join(self.modalities)} (add one with add_modality)")
+        return modality
+
+    def router_weights(self, x: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
+        """Soft expert weights `[B, N, E]` for the N modality tokens, from projected input tokens `x` [B, T, dim]."""
+        b = x.shape[0]
+        if self.router_kind == "static":
+            return self.routers[modality].softmax(-1).expand(b, self.num_modality_tokens, -1)
+        summary = masked_mean(x, mask)[:, None, :]  # [B, 1, dim]
+        return self.routers[modality](self.modality_tokens[modality][None] + summary).softmax(-1)  # [B, N, E]
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                modality: str | None = None) -> ProjectorOutput:
+        name = self._resolve(modality)
+        mask = full_mask(tokens, mask)  # [B, T]
+        width = self.inputs[name].in_features
+        if tokens.shape[-1] != width:
+            raise ValueError(f"universal projector: modality {name!r} expects tokens of width {width}, "
+                             f"got {tuple(tokens.shape)}")
+        b, n = tokens.shape[0], self.num_modality_tokens
+        x = self.inputs[name](tokens)  # [B, T, dim]
+        seq = torch.cat([self.modality_tokens[name].expand(b, -1, -1), x], dim=1)  # [B, N + T, dim]
+        seq_mask = torch.cat([mask.new_ones(b, n), mask], dim=1)
+        weights = self.router_weights(x, mask, name)  # [B, N, E]
+        mixed = sum(weights[..., e, None] * expert(seq, seq_mask)[:, :n] for e, expert in enumerate(self.experts))
+        out = self.proj_out(self.norm_out(mixed))  # [B, N, out_dim]
+        return ProjectorOutput(out, mask.new_ones(b, n))
