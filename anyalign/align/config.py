@@ -145,6 +145,7 @@ class TrainSpec:
 @dataclass
 class EvalSpec:
     every: int = 0  # evaluate every N steps (0: only at the end)
+    at_start: bool = True  # also evaluate the untrained adapters (step 0) for a before/after comparison
     batch_size: int = 64
     zero_shot: bool = True  # labelled eval data: classify against class-caption embeddings
     recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])

@@ -204,20 +204,37 @@ class PairedDataset(Dataset):
         """The paired caption: a template filled with the record's caption / label phrase."""
         src = self.sources[si]
         label = rec.get("label")
-        templates = src.caption_templates
-        if src.kind == "uea" and templates == ["{caption}"]:
-            templates = DEFAULT_UEA_TEMPLATES
+        templates = self._templates(si)
         if rec.get("caption") is None and label is None:
             return None
         phrase = src.label_text.get(str(label), str(label).lower()) if label is not None else ""
         t = templates[int(rng.integers(len(templates)))] if rng is not None else templates[0]
         return t.format(caption=rec.get("caption") or phrase, label=phrase)
 
+    def all_captions(self) -> set[str]:
+        """Every caption any epoch can produce (all templates), for precomputing frozen text-anchor embeddings."""
+        out: set[str] = set()
+        for si, rec in self.records:
+            src = self.sources[si]
+            if rec.get("caption") is None and rec.get("label") is None:
+                continue
+            templates = self._templates(si)
+            for t in templates:
+                label = rec.get("label")
+                phrase = src.label_text.get(str(label), str(label).lower()) if label is not None else ""
+                out.add(t.format(caption=rec.get("caption") or phrase, label=phrase))
+        return out
+
+    def _templates(self, si: int) -> list[str]:
+        src = self.sources[si]
+        if src.kind == "uea" and src.caption_templates == ["{caption}"]:
+            return DEFAULT_UEA_TEMPLATES
+        return src.caption_templates
+
     def class_prompts(self, si: int = 0) -> dict[str, list[str]]:
         """Every caption template for every class (zero-shot classification prompts)."""
         src = self.sources[si]
-        templates = DEFAULT_UEA_TEMPLATES if src.kind == "uea" and src.caption_templates == ["{caption}"] \
-            else src.caption_templates
+        templates = self._templates(si)
         out = {}
         for label in self.labels:
             phrase = src.label_text.get(label, label.lower())

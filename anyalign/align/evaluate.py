@@ -48,7 +48,7 @@ def _tag(ds: PairedDataset, used: set[str]) -> str:
 
 
 @torch.no_grad()
-def evaluate_model(model: AlignmentModel, datasets: Sequence[PairedDataset], collator: Collator, *,
+def evaluate_model(model: AlignmentModel, datasets: Sequence[PairedDataset], collate_fns: dict[str, Any], *,
                    batch_size: int = 64, zero_shot: bool = True, recall_k: Sequence[int] = (1, 5, 10),
                    max_samples: int | None = None) -> dict[str, float]:
     """Metrics named `eval/<source>/<metric>` for each held-out source (one source per dataset)."""
@@ -60,7 +60,9 @@ def evaluate_model(model: AlignmentModel, datasets: Sequence[PairedDataset], col
         for ds in datasets:
             tag = _tag(ds, used)
             n = len(ds) if max_samples is None else min(len(ds), max_samples)
-            loader = DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=batch_size, collate_fn=collator)
+            loader = DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=batch_size,
+                                collate_fn=Collator(collate_fns, ds.labels),  # label ids follow ds.labels
+                                generator=torch.Generator())  # leave the global RNG alone (exact resume)
             task = ds.sources[0].task
             if task == "contrastive":
                 out.update(_contrastive_metrics(model, ds, loader, tag, zero_shot, recall_k))
@@ -69,7 +71,7 @@ def evaluate_model(model: AlignmentModel, datasets: Sequence[PairedDataset], col
                 for batch in loader:
                     batch = batch.to(model.device)
                     feats = {m: model.features(m, mb) for m, mb in batch.media.items()}
-                    loss = model.llm_loss(batch, feats, list(range(len(batch))))
+                    loss = model.llm_loss(batch, feats, list(range(len(batch))), lm_only=True)
                     total += float(loss) * len(batch)
                     count += len(batch)
                 out[f"eval/{tag}/{task}_loss"] = total / max(count, 1)

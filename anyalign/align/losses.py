@@ -54,14 +54,10 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     sizes = _sizes(x.shape[0], x.device)
     padded = _pad_rows(x, max(sizes))
-    try:
-        import torch.distributed._functional_collectives as fc
+    import torch.distributed._functional_collectives as fc
 
-        out = fc.wait_tensor(fc.all_gather_tensor_autograd(padded, 0, dist.group.WORLD))
-    except (ImportError, AttributeError):  # older torch
-        import torch.distributed.nn.functional as dnf
-
-        out = torch.cat(dnf.all_gather(padded), 0)
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd  # newest name first
+    out = fc.wait_tensor(gather(padded, 0, dist.group.WORLD))  # [W*max, ...]; backward sums the ranks' gradients
     return _unpad(out, sizes)
 
 

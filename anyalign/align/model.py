@@ -41,7 +41,7 @@ class _Frozen:
     def modules(self) -> list[nn.Module]:
         mods: list[nn.Module] = [*self.encoders.values(), *self.anchors.values()]
         if self.mllm is not None:
-            mods.append(self.mllm.llm if hasattr(self.mllm, "llm") else self.mllm)
+            mods.append(self.mllm.llm)  # its adapters and code table are registered in the AlignmentModel
         return mods
 
 
@@ -64,11 +64,14 @@ class AlignmentModel(nn.Module):
         self.frozen.encoders = dict(frozen_encoders or {})
         self.frozen.anchors = dict(anchors or {})
         self.frozen.mllm = mllm
-        self.lora = nn.ParameterDict()
+        self.lora = nn.ParameterDict()  # the LoRA weights inside the frozen LLM, registered here for DDP/ckpt
+        self.code_embeddings = None  # discrete (rvq) adapters: the trainable table of code-token embeddings
         if mllm is not None:
-            for name, p in mllm.named_parameters():
+            for name, p in mllm.llm.named_parameters():
                 if p.requires_grad and "lora_" in name:
                     self.lora[name.replace(".", "__")] = p
+            if mllm.code_embeddings is not None:
+                self.code_embeddings = mllm.code_embeddings.requires_grad_(True)
         self._text_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._text_cache_size = text_cache_size
 
@@ -83,7 +86,7 @@ class AlignmentModel(nn.Module):
     def train(self, mode: bool = True) -> AlignmentModel:
         super().train(mode)
         if len(self.lora) and self.frozen.mllm is not None:  # LoRA dropout follows the training mode
-            self.frozen.mllm.train(mode)
+            self.frozen.mllm.llm.train(mode)
         return self
 
     @property
@@ -134,6 +137,15 @@ class AlignmentModel(nn.Module):
         if not texts:
             return torch.zeros(0, enc.pooled_dim, device=self.device)
         return torch.stack([self._text_cache[(anchor, t)] for t in texts]).to(self.device)
+
+    @torch.no_grad()
+    def precompute_texts(self, anchor: str, texts: set[str] | Sequence[str], batch_size: int = 128) -> None:
+        """Embed a known set of anchor sentences in a fixed order and chunking, so cached values do not depend
+        on which batch first met a sentence (bit-exact resume)."""
+        ordered = sorted(set(texts))
+        self._text_cache_size = max(self._text_cache_size, len(ordered))
+        for i in range(0, len(ordered), batch_size):
+            self.anchor_texts(anchor, ordered[i:i + batch_size])
 
     # --- training -----------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -199,8 +211,10 @@ class AlignmentModel(nn.Module):
         emb, aux = adapter.embed_output(feats[m][sel.to(feats[m].tokens.device)])
         return emb, aux, rows[sel]
 
-    def llm_loss(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int]) -> torch.Tensor:
-        """Next-token loss of the frozen LLM on the targets of `rows`, media as soft-token prefixes."""
+    def llm_loss(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int], *, lm_only: bool = False
+                 ) -> torch.Tensor:
+        """Next-token loss of the frozen LLM on the targets of `rows` (prompt and media positions masked);
+        adapter auxiliary losses are added unless `lm_only`."""
         row_set = set(rows)
         sub: dict[str, EncoderOutput] = {}
         for m, mb in batch.media.items():
@@ -211,7 +225,7 @@ class AlignmentModel(nn.Module):
                 sub[m] = feats[m][torch.tensor(idx, device=feats[m].tokens.device)]
         out = self.frozen.mllm(prompts=[batch.prompts[i] for i in rows], targets=[batch.targets[i] for i in rows],
                                features=sub)
-        return out.loss
+        return out.lm_loss if lm_only else out.loss
 
     # --- persistence --------------------------------------------------------------------------------------------
     def save_adapters(self, directory: Any, *, is_main_process: bool = True) -> dict[str, str]:
@@ -275,13 +289,14 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
     embed_dim = _embed_dim(recipe, anchors)
     tasks = {s.task for s in recipe.data.train + recipe.data.eval}
     need_llm = bool(tasks & set(LLM_TASKS)) if need_llm is None else need_llm
-    llm = None
+    llm = tokenizer = source = None
     llm_dim = None
     if need_llm and recipe.model.llm:
-        from .llm_bridge import load_llm
+        from ..llm import load_llm
 
-        llm = load_llm(recipe)
-        llm_dim = int(llm.config.hidden_size)
+        llm, tokenizer, source = load_llm(recipe.model.llm, gguf_file=recipe.model.gguf_file,
+                                          dtype=recipe.model.llm_dtype)
+        llm_dim = int(llm.get_input_embeddings().embedding_dim)
     adapters, frozen = {}, {}
     for m, spec in recipe.adapters.items():
         if spec.llm_projector is not None and llm_dim is None and need_llm:
@@ -295,9 +310,13 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
                  or adapters[m].config.embed_dim is not None]
     mllm = None
     if llm is not None:
-        from .llm_bridge import wrap_llm
+        from ..llm import MultimodalLM
 
-        mllm = wrap_llm(recipe, llm, {m: a for m, a in adapters.items() if a.llm_head is not None})
+        mllm = MultimodalLM(llm, tokenizer, {m: a for m, a in adapters.items() if a.llm_head is not None},
+                            source=source)
+        if recipe.model.lora is not None:
+            lo = recipe.model.lora
+            mllm.add_lora(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
     opts = {a: {"temperature": s.temperature, "learn_temperature": s.learn_temperature, "weight": s.weight,
                 "positives": s.positives} for a, s in recipe.anchors.items()}
     return AlignmentModel(adapters, anchors=anchors, frozen_encoders=frozen, mllm=mllm, contrastive_pairs=pairs,

@@ -28,14 +28,12 @@ from .base import Encoder, EncoderOutput, InputError
 from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
 from .registry import register_encoder
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _configs_registered = False
 
 
-def _register_model_configs() -> None:
+def register_model_configs() -> None:
     """Make the configs shipped with anyalign (e.g. "anyalign-tiny-vit") known to open_clip, once."""
     global _configs_registered
     if not _configs_registered and MODEL_CONFIG_DIR.is_dir():
@@ -62,7 +60,7 @@ def build_clip(model: str, pretrained: str | None, tower: str, **kwargs: Any) ->
     Returns `(clip_model, preprocess, tokenizer_name)`; `tower` ("image" | "text") decides which keys a local
     checkpoint must provide.
     """
-    _register_model_configs()
+    register_model_configs()
     name = _config_name(model)
     arch, tag, file = name, None, None
     if pretrained:

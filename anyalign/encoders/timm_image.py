@@ -10,7 +10,6 @@ normalisation.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,8 +24,6 @@ from ..io import WEIGHT_SUFFIXES, load_weights, resolve_pretrained
 from .base import Encoder, EncoderOutput
 from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
 from .registry import register_encoder
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_TIMM_MODEL = "efficientnet_lite0"
 

@@ -1,0 +1,293 @@
+"""The alignment training loop on accelerate: mixed precision, accumulation, DDP/FSDP via `accelerate launch`.
+
+Exact resume: the data order is a pure function of (seed, epoch), per-sample randomness is seeded by
+(seed, epoch, index), and a checkpoint holds the trainable weights, optimizer, scheduler and every rank's RNG;
+resuming loads it and skips the consumed batches of the current epoch (`skip_first_batches`), so a run killed
+and resumed ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..io import atomic_path, write_json
+from .checkpoint import latest_checkpoint, list_checkpoints, read_state, save_checkpoint
+from .config import Recipe, recipe_to_dict
+from .data import Collator, EpochSampler, PairedDataset
+from .evaluate import evaluate_model
+from .metrics_log import MetricsLog, plot_curves
+from .model import AlignmentModel, build_model
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, inconsistent resume); the message says what to do."""
+
+
+class Callback(Protocol):
+    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    adapters: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    curves: Path | None = None
+
+
+def _make_accelerator(recipe: Recipe, output_dir: Path, find_unused: bool) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin
+
+    t = recipe.train
+    # CPU-only multi-process runs (torchrun / accelerate launch --cpu) need cpu=True for accelerate to use gloo
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        cpu=multi_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"),
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.grad_accum, sync_with_dataloader=False),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size is the global batch
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        log_with="tensorboard" if t.tensorboard else None,
+        project_dir=str(output_dir),
+    )
+
+
+def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe) -> Any:
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
+
+    t = recipe.train
+    if t.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, t.warmup_steps)
+    fn = get_cosine_schedule_with_warmup if t.schedule == "cosine" else get_linear_schedule_with_warmup
+    return fn(optimizer, t.warmup_steps, t.max_steps)
+
+
+def _optimizer(model: AlignmentModel, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and temperatures; trained encoders may use their own lr."""
+    t = recipe.train
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.trainable_parameters():
+        is_encoder = name.startswith("adapters.") and ".encoder." in name
+        lr = t.encoder_lr if is_encoder and t.encoder_lr is not None else t.lr
+        wd = 0.0 if p.dim() < 2 else t.weight_decay
+        groups.setdefault((lr, wd), []).append(p)
+    if not groups:
+        raise TrainingError("nothing to train: every parameter is frozen")
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
+                             lr=t.lr, betas=tuple(t.betas))
+
+
+class Trainer:
+    """Builds model, data, optimizer and accelerator from a recipe; `fit()` trains, evaluates and saves."""
+
+    def __init__(self, recipe: Recipe, *, output_dir: str | os.PathLike | None = None,
+                 callbacks: list[Callback] | None = None) -> None:
+        from accelerate.utils import set_seed
+
+        self.recipe = recipe
+        self.output_dir = Path(output_dir) if output_dir is not None else recipe.output_path
+        self.callbacks = list(callbacks or [])
+        t = recipe.train
+        tasks = {s.task for s in recipe.data.train}
+        find_unused = len(recipe.adapters) > 1 or len(tasks) > 1 or recipe.model.lora is not None
+        self.accelerator = _make_accelerator(recipe, self.output_dir, find_unused)
+        acc = self.accelerator
+        if t.batch_size % acc.num_processes:
+            raise TrainingError(f"train.batch_size={t.batch_size} is the global batch and must be divisible by the "
+                                f"{acc.num_processes} processes")
+        set_seed(recipe.seed)
+        self.model = build_model(recipe)
+        media = list(recipe.adapters) + [a for a in recipe.anchors if a != "text"]
+        loaders = {m: self.model.encoder_for(m).load for m in media}
+        self.collate_fns = {m: self.model.encoder_for(m).collate for m in media}
+        self.train_set = PairedDataset(recipe.data.train, media, seed=recipe.seed, train=True, loaders=loaders)
+        self.eval_sets = [PairedDataset([s], media, seed=recipe.seed, train=False, loaders=loaders)
+                          for s in recipe.data.eval]
+        if len(self.train_set) < t.batch_size:
+            raise TrainingError(f"train.batch_size={t.batch_size} is larger than the {len(self.train_set)} training "
+                                f"examples; lower it")
+        self.sampler = EpochSampler(len(self.train_set), seed=recipe.seed)
+        loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
+                            collate_fn=Collator(self.collate_fns, self.train_set.labels), num_workers=t.num_workers,
+                            generator=torch.Generator().manual_seed(recipe.seed))
+        self.steps_per_epoch = len(self.train_set) // t.batch_size
+        optimizer = _optimizer(self.model, recipe)
+        scheduler = _schedule(optimizer, recipe)
+        self.model, self.optimizer, self.loader, self.scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
+        if "text" in recipe.anchors:
+            texts = self.train_set.all_captions()
+            for ds in self.eval_sets:
+                texts |= ds.all_captions() | {t for ts in ds.class_prompts().values() for t in ts}
+            if len(texts) <= 200_000:
+                self.unwrapped.precompute_texts("text", texts)
+        self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", acc, enabled=acc.is_main_process)
+        self.step = 0
+
+    @property
+    def unwrapped(self) -> AlignmentModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.output_dir)
+        if ckpt is None:
+            logger.info("--resume: no checkpoint in %s, starting from scratch", self.output_dir)
+            return
+        state = read_state(ckpt)
+        expect = {"world_size": self.accelerator.num_processes, "batch_size": self.recipe.train.batch_size,
+                  "grad_accum": self.recipe.train.grad_accum, "seed": self.recipe.seed}
+        diff = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
+        if diff:
+            logger.warning("%s was written with different settings %s (saved, now): resume will not be exact",
+                           ckpt, diff)
+        self.accelerator.load_state(str(ckpt))
+        self.step = int(state["step"])
+        self.metrics.truncate_after(self.step)
+        logger.info("resumed from %s (step %d)", ckpt, self.step)
+
+    def _checkpoint(self) -> Path:
+        state = {"world_size": self.accelerator.num_processes, "batch_size": self.recipe.train.batch_size,
+                 "grad_accum": self.recipe.train.grad_accum, "seed": self.recipe.seed, "time": time.time()}
+        return save_checkpoint(self.accelerator, self.output_dir, self.step, state, self.recipe.train.keep_checkpoints)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def _batches(self, micro: int) -> Any:
+        """Micro-batches from global micro-step `micro` on, epoch after epoch, in the seeded order."""
+        while True:
+            epoch, skip = divmod(micro, self.steps_per_epoch)
+            loader = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            loader.set_epoch(epoch)
+            for batch in loader:
+                yield batch
+                micro += 1
+
+    def _finite_or_stop(self, value: torch.Tensor, what: str, terms: dict[str, float]) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            last = latest_checkpoint(self.output_dir)
+            self.accelerator.end_training()
+            raise TrainingError(
+                f"non-finite {what} at step {self.step + 1} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
+                f"training stopped without saving. Last good checkpoint: {last or 'none'} (continue with --resume "
+                f"after lowering train.lr or setting train.clip_grad).")
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        acc, t = self.accelerator, self.recipe.train
+        if not resume and list_checkpoints(self.output_dir):
+            raise TrainingError(f"{self.output_dir} already holds checkpoints; pass --resume to continue that run or "
+                                f"choose another --output")
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.output_dir / "recipe.yaml") as tmp:
+                tmp.write_text(yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
+        if t.tensorboard:
+            acc.init_trackers("tensorboard")
+        if resume:
+            self._resume()
+        if self.step == 0 and self.recipe.eval.at_start:
+            self.evaluate()
+        weights = t.loss_weights
+        self.model.train()
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train",
+                   dynamic_ncols=True)
+        window: dict[str, float] = {}
+        n_window, t0 = 0, time.perf_counter()
+        batches = self._batches(self.step * t.grad_accum)
+        while self.step < t.max_steps:
+            for _ in range(t.grad_accum):
+                batch = next(batches)
+                with acc.accumulate(self.model):
+                    terms = self.model(batch)
+                    if not terms:
+                        raise TrainingError("the batch produced no loss term: check data tasks against adapters/anchors")
+                    loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+                    values = {k: float(v.detach()) for k, v in terms.items()}
+                    self._finite_or_stop(loss.detach(), "loss", values)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        norm = acc.clip_grad_norm_(self.model.parameters(), t.clip_grad or math.inf)
+                        self._finite_or_stop(torch.as_tensor(norm), "gradient norm", values)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for k, v in {"loss": float(loss.detach()), **{f"loss/{k}": v for k, v in values.items()}}.items():
+                    window[k] = window.get(k, 0.0) + v / t.grad_accum
+            self.step += 1
+            n_window += 1
+            bar.update(1)
+            logs = {k: v / n_window for k, v in window.items()}
+            if self.step % t.log_every == 0 or self.step == t.max_steps:
+                dt = time.perf_counter() - t0
+                logs["lr"] = self.scheduler.get_last_lr()[0]
+                logs["samples_per_s"] = n_window * t.batch_size * t.grad_accum / max(dt, 1e-9)
+                for name, mod in self.unwrapped.contrastive.items():
+                    logs[f"logit_scale/{name}"] = float(mod.scale.detach())
+                self.metrics.log(self.step, logs)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", sps=f"{logs['samples_per_s']:.0f}")
+                window, n_window, t0 = {}, 0, time.perf_counter()
+            if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < t.max_steps:
+                self.evaluate()
+            if self.step % t.save_every == 0 and self.step < t.max_steps:
+                self._checkpoint()
+            for cb in self.callbacks:
+                cb.on_step_end(self, self.step, logs)
+        bar.close()
+        return self._finish()
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics on the main process (logged and returned; empty on other ranks)."""
+        metrics: dict[str, float] = {}
+        if self.eval_sets and self.accelerator.is_main_process:
+            e = self.recipe.eval
+            metrics = evaluate_model(self.unwrapped, self.eval_sets, self.collate_fns, batch_size=e.batch_size,
+                                     zero_shot=e.zero_shot, recall_k=e.recall_k, max_samples=e.max_samples)
+            self.metrics.log(self.step, metrics)
+            logger.info("step %d: %s", self.step, metrics)
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def _finish(self) -> TrainResult:
+        acc = self.accelerator
+        metrics = self.evaluate()
+        model = self.unwrapped
+        adapters: dict[str, str] = {}
+        curves = None
+        if acc.is_main_process:
+            with atomic_path(self.output_dir / "adapters", is_dir=True) as tmp:
+                saved = model.save_adapters(tmp)
+            adapters = {m: str(self.output_dir / "adapters" / Path(p).name) for m, p in saved.items()}
+            if model.frozen.mllm is not None and hasattr(model.frozen.mllm, "save_pretrained"):
+                with atomic_path(self.output_dir / "mllm", is_dir=True) as tmp:
+                    model.frozen.mllm.save_pretrained(tmp)
+            write_json(self.output_dir / "eval.json", {"step": self.step, **metrics})
+            curves = plot_curves(self.metrics.read(), self.output_dir / "curves.png", title=self.recipe.name)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return TrainResult(self.output_dir, self.step, adapters, metrics, curves)
+
+
+def train(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,
+          callbacks: list[Callback] | None = None) -> TrainResult:
+    """Train one recipe end to end (see `Trainer`)."""
+    return Trainer(recipe, output_dir=output_dir, callbacks=callbacks).fit(resume=resume)
+
+
+__all__ = ["Callback", "TrainResult", "Trainer", "TrainingError", "train"]

@@ -1,0 +1,40 @@
+"""`anyalign train CONFIG [key=value ...] [--resume] [--output DIR]`: run one alignment recipe.
+
+Multi-process: `accelerate launch --num_processes N -m anyalign.cli.main train CONFIG` (DDP; FSDP through an
+accelerate config file). `train.batch_size` is the global batch, split across the processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+
+
+def train_cmd(
+    config: Path = typer.Argument(..., help="Recipe YAML (e.g. configs/imu_text_contrastive.yaml)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=200 train.lr=3e-4"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output folder."),
+    output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output_dir)."),
+) -> None:
+    """Train adapters from paired data: contrastive binding, LLM caption alignment or joint instruction tuning."""
+    from ..align import TrainingError, load_recipe, train
+    from .main import CLIError
+
+    recipe = load_recipe(config, list(overrides or []))
+    try:
+        result = train(recipe, output_dir=output, resume=resume)
+    except TrainingError as e:
+        raise CLIError(str(e)) from None
+    if result.adapters:  # main process
+        typer.echo(f"trained {result.step} steps -> {result.output_dir}")
+        for modality, path in result.adapters.items():
+            typer.echo(f"  adapter {modality}: {path}")
+        for key, value in sorted(result.metrics.items()):
+            typer.echo(f"  {key}: {value:.4f}")
+        if result.curves is not None:
+            typer.echo(f"  curves: {result.curves}")
