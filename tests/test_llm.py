@@ -141,7 +141,8 @@ def test_spliced_positions_carry_adapter_tokens(llm_dirs: dict[str, Path], tok) 
     # the LLM really receives them: its first hidden state is the spliced embedding
     out = mm(prompts, features={"imu": f_imu, "image": f_img}, output_hidden_states=True)
     assert torch.equal(out.hidden_states[0][lay.soft_mask], expected)
-    assert torch.equal(lay.position_ids[1][lay.attention_mask[1].bool()], torch.arange(int(lay.attention_mask[1].sum())))
+    valid = lay.attention_mask[1].bool()
+    assert torch.equal(lay.position_ids[1][valid], torch.arange(int(valid.sum())))
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
@@ -270,6 +271,11 @@ def test_bundle_roundtrip_and_lora(llm_dirs: dict[str, Path], tmp_path: Path) ->
     torch.testing.assert_close(loaded(prompts, features=feats).logits, ref)
 
     merged = MultimodalLM.from_pretrained(tmp_path / "bundle", load_encoders=False, merge_lora=True)
+    assert merged.has_lora and merged.lora_merged_in_place  # merged in place: LoRA still saved separately
+    torch.testing.assert_close(merged(prompts, features=feats).logits, ref, atol=1e-4, rtol=1e-4)
+    merged.save_pretrained(tmp_path / "in_place")
+    assert (tmp_path / "in_place" / "lora" / "adapter_config.json").is_file()
+    merged.merge_lora(unload=True)
     assert not merged.has_lora and merged.lora_merged
     torch.testing.assert_close(merged(prompts, features=feats).logits, ref, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="merged weights must be saved"):
@@ -352,6 +358,8 @@ def test_cli_chat(llm_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str])
         assert _cli(["chat", "--llm", str(llm_dirs["llama"]), "--max-new-tokens", "4", flag, "the person is"]) == 0
         assert capsys.readouterr().out == want + "\n"
     assert _cli(["chat", "--llm", str(llm_dirs["llama"]), "--input", "imu=/nonexistent.npy", "hi"]) == 2
+    assert "no --adapter imu=DIR given" in capsys.readouterr().err
+    assert _cli(["chat", "--llm", str(llm_dirs["llama"]), "--adapter", "imu=/x", "--input", "imu=/no.npy", "hi"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert _cli(["chat", "--llm", str(llm_dirs["llama"]), "--adapter", "imu", "hi"]) == 2
     assert "expected MODALITY=PATH" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 Sections: `model` (shared-space width, frozen LLM, LoRA), `adapters` (one trainable adapter per modality),
 `anchors` (frozen encoders whose embedding space is the target), `data` (train/eval sources), `train`
 (optimisation and checkpointing) and `eval`. Strings may use `${VAR}` / `${VAR:-default}` environment
-variables (e.g. `${ANYALIGN_ASSETS}/text/all-MiniLM-L6-v2`); an unset variable is an error naming the field.
+variables (e.g. `${ANYALIGN_ASSETS}/text/all-MiniLM-L6-v2`; `${RECIPE_DIR}` is the recipe's folder); an unset
+variable is an error naming the field.
 Every problem (unknown key, wrong type, missing file) raises `ConfigError` naming the file and the field.
 """
 
@@ -216,17 +217,19 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: invalid YAML ({e})") from None
 
 
-def expand_env(value: Any, where: str = "") -> Any:
-    """Expand `${VAR}` and `${VAR:-default}` in every string of a nested structure."""
+def expand_env(value: Any, where: str = "", extra: dict[str, str] | None = None) -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a nested structure (`extra` vars first)."""
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k), extra) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [expand_env(v, f"{where}[{i}]", extra) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
     def sub(m: re.Match) -> str:
         name, default = m.group(1), m.group(2)
+        if extra and name in extra:
+            return extra[name]
         if name in os.environ:
             return os.environ[name]
         if default is not None:
@@ -292,7 +295,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, *, 
     for item in overrides or []:
         _set_override(data, item)
     try:
-        data = expand_env(data)
+        data = expand_env(data, extra={"RECIPE_DIR": str(path.resolve().parent)})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     recipe = from_dict(Recipe, data, source=str(path), strict=True)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..encoders import EncoderOutput, pad_sequences
-from .config import AugmentSpec, DataSource
+from .config import AugmentSpec, DataSource, expand_env
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def read_source(src: DataSource, media_names: Sequence[str]) -> list[dict[str, A
 
         ds = load_uea(path, split=src.split)
         m = src.modality or "imu"
-        records = [{"media": {m: [ds.x[i]]}, "label": ds.labels[i], "caption": None, "key": f"{path.name}/{src.split}/{i}"}
-                   for i in range(len(ds.labels))]
+        records = [{"media": {m: [ds.x[i]]}, "label": ds.labels[i], "caption": None,
+                    "key": f"{path.name}/{src.split}/{i}"} for i in range(len(ds.labels))]
     elif src.kind == "files":
         if not src.modality:
             raise ValueError(f"data source {path}: kind 'files' needs a modality")
@@ -96,7 +96,10 @@ def _read_jsonl(path: Path, src: DataSource, media_names: Sequence[str]) -> list
         media = {}
         for m in media_names:
             if m in row:
-                items = row[m] if isinstance(row[m], list) else [row[m]]
+                try:  # media paths may use ${ANYALIGN_ASSETS}-style variables
+                    items = expand_env(row[m] if isinstance(row[m], list) else [row[m]], f"{m}")
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: {e}") from None
                 media[m] = [str(path.parent / it) if isinstance(it, str) and not Path(it).is_absolute() else it
                             for it in items]
         key = str(row.get("key", row.get("id", f"{path.name}:{n}")))
@@ -188,7 +191,7 @@ class PairedDataset(Dataset):
         where = rec.get("where", f"{src.path} ({rec['key']})")
         if src.task == "caption":
             for p in src.prompts:
-                if src.modality and f"<{{modality}}>" not in p and f"<{src.modality}>" not in p:
+                if src.modality and "<{modality}>" not in p and f"<{src.modality}>" not in p:
                     raise ValueError(f"{src.path}: caption prompt {p!r} lacks the <{src.modality}> placeholder")
         if src.task == "instruct":
             prompt, _ = _conversation_to_pair(rec["conversation"], where)

@@ -3,6 +3,8 @@
 Under DDP every rank gathers all embeddings (with gradient) and computes the same global loss; the gather's
 backward sums the gradients of all ranks and DDP averages them, so N processes with a global batch B train
 exactly like one process with batch B (no hard-negative mining, the negatives are the whole global batch).
+Several anchors (ImageBind): one `InfoNCE` per (modality, anchor) pair, each with its own temperature; the
+trainer sums the weighted terms.
 """
 
 from __future__ import annotations
@@ -127,17 +129,4 @@ class InfoNCE(nn.Module):
         return info_nce(logits, positives)
 
 
-def multi_anchor_loss(embeddings: torch.Tensor, anchors: dict[str, torch.Tensor], losses: nn.ModuleDict,
-                      weights: dict[str, float] | None = None, labels: torch.Tensor | None = None
-                      ) -> dict[str, torch.Tensor]:
-    """One InfoNCE term per anchor modality (ImageBind binds to several anchors at once); returns each term.
-
-    `losses[name]` is that anchor's `InfoNCE` (own temperature); the caller sums the weighted terms.
-    """
-    out = {}
-    for name, anchor in anchors.items():
-        out[name] = (weights or {}).get(name, 1.0) * losses[name](embeddings, anchor, labels)
-    return out
-
-
-__all__ = ["InfoNCE", "MAX_LOGIT_SCALE", "gather_no_grad", "gather_with_grad", "global_size", "info_nce", "multi_anchor_loss"]
+__all__ = ["InfoNCE", "MAX_LOGIT_SCALE", "gather_no_grad", "gather_with_grad", "global_size", "info_nce"]

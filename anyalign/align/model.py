@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapter import AdapterConfig, ModalityAdapter, WEIGHTS_NAME
+from ..adapter import WEIGHTS_NAME, AdapterConfig, ModalityAdapter
 from ..encoders import Encoder, EncoderOutput, create_encoder
 from ..io import load_weights
 from .config import AdapterSpec, Recipe
@@ -55,9 +55,9 @@ class AlignmentModel(nn.Module):
         super().__init__()
         self.adapters = nn.ModuleDict(adapters)
         opts = anchor_options or {}
-        self.contrastive = nn.ModuleDict({
-            f"{m}-{a}": InfoNCE(opts.get(a, {}).get("temperature", 0.07), opts.get(a, {}).get("learn_temperature", True))
-            for m, a in contrastive_pairs})
+        self.contrastive = nn.ModuleDict({  # one temperature per (modality, anchor) pair
+            f"{m}-{a}": InfoNCE(opts.get(a, {}).get("temperature", 0.07),
+                                opts.get(a, {}).get("learn_temperature", True)) for m, a in contrastive_pairs})
         self.anchor_weights = {a: float(o.get("weight", 1.0)) for a, o in opts.items()}
         self.anchor_positives = {a: o.get("positives", "label") for a, o in opts.items()}
         self.frozen = _Frozen()
@@ -99,6 +99,10 @@ class AlignmentModel(nn.Module):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     # --- features and embeddings --------------------------------------------------------------------------
+    def has_encoder(self, modality: str) -> bool:
+        return ((modality in self.adapters and self.adapters[modality].encoder is not None)
+                or modality in self.frozen.encoders or modality in self.frozen.anchors)
+
     def encoder_for(self, modality: str) -> Encoder:
         adapter = self.adapters[modality] if modality in self.adapters else None
         if adapter is not None and adapter.encoder is not None:
@@ -107,7 +111,7 @@ class AlignmentModel(nn.Module):
             return self.frozen.encoders[modality]
         if modality in self.frozen.anchors:
             return self.frozen.anchors[modality]
-        raise KeyError(f"no encoder for modality {modality!r}")
+        raise ValueError(f"{modality}: raw inputs need an encoder, but this run only has cached features for it")
 
     def features(self, modality: str, mb: MediaBatch) -> EncoderOutput:
         """Encoder output of one modality's items: cached features as they are, raw inputs encoded now."""
@@ -250,18 +254,56 @@ def _embed_dim(recipe: Recipe, anchors: dict[str, Encoder]) -> int | None:
     return next(iter(dims.values()), None)
 
 
-def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None
-                            ) -> tuple[ModalityAdapter, Encoder]:
-    """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved)."""
-    encoder = create_encoder(spec.encoder, pretrained=spec.encoder_pretrained, autocast=spec.encoder_autocast,
-                             frozen=not spec.train_encoder, **spec.encoder_kwargs)
-    in_dim = encoder.pooled_dim if spec.feature == "pooled" else encoder.token_dim
+def _feature_dims(modality: str, sources: Sequence[Any]) -> tuple[int, int] | None:
+    """(token_dim, pooled_dim) when every source with `modality` is cached features; None otherwise."""
+    from pathlib import Path
+
+    from ..io import read_json
+
+    manifests = {s.path: read_json(Path(s.path) / "manifest.json") for s in sources if s.kind == "features"}
+
+    def source_modality(s: Any) -> str | None:
+        if s.kind == "uea":
+            return s.modality or "imu"
+        if s.kind == "features":
+            return s.modality or manifests[s.path].get("modality")
+        return s.modality
+
+    if any(s.kind == "jsonl" or (s.kind != "features" and source_modality(s) == modality) for s in sources):
+        return None  # raw inputs of this modality (a jsonl manifest may hold any modality)
+    dims = {(int(manifests[s.path]["token_dim"]), int(manifests[s.path]["pooled_dim"])) for s in sources
+            if s.kind == "features" and source_modality(s) == modality}
+    if len(dims) > 1:
+        _raise(f"adapters.{modality}: feature shards of different widths {sorted(dims)}")
+    return dims.pop() if dims else None
+
+
+def _raise(msg: str) -> Any:
+    raise ValueError(msg)
+
+
+def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None,
+                            feature_dims: tuple[int, int] | None = None) -> tuple[ModalityAdapter, Encoder | None]:
+    """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved).
+
+    With `feature_dims` (all its data are cached features) and a frozen encoder, the encoder is not built at all.
+    """
+    encoder = None
+    if feature_dims is None or spec.train_encoder:
+        encoder = create_encoder(spec.encoder, pretrained=spec.encoder_pretrained, autocast=spec.encoder_autocast,
+                                 frozen=not spec.train_encoder, **spec.encoder_kwargs)
+        in_dim = encoder.pooled_dim if spec.feature == "pooled" else encoder.token_dim
+    else:
+        in_dim = feature_dims[1] if spec.feature == "pooled" else feature_dims[0]
     init_state: dict[str, torch.Tensor] = {}
     if spec.init_from:
         from pathlib import Path
 
         init_state = load_weights(Path(spec.init_from) / WEIGHTS_NAME)
     carries_encoder = spec.train_encoder or any(k.startswith("encoder.") for k in init_state)
+    if carries_encoder and encoder is None:
+        encoder = create_encoder(spec.encoder, pretrained=spec.encoder_pretrained, autocast=spec.encoder_autocast,
+                                 frozen=True, **spec.encoder_kwargs)
     config = AdapterConfig(modality=modality, encoder=spec.encoder, in_dim=in_dim,
                            encoder_pretrained=spec.encoder_pretrained, encoder_kwargs=dict(spec.encoder_kwargs),
                            feature=spec.feature, embed_dim=embed_dim if spec.embed_projector is not None else None,
@@ -277,7 +319,7 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
             raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter "
                              f"(unexpected: {unexpected[:5]})")
         logger.info("%s: initialised from %s (%d new tensors)", modality, spec.init_from, len(missing))
-    if not spec.train_encoder:
+    if encoder is not None and not spec.train_encoder:
         encoder.freeze()
     return adapter, encoder
 
@@ -301,9 +343,10 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
     for m, spec in recipe.adapters.items():
         if spec.llm_projector is not None and llm_dim is None and need_llm:
             raise ValueError(f"adapters.{m}: llm_projector needs model.llm")
+        dims = _feature_dims(m, recipe.data.train + recipe.data.eval)
         adapters[m], frozen[m] = build_adapter_from_spec(m, spec, embed_dim=embed_dim,
-                                                         llm_dim=llm_dim if need_llm else None)
-    frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None}
+                                                         llm_dim=llm_dim if need_llm else None, feature_dims=dims)
+    frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None and e is not None}
     pairs = []
     if "contrastive" in tasks:
         pairs = [(m, a) for m in adapters for a in anchors if adapters[m].embed_head is not None

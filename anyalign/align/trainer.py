@@ -68,8 +68,11 @@ def _make_accelerator(recipe: Recipe, output_dir: Path, find_unused: bool) -> An
 
 
 def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe) -> Any:
-    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
-                              get_linear_schedule_with_warmup)
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     t = recipe.train
     if t.schedule == "constant":
@@ -114,8 +117,9 @@ class Trainer:
         set_seed(recipe.seed)
         self.model = build_model(recipe)
         media = list(recipe.adapters) + [a for a in recipe.anchors if a != "text"]
-        loaders = {m: self.model.encoder_for(m).load for m in media}
-        self.collate_fns = {m: self.model.encoder_for(m).collate for m in media}
+        encoders = {m: self.model.encoder_for(m) for m in media if self.model.has_encoder(m)}
+        loaders = {m: e.load for m, e in encoders.items()}
+        self.collate_fns = {m: e.collate for m, e in encoders.items()}
         self.train_set = PairedDataset(recipe.data.train, media, seed=recipe.seed, train=True, loaders=loaders)
         self.eval_sets = [PairedDataset([s], media, seed=recipe.seed, train=False, loaders=loaders)
                           for s in recipe.data.eval]
@@ -217,7 +221,8 @@ class Trainer:
                 with acc.accumulate(self.model):
                     terms = self.model(batch)
                     if not terms:
-                        raise TrainingError("the batch produced no loss term: check data tasks against adapters/anchors")
+                        raise TrainingError("the batch produced no loss term: check the data tasks against the "
+                                            "adapters and anchors")
                     loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
                     values = {k: float(v.detach()) for k, v in terms.items()}
                     self._finite_or_stop(loss.detach(), "loss", values)
@@ -277,7 +282,7 @@ class Trainer:
             if model.frozen.mllm is not None and hasattr(model.frozen.mllm, "save_pretrained"):
                 with atomic_path(self.output_dir / "mllm", is_dir=True) as tmp:
                     model.frozen.mllm.save_pretrained(tmp)
-            write_json(self.output_dir / "eval.json", {"step": self.step, **metrics})
+            write_json(self.output_dir / "eval.json", {"step": self.step, "world_size": acc.num_processes, **metrics})
             curves = plot_curves(self.metrics.read(), self.output_dir / "curves.png", title=self.recipe.name)
         acc.wait_for_everyone()
         acc.end_training()

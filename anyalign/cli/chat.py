@@ -69,6 +69,8 @@ def chat_cmd(
     if len(set(names)) != len(names):
         raise CLIError(f"--adapter: one adapter per modality, got {names}")
     for modality, file in media:
+        if bundle is None and modality not in names:
+            raise CLIError(f"--input {modality}={file}: no --adapter {modality}=DIR given")
         if not Path(file).exists():
             raise FileNotFoundError(f"--input {modality}={file}: no such file")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -119,6 +119,11 @@ def load_multimodal(cls: type[MultimodalLM], llm: Any, adapters: Mapping[str, An
         elif isinstance(llm, nn.Module) and hasattr(llm, "get_input_embeddings"):
             if tokenizer is None:
                 raise ValueError("from_pretrained: pass tokenizer= together with an LLM instance")
+            if isinstance(tokenizer, (str, os.PathLike)):
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), **({"gguf_file": gguf_file} if gguf_file
+                                                                             else {}))
             base, tok, source = llm, tokenizer, LLMSource.of(llm, gguf_file)
         else:
             raise ValueError(f"llm: expected a hub id, a folder or a transformers causal LM, got {type(llm).__name__}")
@@ -137,8 +142,8 @@ def save_bundle(model: MultimodalLM, directory: str | os.PathLike, *, save_llm: 
     if save_llm is None:
         save_llm = model.lora_merged or source is None
     if save_llm and model.has_lora:
-        raise ValueError("cannot save the LLM itself while LoRA is attached unmerged; merge_lora() first, or "
-                         "save the base LLM with save_pretrained and load it from that folder")
+        raise ValueError("cannot save the LLM itself while LoRA is attached; merge_lora(unload=True) first, "
+                         "or save the base LLM with save_pretrained and load it from that folder")
     if not save_llm and source is None:
         raise ValueError("the base LLM was built in memory and cannot be referenced; use save_llm=True")
     if not save_llm and model.lora_merged:
@@ -148,7 +153,7 @@ def save_bundle(model: MultimodalLM, directory: str | os.PathLike, *, save_llm: 
         "format": _FORMAT, "format_version": FORMAT_VERSION, "anyalign_version": __version__,
         "llm": None if save_llm else asdict(source), "llm_saved": bool(save_llm),
         "adapters": {m: f"adapters/{m}" for m in sorted(model.adapters)},
-        "lora": model.has_lora, "lora_merged": model.lora_merged,
+        "lora": model.has_lora, "lora_merged": model.lora_merged or model.lora_merged_in_place,
         "base_vocab_size": model.base_vocab_size, "code_offsets": dict(model.code_offsets),
         "chat_template": model.use_chat_template,
     }
@@ -164,7 +169,11 @@ def save_bundle(model: MultimodalLM, directory: str | os.PathLike, *, save_llm: 
                 tensors["output"] = out.weight[model.base_vocab_size:]
             save_weights(tmp / CODES_NAME, tensors, metadata={"format": _FORMAT})
         if save_llm:
-            model.llm.save_pretrained(str(tmp / "llm"))
+            try:
+                model.llm.save_pretrained(str(tmp / "llm"))
+            except ValueError as e:  # e.g. GGUF-quantised weights
+                raise ValueError(f"cannot save the LLM into the bundle ({e}); keep LoRA attached (merge_lora() "
+                                 "without unload=True merges in place and saves LoRA separately)") from None
             model.tokenizer.save_pretrained(str(tmp / "llm"))
         write_json(tmp / BUNDLE_CONFIG, config)
     return directory
@@ -197,9 +206,7 @@ def load_bundle(cls: type[MultimodalLM], directory: str | os.PathLike, *, load_e
         raise ValueError(f"{cfg_file}: code_offsets {cfg.get('code_offsets')} do not match the adapters "
                          f"({model.code_offsets})")
     if cfg.get("lora"):
-        from peft import PeftModel
-
-        model.llm = PeftModel.from_pretrained(model.llm, str(directory / "lora"), is_trainable=is_trainable)
+        model.load_lora(directory / "lora", is_trainable=is_trainable)
         if merge_lora:
             model.merge_lora()
     if model.code_embeddings is not None:

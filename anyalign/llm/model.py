@@ -89,7 +89,8 @@ class MultimodalLM(nn.Module):
         self.pad_id: int = int(pad) if pad is not None else 0
         self.placeholder_id = self.pad_id  # any in-range id: soft positions are overwritten after the lookup
         self.use_chat_template = bool(getattr(tokenizer, "chat_template", None))
-        self.lora_merged = False
+        self.lora_merged = False  # LoRA merged and unloaded: the LLM weights themselves changed
+        self.lora_merged_in_place = False  # LoRA merged but still attached (peft merge_adapter)
         self.llm.requires_grad_(False)
 
     # --- construction ---------------------------------------------------------------------------------
@@ -178,12 +179,37 @@ class MultimodalLM(nn.Module):
                             else target_modules, **lora_kwargs)
         self.llm = get_peft_model(self.llm, config)
 
-    def merge_lora(self) -> None:
-        """Fold the LoRA weights into the LLM (faster inference); the bundle then saves the merged LLM."""
+    def load_lora(self, path: str | os.PathLike, *, is_trainable: bool = False) -> None:
+        """Attach LoRA weights saved by peft (`save_pretrained` of a PeftModel, or a bundle's `lora/` folder)."""
+        from peft import PeftModel
+
+        if self.has_lora:
+            raise ValueError("the LLM already has LoRA weights attached")
+        if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json"))):
+            raise FileNotFoundError(f"{path}: not a peft LoRA folder (missing adapter_config.json)")
+        self.llm = PeftModel.from_pretrained(self.llm, str(path), is_trainable=is_trainable)
+
+    def merge_lora(self, *, unload: bool = False) -> None:
+        """Fold the LoRA weights into the LLM weights for inference.
+
+        By default in place (peft `merge_adapter`): the LoRA weights stay attached, so the bundle still saves
+        them separately and `unmerge_lora()` undoes the merge. `unload=True` removes them (`merge_and_unload`);
+        the bundle must then save the merged LLM itself, which GGUF-loaded models cannot do.
+        """
         if not self.has_lora:
             raise ValueError("the LLM has no LoRA weights to merge")
-        self.llm = self.llm.merge_and_unload()
-        self.lora_merged = True
+        if unload:  # already merged in place: only drop the LoRA modules
+            self.llm = self.llm.unload() if self.lora_merged_in_place else self.llm.merge_and_unload()
+            self.lora_merged, self.lora_merged_in_place = True, False
+        elif not self.lora_merged_in_place:
+            self.llm.merge_adapter()
+            self.lora_merged_in_place = True
+
+    def unmerge_lora(self) -> None:
+        """Undo an in-place `merge_lora()` (e.g. to train the LoRA weights further)."""
+        if self.has_lora and self.lora_merged_in_place:
+            self.llm.unmerge_adapter()
+            self.lora_merged_in_place = False
 
     def set_trainable(self, *, adapters: bool = True, lora: bool = True, codes: bool = True) -> list[nn.Parameter]:
         """Choose what the caption loss trains (LLM base weights always stay frozen); returns those parameters."""

@@ -4,7 +4,8 @@ Text between placeholders is tokenized segment by segment, so the tokenizer neve
 and the LLM's embedding matrix never grows for soft tokens: a placeholder becomes a media slot that the splice
 step later expands to as many positions as its adapter produces. A prompt without placeholders tokenizes
 exactly as the plain tokenizer would (special-token prefix/suffix included), which keeps the zero-adapter path
-identical to the unmodified LLM.
+identical to the unmodified LLM. (SentencePiece tokenizers that prepend a word-boundary marker to every call
+will mark the text right after a placeholder as a word start; byte-level BPE tokenizers are unaffected.)
 """
 
 from __future__ import annotations

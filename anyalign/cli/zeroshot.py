@@ -1,0 +1,185 @@
+"""`anyalign classify FILES...` and `anyalign eval zeroshot DATASET`: zero-shot classification against text labels.
+
+The model is one of `--clap P` (CLAP audio + text towers), `--clip P` (CLIP image + text towers) or
+`--adapter DIR` (a trained adapter against its text anchor, recorded by `anyalign train` or given with
+`--text-encoder`/`--text-pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+_MODEL_HELP = "Model: exactly one of --clap, --clip or --adapter."
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    app.command("classify")(classify_cmd)
+    eval_app.command("zeroshot")(eval_zeroshot_cmd)
+
+
+def _parse_kv(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    from .main import CLIError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CLIError(f"--encoder-arg {item!r}: expected key=value (e.g. model=ViT-B-16)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_classifier(labels: list[str], templates: list[str] | None, *, clap: str | None, clip: str | None,
+                     clip_model: str | None, adapter: Path | None, text_encoder: str | None,
+                     text_pretrained: str | None, encoder_args: list[str] | None, device: str | None,
+                     bf16: bool, batch_size: int, num_workers: int, temperature: float, no_cache: bool) -> Any:
+    """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`)."""
+    from ..zeroshot import ZeroShotClassifier
+    from .main import CLIError
+
+    chosen = [name for name, v in (("--clap", clap), ("--clip", clip), ("--adapter", adapter)) if v is not None]
+    if len(chosen) != 1:
+        raise CLIError(f"choose the model with exactly one of --clap PRETRAINED, --clip PRETRAINED or --adapter DIR "
+                       f"(got {', '.join(chosen) or 'none'})")
+    kwargs = _parse_kv(encoder_args)
+    opts = {"batch_size": batch_size, "num_workers": num_workers, "temperature": temperature,
+            "use_cache": not no_cache}
+    common = {"device": device, "autocast": "bf16" if bf16 else None}
+    if clap is not None:
+        return ZeroShotClassifier.from_clap(labels, templates, pretrained=clap, encoder_kwargs=kwargs, **common,
+                                            **opts)
+    if clip is not None:
+        if clip_model:
+            kwargs["model"] = clip_model
+        return ZeroShotClassifier.from_encoders("clip-image", "clip-text", labels, templates, pretrained=clip,
+                                                encoder_kwargs=kwargs, **common, **opts)
+    return ZeroShotClassifier.from_adapter(adapter, labels, templates, text_encoder=text_encoder,
+                                           text_pretrained=text_pretrained, text_kwargs=kwargs, **common, **opts)
+
+
+# options shared by both commands
+_CLAP = typer.Option(None, "--clap", help="CLAP weights (folder or hub id): audio and text towers. " + _MODEL_HELP)
+_CLIP = typer.Option(None, "--clip", help="CLIP weights (open_clip tag, file, folder or hub id). " + _MODEL_HELP)
+_CLIP_MODEL = typer.Option(None, "--clip-model", help="open_clip architecture for --clip (default ViT-B-32).")
+_ADAPTER = typer.Option(None, "--adapter", help="A trained adapter folder (shared-space head). " + _MODEL_HELP)
+_TEXT_ENC = typer.Option(None, "--text-encoder",
+                         help="With --adapter: the text side (encoder name or text adapter folder); default: the "
+                              "anchor recorded in the training run's recipe.yaml.")
+_TEXT_PRE = typer.Option(None, "--text-pretrained", help="Weights of --text-encoder (folder or hub id).")
+_ENC_ARGS = typer.Option(None, "--encoder-arg", help="Encoder option key=value (repeatable) for the CLAP/CLIP "
+                                                     "towers, or the text encoder with --adapter; e.g. max_length=64.")
+_TEMPLATE = typer.Option(None, "--template", "-t",
+                         help="Prompt template with {} for the label (repeatable: an averaged ensemble). Default: "
+                              "a few templates for the input modality.")
+_BATCH = typer.Option(32, "--batch-size", min=1, help="Inputs per forward pass.")
+_WORKERS = typer.Option(0, "--num-workers", min=0, help="DataLoader workers decoding the files.")
+_TEMP = typer.Option(0.01, "--temperature", help="Softmax temperature of the reported probabilities.")
+_NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the class-embedding cache.")
+_DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")
+_BF16 = typer.Option(False, "--bf16", help="Run the encoders under bf16 autocast.")
+
+
+def classify_cmd(
+    files: list[Path] = typer.Argument(..., help="Files to classify."),
+    labels: str = typer.Option(None, "--labels", "-l", help="Comma-separated class labels."),
+    labels_file: Path = typer.Option(None, "--labels-file", help="A file with one label per line."),
+    template: list[str] = _TEMPLATE,
+    top_k: int = typer.Option(5, "-k", "--top-k", min=1, help="Labels to show per file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one JSON document)."),
+    clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
+    text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
+    batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
+    device: str = _DEVICE, bf16: bool = _BF16,
+) -> None:
+    """Zero-shot classify files against text labels; prints the top-k labels with cosine scores per file.
+
+    Files that cannot be read are reported and the rest classified (exit code 1 when any failed).
+    """
+    from ..zeroshot import parse_labels
+    from .main import CLIError
+
+    if labels is None and labels_file is None:
+        raise CLIError("no labels: pass --labels 'dog barking,rain,siren' and/or --labels-file FILE")
+    label_list = parse_labels(labels, labels_file)
+    clf = build_classifier(label_list, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
+                           text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
+                           device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
+                           temperature=temperature, no_cache=no_cache)
+    preds = clf.classify([str(f) for f in files], top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps({"labels": clf.labels, "templates": clf.templates,
+                               "results": [p.to_dict() for p in preds]}, indent=2))
+    else:
+        width = max(len(lab) for lab in clf.labels)
+        for p in preds:
+            if not p.ok:
+                typer.echo(f"{p.source}\n  error: {p.error}")
+                continue
+            typer.echo(p.source)
+            for lab, s, pr in zip(p.labels, p.scores, p.probs):
+                typer.echo(f"  {lab:<{width}}  score {s:+.4f}  p {pr:.3f}")
+    failed = [p for p in preds if not p.ok]
+    if failed:
+        typer.echo(f"{len(failed)} of {len(preds)} file(s) could not be classified", err=True)
+        sys.exit(1)
+
+
+def eval_zeroshot_cmd(
+    dataset: Path = typer.Argument(..., help="A folder of class folders, a csv manifest (path,label[,fold]), or an "
+                                             "ESC-50 / UrbanSound8K folder."),
+    fold: list[str] = typer.Option(None, "--fold", help="Evaluate only these folds (repeatable)."),
+    probe: bool = typer.Option(False, "--probe", help="Also fit a linear probe on the same embeddings (cross-"
+                                                      "validated over folds, else stratified) as an upper bound."),
+    output: Path = typer.Option(Path("zeroshot-report"), "--output", "-o", help="Report folder (json + PNG)."),
+    template: list[str] = _TEMPLATE,
+    top_k: int = typer.Option(5, "-k", "--top-k", min=1, help="Labels kept per item in the report."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
+    text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
+    batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
+    device: str = _DEVICE, bf16: bool = _BF16,
+) -> None:
+    """Zero-shot accuracy, top-5 and per-class accuracy on a labelled dataset; writes a json report and a
+    confusion-matrix PNG."""
+    from ..datasets.labelled import load_labelled
+    from ..zeroshot import evaluate_zeroshot, write_report
+
+    ds = load_labelled(dataset, folds=None)
+    clf = build_classifier(ds.classes, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
+                           text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
+                           device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
+                           temperature=temperature, no_cache=no_cache)
+    if ds.layout == "folders" and clf.query.extensions:
+        ds = load_labelled(dataset, extensions=clf.query.extensions)  # leave out stray files of other kinds
+        if ds.classes != clf.labels:
+            clf = clf.with_labels(ds.classes)
+    clf.check_inputs([str(p) for p in ds.paths])
+    report = evaluate_zeroshot(clf, ds, eval_folds=fold or None, probe=probe, top_k=top_k)
+    paths = write_report(report, output)
+    m = report["metrics"]
+    if as_json:
+        typer.echo(json.dumps({"metrics": m, "per_class": report["per_class"], "probe": report["probe"],
+                               "report": str(paths["json"]), "confusion_matrix": str(paths["png"])}, indent=2))
+        return
+    typer.echo(f"{ds.layout} dataset {dataset}: {m['n']} items, {len(ds.classes)} classes"
+               + (f", folds {', '.join(fold)}" if fold else ""))
+    typer.echo(f"  top-1 accuracy         {m['top1']:.4f}")
+    typer.echo(f"  top-5 accuracy         {m['top5']:.4f}")
+    typer.echo(f"  mean per-class acc.    {m['mean_per_class_accuracy']:.4f}  (chance {m['chance']:.4f})")
+    if report["probe"] is not None:
+        pr = report["probe"]
+        typer.echo(f"  linear probe accuracy  {pr['accuracy']:.4f} ± {pr['std']:.4f}  ({pr['method']})")
+    width = max(len(c) for c in ds.classes)
+    for c, v in report["per_class"].items():
+        acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
+        typer.echo(f"    {c:<{width}}  {acc}  (n={v['support']})")
+    if m["n_failed"]:
+        typer.echo(f"  {m['n_failed']} file(s) could not be read (listed in the report)", err=True)
+    typer.echo(f"report: {paths['json']}\nconfusion matrix: {paths['png']}")

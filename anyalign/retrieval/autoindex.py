@@ -1,0 +1,107 @@
+"""Pick a faiss index for a corpus from its size, dimension and a memory budget (the autofaiss approach).
+
+Rules, in order (n vectors of dimension d, inner product on normalised vectors):
+  * n < 10k: `Flat` (exact search is already fast);
+  * n < 100k and the vectors plus an HNSW graph fit (CPU only): `HNSW32,Flat`;
+  * the raw vectors fit: `IVF{nlist},Flat` with nlist ~ 4 sqrt(n) (a power of two; an HNSW coarse quantizer
+    from 16k lists on);
+  * otherwise compressed: `OPQ{m}_{d'},IVF{nlist},PQ{m}` with the largest m bytes/vector that fit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+FLAT_BELOW = 10_000
+HNSW_BELOW = 100_000
+HNSW_M = 32
+_PQ_BYTES = (64, 48, 32, 24, 16, 12, 8, 4)
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """A factory string with the reason it was chosen and its estimated memory use."""
+
+    factory: str
+    reason: str
+    bytes_estimate: int
+
+
+def parse_memory(text: str | int | float | None) -> int | None:
+    """'4G', '512M', '1.5GB', '2T' or a number of bytes -> bytes (None stays None)."""
+    if text is None or isinstance(text, (int, float)):
+        return None if text is None else int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
+    if not m:
+        raise ValueError(f"memory={text!r}: expected a size such as 4G, 512M or 1.5GB")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return f"{n:.1f}TB"
+
+
+def num_lists(n: int) -> int:
+    """IVF list count: a power of two near 4 sqrt(n), with at least 39 training points per list."""
+    target = 4 * math.sqrt(n)
+    nlist = 2 ** max(int(round(math.log2(max(target, 1)))), 0)
+    while nlist > 1 and nlist * 39 > n:
+        nlist //= 2
+    return max(nlist, 1)
+
+
+def _opq_out_dim(d: int, m: int) -> int:
+    out = min(d, 4 * m)  # 4 dims per sub-quantizer, the usual OPQ setting
+    return out - out % m
+
+
+def choose_index(n: int, d: int, memory: int | str | None = "4G", *, gpu: bool = False) -> IndexChoice:
+    """Choose a factory string for `n` vectors of dimension `d` within `memory` bytes (see module docstring)."""
+    if n <= 0:
+        raise ValueError("cannot build an index over an empty corpus (0 vectors)")
+    if d <= 0:
+        raise ValueError(f"invalid vector dimension {d}")
+    budget = parse_memory(memory) or (4 << 30)
+    raw = n * (4 * d + 8)  # vectors + 64-bit ids
+    if n < FLAT_BELOW:
+        return IndexChoice("Flat", f"{n} < {FLAT_BELOW} vectors: exact search", raw)
+    hnsw = raw + n * HNSW_M * 2 * 4 * 1.1  # level-0 links (2M) + upper levels
+    if n < HNSW_BELOW and not gpu and hnsw <= budget:
+        return IndexChoice(f"HNSW{HNSW_M},Flat", f"{n} < {HNSW_BELOW} vectors and the graph fits", int(hnsw))
+    nlist = num_lists(n)
+    coarse = f"IVF{nlist}_HNSW32" if nlist >= 16384 and not gpu else f"IVF{nlist}"
+    centroids = nlist * d * 4 * (2 if "HNSW" in coarse else 1)
+    if raw + centroids <= budget:
+        return IndexChoice(f"{coarse},Flat", f"raw vectors ({format_bytes(raw)}) fit in {format_bytes(budget)}",
+                           raw + centroids)
+    per_vector = (budget - centroids - 4 * d * d) / n - 8  # ids + the OPQ matrix
+    for m in _PQ_BYTES:
+        if m <= per_vector and m <= d:
+            dout = _opq_out_dim(d, m)
+            return IndexChoice(f"OPQ{m}_{dout},{coarse},PQ{m}",
+                               f"raw vectors ({format_bytes(raw)}) exceed {format_bytes(budget)}: "
+                               f"{m} bytes/vector product quantization", int(n * (m + 8) + centroids))
+    need = n * (_PQ_BYTES[-1] + 8) + centroids
+    raise ValueError(f"memory budget {format_bytes(budget)} is too small for {n} vectors of dim {d} "
+                     f"(the most compressed index needs about {format_bytes(need)})")
+
+
+def training_size(factory: str, n: int) -> int:
+    """How many vectors to train on: enough for k-means / PQ codebooks without touching the whole corpus."""
+    need = 0
+    m = re.search(r"IVF(\d+)", factory)
+    if m:
+        need = max(need, 50 * int(m.group(1)))
+    if re.search(r"PQ\d+|SQ\d|OPQ", factory):
+        need = max(need, 65_536)
+    return min(n, max(need, 0))
+
+
+__all__ = ["IndexChoice", "choose_index", "format_bytes", "num_lists", "parse_memory", "training_size"]

@@ -1,0 +1,205 @@
+"""`anyalign embed`: run an embedder over raw inputs (or cached features) and write embedding shards.
+
+Output folder: `embeddings-XXXXX.npy` (float32 `[N, E]`, L2-normalised) + `metadata-XXXXX.jsonl` (one row per
+vector: `source`, `modality`, `caption` and user fields) + `embeddings.json` (dim, modality, the embedder spec,
+shard list, failures). It is written atomically. Inputs:
+  * media files, or folders searched recursively for files the encoder reads;
+  * `.jsonl` files: one object per line with `path` (relative to the file) or `text`, plus any fields;
+  * `.txt` files, for text embedders: one text per line;
+  * extraction feature folders (`manifest.json`): the adapter's head runs on the cached features.
+Inputs that fail to decode are skipped and listed under `failures`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..encoders import InputError
+from ..io import atomic_path, write_json
+from .embedder import Embedder
+from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedItem:
+    raw: Any  # what the encoder's `load` takes (a path or a string)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_item(path: Path, embedder: Embedder, extra: dict[str, Any] | None = None) -> EmbedItem:
+    meta = {"source": str(path.resolve()), "modality": embedder.modality, **(extra or {})}
+    return EmbedItem(str(path.resolve()), meta)
+
+
+def _jsonl_items(path: Path, embedder: Embedder) -> Iterator[EmbedItem]:
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object")
+        ref = row.pop("path", None) or row.pop(embedder.modality, None)
+        if ref is not None:
+            file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+            yield _file_item(file, embedder, row)
+        elif "text" in row and embedder.modality == "text":
+            text = row.pop("text")
+            yield EmbedItem(text, {"source": f"{path.resolve()}:{n}", "modality": "text",
+                                   "caption": row.pop("caption", text), **row})
+        else:
+            want = "'text'" if embedder.modality == "text" else f"'path' (or '{embedder.modality}')"
+            raise ValueError(f"{path}:{n}: expected a {want} field")
+
+
+def collect_inputs(paths: Sequence[str | os.PathLike], embedder: Embedder) -> tuple[list[EmbedItem], list[Path]]:
+    """Expand input paths into items to embed, plus the extraction feature folders among them."""
+    items: list[EmbedItem] = []
+    feature_dirs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such input file or folder")
+        if p.is_dir():
+            if (p / FEATURES_MANIFEST).is_file():
+                feature_dirs.append(p)
+                continue
+            found = [f for f in sorted(p.rglob("*")) if f.is_file() and embedder.accepts_file(f)]
+            if not found:
+                raise ValueError(f"{p}: no files for the {embedder.modality} embedder "
+                                 f"(extensions {' '.join(embedder.extensions) or 'none'})")
+            items += [_file_item(f, embedder) for f in found]
+        elif p.suffix == ".jsonl":
+            items += list(_jsonl_items(p, embedder))
+        elif p.suffix == ".txt" and embedder.modality == "text":
+            for n, line in enumerate(p.read_text().splitlines(), 1):
+                if line.strip():
+                    items.append(EmbedItem(line.strip(), {"source": f"{p.resolve()}:{n}", "modality": "text",
+                                                          "caption": line.strip()}))
+        elif embedder.accepts_file(p):
+            items.append(_file_item(p, embedder))
+        else:
+            raise ValueError(f"{p}: not an input the {embedder.modality} embedder reads (expected "
+                             f"{' '.join(embedder.extensions) or 'text (.txt/.jsonl)'}, .jsonl or a folder)")
+    return items, feature_dirs
+
+
+class _Loading(Dataset):
+    """Decodes items with the encoder's `load` (in DataLoader workers); failures come back as messages."""
+
+    def __init__(self, items: Sequence[EmbedItem], embedder: Embedder) -> None:
+        self.items, self.embedder = items, embedder
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        try:
+            return i, self.embedder.load(self.items[i].raw), None
+        except (InputError, OSError) as e:
+            return i, None, str(e)
+
+
+class EmbeddingWriter:
+    """Writes `embeddings-XXXXX.npy` / `metadata-XXXXX.jsonl` shards of `shard_size` rows, then the manifest."""
+
+    def __init__(self, folder: Path, dim: int, shard_size: int = 50_000) -> None:
+        self.folder, self.dim, self.shard_size = folder, dim, shard_size
+        self.vecs: list[np.ndarray] = []
+        self.meta: list[dict[str, Any]] = []
+        self.shards: list[dict[str, Any]] = []
+        self.count = 0
+
+    def add(self, vectors: np.ndarray, metadata: Sequence[dict[str, Any]]) -> None:
+        if vectors.shape[1] != self.dim:
+            raise ValueError(f"embedder produced dim {vectors.shape[1]}, expected {self.dim}")
+        self.vecs.append(np.asarray(vectors, dtype=np.float32))
+        self.meta += list(metadata)
+        while len(self.meta) >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        allv = np.concatenate(self.vecs)
+        vec, rest = allv[:n], allv[n:]
+        i = len(self.shards)
+        names = {"vectors": f"embeddings-{i:05d}.npy", "metadata": f"metadata-{i:05d}.jsonl"}
+        np.save(self.folder / names["vectors"], vec)
+        with (self.folder / names["metadata"]).open("w") as f:
+            for row in self.meta[:n]:
+                f.write(json.dumps(row, default=str) + "\n")
+        self.shards.append({**names, "count": int(n)})
+        self.count += n
+        self.vecs, self.meta = ([rest] if len(rest) else []), self.meta[n:]
+
+    def close(self, **manifest: Any) -> dict[str, Any]:
+        if self.meta:
+            self._flush(len(self.meta))
+        data = {"format": "anyalign-embeddings", "dim": self.dim, "count": self.count, **manifest,
+                "shards": self.shards}
+        write_json(self.folder / EMBEDDINGS_MANIFEST, data)
+        return data
+
+
+def embed_to_folder(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, embedder: Embedder, *,
+                    batch_size: int = 32, shard_size: int = 50_000, num_workers: int = 0) -> dict[str, Any]:
+    """Embed `inputs` (see the module docstring) into an embeddings folder; returns its manifest."""
+    items, feature_dirs = collect_inputs(inputs, embedder)
+    failures: list[dict[str, str]] = []
+    with atomic_path(output, is_dir=True) as tmp:
+        writer = EmbeddingWriter(tmp, embedder.dim, shard_size)
+        if items:
+            loader = DataLoader(_Loading(items, embedder), batch_size=batch_size, num_workers=num_workers,
+                                collate_fn=list)
+            for batch in tqdm(loader, desc=f"embedding {embedder.modality}", unit="batch",
+                              disable=len(loader) < 2):
+                ok = [(i, x) for i, x, err in batch if err is None]
+                for i, _, err in batch:
+                    if err is not None:
+                        logger.warning("skipping %s: %s", items[i].meta.get("source"), err)
+                        failures.append({"source": str(items[i].meta.get("source")), "error": err})
+                if ok:
+                    writer.add(embedder.embed_loaded([x for _, x in ok]), [items[i].meta for i, _ in ok])
+        for folder in feature_dirs:
+            _embed_features(folder, embedder, writer, batch_size)
+        if writer.count + len(writer.meta) == 0:
+            raise ValueError(f"nothing embedded: all {len(failures)} inputs failed to decode"
+                             if failures else "no inputs to embed")
+        manifest = writer.close(modality=embedder.modality, embedders={embedder.modality: embedder.spec},
+                                failures=failures)
+    return manifest
+
+
+def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, batch_size: int) -> None:
+    from ..features import collate_features, iter_features
+
+    def flush(recs: list[Any]) -> None:
+        with torch.no_grad():
+            vecs = embedder.embed_features(collate_features(recs))
+        metas = [{"key": str(r.key), "modality": embedder.modality, **(r.meta or {})} for r in recs]
+        writer.add(vecs, metas)
+
+    batch: list[Any] = []
+    for rec in tqdm(iter_features(folder), desc=f"embedding {folder.name}", unit="item"):
+        batch.append(rec)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+
+
+__all__ = ["EmbedItem", "EmbeddingWriter", "collect_inputs", "embed_to_folder"]

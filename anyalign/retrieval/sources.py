@@ -1,0 +1,328 @@
+"""Read embedding vectors for indexing without loading the corpus into RAM.
+
+Accepted inputs (`open_source(path)`):
+  * an `anyalign embed` output folder (`embeddings.json` + `embeddings-XXXXX.npy` [N, E] float32 +
+    `metadata-XXXXX.jsonl`, one JSON object per row),
+  * an extraction feature folder (`manifest.json` + webdataset shards; the pooled vectors are used),
+  * a `.npy` file [N, E] (optional sidecar `NAME.jsonl` with one metadata row per vector), or a folder of them.
+Every row gets a global id: its position across the inputs, in order. `.npy` files are memory-mapped, so a
+training sample and batches for adding are read from disk as needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import read_json
+
+logger = logging.getLogger(__name__)
+
+EMBEDDINGS_MANIFEST = "embeddings.json"
+FEATURES_MANIFEST = "manifest.json"
+
+
+@dataclass
+class Batch:
+    """Consecutive rows of a source: global ids `[B]`, vectors `[B, E]` float32, one metadata dict per row."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    metadata: list[dict[str, Any]]
+
+
+@dataclass
+class _NpyShard:
+    vectors: Path
+    metadata: Path | None
+    count: int
+    offset: int = 0  # global id of the first row
+    _array: np.ndarray | None = field(default=None, repr=False)
+    _offsets: list[int] | None = field(default=None, repr=False)
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = _open_npy(self.vectors)
+        return self._array
+
+    def read_metadata(self, start: int, stop: int) -> list[dict[str, Any]]:
+        if self.metadata is None:
+            return [{} for _ in range(start, stop)]
+        if self._offsets is None:  # byte offset of every line, so that any row range is one seek away
+            with self.metadata.open("rb") as f:
+                self._offsets = [0] + [f.tell() for _ in iter(f.readline, b"")]
+        if len(self._offsets) - 1 < self.count:
+            raise ValueError(f"{self.metadata}: has {len(self._offsets) - 1} rows but {self.vectors} has "
+                             f"{self.count} vectors")
+        rows: list[dict[str, Any]] = []
+        with self.metadata.open("rb") as f:
+            f.seek(self._offsets[start])
+            for i in range(start, stop):
+                line = f.readline()
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{self.metadata}:{i + 1}: not valid JSON ({e})") from None
+                rows.append(row if isinstance(row, dict) else {"value": row})
+        return rows
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-d array [N, dim] of embeddings, got shape {tuple(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{path}: expected float embeddings, got dtype {arr.dtype}")
+    return arr
+
+
+class EmbeddingSource:
+    """Rows of one or more embedding files, addressable by global id; see the module docstring."""
+
+    def __init__(self, shards: Sequence[_NpyShard], *, name: str, modality: str | None = None,
+                 embedders: dict[str, dict[str, Any]] | None = None, records: Any = None, dim: int | None = None):
+        self.name = name
+        self.modality = modality
+        self.embedders = dict(embedders or {})  # modality -> embedder spec (how these vectors were made)
+        self._shards = list(shards)
+        self._records = records  # feature-folder rows: callable returning an iterator of (vector, meta)
+        offset = 0
+        for s in self._shards:
+            s.offset = offset
+            offset += s.count
+        self._count = offset if records is None else int(records.count)
+        self.dim = dim if dim is not None else (self._shards[0].array().shape[1] if self._shards else 0)
+        for s in self._shards:
+            if s.array().shape[1] != self.dim:
+                raise ValueError(f"{s.vectors}: dimension {s.array().shape[1]} differs from {self.dim} "
+                                 f"(first file of {name})")
+
+    def __len__(self) -> int:
+        return self._count
+
+    def batches(self, batch_size: int = 65536, *, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
+        """Rows with global ids in `[start, stop)`, in order, as float32 batches."""
+        stop = self._count if stop is None else min(stop, self._count)
+        if self._records is not None:
+            yield from self._record_batches(batch_size, start, stop)
+            return
+        for s in self._shards:
+            lo, hi = max(start, s.offset), min(stop, s.offset + s.count)
+            for b in range(lo, hi, batch_size):
+                e = min(b + batch_size, hi)
+                vecs = np.ascontiguousarray(s.array()[b - s.offset: e - s.offset], dtype=np.float32)
+                yield Batch(np.arange(b, e, dtype=np.int64), vecs, s.read_metadata(b - s.offset, e - s.offset))
+
+    def _record_batches(self, batch_size: int, start: int, stop: int) -> Iterator[Batch]:
+        ids, vecs, metas = [], [], []
+        for i, (vec, meta) in enumerate(self._records()):
+            if i >= stop:
+                break
+            if i < start:
+                continue
+            ids.append(i)
+            vecs.append(vec)
+            metas.append(meta)
+            if len(ids) == batch_size:
+                yield Batch(np.asarray(ids, np.int64), np.stack(vecs).astype(np.float32), metas)
+                ids, vecs, metas = [], [], []
+        if ids:
+            yield Batch(np.asarray(ids, np.int64), np.stack(vecs).astype(np.float32), metas)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors `[len(ids), E]` float32 of the given (sorted, unique) global ids: reads only those rows."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if self._records is not None:
+            want = {int(g): j for j, g in enumerate(ids)}
+            for i, (vec, _meta) in enumerate(self._records()):
+                j = want.get(i)
+                if j is not None:
+                    out[j] = vec
+            return out
+        for s in self._shards:
+            sel = (ids >= s.offset) & (ids < s.offset + s.count)
+            if sel.any():
+                out[sel] = s.array()[ids[sel] - s.offset]
+        return out
+
+    def sample(self, n: int, seed: int = 0, *, start: int = 0,
+               stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A uniform random sample of up to `n` rows from `[start, stop)`: (sorted ids `[n]`, vectors `[n, E]`)."""
+        stop = self._count if stop is None else min(stop, self._count)
+        total = max(stop - start, 0)
+        rng = np.random.default_rng(seed)
+        ids = np.arange(start, stop, dtype=np.int64) if n >= total else \
+            np.sort(rng.choice(total, size=n, replace=False)).astype(np.int64) + start
+        return ids, self.take(ids)
+
+
+def _embeddings_dir(path: Path) -> EmbeddingSource:
+    manifest = read_json(path / EMBEDDINGS_MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise ValueError(f"{path / EMBEDDINGS_MANIFEST}: expected an object with a 'shards' list")
+    shards = []
+    for i, entry in enumerate(manifest["shards"]):
+        try:
+            vec = path / entry["vectors"]
+            meta = path / entry["metadata"] if entry.get("metadata") else None
+        except (KeyError, TypeError):
+            raise ValueError(f"{path / EMBEDDINGS_MANIFEST}: shards[{i}] needs a 'vectors' file name") from None
+        if not vec.is_file():
+            raise FileNotFoundError(f"{vec}: listed in {path / EMBEDDINGS_MANIFEST} but missing")
+        shards.append(_NpyShard(vec, meta, int(_open_npy(vec).shape[0])))
+    return EmbeddingSource(shards, name=str(path), modality=manifest.get("modality"),
+                           embedders=manifest.get("embedders") or {}, dim=manifest.get("dim"))
+
+
+def _npy_files(paths: Sequence[Path]) -> EmbeddingSource:
+    shards = []
+    for p in paths:
+        side = p.with_suffix(".jsonl")
+        arr = _open_npy(p)
+        shards.append(_NpyShard(p, side if side.is_file() else None, int(arr.shape[0])))
+    return EmbeddingSource(shards, name=", ".join(str(p) for p in paths))
+
+
+class _FeatureRecords:
+    """Re-iterable (pooled vector, metadata) pairs of an extraction feature folder."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        counts = [s.get("count", s.get("samples")) for s in manifest.get("shards", []) if isinstance(s, dict)]
+        if counts and all(isinstance(c, int) for c in counts):
+            self.count = sum(counts)
+        else:
+            self.count = sum(1 for _ in self())
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        try:
+            from ..features import iter_features
+        except ModuleNotFoundError as e:
+            raise ValueError(f"{self.path}: reading feature folders needs anyalign.features ({e})") from None
+        for rec in iter_features(self.path):
+            meta = dict(rec.meta or {})
+            meta.setdefault("key", str(rec.key))
+            yield rec.pooled.float().numpy().reshape(-1), meta
+
+
+def _features_dir(path: Path) -> EmbeddingSource:
+    manifest = read_json(path / FEATURES_MANIFEST)
+    if not isinstance(manifest, dict) or "pooled_dim" not in manifest:
+        raise ValueError(f"{path / FEATURES_MANIFEST}: not an extraction manifest (expected 'pooled_dim')")
+    records = _FeatureRecords(path, manifest)
+    modality = manifest.get("modality")
+    spec = {"encoder": manifest["encoder"], "pretrained": manifest.get("pretrained")} if manifest.get("encoder") \
+        else None
+    return EmbeddingSource([], name=str(path), modality=modality, records=records, dim=int(manifest["pooled_dim"]),
+                           embedders={modality: spec} if modality and spec else {})
+
+
+def open_source(path: str | os.PathLike) -> EmbeddingSource:
+    """Open one embeddings input (folder from `anyalign embed`, feature folder, `.npy` file or folder of them)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such embeddings file or folder")
+    if p.is_dir():
+        if (p / EMBEDDINGS_MANIFEST).is_file():
+            return _embeddings_dir(p)
+        if (p / FEATURES_MANIFEST).is_file():
+            return _features_dir(p)
+        files = sorted(p.glob("*.npy"))
+        if not files:
+            raise ValueError(f"{p}: no {EMBEDDINGS_MANIFEST}, {FEATURES_MANIFEST} or .npy files "
+                             "(expected the output of `anyalign embed` or `anyalign extract`, or .npy arrays)")
+        return _npy_files(files)
+    if p.suffix != ".npy":
+        raise ValueError(f"{p}: expected a .npy array [N, dim] or an embeddings folder")
+    return _npy_files([p])
+
+
+class ConcatSource(EmbeddingSource):
+    """Several sources one after another; ids continue across them."""
+
+    def __init__(self, sources: Sequence[EmbeddingSource]) -> None:
+        if not sources:
+            raise ValueError("no embeddings inputs given")
+        dims = {s.dim for s in sources}
+        if len(dims) > 1:
+            raise ValueError("embeddings inputs have different dimensions: "
+                             + ", ".join(f"{s.name} ({s.dim})" for s in sources))
+        self.sources = list(sources)
+        self.name = ", ".join(s.name for s in sources)
+        self.dim = sources[0].dim
+        mods = {s.modality for s in sources if s.modality}
+        self.modality = mods.pop() if len(mods) == 1 else None
+        self.embedders = {}
+        for s in sources:
+            self.embedders.update(s.embedders)
+        self.offsets = np.cumsum([0] + [len(s) for s in sources])
+        self._count = int(self.offsets[-1])
+
+    def batches(self, batch_size: int = 65536, *, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
+        stop = self._count if stop is None else min(stop, self._count)
+        for s, off in zip(self.sources, self.offsets[:-1]):
+            lo, hi = max(start - off, 0), min(stop - off, len(s))
+            if lo < hi:
+                for b in s.batches(batch_size, start=int(lo), stop=int(hi)):
+                    yield Batch(b.ids + off, b.vectors, b.metadata)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for s, off in zip(self.sources, self.offsets[:-1]):
+            sel = (ids >= off) & (ids < off + len(s))
+            if sel.any():
+                out[sel] = s.take(ids[sel] - off)
+        return out
+
+
+class ArraySource(EmbeddingSource):
+    """An in-memory array `[N, E]` (with optional metadata rows): for the Python API and benchmarks."""
+
+    def __init__(self, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None, *,
+                 modality: str | None = None, name: str = "array") -> None:
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise ValueError(f"{name}: expected embeddings of shape [N, dim], got {tuple(vectors.shape)}")
+        if metadata is not None and len(metadata) != len(vectors):
+            raise ValueError(f"{name}: {len(metadata)} metadata rows for {len(vectors)} vectors")
+        self.name, self.modality, self.embedders = name, modality, {}
+        self.vectors, self.meta = vectors, metadata
+        self.dim, self._count, self._records = int(vectors.shape[1]), int(vectors.shape[0]), None
+
+    def batches(self, batch_size: int = 65536, *, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
+        stop = self._count if stop is None else min(stop, self._count)
+        for b in range(start, stop, batch_size):
+            e = min(b + batch_size, stop)
+            meta = list(self.meta[b:e]) if self.meta is not None else [{} for _ in range(b, e)]
+            yield Batch(np.arange(b, e, dtype=np.int64), np.ascontiguousarray(self.vectors[b:e], np.float32), meta)
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.vectors[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
+
+
+def open_sources(paths: Sequence[str | os.PathLike] | EmbeddingSource | np.ndarray) -> EmbeddingSource:
+    """One source over several inputs (paths), or pass an `EmbeddingSource` / array through."""
+    if isinstance(paths, EmbeddingSource):
+        return paths
+    if isinstance(paths, np.ndarray):
+        return ArraySource(paths)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    sources = [open_source(p) for p in paths]
+    return sources[0] if len(sources) == 1 else ConcatSource(sources)
+
+
+__all__ = ["ArraySource", "Batch", "ConcatSource", "EmbeddingSource", "EMBEDDINGS_MANIFEST", "open_source",
+           "open_sources"]

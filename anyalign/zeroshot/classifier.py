@@ -1,0 +1,312 @@
+"""`ZeroShotClassifier`: classify any input the shared space can embed against text labels.
+
+Class embeddings follow open_clip's recipe: per class, embed every template-filled prompt, L2-normalise, average,
+renormalise; stacked they form the `[E, C]` classifier. They are cached on disk, keyed by a hash of (text model
+identity, labels, templates), so repeated runs skip the text tower. Inputs are decoded in a DataLoader (optional
+workers) and embedded in batches with a progress bar; a file that cannot be decoded or embedded is reported in
+its `Prediction.error` and the others are still classified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..io import atomic_path
+from .embedders import Embedder, adapter_embedder, encoder_embedder, pool_windows, recorded_text_anchor, text_embedder
+from .prompts import check_labels, check_templates, class_prompts, default_templates
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """`$ANYALIGN_CACHE/zeroshot`, else `~/.cache/anyalign/zeroshot`."""
+    root = os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign"
+    return Path(root).expanduser() / "zeroshot"
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one input: cosine `scores` and softmax `probs` (at the classifier's temperature)."""
+
+    source: str
+    labels: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"source": self.source, "error": self.error}
+        return {"source": self.source, "predictions": [{"label": lab, "score": round(s, 6), "prob": round(p, 6)}
+                                                        for lab, s, p in zip(self.labels, self.scores, self.probs)]}
+
+
+@dataclass
+class EmbeddingResult:
+    """Embeddings `[M, E]` of the inputs that worked, their positions in the input list, and the failures."""
+
+    embeddings: torch.Tensor
+    index: list[int]
+    errors: dict[int, str]
+
+
+class _Decode(Dataset):
+    """Decodes inputs in DataLoader workers; a failure becomes an error string instead of an exception."""
+
+    def __init__(self, inputs: Sequence[Any], embedder: Embedder) -> None:
+        self.inputs, self.embedder = inputs, embedder
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[int, list[Any] | None, str | None]:
+        try:
+            return i, self.embedder.load(self.inputs[i]), None
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the others; the error is reported
+            return i, None, _describe_error(input_name(self.inputs[i], i), e)
+
+
+def _keep_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def input_name(item: Any, i: int) -> str:
+    """How an input is named in predictions and errors: its path, else its position."""
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"input {i}"
+
+
+def _describe_error(name: str, e: Exception) -> str:
+    msg = str(e) or type(e).__name__
+    return msg if name in msg else f"{name}: {msg}"
+
+
+class ZeroShotClassifier:
+    """Query embedder + text embedder + class names (+ prompt templates) -> top-k labels per input.
+
+    Args:
+        query: embeds the inputs to classify (audio, image, video, IMU ...).
+        text: embeds the prompts; must share the query's embedding space and width.
+        labels: class names (validated: non-empty, no duplicates).
+        templates: prompt ensemble with `{}` for the label; default: the query modality's ensemble.
+        temperature: softmax temperature of `probs` (CLIP's learned value is 0.01).
+        cache_dir: where class embeddings are cached (None: `default_cache_dir()`); `use_cache=False` skips it.
+    """
+
+    def __init__(self, query: Embedder, text: Embedder, labels: Sequence[str], templates: Sequence[str] | None = None,
+                 *, temperature: float = 0.01, cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
+                 batch_size: int = 32, num_workers: int = 0, progress: bool | None = None) -> None:
+        if text.modality != "text":
+            raise ValueError(f"the label side must be a text encoder, got {text.name} ({text.modality})")
+        if query.dim != text.dim:
+            raise ValueError(f"{query.name} embeds into {query.dim} dims but {text.name} into {text.dim}: they do not "
+                             f"share a space (pick the text encoder the adapter was trained against)")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.query, self.text = query, text
+        self.labels = check_labels(labels)
+        self.templates = check_templates(templates if templates else default_templates(query.modality))
+        self.temperature = temperature
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.use_cache = use_cache
+        self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
+        self._weights: torch.Tensor | None = None
+        self.cache_hit = False
+
+    # --- constructors ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_encoders(cls, query_encoder: str, text_encoder: str, labels: Sequence[str],
+                      templates: Sequence[str] | None = None, *, pretrained: str | None = None,
+                      text_pretrained: str | None = None, encoder_kwargs: dict[str, Any] | None = None,
+                      device: str | None = None, autocast: str | None = None, **options: Any) -> ZeroShotClassifier:
+        """Two towers of one model (e.g. clap-audio + clap-text, clip-image + clip-text)."""
+        kw = dict(encoder_kwargs or {})
+        query = encoder_embedder(query_encoder, pretrained, device=device, autocast=autocast, **kw)
+        text = text_embedder(text_encoder, text_pretrained or pretrained, device=device, autocast=autocast, **kw)
+        return cls(query, text, labels, templates, **options)
+
+    @classmethod
+    def from_clap(cls, labels: Sequence[str], templates: Sequence[str] | None = None, *, pretrained: str | None = None,
+                  **options: Any) -> ZeroShotClassifier:
+        """CLAP zero-shot audio classification: its audio and text towers, one checkpoint."""
+        return cls.from_encoders("clap-audio", "clap-text", labels, templates, pretrained=pretrained, **options)
+
+    @classmethod
+    def from_adapter(cls, adapter_dir: str | os.PathLike, labels: Sequence[str],
+                     templates: Sequence[str] | None = None, *, text_encoder: str | None = None,
+                     text_pretrained: str | None = None, text_kwargs: dict[str, Any] | None = None,
+                     encoder_pretrained: str | None = None, device: str | None = None, autocast: str | None = None,
+                     **options: Any) -> ZeroShotClassifier:
+        """A trained adapter's shared-space embeddings against its text anchor (ImageBind-style emergent zero-shot).
+
+        The text side is `text_encoder` (a registry name, or a text adapter folder) with `text_pretrained`; when
+        not given, the text anchor recorded in the training run's `recipe.yaml` is used.
+        """
+        query = adapter_embedder(adapter_dir, encoder_pretrained=encoder_pretrained, device=device, autocast=autocast)
+        kwargs = dict(text_kwargs or {})
+        if text_encoder is None:
+            anchor = recorded_text_anchor(adapter_dir)
+            if anchor is None:
+                raise ValueError(f"{adapter_dir}: no text anchor recorded next to this adapter (no recipe.yaml with "
+                                 f"anchors.text); pass --text-encoder NAME [--text-pretrained PATH]")
+            logger.info("text anchor from %s: %s (%s)", anchor["recipe"], anchor["encoder"], anchor["pretrained"])
+            text_encoder, kwargs = anchor["encoder"], {**anchor["kwargs"], **kwargs}
+            text_pretrained = text_pretrained or anchor["pretrained"]
+        text = text_embedder(text_encoder, text_pretrained, device=device, autocast=autocast, **kwargs)
+        return cls(query, text, labels, templates, **options)
+
+    def with_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> ZeroShotClassifier:
+        """The same models with other labels (and templates; default: these)."""
+        return ZeroShotClassifier(self.query, self.text, labels, templates or self.templates,
+                                  temperature=self.temperature, cache_dir=self.cache_dir, use_cache=self.use_cache,
+                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=self.progress)
+
+    # --- class embeddings -----------------------------------------------------------------------------------
+    def cache_key(self) -> str | None:
+        """Hash of (text model identity, labels, templates); None when the text weights cannot be identified."""
+        if self.text.model_id is None:
+            return None
+        blob = json.dumps({"v": CACHE_VERSION, "text": self.text.model_id, "labels": self.labels,
+                           "templates": self.templates}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """The classifier `[E, C]`: one normalised, template-averaged text embedding per class (column)."""
+        if self._weights is None:
+            self._weights = self._class_embeddings().t().contiguous()
+        return self._weights
+
+    def _class_embeddings(self) -> torch.Tensor:
+        key = self.cache_key() if self.use_cache else None
+        path = self.cache_dir / f"{key}.safetensors" if key else None
+        if path is not None and path.is_file():
+            try:
+                cached = load_file(str(path))["class_embeddings"]
+                if cached.shape == (len(self.labels), self.text.dim):
+                    self.cache_hit = True
+                    logger.info("class embeddings from cache %s", path)
+                    return cached.float()
+            except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
+                logger.warning("%s: unreadable cache entry (%s); recomputing", path, e)
+        prompts = class_prompts(self.labels, self.templates)  # [C][K]
+        flat = [p for ps in prompts for p in ps]
+        emb = self.text.embed(flat, batch_size=max(self.batch_size, 64)).cpu()  # [C*K, E], normalised
+        per_class = emb.view(len(self.labels), len(self.templates), -1).mean(1)  # [C, E]
+        class_emb = torch.nn.functional.normalize(per_class, dim=-1)
+        if path is not None:
+            meta = {"text": self.text.model_id or "", "labels": json.dumps(self.labels),
+                    "templates": json.dumps(self.templates)}
+            with atomic_path(path) as tmp:
+                save_file({"class_embeddings": class_emb.contiguous()}, str(tmp), metadata=meta)
+        return class_emb
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    def check_inputs(self, inputs: Sequence[Any]) -> None:
+        """Raise a clear error when a file is not of the query modality (by suffix)."""
+        exts = self.query.extensions
+        if not exts:
+            return
+        bad = [str(x) for x in inputs if isinstance(x, (str, os.PathLike)) and not self.query.accepts_file(x)]
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise ValueError(f"{bad[0]}{more}: {self.query.name} classifies {self.query.modality} files "
+                             f"({' '.join(exts)}); this file is not one of them")
+
+    def embed(self, inputs: Sequence[Any], *, batch_size: int | None = None, num_workers: int | None = None,
+              progress: bool | None = None, desc: str = "embed") -> EmbeddingResult:
+        """Embed inputs in batches (windows pooled); failures are collected, not raised."""
+        bs = batch_size or self.batch_size
+        nw = self.num_workers if num_workers is None else num_workers
+        loader = DataLoader(_Decode(inputs, self.query), batch_size=bs, num_workers=nw, collate_fn=_keep_list)
+        show = self.progress if progress is None else progress
+        chunks: list[torch.Tensor] = []
+        index: list[int] = []
+        errors: dict[int, str] = {}
+        with tqdm(total=len(inputs), desc=desc, unit="file", disable=None if show is None else not show) as bar:
+            for batch in loader:
+                good = []
+                for i, windows, err in batch:
+                    if err is not None:
+                        errors[i] = err
+                        logger.info("%s", err)
+                    else:
+                        good.append((i, windows))
+                for i, emb in self._embed_batch(good, errors, bs, inputs):
+                    index.append(i)
+                    chunks.append(emb)
+                bar.update(len(batch))
+        emb = torch.stack(chunks) if chunks else torch.zeros(0, self.query.dim)
+        return EmbeddingResult(emb, index, errors)
+
+    def _embed_batch(self, good: list[tuple[int, list[Any]]], errors: dict[int, str], bs: int,
+                     inputs: Sequence[Any]) -> list[tuple[int, torch.Tensor]]:
+        if not good:
+            return []
+        try:
+            windows = [w for _, ws in good for w in ws]
+            flat = torch.cat([self.query.embed_loaded(windows[j:j + bs]).cpu() for j in range(0, len(windows), bs)])
+            pooled = pool_windows(flat, [len(ws) for _, ws in good])
+            return [(i, pooled[k]) for k, (i, _) in enumerate(good)]
+        except Exception:  # noqa: BLE001 - isolate the offending input by embedding one at a time
+            if len(good) == 1:
+                i, ws = good[0]
+                try:
+                    return [(i, pool_windows(self.query.embed_loaded(ws).cpu(), [len(ws)])[0])]
+                except Exception as e:  # noqa: BLE001
+                    errors[i] = f"{input_name(inputs[i], i)}: cannot embed ({type(e).__name__}: {e})"
+                    logger.info("%s", errors[i])
+                    return []
+            return [r for item in good for r in self._embed_batch([item], errors, bs, inputs)]
+
+    # --- classification -------------------------------------------------------------------------------------
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each embedding `[N, E]` to each class: `[N, C]`."""
+        return embeddings.float() @ self.weights.to(embeddings.device)
+
+    def predict(self, scores: torch.Tensor, sources: Sequence[str], top_k: int) -> list[Prediction]:
+        k = max(1, min(top_k, len(self.labels)))
+        probs = torch.softmax(scores / self.temperature, dim=-1)
+        top = scores.topk(k, dim=-1)
+        out = []
+        for row, src in enumerate(sources):
+            ids = top.indices[row].tolist()
+            out.append(Prediction(src, [self.labels[c] for c in ids], top.values[row].tolist(),
+                                  probs[row, ids].tolist()))
+        return out
+
+    def classify(self, inputs: Sequence[Any], top_k: int = 5, **embed_options: Any) -> list[Prediction]:
+        """Top-k labels per input, in input order; undecodable inputs come back with `error` set."""
+        inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        self.check_inputs(inputs)
+        _ = self.weights  # text side first: a label problem fails before any audio is decoded
+        res = self.embed(inputs, **embed_options)
+        names = [input_name(x, i) for i, x in enumerate(inputs)]
+        preds = dict(zip(res.index, self.predict(self.scores(res.embeddings), [names[i] for i in res.index], top_k)))
+        for i, err in res.errors.items():
+            preds[i] = Prediction(names[i], error=err)
+        return [preds[i] for i in range(len(inputs))]
+
+    def describe(self) -> dict[str, Any]:
+        return {"query": self.query.describe(), "text": self.text.describe(), "labels": self.labels,
+                "templates": self.templates, "temperature": self.temperature}
+
+
+__all__ = ["EmbeddingResult", "Prediction", "ZeroShotClassifier", "default_cache_dir"]
