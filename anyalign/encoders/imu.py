@@ -1,0 +1,147 @@
+"""IMU encoder for 6-axis accelerometer + gyroscope windows (AnyMAL's IMU modality, IMU2CLIP-style).
+
+IMU2CLIP (Moon et al., 2022) encodes raw IMU windows with a 1-D convolutional stack and binds them to CLIP's
+space; there are no public pretrained IMU weights that load offline here, so this encoder is meant to be
+trained from scratch as part of an adapter (`train_encoder: true`) and frozen afterwards like any other.
+Architecture: strided 1-D conv stem (downsamples time by `stride`) -> small Transformer encoder -> tokens
+`[B, T', D]` with a mask for shorter inputs; pooled = masked mean `[B, D]`.
+Preprocessing: arrays `[C, T]` (or `[T, C]`, detected when the other axis has `channels` entries), `.npy`
+and `.csv` files; optional resampling from `sample_rate` to `target_rate` (polyphase); long streams are
+cut into windows with `window_stream`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+from torch import nn
+
+from ..io import load_weights, resolve_pretrained
+from .base import Encoder, EncoderOutput, InputError, masked_mean, pad_sequences
+from .registry import register_encoder
+
+IMU_INPUT_SPEC = "array [6, T] or [T, 6] (accel xyz + gyro xyz), or a .npy/.csv file of one"
+
+
+def resample(x: np.ndarray, sample_rate: float, target_rate: float) -> np.ndarray:
+    """Polyphase resampling of `[C, T]` along time from `sample_rate` to `target_rate` Hz."""
+    if sample_rate == target_rate:
+        return x
+    ratio = Fraction(target_rate / sample_rate).limit_denominator(1000)
+    return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
+
+
+def window_stream(x: np.ndarray, sample_rate: float, window_seconds: float,
+                  hop_seconds: float | None = None) -> np.ndarray:
+    """Cut a long `[C, T]` stream into windows `[N, C, W]` of `window_seconds`, every `hop_seconds`.
+
+    The last partial window is dropped unless the stream is shorter than one window (then it is returned alone).
+    """
+    win = int(round(window_seconds * sample_rate))
+    hop = int(round((hop_seconds or window_seconds) * sample_rate))
+    if win <= 0 or hop <= 0:
+        raise ValueError(f"window/hop must cover at least one sample at {sample_rate} Hz")
+    t = x.shape[-1]
+    if t <= win:
+        return x[None]
+    starts = range(0, t - win + 1, hop)
+    return np.stack([x[:, s : s + win] for s in starts])
+
+
+class IMUEncoder(Encoder):
+    """1-D conv stem + Transformer over IMU windows; trainable from scratch, frozen by default."""
+
+    modality = "imu"
+    extensions = (".npy", ".csv")
+    input_spec = IMU_INPUT_SPEC
+
+    def __init__(self, *, channels: int = 6, dim: int = 256, depth: int = 2, heads: int = 4, stride: int = 4,
+                 dropout: float = 0.1, sample_rate: float | None = None, target_rate: float | None = None,
+                 max_tokens: int = 1024) -> None:
+        super().__init__()
+        if stride not in (1, 2, 4, 8):
+            raise ValueError(f"imu encoder: stride must be 1, 2, 4 or 8, got {stride}")
+        self.channels, self.stride = channels, stride
+        self.sample_rate, self.target_rate = sample_rate, target_rate
+        self.token_dim = self.pooled_dim = dim
+        self.n_down = int(math.log2(stride))  # stride-2 convolutions in the stem
+        self.stem = nn.ModuleList(
+            nn.Conv1d(channels if i == 0 else dim, dim, kernel_size=5, stride=2 if self.n_down else 1, padding=2)
+            for i in range(max(self.n_down, 1)))
+        self.act = nn.GELU()
+        self.pos = nn.Parameter(torch.zeros(1, max_tokens, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def load(self, item: Any) -> np.ndarray:
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            try:
+                arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",",
+                                                                                                  ndmin=2)
+            except Exception as e:  # noqa: BLE001 - any decode failure names the file
+                raise InputError(f"{path}: cannot read IMU data ({type(e).__name__}: {e})") from None
+            where = str(path)
+        else:
+            arr, where = item, "IMU input"
+        arr = np.asarray(arr.detach().cpu() if torch.is_tensor(arr) else arr, dtype=np.float32)
+        if arr.ndim != 2 or self.channels not in arr.shape:
+            raise InputError(f"{where}: expected a 2-D array with {self.channels} channels ([C, T] or [T, C]), "
+                             f"got shape {arr.shape}")
+        if arr.shape[0] != self.channels:
+            arr = arr.T
+        if not np.isfinite(arr).all():
+            raise InputError(f"{where}: contains NaN or inf")
+        if self.sample_rate and self.target_rate:
+            arr = resample(arr, self.sample_rate, self.target_rate)
+        return arr  # [C, T]
+
+    def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        seqs = [torch.from_numpy(np.ascontiguousarray(x)).T for x in items]  # [T, C] each
+        x, mask = pad_sequences(seqs)
+        return {"x": x.transpose(1, 2).contiguous(), "mask": mask}  # [B, C, T], [B, T]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        x, mask = batch["x"], batch["mask"]
+        lengths = mask.sum(1)
+        h = x
+        for conv in self.stem:  # re-mask after every layer so padding never reaches valid positions
+            h = h * (torch.arange(h.shape[-1], device=h.device)[None] < lengths[:, None])[:, None].to(h.dtype)
+            h = self.act(conv(h))
+            if conv.stride[0] == 2:  # kernel 5, padding 2, stride 2 maps L -> floor((L - 1) / 2) + 1
+                lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        h = h.transpose(1, 2)  # [B, T', D]
+        tmask = torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]  # [B, T']
+        if h.shape[1] > self.pos.shape[1]:
+            raise InputError(f"IMU window too long: {h.shape[1]} tokens > max_tokens={self.pos.shape[1]}")
+        h = h + self.pos[:, : h.shape[1]]
+        h = self.norm(self.transformer(h, src_key_padding_mask=~tmask))
+        return EncoderOutput(h, tmask, masked_mean(h, tmask))
+
+
+@register_encoder("imu", modality="imu", token_dim=256, pooled_dim=256, input_spec=IMU_INPUT_SPEC,
+                  default_model="imu-conv-transformer (train from scratch)")
+def imu_encoder(pretrained: str | None = None, **options: Any) -> IMUEncoder:
+    """IMU encoder; `pretrained=` a local safetensors/.pt state dict of this architecture."""
+    enc = IMUEncoder(**options)
+    if pretrained is not None:
+        src = resolve_pretrained(pretrained)
+        if src.kind != "file":
+            raise FileNotFoundError(f"imu encoder: pretrained={pretrained!r} must be a local weights file")
+        state = load_weights(src.location)
+        try:
+            enc.load_state_dict(state)
+        except RuntimeError as e:  # missing/unexpected keys or shape mismatch: another architecture or size
+            raise ValueError(f"{pretrained}: not an imu encoder checkpoint for these options "
+                             f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    return enc
