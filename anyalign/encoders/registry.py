@@ -103,7 +103,7 @@ def _parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
 
 
 # Built-in encoder families: each module registers its encoders on import. One line per family.
-_BUILTIN = ["text", "clip", "dinov2", "timm_image", "clap", "whisper", "imu", "video"]
+_BUILTIN = ["text", "clip", "dinov2", "timm_image", "clap", "whisper", "imu", "video", "label_bridge"]
 _imported = False
 
 

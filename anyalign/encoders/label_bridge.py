@@ -1,0 +1,87 @@
+"""Label bridging: put a supervised classifier's inputs into a text encoder's space through its class names.
+
+The embedding of an input is the probability-weighted mean of the text embeddings of the classifier's class
+names, `normalize(softmax(logits / T)[top-k] @ E_text)`. It needs no paired data, so an ImageNet classifier
+such as the offline EfficientNet-Lite0 gives text -> image retrieval in a sentence encoder's space. It can only
+express what the label set names (1000 ImageNet classes); a trained adapter or a CLIP tower is the general tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import Encoder, EncoderOutput
+from .registry import create_encoder, register_encoder
+
+
+class LabelBridgeEncoder(Encoder):
+    """A classifier encoder (tokens kept) whose pooled output is its label distribution mapped to text space."""
+
+    def __init__(self, classifier: Encoder, head: torch.nn.Module, class_embeddings: torch.Tensor, *,
+                 temperature: float = 1.0, top_k: int = 5) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.head = head
+        self.modality = classifier.modality  # type: ignore[misc]
+        self.extensions = classifier.extensions  # type: ignore[misc]
+        self.input_spec = classifier.input_spec  # type: ignore[misc]
+        self.register_buffer("class_embeddings", class_embeddings.float())  # [C, E]
+        self.temperature, self.top_k = temperature, top_k
+        self.token_dim = classifier.token_dim
+        self.pooled_dim = int(class_embeddings.shape[1])
+
+    def load(self, item: Any) -> Any:
+        return self.classifier.load(item)
+
+    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        return self.classifier.collate(items)
+
+    def logits(self, out: EncoderOutput) -> torch.Tensor:
+        """Class logits `[B, C]` from the classifier's pooled features."""
+        return self.head(out.pooled)
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        out = self.classifier.encode(batch)
+        probs = torch.softmax(self.logits(out).float() / self.temperature, dim=-1)  # [B, C]
+        if 0 < self.top_k < probs.shape[1]:
+            top = probs.topk(self.top_k, dim=-1)
+            probs = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
+        pooled = F.normalize(probs @ self.class_embeddings, dim=-1)  # [B, E]
+        return EncoderOutput(out.tokens, out.mask, pooled)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class descriptions in index order (from timm's bundled metadata)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+@register_encoder("label-bridge", modality="image", token_dim=1280, pooled_dim=384,
+                  input_spec="image file, PIL image or array (classified, then mapped to text space)",
+                  default_model="timm efficientnet_lite0 + all-MiniLM-L6-v2")
+def label_bridge_encoder(pretrained: str | None = None, *, classifier: str = "timm-image",
+                         classifier_kwargs: dict[str, Any] | None = None, text_encoder: str = "text",
+                         text_pretrained: str | None = None, labels: Sequence[str] | str = "imagenet",
+                         template: str = "a photo of a {}.", temperature: float = 1.0,
+                         top_k: int = 5) -> LabelBridgeEncoder:
+    """`pretrained` are the classifier's weights; `labels` its class names in order ("imagenet" for ImageNet-1k)."""
+    clf = create_encoder(classifier, pretrained=pretrained, **(classifier_kwargs or {}))
+    model = getattr(clf, "model", None)
+    if model is None or not hasattr(model, "get_classifier"):
+        raise ValueError(f"label-bridge: classifier {classifier!r} exposes no classification head")
+    head = model.get_classifier()
+    names = imagenet_class_names() if labels == "imagenet" else list(labels)
+    if getattr(head, "out_features", len(names)) != len(names):
+        raise ValueError(f"label-bridge: the classifier has {head.out_features} classes but {len(names)} labels "
+                         f"were given")
+    text = create_encoder(text_encoder, pretrained=text_pretrained)
+    with torch.inference_mode():
+        prompts = [template.format(n) for n in names]
+        emb = torch.cat([text(prompts[i : i + 256]).pooled for i in range(0, len(prompts), 256)])
+    return LabelBridgeEncoder(clf, head, F.normalize(emb, dim=-1), temperature=temperature, top_k=top_k)
