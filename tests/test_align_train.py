@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from anyalign.adapter import ModalityAdapter
 from anyalign.align import TrainingError, load_recipe, train
 from anyalign.align.checkpoint import list_checkpoints
 from anyalign.align.data import EpochSampler
@@ -37,17 +38,18 @@ def _windows(root: Path, n: int = 32, nan_at: int | None = None) -> Path:
         c = i % len(CLASSES)
         x = np.stack([np.sin(t * (c + 1) + k) * (c + 0.5) for k in range(6)]) + rng.normal(0, 0.1, (6, 32))
         if i == nan_at:
-            x[:, 5] = np.nan
+            x[:, 5] = 3e38  # a corrupt (saturated) reading: finite, but the encoder's sums overflow to inf/NaN
         np.save(root / f"w{i:03d}.npy", x.astype(np.float32))
         lines.append(json.dumps({"imu": f"w{i:03d}.npy", "label": CLASSES[c], "caption": f"a person {CLASSES[c]}"}))
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")
     return root / "data.jsonl"
 
 
-def _recipe(tmp_path: Path, manifest: Path, minilm: Path, **train_opts: object) -> Path:
+def _recipe(tmp_path: Path, manifest: Path, minilm: Path, dropout: float = 0.1, **train_opts: object) -> Path:
     recipe = {
         "name": "t",
         "adapters": {"imu": {"encoder": "imu", "train_encoder": True,
+                             "encoder_kwargs": {"dim": 32, "depth": 1, "heads": 2, "dropout": dropout},
                              "embed_projector": {"name": "mlp", "hidden_dim": 32}}},
         "anchors": {"text": {"encoder": "text", "pretrained": str(minilm)}},
         "data": {"train": [{"kind": "jsonl", "path": str(manifest), "caption_templates": ["{caption}",
@@ -63,7 +65,8 @@ def _recipe(tmp_path: Path, manifest: Path, minilm: Path, **train_opts: object) 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "TOKENIZERS_PARALLELISM": "false"}
 
 
 KILL_SCRIPT = """
@@ -104,19 +107,27 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path, minilm_dir: Path) -> 
 
 
 def test_two_processes_equal_one_process(tmp_path: Path, minilm_dir: Path) -> None:
-    recipe = _recipe(tmp_path, _windows(tmp_path / "data"), minilm_dir, max_steps=6, save_every=100)
+    recipe = _recipe(tmp_path, _windows(tmp_path / "data"), minilm_dir, dropout=0.0,  # per-rank RNG streams
+                     max_steps=6, save_every=100)
     one = train(load_recipe(recipe), output_dir=tmp_path / "one")
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
            "-m", "anyalign.cli.main", "train", str(recipe), "--output", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = load_file(one.output_dir / WEIGHTS), load_file(tmp_path / "two" / WEIGHTS)
-    assert a.keys() == b.keys()
-    for k in a:  # same global batch of 8 (4 per process), embeddings gathered across ranks
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)  # up to float summation order
     state = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert state["step"] == 6 and state["world_size"] == 2
+    losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+              for d in (one.output_dir, tmp_path / "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # the same global-batch InfoNCE at every step
+    a, b = load_file(one.output_dir / WEIGHTS), load_file(tmp_path / "two" / WEIGHTS)
+    assert a.keys() == b.keys()
+    for k in a:  # float summation order differs; Adam turns that noise into tiny steps where the true
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=2e-4)  # gradient is 0 (attention key biases)
+    windows = [np.load(p) for p in sorted((tmp_path / "data").glob("*.npy"))]
+    emb = [ModalityAdapter.from_pretrained(d / "adapters" / "imu").embed_inputs(windows)
+           for d in (one.output_dir, tmp_path / "two")]
+    torch.testing.assert_close(emb[0], emb[1], rtol=0, atol=1e-4)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, minilm_dir: Path) -> None:
@@ -141,12 +152,15 @@ def test_basicmotions_recipe_full(tmp_path: Path, assets: Path) -> None:
 
 
 def test_basicmotions_short_run_beats_chance(tmp_path: Path, assets: Path) -> None:
-    """A few dozen steps on the real BasicMotions windows into the real MiniLM space, zero-shot on the test split."""
+    """30 steps on the real BasicMotions windows into the real MiniLM space (a smaller IMU encoder than the
+    recipe's), zero-shot on the test split."""
     if not (assets / "imu" / "BasicMotions").is_dir():
         pytest.skip("BasicMotions missing")
     recipe = load_recipe(ROOT / "configs" / "imu_text_contrastive.yaml",
-                         ["train.max_steps=40", "eval.every=0", "train.save_every=1000", "train.tensorboard=false"])
+                         ["train.max_steps=30", "train.warmup_steps=5", "eval.every=0", "eval.at_start=false",
+                          "train.save_every=1000", "train.tensorboard=false", "adapters.imu.encoder_kwargs.dim=64",
+                          "adapters.imu.encoder_kwargs.depth=1", "adapters.imu.embed_projector.hidden_dim=128"])
     result = train(recipe, output_dir=tmp_path / "run")
     acc = result.metrics["eval/imu/zeroshot_acc"]
     assert result.metrics["eval/imu/chance"] == 0.25
-    assert acc > 0.4, f"zero-shot accuracy {acc:.3f} is not above chance (0.25)"
+    assert acc >= 0.75, f"zero-shot accuracy {acc:.3f} is not well above chance (0.25)"

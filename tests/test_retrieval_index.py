@@ -273,10 +273,11 @@ def test_failed_build_keeps_previous_index(tmp_path, corpus, monkeypatch) -> Non
 def test_metrics_on_hand_made_rankings() -> None:
     q = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
     g = np.array([[1, 0.1], [0.2, 1], [1, -0.5], [-1, 0]], np.float32)
-    # q0 -> g0 (rank 0); q1 -> g2 (rank 2 of 4); q2 relevant {1, 3}: g1 rank 0, g3 rank 3 -> AP = (1/1 + 2/4)/2
-    out = exact_metrics(q, g, [np.array([0]), np.array([2]), np.array([1, 3])], ks=(1, 2, 3))
-    assert out["recall@1"] == pytest.approx(2 / 3) and out["recall@3"] == pytest.approx(1.0)
-    assert out["mAP"] == pytest.approx((1 + 1 / 3 + 0.75) / 3)
+    # q0 -> g0 at rank 0 (AP 1); q1 -> g2 at rank 3 (AP 1/4); q2 relevant {g1, g3} at ranks 0 and 3 (AP (1 + 2/4)/2)
+    out = exact_metrics(q, g, [np.array([0]), np.array([2]), np.array([1, 3])], ks=(1, 3, 4))
+    assert out["recall@1"] == pytest.approx(2 / 3) and out["recall@3"] == pytest.approx(2 / 3)
+    assert out["recall@4"] == pytest.approx(1.0)
+    assert out["mAP"] == pytest.approx((1 + 0.25 + 0.75) / 3)
     r = ranked_metrics([[True, False], [False, True], [False, False]], [1, 2, 1], ks=(1, 2))
     assert r["recall@1"] == pytest.approx(1 / 3) and r["recall@2"] == pytest.approx(2 / 3)
     assert r["mAP@2"] == pytest.approx((1 + 0.5 / 2 + 0) / 3)

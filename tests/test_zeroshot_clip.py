@@ -107,7 +107,7 @@ def test_modality_and_label_errors(clip_file: Path, images: list[Path], tmp_path
         ZeroShotClassifier(clf.query, clf.query, LABELS)
 
 
-def test_cli_classify_and_eval_images(clip_file: Path, images: list[Path], tmp_path: Path, capsys,
+def test_cli_classify_and_eval_images(clip_file: Path, images: list[Path], tmp_path: Path, capsys, assets: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANYALIGN_CACHE", str(tmp_path / "cache"))
     model = ["--clip", str(clip_file), "--clip-model", TINY_CLIP]
@@ -120,6 +120,10 @@ def test_cli_classify_and_eval_images(clip_file: Path, images: list[Path], tmp_p
         with pytest.raises(SystemExit) as e:
             main(["classify", *model, *argv, str(images[0])])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+    video = assets / "video" / "bikes.mp4"  # CLIP on video: the frames' image embeddings averaged
+    main(["classify", *model, "--labels", "bikes,cars", "--encoder-arg", "num_frames=2", "--json", str(video)])
+    res = json.loads(capsys.readouterr().out)["results"][0]
+    assert res["source"] == str(video) and {p["label"] for p in res["predictions"]} == {"bikes", "cars"}
     data = tmp_path / "data"
     for cls, idx in [("red", [0, 3]), ("blue", [1])]:
         (data / cls).mkdir(parents=True)

@@ -57,7 +57,8 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike, title: s
     evals = [r for r in records if any(k.startswith("eval/") for k in r)]
     if not train and not evals:
         return None
-    loss_keys = sorted({k for r in train for k in r if k == "loss" or k.startswith("loss/")})
+    terms = sorted({k for r in train for k in r if k.startswith("loss/")})
+    loss_keys = ["loss"] + (terms if len(terms) > 1 else [])  # one term alone would just repeat the total
     eval_keys = sorted({k for r in evals for k in r if k.startswith("eval/")})
     panels = 2 + bool(eval_keys)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
@@ -73,7 +74,8 @@ def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike, title: s
     if eval_keys:
         for k in eval_keys:
             pts = [(r["step"], r[k]) for r in evals if k in r]
-            axes[2].plot(*zip(*pts), marker="o", label=k.removeprefix("eval/"))
+            axes[2].plot(*zip(*pts), marker="o", label=k.removeprefix("eval/"),
+                         ls="--" if k.endswith("/chance") else "-")
         axes[2].set(xlabel="step", title="evaluation")
         axes[2].legend(fontsize=7)
     if title:

@@ -314,11 +314,19 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
         raise ValueError(f"adapters.{modality}: give an embed_projector (shared space) and/or an llm_projector")
     adapter = ModalityAdapter(config, encoder if carries_encoder else None)
     if init_state:
-        missing, unexpected = adapter.load_state_dict(init_state, strict=False)
+        heads = {name for name in ("embed_head", "llm_head") if getattr(adapter, name) is None}
+        dropped = sorted({k.split(".")[0] for k in init_state if k.split(".")[0] in heads})
+        init_state = {k: v for k, v in init_state.items() if k.split(".")[0] not in heads}
+        try:
+            missing, unexpected = adapter.load_state_dict(init_state, strict=False)
+        except RuntimeError as e:  # shape mismatch: other encoder options or projector sizes
+            raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter's "
+                             f"encoder_kwargs/projectors ({str(e).splitlines()[-1].strip()})") from None
         if unexpected:
             raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter "
                              f"(unexpected: {unexpected[:5]})")
-        logger.info("%s: initialised from %s (%d new tensors)", modality, spec.init_from, len(missing))
+        logger.info("%s: initialised from %s (%d new tensors%s)", modality, spec.init_from, len(missing),
+                    f"; not used: {', '.join(dropped)}" if dropped else "")
     if encoder is not None and not spec.train_encoder:
         encoder.freeze()
     return adapter, encoder

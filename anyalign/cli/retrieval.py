@@ -194,11 +194,11 @@ def search_cmd(
         if not vector.is_file():
             raise FileNotFoundError(f"{vector}: no such .npy file")
         query = np.load(vector, allow_pickle=False)
+        results = r.search(query, k, **params)
+    elif text is not None:
+        results = r.search_text(text, k, **params)
     else:
-        query = text if text is not None else file
-        if file is not None and not file.is_file():
-            raise FileNotFoundError(f"{file}: no such query file")
-    results = r.search(query, k, **params)
+        results = r.search_file(file, k, **params)
     if as_json:
         typer.echo(json.dumps([x.to_dict() for x in results], indent=2, default=str))
         return

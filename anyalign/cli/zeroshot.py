@@ -1,8 +1,8 @@
 """`anyalign classify FILES...` and `anyalign eval zeroshot DATASET`: zero-shot classification against text labels.
 
-The model is one of `--clap P` (CLAP audio + text towers), `--clip P` (CLIP image + text towers) or
-`--adapter DIR` (a trained adapter against its text anchor, recorded by `anyalign train` or given with
-`--text-encoder`/`--text-pretrained`).
+The model is one of `--clap P` (CLAP audio + text towers), `--clip P` (CLIP image + text towers; a video is the
+mean of its frames' image embeddings) or `--adapter DIR` (a trained adapter against its text anchor, recorded by
+`anyalign train` or given with `--text-encoder`/`--text-pretrained`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("zeroshot")(eval_zeroshot_cmd)
 
 
-def _parse_kv(items: list[str] | None) -> dict[str, Any]:
+def _parse_kv(items: list[str] | None, option: str) -> dict[str, Any]:
     import yaml
 
     from .main import CLIError
@@ -30,7 +30,7 @@ def _parse_kv(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise CLIError(f"--encoder-arg {item!r}: expected key=value (e.g. model=ViT-B-16)")
+            raise CLIError(f"{option} {item!r}: expected key=value (e.g. num_frames=4)")
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
@@ -38,9 +38,13 @@ def _parse_kv(items: list[str] | None) -> dict[str, Any]:
 
 def build_classifier(labels: list[str], templates: list[str] | None, *, clap: str | None, clip: str | None,
                      clip_model: str | None, adapter: Path | None, text_encoder: str | None,
-                     text_pretrained: str | None, encoder_args: list[str] | None, device: str | None,
-                     bf16: bool, batch_size: int, num_workers: int, temperature: float, no_cache: bool) -> Any:
-    """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`)."""
+                     text_pretrained: str | None, encoder_args: list[str] | None, text_args: list[str] | None,
+                     device: str | None,
+                     bf16: bool, batch_size: int, num_workers: int, temperature: float, no_cache: bool,
+                     files: list[str] | None = None) -> Any:
+    """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`); `files` picks
+    CLIP's video path when they are all videos."""
+    from ..encoders.video import VIDEO_EXTENSIONS
     from ..zeroshot import ZeroShotClassifier
     from .main import CLIError
 
@@ -48,20 +52,24 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
     if len(chosen) != 1:
         raise CLIError(f"choose the model with exactly one of --clap PRETRAINED, --clip PRETRAINED or --adapter DIR "
                        f"(got {', '.join(chosen) or 'none'})")
-    kwargs = _parse_kv(encoder_args)
+    query_kwargs, text_kwargs = _parse_kv(encoder_args, "--encoder-arg"), _parse_kv(text_args, "--text-arg")
     opts = {"batch_size": batch_size, "num_workers": num_workers, "temperature": temperature,
             "use_cache": not no_cache}
     common = {"device": device, "autocast": "bf16" if bf16 else None}
     if clap is not None:
-        return ZeroShotClassifier.from_clap(labels, templates, pretrained=clap, encoder_kwargs=kwargs, **common,
-                                            **opts)
+        return ZeroShotClassifier.from_clap(labels, templates, pretrained=clap, query_kwargs=query_kwargs,
+                                            text_kwargs=text_kwargs, **common, **opts)
     if clip is not None:
-        if clip_model:
-            kwargs["model"] = clip_model
-        return ZeroShotClassifier.from_encoders("clip-image", "clip-text", labels, templates, pretrained=clip,
-                                                encoder_kwargs=kwargs, **common, **opts)
+        both = {"model": clip_model} if clip_model else {}
+        # videos go through the same image tower, frame embeddings averaged (still in CLIP's space)
+        query = "video" if files and all(Path(f).suffix.lower() in VIDEO_EXTENSIONS for f in files) else "clip-image"
+        return ZeroShotClassifier.from_encoders(query, "clip-text", labels, templates, pretrained=clip,
+                                                encoder_kwargs=both, query_kwargs=query_kwargs,
+                                                text_kwargs=text_kwargs, **common, **opts)
+    if query_kwargs:
+        raise CLIError("--encoder-arg does not apply to --adapter (the adapter records its encoder's options)")
     return ZeroShotClassifier.from_adapter(adapter, labels, templates, text_encoder=text_encoder,
-                                           text_pretrained=text_pretrained, text_kwargs=kwargs, **common, **opts)
+                                           text_pretrained=text_pretrained, text_kwargs=text_kwargs, **common, **opts)
 
 
 # options shared by both commands
@@ -73,8 +81,10 @@ _TEXT_ENC = typer.Option(None, "--text-encoder",
                          help="With --adapter: the text side (encoder name or text adapter folder); default: the "
                               "anchor recorded in the training run's recipe.yaml.")
 _TEXT_PRE = typer.Option(None, "--text-pretrained", help="Weights of --text-encoder (folder or hub id).")
-_ENC_ARGS = typer.Option(None, "--encoder-arg", help="Encoder option key=value (repeatable) for the CLAP/CLIP "
-                                                     "towers, or the text encoder with --adapter; e.g. max_length=64.")
+_ENC_ARGS = typer.Option(None, "--encoder-arg", help="Option key=value of the CLAP audio / CLIP image tower "
+                                                     "(repeatable), e.g. num_frames=4 for videos.")
+_TEXT_ARGS = typer.Option(None, "--text-arg", help="Option key=value of the text encoder (repeatable), e.g. "
+                                                   "max_length=64.")
 _TEMPLATE = typer.Option(None, "--template", "-t",
                          help="Prompt template with {} for the label (repeatable: an averaged ensemble). Default: "
                               "a few templates for the input modality.")
@@ -95,6 +105,7 @@ def classify_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one JSON document)."),
     clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
     text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
+    text_arg: list[str] = _TEXT_ARGS,
     batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
     device: str = _DEVICE, bf16: bool = _BF16,
 ) -> None:
@@ -110,8 +121,9 @@ def classify_cmd(
     label_list = parse_labels(labels, labels_file)
     clf = build_classifier(label_list, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
+                           text_args=text_arg,
                            device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
-                           temperature=temperature, no_cache=no_cache)
+                           temperature=temperature, no_cache=no_cache, files=[str(f) for f in files])
     preds = clf.classify([str(f) for f in files], top_k=top_k)
     if as_json:
         typer.echo(json.dumps({"labels": clf.labels, "templates": clf.templates,
@@ -143,6 +155,7 @@ def eval_zeroshot_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
     text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
+    text_arg: list[str] = _TEXT_ARGS,
     batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
     device: str = _DEVICE, bf16: bool = _BF16,
 ) -> None:
@@ -154,8 +167,9 @@ def eval_zeroshot_cmd(
     ds = load_labelled(dataset, folds=None)
     clf = build_classifier(ds.classes, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
+                           text_args=text_arg,
                            device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
-                           temperature=temperature, no_cache=no_cache)
+                           temperature=temperature, no_cache=no_cache, files=[str(p) for p in ds.paths])
     if ds.layout == "folders" and clf.query.extensions:
         ds = load_labelled(dataset, extensions=clf.query.extensions)  # leave out stray files of other kinds
         if ds.classes != clf.labels:

@@ -241,16 +241,19 @@ def build_index(
 
     nq = min(tune_queries, n) if not train_only else 0
     n_train = 0 if index.is_trained else max(training_size(factory_str, n), min(n, 1000))
-    sample_ids, sample = source.sample(max(n_train, nq), seed, start=start, stop=stop)
+    # tuning queries are held out of the training sample when the corpus is large enough (otherwise the
+    # coarse centroids are fitted to them and the tuned recall is optimistic)
+    sample_ids, sample = source.sample(min(n_train + nq, stop - start), seed, start=start, stop=stop)
     sample = _normalized(sample)
-    pick = np.random.default_rng(seed + 1).permutation(len(sample_ids))[:nq]
-    q_ids, queries = sample_ids[pick], sample[pick]
+    order = np.random.default_rng(seed + 1).permutation(len(sample_ids))
+    q_pick, t_pick = order[:nq], (order[nq:] if len(order) - nq >= n_train else order)
+    q_ids, queries = sample_ids[q_pick], sample[q_pick]
 
     work = (to_gpu(index) if gpu else None) or index
     if not work.is_trained:
         t0 = time.perf_counter()
-        work.train(sample)
-        logger.info("trained on %d vectors in %.1fs", len(sample), time.perf_counter() - t0)
+        work.train(sample[np.sort(t_pick)])
+        logger.info("trained on %d vectors in %.1fs", len(t_pick), time.perf_counter() - t0)
     del sample
     fp = base_cfg.trained_fingerprint if base_cfg else fingerprint(work)
 

@@ -37,9 +37,11 @@ class Retriever:
     """Search one index folder (single, on-disk merged, or a set of parts)."""
 
     def __init__(self, index_dir: str | os.PathLike, embedders: dict[str, Any] | None = None, *,
-                 device: str | None = None) -> None:
+                 device: str | None = None, use_gpu: bool | None = None) -> None:
+        """`embedders`: modality -> adapter / encoder / adapter folder / spec, on top of the recorded ones;
+        `device`: torch device for query embedders; `use_gpu`: search on GPUs (default: when faiss has them)."""
         self.index_dir = Path(index_dir)
-        self.config, self.parts = open_parts(self.index_dir)
+        self.config, self.parts = open_parts(self.index_dir, use_gpu=use_gpu)
         self.device = device
         self._embedders: dict[str, Embedder] = {}
         self._specs: dict[str, dict[str, Any]] = {m: s for m, s in self.config.embedders.items() if s}
@@ -89,17 +91,28 @@ class Retriever:
     def dim(self) -> int:
         return self.config.dim
 
+    def embed_text(self, text: str) -> np.ndarray:
+        """Text -> `[1, E]` through the text embedder."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("empty text query")
+        return self.embedder("text").embed([text])
+
+    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
+        """A media file -> `[1, E]` through the embedder that reads its type."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: query file not found")
+        return self.embedder(self.modality_for_file(path)).embed([str(path)])
+
     def embed_query(self, query: Any) -> np.ndarray:
-        """A query (text, file path, or vector(s)) -> normalised `[Q, E]` float32."""
+        """A query (text, file path, or vector(s)) -> normalised `[Q, E]` float32.
+
+        A `Path`, or a string naming an existing file, is a file query; other strings are text.
+        """
         if isinstance(query, Path) or (isinstance(query, str) and _looks_like_file(query)):
-            path = Path(query)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: query file not found")
-            return self.embedder(self.modality_for_file(path)).embed([str(path)])
+            return self.embed_file(query)
         if isinstance(query, str):
-            if not query.strip():
-                raise ValueError("empty text query")
-            return self.embedder("text").embed([query])
+            return self.embed_text(query)
         return self._vectors(query)
 
     def _vectors(self, query: Any) -> np.ndarray:
@@ -127,18 +140,24 @@ class Retriever:
         """Top-`k` results for one query (text, file path, or `[E]` vector); `params` override nprobe/efSearch."""
         return self.search_vectors(self.embed_query(query)[:1], k, **params)[0]
 
+    def search_text(self, text: str, k: int = 10, **params: int) -> list[SearchResult]:
+        """Top-`k` for a text query (never interpreted as a path)."""
+        return self.search_vectors(self.embed_text(text), k, **params)[0]
+
+    def search_file(self, path: str | os.PathLike, k: int = 10, **params: int) -> list[SearchResult]:
+        """Top-`k` for a media file query."""
+        return self.search_vectors(self.embed_file(path), k, **params)[0]
+
     def search_vectors(self, vectors: Any, k: int = 10, **params: int) -> list[list[SearchResult]]:
         """Top-`k` results for each row of `[Q, E]` query vectors."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         x = self._vectors(vectors)
         scores, ids = search_parts(self.parts, x, k, params or None)
-        return [self._results(d, i) for d, i in zip(scores, ids)]
-
-    def _results(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchResult]:
-        keep = [(int(i), float(s)) for s, i in zip(scores, ids) if i >= 0]  # faiss pads missing hits with -1
-        rows = self.metadata([i for i, _ in keep])
-        return [SearchResult(i, s, r or {}) for (i, s), r in zip(keep, rows)]
+        uniq = np.unique(ids[ids >= 0]).tolist()  # faiss pads missing hits with -1
+        rows = dict(zip(uniq, self.metadata(uniq)))
+        return [[SearchResult(int(i), float(s), rows.get(int(i)) or {}) for s, i in zip(srow, irow) if i >= 0]
+                for srow, irow in zip(scores, ids)]
 
     def metadata(self, ids: Sequence[int]) -> list[dict[str, Any] | None]:
         """Metadata rows for ids, from whichever part holds them."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,26 +52,32 @@ class BodySizeLimit:
             await _too_large(send, self.max_bytes)
             return
         seen = 0
-        started = False
+        exceeded = responded = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        async def guarded_send(message: dict) -> None:
+            nonlocal responded
+            if exceeded:  # the app turned the aborted read into its own error: answer 413 instead
+                if message["type"] == "http.response.start" and not responded:
+                    responded = True
+                    await _too_large(send, self.max_bytes)
+                return
+            responded = responded or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
-            if not started:
+            if not responded:
                 await _too_large(send, self.max_bytes)
 
 
@@ -87,8 +92,11 @@ async def _too_large(send: Any, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+PAGE = Path(__file__).resolve().parent.parent / "data" / "retrieval" / "index.html"  # package data
+
+
 def page_html() -> str:
-    return resources.files("anyalign").joinpath("data/retrieval/index.html").read_text()
+    return PAGE.read_text()
 
 
 def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int = 100,
@@ -111,11 +119,11 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int 
             d["media_url"] = None
         return d
 
-    def run(query: Any, k: int) -> dict[str, Any]:
+    def run(search: Any, query: Any, k: int) -> dict[str, Any]:
         if k > max_k:
             raise HTTPException(400, f"k={k} exceeds the limit of {max_k}")
         try:
-            results = retriever.search(query, k)
+            results = search(query, k)
         except (ValueError, InputError, FileNotFoundError) as e:
             raise HTTPException(400, str(e)) from None
         return {"results": [result_json(r) for r in results]}
@@ -141,7 +149,9 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int 
     def search(req: SearchRequest) -> dict[str, Any]:
         if (req.text is None) == (req.vector is None):
             raise HTTPException(400, "give exactly one of 'text' or 'vector'")
-        return run(req.text if req.text is not None else req.vector, req.k)
+        if req.text is not None:  # text is never read as a path on this machine
+            return run(retriever.search_text, req.text, req.k)
+        return run(retriever.search, req.vector, req.k)
 
     @app.post("/api/search/file")
     def search_file(file: UploadFile = File(...), k: int = Form(10)) -> dict[str, Any]:
@@ -153,7 +163,7 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int 
             with path.open("wb") as out:
                 while chunk := file.file.read(1 << 20):
                     out.write(chunk)
-            return run(path, k)
+            return run(retriever.search_file, path, k)
 
     @app.get("/api/items/{item_id}")
     def item(item_id: int) -> dict[str, Any]:

@@ -23,9 +23,20 @@ from faiss.contrib.ondisk import merge_ondisk
 
 from ..config import to_dict
 from ..io import atomic_path, write_json
-from .index import CONFIG_NAME, INDEX_NAME, IVFDATA_NAME, IndexConfig, build_index, load_index, read_config, read_faiss
+from .index import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    IVFDATA_NAME,
+    IndexConfig,
+    build_index,
+    gpu_count,
+    load_index,
+    read_config,
+    read_faiss,
+    to_gpu,
+)
 from .metadata import METADATA_NAME, MetadataStore
-from .tuning import ivf_of, knob
+from .tuning import ivf_of, knob, set_params
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +80,29 @@ class Part:
         return p
 
 
-def open_part(folder: str | os.PathLike) -> Part:
+def open_part(folder: str | os.PathLike, *, use_gpu: bool | None = None) -> Part:
+    """Load one index folder for searching; on GPUs (when faiss has them) unless `use_gpu=False`."""
     folder = Path(folder)
     index, config = load_index(folder)
+    if (use_gpu is None or use_gpu) and gpu_count() > 0 and not config.ondisk:
+        gpu_index = to_gpu(index)
+        if gpu_index is not None:
+            set_params(gpu_index, config.search_params)
+            index = gpu_index
     meta = MetadataStore(folder / METADATA_NAME, readonly=True)
     deleted = meta.deleted_ids() if config.tombstones else np.zeros(0, dtype=np.int64)
     return Part(index, config, folder, meta, deleted)
 
 
-def open_parts(folder: str | os.PathLike) -> tuple[IndexConfig, list[Part]]:
+def open_parts(folder: str | os.PathLike, *, use_gpu: bool | None = None) -> tuple[IndexConfig, list[Part]]:
     """The parts of an index folder: itself for a single index, its listed parts for a set."""
     folder = Path(folder)
     config = read_config(folder)
     if config.kind == "trained":
         raise ValueError(f"{folder}: a trained but empty index; build parts from it with --trained")
     if config.kind != "set":
-        return config, [open_part(folder)]
-    parts = [open_part((folder / p).resolve()) for p in config.parts]
+        return config, [open_part(folder, use_gpu=use_gpu)]
+    parts = [open_part((folder / p).resolve(), use_gpu=use_gpu) for p in config.parts]
     for p in parts:
         if p.config.dim != config.dim:
             raise ValueError(f"{p.folder}: dim {p.config.dim} differs from the set's {config.dim}")
@@ -163,7 +180,9 @@ def _merge_ondisk(folders: list[Path], configs: list[IndexConfig], output: Path,
     ivf = ivf_of(base)
     if ivf is None:
         raise ValueError(f"{folders[0]}: on-disk merge works for IVF indexes only (factory {configs[0].factory})")
-    ivf.replace_invlists(faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size), True)  # empty, trained
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(empty, True)  # the trained index, emptied (its lists were only memory-mapped)
+    empty.this.disown()  # now owned by the index
     ivf.ntotal = base.ntotal = 0
     with atomic_path(output, is_dir=True) as tmp:
         merge_ondisk(base, [str(f / INDEX_NAME) for f in folders], str(tmp / IVFDATA_NAME))

@@ -135,11 +135,17 @@ class ZeroShotClassifier:
     def from_encoders(cls, query_encoder: str, text_encoder: str, labels: Sequence[str],
                       templates: Sequence[str] | None = None, *, pretrained: str | None = None,
                       text_pretrained: str | None = None, encoder_kwargs: dict[str, Any] | None = None,
+                      query_kwargs: dict[str, Any] | None = None, text_kwargs: dict[str, Any] | None = None,
                       device: str | None = None, autocast: str | None = None, **options: Any) -> ZeroShotClassifier:
-        """Two towers of one model (e.g. clap-audio + clap-text, clip-image + clip-text)."""
-        kw = dict(encoder_kwargs or {})
-        query = encoder_embedder(query_encoder, pretrained, device=device, autocast=autocast, **kw)
-        text = text_embedder(text_encoder, text_pretrained or pretrained, device=device, autocast=autocast, **kw)
+        """Two towers of one model (e.g. clap-audio + clap-text, clip-image + clip-text).
+
+        `encoder_kwargs` go to both towers (e.g. an open_clip `model`), `query_kwargs`/`text_kwargs` to one.
+        """
+        both = dict(encoder_kwargs or {})
+        query = encoder_embedder(query_encoder, pretrained, device=device, autocast=autocast,
+                                 **{**both, **(query_kwargs or {})})
+        text = text_embedder(text_encoder, text_pretrained or pretrained, device=device, autocast=autocast,
+                             **{**both, **(text_kwargs or {})})
         return cls(query, text, labels, templates, **options)
 
     @classmethod
