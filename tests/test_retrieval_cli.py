@@ -11,6 +11,7 @@ import pytest
 from _retrieval_helpers import clustered, image_corpus, tiny_bert, tiny_image_adapter
 
 from anyalign.cli.main import main
+from anyalign.retrieval import Retriever
 
 LINES = ["a red square", "a blue circle", "the dog", "a photo of the cat", "a green video", "the yellow sound",
          "a black dog", "white circle of the square"]
@@ -120,6 +121,20 @@ def test_sharded_cli_and_eval(tmp_path, capsys) -> None:
         assert json.loads(out)["recall@10"] >= 0.95
     code, out, _ = run(capsys, "eval", "retrieval", tmp_path / "captions.npy", tmp_path / "corpus.npy", "-k", "1,5")
     assert code == 0 and "recall@1" in out and "mAP" in out
+
+
+def test_minilm_semantic_text_search(tmp_path, capsys, minilm_dir) -> None:
+    """Real sentence encoder (all-MiniLM-L6-v2): paraphrased queries find the right caption."""
+    captions = ["a dog playing fetch in the park", "a bowl of hot tomato soup", "a red sports car on the highway",
+                "people dancing at a rock concert", "a sailing boat on a calm lake", "a cat sleeping on a sofa"]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": c, "n": i}) + "\n" for i, c in enumerate(captions)))
+    assert run(capsys, "embed", tmp_path / "c.jsonl", "--encoder", "text", "--pretrained", minilm_dir,
+               "-o", tmp_path / "emb")[0] == 0
+    assert run(capsys, "index", "build", tmp_path / "emb", "-o", tmp_path / "idx")[0] == 0
+    retriever = Retriever(tmp_path / "idx")  # the Python API, embedder rebuilt from the index's record
+    for query, want in [("a puppy chasing a ball on the grass", 0), ("fast automobile", 2),
+                        ("kitten napping on the couch", 5), ("live music crowd", 3)]:
+        assert retriever.search(query, k=1)[0].metadata["n"] == want, query
 
 
 def test_cli_errors(tmp_path, capsys) -> None:
