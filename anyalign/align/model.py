@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -51,8 +52,9 @@ class AlignmentModel(nn.Module):
     def __init__(self, adapters: dict[str, ModalityAdapter], *, anchors: dict[str, Encoder] | None = None,
                  frozen_encoders: dict[str, Encoder] | None = None, mllm: Any = None,
                  contrastive_pairs: Sequence[tuple[str, str]] = (), anchor_options: dict[str, dict] | None = None,
-                 text_cache_size: int = 100_000) -> None:
+                 llm_tasks: Sequence[str] = LLM_TASKS, text_cache_size: int = 100_000) -> None:
         super().__init__()
+        self.llm_tasks = tuple(llm_tasks)  # the LLM tasks the training data holds (fixed collective order)
         self.adapters = nn.ModuleDict(adapters)
         opts = anchor_options or {}
         self.contrastive = nn.ModuleDict({  # one temperature per (modality, anchor) pair
@@ -161,12 +163,8 @@ class AlignmentModel(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         if len(self.contrastive):
             losses.update(self._contrastive(batch, feats))
-        llm_rows = [i for i, t in enumerate(batch.tasks) if t in LLM_TASKS]
-        if llm_rows and self.frozen.mllm is not None:
-            for task in LLM_TASKS:
-                rows = [i for i in llm_rows if batch.tasks[i] == task]
-                if rows:
-                    losses[task] = self.llm_loss(batch, feats, rows)
+        if self.frozen.mllm is not None:
+            losses.update(self._llm_terms(batch, feats))
         return losses
 
     def _contrastive(self, batch: Batch, feats: dict[str, EncoderOutput]) -> dict[str, torch.Tensor]:
@@ -215,10 +213,7 @@ class AlignmentModel(nn.Module):
         emb, aux = adapter.embed_output(feats[m][sel.to(feats[m].tokens.device)])
         return emb, aux, rows[sel]
 
-    def llm_loss(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int], *, lm_only: bool = False
-                 ) -> torch.Tensor:
-        """Next-token loss of the frozen LLM on the targets of `rows` (prompt and media positions masked);
-        adapter auxiliary losses are added unless `lm_only`."""
+    def _llm_output(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int]) -> Any:
         row_set = set(rows)
         sub: dict[str, EncoderOutput] = {}
         for m, mb in batch.media.items():
@@ -227,9 +222,39 @@ class AlignmentModel(nn.Module):
             idx = [j for j, r in enumerate(mb.rows.tolist()) if r in row_set]
             if idx:
                 sub[m] = feats[m][torch.tensor(idx, device=feats[m].tokens.device)]
-        out = self.frozen.mllm(prompts=[batch.prompts[i] for i in rows], targets=[batch.targets[i] for i in rows],
-                               features=sub)
+        return self.frozen.mllm(prompts=[batch.prompts[i] for i in rows], targets=[batch.targets[i] for i in rows],
+                                features=sub)
+
+    def llm_loss(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int], *, lm_only: bool = False
+                 ) -> torch.Tensor:
+        """Next-token loss of the frozen LLM on the targets of `rows` (prompt and media positions masked);
+        adapter auxiliary losses are added unless `lm_only`."""
+        out = self._llm_output(batch, feats, rows)
         return out.lm_loss if lm_only else out.loss
+
+    def _target_tokens(self, targets: Sequence[str]) -> int:
+        """Loss-bearing tokens of the targets (their ids plus eos, as `MultimodalLM` builds the labels)."""
+        tok = self.frozen.mllm.tokenizer
+        ids = tok(list(targets), add_special_tokens=False)["input_ids"] if targets else []
+        return sum(len(x) + (tok.eos_token_id is not None) for x in ids)
+
+    def _llm_terms(self, batch: Batch, feats: dict[str, EncoderOutput]) -> dict[str, torch.Tensor]:
+        """One LM loss per LLM task. Under DDP each rank's mean is reweighted by its share of the global target
+        tokens, so the averaged gradient is that of the global per-token mean (as with one process)."""
+        out: dict[str, torch.Tensor] = {}
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        for task in self.llm_tasks:
+            rows = [i for i, t in enumerate(batch.tasks) if t == task]
+            if world == 1:
+                if rows:
+                    out[task] = self.llm_loss(batch, feats, rows)
+                continue
+            local = self._target_tokens([batch.targets[i] for i in rows]) if rows else 0
+            total = global_size(local, self.device)  # a collective: every rank runs it for every task
+            if rows and total:
+                res = self._llm_output(batch, feats, rows)
+                out[task] = res.lm_loss * (local * world / total) + sum((res.aux_losses or {}).values())
+        return out
 
     # --- persistence --------------------------------------------------------------------------------------------
     def save_adapters(self, directory: Any, *, is_main_process: bool = True) -> dict[str, str]:
@@ -371,7 +396,7 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
     opts = {a: {"temperature": s.temperature, "learn_temperature": s.learn_temperature, "weight": s.weight,
                 "positives": s.positives} for a, s in recipe.anchors.items()}
     return AlignmentModel(adapters, anchors=anchors, frozen_encoders=frozen, mllm=mllm, contrastive_pairs=pairs,
-                          anchor_options=opts)
+                          anchor_options=opts, llm_tasks=[t for t in LLM_TASKS if t in tasks])
 
 
 __all__ = ["AlignmentModel", "LLM_TASKS", "build_adapter_from_spec", "build_model"]

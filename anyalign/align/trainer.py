@@ -137,7 +137,7 @@ class Trainer:
         if "text" in recipe.anchors:
             texts = self.train_set.all_captions()
             for ds in self.eval_sets:
-                texts |= ds.all_captions() | {t for ts in ds.class_prompts().values() for t in ts}
+                texts |= ds.all_captions() | {x for xs in ds.class_prompts().values() for x in xs}
             if len(texts) <= 200_000:
                 self.unwrapped.precompute_texts("text", texts)
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", acc, enabled=acc.is_main_process)
@@ -157,6 +157,8 @@ class Trainer:
         expect = {"world_size": self.accelerator.num_processes, "batch_size": self.recipe.train.batch_size,
                   "grad_accum": self.recipe.train.grad_accum, "seed": self.recipe.seed}
         diff = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
+        if not (ckpt / f"random_states_{self.accelerator.process_index}.pkl").is_file():
+            diff["rng_state"] = ("missing", f"rank {self.accelerator.process_index}")
         if diff:
             logger.warning("%s was written with different settings %s (saved, now): resume will not be exact",
                            ckpt, diff)
@@ -192,6 +194,21 @@ class Trainer:
                 f"non-finite {what} at step {self.step + 1} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())}); "
                 f"training stopped without saving. Last good checkpoint: {last or 'none'} (continue with --resume "
                 f"after lowering train.lr or setting train.clip_grad).")
+
+    def _global_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Average the loss terms over ranks: each rank's terms are shares of the global-batch loss (contrastive
+        terms are already global; LM terms are token-weighted), so the mean is the one-process value."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return logs
+        import torch.distributed as dist
+
+        keys: list[Any] = [None] * world
+        dist.all_gather_object(keys, sorted(logs))  # ranks without rows of a task lack its term
+        names = sorted(set().union(*keys))
+        vec = torch.tensor([logs.get(k, 0.0) for k in names], dtype=torch.float64, device=self.accelerator.device)
+        vec = self.accelerator.reduce(vec, reduction="sum") / world
+        return dict(zip(names, vec.tolist()))
 
     def fit(self, resume: bool = False) -> TrainResult:
         acc, t = self.accelerator, self.recipe.train
@@ -240,6 +257,7 @@ class Trainer:
             bar.update(1)
             logs = {k: v / n_window for k, v in window.items()}
             if self.step % t.log_every == 0 or self.step == t.max_steps:
+                logs = self._global_logs(logs)
                 dt = time.perf_counter() - t0
                 logs["lr"] = self.scheduler.get_last_lr()[0]
                 logs["samples_per_s"] = n_window * t.batch_size * t.grad_accum / max(dt, 1e-9)

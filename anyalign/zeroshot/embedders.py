@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..adapter import CONFIG_NAME, WEIGHTS_NAME, ModalityAdapter
 from ..encoders import Encoder, create_encoder
+from ..encoders.audio_io import split_windows
 
 logger = logging.getLogger(__name__)
 
@@ -52,18 +53,6 @@ def _audio_window_samples(encoder: Encoder) -> int | None:
     if not rate or not seconds:
         return None
     return int(round(float(rate) * float(seconds)))
-
-
-def split_windows(wave: Any, size: int, *, min_fraction: float = 0.5) -> list[Any]:
-    """Cut a 1-D waveform into consecutive windows of `size` samples; a short tail (< `min_fraction` of a
-    window) is dropped unless it is all there is."""
-    n = int(wave.shape[-1])
-    if n <= size:
-        return [wave]
-    starts = list(range(0, n, size))
-    if n - starts[-1] < min_fraction * size:
-        starts = starts[:-1]
-    return [wave[..., s:s + size] for s in starts]
 
 
 class Embedder:

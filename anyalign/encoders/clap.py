@@ -1,0 +1,192 @@
+"""CLAP towers as frozen encoders: "clap-audio" (HTSAT) and "clap-text" (RoBERTa), through transformers.
+
+LAION's CLAP checkpoints are used in their transformers-converted form (`laion/clap-htsat-unfused` by default,
+`laion/clap-htsat-fused`, `laion/larger_clap_*`); `pretrained=` is a hub id or a local folder written by
+`save_pretrained` (model + processor/feature extractor + tokenizer). The original `laion_clap` package is
+available as the optional `laion-clap` extra for converting or cross-checking its `.pt` checkpoints; it is not
+needed to run these encoders. Each encoder loads and keeps only its own tower and projection head.
+
+Audio: the waveform (mono, resampled to the extractor's 48 kHz) is cut into windows of `window_seconds`
+(default: the model's 10 s clip; a tail shorter than half a window is dropped unless it is the whole clip).
+Every window is at most one clip long, so the feature extractor only ever repeat-pads (`repeatpad`) and its
+random crop (`rand_trunc`) or random fusion choice never fires: inference is deterministic. Fused checkpoints
+get `is_longer=False` for every window (their fusion branch is for clips longer than 10 s, which windowing
+replaces). Tokens are HTSAT's final feature map `[B, T, D]` in time-major order (time x frequency bins, 64
+tokens of 768-d per 10 s window for HTSAT-base); windows of one input are concatenated along T. Pooled is the
+L2-normalised projected audio embedding, averaged over windows and renormalised.
+Text: tokens are RoBERTa's last hidden states with the real attention mask; pooled is the L2-normalised projected
+text embedding, in the same space as the audio one (zero-shot audio classification).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoTokenizer,
+    ClapAudioModelWithProjection,
+    ClapFeatureExtractor,
+    ClapTextModelWithProjection,
+)
+
+from ..io import resolve_pretrained
+from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
+from .base import Encoder, EncoderOutput, InputError, pad_sequences
+from .registry import register_encoder
+
+DEFAULT_CLAP_MODEL = "laion/clap-htsat-unfused"
+
+
+def hf_source(pretrained: str | None, family: str, default: str) -> str:
+    """The local folder or hub id to hand to `from_pretrained` (the default model when None)."""
+    if pretrained is None:
+        return default
+    src = resolve_pretrained(pretrained)
+    if src.kind in ("dir", "hub"):
+        return src.location
+    raise FileNotFoundError(f"{family}: pretrained={pretrained!r} must be a Hugging Face model folder (written by "
+                            f"save_pretrained) or a hub id such as {default!r}")
+
+
+@contextlib.contextmanager
+def quiet_tower_load() -> Iterator[None]:
+    """Hide transformers' load report while loading one tower of a two-tower checkpoint: the other tower's
+    weights are expected to be unused. Missing weights are checked by the caller instead."""
+    log = logging.getLogger("transformers.modeling_utils")
+
+    def drop_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    log.addFilter(drop_report)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop_report)
+
+
+def load_tower(cls: type, source: str, family: str) -> Any:
+    """`cls.from_pretrained(source)` in eval mode; every weight of the tower must be in the checkpoint."""
+    try:
+        with quiet_tower_load():
+            model, info = cls.from_pretrained(source, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise FileNotFoundError(f"{family}: cannot load {source!r} (expected a CLAP model folder or a reachable "
+                                f"hub id): {e}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(f"{family}: {source!r} is not a CLAP checkpoint with this tower: missing {missing[:5]} "
+                         f"(of {len(missing)})")
+    return model.eval()
+
+
+class ClapAudioEncoder(Encoder):
+    """HTSAT audio tower: tokens `[B, T, D]` (windows concatenated), pooled = normalised CLAP embedding `[B, P]`."""
+
+    modality = "audio"
+    extensions = AUDIO_EXTENSIONS
+    input_spec = AUDIO_INPUT_SPEC
+
+    def __init__(self, model: ClapAudioModelWithProjection, extractor: ClapFeatureExtractor, *,
+                 window_seconds: float | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.extractor = extractor
+        self.sample_rate = int(extractor.sampling_rate)
+        self.clip_seconds = float(extractor.nb_max_samples) / self.sample_rate
+        self.window_seconds = float(window_seconds or self.clip_seconds)
+        if not 0 < self.window_seconds <= self.clip_seconds:
+            raise ValueError(f"clap-audio: window_seconds must be in (0, {self.clip_seconds:g}] (the model's clip "
+                             f"length; longer windows would be randomly cropped), got {window_seconds}")
+        self.window_samples = int(round(self.window_seconds * self.sample_rate))
+        self.fusion = bool(model.config.enable_fusion)
+        self.token_dim = int(model.audio_model.audio_encoder.num_features)
+        self.pooled_dim = int(model.config.projection_dim)
+
+    def load(self, item: Any) -> np.ndarray:
+        return load_audio(item, self.sample_rate)  # [N] at 48 kHz
+
+    def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        windows = [split_windows(w, self.window_samples) for w in items]
+        flat = [w.astype(np.float64) for ws in windows for w in ws]
+        feats = self.extractor(flat, sampling_rate=self.sample_rate, truncation="fusion" if self.fusion else
+                               "rand_trunc", padding="repeatpad", return_tensors="pt")
+        return {
+            "input_features": feats["input_features"].float(),  # [W, 1 or 4, frames, mels]
+            "is_longer": torch.zeros(len(flat), 1, dtype=torch.bool),  # [W, 1]: windows never exceed one clip
+            "windows": torch.tensor([len(ws) for ws in windows]),  # [B]
+        }
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        out = self.model.audio_model(input_features=batch["input_features"], is_longer=batch["is_longer"])
+        fmap = out.last_hidden_state  # [W, D, F, T]
+        tokens = fmap.permute(0, 3, 2, 1).flatten(1, 2)  # [W, T*F, D], time-major
+        emb = F.normalize(self.model.audio_projection(out.pooler_output).float(), dim=-1)  # [W, P]
+        counts = batch["windows"].tolist()
+        if all(c == 1 for c in counts):
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            return EncoderOutput(tokens, mask, emb)
+        pooled = torch.stack([F.normalize(e.mean(0), dim=-1) for e in torch.split(emb, counts)])  # [B, P]
+        tokens, mask = pad_sequences([t.flatten(0, 1) for t in torch.split(tokens, counts)])  # [B, T_max, D]
+        return EncoderOutput(tokens, mask.to(tokens.device), pooled)
+
+
+class ClapTextEncoder(Encoder):
+    """RoBERTa text tower: tokens `[B, L, H]` with the attention mask, pooled = normalised CLAP embedding."""
+
+    modality = "text"
+    input_spec = "str: one sentence per item"
+
+    def __init__(self, model: ClapTextModelWithProjection, tokenizer: Any, *, max_length: int = 77) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = min(int(max_length), int(model.config.max_position_embeddings) - 2)
+        self.token_dim = int(model.config.hidden_size)
+        self.pooled_dim = int(model.config.projection_dim)
+
+    def load(self, item: Any) -> str:
+        if not isinstance(item, str):
+            raise InputError(f"clap-text expects strings, got {type(item).__name__}: {item!r:.80}")
+        return item
+
+    def collate(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}  # [B, L] each
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        out = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        pooled = F.normalize(self.model.text_projection(out.pooler_output).float(), dim=-1)  # [B, P]
+        return EncoderOutput(out.last_hidden_state, batch["attention_mask"].bool(), pooled)
+
+
+@register_encoder("clap-audio", modality="audio", token_dim=768, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
+                  default_model=DEFAULT_CLAP_MODEL)
+def clap_audio_encoder(pretrained: str | None = None, *, window_seconds: float | None = None) -> ClapAudioEncoder:
+    """CLAP audio tower from a hub id or local folder (default laion/clap-htsat-unfused); long audio is windowed."""
+    source = hf_source(pretrained, "clap-audio", DEFAULT_CLAP_MODEL)
+    model = load_tower(ClapAudioModelWithProjection, source, "clap-audio")
+    try:
+        extractor = ClapFeatureExtractor.from_pretrained(source)
+    except OSError as e:
+        raise FileNotFoundError(f"clap-audio: no feature extractor config in {source!r}: {e}") from None
+    return ClapAudioEncoder(model, extractor, window_seconds=window_seconds)
+
+
+@register_encoder("clap-text", modality="text", token_dim=768, pooled_dim=512, input_spec=ClapTextEncoder.input_spec,
+                  default_model=DEFAULT_CLAP_MODEL)
+def clap_text_encoder(pretrained: str | None = None, *, max_length: int = 77) -> ClapTextEncoder:
+    """CLAP text tower from a hub id or local folder (default laion/clap-htsat-unfused); `max_length` as in LAION."""
+    source = hf_source(pretrained, "clap-text", DEFAULT_CLAP_MODEL)
+    model = load_tower(ClapTextModelWithProjection, source, "clap-text")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise FileNotFoundError(f"clap-text: no tokenizer in {source!r}: {e}") from None
+    return ClapTextEncoder(model, tokenizer, max_length=max_length)

@@ -1,0 +1,111 @@
+"""Whisper's audio encoder as a frozen encoder ("whisper"), the Qwen-Audio / LLaSM recipe, through transformers.
+
+Audio (mono, resampled to 16 kHz) becomes Whisper's 80/128-bin log-mel spectrogram padded to the 30 s window;
+the encoder's last hidden state is the token sequence `[B, 1500, D]` (one token per 20 ms). Whisper always sees
+30 s, so the mask covers only the frames of real audio: `ceil(samples / hop)` mel frames (100 per second),
+halved by the stride-2 convolution. Pooled is the masked mean of the valid tokens (not normalised).
+Audio longer than `window_seconds` (default 30 s) is cut into windows (a tail shorter than half a window is
+dropped unless it is the whole clip) whose valid tokens are concatenated, so a batch with a long clip has
+`T = max total valid frames` instead of 1500. Only the encoder is kept; the decoder is dropped after loading.
+`pretrained=` is a hub id (default `openai/whisper-base`) or a local folder written by `save_pretrained`
+(a WhisperModel or WhisperForConditionalGeneration checkpoint plus its feature extractor config).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import WhisperFeatureExtractor, WhisperModel
+
+from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
+from .base import Encoder, EncoderOutput, masked_mean, pad_sequences
+from .clap import hf_source
+from .registry import register_encoder
+
+DEFAULT_WHISPER_MODEL = "openai/whisper-base"
+
+
+class WhisperAudioEncoder(Encoder):
+    """Whisper encoder: tokens `[B, 1500, D]` masked to the real audio, pooled = masked mean `[B, D]`."""
+
+    modality = "audio"
+    extensions = AUDIO_EXTENSIONS
+    input_spec = AUDIO_INPUT_SPEC
+
+    def __init__(self, encoder: torch.nn.Module, extractor: WhisperFeatureExtractor, *,
+                 window_seconds: float | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.extractor = extractor
+        self.sample_rate = int(extractor.sampling_rate)
+        self.clip_seconds = float(extractor.n_samples) / self.sample_rate
+        self.window_seconds = float(window_seconds or self.clip_seconds)
+        if not 0 < self.window_seconds <= self.clip_seconds:
+            raise ValueError(f"whisper: window_seconds must be in (0, {self.clip_seconds:g}] (Whisper's input "
+                             f"window), got {window_seconds}")
+        self.window_samples = int(round(self.window_seconds * self.sample_rate))
+        self.max_positions = int(encoder.config.max_source_positions)
+        self.mel_per_token = int(encoder.conv1.stride[0] * encoder.conv2.stride[0])  # 2 mel frames per token
+        expected = self.max_positions * self.mel_per_token
+        if extractor.nb_max_frames != expected:
+            raise ValueError(f"whisper: feature extractor gives {extractor.nb_max_frames} mel frames but the encoder "
+                             f"expects {expected} (max_source_positions={self.max_positions})")
+        self.token_dim = self.pooled_dim = int(encoder.config.d_model)
+
+    def valid_tokens(self, n_samples: int) -> int:
+        """Encoder frames that hold real audio for a clip of `n_samples` (the rest is Whisper's 30 s padding)."""
+        mel = math.ceil(n_samples / self.extractor.hop_length)  # 100 mel frames per second at 16 kHz
+        return max(1, min(self.max_positions, math.ceil(mel / self.mel_per_token)))
+
+    def load(self, item: Any) -> np.ndarray:
+        return load_audio(item, self.sample_rate)  # [N] at 16 kHz
+
+    def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        windows = [split_windows(w, self.window_samples) for w in items]
+        flat = [w for ws in windows for w in ws]
+        feats = self.extractor(flat, sampling_rate=self.sample_rate, return_tensors="pt")
+        return {
+            "input_features": feats["input_features"].float(),  # [W, mels, 3000]
+            "valid": torch.tensor([self.valid_tokens(len(w)) for w in flat]),  # [W]
+            "windows": torch.tensor([len(ws) for ws in windows]),  # [B]
+        }
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        hidden = self.encoder(batch["input_features"]).last_hidden_state  # [W, 1500, D]
+        valid = batch["valid"]
+        counts = batch["windows"].tolist()
+        if all(c == 1 for c in counts):
+            mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < valid[:, None]  # [B, 1500]
+            return EncoderOutput(hidden, mask, masked_mean(hidden.float(), mask))
+        per_window = [h[:n] for h, n in zip(hidden, valid.tolist())]  # valid frames of each window
+        seqs, i = [], 0
+        for c in counts:
+            seqs.append(torch.cat(per_window[i:i + c]))
+            i += c
+        tokens, mask = pad_sequences(seqs)  # [B, T_max, D]
+        mask = mask.to(tokens.device)
+        return EncoderOutput(tokens, mask, masked_mean(tokens.float(), mask))
+
+
+@register_encoder("whisper", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
+                  default_model=DEFAULT_WHISPER_MODEL)
+def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | None = None) -> WhisperAudioEncoder:
+    """Whisper's encoder from a hub id or local folder (default openai/whisper-base)."""
+    source = hf_source(pretrained, "whisper", DEFAULT_WHISPER_MODEL)
+    try:
+        model, info = WhisperModel.from_pretrained(source, output_loading_info=True)
+        extractor = WhisperFeatureExtractor.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"whisper: cannot load {source!r} (expected a Whisper model folder with its feature "
+                                f"extractor config, or a reachable hub id): {e}") from None
+    missing = [k for k in info.get("missing_keys") or [] if k.startswith("encoder.")]
+    if missing:
+        raise ValueError(f"whisper: {source!r} has no weights for {missing[:5]} (of {len(missing)} encoder weights "
+                         f"missing): not a Whisper checkpoint of this size")
+    encoder = model.get_encoder().eval()
+    del model  # keep only the encoder
+    return WhisperAudioEncoder(encoder, extractor, window_seconds=window_seconds)
