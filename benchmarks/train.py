@@ -90,22 +90,29 @@ def _train(recipe: Path, out: Path, device: torch.device) -> list[float]:
     return timer.times[1:]  # the first timed step still warms caches
 
 
-def _extract(images: list[Path], out: Path, assets: Path, batch: int) -> Path:
-    """Encode every image once with the frozen encoder into feature shards (what `anyalign extract` writes)."""
+def _extract(images: list[Path], out: Path, assets: Path, batch: int) -> tuple[Path, int]:
+    """Encode every image once with the frozen encoder into feature shards (the `anyalign extract` layout);
+    returns the folder and the number of tokens per image."""
     from anyalign.encoders import create_encoder
-    from anyalign.features import FeatureWriter
+    from anyalign.features import FeatureWriter, write_manifest
 
-    enc = create_encoder("timm-image", pretrained=str(assets / "image" / "efficientnet-lite0.pth"),
-                         model="efficientnet_lite0")
-    with FeatureWriter(out, encoder=enc) as writer:
-        for i in range(0, len(images), batch):
-            chunk = images[i:i + batch]
+    pretrained = str(assets / "image" / "efficientnet-lite0.pth")
+    enc = create_encoder("timm-image", pretrained=pretrained, model="efficientnet_lite0")
+    out.mkdir()
+    shards, tokens = [], 0
+    for i in range(0, len(images), batch):
+        chunk = images[i:i + batch]
+        name = f"features-r00-{len(shards):05d}.tar"
+        with FeatureWriter(out / name) as writer:
             feats = enc(chunk)
-            for j, p in enumerate(chunk):
-                n = int(feats.mask[j].sum())
-                writer.write(p.stem, feats.tokens[j, :n], feats.pooled[j],
-                             {"source": str(p), "caption": p.stem.replace("-", " ")})
-    return out
+            writer.add_batch([p.stem for p in chunk], feats, [{"source": str(p), "caption": p.stem.replace("-", " ")}
+                                                               for p in chunk])
+        shards.append({"name": name, "count": len(chunk)})
+        tokens = int(feats.mask[0].sum())
+    write_manifest(out, {"encoder": "timm-image", "pretrained": pretrained, "modality": "image",
+                         "token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim, "dtype": "float16",
+                         "shards": shards, "failures": []})
+    return out, tokens
 
 
 def _pure_compute(args: argparse.Namespace, device: torch.device, tokens: int) -> tuple[float, float]:
@@ -117,7 +124,7 @@ def _pure_compute(args: argparse.Namespace, device: torch.device, tokens: int) -
                         embed_projector={"name": "mlp", "hidden_dim": args.hidden})
     head = ModalityAdapter(cfg).to(device)
     loss_fn = InfoNCE().to(device)
-    opt = torch.optim.AdamW([*head.parameters(), *loss_fn.parameters()], lr=1e-3)
+    opt = torch.optim.AdamW([*head.parameters(), *loss_fn.parameters()], lr=1e-3, fused=True)  # as the Trainer
     from anyalign.encoders import EncoderOutput
 
     x = EncoderOutput(torch.randn(args.batch, tokens, 1280, device=device),
@@ -167,7 +174,7 @@ def main() -> None:
     parser.add_argument("--assets", default=os.environ.get("ANYALIGN_ASSETS", ""))
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--hidden", type=int, default=256, help="MLP projector width (tokens -> 384-d space)")
     parser.add_argument("--raw-steps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=20)
@@ -183,16 +190,13 @@ def main() -> None:
         (root / "images").mkdir()
         images = _frames(assets / "video", root / "images", args.images)
         t0 = time.perf_counter()
-        feats = _extract(images, root / "features", assets, args.batch)
+        feats, tokens = _extract(images, root / "features", assets, args.batch)
         extract_s = time.perf_counter() - t0
         raw = _recipe({"kind": "files", "path": str(root / "images"), "glob": "*.jpg", "modality": "image"},
                       args, root, assets, args.raw_steps + 2)
         cached = _recipe({"kind": "features", "path": str(feats)}, args, root, assets, args.steps + 2)
         raw_t = statistics.median(_train(raw, root / "run-raw", device))
         cached_t = statistics.median(_train(cached, root / "run-cached", device))
-    from anyalign.encoders.timm_image import timm_image_encoder  # noqa: F401 - tokens per image below
-
-    tokens = 49  # EfficientNet-Lite0 at 224x224: a 7x7 grid of 1280-d features
     pure_t, flops = _pure_compute(args, device, tokens)
     peak = _gemm_peak(device)
     print(f"device {device}, {torch.get_num_threads()} threads, batch {args.batch}, {len(images)} real video frames")

@@ -120,7 +120,8 @@ def test_cli_reports_bad_config_in_one_line(env: Path, capsys: pytest.CaptureFix
     assert err.startswith("error: ") and "trian" in err and str(path) in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["imu_text_contrastive.yaml", "audio_llm_caption.yaml", "joint_instruct.yaml"])
+@pytest.mark.parametrize("name", ["imu_text_contrastive.yaml", "imu_llm_caption.yaml", "audio_llm_caption.yaml",
+                                  "joint_instruct.yaml"])
 def test_shipped_recipes_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANYALIGN_ASSETS", "/assets")
     recipe = load_recipe(CONFIGS / name, check=False)

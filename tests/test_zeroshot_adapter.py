@@ -22,15 +22,17 @@ PHRASES = {"Badminton": "playing badminton", "Running": "running", "Standing": "
 
 @pytest.fixture(scope="module")
 def imu_run(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
-    """A short run of the shipped BasicMotions recipe (IMU encoder from scratch + MLP head, bound to MiniLM)."""
+    """A short run of the shipped BasicMotions recipe (IMU encoder from scratch + MLP head, bound to MiniLM), with
+    a slimmer encoder so it trains in seconds."""
     if not (assets / "imu" / "BasicMotions").is_dir():
         pytest.skip("BasicMotions missing")
     from anyalign.align import load_recipe, train
 
     out = tmp_path_factory.mktemp("imu-run")
     recipe = load_recipe(ROOT / "configs" / "imu_text_contrastive.yaml",
-                         ["train.max_steps=40", "eval.every=0", "eval.at_start=false", "train.save_every=1000",
-                          "train.tensorboard=false"])
+                         ["train.max_steps=30", "eval.every=0", "eval.at_start=false", "train.save_every=1000",
+                          "train.tensorboard=false", "adapters.imu.encoder_kwargs={dim: 128, depth: 1}",
+                          "adapters.imu.embed_projector={name: mlp, hidden_dim: 256, dropout: 0.1}"])
     result = train(recipe, output_dir=out)
     assert Path(result.adapters["imu"]).is_dir() and (out / "recipe.yaml").is_file()
     return out
@@ -85,17 +87,20 @@ def test_cli_eval_and_classify_npy_windows(imu_run: Path, test_windows: Path, tm
     # classify: a corrupt window and a wrongly shaped one are reported, the rest classified
     (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
     np.save(tmp_path / "wrong.npy", np.zeros((3, 50), np.float32))
+    np.save(tmp_path / "too-long.npy", np.zeros((6, 20_000), np.float32))  # decodes, but the network refuses it
     good = sorted((test_windows / "running").glob("*.npy"))[:2]
     labels = ",".join(PHRASES.values())
     with pytest.raises(SystemExit) as e:
         main(["classify", "--adapter", adapter, "--labels", labels, "-k", "2", "--json", str(good[0]),
-              str(tmp_path / "corrupt.npy"), str(tmp_path / "wrong.npy"), str(good[1])])
+              str(tmp_path / "corrupt.npy"), str(tmp_path / "wrong.npy"), str(tmp_path / "too-long.npy"),
+              str(good[1])])
     assert e.value.code == 1
     captured = capsys.readouterr()
     results = json.loads(captured.out)["results"]
-    assert [("error" in r) for r in results] == [False, True, True, False]
+    assert [("error" in r) for r in results] == [False, True, True, True, False]
     assert "corrupt.npy" in results[1]["error"] and "6 channels" in results[2]["error"]
-    assert len(results[0]["predictions"]) == 2 and "2 of 4 file(s) could not be classified" in captured.err
+    assert "too-long.npy: cannot embed" in results[3]["error"] and "too long" in results[3]["error"]
+    assert len(results[0]["predictions"]) == 2 and "3 of 5 file(s) could not be classified" in captured.err
     with pytest.raises(SystemExit) as e:  # a modality the adapter cannot take
         main(["classify", "--adapter", adapter, "--labels", labels, str(tmp_path / "sound.wav")])
     assert e.value.code == 2 and "classifies imu files (.npy .csv)" in capsys.readouterr().err

@@ -118,10 +118,9 @@ def _read_jsonl(path: Path, src: DataSource, media_names: Sequence[str]) -> list
 
 
 def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
-    from ..features import load_features
-    from ..io import read_json
+    from ..features import load_features, read_manifest
 
-    manifest = read_json(path / "manifest.json")
+    manifest = read_manifest(path)
     m = manifest.get("modality")
     if src.modality and m and src.modality != m:
         raise ValueError(f"{path}: features of modality {m!r}, but the data source says {src.modality!r}")

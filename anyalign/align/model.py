@@ -10,6 +10,7 @@ anchors and the LLM live beside them (moved along by `.to()`) and run under `no_
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -210,7 +211,8 @@ class AlignmentModel(nn.Module):
             return emb, {}, torch.zeros(0, dtype=torch.long)
         rows = mb.rows.cpu()
         sel = is_con[rows].nonzero().flatten()
-        emb, aux = adapter.embed_output(feats[m][sel.to(feats[m].tokens.device)])
+        sub = feats[m] if len(sel) == len(rows) else feats[m][sel.to(feats[m].tokens.device)]  # no copy if all
+        emb, aux = adapter.embed_output(sub)
         return emb, aux, rows[sel]
 
     def _llm_output(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int]) -> Any:
@@ -281,11 +283,9 @@ def _embed_dim(recipe: Recipe, anchors: dict[str, Encoder]) -> int | None:
 
 def _feature_dims(modality: str, sources: Sequence[Any]) -> tuple[int, int] | None:
     """(token_dim, pooled_dim) when every source with `modality` is cached features; None otherwise."""
-    from pathlib import Path
+    from ..features import read_manifest
 
-    from ..io import read_json
-
-    manifests = {s.path: read_json(Path(s.path) / "manifest.json") for s in sources if s.kind == "features"}
+    manifests = {s.path: read_manifest(s.path) for s in sources if s.kind == "features"}
 
     def source_modality(s: Any) -> str | None:
         if s.kind == "uea":
@@ -308,12 +308,16 @@ def _raise(msg: str) -> Any:
 
 
 def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None,
-                            feature_dims: tuple[int, int] | None = None) -> tuple[ModalityAdapter, Encoder | None]:
+                            feature_dims: tuple[int, int] | None = None, seed: int = 0
+                            ) -> tuple[ModalityAdapter, Encoder | None]:
     """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved).
 
     With `feature_dims` (all its data are cached features) and a frozen encoder, the encoder is not built at all.
+    Random initialisation is seeded from `seed` alone, so it does not depend on what was built before (the
+    cached-feature and live-encoder runs of a recipe start from the same projector weights).
     """
     encoder = None
+    torch.manual_seed(seed)  # a trained-from-scratch encoder's init
     if feature_dims is None or spec.train_encoder:
         encoder = create_encoder(spec.encoder, pretrained=spec.encoder_pretrained, autocast=spec.encoder_autocast,
                                  frozen=not spec.train_encoder, **spec.encoder_kwargs)
@@ -337,6 +341,7 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
                            llm_projector=spec.llm_projector, train_encoder=carries_encoder)
     if config.embed_dim is None and config.llm_dim is None:
         raise ValueError(f"adapters.{modality}: give an embed_projector (shared space) and/or an llm_projector")
+    torch.manual_seed(seed + 1)  # the projector heads' init
     adapter = ModalityAdapter(config, encoder if carries_encoder else None)
     if init_state:
         heads = {name for name in ("embed_head", "llm_head") if getattr(adapter, name) is None}
@@ -378,7 +383,8 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
             raise ValueError(f"adapters.{m}: llm_projector needs model.llm")
         dims = _feature_dims(m, recipe.data.train + recipe.data.eval)
         adapters[m], frozen[m] = build_adapter_from_spec(m, spec, embed_dim=embed_dim,
-                                                         llm_dim=llm_dim if need_llm else None, feature_dims=dims)
+                                                         llm_dim=llm_dim if need_llm else None, feature_dims=dims,
+                                                         seed=recipe.seed * 7919 + zlib.crc32(m.encode()) % 7919)
     frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None and e is not None}
     pairs = []
     if "contrastive" in tasks:

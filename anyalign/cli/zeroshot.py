@@ -39,9 +39,8 @@ def _parse_kv(items: list[str] | None, option: str) -> dict[str, Any]:
 def build_classifier(labels: list[str], templates: list[str] | None, *, clap: str | None, clip: str | None,
                      clip_model: str | None, adapter: Path | None, text_encoder: str | None,
                      text_pretrained: str | None, encoder_args: list[str] | None, text_args: list[str] | None,
-                     device: str | None,
-                     bf16: bool, batch_size: int, num_workers: int, temperature: float, no_cache: bool,
-                     files: list[str] | None = None) -> Any:
+                     device: str | None, bf16: bool, batch_size: int, num_workers: int, temperature: float,
+                     no_cache: bool, files: list[str] | None = None) -> Any:
     """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`); `files` picks
     CLIP's video path when they are all videos."""
     from ..encoders.video import VIDEO_EXTENSIONS
@@ -52,6 +51,9 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
     if len(chosen) != 1:
         raise CLIError(f"choose the model with exactly one of --clap PRETRAINED, --clip PRETRAINED or --adapter DIR "
                        f"(got {', '.join(chosen) or 'none'})")
+    if adapter is None and (text_encoder or text_pretrained):
+        raise CLIError("--text-encoder/--text-pretrained choose the text side of --adapter; --clap and --clip use "
+                       "their own text tower")
     query_kwargs, text_kwargs = _parse_kv(encoder_args, "--encoder-arg"), _parse_kv(text_args, "--text-arg")
     opts = {"batch_size": batch_size, "num_workers": num_workers, "temperature": temperature,
             "use_cache": not no_cache}

@@ -4,7 +4,7 @@ Class embeddings follow open_clip's recipe: per class, embed every template-fill
 renormalise; stacked they form the `[E, C]` classifier. They are cached on disk, keyed by a hash of (text model
 identity, labels, templates), so repeated runs skip the text tower. Inputs are decoded in a DataLoader (optional
 workers) and embedded in batches with a progress bar; a file that cannot be decoded or embedded is reported in
-its `Prediction.error` and the others are still classified.
+its `Prediction.error` and the others are still classified (see `batching`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..io import atomic_path
-from .embedders import Embedder, adapter_embedder, encoder_embedder, pool_windows, recorded_text_anchor, text_embedder
+from .batching import EmbeddingResult, embed_inputs, input_name
+from .embedders import Embedder, adapter_embedder, encoder_embedder, recorded_text_anchor, text_embedder
 from .prompts import check_labels, check_templates, class_prompts, default_templates
 
 logger = logging.getLogger(__name__)
@@ -57,45 +56,6 @@ class Prediction:
             return {"source": self.source, "error": self.error}
         return {"source": self.source, "predictions": [{"label": lab, "score": round(s, 6), "prob": round(p, 6)}
                                                         for lab, s, p in zip(self.labels, self.scores, self.probs)]}
-
-
-@dataclass
-class EmbeddingResult:
-    """Embeddings `[M, E]` of the inputs that worked, their positions in the input list, and the failures."""
-
-    embeddings: torch.Tensor
-    index: list[int]
-    errors: dict[int, str]
-
-
-class _Decode(Dataset):
-    """Decodes inputs in DataLoader workers; a failure becomes an error string instead of an exception."""
-
-    def __init__(self, inputs: Sequence[Any], embedder: Embedder) -> None:
-        self.inputs, self.embedder = inputs, embedder
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, i: int) -> tuple[int, list[Any] | None, str | None]:
-        try:
-            return i, self.embedder.load(self.inputs[i]), None
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the others; the error is reported
-            return i, None, _describe_error(input_name(self.inputs[i], i), e)
-
-
-def _keep_list(batch: list[Any]) -> list[Any]:
-    return batch
-
-
-def input_name(item: Any, i: int) -> str:
-    """How an input is named in predictions and errors: its path, else its position."""
-    return str(item) if isinstance(item, (str, os.PathLike)) else f"input {i}"
-
-
-def _describe_error(name: str, e: Exception) -> str:
-    msg = str(e) or type(e).__name__
-    return msg if name in msg else f"{name}: {msg}"
 
 
 class ZeroShotClassifier:
@@ -220,8 +180,11 @@ class ZeroShotClassifier:
         if path is not None:
             meta = {"text": self.text.model_id or "", "labels": json.dumps(self.labels),
                     "templates": json.dumps(self.templates)}
-            with atomic_path(path) as tmp:
-                save_file({"class_embeddings": class_emb.contiguous()}, str(tmp), metadata=meta)
+            try:
+                with atomic_path(path) as tmp:
+                    save_file({"class_embeddings": class_emb.contiguous()}, str(tmp), metadata=meta)
+            except OSError as e:  # a read-only or full cache folder only costs the recomputation next time
+                logger.warning("cannot cache class embeddings in %s (%s)", path.parent, e)
         return class_emb
 
     # --- inputs ---------------------------------------------------------------------------------------------
@@ -239,48 +202,9 @@ class ZeroShotClassifier:
     def embed(self, inputs: Sequence[Any], *, batch_size: int | None = None, num_workers: int | None = None,
               progress: bool | None = None, desc: str = "embed") -> EmbeddingResult:
         """Embed inputs in batches (windows pooled); failures are collected, not raised."""
-        bs = batch_size or self.batch_size
-        nw = self.num_workers if num_workers is None else num_workers
-        loader = DataLoader(_Decode(inputs, self.query), batch_size=bs, num_workers=nw, collate_fn=_keep_list)
-        show = self.progress if progress is None else progress
-        chunks: list[torch.Tensor] = []
-        index: list[int] = []
-        errors: dict[int, str] = {}
-        with tqdm(total=len(inputs), desc=desc, unit="file", disable=None if show is None else not show) as bar:
-            for batch in loader:
-                good = []
-                for i, windows, err in batch:
-                    if err is not None:
-                        errors[i] = err
-                        logger.info("%s", err)
-                    else:
-                        good.append((i, windows))
-                for i, emb in self._embed_batch(good, errors, bs, inputs):
-                    index.append(i)
-                    chunks.append(emb)
-                bar.update(len(batch))
-        emb = torch.stack(chunks) if chunks else torch.zeros(0, self.query.dim)
-        return EmbeddingResult(emb, index, errors)
-
-    def _embed_batch(self, good: list[tuple[int, list[Any]]], errors: dict[int, str], bs: int,
-                     inputs: Sequence[Any]) -> list[tuple[int, torch.Tensor]]:
-        if not good:
-            return []
-        try:
-            windows = [w for _, ws in good for w in ws]
-            flat = torch.cat([self.query.embed_loaded(windows[j:j + bs]).cpu() for j in range(0, len(windows), bs)])
-            pooled = pool_windows(flat, [len(ws) for _, ws in good])
-            return [(i, pooled[k]) for k, (i, _) in enumerate(good)]
-        except Exception:  # noqa: BLE001 - isolate the offending input by embedding one at a time
-            if len(good) == 1:
-                i, ws = good[0]
-                try:
-                    return [(i, pool_windows(self.query.embed_loaded(ws).cpu(), [len(ws)])[0])]
-                except Exception as e:  # noqa: BLE001
-                    errors[i] = f"{input_name(inputs[i], i)}: cannot embed ({type(e).__name__}: {e})"
-                    logger.info("%s", errors[i])
-                    return []
-            return [r for item in good for r in self._embed_batch([item], errors, bs, inputs)]
+        return embed_inputs(self.query, inputs, batch_size=batch_size or self.batch_size,
+                            num_workers=self.num_workers if num_workers is None else num_workers,
+                            progress=self.progress if progress is None else progress, desc=desc)
 
     # --- classification -------------------------------------------------------------------------------------
     def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -305,7 +229,8 @@ class ZeroShotClassifier:
         _ = self.weights  # text side first: a label problem fails before any audio is decoded
         res = self.embed(inputs, **embed_options)
         names = [input_name(x, i) for i, x in enumerate(inputs)]
-        preds = dict(zip(res.index, self.predict(self.scores(res.embeddings), [names[i] for i in res.index], top_k)))
+        ok = self.predict(self.scores(res.embeddings), [names[i] for i in res.index], top_k)
+        preds = dict(zip(res.index, ok))
         for i, err in res.errors.items():
             preds[i] = Prediction(names[i], error=err)
         return [preds[i] for i in range(len(inputs))]
@@ -315,4 +240,4 @@ class ZeroShotClassifier:
                 "templates": self.templates, "temperature": self.temperature}
 
 
-__all__ = ["EmbeddingResult", "Prediction", "ZeroShotClassifier", "default_cache_dir"]
+__all__ = ["Prediction", "ZeroShotClassifier", "default_cache_dir"]

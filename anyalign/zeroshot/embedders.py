@@ -93,12 +93,20 @@ class Embedder:
             return split_windows(loaded, self.window_samples)
         return [loaded]
 
+    def collate(self, items: Sequence[Any]) -> dict[str, Any]:
+        """Decoded items (windows) -> the encoder's batch (CPU preprocessing; may run in DataLoader workers)."""
+        return self.encoder.collate(list(items))
+
     @torch.no_grad()
-    def embed_loaded(self, items: Sequence[Any]) -> torch.Tensor:
-        """Decoded items -> `[B, E]` float32, L2-normalised."""
-        feats = self.encoder.run(self.encoder.collate(list(items)))
+    def embed_collated(self, batch: dict[str, Any]) -> torch.Tensor:
+        """A collated batch -> `[B, E]` float32, L2-normalised."""
+        feats = self.encoder.run(batch)
         emb = self.adapter.embed(feats) if self.adapter is not None else feats.pooled
         return F.normalize(emb.float(), dim=-1)
+
+    def embed_loaded(self, items: Sequence[Any]) -> torch.Tensor:
+        """Decoded items -> `[B, E]` float32, L2-normalised."""
+        return self.embed_collated(self.collate(items))
 
     @torch.no_grad()
     def embed(self, inputs: Sequence[Any], batch_size: int = 64) -> torch.Tensor:

@@ -149,6 +149,9 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, 
     ok = [i for i in res.index if evaluated[i]]
     rows = [k for k, i in enumerate(res.index) if evaluated[i]]
     emb = res.embeddings[rows] if rows else torch.zeros(0, classifier.query.dim)
+    if not ok:
+        first = next(iter(res.errors.values()), "no items")
+        raise ValueError(f"none of the {sum(evaluated)} items could be classified (first error: {first})")
     scores = classifier.scores(emb).numpy()  # [M, C]
     targets = [index[items[i].label] for i in ok]
     metrics = classification_metrics(scores, targets, dataset.classes)

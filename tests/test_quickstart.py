@@ -1,0 +1,62 @@
+"""`anyalign quickstart --fast` end to end on the real assets: report files, numbers, and the page in Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from anyalign.cli.main import main
+
+
+def test_quickstart_fast_writes_a_sane_report(tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report"
+    main(["quickstart", "--fast", "--output", str(out), "--assets", str(assets)])
+    printed = capsys.readouterr().out
+    assert f"report: {(out / 'index.html').resolve()}" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["chance"] == 0.25 and metrics["zeroshot_accuracy"] > 0.5  # 60 steps already beat chance
+    assert 0.0 <= metrics["linear_probe_accuracy"] <= 1.0
+    assert metrics["caption_loss_after"] < metrics["caption_loss_before"]
+    assert metrics["retrieval"]["corpus_size"] == 2 + 8 + 40 + 8 + 34  # photos, frames, IMU, texts, sounds
+    page = (out / "index.html").read_text()
+    for needle in ("zero-shot accuracy", "Cross-modal retrieval", "imu -&gt; text", "Assistant:"):
+        assert needle in page
+    media = sorted(p.name for p in (out / "media").iterdir())
+    assert any(n.endswith("curves.png") for n in media) and any(n.endswith("confusion.png") for n in media)
+    assert any(n.endswith(".jpg") for n in media) and any(n.endswith(".oga") for n in media)
+    assert not list(tmp_path.glob(".report*"))  # no half-written report folder left behind
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium not installed: page rendering not checked")
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1200,2400", f"--screenshot={shot}",
+                    (out / "index.html").as_uri()], check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    dark = sum(1 for v in img.getdata() if v < 128)
+    assert dark > 0.01 * img.width * img.height  # text, plots and thumbnails rendered, not a blank page
+
+
+def test_quickstart_reports_missing_assets_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from anyalign import assets as assets_mod
+
+    def refuse(asset: object, dest: Path) -> None:
+        raise assets_mod.AssetError("no registry here")
+
+    monkeypatch.setattr(assets_mod, "_from_wheel", refuse)
+    monkeypatch.setattr(assets_mod, "_from_deb", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exc:
+        main(["quickstart", "--fast", "--output", str(tmp_path / "r"), "--assets", str(tmp_path / "empty")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: asset 'minilm'") and "Traceback" not in err
