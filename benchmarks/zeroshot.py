@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,14 +36,16 @@ LABELS = ["an alarm clock", "a bell ringing", "a camera shutter", "a phone ringi
           "a notification chime", "trash being emptied", "a dog barking", "rain"]
 
 
-def _best(fn, repeats: int) -> float:
-    """Fastest of `repeats` timed calls (seconds)."""
-    times = []
+def _best_interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Fastest of `repeats` timed calls of each function (seconds), alternating the functions each round so that
+    drifting load on a shared machine hits them alike."""
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
@@ -91,8 +94,10 @@ def main() -> None:
             assert all(p.ok for p in preds)
 
         bare(), pipeline(0)  # warm-up
-        t_bare, t_net = _best(bare, args.repeats), _best(network, args.repeats)
-        t_pipe = {w: _best(lambda: pipeline(w), args.repeats) for w in (0, args.workers)}
+        times = _best_interleaved({"bare": bare, "network": network, "pipe0": lambda: pipeline(0),
+                                   "pipeN": lambda: pipeline(args.workers)}, args.repeats)
+        t_bare, t_net = times["bare"], times["network"]
+        t_pipe = {0: times["pipe0"], args.workers: times["pipeN"]}
     n = len(clips)
     print(f"device {args.device}, {torch.get_num_threads()} threads, {n} clips ({len(sounds)} distinct freedesktop "
           f"sounds), batch {bs}, model {'tiny random CLAP' if args.clap is None else args.clap}")
