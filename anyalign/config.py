@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -133,8 +134,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_scalar(raw)
     return data
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+def parse_scalar(raw: str) -> Any:
+    """A YAML value, except that `1e-4` is a float (YAML 1.1 reads exponents without a dot as strings)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def load_config(cls: type[C], path: str | os.PathLike, overrides: list[str] | None = None) -> C:

@@ -55,8 +55,8 @@ def test_config_strict_and_lenient(tmp_path: Path, caplog: pytest.LogCaptureFixt
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: base\ninner:\n  lr: 0.1\n")
-    cfg = load_config(_Outer, recipe, ["inner.steps=7", "tags=[a, b]"])
-    assert cfg.inner.steps == 7 and cfg.tags == ["a", "b"] and cfg.inner.lr == 0.1
+    cfg = load_config(_Outer, recipe, ["inner.steps=7", "tags=[a, b]", "inner.lr=1e-4"])
+    assert cfg.inner.steps == 7 and cfg.tags == ["a", "b"] and cfg.inner.lr == 1e-4
     with pytest.raises(ConfigError, match="expected key=value"):
         apply_overrides({}, ["novalue"])
     with pytest.raises(ConfigError, match="config file not found"):

@@ -65,7 +65,7 @@ def create_encoder(
         frozen: eval mode and no gradients (the default for frozen encoders).
         overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`).
     """
-    _import_builtin()
+    _import_builtin(name)
     enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
     enc.registry_name = name
     if device is not None:
@@ -87,7 +87,7 @@ def list_encoders(modality: str | None = None) -> list[str]:
 
 def encoder_info(name: str) -> EncoderInfo:
     """Listing facts of a registered encoder."""
-    _import_builtin()
+    _import_builtin(name)
     ENCODERS.get(name)  # raises a clear error for unknown names
     return ENCODER_INFO[name]
 
@@ -102,20 +102,34 @@ def _parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     return table[value.lower()]
 
 
-# Built-in encoder families: each module registers its encoders on import. One line per family.
-_BUILTIN = ["text", "clip", "dinov2", "timm_image", "clap", "whisper", "imu", "video", "label_bridge"]
+# Built-in encoder families: module -> the names it registers. One line per family. Creating an encoder imports
+# only its family (importing all of them costs seconds); listing imports every family.
+_BUILTIN = {
+    "text": ["text"],
+    "clip": ["clip-image", "clip-text"],
+    "dinov2": ["dinov2"],
+    "timm_image": ["timm-image"],
+    "clap": ["clap-audio", "clap-text"],
+    "whisper": ["whisper"],
+    "imu": ["imu"],
+    "video": ["video"],
+    "label_bridge": ["label-bridge"],
+}
 _imported = False
 
 
-def _import_builtin() -> None:
+def _import_builtin(name: str | None = None) -> None:
+    """Import the family that registers `name` (when known and not yet registered), else every family."""
     global _imported
+    if name is not None:
+        if name in ENCODERS:
+            return
+        for mod, names in _BUILTIN.items():
+            if name in names:
+                importlib.import_module(f"{__package__}.{mod}")
+                return
     if _imported:
         return
     _imported = True
     for mod in _BUILTIN:
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith(f"{__package__}.{mod}"):
-                continue  # family not written yet
-            raise
+        importlib.import_module(f"{__package__}.{mod}")
