@@ -8,6 +8,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["ANYALIGN_CACHE"] = __import__("tempfile").mkdtemp(prefix="anyalign-test-cache-")  # keep ~/.cache clean
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
