@@ -108,7 +108,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     """The folder's manifest, with an error naming the folder when it is not a feature folder."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: not a feature folder (missing {MANIFEST}; write one with anyalign extract)")
+        raise FileNotFoundError(f"{folder}: not a feature folder (missing {MANIFEST}; anyalign extract writes one)")
     return read_json(path)
 
 

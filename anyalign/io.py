@@ -72,7 +72,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
     """Save a state dict as safetensors, atomically (contiguous, de-aliased copies)."""
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
@@ -131,3 +132,20 @@ def resolve_pretrained(source: str | os.PathLike) -> PretrainedSource:
     if text.count("/") == 1:
         return PretrainedSource("hub", text)
     return PretrainedSource("tag", text)
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield `(line_number, object)` for each non-empty line of a JSON-lines file, with errors naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: jsonl file not found")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        yield n, row

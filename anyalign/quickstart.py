@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .assets import ensure_assets
 
 logger = logging.getLogger(__name__)

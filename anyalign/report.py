@@ -18,7 +18,8 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#2
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left}
 th{background:#f4f4f4} .muted{color:#777} .figure img{max-width:100%;border:1px solid #eee}
-.gallery{display:flex;flex-wrap:wrap;gap:.8rem} .card{border:1px solid #ddd;border-radius:6px;padding:.5rem;width:200px}
+.gallery{display:flex;flex-wrap:wrap;gap:.8rem}
+.card{border:1px solid #ddd;border-radius:6px;padding:.5rem;width:200px}
 .card img{width:100%;height:130px;object-fit:cover} .card audio,.card video{width:100%}
 .chat{background:#f7f7fb;border-radius:6px;padding:.6rem 1rem;white-space:pre-wrap}
 .metric{display:inline-block;margin-right:1.5rem;font-size:1.2rem} .metric b{font-size:1.6rem}

@@ -9,7 +9,6 @@ index])`, never from global state, so a resumed run sees exactly the examples an
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..encoders import EncoderOutput, pad_sequences
+from ..io import iter_jsonl
 from .config import AugmentSpec, DataSource, expand_env
 
 logger = logging.getLogger(__name__)
@@ -86,13 +86,7 @@ def _read_jsonl(path: Path, src: DataSource, media_names: Sequence[str]) -> list
     if not path.is_file():
         raise FileNotFoundError(f"{path}: jsonl manifest not found")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+    for n, row in iter_jsonl(path):
         media = {}
         for m in media_names:
             if m in row:

@@ -13,7 +13,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 def quickstart_cmd(
     output: Path = typer.Option(Path("quickstart-report"), "--output", "-o", help="Report folder."),
-    assets: Path = typer.Option(None, help="Asset cache folder (default: $ANYALIGN_ASSETS or ~/.cache/anyalign-assets)."),
+    assets: Path = typer.Option(None, help="Asset cache (default: $ANYALIGN_ASSETS or ~/.cache/anyalign-assets)."),
     fast: bool = typer.Option(False, "--fast", help="Reduced mode: a few training steps (for smoke tests)."),
     contrastive_steps: int = typer.Option(300, help="IMU-text binding steps."),
     caption_steps: int = typer.Option(20, help="LLM alignment steps."),

@@ -10,22 +10,21 @@ redone, which makes a rerun resume after a kill. Files that fail to decode are s
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..features import MANIFEST, SHARD_PATTERN, FeatureWriter, write_manifest
-from ..io import read_json, write_json
+from ..io import iter_jsonl, read_json, write_json
 from .base import Encoder
+from .decoding import SafeDecode
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +69,7 @@ def discover_inputs(source: str | os.PathLike, encoder: Encoder) -> list[Item]:
         return [Item(str(p.relative_to(path)), str(p), {"source": str(p)}) for p in files]
     if path.suffix == ".jsonl":
         items = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e})") from None
+        for n, row in iter_jsonl(path):
             if is_text and "text" in row:
                 value = row["text"]
             elif "path" in row or "source" in row:
@@ -107,23 +100,15 @@ def _tar_items(tar: Path, encoder: Encoder) -> list[Item]:
     return [Item(f"{tar.stem}/{n}", (str(tar), n), {"source": f"{tar}:{n}"}) for n in names]
 
 
-class _Decode(Dataset):
-    """Decodes items in DataLoader workers; a failure becomes a record instead of an exception."""
+class _ItemLoader:
+    """Picklable `load` for DataLoader workers: tar members are unpacked first, then decoded by the encoder."""
 
-    def __init__(self, items: Sequence[Item], encoder: Encoder) -> None:
-        self.items, self.encoder = items, encoder
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
-        value = self.items[i].value
-        try:
-            if isinstance(value, tuple):  # (tar, member): unpack to a temporary in-memory file
-                value = _read_member(*value)
-            return i, self.encoder.load(value), None
-        except Exception as e:  # noqa: BLE001 - any decode error is recorded and the run goes on
-            return i, None, f"{type(e).__name__}: {e}"
+    def __call__(self, item: Item) -> Any:
+        value = _read_member(*item.value) if isinstance(item.value, tuple) else item.value
+        return self.encoder.load(value)
 
 
 def _read_member(tar: str, name: str) -> Any:
@@ -188,7 +173,8 @@ def _finished(output: Path, index: int) -> Path | None:
 
 def _extract_shard(encoder: Encoder, chunk: list[Item], shard: Path, batch_size: int, num_workers: int,
                    bar: tqdm) -> tuple[int, list[dict[str, str]]]:
-    loader = DataLoader(_Decode(chunk, encoder), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(SafeDecode(chunk, _ItemLoader(encoder)), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=list)
     failures: list[dict[str, str]] = []
     n_ok = 0
     with FeatureWriter(shard) as writer, torch.inference_mode():

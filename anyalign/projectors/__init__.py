@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import importlib
 
-from .base import PROJECTORS, Projector, ProjectorOutput, create_projector, full_mask, list_projectors, register_projector
+from .base import (
+    PROJECTORS,
+    Projector,
+    ProjectorOutput,
+    create_projector,
+    full_mask,
+    list_projectors,
+    register_projector,
+)
 
 # Built-in projectors: each module registers itself on import. A new projector is one file plus one name here.
 _BUILTIN = ["linear", "mlp", "perceiver", "qformer", "universal", "rvq"]

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..encoders import InputError
-from ..io import atomic_path, write_json
+from ..encoders.decoding import SafeDecode
+from ..io import atomic_path, iter_jsonl, write_json
 from .embedder import Embedder
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
 
@@ -45,15 +46,7 @@ def _file_item(path: Path, embedder: Embedder, extra: dict[str, Any] | None = No
 
 
 def _jsonl_items(path: Path, embedder: Embedder) -> Iterator[EmbedItem]:
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object")
+    for n, row in iter_jsonl(path):
         ref = row.pop("path", None) or row.pop(embedder.modality, None)
         if ref is not None:
             file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
@@ -98,20 +91,14 @@ def collect_inputs(paths: Sequence[str | os.PathLike], embedder: Embedder) -> tu
     return items, feature_dirs
 
 
-class _Loading(Dataset):
-    """Decodes items with the encoder's `load` (in DataLoader workers); failures come back as messages."""
+class _RawLoader:
+    """Picklable `load` for DataLoader workers: an item's raw input through the embedder."""
 
-    def __init__(self, items: Sequence[EmbedItem], embedder: Embedder) -> None:
-        self.items, self.embedder = items, embedder
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
-        try:
-            return i, self.embedder.load(self.items[i].raw), None
-        except (InputError, OSError) as e:
-            return i, None, str(e)
+    def __call__(self, item: EmbedItem) -> Any:
+        return self.embedder.load(item.raw)
 
 
 class EmbeddingWriter:
@@ -162,7 +149,8 @@ def embed_to_folder(inputs: Sequence[str | os.PathLike], output: str | os.PathLi
     with atomic_path(output, is_dir=True) as tmp:
         writer = EmbeddingWriter(tmp, embedder.dim, shard_size)
         if items:
-            loader = DataLoader(_Loading(items, embedder), batch_size=batch_size, num_workers=num_workers,
+            decode = SafeDecode(items, _RawLoader(embedder), errors=(InputError, OSError))
+            loader = DataLoader(decode, batch_size=batch_size, num_workers=num_workers,
                                 collate_fn=list)
             for batch in tqdm(loader, desc=f"embedding {embedder.modality}", unit="batch",
                               disable=len(loader) < 2):
