@@ -90,3 +90,23 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
             main(["extract", *args, "--output", str(tmp_path / "o")])
         assert exc.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_two_processes_split_the_shards(tmp_path: Path, imu_windows: Path) -> None:
+    import subprocess
+    import sys
+
+    weights = tmp_path / "imu.safetensors"
+    save_weights(weights, create_encoder("imu", dim=32, depth=1, heads=2).state_dict())
+    common = ["extract", "--encoder", "imu", "--pretrained", str(weights), "--set", "dim=32", "--set", "depth=1",
+              "--set", "heads=2", "--input", str(imu_windows), "--shard-size", "3", "--num-workers", "0"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anyalign.cli.main"]
+    subprocess.run([*torchrun, *common, "--output", str(tmp_path / "two")], check=True, capture_output=True,
+                   timeout=300)
+    _run([*common[1:], "--output", str(tmp_path / "one")])
+    two, one = load_features(tmp_path / "two"), load_features(tmp_path / "one")
+    assert {p.name.split("-")[1] for p in shard_files(tmp_path / "two")} == {"r00", "r01"}  # both ranks wrote
+    assert sorted(r.key for r in two) == sorted(r.key for r in one)
+    by_key = {r.key: r for r in one}
+    assert all(torch.allclose(r.tokens, by_key[r.key].tokens, atol=1e-2) for r in two)
+    assert read_manifest(tmp_path / "two")["count"] == 14 and len(read_manifest(tmp_path / "two")["failures"]) == 1

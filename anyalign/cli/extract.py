@@ -24,11 +24,9 @@ def extract_cmd(
     set_: list[str] = typer.Option(None, "--set", help="Encoder option key=value (repeatable), e.g. model=ViT-B-16"),
 ) -> None:
     """Run a frozen encoder over inputs once and write token/pooled features + metadata shards, resumably."""
-    from accelerate import PartialState
-
     from ..config import parse_scalar
     from ..encoders import create_encoder
-    from ..encoders.extract import extract
+    from ..encoders.extract import extract, process_state
     from .main import CLIError
 
     overrides = {}
@@ -37,7 +35,7 @@ def extract_cmd(
             raise CLIError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         overrides[key] = parse_scalar(raw)
-    state = PartialState()
+    state = process_state()
     enc = create_encoder(encoder, pretrained=pretrained, autocast=autocast,
                          device=device or (state.device if state.device.type == "cuda" else None), **overrides)
     summary = extract(enc, input, output, batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,

@@ -122,13 +122,18 @@ def _read_member(tar: str, name: str) -> Any:
     return str(tmp)
 
 
+def process_state() -> Any:
+    """accelerate's view of this process (rank, world size); CPU-only multi-process runs use gloo."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLike, *, batch_size: int = 32,
             num_workers: int = 0, shard_size: int = 1000, spec: dict[str, Any] | None = None,
             progress: bool = True) -> ExtractSummary:
     """Extract features of every input into `output` (resumable, rank-sharded); returns this rank's summary."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     items = discover_inputs(source, encoder)
