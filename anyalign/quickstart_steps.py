@@ -193,6 +193,8 @@ def write_report(folder: Path, stage1: Any, zs: dict[str, Any], retrieval: dict[
     rep.heading("LLM: SmolLM2-135M with the IMU adapter's soft tokens")
     for c in chat:
         rep.chat(f"{c['prompt'].replace('<imu>', '[IMU window: ' + c['truth'] + ']')}", c["answer"])
-    rep.text(f"caption loss on held-out windows: {metrics['caption_loss_before']} before, "
-             f"{metrics['caption_loss_after']} after alignment", muted=True)
+    before, after = metrics["caption_loss_before"], metrics["caption_loss_after"]
+    if before is not None and after is not None:
+        rep.text(f"caption loss on the held-out windows: {before:.3f} before alignment, {after:.3f} after",
+                 muted=True)
     return rep.write(folder)
