@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: temp files are created 0600, finished ones get the usual permissions
 
 
 @contextlib.contextmanager
@@ -37,6 +39,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_UMASK)
         if is_dir:
             old = None
             if path.exists():

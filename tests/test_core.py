@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,11 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path: Path) -> None:
             tmp.write_text("half")
             raise RuntimeError("boom")
     assert target.read_text() == "good" and list(tmp_path.iterdir()) == [target]
+    with atomic_path(tmp_path / "new.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o666 & ~umask  # not left private like a temp file
     with atomic_path(tmp_path / "d", is_dir=True) as tmp:
         (tmp / "f").write_text("1")
     assert (tmp_path / "d" / "f").read_text() == "1"
