@@ -10,7 +10,7 @@ import torch
 
 from anyalign.datasets import load_uea
 from anyalign.encoders import InputError, create_encoder
-from anyalign.encoders.imu import resample, window_stream
+from anyalign.encoders.imu import channel_stats, resample, window_stream
 from anyalign.io import save_weights
 
 
@@ -25,11 +25,56 @@ def test_basicmotions_reader(assets: Path) -> None:
     assert std["Running"] > 3 * std["Standing"]
 
 
+def test_basicmotions_values_follow_the_file_layout(assets: Path) -> None:
+    """Series 0 of the file: channel 0 is the first 100 numbers of the first data line, channel 1 the next 100."""
+    path = assets / "imu" / "BasicMotions" / "BasicMotions_TRAIN.arff"
+    lines = path.read_text().splitlines()
+    first = lines[[ln.strip().lower() for ln in lines].index("@data") + 1]
+    body, label = first.rsplit(",", 1)
+    channels = [[float(v) for v in row.split(",")] for row in body.strip("'").split("\\n")]
+    ds = load_uea(path.parent, "train")
+    assert ds.labels[0] == label and np.allclose(ds.x[0], np.array(channels, dtype=np.float32))
+
+
+def test_uea_ts_format_matches_arff(assets: Path, tmp_path: Path) -> None:
+    arff = load_uea(assets / "imu" / "BasicMotions", "test")
+    rows = [":".join(",".join(repr(float(v)) for v in ch) for ch in x) + f":{y}" for x, y in zip(arff.x, arff.labels)]
+    header = ["# converted", "@problemName BasicMotions", "@timeStamps false", "@univariate false",
+              "@classLabel true " + " ".join(arff.classes), "@data"]
+    (tmp_path / "BasicMotions_TEST.ts").write_text("\n".join(header + rows) + "\n")
+    ts = load_uea(tmp_path, "test")
+    assert np.array_equal(ts.x, arff.x) and ts.labels == arff.labels and ts.classes == arff.classes
+    assert ts.sample_rate == 10.0
+
+
 def test_uea_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere: UEA data set folder not found"):
+        load_uea(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no \\*_TRAIN.arff"):
         load_uea(tmp_path)
-    (tmp_path / "X_TRAIN.arff").write_text("@attribute a {A,B}\n@data\n'1,2\\n3,4',A\n'1,2,3\\n4,5,6',B\n")
-    with pytest.raises(ValueError, match="X_TRAIN.arff: series have different shapes"):
+    with pytest.raises(ValueError, match="split"):
+        load_uea(tmp_path, "valid")
+    arff = tmp_path / "X_TRAIN.arff"
+    arff.write_bytes(b"\x00\x01 not an arff file")
+    with pytest.raises(ValueError, match="X_TRAIN.arff: not a readable ARFF file"):
+        load_uea(tmp_path)
+    header = "@relation r\n@attribute rel relational\n@attribute a numeric\n@attribute b numeric\n@end rel\n"
+    arff.write_text(header + "@attribute c {A,B}\n@data\n'1,2\\n3,4',A\n'1,2\\n3,x',B\n")
+    with pytest.raises(ValueError, match="X_TRAIN.arff: not a readable ARFF file.*'x'"):
+        load_uea(tmp_path)
+    arff.write_text(header + "@attribute c {A,B}\n@data\n'1,2\\n3,4',A\n'1,2\\n3,4',C\n")
+    with pytest.raises(ValueError, match="X_TRAIN.arff.*C value not in"):
+        load_uea(tmp_path)
+    arff.unlink()
+    ts = tmp_path / "Y_TRAIN.ts"
+    ts.write_text("@classLabel true A B\n@data\n1,2:3,4:A\n1,2,3:4,5,6:B\n")
+    with pytest.raises(ValueError, match="Y_TRAIN.ts: series have different shapes"):
+        load_uea(tmp_path)
+    ts.write_text("@classLabel true A B\n@data\n1,2:3,4:A\n1,oops:3,4:B\n")
+    with pytest.raises(ValueError, match="Y_TRAIN.ts:4: malformed"):
+        load_uea(tmp_path)
+    ts.write_text("@classLabel true A B\n@data\n1,2:3,4:Z\n")
+    with pytest.raises(ValueError, match="labels \\['Z'\\] are not among"):
         load_uea(tmp_path)
 
 
@@ -77,3 +122,79 @@ def test_resample_and_windowing() -> None:
     assert window_stream(x[:, :30], 100, 0.5).shape == (1, 6, 30)
     enc = create_encoder("imu", dim=16, depth=1, heads=2, sample_rate=100, target_rate=50)
     assert enc.load(x).shape == (6, 100)
+
+
+def test_imu_encoder_windows_long_streams(assets: Path) -> None:
+    """A 25 s stream at 10 Hz, 10 s windows every 5 s -> 4 windows whose tokens are concatenated."""
+    x = np.concatenate(list(load_uea(assets / "imu" / "BasicMotions", "test").x[:3]), axis=1)[:, :250]  # [6, 250]
+    enc = create_encoder("imu", dim=16, depth=1, heads=2, sample_rate=10, window_seconds=10, hop_seconds=5)
+    plain = create_encoder("imu", dim=16, depth=1, heads=2)
+    plain.load_state_dict(enc.state_dict())
+    out = enc([x, x[:, :80]])
+    parts = plain([x[:, s : s + 100] for s in (0, 50, 100, 150)])  # the same windows one by one
+    assert out.tokens.shape == (2, 4 * 25, 16) and out.mask.sum(1).tolist() == [100, 20]
+    assert torch.allclose(out.tokens[0], parts.tokens.reshape(-1, 16), atol=1e-5)
+    assert torch.allclose(out.pooled[0], parts.pooled.mean(0), atol=1e-5)  # equal windows: mean of window means
+    assert torch.allclose(out.pooled[1], plain([x[:, :80]]).pooled[0], atol=1e-5)  # shorter than a window: as is
+    with pytest.raises(ValueError, match="window_seconds needs sample_rate"):
+        create_encoder("imu", dim=16, depth=1, heads=2, window_seconds=10)
+    # resampling happens before windowing: 100 Hz input, 50 Hz network, 1 s windows of 50 samples
+    fast = create_encoder("imu", dim=16, depth=1, heads=2, sample_rate=100, target_rate=50, window_seconds=1)
+    stream = np.random.randn(6, 400).astype(np.float32)  # 4 s at 100 Hz
+    batch = fast.collate([fast.load(stream)])
+    assert batch["x"].shape == (4, 6, 50) and batch["windows"].tolist() == [4]
+
+
+def test_imu_per_channel_normalisation(assets: Path, tmp_path: Path) -> None:
+    train = load_uea(assets / "imu" / "BasicMotions", "train")
+    mean, std = channel_stats(train.x)
+    assert len(mean) == len(std) == 6
+    assert np.allclose(mean, train.x.transpose(1, 0, 2).reshape(6, -1).mean(1), atol=1e-5)
+    x = train.x[0]
+    # "window": z-score over time per channel, so per-channel gain and offset do not change the output
+    win = create_encoder("imu", dim=16, depth=1, heads=2, normalize="window")
+    gain, offset = np.array([2.0, 0.5, 3, 1, 4, 0.1])[:, None], np.arange(6.0)[:, None]
+    assert torch.allclose(win([x]).pooled, win([x * gain + offset]).pooled, atol=1e-4)
+    normed = win.collate([x])["x"][0].numpy()
+    assert np.allclose(normed.mean(1), 0, atol=1e-5) and np.allclose(normed.std(1), 1, atol=1e-4)
+    # "stats": fixed dataset statistics, the same as standardising the input by hand
+    stats = create_encoder("imu", dim=16, depth=1, heads=2, normalize="stats", channel_mean=mean, channel_std=std)
+    plain = create_encoder("imu", dim=16, depth=1, heads=2)
+    plain.load_state_dict(stats.state_dict())
+    by_hand = (x - np.array(mean)[:, None]) / np.array(std)[:, None]
+    assert torch.allclose(stats([x]).pooled, plain([by_hand]).pooled, atol=1e-5)
+    assert not torch.allclose(stats([x]).pooled, plain([x]).pooled, atol=1e-3)
+    with pytest.raises(ValueError, match="channel_mean and channel_std"):
+        create_encoder("imu", normalize="stats")
+    with pytest.raises(ValueError, match="6 values each"):
+        create_encoder("imu", normalize="stats", channel_mean=[0.0] * 3, channel_std=[1.0] * 3)
+    with pytest.raises(ValueError, match="normalize must be"):
+        create_encoder("imu", normalize="zscore")
+
+
+def test_imu_csv_files(tmp_path: Path) -> None:
+    enc = create_encoder("imu", dim=16, depth=1, heads=2)
+    x = np.random.randn(6, 30).astype(np.float32)
+    np.savetxt(tmp_path / "plain.csv", x.T, delimiter=",")  # one row per time step
+    np.savetxt(tmp_path / "header.csv", x.T, delimiter=",", header="ax,ay,az,gx,gy,gz", comments="")
+    for name in ("plain.csv", "header.csv"):
+        assert np.allclose(enc.load(tmp_path / name), x, atol=1e-5)
+    (tmp_path / "broken.csv").write_text("ax,ay\n1,2\nthree,4\n")
+    with pytest.raises(InputError, match="broken.csv: cannot read IMU data"):
+        enc.load(tmp_path / "broken.csv")
+    with pytest.raises(InputError, match="gone.npy: IMU file not found"):
+        enc.load(tmp_path / "gone.npy")
+    with pytest.raises(InputError, match="expected a numeric array"):
+        enc.load({"ax": 1})
+    with pytest.raises(InputError, match="NaN"):
+        enc.load(np.full((6, 10), np.nan))
+
+
+def test_imu_bf16_autocast_is_close() -> None:
+    enc = create_encoder("imu", dim=32, depth=1, heads=2)
+    x = [np.random.randn(6, 100), np.random.randn(6, 60)]
+    full = enc(x)
+    enc.autocast_dtype = torch.bfloat16
+    half = enc(x)
+    assert half.pooled.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(full.pooled, half.pooled).min() > 0.99

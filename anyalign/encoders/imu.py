@@ -4,10 +4,16 @@ IMU2CLIP (Moon et al., 2022) encodes raw IMU windows with a 1-D convolutional st
 space; there are no public pretrained IMU weights that load offline here, so this encoder is meant to be
 trained from scratch as part of an adapter (`train_encoder: true`) and frozen afterwards like any other.
 Architecture: strided 1-D conv stem (downsamples time by `stride`) -> small Transformer encoder -> tokens
-`[B, T', D]` with a mask for shorter inputs; pooled = masked mean `[B, D]`.
-Preprocessing: arrays `[C, T]` (or `[T, C]`, detected when the other axis has `channels` entries), `.npy`
-and `.csv` files; optional resampling from `sample_rate` to `target_rate` (polyphase); long streams are
-cut into windows with `window_stream`.
+`[B, T', D]` with a mask for shorter inputs; pooled = masked mean `[B, D]`. (IMU2CLIP's conv + GRU stack is
+replaced by a Transformer so the token sequence is attended as a whole, like the other modalities.)
+Preprocessing, in order: arrays `[C, T]` (or `[T, C]`, detected when only the other axis has `channels`
+entries; `[C, C]` is read as `[C, T]`), `.npy` files and `.csv` files (one row per time step, an optional
+header row); resampling from `sample_rate` to `target_rate` Hz (polyphase); with `window_seconds`, streams
+longer than one window are cut into windows every `hop_seconds` (a tail shorter than a window is dropped,
+see `window_stream`) whose valid tokens are concatenated (pooled = mean over all of them); per-channel
+normalisation of every window: `normalize="window"` (z-score over time, removes sensor offset and gain but
+also the motion's magnitude) or `normalize="stats"` with fixed `channel_mean`/`channel_std` (from
+`channel_stats(training_windows)`; they are encoder options, so adapters record and restore them).
 """
 
 from __future__ import annotations
@@ -55,6 +61,13 @@ def window_stream(x: np.ndarray, sample_rate: float, window_seconds: float,
     return np.stack([x[:, s : s + win] for s in starts])
 
 
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of training windows `[N, C, T]` (or one stream `[C, T]`) for `normalize="stats"`."""
+    x = np.asarray(x, dtype=np.float64)
+    flat = np.moveaxis(x, -2, 0).reshape(x.shape[-2], -1)  # [C, N*T]
+    return flat.mean(1).tolist(), flat.std(1).tolist()
+
+
 class IMUEncoder(Encoder):
     """1-D conv stem + Transformer over IMU windows; trainable from scratch, frozen by default."""
 
@@ -64,12 +77,34 @@ class IMUEncoder(Encoder):
 
     def __init__(self, *, channels: int = 6, dim: int = 256, depth: int = 2, heads: int = 4, stride: int = 4,
                  dropout: float = 0.1, sample_rate: float | None = None, target_rate: float | None = None,
-                 max_tokens: int = 1024) -> None:
+                 max_tokens: int = 1024, window_seconds: float | None = None, hop_seconds: float | None = None,
+                 normalize: str = "none", channel_mean: Sequence[float] | None = None,
+                 channel_std: Sequence[float] | None = None) -> None:
         super().__init__()
         if stride not in (1, 2, 4, 8):
             raise ValueError(f"imu encoder: stride must be 1, 2, 4 or 8, got {stride}")
         self.channels, self.stride = channels, stride
         self.sample_rate, self.target_rate = sample_rate, target_rate
+        self.rate = target_rate or sample_rate  # Hz of the arrays the network sees
+        if window_seconds is not None and not self.rate:
+            raise ValueError("imu encoder: window_seconds needs sample_rate (the input's rate in Hz)")
+        if (window_seconds is not None and window_seconds <= 0) or (hop_seconds is not None and hop_seconds <= 0):
+            raise ValueError(f"imu encoder: window_seconds/hop_seconds must be positive, got {window_seconds}/"
+                             f"{hop_seconds}")
+        self.window_seconds, self.hop_seconds = window_seconds, hop_seconds
+        if normalize not in ("none", "window", "stats"):
+            raise ValueError(f"imu encoder: normalize must be 'none', 'window' or 'stats', got {normalize!r}")
+        self.normalize = normalize
+        self.channel_mean = self.channel_std = None
+        if normalize == "stats":
+            if channel_mean is None or channel_std is None:
+                raise ValueError("imu encoder: normalize='stats' needs channel_mean and channel_std "
+                                 "(see channel_stats)")
+            mean, std = np.asarray(channel_mean, np.float32), np.asarray(channel_std, np.float32)
+            if mean.shape != (channels,) or std.shape != (channels,):
+                raise ValueError(f"imu encoder: channel_mean/channel_std need {channels} values each, got "
+                                 f"shapes {mean.shape}/{std.shape}")
+            self.channel_mean, self.channel_std = mean[:, None], np.maximum(std, 1e-6)[:, None]  # [C, 1]
         self.token_dim = self.pooled_dim = dim
         self.n_down = int(math.log2(stride))  # stride-2 convolutions in the stem
         self.stem = nn.ModuleList(
@@ -86,15 +121,14 @@ class IMUEncoder(Encoder):
     def load(self, item: Any) -> np.ndarray:
         if isinstance(item, (str, Path)):
             path = Path(item)
-            try:
-                arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",",
-                                                                                                  ndmin=2)
-            except Exception as e:  # noqa: BLE001 - any decode failure names the file
-                raise InputError(f"{path}: cannot read IMU data ({type(e).__name__}: {e})") from None
-            where = str(path)
+            arr, where = _read_file(path), str(path)
         else:
             arr, where = item, "IMU input"
-        arr = np.asarray(arr.detach().cpu() if torch.is_tensor(arr) else arr, dtype=np.float32)
+        try:
+            arr = np.asarray(arr.detach().cpu() if torch.is_tensor(arr) else arr, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: expected a numeric array or a .npy/.csv path, got {type(arr).__name__}: "
+                             f"{arr!r:.80}") from None
         if arr.ndim != 2 or self.channels not in arr.shape:
             raise InputError(f"{where}: expected a 2-D array with {self.channels} channels ([C, T] or [T, C]), "
                              f"got shape {arr.shape}")
@@ -106,13 +140,36 @@ class IMUEncoder(Encoder):
             arr = resample(arr, self.sample_rate, self.target_rate)
         return arr  # [C, T]
 
+    def windows(self, x: np.ndarray) -> list[np.ndarray]:
+        """One loaded stream `[C, T]` -> its normalised windows `[C, W]` (just itself without `window_seconds`)."""
+        if self.window_seconds is None:
+            parts = [x]
+        else:
+            parts = list(window_stream(x, self.rate, self.window_seconds, self.hop_seconds))
+        if self.normalize == "window":
+            parts = [(p - p.mean(1, keepdims=True)) / np.maximum(p.std(1, keepdims=True), 1e-6) for p in parts]
+        elif self.normalize == "stats":
+            parts = [(p - self.channel_mean) / self.channel_std for p in parts]
+        return [p.astype(np.float32, copy=False) for p in parts]
+
     def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        seqs = [torch.from_numpy(np.ascontiguousarray(x)).T for x in items]  # [T, C] each
+        groups = [self.windows(x) for x in items]
+        seqs = [torch.from_numpy(np.ascontiguousarray(w)).T for ws in groups for w in ws]  # [T, C] each
         x, mask = pad_sequences(seqs)
-        return {"x": x.transpose(1, 2).contiguous(), "mask": mask}  # [B, C, T], [B, T]
+        return {"x": x.transpose(1, 2).contiguous(), "mask": mask,  # [W, C, T], [W, T]
+                "windows": torch.tensor([len(ws) for ws in groups])}  # [B]
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        x, mask = batch["x"], batch["mask"]
+        h, tmask = self.encode_windows(batch["x"], batch["mask"])  # [W, T', D], [W, T']
+        counts = batch["windows"].tolist() if "windows" in batch else [1] * h.shape[0]
+        if any(c != 1 for c in counts):  # several windows per input: concatenate their valid tokens
+            seqs = [torch.cat([t[m] for t, m in zip(hs, ms)]) for hs, ms in zip(h.split(counts), tmask.split(counts))]
+            h, tmask = pad_sequences(seqs)
+            tmask = tmask.to(h.device)
+        return EncoderOutput(h, tmask, masked_mean(h, tmask))
+
+    def encode_windows(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network: windows `[W, C, T]` with mask `[W, T]` -> tokens `[W, T', D]` and their mask `[W, T']`."""
         lengths = mask.sum(1)
         h = x
         for conv in self.stem:  # re-mask after every layer so padding never reaches valid positions
@@ -126,7 +183,22 @@ class IMUEncoder(Encoder):
             raise InputError(f"IMU window too long: {h.shape[1]} tokens > max_tokens={self.pos.shape[1]}")
         h = h + self.pos[:, : h.shape[1]]
         h = self.norm(self.transformer(h, src_key_padding_mask=~tmask))
-        return EncoderOutput(h, tmask, masked_mean(h, tmask))
+        return h, tmask
+
+
+def _read_file(path: Path) -> np.ndarray:
+    """A `.npy` array or a `.csv` table (one row per time step, optional header row); errors name the file."""
+    if not path.is_file():
+        raise InputError(f"{path}: IMU file not found")
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        try:
+            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32)
+        except ValueError:  # a header row such as "ax,ay,az,gx,gy,gz"
+            return np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float32, skiprows=1)
+    except Exception as e:  # noqa: BLE001 - any decode failure names the file
+        raise InputError(f"{path}: cannot read IMU data ({type(e).__name__}: {e})") from None
 
 
 @register_encoder("imu", modality="imu", token_dim=256, pooled_dim=256, input_spec=IMU_INPUT_SPEC,
