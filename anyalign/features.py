@@ -7,6 +7,7 @@ Layout of a feature folder (written by `anyalign extract`, read by training and 
         <key>.tokens.npy   [T, D] float16, valid tokens only (no padding)
         <key>.pooled.npy   [P] float32
         <key>.meta.json    {"source": ..., user fields such as label or caption}
+    features-r{rank:02d}-{index:05d}.json  `anyalign extract` only: marks the shard finished (count, failures)
 
 Each shard is written to a temporary file and renamed when complete, so a folder never holds a half shard.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,27 +56,40 @@ class FeatureWriter:
     def __init__(self, path: str | os.PathLike, *, token_dtype: str = "float16") -> None:
         self.path = Path(path)
         self.token_dtype = np.dtype(token_dtype)
+        self.token_dtype_torch = getattr(torch, self.token_dtype.name)
         self.count = 0
+        self._used: set[str] = set()  # tar keys written so far: two keys may sanitise alike ("a.b", "a_b")
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._sink = wds.TarWriter(str(self._tmp))
+        # integer mtime and no encoder: plain ustar headers (no per-member pax records) and bytes as given
+        self._sink = wds.TarWriter(str(self._tmp), encoder=False, mtime=int(time.time()))
 
     def add(self, key: str, tokens: torch.Tensor | np.ndarray, pooled: torch.Tensor | np.ndarray,
             meta: dict[str, Any] | None = None) -> None:
         """Append one sample; `tokens` must hold only valid positions `[T, D]`."""
-        tok = tokens.detach().float().cpu().numpy() if torch.is_tensor(tokens) else np.asarray(tokens)
-        pool = pooled.detach().float().cpu().numpy() if torch.is_tensor(pooled) else np.asarray(pooled)
+        if torch.is_tensor(tokens):
+            tokens = tokens.detach().to("cpu", self.token_dtype_torch)
+        if torch.is_tensor(pooled):
+            pooled = pooled.detach().to("cpu", torch.float32)
+        tok, pool = np.asarray(tokens), np.asarray(pooled)
         if tok.ndim != 2 or pool.ndim != 1:
             raise ValueError(f"{key}: expected tokens [T, D] and pooled [P], got {tok.shape} and {pool.shape}")
-        self._sink.write({"__key__": key.replace(".", "_"), "tokens.npy": _npy(tok.astype(self.token_dtype)),
-                          "pooled.npy": _npy(pool.astype(np.float32)),
+        tar_key = key.replace(".", "_")  # webdataset splits member names at the first dot
+        if tar_key in self._used:
+            tar_key = f"{tar_key}_{self.count}"
+        self._used.add(tar_key)
+        self._sink.write({"__key__": tar_key, "tokens.npy": _npy(tok.astype(self.token_dtype, copy=False)),
+                          "pooled.npy": _npy(pool.astype(np.float32, copy=False)),
                           "meta.json": json.dumps({"key": key, **(meta or {})}, default=str).encode()})
         self.count += 1
 
     def add_batch(self, keys: Sequence[str], out: EncoderOutput, metas: Sequence[dict[str, Any]]) -> None:
         """Append a batch of encoder outputs, dropping padded token positions."""
+        tokens = out.tokens.detach().to("cpu", self.token_dtype_torch).numpy()  # [B, T, D], one conversion per batch
+        mask = out.mask.detach().cpu().numpy()  # [B, T]
+        pooled = out.pooled.detach().float().cpu().numpy()  # [B, P]
         for i, key in enumerate(keys):
-            self.add(key, out.tokens[i][out.mask[i]], out.pooled[i], metas[i])
+            self.add(key, tokens[i] if mask[i].all() else tokens[i][mask[i]], pooled[i], metas[i])
 
     def close(self) -> Path:
         self._sink.close()
@@ -100,8 +115,18 @@ class FeatureWriter:
 
 
 def shard_files(folder: str | os.PathLike) -> list[Path]:
-    """The finished shards of a feature folder, in name order."""
-    return sorted(Path(folder).glob("features-r*-*.tar"))
+    """The shards of a feature folder: those its manifest lists, else every finished shard in name order."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        listed = read_json(manifest).get("shards")
+        if isinstance(listed, list) and all(isinstance(s, dict) and "file" in s for s in listed):
+            paths = [folder / s["file"] for s in listed]
+            missing = [p.name for p in paths if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{manifest}: lists shards that are missing: {', '.join(missing[:5])}")
+            return paths
+    return sorted(folder.glob("features-r*-*.tar"))
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:

@@ -16,17 +16,27 @@ def extract_cmd(
     input: Path = typer.Option(..., "--input", "-i", help="Folder, .jsonl/.txt list, or webdataset .tar shards."),
     output: Path = typer.Option(..., "--output", "-o", help="Feature folder to write (resumes if it exists)."),
     pretrained: str = typer.Option(None, help="Encoder weights: hub id, open_clip tag, local file or folder."),
+    model: str = typer.Option(None, help="Encoder architecture, e.g. a timm model name (same as --set model=NAME)."),
     batch_size: int = typer.Option(32, min=1),
-    num_workers: int = typer.Option(2, min=0, help="DataLoader workers decoding files."),
+    num_workers: int = typer.Option(2, min=0, help="DataLoader workers decoding and collating files."),
     shard_size: int = typer.Option(1000, min=1, help="Samples per output shard."),
-    autocast: str = typer.Option(None, help="bf16 to run the encoder under bfloat16 autocast."),
+    autocast: str = typer.Option(None, help="bf16 (or fp16) to run the encoder under autocast; default fp32."),
     device: str = typer.Option(None, help="torch device (default: CPU, or this rank's GPU under accelerate)."),
-    set_: list[str] = typer.Option(None, "--set", help="Encoder option key=value (repeatable), e.g. model=ViT-B-16"),
+    set_: list[str] = typer.Option(None, "--set", help="Encoder option key=value (repeatable), e.g. window_seconds=5"),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Run a frozen encoder over inputs once and write token/pooled features + metadata shards, resumably."""
+    """Run a frozen encoder over inputs once and write token/pooled features + metadata shards, resumably.
+
+    Several processes (each writes its own shards): `torchrun --nproc_per_node N -m anyalign.cli.main extract ...`
+    or `accelerate launch --multi_gpu --num_processes N -m anyalign.cli.main extract ...` (also on CPU-only hosts;
+    accelerate's `--cpu` multi-process mode needs MPI).
+    """
     from ..config import parse_scalar
     from ..encoders import create_encoder
     from ..encoders.extract import extract, process_state
+    from ..encoders.inputs import discover_inputs, encoder_class
+    from ..encoders.registry import _parse_dtype
+    from ..features import read_manifest
     from .main import CLIError
 
     overrides = {}
@@ -34,14 +44,50 @@ def extract_cmd(
         if "=" not in item:
             raise CLIError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        overrides[key] = parse_scalar(raw)
+        overrides[key.strip()] = parse_scalar(raw)
+    if model is not None:
+        overrides["model"] = model
+    _check_options(encoder, overrides)  # unknown encoder or option: fail before anything loads
+    _parse_dtype(autocast)
+    cls = encoder_class(encoder)
+    items = discover_inputs(input, cls) if cls is not None else None  # wrong inputs, too
     state = process_state()
-    enc = create_encoder(encoder, pretrained=pretrained, autocast=autocast,
-                         device=device or (state.device if state.device.type == "cuda" else None), **overrides)
+    try:
+        enc = create_encoder(encoder, pretrained=pretrained, autocast=autocast,
+                             device=device or (state.device if state.device.type == "cuda" else None), **overrides)
+    except TypeError as e:  # options passed through to a library (open_clip, timm) that does not take them
+        if "unexpected keyword argument" not in str(e) or not overrides:
+            raise
+        raise CLIError(f"encoder {encoder!r}: an option from --set/--model is not accepted ({e})") from None
     summary = extract(enc, input, output, batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
-                      spec={"pretrained": pretrained, "encoder_kwargs": overrides})
-    typer.echo(f"rank {state.process_index}: {summary.n_ok} extracted, {summary.n_failed} failed, "
-               f"{summary.shards_written} shards written, {summary.shards_skipped} already done "
-               f"({summary.samples_per_second:.1f} samples/s) -> {output}")
+                      spec={"pretrained": pretrained, "encoder_kwargs": overrides, "autocast": autocast},
+                      progress=progress, items=items)
+    who = f"rank {state.process_index}: " if state.num_processes > 1 else ""
+    typer.echo(f"{who}{summary.n_ok} extracted, {summary.n_failed} failed, {summary.shards_written} shards written, "
+               f"{summary.shards_skipped} already done ({summary.n_new} new in {summary.seconds:.1f} s, "
+               f"{summary.throughput:.1f} samples/s)")
     for f in summary.failures:
         typer.echo(f"  failed: {f['source']}: {f['error']}", err=True)
+    if state.is_main_process:
+        manifest = read_manifest(output)
+        state_note = "" if manifest["complete"] else " (incomplete: rerun to resume)"
+        typer.echo(f"{output}: {manifest['count']} samples in {len(manifest['shards'])} shards, "
+                   f"{manifest['n_failed']} failed{state_note}")
+
+
+def _check_options(name: str, overrides: dict) -> None:
+    """Name the encoder options `--set`/`--model` got wrong before building the encoder."""
+    import inspect
+
+    from ..encoders.registry import ENCODERS, encoder_info
+    from .main import CLIError
+
+    encoder_info(name)  # unknown names: error listing the registered ones
+    params = inspect.signature(ENCODERS.get(name)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k, p in params.items() if k != "pretrained" and p.kind is not p.VAR_POSITIONAL]
+    bad = [k for k in overrides if k not in known]
+    if bad:
+        raise CLIError(f"encoder {name!r} has no option {', '.join(map(repr, bad))} (from --set/--model); "
+                       f"expected one of: {', '.join(known) or '(none)'}")

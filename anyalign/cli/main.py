@@ -18,7 +18,7 @@ app = typer.Typer(help="anyalign: adapter-based multimodal alignment toolkit.", 
 eval_app = typer.Typer(help="Evaluate retrieval or zero-shot classification.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
-_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart"]
+_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data"]
 
 
 def _register_all() -> None:

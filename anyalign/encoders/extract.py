@@ -1,18 +1,24 @@
 """Feature extraction: run a frozen encoder once over a corpus and cache its features as webdataset shards.
 
-Inputs are a folder (walked for the encoder's file types), a `.jsonl` manifest (`path`/`source` relative to the
-file, or `text`, plus fields copied into the metadata), a `.txt` list (one path or sentence per line), or
-webdataset `.tar` shards (one media member per sample). The input list is cut deterministically into shards of
-`shard_size` items; shard i goes to rank `i % world_size`, so `accelerate launch` / `torchrun` splits the work
-and every rank writes its own shards. A finished shard (tar + its `.json` sidecar listing failures) is never
-redone, which makes a rerun resume after a kill. Files that fail to decode are skipped, counted and listed.
+The input list (see `inputs.discover_inputs`) is cut deterministically into chunks of `shard_size` items;
+chunk i is written by rank `i % world_size` as `features-r{rank}-{i}.tar`, so `accelerate launch` / `torchrun`
+split the work and every rank writes its own shards. Files are decoded and collated in DataLoader workers, the
+encoder runs under `torch.inference_mode()` in the main process. A shard counts as finished once its tar and
+its `.json` sidecar (sample count, failures, a fingerprint of its inputs and the encoder settings) are both on
+disk, both written atomically; a rerun skips finished shards, which makes extraction resume after a kill.
+Inputs that fail to decode are skipped, logged, counted and listed in the sidecar, the manifest and the summary.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,104 +28,33 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..features import MANIFEST, SHARD_PATTERN, FeatureWriter, write_manifest
-from ..io import iter_jsonl, read_json, write_json
-from .base import Encoder
+from ..io import read_json, write_json
+from .base import Encoder, EncoderOutput
 from .decoding import SafeDecode
+from .inputs import Item, discover_inputs, load_item
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Item:
-    """One input: what the encoder's `load` receives, a stable key, and metadata to store with it."""
-
-    key: str
-    value: Any
-    meta: dict[str, Any]
-
-
-@dataclass
 class ExtractSummary:
-    n_ok: int = 0
+    """What one rank did: samples in its shards, failures, shards written now or found finished, speed."""
+
+    n_ok: int = 0  # samples in this rank's shards (extracted now or by an earlier run)
     n_failed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)  # this rank's shard files, in chunk order
     shards_written: int = 0
     shards_skipped: int = 0
+    n_new: int = 0  # samples extracted by this run
     seconds: float = 0.0
 
     @property
-    def samples_per_second(self) -> float:
-        return self.n_ok / self.seconds if self.seconds else 0.0
+    def throughput(self) -> float:
+        """Samples extracted per second by this run (resumed shards excluded)."""
+        return self.n_new / self.seconds if self.seconds else 0.0
 
-
-def discover_inputs(source: str | os.PathLike, encoder: Encoder) -> list[Item]:
-    """List the items of a folder, jsonl/txt list or tar shards, checked against the encoder's modality."""
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"--input {path}: no such file or folder")
-    is_text = encoder.modality == "text"
-    if path.is_dir():
-        tars = sorted(path.glob("*.tar"))
-        if tars and not any(encoder.accepts_file(p) for p in path.iterdir()):
-            return [it for t in tars for it in _tar_items(t, encoder)]
-        files = sorted(p for p in path.rglob("*") if p.is_file() and encoder.accepts_file(p))
-        if not files:
-            want = ", ".join(encoder.extensions) or "(a .jsonl or .txt list for text encoders)"
-            raise ValueError(f"--input {path}: no file this {encoder.modality} encoder reads; expected {want}")
-        return [Item(str(p.relative_to(path)), str(p), {"source": str(p)}) for p in files]
-    if path.suffix == ".jsonl":
-        items = []
-        for n, row in iter_jsonl(path):
-            if is_text and "text" in row:
-                value = row["text"]
-            elif "path" in row or "source" in row:
-                value = str((path.parent / (row.get("path") or row["source"])).resolve())
-            else:
-                raise ValueError(f"{path}:{n}: expected a 'path' (or 'source') field"
-                                 + (" or a 'text' field" if is_text else ""))
-            items.append(Item(str(row.get("key", n - 1)), value, {"source": value, **row}))
-        return items
-    if path.suffix == ".txt":
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-        values = lines if is_text else [str((path.parent / ln).resolve()) for ln in lines]
-        return [Item(str(i), v, {"source": v}) for i, v in enumerate(values)]
-    if path.suffix == ".tar":
-        return _tar_items(path, encoder)
-    if encoder.accepts_file(path):
-        return [Item(path.name, str(path), {"source": str(path)})]
-    raise ValueError(f"--input {path}: expected a folder, a .jsonl/.txt list, .tar shards or a "
-                     f"{'/'.join(encoder.extensions)} file")
-
-
-def _tar_items(tar: Path, encoder: Encoder) -> list[Item]:
-    """Members of a webdataset shard that the encoder reads, as in-memory items (bytes kept lazily by path)."""
-    import tarfile
-
-    with tarfile.open(tar) as tf:
-        names = [m.name for m in tf.getmembers() if m.isfile() and encoder.accepts_file(m.name)]
-    return [Item(f"{tar.stem}/{n}", (str(tar), n), {"source": f"{tar}:{n}"}) for n in names]
-
-
-class _ItemLoader:
-    """Picklable `load` for DataLoader workers: tar members are unpacked first, then decoded by the encoder."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        self.encoder = encoder
-
-    def __call__(self, item: Item) -> Any:
-        value = _read_member(*item.value) if isinstance(item.value, tuple) else item.value
-        return self.encoder.load(value)
-
-
-def _read_member(tar: str, name: str) -> Any:
-    import tarfile
-    import tempfile
-
-    with tarfile.open(tar) as tf:
-        data = tf.extractfile(name).read()  # type: ignore[union-attr]
-    tmp = Path(tempfile.gettempdir()) / f"anyalign-extract-{os.getpid()}{Path(name).suffix}"
-    tmp.write_bytes(data)  # decoders take paths; one scratch file per worker process
-    return str(tmp)
+    samples_per_second = throughput
 
 
 def process_state() -> Any:
@@ -129,87 +64,256 @@ def process_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+@dataclass
+class _Batch:
+    """A batch as it leaves a worker: the indices it covers, collated groups of good items, and failures.
+
+    Normally one group holds every decoded item; when `collate` rejects the batch, each item is collated alone
+    (`isolated`), so one odd input costs only itself: it fails, or is encoded on its own.
+    """
+
+    indices: list[int]
+    groups: list[tuple[list[int], dict[str, Any]]]
+    failed: list[tuple[int, str]]
+    isolated: bool = False
+
+    def pin_memory(self) -> _Batch:
+        self.groups = [(ok, {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in t.items()})
+                       for ok, t in self.groups]
+        return self
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+class _Decode:
+    """Picklable per-item decoder for workers (tar members are unpacked to a scratch file first)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, item: Item) -> Any:
+        return load_item(self.encoder, item.value)
+
+
+class _Collate:
+    """Collate the decoded items of a batch in the worker, falling back to one item at a time on error."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+
+    def __call__(self, rows: list[tuple[int, Any, str | None]]) -> _Batch:
+        indices = [i for i, _, _ in rows]
+        failed = [(i, err) for i, _, err in rows if err is not None]
+        good = [(i, x) for i, x, err in rows if err is None]
+        if not good:
+            return _Batch(indices, [], failed)
+        try:
+            return _Batch(indices, [([i for i, _ in good], self.encoder.collate([x for _, x in good]))], failed)
+        except Exception as e:  # noqa: BLE001 - find the items responsible, keep the rest
+            if len(good) == 1:
+                return _Batch(indices, [], sorted([*failed, (good[0][0], _reason(e))]))
+        groups = []
+        for i, x in good:
+            try:
+                groups.append(([i], self.encoder.collate([x])))
+            except Exception as e:  # noqa: BLE001
+                failed.append((i, _reason(e)))
+        return _Batch(indices, groups, sorted(failed), isolated=True)
+
+
+def fingerprint(chunk: Sequence[Item]) -> str:
+    """Hash of a chunk's keys, inputs and metadata: a finished shard is reused only for the same inputs."""
+    h = hashlib.sha1()
+    for it in chunk:
+        h.update(json.dumps([it.key, repr(it.value), it.meta], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def finished_shards(output: Path) -> dict[int, tuple[Path, dict[str, Any]]]:
+    """Chunk index -> (shard, sidecar) for every finished shard in `output`, written by any rank."""
+    done: dict[int, tuple[Path, dict[str, Any]]] = {}
+    for sidecar in sorted(output.glob("features-r*-*.json")):
+        shard = sidecar.with_suffix(".tar")
+        if shard.is_file():
+            done.setdefault(shard_index(sidecar), (shard, read_json(sidecar)))
+    return done
+
+
 def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLike, *, batch_size: int = 32,
             num_workers: int = 0, shard_size: int = 1000, spec: dict[str, Any] | None = None,
-            progress: bool = True) -> ExtractSummary:
-    """Extract features of every input into `output` (resumable, rank-sharded); returns this rank's summary."""
-    state = process_state()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    items = discover_inputs(source, encoder)
-    chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    mine = [(i, c) for i, c in enumerate(chunks) if i % state.num_processes == state.process_index]
-    summary = ExtractSummary()
+            progress: bool = True, items: list[Item] | None = None) -> ExtractSummary:
+    """Extract features of every input into `output` (resumable, rank-sharded); returns this rank's summary.
+
+    `items` are the already discovered inputs of `source` (found from it otherwise); `spec` records how the
+    encoder was built (pretrained, options) in the manifest, and a resumed run must match it.
+    """
+    if batch_size < 1 or shard_size < 1 or num_workers < 0:
+        raise ValueError(f"batch_size and shard_size must be >= 1 and num_workers >= 0, got {batch_size}, "
+                         f"{shard_size}, {num_workers}")
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(len(c) for _, c in mine), desc=f"extract {encoder.modality}", unit="item",
-               disable=not progress or not state.is_local_main_process)
-    for index, chunk in mine:
-        done_shard = _finished(output, index)
-        if done_shard is not None:
-            done = read_json(done_shard.with_suffix(".json"))
-            summary.n_ok += done["n_ok"]
-            summary.failures += done["failures"]
-            summary.shards_skipped += 1
-            bar.update(len(chunk))
+    state = process_state()
+    rank, world = state.process_index, state.num_processes
+    output = Path(output)
+    items = discover_inputs(source, encoder) if items is None else items
+    run_spec = {"encoder": encoder.registry_name, **(spec or {})}
+    chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+    prints = [fingerprint(c) for c in chunks]
+    if state.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        for stale in output.glob(".features-r*.tmp"):  # half-written shards of a killed run
+            logger.info("removing %s left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
+    state.wait_for_everyone()
+
+    summary = ExtractSummary()
+    done = finished_shards(output)
+    todo: list[int] = []
+    for index in range(rank, len(chunks), world):
+        if index not in done:
+            todo.append(index)
             continue
-        shard = output / SHARD_PATTERN.format(rank=state.process_index, index=index)
-        sidecar = shard.with_suffix(".json")
-        n_ok, failures = _extract_shard(encoder, chunk, shard, batch_size, num_workers, bar)
-        write_json(sidecar, {"n_ok": n_ok, "failures": failures})
-        summary.n_ok += n_ok
-        summary.failures += failures
-        summary.shards_written += 1
-    bar.close()
+        shard, side = done[index]
+        _check_reusable(shard, side, prints[index], run_spec)
+        summary.n_ok += side["n_ok"]
+        summary.failures += side["failures"]
+        summary.shards.append(shard.name)
+        summary.shards_skipped += 1
+
+    bar = tqdm(total=sum(len(chunks[i]) for i in range(rank, len(chunks), world)), desc=f"extract {encoder.modality}",
+               unit="item", initial=sum(len(chunks[i]) for i in range(rank, len(chunks), world) if i in done),
+               disable=not progress or not state.is_local_main_process)
+    try:
+        _run(encoder, items, chunks, prints, todo, output, rank, run_spec, batch_size, shard_size, num_workers,
+             summary, bar)
+    finally:
+        bar.close()
     summary.n_failed = len(summary.failures)
+    summary.shards.sort(key=lambda name: shard_index(Path(name)))
     summary.seconds = time.perf_counter() - t0
     state.wait_for_everyone()
     if state.is_main_process:
-        _write_manifest(output, encoder, spec or {}, len(chunks))
+        _write_manifest(output, encoder, run_spec, source, len(items), shard_size, len(chunks))
     return summary
 
 
-def _finished(output: Path, index: int) -> Path | None:
-    """The finished shard of chunk `index` (written by any rank), if there is one."""
-    for shard in output.glob(f"features-r*-{index:05d}.tar"):
-        if shard.with_suffix(".json").exists():
-            return shard
-    return None
+def _check_reusable(shard: Path, side: dict[str, Any], fp: str, run_spec: dict[str, Any]) -> None:
+    if side.get("inputs", fp) != fp:
+        raise ValueError(f"{shard}: written from different inputs than this run's (the input list changed); "
+                         f"extract into a new --output folder")
+    old = side.get("spec", run_spec)
+    if old != run_spec:
+        raise ValueError(f"{shard}: written with encoder settings {old}, this run uses {run_spec}; use the same "
+                         f"settings to resume, or a new --output folder")
 
 
-def _extract_shard(encoder: Encoder, chunk: list[Item], shard: Path, batch_size: int, num_workers: int,
-                   bar: tqdm) -> tuple[int, list[dict[str, str]]]:
-    loader = DataLoader(SafeDecode(chunk, _ItemLoader(encoder)), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=list)
-    failures: list[dict[str, str]] = []
-    n_ok = 0
-    with FeatureWriter(shard) as writer, torch.inference_mode():
-        for batch in loader:
-            good = [(i, x) for i, x, err in batch if err is None]
-            for i, _, err in batch:
-                if err is not None:
-                    logger.warning("skipping %s: %s", chunk[i].meta["source"], err)
-                    failures.append({"source": str(chunk[i].meta["source"]), "error": err})
-            if good:
-                out = encoder.run(encoder.collate([x for _, x in good]))
-                writer.add_batch([chunk[i].key for i, _ in good], out, [chunk[i].meta for i, _ in good])
-                n_ok += len(good)
-            bar.update(len(batch))
-    return n_ok, failures
+def _run(encoder: Encoder, items: list[Item], chunks: list[list[Item]], prints: list[str], todo: list[int],
+         output: Path, rank: int, run_spec: dict[str, Any], batch_size: int, shard_size: int, num_workers: int,
+         summary: ExtractSummary, bar: tqdm) -> None:
+    """Decode/collate in workers and encode this rank's unfinished chunks, one shard per chunk."""
+    if not todo:
+        return
+    batches = [list(range(start, min(start + batch_size, end)))  # batches never cross a shard boundary
+               for index in todo
+               for end in [index * shard_size + len(chunks[index])]
+               for start in range(index * shard_size, end, batch_size)]
+    loader = DataLoader(SafeDecode(items, _Decode(encoder)), batch_sampler=batches, num_workers=num_workers,
+                        collate_fn=_Collate(encoder), pin_memory=encoder.device.type == "cuda")
+    shard: _Shard | None = None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="anyalign-shard-writer")  # writes overlap the next forward
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                if shard is None:  # first batch of the next chunk
+                    index = batch.indices[0] // shard_size
+                    shard = _Shard(output / SHARD_PATTERN.format(rank=rank, index=index), len(chunks[index]), pool)
+                for i, err in batch.failed:
+                    shard.fail(items[i], err)
+                for ok, tensors in batch.groups:
+                    try:
+                        out = encoder.run(tensors)
+                    except Exception as e:  # noqa: BLE001 - only a lone item that broke its batch is skipped
+                        if not batch.isolated:
+                            raise
+                        shard.fail(items[ok[0]], _reason(e))
+                        continue
+                    shard.add([items[i].key for i in ok], out, [items[i].meta for i in ok])
+                shard.remaining -= len(batch.indices)
+                bar.update(len(batch.indices))
+                if shard.remaining == 0:
+                    shard.finish({"inputs": prints[shard_index(shard.path)], "spec": run_spec}, summary)
+                    shard = None
+                    if summary.failures:
+                        bar.set_postfix(failed=len(summary.failures))
+    finally:
+        if shard is not None:
+            shard.abort()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_manifest(output: Path, encoder: Encoder, spec: dict[str, Any], n_shards: int) -> None:
+def shard_index(path: Path) -> int:
+    """Chunk index of a shard or sidecar name `features-rRR-IIIII.tar|json`."""
+    return int(path.stem.rsplit("-", 1)[1])
+
+
+class _Shard:
+    """The shard being written: its writer (fed by a writer thread), failures so far, and items still to come."""
+
+    def __init__(self, path: Path, size: int, pool: ThreadPoolExecutor) -> None:
+        self.path, self.remaining, self.n_ok = path, size, 0
+        self.failures: list[dict[str, str]] = []
+        self.writer = FeatureWriter(path)
+        self.pool, self.pending = pool, deque[Future]()
+
+    def add(self, keys: list[str], out: EncoderOutput, metas: list[dict[str, Any]]) -> None:
+        """Queue a batch for the writer thread; at most two batches wait, so memory stays bounded."""
+        self.pending.append(self.pool.submit(self.writer.add_batch, keys, out, metas))
+        self.n_ok += len(keys)
+        while len(self.pending) > 2:
+            self.pending.popleft().result()
+
+    def abort(self) -> None:
+        for f in self.pending:
+            f.cancel()
+        wait(self.pending)
+        self.writer.abort()
+
+    def fail(self, item: Item, reason: str) -> None:
+        logger.warning("skipping %s: %s", item.meta["source"], reason)
+        self.failures.append({"key": item.key, "source": str(item.meta["source"]), "error": reason})
+
+    def finish(self, info: dict[str, Any], summary: ExtractSummary) -> None:
+        """Close the tar, then write the sidecar that marks it finished; drop any orphan copy of a killed run."""
+        while self.pending:
+            self.pending.popleft().result()
+        self.writer.close()
+        write_json(self.path.with_suffix(".json"), {"n_ok": self.n_ok, "failures": self.failures, **info})
+        for other in self.path.parent.glob(f"features-r*-{shard_index(self.path):05d}.tar"):
+            if other != self.path and not other.with_suffix(".json").exists():
+                other.unlink(missing_ok=True)
+        summary.n_ok += self.n_ok
+        summary.n_new += self.n_ok
+        summary.failures += self.failures
+        summary.shards.append(self.path.name)
+        summary.shards_written += 1
+
+
+def _write_manifest(output: Path, encoder: Encoder, run_spec: dict[str, Any], source: str | os.PathLike,
+                    n_inputs: int, shard_size: int, n_chunks: int) -> None:
+    done = finished_shards(output)
     shards, failures, total = [], [], 0
-    for index in range(n_shards):
-        done_shard = _finished(output, index)
-        if done_shard is not None:
-            done = read_json(done_shard.with_suffix(".json"))
-            shards.append({"file": done_shard.name, "count": done["n_ok"]})
-            failures += done["failures"]
-            total += done["n_ok"]
-    write_manifest(output, {"encoder": encoder.registry_name, **spec, "modality": encoder.modality,
-                            "token_dim": encoder.token_dim, "pooled_dim": encoder.pooled_dim,
-                            "token_dtype": "float16", "count": total, "shards": shards, "failures": failures,
-                            "complete": len(shards) == n_shards})
+    for index in range(n_chunks):
+        if index in done:
+            shard, side = done[index]
+            shards.append({"file": shard.name, "count": side["n_ok"], "failed": len(side["failures"])})
+            failures += side["failures"]
+            total += side["n_ok"]
+    write_manifest(output, {**run_spec, "modality": encoder.modality, "token_dim": encoder.token_dim,
+                            "pooled_dim": encoder.pooled_dim, "dtype": "float16", "token_dtype": "float16",
+                            "pooled_dtype": "float32", "input": str(source), "num_inputs": n_inputs,
+                            "shard_size": shard_size, "count": total, "n_failed": len(failures),
+                            "complete": len(shards) == n_chunks, "shards": shards, "failures": failures})
 
 
-__all__ = ["ExtractSummary", "Item", "discover_inputs", "extract", "MANIFEST"]
+__all__ = ["MANIFEST", "ExtractSummary", "Item", "discover_inputs", "extract", "finished_shards", "process_state"]
