@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -141,24 +142,102 @@ def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
     write_json(Path(folder) / MANIFEST, manifest)
 
 
-def iter_features(folder: str | os.PathLike) -> Iterator[FeatureRecord]:
-    """Stream every record of a feature folder (shard by shard, in order)."""
+_NPY_HEADER = re.compile(rb"'descr':\s*'([^']+)',\s*'fortran_order':\s*(True|False),\s*'shape':\s*\(([^)]*)\)")
+
+
+def decode_npy(data: bytes | memoryview, where: str = "") -> np.ndarray:
+    """An `.npy` payload as an array view (no pickle, no copy); falls back to `np.load` for unusual headers."""
+    mv = memoryview(data)
+    if bytes(mv[:6]) != b"\x93NUMPY":
+        raise ValueError(f"{where}: not an .npy payload")
+    major = mv[6]
+    hlen_size = 2 if major == 1 else 4
+    hlen = int.from_bytes(mv[8:8 + hlen_size], "little")
+    start = 8 + hlen_size
+    m = _NPY_HEADER.search(bytes(mv[start:start + hlen]))
+    if m is None or m.group(2) == b"True":
+        return np.load(io.BytesIO(bytes(mv)), allow_pickle=False)
+    shape = tuple(int(x) for x in m.group(3).split(b",") if x.strip())
+    return np.frombuffer(mv[start + hlen:], dtype=np.dtype(m.group(1).decode())).reshape(shape)
+
+
+def _tar_members(path: Path) -> Iterator[tuple[str, memoryview]]:
+    """(member name, payload) of every regular file in a tar, read sequentially (ustar, GNU long names, pax)."""
+    with open(path, "rb") as f:
+        long_name: str | None = None
+        while True:
+            header = f.read(512)
+            if len(header) < 512 or header == b"\0" * 512:
+                return
+            try:
+                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError:
+                raise ValueError(f"{path}: corrupt tar header (not a feature shard, or truncated)") from None
+            kind = header[156:157]
+            name = header[:100].split(b"\0", 1)[0].decode()
+            prefix = header[345:500].split(b"\0", 1)[0].decode() if header[257:262] == b"ustar" else ""
+            data = f.read(size)
+            if len(data) < size:
+                raise ValueError(f"{path}: truncated tar member {name!r} ({len(data)} of {size} bytes)")
+            f.seek((-size) % 512, 1)
+            if kind == b"L":  # GNU long name of the next member
+                long_name = data.split(b"\0", 1)[0].decode()
+                continue
+            if kind in (b"x", b"g"):  # pax header: take its path
+                for rec in data.decode().splitlines():
+                    if " path=" in rec:
+                        long_name = rec.split(" path=", 1)[1]
+                continue
+            if kind not in (b"0", b"\0"):
+                continue
+            full = long_name or (f"{prefix}/{name}" if prefix else name)
+            long_name = None
+            yield full, memoryview(data)
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:
+    """(key, tokens `[T, D]` as stored (float16), pooled `[P]`, meta) of every sample of one shard, in order."""
+    path = Path(path)
+    key, parts = None, {}
+
+    def emit() -> tuple[str, np.ndarray, np.ndarray, dict[str, Any]]:
+        try:
+            tokens, pooled = parts["tokens.npy"], parts["pooled.npy"]
+        except KeyError as e:
+            raise ValueError(f"{path}: sample {key!r} lacks {e}") from None
+        meta = json.loads(bytes(parts["meta.json"])) if "meta.json" in parts else {}
+        return (str(meta.get("key", key)), decode_npy(tokens, f"{path}:{key}"), decode_npy(pooled, f"{path}:{key}"),
+                meta)
+
+    for name, data in _tar_members(path):
+        base = name.rsplit("/", 1)[-1]
+        stem, _, ext = base.partition(".")  # webdataset: the key ends at the first dot of the file name
+        sample_key = name[: len(name) - len(base)] + stem
+        if sample_key != key:
+            if key is not None:
+                yield emit()
+            key, parts = sample_key, {}
+        parts[ext] = data
+    if key is not None:
+        yield emit()
+
+
+def iter_features(folder: str | os.PathLike, *, dtype: torch.dtype | None = torch.float32
+                  ) -> Iterator[FeatureRecord]:
+    """Stream every record of a feature folder (shard by shard, in order); tokens as `dtype` (None: as stored)."""
     shards = shard_files(folder)
     if not shards and not (Path(folder) / MANIFEST).is_file():
         raise FileNotFoundError(f"{folder}: not a feature folder (no {MANIFEST} and no feature shards)")
     for shard in shards:
-        for sample in wds.WebDataset(str(shard), shardshuffle=False, empty_check=False).decode():
-            try:
-                tokens, pooled, meta = sample["tokens.npy"], sample["pooled.npy"], sample.get("meta.json", {})
-            except KeyError as e:
-                raise ValueError(f"{shard}: sample {sample.get('__key__')!r} lacks {e}") from None
-            yield FeatureRecord(str(meta.get("key", sample["__key__"])), torch.from_numpy(np.asarray(tokens)).float(),
-                                torch.from_numpy(np.asarray(pooled)).float(), meta)
+        for key, tokens, pooled, meta in iter_shard(shard):
+            tok = torch.from_numpy(tokens.copy())
+            yield FeatureRecord(key, tok if dtype is None else tok.to(dtype), torch.from_numpy(pooled.copy()).float(),
+                                meta)
 
 
-def load_features(folder: str | os.PathLike) -> list[FeatureRecord]:
+def load_features(folder: str | os.PathLike, *, dtype: torch.dtype | None = torch.float32) -> list[FeatureRecord]:
     """All records of a feature folder in memory (small corpora; stream with `iter_features` otherwise)."""
-    return list(iter_features(folder))
+    return list(iter_features(folder, dtype=dtype))
 
 
 def collate_features(records: Sequence[FeatureRecord]) -> EncoderOutput:
