@@ -134,6 +134,10 @@ class TrainSpec:
     log_every: int = 10
     num_workers: int = 0
     tensorboard: bool = True
+    # streamed training data (align/stream.py): auto streams feature sources of more than 100k records
+    stream: Literal["auto", "map", "stream"] = "auto"
+    stream_buffer: int = 2048  # shuffle buffer per lane, in samples
+    stream_lanes: int | None = None  # default processes x workers; fix it to make the order independent of them
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accum", "max_steps", "save_every", "keep_checkpoints", "log_every"):
