@@ -77,6 +77,7 @@ class AlignmentModel(nn.Module):
                 self.code_embeddings = mllm.code_embeddings.requires_grad_(True)
         self._text_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._text_cache_size = text_cache_size
+        self.text_tables: dict[str, Any] = {}  # anchor -> on-disk caption table (align/text_cache.py), from the trainer
 
     # --- device / mode handling of the frozen parts -----------------------------------------------------------
     def _apply(self, fn: Callable, recurse: bool = True) -> AlignmentModel:  # .to(), .float(), ...
@@ -134,6 +135,9 @@ class AlignmentModel(nn.Module):
     def anchor_texts(self, anchor: str, texts: Sequence[str]) -> torch.Tensor:
         """Frozen text-anchor embeddings `[N, E]`, memoised per sentence (the anchor never changes)."""
         enc = self.frozen.anchors[anchor]
+        if anchor in self.text_tables:  # every caption encoded once into a table on disk (no LRU, no cliff)
+            return self.text_tables[anchor].get(list(texts)).to(self.device) if texts else \
+                torch.zeros(0, enc.pooled_dim, device=self.device)
         missing = list(dict.fromkeys(t for t in texts if (anchor, t) not in self._text_cache))
         if missing:
             pooled = F.normalize(enc(missing).pooled.float(), dim=-1).cpu()
