@@ -124,7 +124,8 @@ def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
         meta = r.meta or {}
         key = str(r.key)
         if _split_part(key, src.holdout, src.split):
-            records.append({"media": {m: [FeatureItem(r.tokens, r.pooled)]}, "caption": meta.get("caption"),
+            records.append({"media": {m: [FeatureItem(r.tokens, r.pooled)]},
+                            "caption": meta.get("caption", meta.get("text")),  # as jsonl rows: caption or text
                             "label": meta.get("label"), "key": key})
     return records
 

@@ -143,10 +143,10 @@ def _jsonl_items(path: Path, encoder: Any) -> list[Item]:
         if is_text and isinstance(row.get("text"), str):
             value: Any = row["text"]
             source = row.get("source", f"{path}:{n}")
-        elif not is_text and isinstance(row.get("path") or row.get("source"), str):
-            value = source = str((path.parent / (row.get("path") or row["source"])).resolve())
+        elif not is_text and isinstance(ref := row.get("path") or row.get(encoder.modality) or row.get("source"), str):
+            value = source = str((path.parent / ref).resolve())  # the project's format names the field by modality
         else:
-            want = "a 'text' field" if is_text else "a 'path' (or 'source') field naming the file"
+            want = "a 'text' field" if is_text else f"a 'path' (or '{encoder.modality}') field naming the file"
             raise ValueError(f"{path}:{n}: expected {want}")
         key = str(row.get("key", row.get("id", n - 1)))
         if key in seen:

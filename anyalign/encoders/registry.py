@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..options import check_options, options_from_signature
 from ..registry import Registry
 from .base import Encoder
 
@@ -31,18 +33,47 @@ class EncoderInfo:
 
 
 ENCODER_INFO: dict[str, EncoderInfo] = {}
+ENCODER_OPTIONS: dict[str, type] = {}  # name -> options dataclass (declared, or derived from the factory)
 
 
 def register_encoder(
-    name: str, *, modality: str, token_dim: int, pooled_dim: int, input_spec: str, default_model: str = ""
+    name: str, *, modality: str, token_dim: int, pooled_dim: int, input_spec: str, default_model: str = "",
+    options: type | None = None,
 ) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
-    """Register an encoder factory `fn(pretrained=None, **overrides) -> Encoder` with its listing facts."""
+    """Register an encoder factory `fn(pretrained=None, **options) -> Encoder` with its listing facts.
+
+    `options` is the dataclass of its options (fields with defaults and `metadata={"help": ...}`); without it
+    one is derived from the factory's keyword parameters, so every encoder's options are checked.
+    """
+    if options is not None and not dataclasses.is_dataclass(options):
+        raise TypeError(f"register_encoder({name!r}): options must be a dataclass, got {options!r}")
 
     def wrap(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
         ENCODER_INFO[name] = EncoderInfo(name, modality, token_dim, pooled_dim, input_spec, default_model)
-        return ENCODERS.register(name)(fn)
+        registered = ENCODERS.register(name)(fn)
+        ENCODER_OPTIONS[name] = options or options_from_signature(fn, name=f"{fn.__name__}_options")
+        return registered
 
     return wrap
+
+
+def encoder_options(name: str) -> type:
+    """The options dataclass of encoder `name` (declared at registration or derived from its factory)."""
+    _import_builtin(name)
+    fn = ENCODERS.get(name)  # raises a clear error for unknown names
+    if name not in ENCODER_OPTIONS:  # registered straight through ENCODERS.register
+        ENCODER_OPTIONS[name] = options_from_signature(fn, name=f"{getattr(fn, '__name__', name)}_options")
+    return ENCODER_OPTIONS[name]
+
+
+def check_encoder_options(name: str, options: dict[str, Any], *, source: str = "--set") -> dict[str, Any]:
+    """`options` checked against encoder `name`'s options and coerced to their types (only the given keys).
+
+    Raises a one-line `ConfigError` naming `source`, the encoder, the bad field and the valid options, e.g.
+    `--set nosuchopt=3: encoder 'text' has no option 'nosuchopt'; options: max_length (int, default 128), ...`.
+    `pretrained`, `device`, `autocast` and `frozen` are settings of `create_encoder`, not options.
+    """
+    return check_options("encoder", name, encoder_options(name), options, source=source)
 
 
 def create_encoder(
@@ -63,9 +94,10 @@ def create_encoder(
         device: where to put it.
         autocast: "bf16"/"bfloat16" (or a dtype) to run `encode` under autocast; None for full precision.
         frozen: eval mode and no gradients (the default for frozen encoders).
-        overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`).
+        overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`), checked against
+            its options dataclass (`encoder_options(name)`): an unknown or mistyped one is a `ConfigError`.
     """
-    _import_builtin(name)
+    overrides = check_encoder_options(name, overrides, source="options")
     enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
     enc.registry_name = name
     if device is not None:
