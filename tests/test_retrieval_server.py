@@ -34,7 +34,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def client(served) -> TestClient:
-    return TestClient(create_app(served[1], max_upload_mb=0.5, max_k=50))
+    return TestClient(create_app(served[1], max_upload_mb=0.5, max_k=50), base_url="http://127.0.0.1")
 
 
 def test_page_and_info(client: TestClient) -> None:
@@ -65,14 +65,14 @@ def test_file_upload_search(client: TestClient, served) -> None:
     hits = res.json()["results"]
     assert len(hits) == 3 and hits[0]["caption"] == "a blue square" and hits[0]["score"] == pytest.approx(1, abs=1e-4)
     bad = client.post("/api/search/file", files={"file": ("q.xyz", b"123", "application/octet-stream")})
-    assert bad.status_code == 400 and "no embedder" in bad.json()["detail"]
+    assert bad.status_code == 400 and "no embedder" in bad.json()["error"]
     broken = client.post("/api/search/file", files={"file": ("q.png", b"not a png", "image/png")})
     assert broken.status_code == 400
 
 
 def test_bad_requests(client: TestClient) -> None:
     r = client.post("/api/search", json={"vector": [0.1] * 8})
-    assert r.status_code == 400 and "dimension mismatch" in r.json()["detail"]
+    assert r.status_code == 400 and "dimension mismatch" in r.json()["error"]
     assert client.post("/api/search", json={"text": "x", "vector": [0.0] * 32}).status_code == 400
     assert client.post("/api/search", json={}).status_code == 400
     assert client.post("/api/search", json={"text": "x", "k": 51}).status_code == 400  # over max_k
@@ -82,7 +82,7 @@ def test_bad_requests(client: TestClient) -> None:
 def test_request_size_limit(client: TestClient) -> None:
     big = b"\x00" * (600 * 1024)  # limit is 0.5 MB
     r = client.post("/api/search/file", files={"file": ("big.png", big, "image/png")})
-    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    assert r.status_code == 413 and "too large" in r.json()["error"]
 
     def chunks():  # no Content-Length: the limit is enforced while streaming
         for _ in range(8):
