@@ -210,16 +210,24 @@ def search_cmd(
 
 def serve_cmd(
     index: Path = typer.Argument(..., help="Index folder."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
-    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Request size limit."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address; anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="TCP port (1..65535)."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Request size limit (MB, > 0)."),
     embedder: list[str] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     device: str = typer.Option(None, "--device"),
+    token: str = typer.Option(None, "--token", envvar="ANYALIGN_SERVE_TOKEN", show_envvar=True,
+                              help="Require 'Authorization: Bearer TOKEN' (the page: open it as /#token=TOKEN)."),
+    allow_host: list[str] = typer.Option(None, "--allow-host",
+                                         help="Host header to accept besides loopback and --host (repeatable)."),
+    media_root: list[Path] = typer.Option(None, "--media-root", help="Serve media only from under these folders "
+                                          "(repeatable; default: the folders the indexed media lie in)."),
 ) -> None:
     """Serve an HTTP search API and a web page with thumbnails and players."""
-    from ..retrieval.server import serve
+    from ..retrieval.server import check_serve_options, serve
 
-    serve(_retriever(index, embedder, device), host=host, port=port, max_upload_mb=max_upload_mb)
+    check_serve_options(host, port, max_upload_mb, token)  # before loading anything
+    serve(_retriever(index, embedder, device), host=host, port=port, max_upload_mb=max_upload_mb, token=token,
+          allow_hosts=allow_host or (), media_roots=media_root or None)
 
 
 def eval_retrieval_cmd(
