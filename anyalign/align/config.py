@@ -20,6 +20,7 @@ import yaml
 
 from ..config import ConfigError, from_dict, to_dict
 from ..io import WEIGHT_SUFFIXES
+from .captions import CaptionSpec
 
 TASKS = ("contrastive", "caption", "instruct")
 
@@ -36,6 +37,8 @@ class AnchorSpec:
     temperature: float = 0.07  # initial temperature of this anchor's InfoNCE
     learn_temperature: bool = True
     positives: Literal["label", "pair"] = "label"  # label: same-label pairs are positives too (class captions)
+    loss: Literal["infonce", "soft"] = "infonce"  # soft: targets from the anchor's own similarities (SoftInfoNCE)
+    soft_temperature: float = 0.05  # loss=soft: temperature of the anchor-anchor similarity targets
 
 
 @dataclass
@@ -99,6 +102,8 @@ class DataSource:
     prompts: list[str] = field(default_factory=lambda: ["<{modality}>\nDescribe this."])  # caption task prompts
     augment: AugmentSpec | None = None
     limit: int | None = None  # use only the first N items
+    captions: CaptionSpec | None = None  # caption diversity: templates, synonyms, LLM paraphrases (align/captions.py)
+    classes: list[str] | None = None  # keep only items of these classes (unseen-class protocol: train on a subset)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..encoders import EncoderOutput, pad_sequences
 from ..io import iter_jsonl
+from .captions import CaptionPool, keep_classes
 from .config import AugmentSpec, DataSource, expand_env
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def read_source(src: DataSource, media_names: Sequence[str]) -> list[dict[str, A
         records = _read_features(path, src)
     else:  # pragma: no cover - the config's Literal already restricts kind
         raise ValueError(f"unknown data kind {src.kind!r}")
+    if src.classes is not None:  # the unseen-class protocol trains on a subset of the classes
+        records = keep_classes(records, src.classes, f"data source {path} ({src.kind}, split {src.split})")
     if src.limit is not None:
         records = records[: src.limit]
     if not records:
@@ -172,6 +175,7 @@ class PairedDataset(Dataset):
         self.train = train
         self.loaders = loaders or {}
         self.records: list[tuple[int, dict[str, Any]]] = []
+        self._pools: dict[int, CaptionPool] = {}  # per source with `captions:` (align/captions.py)
         for si, src in enumerate(self.sources):
             for rec in read_source(src, media_names):
                 self._check(src, rec)
@@ -200,6 +204,9 @@ class PairedDataset(Dataset):
     def caption(self, si: int, rec: dict[str, Any], rng: np.random.Generator | None) -> str | None:
         """The paired caption: a template filled with the record's caption / label phrase."""
         src = self.sources[si]
+        if src.captions is not None:  # caption diversity: draw from the source's pool
+            pool = self.caption_pool(si).captions(rec)
+            return (pool[int(rng.integers(len(pool)))] if rng is not None else pool[0]) if pool else None
         label = rec.get("label")
         templates = self._templates(si)
         if rec.get("caption") is None and label is None:
@@ -213,6 +220,9 @@ class PairedDataset(Dataset):
         out: set[str] = set()
         for si, rec in self.records:
             src = self.sources[si]
+            if src.captions is not None:
+                out.update(self.caption_pool(si).captions(rec))
+                continue
             if rec.get("caption") is None and rec.get("label") is None:
                 continue
             templates = self._templates(si)
@@ -228,9 +238,19 @@ class PairedDataset(Dataset):
             return DEFAULT_UEA_TEMPLATES
         return src.caption_templates
 
+    def caption_pool(self, si: int) -> CaptionPool:
+        """The caption pool of source `si` (its `captions:` section, else its templates), built once."""
+        if si not in self._pools:
+            src = self.sources[si]
+            self._pools[si] = CaptionPool(src.captions, self._templates(si), src.label_text,
+                                          where=f"data source {src.path}: captions")
+        return self._pools[si]
+
     def class_prompts(self, si: int = 0) -> dict[str, list[str]]:
         """Every caption template for every class (zero-shot classification prompts)."""
         src = self.sources[si]
+        if src.captions is not None:
+            return {label: self.caption_pool(si).class_prompts(label) for label in self.labels}
         templates = self._templates(si)
         out = {}
         for label in self.labels:
