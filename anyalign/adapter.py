@@ -1,9 +1,13 @@
 """`ModalityAdapter`: a frozen encoder (by reference) plus trainable projectors, saved like a peft adapter.
 
 On disk a saved adapter is a folder with two files:
-`anyalign_adapter.json` (the `AdapterConfig`, naming the frozen encoder and its pretrained source) and
+`anyalign_adapter.json` (the `AdapterConfig`: the frozen encoder's `EncoderSpec`, the projector heads, and the
+space it was aligned to: the anchor encoders' specs, and the LLM for soft tokens) and
 `anyalign_adapter.safetensors` (only the trainable weights: projectors, and the encoder only when it was
-trained, e.g. an IMU encoder learned from scratch). The frozen encoder is rebuilt from its name, never saved.
+trained, e.g. an IMU encoder learned from scratch). The frozen encoder is rebuilt from its spec, never saved.
+Like peft's `base_model_name_or_path`, the recorded space means downstream commands (search, classify) find
+the other side of the space from the adapter itself. Format v1 files (encoder as name + source + kwargs, no
+space) are upgraded when read.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import from_dict, to_dict
-from .encoders import Encoder, EncoderOutput, create_encoder, masked_mean
+from .encoders import Encoder, EncoderOutput, masked_mean
+from .encoders.spec import EncoderSpec
 from .io import load_weights, read_json, save_weights, write_json
 from .projectors import Projector, ProjectorOutput, create_projector
 from .version import FORMAT_VERSION, __version__
@@ -36,20 +41,23 @@ class AdapterConfig:
     """What an adapter is made of. Projector specs are `{"name": ..., **options}` (dims are filled in)."""
 
     modality: str
-    encoder: str
+    encoder: EncoderSpec
     in_dim: int
-    encoder_pretrained: str | None = None
-    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     feature: Literal["tokens", "pooled"] = "tokens"  # which encoder output feeds the projectors
     embed_dim: int | None = None  # shared-space width; None = no shared-space head
     embed_projector: dict[str, Any] | None = None  # None with embed_dim set = identity on the pooled output
     llm_dim: int | None = None  # LLM hidden size; None = no LLM head
     llm_projector: dict[str, Any] | None = None
     train_encoder: bool = False  # the encoder's weights are trained and saved with the adapter
+    space: dict[str, EncoderSpec] = field(default_factory=dict)  # anchors aligned to: modality -> encoder
+    llm: dict[str, Any] | None = None  # the causal LM the soft tokens are for: {"name_or_path", "gguf_file"}
     format_version: int = FORMAT_VERSION
     anyalign_version: str = __version__
 
     def __post_init__(self) -> None:
+        if isinstance(self.encoder, (str, dict)):
+            self.encoder = EncoderSpec.from_dict(self.encoder, source="encoder")
+        self.space = {m: EncoderSpec.from_dict(s, source=f"space.{m}") for m, s in (self.space or {}).items()}
         if self.feature not in ("tokens", "pooled"):
             raise ValueError(f"feature: expected 'tokens' or 'pooled', got {self.feature!r}")
         if self.embed_dim is None and self.llm_dim is None:
@@ -60,6 +68,19 @@ class AdapterConfig:
             spec = getattr(self, key)
             if spec is not None and "name" not in spec:
                 raise ValueError(f"{key}: expected a mapping with a 'name' (e.g. {{'name': 'mlp'}}), got {spec!r}")
+
+
+def upgrade_config(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A saved config of any earlier format in the current layout (v1: `encoder` name + `encoder_pretrained` +
+    `encoder_kwargs`, no recorded space)."""
+    version = int(data.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        logger.warning("%s: written by a newer format (%s > %s)", source, version, FORMAT_VERSION)
+    if version < 2 and not isinstance(data.get("encoder"), dict):
+        data = dict(data)
+        data["encoder"] = {"name": data.get("encoder"), "pretrained": data.pop("encoder_pretrained", None),
+                           "options": data.pop("encoder_kwargs", None) or {}}
+    return data
 
 
 def _build_head(spec: dict[str, Any] | None, in_dim: int, out_dim: int | None) -> Projector | None:
@@ -163,17 +184,11 @@ class ModalityAdapter(nn.Module):
             is_trainable: leave projector weights trainable (default: frozen, eval mode).
         """
         path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path}: not an anyalign adapter folder (missing {CONFIG_NAME})")
-        data = read_json(cfg_file)
-        config = from_dict(AdapterConfig, data, source=str(cfg_file), strict=False)
-        if config.format_version > FORMAT_VERSION:
-            logger.warning("%s: written by a newer format (%s > %s)", cfg_file, config.format_version, FORMAT_VERSION)
+        config = read_adapter_config(path)
         encoder = None
         if load_encoder:
-            encoder = create_encoder(config.encoder, pretrained=encoder_pretrained or config.encoder_pretrained,
-                                     autocast=autocast, **config.encoder_kwargs)
+            spec = config.encoder if autocast is None else config.encoder.replace(autocast=autocast)
+            encoder = spec.build(pretrained=encoder_pretrained, frozen=not (is_trainable and config.train_encoder))
         adapter = cls(config, encoder)
         state = load_weights(path / WEIGHTS_NAME)
         if not load_encoder:
@@ -192,34 +207,46 @@ class ModalityAdapter(nn.Module):
         return adapter
 
 
+def read_adapter_config(path: str | os.PathLike) -> AdapterConfig:
+    """The config of a saved adapter folder (any format version), without building anything."""
+    cfg_file = Path(path) / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path}: not an anyalign adapter folder (missing {CONFIG_NAME})")
+    data = read_json(cfg_file)
+    if not isinstance(data, dict):
+        raise ValueError(f"{cfg_file}: expected a JSON object")
+    return from_dict(AdapterConfig, upgrade_config(data, str(cfg_file)), source=str(cfg_file), strict=False)
+
+
 def build_adapter(
     modality: str,
-    encoder: Encoder | str,
+    encoder: Encoder | EncoderSpec | str,
     *,
-    encoder_pretrained: str | None = None,
-    encoder_kwargs: dict[str, Any] | None = None,
     feature: Literal["tokens", "pooled"] = "tokens",
     embed_dim: int | None = None,
     embed_projector: dict[str, Any] | None = None,
     llm_dim: int | None = None,
     llm_projector: dict[str, Any] | None = None,
     train_encoder: bool = False,
+    space: dict[str, EncoderSpec] | None = None,
+    llm: dict[str, Any] | None = None,
 ) -> ModalityAdapter:
-    """Create a fresh adapter around an encoder (an instance, or a registry name built here)."""
-    kwargs = dict(encoder_kwargs or {})
-    if isinstance(encoder, str):
-        name = encoder
-        encoder = create_encoder(name, pretrained=encoder_pretrained, frozen=not train_encoder, **kwargs)
+    """Create a fresh adapter around an encoder: an `EncoderSpec` (or registry name) built here, or an instance
+    (its spec is `encoder.spec`, set by `create_encoder`). `space`: the anchor encoders it will be aligned to."""
+    if isinstance(encoder, (str, EncoderSpec)):
+        spec = EncoderSpec.from_dict(encoder).checked("encoder")
+        encoder = spec.build(frozen=not train_encoder)
     else:
-        name = getattr(encoder, "registry_name", type(encoder).__name__)
+        spec = getattr(encoder, "spec", None) or EncoderSpec(getattr(encoder, "registry_name", "")
+                                                             or type(encoder).__name__)
     in_dim = encoder.pooled_dim if feature == "pooled" else encoder.token_dim
-    config = AdapterConfig(modality=modality, encoder=name, in_dim=in_dim, encoder_pretrained=encoder_pretrained,
-                           encoder_kwargs=kwargs, feature=feature, embed_dim=embed_dim,
+    config = AdapterConfig(modality=modality, encoder=spec, in_dim=in_dim, feature=feature, embed_dim=embed_dim,
                            embed_projector=embed_projector, llm_dim=llm_dim, llm_projector=llm_projector,
-                           train_encoder=train_encoder)
+                           train_encoder=train_encoder, space=dict(space or {}), llm=llm)
     if train_encoder:
         encoder.unfreeze()
     return ModalityAdapter(config, encoder)
 
 
-__all__ = ["AdapterConfig", "ModalityAdapter", "build_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["AdapterConfig", "ModalityAdapter", "build_adapter", "read_adapter_config", "upgrade_config", "CONFIG_NAME",
+           "WEIGHTS_NAME"]

@@ -75,7 +75,16 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
             continue
         value, tp = data[name], hints[name]
         sub = _dataclass_in(tp)
-        if sub is not None and isinstance(value, dict):
+        reader, mapped = _reader_in(tp)
+        if reader is not None and value is not None:  # a type with its own config form (e.g. EncoderSpec)
+            where = f"{source}: {name}"
+            if mapped:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{where}: expected a mapping of name -> value, got {value!r}")
+                value = {k: reader(v, source=f"{where}.{k}") for k, v in value.items()}
+            else:
+                value = reader(value, source=where)
+        elif sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, source=f"{source}: {name}", strict=strict)
         elif not _type_ok(value, tp):
             raise ConfigError(f"{source}: field {name!r} expects {_type_name(tp)}, got {value!r}")
@@ -86,6 +95,18 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
         raise ConfigError(f"{source}: {e}") from None
     except ValueError as e:  # __post_init__ checks
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _reader_in(tp: Any) -> tuple[Any, bool]:
+    """`(T.__from_config__, is_mapping)` for a field typed `T`, `T | None` or `dict[str, T]`; (None, False) else."""
+    for t in (tp, *typing.get_args(tp)):
+        if hasattr(t, "__from_config__"):
+            return t.__from_config__, False
+        if typing.get_origin(t) is dict:
+            args = typing.get_args(t)
+            if len(args) == 2 and hasattr(args[1], "__from_config__"):
+                return args[1].__from_config__, True
+    return None, False
 
 
 def _dataclass_in(tp: Any) -> type | None:
@@ -106,15 +127,99 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`) and refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),
+    list("-+0123456789."),
+)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python values (the one YAML reader of recipes, overrides and `--set` values)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML ({' '.join(str(e).split())})") from None
+
+
+def parse_scalar(raw: str) -> Any:
+    """A `key=value` value: YAML, with `1e-4` read as a float."""
+    return parse_yaml(raw, f"value {raw!r}")
+
+
+def expand_env(value: Any, where: str = "", extra: dict[str, str] | None = None) -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a nested structure (`extra` vars first)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k), extra) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]", extra) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if extra and name in extra:
+            return extra[name]
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"field {where!r}: environment variable {name} is not set (used in {value!r}); "
+                          f"export {name}=... or write the path directly")
+
+    return _VAR.sub(sub, value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML; list items by index: `data.train.0.path=...`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        node: Any = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            if isinstance(node.get(part), str):  # a bare name is short for {name: ...} (e.g. `encoder: imu`)
+                node[part] = {"name": node[part]}
+            node = node.setdefault(part, {})
+        value = parse_yaml(raw, f"override {item!r}")
+        if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+            node[int(parts[-1])] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+        else:
+            raise ConfigError(f"override {item!r}: {parts[-2] if len(parts) > 1 else key!r} is not a section")
+    return data
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML/JSON mapping with errors naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    data = parse_yaml(path.read_text(), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -122,34 +227,12 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (values parsed as YAML scalars) to a nested dict, in place."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = parse_scalar(raw)
-    return data
-
-
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
-
-
-def parse_scalar(raw: str) -> Any:
-    """A YAML value, except that `1e-4` is a float (YAML 1.1 reads exponents without a dot as strings)."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str) and _FLOAT.match(value.strip()):
-        return float(value)
-    return value
-
-
-def load_config(cls: type[C], path: str | os.PathLike, overrides: list[str] | None = None) -> C:
-    """Read a user recipe strictly into dataclass `cls`, after `key=value` overrides."""
+def load_config(cls: type[C], path: str | os.PathLike, overrides: list[str] | None = None, *,
+                variables: dict[str, str] | None = None) -> C:
+    """Read a user recipe strictly into dataclass `cls`: YAML, `key=value` overrides, `${VAR}` expansion."""
     data = apply_overrides(load_yaml(path), overrides or [])
+    try:
+        data = expand_env(data, extra=variables)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return from_dict(cls, data, source=str(path), strict=True)

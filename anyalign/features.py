@@ -138,6 +138,20 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return read_json(path)
 
 
+def manifest_encoder(manifest: dict[str, Any], source: str = MANIFEST) -> Any:
+    """The `EncoderSpec` a feature folder was extracted with (None when not recorded). Older manifests spell it
+    `encoder` (name) + `pretrained` + `encoder_kwargs`."""
+    from .encoders.spec import EncoderSpec
+
+    enc = manifest.get("encoder")
+    if enc is None:
+        return None
+    if isinstance(enc, str):
+        enc = {"name": enc, "pretrained": manifest.get("pretrained"), "options": manifest.get("encoder_kwargs") or {},
+               "autocast": manifest.get("autocast")}
+    return EncoderSpec.from_dict(enc, source=f"{source}: encoder")
+
+
 def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
     write_json(Path(folder) / MANIFEST, manifest)
 
@@ -195,31 +209,38 @@ def _tar_members(path: Path) -> Iterator[tuple[str, memoryview]]:
             yield full, memoryview(data)
 
 
-def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:
-    """(key, tokens `[T, D]` as stored (float16), pooled `[P]`, meta) of every sample of one shard, in order."""
+def iter_shard_raw(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, memoryview]]]:
+    """(tar key, {extension: payload}) of every sample of one shard, in order, undecoded (cheap to skip)."""
     path = Path(path)
     key, parts = None, {}
-
-    def emit() -> tuple[str, np.ndarray, np.ndarray, dict[str, Any]]:
-        try:
-            tokens, pooled = parts["tokens.npy"], parts["pooled.npy"]
-        except KeyError as e:
-            raise ValueError(f"{path}: sample {key!r} lacks {e}") from None
-        meta = json.loads(bytes(parts["meta.json"])) if "meta.json" in parts else {}
-        return (str(meta.get("key", key)), decode_npy(tokens, f"{path}:{key}"), decode_npy(pooled, f"{path}:{key}"),
-                meta)
-
     for name, data in _tar_members(path):
         base = name.rsplit("/", 1)[-1]
         stem, _, ext = base.partition(".")  # webdataset: the key ends at the first dot of the file name
         sample_key = name[: len(name) - len(base)] + stem
         if sample_key != key:
             if key is not None:
-                yield emit()
+                yield key, parts
             key, parts = sample_key, {}
         parts[ext] = data
     if key is not None:
-        yield emit()
+        yield key, parts
+
+
+def decode_sample(key: str, parts: dict[str, memoryview], where: str | os.PathLike = ""
+                  ) -> tuple[str, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(key, tokens as stored, pooled, meta) of one raw sample from `iter_shard_raw`."""
+    try:
+        tokens, pooled = parts["tokens.npy"], parts["pooled.npy"]
+    except KeyError as e:
+        raise ValueError(f"{where}: sample {key!r} lacks {e}") from None
+    meta = json.loads(bytes(parts["meta.json"])) if "meta.json" in parts else {}
+    return str(meta.get("key", key)), decode_npy(tokens, f"{where}:{key}"), decode_npy(pooled, f"{where}:{key}"), meta
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]:
+    """(key, tokens `[T, D]` as stored (float16), pooled `[P]`, meta) of every sample of one shard, in order."""
+    for key, parts in iter_shard_raw(path):
+        yield decode_sample(key, parts, path)
 
 
 def iter_features(folder: str | os.PathLike, *, dtype: torch.dtype | None = torch.float32

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from anyalign.adapter import build_adapter
+from anyalign.encoders.spec import EncoderSpec
 from anyalign.io import save_weights
 
 WORDS = ["a", "red", "green", "blue", "yellow", "black", "white", "square", "circle", "photo", "of", "the", "dog",
@@ -58,8 +59,8 @@ def tiny_image_adapter(folder: Path, embed_dim: int = 32) -> Path:
     torch.manual_seed(0)
     weights = folder / "encoder.safetensors"
     save_weights(weights, timm.create_model("test_efficientnet").state_dict())
-    adapter = build_adapter("image", "timm-image", encoder_pretrained=str(weights),
-                            encoder_kwargs={"model": "test_efficientnet"}, feature="pooled", embed_dim=embed_dim,
+    spec = EncoderSpec("timm-image", str(weights), {"model": "test_efficientnet"})
+    adapter = build_adapter("image", spec, feature="pooled", embed_dim=embed_dim,
                             embed_projector={"name": "linear"})
     out = folder / "adapter"
     adapter.save_pretrained(out)

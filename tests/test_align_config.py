@@ -20,7 +20,7 @@ def _recipe(tmp_path: Path, **changes: object) -> dict:
     base = {
         "name": "t",
         "adapters": {"imu": {"encoder": "imu", "train_encoder": True, "embed_projector": {"name": "mlp"}}},
-        "anchors": {"text": {"encoder": "text", "pretrained": "${TEST_ASSETS}/minilm"}},
+        "anchors": {"text": {"encoder": {"name": "text", "pretrained": "${TEST_ASSETS}/minilm"}}},
         "data": {"train": [{"kind": "uea", "path": str(data_dir)}]},
         "train": {"lr": "3e-4", "max_steps": 10},
     }
@@ -47,7 +47,7 @@ def test_valid_recipe_env_expansion_and_overrides(env: Path) -> None:
     r = load_recipe(path, ["train.max_steps=5", "adapters.imu.embed_projector.hidden_dim=64", "train.lr=1e-2"])
     assert r.train.max_steps == 5 and r.train.lr == pytest.approx(1e-2)
     assert isinstance(r.adapters["imu"], AdapterSpec) and r.adapters["imu"].embed_projector["hidden_dim"] == 64
-    assert r.anchors["text"].pretrained == f"{env}/minilm"
+    assert r.anchors["text"].encoder.pretrained == f"{env}/minilm"
     assert isinstance(r.data.train[0], DataSource) and r.output_path == Path("runs/t")
     assert load_recipe(path).train.lr == pytest.approx(3e-4)  # `3e-4` is a float, not a string
 
@@ -93,7 +93,7 @@ def test_missing_files_and_unset_variables(env: Path, monkeypatch: pytest.Monkey
         load_recipe(path)
     path = _write(env, _recipe(env))
     monkeypatch.delenv("TEST_ASSETS")
-    with pytest.raises(ConfigError, match=r"r\.yaml: field 'anchors\.text\.pretrained': environment variable "
+    with pytest.raises(ConfigError, match=r"r\.yaml: field 'anchors\.text\.encoder\.pretrained': environment variable "
                                           r"TEST_ASSETS is not set"):
         load_recipe(path)
     with pytest.raises(ConfigError, match="config file not found"):

@@ -48,9 +48,9 @@ def _setup(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def _recipe(tmp_path: Path, name: str, source: dict, weights: Path, minilm: Path) -> Path:
-    recipe = {"adapters": {"imu": {"encoder": "imu", "encoder_pretrained": str(weights), "encoder_kwargs": IMU,
+    recipe = {"adapters": {"imu": {"encoder": {"name": "imu", "pretrained": str(weights), "options": IMU},
                                    "embed_projector": {"name": "mlp", "hidden_dim": 32}}},
-              "anchors": {"text": {"encoder": "text", "pretrained": str(minilm)}},
+              "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm)}}},
               "data": {"train": [source]},
               "train": {"batch_size": 8, "max_steps": 6, "log_every": 1, "tensorboard": False},
               "eval": {"at_start": False}}

@@ -55,9 +55,9 @@ def _data(root: Path) -> tuple[Path, Path]:
 
 def test_stage1_then_joint_stage_with_lora(tmp_path: Path, tiny_llm_dir: Path, minilm_dir: Path) -> None:
     captions, instruct = _data(tmp_path / "data")
-    imu = {"encoder": "imu", "encoder_kwargs": {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.0}}
+    imu = {"encoder": {"name": "imu", "options": {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.0}}}
     stage1 = {"adapters": {"imu": {**imu, "train_encoder": True, "embed_projector": {"name": "mlp"}}},
-              "anchors": {"text": {"encoder": "text", "pretrained": str(minilm_dir)}},
+              "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm_dir)}}},
               "data": {"train": [{"kind": "jsonl", "path": str(captions)}]},
               "train": {"batch_size": 6, "max_steps": 3, "tensorboard": False}, "eval": {"at_start": False}}
     (tmp_path / "s1.yaml").write_text(yaml.safe_dump(stage1))
@@ -69,7 +69,7 @@ def test_stage1_then_joint_stage_with_lora(tmp_path: Path, tiny_llm_dir: Path, m
                                                       "target_modules": ["q_proj", "v_proj"]}},
         "adapters": {"imu": {**imu, "init_from": s1.adapters["imu"], "embed_projector": {"name": "mlp"},
                              "llm_projector": {"name": "mlp"}}},
-        "anchors": {"text": {"encoder": "text", "pretrained": str(minilm_dir)}},
+        "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm_dir)}}},
         "data": {"train": [{"kind": "jsonl", "path": str(captions), "task": "caption",
                             "prompts": ["<imu>\nwhat is the person doing?"]},
                            {"kind": "jsonl", "path": str(instruct), "task": "instruct"},

@@ -48,10 +48,10 @@ def _windows(root: Path, n: int = 32, nan_at: int | None = None) -> Path:
 def _recipe(tmp_path: Path, manifest: Path, minilm: Path, dropout: float = 0.1, **train_opts: object) -> Path:
     recipe = {
         "name": "t",
-        "adapters": {"imu": {"encoder": "imu", "train_encoder": True,
-                             "encoder_kwargs": {"dim": 32, "depth": 1, "heads": 2, "dropout": dropout},
+        "adapters": {"imu": {"encoder": {"name": "imu", "options": {"dim": 32, "depth": 1, "heads": 2,
+                                                                    "dropout": dropout}}, "train_encoder": True,
                              "embed_projector": {"name": "mlp", "hidden_dim": 32}}},
-        "anchors": {"text": {"encoder": "text", "pretrained": str(minilm)}},
+        "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm)}}},
         "data": {"train": [{"kind": "jsonl", "path": str(manifest), "caption_templates": ["{caption}",
                                                                                           "someone {label}"]}]},
         "train": {"batch_size": 8, "max_steps": 12, "lr": 1e-3, "warmup_steps": 2, "save_every": 4,
@@ -158,8 +158,8 @@ def test_basicmotions_short_run_beats_chance(tmp_path: Path, assets: Path) -> No
         pytest.skip("BasicMotions missing")
     recipe = load_recipe(ROOT / "configs" / "imu_text_contrastive.yaml",
                          ["train.max_steps=30", "train.warmup_steps=5", "eval.every=0", "eval.at_start=false",
-                          "train.save_every=1000", "train.tensorboard=false", "adapters.imu.encoder_kwargs.dim=64",
-                          "adapters.imu.encoder_kwargs.depth=1", "adapters.imu.embed_projector.hidden_dim=128"])
+                          "train.save_every=1000", "train.tensorboard=false", "adapters.imu.encoder.options.dim=64",
+                          "adapters.imu.encoder.options.depth=1", "adapters.imu.embed_projector.hidden_dim=128"])
     result = train(recipe, output_dir=tmp_path / "run")
     acc = result.metrics["eval/imu/zeroshot_acc"]
     assert result.metrics["eval/imu/chance"] == 0.25

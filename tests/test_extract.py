@@ -95,7 +95,7 @@ def test_text_manifest_with_fields(tmp_path: Path, minilm_dir: Path) -> None:
     assert torch.allclose(recs[0].pooled, ref.pooled[0], atol=1e-5)
     assert recs[1].tokens.shape == (int(ref.mask[1].sum()), 384)  # valid tokens only
     assert torch.allclose(recs[1].tokens, ref.tokens[1][ref.mask[1]], atol=1e-2)
-    assert read_manifest(tmp_path / "f")["pretrained"] == str(minilm_dir)
+    assert read_manifest(tmp_path / "f")["encoder"]["pretrained"] == str(minilm_dir)
 
 
 def test_audio_folder_and_webdataset_shards(tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture) -> None:
@@ -198,7 +198,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
              (["--encoder", "clap-audio", "--input", str(listing)], "no listed file is one this audio encoder reads"),
              (["--encoder", "text", "--input", str(tmp_path)], "expected a .jsonl list with a 'text' field"),
              (["--encoder", "imu", "--set", "colour=red", "--input", str(tmp_path)], "colour"),
-             (["--encoder", "imu", "--autocast", "fp8", "--input", str(tmp_path)], "expected one of bf16")]
+             (["--encoder", "imu", "--autocast", "fp8", "--input", str(tmp_path)], "autocast='fp8'; expected one of")]
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:
             main(["extract", *args, "--output", str(tmp_path / "o")])

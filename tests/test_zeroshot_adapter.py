@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from anyalign.adapter import build_adapter
+from anyalign.encoders.spec import EncoderSpec
 from anyalign.cli.main import main
 from anyalign.datasets import load_uea
 from anyalign.zeroshot import ZeroShotClassifier
@@ -31,7 +32,7 @@ def imu_run(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
     out = tmp_path_factory.mktemp("imu-run")
     recipe = load_recipe(ROOT / "configs" / "imu_text_contrastive.yaml",
                          ["train.max_steps=30", "eval.every=0", "eval.at_start=false", "train.save_every=1000",
-                          "train.tensorboard=false", "adapters.imu.encoder_kwargs={dim: 128, depth: 1}",
+                          "train.tensorboard=false", "adapters.imu.encoder={name: imu, options: {dim: 128, depth: 1}}",
                           "adapters.imu.embed_projector={name: mlp, hidden_dim: 256, dropout: 0.1}"])
     result = train(recipe, output_dir=out)
     assert Path(result.adapters["imu"]).is_dir() and (out / "recipe.yaml").is_file()
@@ -61,7 +62,7 @@ def test_adapter_zero_shot_beats_chance(imu_run: Path, assets: Path, minilm_dir:
     explicit = ZeroShotClassifier.from_adapter(imu_run / "adapters" / "imu", labels, text_encoder="text",
                                                text_pretrained=str(minilm_dir), use_cache=False)
     assert torch.allclose(explicit.weights, clf.weights, atol=1e-5)
-    anchor = build_adapter("text", "text", encoder_pretrained=str(minilm_dir), embed_dim=384)
+    anchor = build_adapter("text", EncoderSpec("text", str(minilm_dir)), embed_dim=384)
     anchor.save_pretrained(tmp_path / "text-anchor")
     via_adapter = ZeroShotClassifier.from_adapter(imu_run / "adapters" / "imu", labels,
                                                   text_encoder=str(tmp_path / "text-anchor"), use_cache=False)
@@ -107,10 +108,16 @@ def test_cli_eval_and_classify_npy_windows(imu_run: Path, test_windows: Path, tm
 
 
 def test_adapter_text_side_errors(imu_run: Path, tmp_path: Path) -> None:
-    lonely = tmp_path / "lonely"  # the adapter copied away from its run: no recipe.yaml to find the anchor
+    lonely = tmp_path / "lonely"  # the adapter copied away from its run: it records its space itself (format v2)
     lonely.mkdir()
     for f in (imu_run / "adapters" / "imu").iterdir():
         (lonely / f.name).write_bytes(f.read_bytes())
+    in_run = ZeroShotClassifier.from_adapter(imu_run / "adapters" / "imu", ["running", "walking"], use_cache=False)
+    moved = ZeroShotClassifier.from_adapter(lonely, ["running", "walking"], use_cache=False)
+    assert torch.allclose(moved.weights, in_run.weights)
+    cfg = json.loads((lonely / "anyalign_adapter.json").read_text())
+    cfg["space"] = {}  # as an adapter without a recorded space (and no recipe beside it)
+    (lonely / "anyalign_adapter.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="no text anchor recorded.*--text-encoder"):
         ZeroShotClassifier.from_adapter(lonely, ["running", "walking"])
     with pytest.raises(ValueError, match="do not share a space"):  # 32-d tiny CLIP text vs the 384-d adapter

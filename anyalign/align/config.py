@@ -11,14 +11,12 @@ Every problem (unknown key, wrong type, missing file) raises `ConfigError` namin
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from ..config import ConfigError, from_dict, to_dict
+from ..config import ConfigError, expand_env, from_dict, load_config, parse_yaml, to_dict
+from ..encoders.spec import EncoderSpec
 from ..io import WEIGHT_SUFFIXES
 from .captions import CaptionSpec
 
@@ -29,10 +27,7 @@ TASKS = ("contrastive", "caption", "instruct")
 class AnchorSpec:
     """A frozen encoder defining (part of) the shared space; its pooled output is the target embedding."""
 
-    encoder: str
-    pretrained: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    autocast: str | None = None
+    encoder: EncoderSpec  # e.g. {name: text, pretrained: ${ANYALIGN_ASSETS}/text/all-MiniLM-L6-v2}
     weight: float = 1.0  # weight of this anchor's InfoNCE term
     temperature: float = 0.07  # initial temperature of this anchor's InfoNCE
     learn_temperature: bool = True
@@ -45,10 +40,7 @@ class AnchorSpec:
 class AdapterSpec:
     """A modality's adapter: its encoder (frozen unless `train_encoder`) and the trainable projector heads."""
 
-    encoder: str
-    encoder_pretrained: str | None = None
-    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    encoder_autocast: str | None = None
+    encoder: EncoderSpec  # a registered name, or {name, pretrained, options, autocast}
     feature: Literal["tokens", "pooled"] = "tokens"
     embed_projector: dict[str, Any] | None = None  # shared-space head, e.g. {name: mlp}; dims are filled in
     llm_projector: dict[str, Any] | None = None  # LLM soft-token head, e.g. {name: perceiver, num_latents: 32}
@@ -205,71 +197,6 @@ class Recipe:
 
 
 # --- reading ---------------------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"),
-    list("-+0123456789."),
-)
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: invalid YAML ({e})") from None
-
-
-def expand_env(value: Any, where: str = "", extra: dict[str, str] | None = None) -> Any:
-    """Expand `${VAR}` and `${VAR:-default}` in every string of a nested structure (`extra` vars first)."""
-    if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k), extra) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]", extra) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def sub(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        if extra and name in extra:
-            return extra[name]
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"field {where!r}: environment variable {name} is not set (used in {value!r}); "
-                          f"export {name}=... or write the path directly")
-
-    return _VAR.sub(sub, value)
-
-
-def _set_override(data: dict[str, Any], item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
-    key, raw = item.split("=", 1)
-    node: Any = data
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node = node.setdefault(part, {})
-    if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
-        node[int(parts[-1])] = parse_yaml(raw, f"override {item!r}")
-    elif isinstance(node, dict):
-        node[parts[-1]] = parse_yaml(raw, f"override {item!r}")
-    else:
-        raise ConfigError(f"override {item!r}: {parts[-2] if len(parts) > 1 else key!r} is not a section")
-
-
 def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", ".", "~")) or text.endswith(WEIGHT_SUFFIXES) or text.count("/") > 1
 
@@ -284,10 +211,10 @@ def check_paths(recipe: Recipe, source: str) -> None:
         for i, s in enumerate(getattr(recipe.data, part)):
             need(f"data.{part}[{i}].path", s.path, always=True)
     for m, a in recipe.adapters.items():
-        need(f"adapters.{m}.encoder_pretrained", a.encoder_pretrained)
+        need(f"adapters.{m}.encoder.pretrained", a.encoder.pretrained)
         need(f"adapters.{m}.init_from", a.init_from, always=True)
     for m, a in recipe.anchors.items():
-        need(f"anchors.{m}.pretrained", a.pretrained)
+        need(f"anchors.{m}.encoder.pretrained", a.encoder.pretrained)
     need("model.llm", recipe.model.llm)
     if recipe.model.llm and recipe.model.gguf_file and Path(recipe.model.llm).is_dir():
         need("model.gguf_file", str(Path(recipe.model.llm) / recipe.model.gguf_file), always=True)
@@ -296,18 +223,7 @@ def check_paths(recipe: Recipe, source: str) -> None:
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, *, check: bool = True) -> Recipe:
     """Read a recipe strictly: YAML, then `key=value` overrides, then `${VAR}` expansion, then path checks."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    data = parse_yaml(path.read_text(), str(path))
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    for item in overrides or []:
-        _set_override(data, item)
-    try:
-        data = expand_env(data, extra={"RECIPE_DIR": str(path.resolve().parent)})
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    recipe = from_dict(Recipe, data, source=str(path), strict=True)
+    recipe = load_config(Recipe, path, overrides, variables={"RECIPE_DIR": str(path.resolve().parent)})
     if check:
         check_paths(recipe, str(path))
     return recipe

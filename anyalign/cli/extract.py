@@ -31,37 +31,19 @@ def extract_cmd(
     or `accelerate launch --multi_gpu --num_processes N -m anyalign.cli.main extract ...` (also on CPU-only hosts;
     accelerate's `--cpu` multi-process mode needs MPI).
     """
-    from ..config import parse_scalar
-    from ..encoders import create_encoder
     from ..encoders.extract import extract, process_state
     from ..encoders.inputs import discover_inputs, encoder_class
-    from ..encoders.registry import _parse_dtype
+    from ..encoders.spec import EncoderSpec
     from ..features import read_manifest
-    from .main import CLIError
 
-    overrides = {}
-    for item in set_ or []:
-        if "=" not in item:
-            raise CLIError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        overrides[key.strip()] = parse_scalar(raw)
-    if model is not None:
-        overrides["model"] = model
-    _check_options(encoder, overrides)  # unknown encoder or option: fail before anything loads
-    _parse_dtype(autocast)
+    spec = EncoderSpec.from_cli(encoder, pretrained, list(set_ or []) + ([f"model={model}"] if model else []),
+                                autocast)  # unknown encoder or option: fail before anything loads
     cls = encoder_class(encoder)
     items = discover_inputs(input, cls) if cls is not None else None  # wrong inputs, too
     state = process_state()
-    try:
-        enc = create_encoder(encoder, pretrained=pretrained, autocast=autocast,
-                             device=device or (state.device if state.device.type == "cuda" else None), **overrides)
-    except TypeError as e:  # options passed through to a library (open_clip, timm) that does not take them
-        if "unexpected keyword argument" not in str(e) or not overrides:
-            raise
-        raise CLIError(f"encoder {encoder!r}: an option from --set/--model is not accepted ({e})") from None
+    enc = spec.build(device=device or (state.device if state.device.type == "cuda" else None))
     summary = extract(enc, input, output, batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
-                      spec={"pretrained": pretrained, "encoder_kwargs": overrides, "autocast": autocast},
-                      progress=progress, items=items)
+                      spec=spec, progress=progress, items=items)
     who = f"rank {state.process_index}: " if state.num_processes > 1 else ""
     typer.echo(f"{who}{summary.n_ok} extracted, {summary.n_failed} failed, {summary.shards_written} shards written, "
                f"{summary.shards_skipped} already done ({summary.n_new} new in {summary.seconds:.1f} s, "
@@ -74,20 +56,3 @@ def extract_cmd(
         typer.echo(f"{output}: {manifest['count']} samples in {len(manifest['shards'])} shards, "
                    f"{manifest['n_failed']} failed{state_note}")
 
-
-def _check_options(name: str, overrides: dict) -> None:
-    """Name the encoder options `--set`/`--model` got wrong before building the encoder."""
-    import inspect
-
-    from ..encoders.registry import ENCODERS, encoder_info
-    from .main import CLIError
-
-    encoder_info(name)  # unknown names: error listing the registered ones
-    params = inspect.signature(ENCODERS.get(name)).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    known = [k for k, p in params.items() if k != "pretrained" and p.kind is not p.VAR_POSITIONAL]
-    bad = [k for k in overrides if k not in known]
-    if bad:
-        raise CLIError(f"encoder {name!r} has no option {', '.join(map(repr, bad))} (from --set/--model); "
-                       f"expected one of: {', '.join(known) or '(none)'}")

@@ -32,6 +32,7 @@ from ..io import read_json, write_json
 from .base import Encoder, EncoderOutput
 from .decoding import SafeDecode
 from .inputs import Item, discover_inputs, load_item
+from .spec import EncoderSpec
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +143,12 @@ def finished_shards(output: Path) -> dict[int, tuple[Path, dict[str, Any]]]:
 
 
 def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLike, *, batch_size: int = 32,
-            num_workers: int = 0, shard_size: int = 1000, spec: dict[str, Any] | None = None,
+            num_workers: int = 0, shard_size: int = 1000, spec: EncoderSpec | None = None,
             progress: bool = True, items: list[Item] | None = None) -> ExtractSummary:
     """Extract features of every input into `output` (resumable, rank-sharded); returns this rank's summary.
 
-    `items` are the already discovered inputs of `source` (found from it otherwise); `spec` records how the
-    encoder was built (pretrained, options) in the manifest, and a resumed run must match it.
+    `items` are the already discovered inputs of `source` (found from it otherwise); `spec` (default: the spec
+    the encoder was created from) is recorded in the manifest, and a resumed run must match it.
     """
     if batch_size < 1 or shard_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size and shard_size must be >= 1 and num_workers >= 0, got {batch_size}, "
@@ -157,7 +158,8 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
     rank, world = state.process_index, state.num_processes
     output = Path(output)
     items = discover_inputs(source, encoder) if items is None else items
-    run_spec = {"encoder": encoder.registry_name, **(spec or {})}
+    spec = spec or getattr(encoder, "spec", None) or EncoderSpec(encoder.registry_name or type(encoder).__name__)
+    run_spec = {"encoder": spec.to_dict()}
     chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     prints = [fingerprint(c) for c in chunks]
     if state.is_main_process:

@@ -79,9 +79,11 @@ class Embedder:
             adapter = ModalityAdapter.from_pretrained(spec["adapter"], device=device)
             return cls(adapter, spec)
         if spec.get("encoder"):
-            enc = create_encoder(spec["encoder"], pretrained=spec.get("pretrained"), device=device,
-                                 autocast=None, **(spec.get("kwargs") or {}))
-            return cls(enc, spec)
+            from ..encoders.spec import EncoderSpec
+
+            enc_spec = spec["encoder"] if isinstance(spec["encoder"], dict) else \
+                {"name": spec["encoder"], "pretrained": spec.get("pretrained"), "options": spec.get("kwargs") or {}}
+            return cls(EncoderSpec.from_dict(enc_spec).build(device=device), spec)
         raise ValueError(f"embedder spec {spec!r}: expected an 'adapter' folder or an 'encoder' name")
 
 

@@ -222,8 +222,10 @@ def _features_dir(path: Path) -> EmbeddingSource:
         raise ValueError(f"{path / FEATURES_MANIFEST}: not an extraction manifest (expected 'pooled_dim')")
     records = _FeatureRecords(path, manifest)
     modality = manifest.get("modality")
-    spec = {"encoder": manifest["encoder"], "pretrained": manifest.get("pretrained")} if manifest.get("encoder") \
-        else None
+    from ..features import manifest_encoder
+
+    encoder = manifest_encoder(manifest, str(path / FEATURES_MANIFEST))
+    spec = {"encoder": encoder.to_dict()} if encoder is not None else None
     return EmbeddingSource([], name=str(path), modality=modality, records=records, dim=int(manifest["pooled_dim"]),
                            embedders={modality: spec} if modality and spec else {})
 

@@ -154,11 +154,11 @@ def adapter_embedder(path: str | os.PathLike, *, encoder_pretrained: str | None 
     adapter = ModalityAdapter.from_pretrained(path, encoder_pretrained=encoder_pretrained, device=device,
                                               autocast=autocast)
     cfg = adapter.config
-    enc_src = encoder_pretrained or cfg.encoder_pretrained
+    enc_src = encoder_pretrained or cfg.encoder.pretrained
     # an encoder trained with the adapter lives in the adapter's weights; a frozen one needs its own source
     enc_id = "in-adapter" if cfg.train_encoder else source_fingerprint(enc_src)
     model_id = _model_id("adapter", source_fingerprint(path / WEIGHTS_NAME), source_fingerprint(path / CONFIG_NAME),
-                         cfg.encoder, enc_id, cfg.encoder_kwargs)
+                         cfg.encoder.name, enc_id, cfg.encoder.options)
     return Embedder(adapter.encoder, adapter, name=f"{cfg.encoder} + adapter {path.name}", model_id=model_id)
 
 
@@ -180,7 +180,13 @@ def recorded_text_anchor(adapter_dir: str | os.PathLike) -> dict[str, Any] | Non
     (`<run>/adapters/<modality>/` next to `<run>/recipe.yaml`); None when not recorded."""
     import yaml
 
+    from ..adapter import read_adapter_config
+
     path = Path(adapter_dir).resolve()
+    recorded = read_adapter_config(path).space.get("text")
+    if recorded is not None:
+        return {"encoder": recorded.name, "pretrained": recorded.pretrained, "kwargs": recorded.options,
+                "recipe": str(path)}
     for recipe in (path.parent.parent / "recipe.yaml", path.parent / "recipe.yaml", path / "recipe.yaml"):
         if recipe.is_file():
             try:

@@ -1,0 +1,167 @@
+"""`EncoderSpec`: the one spelling of "which frozen encoder": registry name, weights source, options, autocast.
+
+Recipes (adapters and anchors), saved adapters, feature manifests, index records, zero-shot and every CLI
+command that picks an encoder (`--encoder NAME --pretrained P --set key=value --autocast bf16`) hold one of
+these and call `build()`; its JSON form is `{"name", "pretrained", "options", "autocast"}` (a bare string is a
+name with defaults). Local weight paths are stored absolute, so an artifact works from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, parse_scalar
+
+_KEYS = ("name", "pretrained", "options", "autocast")
+_AUTOCAST = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32", "none")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A frozen encoder by reference: rebuilt with `build()`, compared and cached by `key()`."""
+
+    name: str
+    pretrained: str | None = None  # hub id, library tag, or local file/folder (stored absolute)
+    options: dict[str, Any] = field(default_factory=dict)  # the family's declared options (checked when loaded)
+    autocast: str | None = None  # None/"fp32": full precision; "bf16"; "auto": bf16 only where it is faster
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"encoder: expected a registered encoder name, got {self.name!r}")
+        if self.pretrained is not None and not isinstance(self.pretrained, str):
+            raise ConfigError(f"encoder {self.name!r}: pretrained must be a string, got {self.pretrained!r}")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"encoder {self.name!r}: options must be a mapping, got {self.options!r}")
+        if self.autocast is not None and str(self.autocast).lower() not in _AUTOCAST:
+            raise ConfigError(f"encoder {self.name!r}: autocast={self.autocast!r}; expected one of auto, bf16, fp32")
+        if self.pretrained and not _is_absolute(self.pretrained) and Path(self.pretrained).expanduser().exists():
+            object.__setattr__(self, "pretrained", str(Path(self.pretrained).expanduser().resolve()))
+
+    # --- forms ----------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (every key present, so files are self-describing)."""
+        return {"name": self.name, "pretrained": self.pretrained, "options": dict(self.options),
+                "autocast": self.autocast}
+
+    @classmethod
+    def from_dict(cls, data: str | dict[str, Any] | EncoderSpec, *, source: str = "encoder") -> EncoderSpec:
+        """Read the JSON/YAML form (a mapping, or a bare name); unknown keys are an error naming `source`."""
+        if isinstance(data, EncoderSpec):
+            return data
+        if isinstance(data, str):
+            return cls(data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected an encoder name or a mapping with {', '.join(_KEYS)}, "
+                              f"got {data!r}")
+        unknown = sorted(set(data) - set(_KEYS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} for an encoder; expected: "
+                              f"{', '.join(_KEYS)}")
+        if "name" not in data:
+            raise ConfigError(f"{source}: an encoder needs a 'name' (see `anyalign encoders`)")
+        try:
+            return cls(data["name"], data.get("pretrained"), dict(data.get("options") or {}), data.get("autocast"))
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    __from_config__ = from_dict  # lets `anyalign.config.from_dict` read a recipe field typed EncoderSpec
+
+    @classmethod
+    def from_cli(cls, name: str, pretrained: str | None = None, sets: Sequence[str] | None = None,
+                 autocast: str | None = None) -> EncoderSpec:
+        """`--encoder NAME --pretrained P --set key=value ... --autocast A`, checked against the encoder's options."""
+        options: dict[str, Any] = {}
+        for item in sets or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--set {item!r}: expected key=value")
+            options[key.strip()] = parse_scalar(raw)
+        return cls(name, pretrained, options, autocast).checked("--set")
+
+    # --- checks and building -----------------------------------------------------------------------------
+    def checked(self, source: str = "encoder") -> EncoderSpec:
+        """This spec with its name known and its options checked (and typed) against the family's declaration."""
+        from .registry import encoder_info
+
+        encoder_info(self.name)  # unknown names: an error listing the registered ones
+        try:
+            from .registry import check_encoder_options
+        except ImportError:  # pragma: no cover - older registry without declared options
+            return self
+        options = check_encoder_options(self.name, dict(self.options), source=source)
+        return EncoderSpec(self.name, self.pretrained, options, self.autocast)
+
+    @property
+    def modality(self) -> str:
+        """The modality this encoder reads (static registry facts; no weights are loaded)."""
+        from .registry import encoder_info
+
+        return encoder_info(self.name).modality
+
+    def build(self, *, device: str | torch.device | None = None, frozen: bool = True,
+              pretrained: str | None = None) -> Any:
+        """Create the encoder (`pretrained` overrides the recorded source, e.g. a local copy of hub weights)."""
+        from .registry import create_encoder
+
+        return create_encoder(self.name, pretrained=pretrained or self.pretrained, device=device,
+                              autocast=self.autocast, frozen=frozen, **self.options)
+
+    def replace(self, **changes: Any) -> EncoderSpec:
+        """A copy with some fields changed."""
+        return EncoderSpec(**{**self.to_dict(), **changes})
+
+    # --- identity ----------------------------------------------------------------------------------------------
+    def key(self) -> str:
+        """A canonical string: equal keys build the same encoder (autocast excluded: it does not change the space)."""
+        return json.dumps({"name": self.name, "pretrained": self.pretrained, "options": self.options},
+                          sort_keys=True, default=str)
+
+    def fingerprint(self) -> str | None:
+        """Like `key()` but also changes when local weight files change; None for random weights (never cache)."""
+        weights = source_fingerprint(self.pretrained)
+        if weights is None and self.pretrained is None and not _builds_pretrained_by_default(self.name):
+            return None
+        return hashlib.sha1(f"{self.key()}|{weights}".encode()).hexdigest()
+
+    def describe(self) -> str:
+        """One line for listings and messages."""
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}" + (f" @ {self.pretrained}" if self.pretrained else "") + (f" ({opts})" if opts else "")
+
+
+def _is_absolute(text: str) -> bool:
+    return os.path.isabs(os.path.expanduser(text))
+
+
+def _builds_pretrained_by_default(name: str) -> bool:
+    """Families that load a default hub model when no source is given (their weights are not random)."""
+    from .registry import encoder_info
+
+    return bool(encoder_info(name).default_model)
+
+
+def source_fingerprint(source: str | os.PathLike | None, *, max_files: int = 2000) -> str | None:
+    """A string that changes when the weights behind `source` change: local files by (name, size, mtime), hub ids
+    and tags as they are; None for no source."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return str(source)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())[:max_files]
+    h = hashlib.sha1(str(path.resolve()).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+__all__ = ["EncoderSpec", "source_fingerprint"]
