@@ -92,6 +92,18 @@ class CaptionPool:
                 "per_class": {label: self.captions({"label": label, "caption": None}) for label in labels}}
 
 
+def captions_used(train_set: Any, eval_sets: list[Any] = ()) -> dict[str, Any]:
+    """What a run paired its training items with and classified against (written to the run's `captions.json`):
+    per training source its classes and every caption it can draw; per eval source the zero-shot class prompts."""
+    train = []
+    for si, src in enumerate(train_set.sources):
+        labels = sorted({str(r["label"]) for i, r in train_set.records if i == si and r.get("label") is not None})
+        train.append({"path": src.path, "classes": labels, **train_set.caption_pool(si).record(labels)})
+    evals = [{"path": ds.sources[0].path, "classes": list(ds.labels), "class_prompts": ds.class_prompts()}
+             for ds in eval_sets if ds.labels]
+    return {"train": train, "eval": evals}
+
+
 def keep_classes(records: list[dict[str, Any]], classes: list[str], where: str) -> list[dict[str, Any]]:
     """Only the records of `classes` (`data.*.classes`); a class absent from the data is an error."""
     present = {str(r.get("label")) for r in records if r.get("label") is not None}
@@ -102,4 +114,4 @@ def keep_classes(records: list[dict[str, Any]], classes: list[str], where: str) 
     return [r for r in records if r.get("label") is not None and str(r["label"]) in wanted]
 
 
-__all__ = ["CaptionPool", "CaptionSpec", "keep_classes"]
+__all__ = ["CaptionPool", "CaptionSpec", "captions_used", "keep_classes"]

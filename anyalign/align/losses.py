@@ -129,4 +129,61 @@ class InfoNCE(nn.Module):
         return info_nce(logits, positives)
 
 
-__all__ = ["InfoNCE", "MAX_LOGIT_SCALE", "gather_no_grad", "gather_with_grad", "global_size", "info_nce"]
+def soft_targets(anchor: torch.Tensor, temperature: float, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-stochastic `[B, B]` targets from the anchor space's own similarities: softmax(cos(b_i, b_j) / T).
+
+    With `labels`, pairs sharing a label count as identical (cosine 1), which generalises label positives.
+    """
+    sim = anchor @ anchor.t()  # [B, B], normalised inputs
+    if labels is not None:
+        same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
+        sim = torch.where(same, torch.ones_like(sim), sim)
+    return F.softmax(sim / temperature, dim=1)
+
+
+class SoftInfoNCE(InfoNCE):
+    """Geometry-keeping InfoNCE: the target of modality item i over the batch's anchors is not one-hot but the
+    anchor space's own similarity of anchor i to each anchor j (`soft_targets`), so an item is pulled towards
+    close phrasings (synonyms, paraphrases, related classes) in proportion to how close the anchor says they are.
+
+    Same call as `InfoNCE` (`forward(a, b, labels=None)`, `b` the anchor side); symmetric, gathered under DDP.
+    """
+
+    def __init__(self, init_temperature: float = 0.07, learn_temperature: bool = True,
+                 max_logit_scale: float = MAX_LOGIT_SCALE, soft_temperature: float = 0.05) -> None:
+        super().__init__(init_temperature, learn_temperature, max_logit_scale)
+        if soft_temperature <= 0:
+            raise ValueError(f"SoftInfoNCE: soft_temperature must be > 0, got {soft_temperature}")
+        self.soft_temperature = soft_temperature
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if a.shape != b.shape or a.dim() != 2:
+            raise ValueError(f"SoftInfoNCE: expected two [B, E] tensors of the same shape, got {tuple(a.shape)} "
+                             f"and {tuple(b.shape)}")
+        a = gather_with_grad(F.normalize(a.float(), dim=-1))  # [W*B, E]
+        b = gather_with_grad(F.normalize(b.float(), dim=-1))  # [W*B, E]
+        if labels is not None:
+            labels = gather_no_grad(labels)
+        with torch.no_grad():
+            target = soft_targets(b.detach(), self.soft_temperature, labels)  # [W*B, W*B], symmetric
+        logits = self.scale * a @ b.t()  # [W*B, W*B]
+        row = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+        col = -(target.t() * F.log_softmax(logits.t(), 1)).sum(1).mean()
+        return 0.5 * (row + col)
+
+
+def contrastive_loss(options: dict | None = None) -> InfoNCE:
+    """The binding loss of one anchor from its recipe options (`AnchorSpec`): `loss` infonce (default) or soft,
+    `temperature`, `learn_temperature`, `soft_temperature`."""
+    o = dict(options or {})
+    kind = o.get("loss", "infonce")
+    base = (float(o.get("temperature", 0.07)), bool(o.get("learn_temperature", True)))
+    if kind == "infonce":
+        return InfoNCE(*base)
+    if kind == "soft":
+        return SoftInfoNCE(*base, soft_temperature=float(o.get("soft_temperature", 0.05)))
+    raise ValueError(f"anchors.*.loss: expected 'infonce' or 'soft', got {kind!r}")
+
+
+__all__ = ["InfoNCE", "MAX_LOGIT_SCALE", "SoftInfoNCE", "contrastive_loss", "gather_no_grad", "gather_with_grad", "global_size",
+           "info_nce", "soft_targets"]
