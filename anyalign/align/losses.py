@@ -185,5 +185,5 @@ def contrastive_loss(options: dict | None = None) -> InfoNCE:
     raise ValueError(f"anchors.*.loss: expected 'infonce' or 'soft', got {kind!r}")
 
 
-__all__ = ["InfoNCE", "MAX_LOGIT_SCALE", "SoftInfoNCE", "contrastive_loss", "gather_no_grad", "gather_with_grad", "global_size",
-           "info_nce", "soft_targets"]
+__all__ = ["InfoNCE", "MAX_LOGIT_SCALE", "SoftInfoNCE", "contrastive_loss", "gather_no_grad", "gather_with_grad",
+           "global_size", "info_nce", "soft_targets"]
