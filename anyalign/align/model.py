@@ -20,8 +20,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapter import WEIGHTS_NAME, AdapterConfig, ModalityAdapter
-from ..encoders import Encoder, EncoderOutput, create_encoder
+from ..adapter import WEIGHTS_NAME, AdapterConfig, ModalityAdapter, read_adapter_config
+from ..encoders import Encoder, EncoderOutput
+from ..encoders.spec import EncoderSpec
 from ..io import load_weights
 from .config import AdapterSpec, Recipe
 from .data import Batch, MediaBatch
@@ -311,9 +312,13 @@ def _raise(msg: str) -> Any:
 
 
 def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None,
-                            feature_dims: tuple[int, int] | None = None, seed: int = 0
+                            feature_dims: tuple[int, int] | None = None, seed: int = 0,
+                            space: dict[str, EncoderSpec] | None = None, llm: dict[str, Any] | None = None
                             ) -> tuple[ModalityAdapter, Encoder | None]:
     """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved).
+
+    `space` (the anchors' encoder specs) and `llm` are recorded in the adapter's config; an `init_from` adapter's
+    recorded space is kept when this stage has no anchors of its own (e.g. LLM alignment after binding).
 
     With `feature_dims` (all its data are cached features) and a frozen encoder, the encoder is not built at all.
     Random initialisation is seeded from `seed` alone, so it does not depend on what was built before (the
@@ -322,23 +327,25 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
     encoder = None
     torch.manual_seed(seed)  # a trained-from-scratch encoder's init
     if feature_dims is None or spec.train_encoder:
-        encoder = create_encoder(spec.encoder, pretrained=spec.encoder_pretrained, autocast=spec.encoder_autocast,
-                                 frozen=not spec.train_encoder, **spec.encoder_kwargs)
+        encoder = spec.encoder.build(frozen=not spec.train_encoder)
         in_dim = encoder.pooled_dim if spec.feature == "pooled" else encoder.token_dim
     else:
         in_dim = feature_dims[1] if spec.feature == "pooled" else feature_dims[0]
     init_state: dict[str, torch.Tensor] = {}
+    space = dict(space or {})
     if spec.init_from:
         from pathlib import Path
 
         init_state = load_weights(Path(spec.init_from) / WEIGHTS_NAME)
+        previous = read_adapter_config(spec.init_from)
+        space = {**previous.space, **space}
+        llm = llm or previous.llm
     carries_encoder = spec.train_encoder or any(k.startswith("encoder.") for k in init_state)
     if carries_encoder and encoder is None:
-        encoder = create_encoder(spec.encoder, pretrained=spec.encoder_pretrained, autocast=spec.encoder_autocast,
-                                 frozen=True, **spec.encoder_kwargs)
-    config = AdapterConfig(modality=modality, encoder=spec.encoder, in_dim=in_dim,
-                           encoder_pretrained=spec.encoder_pretrained, encoder_kwargs=dict(spec.encoder_kwargs),
-                           feature=spec.feature, embed_dim=embed_dim if spec.embed_projector is not None else None,
+        encoder = spec.encoder.build(frozen=True)
+    config = AdapterConfig(modality=modality, encoder=spec.encoder, in_dim=in_dim, space=space,
+                           llm=llm if spec.llm_projector is not None else None, feature=spec.feature,
+                           embed_dim=embed_dim if spec.embed_projector is not None else None,
                            embed_projector=spec.embed_projector,
                            llm_dim=llm_dim if spec.llm_projector is not None else None,
                            llm_projector=spec.llm_projector, train_encoder=carries_encoder)
@@ -354,7 +361,7 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
             missing, unexpected = adapter.load_state_dict(init_state, strict=False)
         except RuntimeError as e:  # shape mismatch: other encoder options or projector sizes
             raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter's "
-                             f"encoder_kwargs/projectors ({str(e).splitlines()[-1].strip()})") from None
+                             f"encoder options/projectors ({str(e).splitlines()[-1].strip()})") from None
         if unexpected:
             raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter "
                              f"(unexpected: {unexpected[:5]})")
@@ -367,8 +374,9 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
 
 def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentModel:
     """Everything a recipe trains and the frozen parts it trains against."""
-    anchors = {a: create_encoder(s.encoder, pretrained=s.pretrained, autocast=s.autocast, frozen=True, **s.kwargs)
-               for a, s in recipe.anchors.items()}
+    anchors = {a: s.encoder.build(frozen=True) for a, s in recipe.anchors.items()}
+    space = {a: s.encoder for a, s in recipe.anchors.items()}
+    llm_record = {"name_or_path": recipe.model.llm, "gguf_file": recipe.model.gguf_file} if recipe.model.llm else None
     embed_dim = _embed_dim(recipe, anchors)
     tasks = {s.task for s in recipe.data.train + recipe.data.eval}
     need_llm = bool(tasks & set(LLM_TASKS)) if need_llm is None else need_llm
@@ -387,7 +395,8 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
         dims = _feature_dims(m, recipe.data.train + recipe.data.eval)
         adapters[m], frozen[m] = build_adapter_from_spec(m, spec, embed_dim=embed_dim,
                                                          llm_dim=llm_dim if need_llm else None, feature_dims=dims,
-                                                         seed=recipe.seed * 7919 + zlib.crc32(m.encode()) % 7919)
+                                                         seed=recipe.seed * 7919 + zlib.crc32(m.encode()) % 7919,
+                                                         space=space, llm=llm_record)
     frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None and e is not None}
     pairs = []
     if "contrastive" in tasks:

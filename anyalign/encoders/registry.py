@@ -83,6 +83,7 @@ def create_encoder(
     device: str | torch.device | None = None,
     autocast: str | torch.dtype | None = None,
     frozen: bool = True,
+    weights_dtype: str | torch.dtype | None = None,
     **overrides: Any,
 ) -> Encoder:
     """Build a registered encoder.
@@ -94,11 +95,14 @@ def create_encoder(
         device: where to put it.
         autocast: "bf16"/"bfloat16" (or a dtype) to run `encode` under autocast; None for full precision.
         frozen: eval mode and no gradients (the default for frozen encoders).
+        weights_dtype: dtype of the floating weights; None: float32 whatever the checkpoint holds (float16
+            checkpoints included). Half precision ("bf16"/"fp16") only on CUDA.
         overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`), checked against
             its options dataclass (`encoder_options(name)`): an unknown or mistyped one is a `ConfigError`.
     """
     overrides = check_encoder_options(name, overrides, source="options")
     enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
+    enc = _to_weights_dtype(enc, name, weights_dtype, device)
     enc.registry_name = name
     if device is not None:
         enc = enc.to(device)
@@ -124,6 +128,20 @@ def encoder_info(name: str) -> EncoderInfo:
     return ENCODER_INFO[name]
 
 
+def _to_weights_dtype(enc: Encoder, name: str, weights_dtype: str | torch.dtype | None,
+                      device: str | torch.device | None) -> Encoder:
+    """Cast floating parameters and buffers to one compute dtype (float32 unless half is asked for on CUDA)."""
+    dtype = _parse_dtype(weights_dtype) or torch.float32
+    if dtype != torch.float32 and torch.device(device or "cpu").type != "cuda":
+        raise ValueError(f"encoder {name!r}: weights_dtype={weights_dtype!r} needs device='cuda'; on CPU weights "
+                         f"stay float32 (use autocast='bf16' for speed)")
+    found = {t.dtype for t in (*enc.parameters(), *enc.buffers()) if t.is_floating_point()}
+    if found - {dtype}:
+        logger.info("encoder %s: casting weights %s -> %s", name, sorted(map(str, found)), dtype)
+        enc = enc.to(dtype)
+    return enc
+
+
 def _parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
@@ -143,6 +161,7 @@ _BUILTIN = {
     "timm_image": ["timm-image"],
     "clap": ["clap-audio", "clap-text"],
     "whisper": ["whisper"],
+    "aisfx": ["aisfx"],
     "imu": ["imu"],
     "video": ["video"],
     "label_bridge": ["label-bridge"],

@@ -8,7 +8,9 @@ Audio longer than `window_seconds` (default 30 s) is cut into windows (a tail sh
 dropped unless it is the whole clip) whose valid tokens are concatenated, so a batch with a long clip has
 `T = max total valid frames` instead of 1500. Only the encoder is kept; the decoder is dropped after loading.
 `pretrained=` is a hub id (default `openai/whisper-base`) or a local folder written by `save_pretrained`
-(a WhisperModel or WhisperForConditionalGeneration checkpoint plus its feature extractor config).
+(a WhisperModel or WhisperForConditionalGeneration checkpoint plus its feature extractor config), e.g. the real
+Whisper tiny.en converted by `python -m anyalign.assets whisper-tiny.en`. Weights load in float32 whatever the
+checkpoint stores (float16 checkpoints are common); bf16 runs through `autocast`.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ class WhisperAudioEncoder(Encoder):
         }
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        hidden = self.encoder(batch["input_features"]).last_hidden_state  # [W, 1500, D]
+        feats = batch["input_features"].to(self.encoder.conv1.weight.dtype)  # the weights' dtype (autocast aside)
+        hidden = self.encoder(feats).last_hidden_state  # [W, 1500, D]
         valid = batch["valid"]
         counts = batch["windows"].tolist()
         if all(c == 1 for c in counts):
@@ -97,7 +100,7 @@ def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | No
     """Whisper's encoder from a hub id or local folder (default openai/whisper-base)."""
     source = hf_source(pretrained, "whisper", DEFAULT_WHISPER_MODEL)
     try:
-        model, info = WhisperModel.from_pretrained(source, output_loading_info=True)
+        model, info = WhisperModel.from_pretrained(source, output_loading_info=True, dtype=torch.float32)
         extractor = WhisperFeatureExtractor.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"whisper: cannot load {source!r} (expected a Whisper model folder with its feature "
