@@ -1,0 +1,202 @@
+"""aisfx, a sound-effects embedding CNN (Ma & Lerch, ISMIR 2022), as a frozen audio encoder ("aisfx").
+
+The network is the package's `EmbeddingNet('max', 3, 1, 64)` re-implemented here with the same parameter names:
+four blocks of two 3x3 conv + batch-norm + ReLU, 2x2 max pooling after the first three, then the mean over
+frequency and the max over time -> 512-d. Its input is a 96-bin HTK mel spectrogram at 44.1 kHz (n_fft 2048,
+hop 1024, Hann window, zero-padded centred frames, power, filters of unit sum), compressed as
+`log10(1e4 x + 1) / 9.4578` after peak-normalising the waveform: the package's librosa front end, computed with
+torch and numpy (no librosa). The model sees blocks of 100 frames (about 2.3 s); longer clips are cut into blocks
+with a hop of `hop_fraction` blocks (a trailing partial block is dropped, as the package does), and clips shorter
+than one block, on which the package's own code asserts, are zero-padded to one block (silence in this scale).
+Tokens are the per-block embeddings `[B, W, 512]`; pooled is their mean.
+`pretrained=` is the folder written by `python -m anyalign.assets aisfx` (`aisfx.safetensors` +
+`aisfx_config.json`), its safetensors file, or the tag `aisfx` for that cached asset; None builds random weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io import load_weights, resolve_pretrained
+from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio
+from .base import Encoder, EncoderOutput, masked_mean, pad_sequences
+from .registry import register_encoder
+
+#: the pretrained model's front end (aisfx 0.1.2 inference.py / preprocessing.py)
+FRONT_END: dict[str, float] = {"sample_rate": 44100, "n_fft": 2048, "hop_length": 1024, "n_mels": 96, "f_min": 0.0,
+                               "f_max": 22050.0, "log_scale": 10000.0, "norm_min": 0.0, "norm_max": 9.457798957824707,
+                               "block_frames": 100}
+WEIGHTS, CONFIG = "aisfx.safetensors", "aisfx_config.json"
+
+
+def mel_filterbank(sr: float, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """HTK-scale triangular mel filters `[n_mels, 1 + n_fft // 2]`, each of unit sum.
+
+    Numerically librosa's `filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=True, norm=1)`.
+    """
+    def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+    fft_freqs = np.linspace(0.0, sr / 2.0, 1 + n_fft // 2)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))  # band edges and centres
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    sums = weights.sum(axis=1, keepdims=True)
+    weights = np.where(sums > np.finfo(np.float32).tiny, weights / np.maximum(sums, 1e-300), weights)
+    return weights.astype(np.float32)
+
+
+class AisfxFrontEnd(nn.Module):
+    """Waveform `[N]` at 44.1 kHz -> normalised log-mel frames `[T, n_mels]`, T = 1 + N // hop."""
+
+    def __init__(self, cfg: dict[str, float]) -> None:
+        super().__init__()
+        self.n_fft, self.hop = int(cfg["n_fft"]), int(cfg["hop_length"])
+        self.log_scale = float(cfg["log_scale"])
+        self.norm_min, self.norm_max = float(cfg["norm_min"]), float(cfg["norm_max"])
+        fb = mel_filterbank(cfg["sample_rate"], self.n_fft, int(cfg["n_mels"]), cfg["f_min"], cfg["f_max"])
+        self.register_buffer("mel", torch.from_numpy(fb), persistent=False)  # [M, F]
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        peak = wave.abs().max()
+        wave = wave / torch.where(peak > 0, peak, torch.ones_like(peak))  # the package peak-normalises each clip
+        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window.float(), center=True,
+                          pad_mode="constant", return_complex=True)  # [F, T]
+        power = spec.real.square() + spec.imag.square()
+        mel = self.mel.float() @ power  # [M, T]
+        logmel = torch.log10(mel * self.log_scale + 1.0)
+        return ((logmel - self.norm_min) / (self.norm_max - self.norm_min)).T  # [T, M]
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor, pool: int) -> torch.Tensor:
+        x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+        return F.max_pool2d(x, pool) if pool > 1 else x
+
+
+class AisfxNet(nn.Module):
+    """aisfx's EmbeddingNet (max pooling, 3x3 kernels, stride 1): `[B, T, M]` log-mel -> `[B, 8 * hidden]`."""
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        widths = [1, hidden, hidden * 2, hidden * 4, hidden * 8]
+        for i in range(4):
+            setattr(self, f"conv_block{i + 1}", _ConvBlock(widths[i], widths[i + 1]))
+        self.out_dim = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1)  # [B, 1, T, M]
+        for i, pool in enumerate((2, 2, 2, 1)):
+            x = getattr(self, f"conv_block{i + 1}")(x, pool)
+        return x.mean(dim=3).amax(dim=2)  # mean over frequency, max over time: [B, C]
+
+
+class AisfxAudioEncoder(Encoder):
+    """aisfx: per-block embeddings `[B, W, 512]` (blocks of ~2.3 s), pooled = their mean `[B, 512]`."""
+
+    modality = "audio"
+    extensions = AUDIO_EXTENSIONS
+    input_spec = AUDIO_INPUT_SPEC
+
+    def __init__(self, net: AisfxNet, front_end: dict[str, float], *, hop_fraction: float = 0.5) -> None:
+        super().__init__()
+        if not 0 < hop_fraction <= 1:
+            raise ValueError(f"aisfx: hop_fraction must be in (0, 1] (a fraction of a block), got {hop_fraction}")
+        self.net = net
+        self.front = AisfxFrontEnd(front_end)
+        self.sample_rate = int(front_end["sample_rate"])
+        self.block = int(front_end["block_frames"])
+        self.block_hop = max(1, int(round(self.block * hop_fraction)))
+        self.token_dim = self.pooled_dim = net.out_dim
+
+    def load(self, item: Any) -> np.ndarray:
+        return load_audio(item, self.sample_rate)  # [N] at 44.1 kHz
+
+    def blocks(self, frames: torch.Tensor) -> torch.Tensor:
+        """`[T, M]` frames -> `[W, block, M]`: short clips zero-padded to one block, a partial last block dropped."""
+        t = frames.shape[0]
+        if t < self.block:
+            frames = F.pad(frames, (0, 0, 0, self.block - t))
+            t = self.block
+        n = 1 + (t - self.block) // self.block_hop
+        return frames.unfold(0, self.block, self.block_hop)[:n].transpose(1, 2)  # [W, block, M]
+
+    def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            per_clip = [self.blocks(self.front(torch.from_numpy(np.ascontiguousarray(w)).to(self.front.mel.device)))
+                        for w in items]
+        return {"blocks": torch.cat(per_clip).cpu(),  # [sum W, block, M]
+                "windows": torch.tensor([b.shape[0] for b in per_clip])}  # [B]
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        emb = self.net(batch["blocks"].to(self.net.conv_block1.conv1.weight.dtype))  # [sum W, C]
+        counts = batch["windows"].tolist()
+        tokens, mask = pad_sequences(list(torch.split(emb, counts)))  # [B, W_max, C]
+        mask = mask.to(tokens.device)
+        return EncoderOutput(tokens, mask, masked_mean(tokens.float(), mask))
+
+
+def _read_checkpoint(pretrained: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """(state dict, config, where) from an aisfx folder, its safetensors file, or the tag `aisfx` (cached asset)."""
+    if pretrained == "aisfx":
+        from ..assets import asset_path
+
+        folder = asset_path("aisfx")
+        if not (folder / WEIGHTS).is_file():
+            raise FileNotFoundError(f"aisfx: the converted checkpoint is not in {folder}; run "
+                                    f"`python -m anyalign.assets aisfx` (or set ANYALIGN_ASSETS)")
+        pretrained = str(folder)
+    src = resolve_pretrained(pretrained)
+    if src.kind not in ("file", "dir"):
+        raise FileNotFoundError(f"aisfx: pretrained={pretrained!r} is not a local folder or file (expected the "
+                                f"folder from `python -m anyalign.assets aisfx`, its {WEIGHTS}, or the tag 'aisfx')")
+    path = Path(src.location)
+    weights = path / WEIGHTS if path.is_dir() else path
+    cfg_path = weights.with_name(CONFIG)
+    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    return load_weights(weights), config, str(weights)
+
+
+@register_encoder("aisfx", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
+                  default_model="aisfx")
+def aisfx_encoder(pretrained: str | None = None, *, hop_fraction: float = 0.5,
+                  hidden: int | None = None) -> AisfxAudioEncoder:
+    """aisfx from its converted checkpoint (`pretrained`), or random weights of width `hidden` (default 64)."""
+    state, config = None, {}
+    if pretrained is not None:
+        state, config, where = _read_checkpoint(str(pretrained))
+        found = int(state["conv_block1.conv1.weight"].shape[0]) if "conv_block1.conv1.weight" in state else None
+        if found is None or (hidden is not None and hidden != found):
+            raise ValueError(f"aisfx: {where} is not an aisfx checkpoint of hidden={hidden} "
+                             f"(conv_block1.conv1.weight {'missing' if found is None else f'has {found} channels'})")
+        hidden = found
+    net = AisfxNet(hidden or 64)
+    if state is not None:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"aisfx: {where} does not fit the aisfx network: {len(missing)} missing "
+                             f"({missing[:3]}), {len(unexpected)} unexpected ({unexpected[:3]}) weights")
+    front = {**FRONT_END, **{k: v for k, v in (config.get("front_end") or {}).items() if k in FRONT_END}}
+    return AisfxAudioEncoder(net.eval(), front, hop_fraction=hop_fraction)
+
