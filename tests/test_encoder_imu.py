@@ -168,7 +168,7 @@ def test_imu_per_channel_normalisation(assets: Path, tmp_path: Path) -> None:
         create_encoder("imu", normalize="stats")
     with pytest.raises(ValueError, match="6 values each"):
         create_encoder("imu", normalize="stats", channel_mean=[0.0] * 3, channel_std=[1.0] * 3)
-    with pytest.raises(ValueError, match="normalize must be"):
+    with pytest.raises(ValueError, match="option 'normalize' expects 'none' | 'window' | 'stats'"):
         create_encoder("imu", normalize="zscore")
 
 

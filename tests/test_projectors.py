@@ -229,8 +229,10 @@ def test_universal_modalities() -> None:
     static = make("universal", router="static")
     w = static.router_weights(torch.randn(2, 3, 32), torch.ones(2, 3, dtype=torch.bool), "imu")
     assert w.shape == (2, 4, 2) and torch.allclose(w.sum(-1), torch.ones(2, 4))
-    with pytest.raises(ValueError, match="non-empty list"):
+    with pytest.raises(ValueError, match=r"option 'modalities' expects list\[str\], got str"):
         create_projector("universal", in_dim=IN, out_dim=OUT, modalities="imu")
+    with pytest.raises(ValueError, match="non-empty list"):
+        create_projector("universal", in_dim=IN, out_dim=OUT, modalities=[])
 
 
 # --- rvq -------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,11 @@ class ClapAudioEncoder(Encoder):
     extensions = AUDIO_EXTENSIONS
     input_spec = AUDIO_INPUT_SPEC
 
+    @classmethod
+    def partner_spec(cls, spec: Any, modality: str) -> Any:
+        """CLAP's text tower of the same checkpoint embeds text into this space."""
+        return spec.replace(name="clap-text", options={}) if modality == "text" else None
+
     def __init__(self, model: ClapAudioModelWithProjection, extractor: ClapFeatureExtractor, *,
                  window_seconds: float | None = None) -> None:
         super().__init__()
@@ -142,6 +148,11 @@ class ClapTextEncoder(Encoder):
     modality = "text"
     input_spec = "str: one sentence per item"
 
+    @classmethod
+    def partner_spec(cls, spec: Any, modality: str) -> Any:
+        """CLAP's audio tower of the same checkpoint embeds audio into this space."""
+        return spec.replace(name="clap-audio", options={}) if modality == "audio" else None
+
     def __init__(self, model: ClapTextModelWithProjection, tokenizer: Any, *, max_length: int = 77) -> None:
         super().__init__()
         self.model = model
@@ -166,8 +177,23 @@ class ClapTextEncoder(Encoder):
         return EncoderOutput(out.last_hidden_state, batch["attention_mask"].bool(), pooled)
 
 
+@dataclass
+class ClapAudioOptions:
+    """Options of the "clap-audio" encoder (the checkpoint is `pretrained`)."""
+
+    window_seconds: float | None = field(default=None, metadata={
+        "help": "window length for long audio, at most the model's clip (None = the clip, 10 s)"})
+
+
+@dataclass
+class ClapTextOptions:
+    """Options of the "clap-text" encoder (the checkpoint is `pretrained`)."""
+
+    max_length: int = field(default=77, metadata={"help": "tokens per caption (LAION's 77); longer are cut"})
+
+
 @register_encoder("clap-audio", modality="audio", token_dim=768, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
-                  default_model=DEFAULT_CLAP_MODEL)
+                  default_model=DEFAULT_CLAP_MODEL, options=ClapAudioOptions)
 def clap_audio_encoder(pretrained: str | None = None, *, window_seconds: float | None = None) -> ClapAudioEncoder:
     """CLAP audio tower from a hub id or local folder (default laion/clap-htsat-unfused); long audio is windowed."""
     source = hf_source(pretrained, "clap-audio", DEFAULT_CLAP_MODEL)
@@ -180,7 +206,7 @@ def clap_audio_encoder(pretrained: str | None = None, *, window_seconds: float |
 
 
 @register_encoder("clap-text", modality="text", token_dim=768, pooled_dim=512, input_spec=ClapTextEncoder.input_spec,
-                  default_model=DEFAULT_CLAP_MODEL)
+                  default_model=DEFAULT_CLAP_MODEL, options=ClapTextOptions)
 def clap_text_encoder(pretrained: str | None = None, *, max_length: int = 77) -> ClapTextEncoder:
     """CLAP text tower from a hub id or local folder (default laion/clap-htsat-unfused); `max_length` as in LAION."""
     source = hf_source(pretrained, "clap-text", DEFAULT_CLAP_MODEL)

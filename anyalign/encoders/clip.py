@@ -13,10 +13,12 @@ either a full CLIP state dict or just the needed tower. `model` is an open_clip 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import open_clip
 import torch
@@ -80,7 +82,7 @@ def build_clip(model: str, pretrained: str | None, tower: str, **kwargs: Any) ->
         clip, _, preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=tag, pretrained_text=False, **kwargs
         )
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
         raise ValueError(f"clip: cannot build model {arch!r} with pretrained={pretrained!r}: {e}") from None
     finally:
         if quiet:
@@ -124,6 +126,12 @@ class CLIPImageEncoder(Encoder):
     modality = "image"
     extensions = IMAGE_EXTENSIONS
     input_spec = IMAGE_INPUT_SPEC
+
+    @classmethod
+    def partner_spec(cls, spec: Any, modality: str) -> Any:
+        """CLIP's text tower of the same model and weights embeds text into this space."""
+        shared = {k: v for k, v in spec.options.items() if k == "model"}
+        return spec.replace(name="clip-text", options=shared) if modality == "text" else None
 
     def __init__(self, visual: nn.Module, preprocess: Callable, *, layer: int = -1) -> None:
         super().__init__()
@@ -171,6 +179,12 @@ class CLIPTextEncoder(Encoder):
 
     modality = "text"
     input_spec = "text: one caption string per item"
+
+    @classmethod
+    def partner_spec(cls, spec: Any, modality: str) -> Any:
+        """CLIP's image tower of the same model and weights embeds images into this space."""
+        shared = {k: v for k, v in spec.options.items() if k == "model"}
+        return spec.replace(name="clip-image", options=shared) if modality == "image" else None
 
     def __init__(self, clip: nn.Module, tokenizer: Any, *, embed_dim: int, layer: int = -1) -> None:
         super().__init__()
@@ -235,8 +249,37 @@ def _text_width(clip: nn.Module) -> int:
     return int(tower.transformer.config.hidden_size)  # Hugging Face text tower
 
 
+# create_model_and_transforms arguments the encoders set themselves
+_OPEN_CLIP_OWN = {"model_name", "pretrained", "pretrained_text", "pretrained_image", "device"}
+
+
+@dataclass
+class CLIPOptions:
+    """Options of the "clip-image" and "clip-text" encoders."""
+
+    model: str = field(default=DEFAULT_CLIP_MODEL, metadata={
+        "help": "open_clip config name (e.g. ViT-B-32, anyalign-tiny-vit) or a config .json path"})
+    layer: int = field(default=-1, metadata={"help": "transformer block whose tokens are returned (-1 = last)"})
+    extra_options: ClassVar[str] = "keyword arguments of open_clip.create_model_and_transforms (e.g. force_image_size)"
+
+    @classmethod
+    def check_extra(cls, values: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str, Any]:
+        """Extra keys must be named arguments of `open_clip.create_model_and_transforms`."""
+        from ..config import ConfigError
+        from ..options import describe_options
+
+        known = [p for p in inspect.signature(open_clip.create_model_and_transforms).parameters
+                 if p not in _OPEN_CLIP_OWN and p != "model_kwargs"]
+        for key, value in extra.items():
+            if key not in known:
+                raise ConfigError(f"{source} {key}={value!r}: clip encoders have no option {key!r}; options: "
+                                  f"{describe_options(cls, with_extra=False)} and the open_clip arguments "
+                                  f"{', '.join(known)}")
+        return extra
+
+
 @register_encoder("clip-image", modality="image", token_dim=768, pooled_dim=512, input_spec=IMAGE_INPUT_SPEC,
-                  default_model=DEFAULT_CLIP_MODEL)
+                  default_model=DEFAULT_CLIP_MODEL, options=CLIPOptions)
 def clip_image_encoder(pretrained: str | None = None, *, model: str = DEFAULT_CLIP_MODEL, layer: int = -1,
                        **open_clip_kwargs: Any) -> CLIPImageEncoder:
     """OpenCLIP vision tower; `open_clip_kwargs` go to `open_clip.create_model_and_transforms`."""
@@ -247,7 +290,7 @@ def clip_image_encoder(pretrained: str | None = None, *, model: str = DEFAULT_CL
 
 
 @register_encoder("clip-text", modality="text", token_dim=512, pooled_dim=512,
-                  input_spec=CLIPTextEncoder.input_spec, default_model=DEFAULT_CLIP_MODEL)
+                  input_spec=CLIPTextEncoder.input_spec, default_model=DEFAULT_CLIP_MODEL, options=CLIPOptions)
 def clip_text_encoder(pretrained: str | None = None, *, model: str = DEFAULT_CLIP_MODEL, layer: int = -1,
                       **open_clip_kwargs: Any) -> CLIPTextEncoder:
     """OpenCLIP text tower with its own tokenizer; `open_clip_kwargs` go to open_clip's factory."""

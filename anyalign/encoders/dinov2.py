@@ -10,7 +10,8 @@ pretrained position embeddings are resized by timm's checkpoint filter.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch import nn
 from .base import Encoder, EncoderOutput
 from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
 from .registry import register_encoder
-from .timm_image import create_timm_model, timm_transform
+from .timm_image import TIMM_EXTRA, create_timm_model, timm_transform
 
 DEFAULT_DINOV2_MODEL = "vit_small_patch14_dinov2"
 
@@ -57,8 +58,21 @@ class DINOv2Encoder(Encoder):
         return EncoderOutput(tokens, mask, pooled)
 
 
+@dataclass
+class DINOv2Options:
+    """Options of the "dinov2" encoder."""
+
+    model: str = field(default=DEFAULT_DINOV2_MODEL, metadata={
+        "help": "timm DINOv2 name: vit_{small,base,large,giant2}_patch14_dinov2, *_reg4_*"})
+    img_size: int = field(default=224, metadata={"help": "input resolution (timm's default 518 costs ~5x)"})
+    normalize: bool = field(default=False, metadata={"help": "L2-normalise the pooled class token"})
+    data_config: dict[str, Any] | None = field(default=None, metadata={
+        "help": "overrides of timm's preprocessing config (e.g. {crop_pct: 1.0})"})
+    extra_options: ClassVar[str] = TIMM_EXTRA
+
+
 @register_encoder("dinov2", modality="image", token_dim=384, pooled_dim=384, input_spec=IMAGE_INPUT_SPEC,
-                  default_model=DEFAULT_DINOV2_MODEL)
+                  default_model=DEFAULT_DINOV2_MODEL, options=DINOv2Options)
 def dinov2_encoder(pretrained: str | None = None, *, model: str = DEFAULT_DINOV2_MODEL, img_size: int = 224,
                    normalize: bool = False, data_config: dict[str, Any] | None = None,
                    **timm_kwargs: Any) -> DINOv2Encoder:

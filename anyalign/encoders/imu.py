@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -201,8 +202,30 @@ def _read_file(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read IMU data ({type(e).__name__}: {e})") from None
 
 
+@dataclass
+class IMUOptions:
+    """Options of the "imu" encoder (the arguments of `IMUEncoder`)."""
+
+    channels: int = field(default=6, metadata={"help": "sensor channels (accel xyz + gyro xyz)"})
+    dim: int = field(default=256, metadata={"help": "token width"})
+    depth: int = field(default=2, metadata={"help": "transformer layers"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    stride: int = field(default=4, metadata={"help": "time downsampling of the conv stem: 1, 2, 4 or 8"})
+    dropout: float = field(default=0.1, metadata={"help": "transformer dropout"})
+    sample_rate: float | None = field(default=None, metadata={"help": "the input's rate in Hz"})
+    target_rate: float | None = field(default=None, metadata={"help": "resample to this rate in Hz"})
+    max_tokens: int = field(default=1024, metadata={"help": "longest token sequence (position table size)"})
+    window_seconds: float | None = field(default=None, metadata={
+        "help": "cut longer streams into windows of this length (needs sample_rate)"})
+    hop_seconds: float | None = field(default=None, metadata={"help": "window hop (default: window_seconds)"})
+    normalize: Literal["none", "window", "stats"] = field(default="none", metadata={
+        "help": "per-channel normalisation: none, window (z-score), stats (channel_mean/std)"})
+    channel_mean: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel means"})
+    channel_std: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel stds"})
+
+
 @register_encoder("imu", modality="imu", token_dim=256, pooled_dim=256, input_spec=IMU_INPUT_SPEC,
-                  default_model="imu-conv-transformer (train from scratch)")
+                  default_model="imu-conv-transformer (train from scratch)", options=IMUOptions)
 def imu_encoder(pretrained: str | None = None, **options: Any) -> IMUEncoder:
     """IMU encoder; `pretrained=` a local safetensors/.pt state dict of this architecture."""
     enc = IMUEncoder(**options)

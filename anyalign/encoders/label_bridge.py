@@ -9,6 +9,7 @@ express what the label set names (1000 ImageNet classes); a trained adapter or a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,6 +21,13 @@ from .registry import create_encoder, register_encoder
 
 class LabelBridgeEncoder(Encoder):
     """A classifier encoder (tokens kept) whose pooled output is its label distribution mapped to text space."""
+
+    @classmethod
+    def partner_spec(cls, spec: Any, modality: str) -> Any:
+        """The text encoder the class names were embedded with defines this space."""
+        if modality != "text":
+            return None
+        return type(spec)(spec.options.get("text_encoder", "text"), spec.options.get("text_pretrained"))
 
     def __init__(self, classifier: Encoder, head: torch.nn.Module, class_embeddings: torch.Tensor, *,
                  temperature: float = 1.0, top_k: int = 5) -> None:
@@ -62,9 +70,24 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i) for i in range(info.num_classes())]
 
 
+@dataclass
+class LabelBridgeOptions:
+    """Options of the "label-bridge" encoder (`pretrained` are the classifier's weights)."""
+
+    classifier: str = field(default="timm-image", metadata={"help": "registered classifier encoder"})
+    classifier_kwargs: dict[str, Any] | None = field(default=None, metadata={"help": "the classifier's options"})
+    text_encoder: str = field(default="text", metadata={"help": "registered text encoder for the class names"})
+    text_pretrained: str | None = field(default=None, metadata={"help": "the text encoder's weights"})
+    labels: list[str] | str = field(default="imagenet", metadata={
+        "help": "class names in the classifier's order, or 'imagenet' for ImageNet-1k"})
+    template: str = field(default="a photo of a {}.", metadata={"help": "prompt around each class name"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the class logits"})
+    top_k: int = field(default=5, metadata={"help": "keep the k most likely classes (0 = all)"})
+
+
 @register_encoder("label-bridge", modality="image", token_dim=1280, pooled_dim=384,
                   input_spec="image file, PIL image or array (classified, then mapped to text space)",
-                  default_model="timm efficientnet_lite0 + all-MiniLM-L6-v2")
+                  default_model="timm efficientnet_lite0 + all-MiniLM-L6-v2", options=LabelBridgeOptions)
 def label_bridge_encoder(pretrained: str | None = None, *, classifier: str = "timm-image",
                          classifier_kwargs: dict[str, Any] | None = None, text_encoder: str = "text",
                          text_pretrained: str | None = None, labels: Sequence[str] | str = "imagenet",

@@ -104,6 +104,9 @@ def create_encoder(
     enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
     enc = _to_weights_dtype(enc, name, weights_dtype, device)
     enc.registry_name = name
+    from .spec import EncoderSpec
+
+    enc.spec = EncoderSpec(name, pretrained, dict(overrides), autocast if isinstance(autocast, str) else None)
     if device is not None:
         enc = enc.to(device)
     enc.autocast_dtype = _parse_dtype(autocast)
@@ -161,7 +164,6 @@ _BUILTIN = {
     "timm_image": ["timm-image"],
     "clap": ["clap-audio", "clap-text"],
     "whisper": ["whisper"],
-    "aisfx": ["aisfx"],
     "imu": ["imu"],
     "video": ["video"],
     "label_bridge": ["label-bridge"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,8 +49,16 @@ class HFTextEncoder(Encoder):
         return EncoderOutput(tokens, mask, pooled)
 
 
+@dataclass
+class TextOptions:
+    """Options of the "text" encoder (the model itself is `pretrained`)."""
+
+    max_length: int = field(default=128, metadata={"help": "tokens per sentence; longer ones are truncated"})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalise the pooled embedding"})
+
+
 @register_encoder("text", modality="text", token_dim=384, pooled_dim=384, input_spec=HFTextEncoder.input_spec,
-                  default_model=DEFAULT_TEXT_MODEL)
+                  default_model=DEFAULT_TEXT_MODEL, options=TextOptions)
 def text_encoder(pretrained: str | None = None, *, max_length: int = 128, normalize: bool = True) -> HFTextEncoder:
     """A sentence encoder from a local folder or hub id (default: all-MiniLM-L6-v2)."""
     source = str(pretrained or DEFAULT_TEXT_MODEL)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import timm
 import torch
@@ -26,6 +27,7 @@ from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
 from .registry import register_encoder
 
 DEFAULT_TIMM_MODEL = "efficientnet_lite0"
+TIMM_EXTRA = "keyword arguments of timm.create_model and the model class (e.g. drop_rate, num_classes)"
 
 # EfficientNet-PyTorch names -> timm names. Blocks with an expansion conv have three convs (pw, dw, pwl);
 # the first blocks of EfficientNet have none, so their names shift by one.
@@ -109,6 +111,8 @@ def create_timm_model(name: str, pretrained: str | None, **kwargs: Any) -> nn.Mo
 def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as e:  # an unknown model keyword, e.g. a misspelt option
+        raise ValueError(f"timm: cannot create {name!r} with options {sorted(kwargs)}: {e}") from None
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise ValueError(f"timm: cannot create {name!r} (pretrained={pretrained}): {e}") from None
 
@@ -175,8 +179,18 @@ class TimmImageEncoder(Encoder):
         return EncoderOutput(tokens, mask, pooled)
 
 
+@dataclass
+class TimmImageOptions:
+    """Options of the "timm-image" encoder."""
+
+    model: str = field(default=DEFAULT_TIMM_MODEL, metadata={"help": "any timm.create_model name"})
+    data_config: dict[str, Any] | None = field(default=None, metadata={
+        "help": "overrides of timm's preprocessing config (e.g. {input_size: [3, 256, 256]})"})
+    extra_options: ClassVar[str] = TIMM_EXTRA
+
+
 @register_encoder("timm-image", modality="image", token_dim=1280, pooled_dim=1280, input_spec=IMAGE_INPUT_SPEC,
-                  default_model=DEFAULT_TIMM_MODEL)
+                  default_model=DEFAULT_TIMM_MODEL, options=TimmImageOptions)
 def timm_image_encoder(pretrained: str | None = None, *, model: str = DEFAULT_TIMM_MODEL,
                        data_config: dict[str, Any] | None = None, **timm_kwargs: Any) -> TimmImageEncoder:
     """Any `timm.create_model` name; `timm_kwargs` go to timm, `data_config` overrides preprocessing."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import numpy as np
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .base import Encoder, EncoderOutput, InputError, masked_mean, pad_sequences
-from .registry import create_encoder, register_encoder
+from .registry import check_encoder_options, create_encoder, register_encoder
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 VIDEO_INPUT_SPEC = (
@@ -91,6 +92,14 @@ class VideoEncoder(Encoder):
     extensions = VIDEO_EXTENSIONS
     input_spec = VIDEO_INPUT_SPEC
 
+    @classmethod
+    def partner_spec(cls, spec: Any, modality: str) -> Any:
+        """Frames are embedded by the image encoder, so its space (and its partners) are this one's."""
+        opts = dict(spec.options)
+        image = type(spec)(opts.pop("image_encoder", "clip-image"), spec.pretrained,
+                           {k: v for k, v in opts.items() if k not in ("num_frames", "temporal_scale")})
+        return image.partner(modality)
+
     def __init__(self, image_encoder: Encoder, *, num_frames: int = 8, temporal_scale: float = 0.1) -> None:
         super().__init__()
         if num_frames < 1:
@@ -134,8 +143,24 @@ class VideoEncoder(Encoder):
         return EncoderOutput(tokens * mask[..., None], mask, pooled)
 
 
+@dataclass
+class VideoOptions:
+    """Options of the "video" encoder; other keys are options of its image encoder."""
+
+    image_encoder: str = field(default="clip-image", metadata={"help": "registered image encoder for the frames"})
+    num_frames: int = field(default=8, metadata={"help": "frames sampled uniformly per video"})
+    temporal_scale: float = field(default=0.1, metadata={
+        "help": "size of the sinusoidal frame position relative to the frame embedding (0 = off)"})
+    extra_options: ClassVar[str] = "options of the image encoder (e.g. model)"
+
+    @classmethod
+    def check_extra(cls, values: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str, Any]:
+        """Extra keys are checked against the image encoder's options."""
+        return check_encoder_options(values["image_encoder"], extra, source=source)
+
+
 @register_encoder("video", modality="video", token_dim=512, pooled_dim=512, input_spec=VIDEO_INPUT_SPEC,
-                  default_model="clip-image:ViT-B-32")
+                  default_model="clip-image:ViT-B-32", options=VideoOptions)
 def video_encoder(pretrained: str | None = None, *, image_encoder: str = "clip-image", num_frames: int = 8,
                   temporal_scale: float = 0.1, **image_kwargs: Any) -> VideoEncoder:
     """Video through a registered image encoder; `pretrained` and `image_kwargs` go to that image encoder."""

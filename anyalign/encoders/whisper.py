@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -94,8 +95,16 @@ class WhisperAudioEncoder(Encoder):
         return EncoderOutput(tokens, mask, masked_mean(tokens.float(), mask))
 
 
+@dataclass
+class WhisperOptions:
+    """Options of the "whisper" encoder (the checkpoint is `pretrained`)."""
+
+    window_seconds: float | None = field(default=None, metadata={
+        "help": "window length for long audio, at most Whisper's 30 s input (None = 30 s)"})
+
+
 @register_encoder("whisper", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
-                  default_model=DEFAULT_WHISPER_MODEL)
+                  default_model=DEFAULT_WHISPER_MODEL, options=WhisperOptions)
 def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | None = None) -> WhisperAudioEncoder:
     """Whisper's encoder from a hub id or local folder (default openai/whisper-base)."""
     source = hf_source(pretrained, "whisper", DEFAULT_WHISPER_MODEL)

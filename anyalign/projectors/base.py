@@ -7,6 +7,8 @@ space (its output tokens are spliced into `inputs_embeds` as soft tokens).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..options import check_options, options_from_signature
 from ..registry import Registry
 
 
@@ -51,32 +54,74 @@ class Projector(nn.Module):
 
 
 PROJECTORS: Registry[Projector] = Registry("projector")
+PROJECTOR_OPTIONS: dict[str, type] = {}  # name -> options dataclass (declared, or derived from `__init__`)
+_DIMS = ("in_dim", "out_dim")  # filled in by the adapter, not options
 
 
-def register_projector(name: str) -> Callable[[type[Projector]], type[Projector]]:
-    """Class decorator registering a projector under `name`."""
+def register_projector(name: str, *, options: type | None = None) -> Callable[[type[Projector]], type[Projector]]:
+    """Class decorator registering a projector under `name` with its options dataclass.
+
+    `options` has one field (default and `metadata={"help": ...}`) per keyword argument of the class after
+    `in_dim`, `out_dim`; without it one is derived from the class's `__init__` signature.
+    """
+    if options is not None and not dataclasses.is_dataclass(options):
+        raise TypeError(f"register_projector({name!r}): options must be a dataclass, got {options!r}")
 
     def wrap(cls: type[Projector]) -> type[Projector]:
         cls.name = name
-        return PROJECTORS.register(name)(cls)
+        registered = PROJECTORS.register(name)(cls)
+        PROJECTOR_OPTIONS[name] = options or options_from_signature(cls, skip=_DIMS, name=f"{cls.__name__}Options")
+        return registered
 
     return wrap
 
 
-def create_projector(name: str, *, in_dim: int, out_dim: int, **config: Any) -> Projector:
-    """Build a registered projector, e.g. `create_projector("perceiver", in_dim=768, out_dim=576, num_latents=32)`."""
-    from . import _import_builtin
-
+def projector_options(name: str) -> type:
+    """The options dataclass of projector `name`."""
     _import_builtin()
+    cls = PROJECTORS.get(name)  # raises a clear error for unknown names
+    if name not in PROJECTOR_OPTIONS:  # registered straight through PROJECTORS.register
+        PROJECTOR_OPTIONS[name] = options_from_signature(cls, skip=_DIMS, name=f"{cls.__name__}Options")
+    return PROJECTOR_OPTIONS[name]
+
+
+def check_projector_options(name: str, options: dict[str, Any], *, source: str = "projector options"
+                            ) -> dict[str, Any]:
+    """`options` checked against projector `name`'s options and coerced to their types (only the given keys).
+
+    Raises a one-line `ConfigError` naming `source`, the projector, the bad field and the valid options, e.g.
+    `adapters.imu.embed_projector dept=2: projector 'mlp' has no option 'dept'; options: depth (int, default 2), ...`.
+    """
+    return check_options("projector", name, projector_options(name), options, source=source)
+
+
+def create_projector(name: str, *, in_dim: int, out_dim: int, **config: Any) -> Projector:
+    """Build a registered projector, e.g. `create_projector("perceiver", in_dim=768, out_dim=576, num_latents=32)`.
+
+    `config` is checked against the projector's options first (`check_projector_options`).
+    """
+    config = check_projector_options(name, config)
     return PROJECTORS.get(name)(in_dim, out_dim, **config)
 
 
 def list_projectors() -> list[str]:
     """Registered projector names."""
-    from . import _import_builtin
-
     _import_builtin()
     return PROJECTORS.names()
+
+
+# Built-in projectors: each module registers itself on import. A new projector is one file plus one name here.
+_BUILTIN = ["linear", "mlp", "perceiver", "qformer", "universal", "rvq"]
+_imported = False
+
+
+def _import_builtin() -> None:
+    global _imported
+    if _imported:
+        return
+    _imported = True
+    for mod in _BUILTIN:
+        importlib.import_module(f"{__package__}.{mod}")
 
 
 def full_mask(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -9,7 +11,15 @@ from .base import Projector, ProjectorOutput, full_mask, register_projector
 from .pooling import pool_tokens
 
 
-@register_projector("linear")
+@dataclass
+class LinearOptions:
+    """Options of the "linear" projector."""
+
+    stride: int = field(default=1, metadata={"help": "average-pool groups of this many tokens first (1 = off)"})
+    bias: bool = field(default=True, metadata={"help": "learn a bias"})
+
+
+@register_projector("linear", options=LinearOptions)
 class LinearProjector(Projector):
     """Linear projection (LLaVA, Liu et al., 2023; ImageBind heads, Girdhar et al., 2023), one layer per token.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -9,7 +11,17 @@ from .base import Projector, ProjectorOutput, full_mask, register_projector
 from .pooling import pool_tokens
 
 
-@register_projector("mlp")
+@dataclass
+class MLPOptions:
+    """Options of the "mlp" projector."""
+
+    depth: int = field(default=2, metadata={"help": "linear layers (GELU between them); 2 = LLaVA-1.5"})
+    hidden_dim: int | None = field(default=None, metadata={"help": "hidden width (None = out_dim)"})
+    stride: int = field(default=1, metadata={"help": "average-pool groups of this many tokens first (1 = off)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden GELU"})
+
+
+@register_projector("mlp", options=MLPOptions)
 class MLPProjector(Projector):
     """GELU MLP projection (LLaVA-1.5 `mlp2x_gelu`, Liu et al., 2023), applied per token.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,7 +30,26 @@ class _PerceiverLayer(nn.Module):
         return latents + self.ff(latents)
 
 
-@register_projector("perceiver")
+@dataclass
+class PerceiverOptions:
+    """Options of the "perceiver" projector."""
+
+    num_latents: int = field(default=64, metadata={"help": "learned queries = output tokens"})
+    dim: int = field(default=256, metadata={"help": "internal width"})
+    depth: int = field(default=2, metadata={"help": "cross-attention layers"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    ff_mult: int = field(default=4, metadata={"help": "MLP width multiplier"})
+    dropout: float = field(default=0.0, metadata={"help": "attention and MLP dropout"})
+    qk_norm: bool = field(default=False, metadata={"help": "LayerNorm on queries and keys (Unified-IO 2)"})
+    cosine_attention: bool = field(default=False, metadata={"help": "scaled cosine attention logits"})
+    rope_2d: bool = field(default=False, metadata={"help": "2D rotary positions of image-grid tokens on the keys"})
+    grid_size: int | list[int] | None = field(default=None, metadata={
+        "help": "rope_2d token grid [rows, cols] (None = inferred per sample)"})
+    num_prefix_tokens: int | None = field(default=None, metadata={"help": "rope_2d: tokens before the grid (CLS)"})
+    rope_theta: float = field(default=10000.0, metadata={"help": "rope_2d frequency base"})
+
+
+@register_projector("perceiver", options=PerceiverOptions)
 class PerceiverProjector(Projector):
     """Perceiver resampler (Flamingo, Alayrac et al., 2022; AnyMAL, Moon et al., 2023) with Unified-IO 2 options.
 

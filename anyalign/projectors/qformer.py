@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -33,7 +35,20 @@ class _QFormerBlock(nn.Module):
         return queries + self.ff(queries)
 
 
-@register_projector("qformer")
+@dataclass
+class QFormerOptions:
+    """Options of the "qformer" projector."""
+
+    num_queries: int = field(default=32, metadata={"help": "learned queries = output tokens"})
+    dim: int = field(default=256, metadata={"help": "query width"})
+    depth: int = field(default=2, metadata={"help": "blocks"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    ff_mult: int = field(default=4, metadata={"help": "MLP width multiplier"})
+    cross_attention_every: int = field(default=1, metadata={"help": "cross-attention in every n-th block (BLIP-2: 2)"})
+    dropout: float = field(default=0.0, metadata={"help": "attention and MLP dropout"})
+
+
+@register_projector("qformer", options=QFormerOptions)
 class QFormerProjector(Projector):
     """Q-Former-lite (BLIP-2, Li et al., 2023): learned queries with self-attention, cross-attention and MLP blocks.
 

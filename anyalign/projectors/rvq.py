@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,7 +45,25 @@ def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.T
     return (per_token * w).sum() / w.sum().clamp_min(1.0)
 
 
-@register_projector("rvq")
+@dataclass
+class RVQOptions:
+    """Options of the "rvq" projector."""
+
+    num_quantizers: int = field(default=4, metadata={"help": "residual codebooks"})
+    codebook_size: int = field(default=256, metadata={"help": "codes per codebook"})
+    code_dim: int = field(default=64, metadata={"help": "code vector width"})
+    stride: int = field(default=1, metadata={"help": "average-pool groups of this many tokens first (1 = off)"})
+    commitment_weight: float = field(default=0.25, metadata={"help": "weight of the commitment loss"})
+    codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook loss (ema=false)"})
+    ema: bool = field(default=True, metadata={"help": "update codebooks by EMA instead of the codebook loss"})
+    decay: float = field(default=0.99, metadata={"help": "EMA decay"})
+    eps: float = field(default=1e-5, metadata={"help": "EMA Laplace smoothing"})
+    dead_code_steps: int = field(default=50, metadata={"help": "restart codes unused this many steps (0 = never)"})
+    kmeans_init: bool = field(default=True, metadata={"help": "k-means initialisation on the first batch"})
+    kmeans_iters: int = field(default=10, metadata={"help": "k-means iterations"})
+
+
+@register_projector("rvq", options=RVQOptions)
 class ResidualVQProjector(Projector):
     """Residual vector quantiser (SoundStream, Zeghidour et al., 2021; VQ-VAE, van den Oord et al., 2017).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -29,7 +30,23 @@ class _Expert(nn.Module):
         return x
 
 
-@register_projector("universal")
+@dataclass
+class UniversalOptions:
+    """Options of the "universal" projector."""
+
+    modalities: list[str] = field(metadata={"help": "modality names sharing the experts"})
+    in_dims: dict[str, int] | None = field(default=None, metadata={"help": "input width per modality (or in_dim)"})
+    num_experts: int = field(default=3, metadata={"help": "shared projection experts"})
+    num_modality_tokens: int = field(default=30, metadata={"help": "learned tokens per modality = output tokens"})
+    dim: int = field(default=256, metadata={"help": "internal width"})
+    expert_depth: int = field(default=1, metadata={"help": "transformer blocks per expert"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    ff_mult: int = field(default=4, metadata={"help": "MLP width multiplier"})
+    router: Router = field(default="token", metadata={"help": "token (content-dependent) or static expert weights"})
+    dropout: float = field(default=0.0, metadata={"help": "attention and MLP dropout"})
+
+
+@register_projector("universal", options=UniversalOptions)
 class UniversalProjector(Projector):
     """Universal projection module (OneLLM, Han et al., 2024): shared experts mixed by per-modality routers.
 
