@@ -282,8 +282,9 @@ def derive_media_roots(retriever: Retriever) -> tuple[Path, ...]:
     """Corpus roots from the metadata: the (resolved) folders holding the items' media files.
 
     Index folders do not record the corpus roots they were built from (today's `IndexConfig.sources` names the
-    embedding folders), so they are derived from the local media paths the metadata records; `--media-root`
-    gives them explicitly instead.
+    embedding folders), so they are derived from the local media paths the metadata records (`anyalign embed`
+    records them resolved, so the folders are not resolved again: a folder made a symlink later leads nowhere);
+    `--media-root` gives them explicitly instead.
     """
     dirs: set[str] = set()
     for part in retriever.parts:
@@ -291,7 +292,7 @@ def derive_media_roots(retriever: Retriever) -> tuple[Path, ...]:
         for i, src in part.meta.field_values("source").items():
             if modality.get(i) in MEDIA_TYPES and isinstance(src, str) and os.path.isabs(src):
                 dirs.add(os.path.dirname(src))
-    return _collapse([Path(os.path.realpath(d)) for d in dirs])
+    return _collapse([Path(os.path.normpath(d)) for d in dirs])
 
 
 def media_file(row: dict[str, Any] | None, roots: Sequence[Path]) -> Path | None:
@@ -326,7 +327,7 @@ class ServedIndex:
     """The index a server answers from; `current()` reloads it first when its files changed on disk."""
 
     def __init__(self, retriever: Retriever, media_roots: Sequence[str | os.PathLike] | None = None) -> None:
-        self.index_dir = retriever.index_dir
+        self.index_dir = Path(os.path.abspath(retriever.index_dir))
         self.explicit_roots: tuple[Path, ...] | None = None
         if media_roots:
             for r in media_roots:
