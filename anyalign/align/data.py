@@ -129,7 +129,8 @@ def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
         if _split_part(key, src.holdout, src.split):
             records.append({"media": {m: [FeatureItem(r.tokens, r.pooled)]},
                             "caption": meta.get("caption", meta.get("text")),  # as jsonl rows: caption or text
-                            "label": meta.get("label"), "key": key})
+                            "label": meta.get("label"), "key": key,
+                            "conversation": meta.get("conversations") or meta.get("messages")})
     return records
 
 

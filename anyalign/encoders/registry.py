@@ -164,6 +164,7 @@ _BUILTIN = {
     "timm_image": ["timm-image"],
     "clap": ["clap-audio", "clap-text"],
     "whisper": ["whisper"],
+    "aisfx": ["aisfx"],
     "imu": ["imu"],
     "video": ["video"],
     "label_bridge": ["label-bridge"],
