@@ -3,7 +3,9 @@
 Exact resume: the data order is a pure function of (seed, epoch), per-sample randomness is seeded by
 (seed, epoch, index), and a checkpoint holds the trainable weights, optimizer, scheduler and every rank's RNG;
 resuming loads it and skips the consumed batches of the current epoch (`skip_first_batches`), so a run killed
-and resumed ends with the same weights as an uninterrupted one.
+and resumed ends with the same weights as an uninterrupted one. Large feature sets are streamed (`stream.py`,
+`train.stream`); the checkpoint then records the stream position. Checkpoints carry a manifest of sizes and
+hashes; `--resume` falls back to the newest intact one.
 """
 
 from __future__ import annotations
@@ -22,13 +24,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..io import atomic_path, write_json
-from .captions import captions_used
-from .checkpoint import latest_checkpoint, list_checkpoints, read_state, save_checkpoint
+from .checkpoint import (
+    latest_checkpoint,
+    latest_good_checkpoint,
+    list_checkpoints,
+    read_state,
+    save_checkpoint,
+    set_aside,
+)
 from .config import Recipe, recipe_to_dict
 from .data import Collator, EpochSampler, PairedDataset
 from .evaluate import evaluate_model
 from .metrics_log import MetricsLog, plot_curves
 from .model import AlignmentModel, build_model
+from .stream import FeatureStream, choose_mode, default_lanes
+from .text_cache import table_for_anchor
 
 logger = logging.getLogger(__name__)
 
@@ -124,26 +134,38 @@ class Trainer:
         encoders = {m: self.model.encoder_for(m) for m in media if self.model.has_encoder(m)}
         loaders = {m: e.load for m, e in encoders.items()}
         self.collate_fns = {m: e.collate for m, e in encoders.items()}
-        self.train_set = PairedDataset(recipe.data.train, media, seed=recipe.seed, train=True, loaders=loaders)
+        self.data_mode = choose_mode(t.stream, recipe.data.train)
+        self.stream: FeatureStream | None = None
         self.eval_sets = [PairedDataset([s], media, seed=recipe.seed, train=False, loaders=loaders)
                           for s in recipe.data.eval]
-        if len(self.train_set) < t.batch_size:
-            raise TrainingError(f"train.batch_size={t.batch_size} is larger than the {len(self.train_set)} training "
-                                f"examples; lower it")
-        self.sampler = EpochSampler(len(self.train_set), seed=recipe.seed)
-        loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
-                            collate_fn=Collator(self.collate_fns, self.train_set.labels), num_workers=t.num_workers,
-                            generator=torch.Generator().manual_seed(recipe.seed))
-        self.steps_per_epoch = len(self.train_set) // t.batch_size
         optimizer = _optimizer(self.model, recipe)
         scheduler = _schedule(optimizer, recipe)
-        self.model, self.optimizer, self.loader, self.scheduler = acc.prepare(self.model, optimizer, loader, scheduler)
+        if self.data_mode == "stream":  # large feature sets: read as a stream, never all in memory
+            lanes = t.stream_lanes or default_lanes(acc.num_processes, t.num_workers)
+            try:
+                self.stream = FeatureStream(recipe.data.train, batch_size=t.batch_size, lanes=lanes,
+                                            buffer=t.stream_buffer, seed=recipe.seed, rank=acc.process_index,
+                                            world=acc.num_processes, num_workers=t.num_workers)
+                self.stream.steps_in_epoch(0)
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
+            self.train_set: Any = self.stream
+            self.loader = self.stream.loader()  # not prepared: every rank reads only its own lanes
+            self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+        else:
+            self.train_set = PairedDataset(recipe.data.train, media, seed=recipe.seed, train=True, loaders=loaders)
+            if len(self.train_set) < t.batch_size:
+                raise TrainingError(f"train.batch_size={t.batch_size} is larger than the {len(self.train_set)} "
+                                    f"training examples; lower it")
+            self.sampler = EpochSampler(len(self.train_set), seed=recipe.seed)
+            loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=self.sampler, drop_last=True,
+                                collate_fn=Collator(self.collate_fns, self.train_set.labels),
+                                num_workers=t.num_workers, generator=torch.Generator().manual_seed(recipe.seed))
+            self.steps_per_epoch = len(self.train_set) // t.batch_size
+            self.model, self.optimizer, self.loader, self.scheduler = acc.prepare(self.model, optimizer, loader,
+                                                                                  scheduler)
         if "text" in recipe.anchors:
-            texts = self.train_set.all_captions()
-            for ds in self.eval_sets:
-                texts |= ds.all_captions() | {x for xs in ds.class_prompts().values() for x in xs}
-            if len(texts) <= 200_000:
-                self.unwrapped.precompute_texts("text", texts)
+            self._text_table()
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", acc, enabled=acc.is_main_process)
         self.step = 0
 
@@ -151,34 +173,88 @@ class Trainer:
     def unwrapped(self) -> AlignmentModel:
         return self.accelerator.unwrap_model(self.model)
 
+    def _text_table(self) -> None:
+        """Put the frozen text anchor's caption embeddings in an on-disk table: every known caption (map-style
+        training data, eval captions, class prompts) is encoded now in length-sorted batches, streamed captions
+        when first met; each is encoded once, ever (the table is shared by runs with the same anchor)."""
+        from ..config import to_dict
+
+        acc = self.accelerator
+        loss_only = ("weight", "temperature", "learn_temperature", "positives")
+        spec = {k: v for k, v in to_dict(self.recipe.anchors["text"]).items() if k not in loss_only}
+        table = table_for_anchor(spec, self.unwrapped.frozen.anchors["text"])
+        texts: set[str] = set() if self.stream is not None else self.train_set.all_captions()
+        for ds in self.eval_sets:
+            texts |= ds.all_captions() | {x for xs in ds.class_prompts().values() for x in xs}
+        with acc.main_process_first():  # the main process encodes, the others then find everything stored
+            added = table.add(sorted(texts), progress=acc.is_local_main_process and len(texts) > 10_000)
+        if added:
+            logger.info("text anchor: %d new caption embeddings in %s", added, table.path)
+        self.unwrapped.text_tables["text"] = table
+
     # --- checkpoints -----------------------------------------------------------------------------------------
+    def _expected_state(self) -> dict[str, Any]:
+        t = self.recipe.train
+        state: dict[str, Any] = {"world_size": self.accelerator.num_processes, "batch_size": t.batch_size,
+                                 "grad_accum": t.grad_accum, "seed": self.recipe.seed, "data_mode": self.data_mode}
+        if self.stream is not None:  # the stream position and the settings that fix the order
+            state["stream"] = self.stream.state(self.step * t.grad_accum)
+        return state
+
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.output_dir)
-        if ckpt is None:
+        acc = self.accelerator
+        listed = list_checkpoints(self.output_dir)
+        if not listed:
             logger.info("--resume: no checkpoint in %s, starting from scratch", self.output_dir)
             return
+        state0 = read_state(listed[-1]) if listed else {}
+        need = None  # every rank's RNG state must be there when the process count is unchanged
+        if state0.get("world_size") == acc.num_processes:
+            need = [f"random_states_{r}.pkl" for r in range(acc.num_processes)]
+        ckpt, bad = latest_good_checkpoint(self.output_dir, need=need)
+        acc.wait_for_everyone()  # every rank has chosen before damaged ones are moved aside
+        if acc.is_main_process:
+            for path, _ in bad:
+                logger.warning("moved the damaged checkpoint %s to %s", path, set_aside(path))
+        acc.wait_for_everyone()
+        if ckpt is None:
+            problems = "; ".join(f"{p.name}: {why}" for p, why in bad)
+            raise TrainingError(f"--resume: no intact checkpoint in {checkpoint_dir_of(self.output_dir)} "
+                                f"({problems}); start again without --resume into another --output")
+        if bad:
+            logger.warning("--resume: resuming from %s, the newest intact checkpoint (skipped %s)", ckpt,
+                           ", ".join(p.name for p, _ in bad))
         state = read_state(ckpt)
-        expect = {"world_size": self.accelerator.num_processes, "batch_size": self.recipe.train.batch_size,
-                  "grad_accum": self.recipe.train.grad_accum, "seed": self.recipe.seed}
-        diff = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}
-        if not (ckpt / f"random_states_{self.accelerator.process_index}.pkl").is_file():
-            diff["rng_state"] = ("missing", f"rank {self.accelerator.process_index}")
+        self.step = int(state["step"])
+        expect = self._expected_state()
+        expect.pop("stream", None)
+        diff = {k: (state.get(k), v) for k, v in expect.items() if state.get(k, "map") != v}
+        if self.stream is not None and "stream" in state:
+            now = self.stream.state(self.step * self.recipe.train.grad_accum)
+            diff.update({f"stream.{k}": (state["stream"].get(k), v) for k, v in now.items()
+                         if state["stream"].get(k) != v})
+        if not (ckpt / f"random_states_{acc.process_index}.pkl").is_file():
+            diff["rng_state"] = ("missing", f"rank {acc.process_index}")
         if diff:
             logger.warning("%s was written with different settings %s (saved, now): resume will not be exact",
                            ckpt, diff)
         self.accelerator.load_state(str(ckpt))
-        self.step = int(state["step"])
         self.metrics.truncate_after(self.step)
         logger.info("resumed from %s (step %d)", ckpt, self.step)
 
     def _checkpoint(self) -> Path:
-        state = {"world_size": self.accelerator.num_processes, "batch_size": self.recipe.train.batch_size,
-                 "grad_accum": self.recipe.train.grad_accum, "seed": self.recipe.seed, "time": time.time()}
+        state = {**self._expected_state(), "time": time.time()}
         return save_checkpoint(self.accelerator, self.output_dir, self.step, state, self.recipe.train.keep_checkpoints)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def _batches(self, micro: int) -> Any:
         """Micro-batches from global micro-step `micro` on, epoch after epoch, in the seeded order."""
+        if self.stream is not None:
+            while True:
+                self.stream.set_position(*self.stream.position(micro))
+                for batch in self.stream.batches(self.loader):
+                    yield batch.to(self.accelerator.device)
+                    micro += 1
         while True:
             epoch, skip = divmod(micro, self.steps_per_epoch)
             loader = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
@@ -223,7 +299,6 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.output_dir / "recipe.yaml") as tmp:
                 tmp.write_text(yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
-            write_json(self.output_dir / "captions.json", captions_used(self.train_set, self.eval_sets))
         if t.tensorboard:
             acc.init_trackers("tensorboard")
         if resume:
@@ -310,6 +385,12 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return TrainResult(self.output_dir, self.step, adapters, metrics, curves)
+
+
+def checkpoint_dir_of(output_dir: Path) -> Path:
+    from .checkpoint import checkpoint_dir
+
+    return checkpoint_dir(output_dir)
 
 
 def train(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,
