@@ -128,7 +128,8 @@ def test_tuning_picks_smallest_probe_reaching_target(tmp_path, corpus) -> None:
     assert lo.search_params["nprobe"] < hi.search_params["nprobe"]
     assert hi.tuning["recall"] >= 0.999 and lo.tuning["recall"] >= 0.5
     trace = hi.tuning["trace"]
-    assert all(t["recall"] < 0.999 for t in trace[:-1])  # every smaller nprobe tried missed the target
+    assert all(t["lower"] < 0.999 for t in trace[:-1])  # every smaller nprobe tried missed the target (95% bound)
+    assert trace[-1]["lower"] >= 0.999 and hi.tuning["query_set"] == "held-out corpus sample"
 
 
 def test_auto_build_from_shards_keeps_metadata(tmp_path, emb_dir, corpus) -> None:

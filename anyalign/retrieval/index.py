@@ -2,26 +2,40 @@
 
 An index folder holds `index.faiss`, `anyalign_index.json` (`IndexConfig`: dim, metric, factory, tuned search
 parameters, how queries are embedded) and `metadata.sqlite`. Builds train on a sample, add the corpus in
-batches straight from the embedding shards (exact neighbours of the tuning queries are gathered on the way),
-tune nprobe/efSearch to a target recall and write the folder atomically: a failed build leaves any previous
-index untouched. Vectors are L2-normalised and compared by inner product (cosine similarity).
+batches straight from the embedding shards (never loading it whole), tune nprobe/efSearch to a target recall on
+held-out queries and write the folder atomically: a failed build leaves any previous index untouched.
+Vectors are L2-normalised and compared by inner product (cosine similarity).
+
+Safety rules every writer (build, train, add, delete, merge) follows:
+  * one writer at a time: it holds `.NAME.lock` beside the index folder while it writes (`filelock`; beside, not
+    inside, because the folder itself is swapped atomically; removed again when done); a second writer waits, or
+    fails after `lock_timeout` seconds with `IndexBusyError`;
+  * it never replaces a path it did not write: an existing file, or a folder holding anything but an anyalign
+    index's own files, is refused unless `overwrite=True`;
+  * rows with NaN/inf values or a zero norm are skipped (they have no direction and could never be found),
+    counted in `IndexConfig.skipped` and logged; their ids are left unused.
+Tuning queries are held out: a random sample of the corpus is kept out of the index while nprobe/efSearch are
+tuned (then added), or the user's own query set is used; the recall reported is the one on those queries.
 On machines where faiss reports GPUs (`faiss-gpu` extra), training, adding and searching run on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
 from tqdm.auto import tqdm
 
 from ..config import from_dict, to_dict
@@ -37,6 +51,10 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "index.faiss"
 CONFIG_NAME = "anyalign_index.json"
 IVFDATA_NAME = "index.ivfdata"
+# files an index folder may hold: only a folder made of these (or an empty one) is replaced without --overwrite
+OWN_FILES = frozenset({CONFIG_NAME, INDEX_NAME, IVFDATA_NAME, METADATA_NAME, f"{METADATA_NAME}-journal",
+                       f"{METADATA_NAME}-wal", f"{METADATA_NAME}-shm"})
+MAX_SKIPPED_IDS = 20  # ids of skipped rows kept in the config (the count is exact)
 
 
 @dataclass
@@ -51,7 +69,7 @@ class IndexConfig:
     ntotal: int = 0
     next_id: int = 0  # id given to the next added vector
     search_params: dict[str, int] = field(default_factory=dict)
-    tuning: dict[str, Any] = field(default_factory=dict)  # target, k, recall reached, queries used
+    tuning: dict[str, Any] = field(default_factory=dict)  # target, k, held-out recall reached, queries used
     embedders: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> how to embed queries
     modality: str | None = None  # modality of the corpus
     ondisk: bool = False  # inverted lists in index.ivfdata (merged from parts)
@@ -59,10 +77,122 @@ class IndexConfig:
     trained_fingerprint: str | None = None  # sha256 of the empty trained index (parts that share it can merge)
     parts: list[str] = field(default_factory=list)  # kind == "set": part folders, relative to this folder
     sources: list[str] = field(default_factory=list)
+    skipped: dict[str, Any] = field(default_factory=dict)  # rows not indexed: nonfinite / zero counts, first ids
     choice: str = ""  # why the factory was chosen
     build_seconds: float = 0.0
     format_version: int = FORMAT_VERSION
     anyalign_version: str = __version__
+
+
+class IndexBusyError(TimeoutError, ValueError):
+    """Another process is writing the index and did not finish within the lock timeout."""
+
+
+# --- input checks ------------------------------------------------------------------------------------------
+def check_k(k: int, what: str = "k") -> int:
+    """`k` as an int >= 1, else a one-line error."""
+    if isinstance(k, bool) or int(k) != k or int(k) < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def check_target_recall(target: float) -> float:
+    """A recall target in (0, 1], else a one-line error."""
+    t = float(target)
+    if not 0.0 < t <= 1.0 or t != t:
+        raise ValueError(f"target recall must be in (0, 1], got {target!r}")
+    return t
+
+
+def invalid_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks `[N]` of rows with a NaN/inf value and of (finite) rows with zero norm."""
+    nonfinite = ~np.isfinite(x).all(axis=1)
+    zero = ~nonfinite & ~np.any(x != 0, axis=1)
+    return nonfinite, zero
+
+
+class _Skipped:
+    """Counts (and the first ids of) rows left out of an index because they cannot be searched."""
+
+    def __init__(self, previous: dict[str, Any] | None = None) -> None:
+        prev = previous or {}
+        self.nonfinite, self.zero = int(prev.get("nonfinite", 0)), int(prev.get("zero", 0))
+        self.ids: list[int] = list(prev.get("ids", []))
+        self.new = 0
+
+    def keep(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Mask of rows to index; the others are counted."""
+        nonfinite, zero = invalid_rows(vectors)
+        bad = nonfinite | zero
+        if bad.any():
+            self.nonfinite += int(nonfinite.sum())
+            self.zero += int(zero.sum())
+            self.new += int(bad.sum())
+            self.ids += [int(i) for i in ids[bad][: max(MAX_SKIPPED_IDS - len(self.ids), 0)]]
+        return ~bad
+
+    def record(self) -> dict[str, Any]:
+        if not (self.nonfinite or self.zero):
+            return {}
+        return {"nonfinite": self.nonfinite, "zero": self.zero, "ids": self.ids}
+
+    def log(self, name: str) -> None:
+        if self.new:
+            logger.warning("%s: skipped %d rows with NaN/inf values or zero norm (first ids %s); they are not "
+                           "indexed", name, self.new, self.ids[:5])
+
+
+# --- writer lock and output safety -------------------------------------------------------------------------
+def lock_path(index_dir: str | os.PathLike) -> Path:
+    """The writer lock of an index folder: `.NAME.lock` beside it (the folder itself is swapped atomically)."""
+    p = Path(os.path.abspath(index_dir))
+    return p.parent / f".{p.name}.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
+    """Hold the writer lock of `index_dir`: wait for another writer (forever, or `timeout` seconds)."""
+    path = lock_path(index_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except LockTimeout:
+        logger.warning("%s: another process is writing this index; waiting%s", index_dir,
+                       "" if timeout is None else f" up to {timeout:g}s")
+        try:
+            lock.acquire(timeout=-1 if timeout is None else max(float(timeout), 0.0))
+        except LockTimeout:
+            raise IndexBusyError(f"{index_dir}: another process is writing this index (lock {path} held for more "
+                                 f"than {timeout:g}s); retry later or raise --lock-timeout") from None
+    try:
+        yield
+    finally:
+        # unlinked while still held, so nothing is left beside the index: a waiter that then gets the old inode
+        # sees it unlinked (filelock checks st_nlink) and retries on a fresh file
+        path.unlink(missing_ok=True)
+        lock.release()
+
+
+def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse to replace `output` unless it is absent, an empty folder, or an index folder of our own files."""
+    output = Path(output)
+    if not output.exists() and not output.is_symlink():
+        return
+    if output.is_dir() and not output.is_symlink():
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir())
+        foreign = [e for e in entries if e not in OWN_FILES]
+        if not entries or ((output / CONFIG_NAME).is_file() and not foreign):
+            return
+        what = f"holds files that are not an anyalign index's ({', '.join(foreign[:3])}" \
+               f"{', ...' if len(foreign) > 3 else ''})"
+    else:
+        what = "is a file, not an index folder"
+    if not overwrite:
+        raise ValueError(f"{output}: exists and {what}; refusing to overwrite it (pass --overwrite to replace it)")
+    logger.warning("%s: %s; replacing it (overwrite)", output, what)
+    if not output.is_dir() or output.is_symlink():
+        output.unlink()  # atomic_path swaps folders; a file in the way is removed first
 
 
 # --- GPU ---------------------------------------------------------------------------------------------------
@@ -137,15 +267,31 @@ def read_config(index_dir: str | os.PathLike) -> IndexConfig:
 
 
 def read_faiss(path: Path, *, ondisk: bool = False, mmap: bool = False) -> faiss.Index:
-    """`faiss.read_index` with a clear error for missing or corrupt files."""
+    """`faiss.read_index` with a clear error for missing, truncated or corrupt files."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: index file missing")
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR if ondisk else (faiss.IO_FLAG_MMAP if mmap else 0)
     try:
-        return faiss.read_index(str(path), flags)
+        index = faiss.read_index(str(path), flags)
     except RuntimeError as e:
         lines = [s for s in str(e).strip().splitlines() if s.strip()]
-        raise ValueError(f"{path}: corrupt or unreadable faiss index ({lines[-1] if lines else e})") from None
+        reason = lines[-1].split("Error: ")[-1] if lines else str(e)
+        raise ValueError(f"{path}: corrupt or unreadable faiss index ({reason})") from None
+    if ondisk:
+        _check_ivfdata(index, path.parent / IVFDATA_NAME)
+    return index
+
+
+def _check_ivfdata(index: faiss.Index, data: Path) -> None:
+    """A memory-mapped inverted-list file shorter than the index expects would crash searches (SIGBUS)."""
+    ivf = ivf_of(index)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if not isinstance(invlists, faiss.OnDiskInvertedLists):
+        return
+    have = data.stat().st_size if data.is_file() else -1
+    if have < int(invlists.totsize):
+        raise ValueError(f"{data}: truncated or missing inverted lists ({max(have, 0)} bytes, the index expects "
+                         f"{int(invlists.totsize)})")
 
 
 def load_index(index_dir: str | os.PathLike, *, mmap: bool = False) -> tuple[faiss.Index, IndexConfig]:
@@ -166,11 +312,6 @@ def write_index_dir(folder: Path, index: faiss.Index, config: IndexConfig) -> No
     write_json(folder / CONFIG_NAME, to_dict(config))
 
 
-def _check_output(output: Path) -> None:
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / CONFIG_NAME).exists())):
-        raise ValueError(f"{output}: exists and is not an anyalign index folder; refusing to overwrite it")
-
-
 # --- build -------------------------------------------------------------------------------------------------
 def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """Contiguous id range `[start, stop)` that process `rank` of `world_size` indexes."""
@@ -187,7 +328,7 @@ def build_index(
     memory: str | int | None = "4G",
     target_recall: float = 0.95,
     k: int = 10,
-    tune_queries: int = 500,
+    tune_queries: int | str | os.PathLike | EmbeddingSource | np.ndarray = 500,
     batch_size: int = 65536,
     trained: str | os.PathLike | None = None,
     rank: int = 0,
@@ -196,21 +337,85 @@ def build_index(
     use_gpu: bool | None = None,
     seed: int = 0,
     train_only: bool = False,
+    overwrite: bool = False,
+    lock_timeout: float | None = None,
 ) -> IndexConfig:
     """Index embedding inputs into folder `output` (see the module docstring); returns the written config.
 
     Args:
         factory: "auto" (chosen from corpus size, dim and `memory`) or a faiss factory string.
+        tune_queries: how many corpus vectors to hold out as tuning queries, or the user's own query set
+            (embeddings path, source or array) that nprobe/efSearch are tuned on.
         trained: an index folder written with `train_only=True`; parts built from it can be merged on disk.
         rank, world_size: index only this process's contiguous share of the ids (one part of a sharded build).
         embedders: modality -> embedder spec to record for queries (added to the ones the inputs name).
         use_gpu: None = when faiss reports GPUs.
         train_only: stop after training and write an empty, trained index.
+        overwrite: replace `output` even when it is a file or a folder that is not an anyalign index.
+        lock_timeout: seconds to wait for another writer of `output` (None: wait as long as it takes).
     """
-    t_start = time.perf_counter()
+    k = check_k(k, "k of the tuning recall@k")
+    target_recall = check_target_recall(target_recall)
     output = Path(output)
-    _check_output(output)
-    source = open_sources(inputs)
+    with writer_lock(output, lock_timeout):
+        check_output(output, overwrite=overwrite)
+        return _build(open_sources(inputs), output, factory=factory, memory=memory, target_recall=target_recall,
+                      k=k, tune_queries=tune_queries, batch_size=batch_size, trained=trained, rank=rank,
+                      world_size=world_size, embedders=embedders, use_gpu=use_gpu, seed=seed, train_only=train_only)
+
+
+def _query_set(queries: Any, dim: int) -> tuple[np.ndarray, str]:
+    """The user's tuning queries, normalised `[Q, E]` (rows that cannot be searched are dropped)."""
+    src = open_sources(queries)
+    if src.dim != dim:
+        raise ValueError(f"dimension mismatch: tuning queries {src.name} have dim {src.dim}, the corpus {dim}")
+    vecs = [b.vectors for b in src.batches()]
+    x = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
+    nonfinite, zero = invalid_rows(x)
+    if (nonfinite | zero).any():
+        logger.warning("%s: %d tuning queries with NaN/inf values or zero norm dropped", src.name,
+                       int((nonfinite | zero).sum()))
+        x = x[~(nonfinite | zero)]
+    if len(x) == 0:
+        raise ValueError(f"{src.name}: no usable tuning queries (0 rows with finite, non-zero values)")
+    return _normalized(x), src.name
+
+
+def _min_training_points(index: faiss.Index) -> int:
+    """Fewest training vectors faiss accepts for this index (IVF: nlist; PQ codebooks: 2^nbits)."""
+    need = 0
+    ivf = ivf_of(index)
+    if ivf is not None:
+        need = int(ivf.nlist)
+    inner = faiss.downcast_index(ivf if ivf is not None else _inner(index))
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        need = max(need, int(pq.ksub))
+    return need
+
+
+def _train(work: faiss.Index, sample: np.ndarray, factory: str) -> None:
+    need = _min_training_points(work)
+    if len(sample) < need:
+        raise ValueError(f"faiss factory {factory!r} needs at least {need} training vectors, but only "
+                         f"{len(sample)} usable vectors were given; use a smaller factory (fewer IVF lists, "
+                         "fewer PQ bits) or --factory auto")
+    t0 = time.perf_counter()
+    try:
+        work.train(sample)
+    except RuntimeError as e:
+        lines = [s for s in str(e).strip().splitlines() if s.strip()]
+        reason = lines[-1].split("Error: ")[-1] if lines else str(e)
+        raise ValueError(f"faiss factory {factory!r} could not be trained on {len(sample)} vectors: {reason}") \
+            from None
+    logger.info("trained on %d vectors in %.1fs", len(sample), time.perf_counter() - t0)
+
+
+def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str | int | None, target_recall: float,
+           k: int, tune_queries: Any, batch_size: int, trained: str | os.PathLike | None, rank: int,
+           world_size: int, embedders: dict[str, dict[str, Any]] | None, use_gpu: bool | None, seed: int,
+           train_only: bool) -> IndexConfig:
+    t_start = time.perf_counter()
     start, stop = rank_range(len(source), rank, world_size)
     n = stop - start
     if train_only:  # sample the whole corpus; the auto choice is sized for one of `world_size` parts
@@ -239,47 +444,70 @@ def build_index(
         index = new_index(factory_str, dim)
     logger.info("index %s: %d x %d, %s (%s)", output, n, dim, factory_str, reason)
 
-    nq = min(tune_queries, n) if not train_only else 0
+    # tuning queries: the user's own set, or a sample held out of the index until tuning is done (queries that
+    # are corpus members would find themselves and overstate recall); both stay out of the training sample
+    user_queries = not isinstance(tune_queries, (int, np.integer)) or isinstance(tune_queries, bool)
+    if user_queries and not train_only:
+        queries, query_name = _query_set(tune_queries, dim)
+        nq = 0
+    else:
+        nq = 0 if train_only else max(0, min(int(tune_queries), n // 10))
+        query_name = "held-out corpus sample"
     n_train = 0 if index.is_trained else max(training_size(factory_str, n), min(n, 1000))
-    # tuning queries are held out of the training sample when the corpus is large enough (otherwise the
-    # coarse centroids are fitted to them and the tuned recall is optimistic)
     sample_ids, sample = source.sample(min(n_train + nq, stop - start), seed, start=start, stop=stop)
-    sample = _normalized(sample)
+    nonfinite, zero = invalid_rows(sample)
+    ok = ~(nonfinite | zero)
+    sample_ids, sample = sample_ids[ok], _normalized(sample[ok])
     order = np.random.default_rng(seed + 1).permutation(len(sample_ids))
+    nq = min(nq, len(order) // 2)
     q_pick, t_pick = order[:nq], (order[nq:] if len(order) - nq >= n_train else order)
-    q_ids, queries = sample_ids[q_pick], sample[q_pick]
+    if not user_queries or train_only:
+        held_ids, queries = sample_ids[q_pick], sample[q_pick]
+    else:
+        held_ids = np.zeros(0, dtype=np.int64)
+    held = {int(i): j for j, i in enumerate(held_ids)}
 
     work = (to_gpu(index) if gpu else None) or index
     if not work.is_trained:
-        t0 = time.perf_counter()
-        work.train(sample[np.sort(t_pick)])
-        logger.info("trained on %d vectors in %.1fs", len(t_pick), time.perf_counter() - t0)
+        _train(work, sample[np.sort(t_pick)], factory_str)
     del sample
     fp = base_cfg.trained_fingerprint if base_cfg else fingerprint(work)
 
     config = IndexConfig(dim=dim, factory=factory_str, kind="trained" if train_only else "single",
                          trained_fingerprint=fp, modality=source.modality, choice=reason,
                          embedders={**source.embedders, **(embedders or {})}, sources=[source.name])
+    skipped = _Skipped()
     with atomic_path(output, is_dir=True) as tmp:
         if not train_only:
-            exact = ExactNeighbours(queries, q_ids, k)
+            exact = ExactNeighbours(queries, np.full(len(queries), -1, dtype=np.int64), k)
+            held_meta: list[dict[str, Any]] = [{} for _ in held_ids]
             with MetadataStore(tmp / METADATA_NAME) as meta:
                 for batch in tqdm(source.batches(batch_size, start=start, stop=stop), desc="adding",
                                   total=-(-n // batch_size), unit="batch", disable=n <= batch_size):
-                    vecs = _normalized(batch.vectors)
-                    work.add_with_ids(vecs, batch.ids)
-                    exact.add(batch.ids, vecs)
-                    if source.modality:
-                        for row in batch.metadata:
-                            row.setdefault("modality", source.modality)
-                    meta.add(batch.ids, batch.metadata)
-            index = to_cpu(work)
-            result = tune(index, queries, q_ids, exact.result(), k=k, target=target_recall)
+                    keep = skipped.keep(batch.ids, batch.vectors)
+                    if held:
+                        out = np.isin(batch.ids, held_ids)
+                        for j in np.flatnonzero(out & keep):
+                            held_meta[held[int(batch.ids[j])]] = batch.metadata[j]
+                        keep &= ~out
+                    _add_rows(work, meta, batch.ids, batch.vectors, batch.metadata, keep, source.modality, exact)
+                index = to_cpu(work)
+                result = tune(index, queries, np.full(len(queries), -1, dtype=np.int64), exact.result(), k=k,
+                              target=target_recall)
+                if len(held_ids):  # the held-out queries join the index once tuning is done
+                    _add_rows(index, meta, held_ids, queries, held_meta, np.ones(len(held_ids), bool),
+                              source.modality, None, normalized=True)
             config.search_params = result.params
             config.tuning = {"target_recall": target_recall, "k": k, "recall": round(result.recall, 4),
-                             "queries": int(nq), "reached": result.reached, "trace": result.trace}
+                             "recall_lower": round(result.lower, 4), "queries": int(len(queries)),
+                             "query_set": query_name, "reached": result.reached, "trace": result.trace}
             config.next_id = int(stop)
             config.tombstones = not supports_remove(index)
+            config.skipped = skipped.record()
+            skipped.log(source.name)
+            if index.ntotal == 0:
+                raise ValueError(f"{source.name}: no usable vectors ({skipped.nonfinite} with NaN/inf, "
+                                 f"{skipped.zero} all zero); nothing to index")
         else:
             index = to_cpu(work)
         config.build_seconds = round(time.perf_counter() - t_start, 2)
@@ -287,27 +515,51 @@ def build_index(
     return config
 
 
+def _add_rows(index: faiss.Index, meta: MetadataStore, ids: np.ndarray, vectors: np.ndarray,
+              metadata: Sequence[dict[str, Any]], keep: np.ndarray, modality: str | None,
+              exact: ExactNeighbours | None, *, normalized: bool = False) -> None:
+    """Add the kept rows (vectors, ids, metadata) to the index, the metadata store and the exact neighbours."""
+    if not keep.any():
+        return
+    sel = np.flatnonzero(keep)
+    ids = np.ascontiguousarray(ids[sel], dtype=np.int64)
+    vecs = np.ascontiguousarray(vectors[sel], dtype=np.float32) if normalized else _normalized(vectors[sel])
+    index.add_with_ids(vecs, ids)
+    if exact is not None:
+        exact.add(ids, vecs)
+    rows = [metadata[j] for j in sel]
+    if modality:
+        for row in rows:
+            row.setdefault("modality", modality)
+    meta.add(ids, rows)
+
+
 # --- updates -----------------------------------------------------------------------------------------------
-def _update(index_dir: str | os.PathLike, fn: Any) -> IndexConfig:
-    """Copy the folder, apply `fn(index, config, meta)` to the copy, then swap it in atomically."""
+def _update(index_dir: str | os.PathLike, fn: Any, lock_timeout: float | None = None) -> IndexConfig:
+    """Under the writer lock: copy the folder, apply `fn(index, config, meta)` to the copy, swap it in atomically."""
     index_dir = Path(index_dir)
-    config = read_config(index_dir)
-    if config.kind != "single":
-        raise ValueError(f"{index_dir}: only single indexes can be updated in place (this one is {config.kind!r}); "
-                         "update a part and merge again")
-    if config.ondisk:
-        raise ValueError(f"{index_dir}: an on-disk merged index is read-only; rebuild or merge new parts")
-    with atomic_path(index_dir, is_dir=True) as tmp:
-        shutil.copytree(index_dir, tmp, dirs_exist_ok=True)
-        index, config = load_index(tmp)
-        with MetadataStore(tmp / METADATA_NAME) as meta:
-            fn(index, config, meta)
-        write_index_dir(tmp, index, config)
+    with writer_lock(index_dir, lock_timeout):
+        config = read_config(index_dir)  # read under the lock: another writer may just have changed it
+        if config.kind != "single":
+            raise ValueError(f"{index_dir}: only single indexes can be updated in place (this one is "
+                             f"{config.kind!r}); update a part and merge again")
+        if config.ondisk:
+            raise ValueError(f"{index_dir}: an on-disk merged index is read-only; rebuild or merge new parts")
+        with atomic_path(index_dir, is_dir=True) as tmp:
+            shutil.copytree(index_dir, tmp, dirs_exist_ok=True)
+            index, config = load_index(tmp)
+            with MetadataStore(tmp / METADATA_NAME) as meta:
+                fn(index, config, meta)
+            write_index_dir(tmp, index, config)
     return config
 
 
-def add_to_index(index_dir: str | os.PathLike, inputs: Any, *, batch_size: int = 65536) -> IndexConfig:
-    """Append embedding inputs to an index (new ids continue after the largest one given so far)."""
+def add_to_index(index_dir: str | os.PathLike, inputs: Any, *, batch_size: int = 65536,
+                 lock_timeout: float | None = None) -> IndexConfig:
+    """Append embedding inputs to an index (new ids continue after the largest one given so far).
+
+    Rows with NaN/inf values or zero norm are skipped and counted in the returned config's `skipped`.
+    """
     source = open_sources(inputs)
     if len(source) == 0:
         raise ValueError(f"{source.name}: empty corpus (0 vectors); nothing to add")
@@ -317,29 +569,36 @@ def add_to_index(index_dir: str | os.PathLike, inputs: Any, *, batch_size: int =
             raise ValueError(f"dimension mismatch: {index_dir} has dim {config.dim}, {source.name} has dim "
                              f"{source.dim}")
         first = config.next_id
+        skipped = _Skipped(config.skipped)
         for batch in source.batches(batch_size):
             ids = batch.ids + first
-            index.add_with_ids(_normalized(batch.vectors), ids)
-            for row in batch.metadata:
-                if source.modality:
-                    row.setdefault("modality", source.modality)
-            meta.add(ids, batch.metadata)
+            _add_rows(index, meta, ids, batch.vectors, batch.metadata, skipped.keep(ids, batch.vectors),
+                      source.modality, None)
+        if skipped.new == len(source):
+            raise ValueError(f"{source.name}: no usable vectors ({len(source)} rows with NaN/inf values or zero "
+                             "norm); nothing added")
+        skipped.log(source.name)
+        config.skipped = skipped.record()
         config.next_id = first + len(source)
         config.sources.append(source.name)
         for m, spec in source.embedders.items():
             config.embedders.setdefault(m, spec)
 
-    return _update(index_dir, add)
+    return _update(index_dir, add, lock_timeout)
 
 
-def delete_from_index(index_dir: str | os.PathLike, ids: Sequence[int] = (), *,
-                      sources: Sequence[str] = ()) -> tuple[IndexConfig, int]:
+def delete_from_index(index_dir: str | os.PathLike, ids: Sequence[int] = (), *, sources: Sequence[str] = (),
+                      lock_timeout: float | None = None) -> tuple[IndexConfig, int]:
     """Delete vectors by id and/or by metadata `source`; returns (config, number deleted)."""
     removed = 0
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not -(2**63) <= i < 2**63]
+    if bad:
+        raise ValueError(f"vector id {bad[0]} out of range (ids are 64-bit integers)")
 
     def delete(index: faiss.Index, config: IndexConfig, meta: MetadataStore) -> None:
         nonlocal removed
-        todo = sorted({int(i) for i in ids} | set(meta.ids_for_source(list(sources))))
+        todo = sorted(set(ids) | set(meta.ids_for_source(list(sources))))
         live = [r["id"] for r in meta.get(todo) if r is not None and not r.get("deleted")]
         if config.tombstones:
             removed = meta.delete(live, tombstone=True)
@@ -347,10 +606,11 @@ def delete_from_index(index_dir: str | os.PathLike, ids: Sequence[int] = (), *,
             removed = int(index.remove_ids(np.asarray(live, dtype=np.int64))) if live else 0
             meta.delete(live)
 
-    config = _update(index_dir, delete)
+    config = _update(index_dir, delete, lock_timeout)
     return config, removed
 
 
-__all__ = ["CONFIG_NAME", "INDEX_NAME", "IndexConfig", "add_to_index", "build_index", "delete_from_index",
-           "gpu_count", "load_index", "new_index", "read_config", "read_faiss", "supports_remove", "to_gpu",
-           "write_index_dir"]
+__all__ = ["CONFIG_NAME", "INDEX_NAME", "IndexBusyError", "IndexConfig", "add_to_index", "build_index",
+           "check_k", "check_output", "check_target_recall", "delete_from_index", "gpu_count", "invalid_rows",
+           "load_index", "lock_path", "new_index", "read_config", "read_faiss", "supports_remove", "to_gpu",
+           "write_index_dir", "writer_lock"]

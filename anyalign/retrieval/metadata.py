@@ -2,6 +2,8 @@
 
 SQLite (rather than parquet) because indexes take incremental adds and deletes. Rows of vectors that the
 index cannot remove physically (HNSW) are kept and flagged `deleted`; searches filter them out.
+Lookups of a batch of ids are one prepared statement (`json_each` over the id list) and user fields are parsed
+only when a row has any, so metadata costs little next to the faiss search itself.
 """
 
 from __future__ import annotations
@@ -32,24 +34,47 @@ CREATE INDEX IF NOT EXISTS items_source ON items(source);
 """
 
 
+_GET = ("SELECT id, source, caption, modality, fields, deleted FROM items "
+        "WHERE id IN (SELECT value FROM json_each(?))")
+_EMPTY = "{}"
+
+
+def check_sqlite_file(path: Path) -> None:
+    """A one-line error when an SQLite file is shorter than its header says (truncated copy or download)."""
+    size = path.stat().st_size
+    if size == 0:
+        return  # a new, empty database
+    with path.open("rb") as f:
+        head = f.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        raise ValueError(f"{path}: not an SQLite metadata database (bad header; truncated or another file)")
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages, counter, valid_for = (int.from_bytes(head[a:a + 4], "big") for a in (28, 24, 92))
+    if pages and counter == valid_for and size < pages * page:
+        raise ValueError(f"{path}: truncated metadata database ({size} bytes, its header says {pages * page})")
+
+
 class MetadataStore:
     """Metadata rows of one index. `get(ids)` returns dicts (`id`, `source`, `caption`, `modality`, user fields)."""
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise FileNotFoundError(f"{self.path}: metadata database missing")
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        else:
-            self.db = sqlite3.connect(str(self.path), check_same_thread=False)
-            self.db.executescript(_SCHEMA)
-        self._lock = threading.Lock()  # one connection shared by server threads
+        if readonly and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: metadata database missing")
+        if self.path.is_file():
+            check_sqlite_file(self.path)
         try:
+            if readonly:
+                uri = f"file:{self.path.resolve()}?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(str(self.path), check_same_thread=False)
+                self.db.executescript(_SCHEMA)
             self.db.execute("SELECT id FROM items LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{self.path}: not a readable metadata database ({e})") from None
+        self._lock = threading.Lock()  # one connection shared by server threads
 
     def close(self) -> None:
         self.db.close()
@@ -78,20 +103,22 @@ class MetadataStore:
 
     def get(self, ids: Sequence[int] | np.ndarray) -> list[dict[str, Any] | None]:
         """Rows for `ids` in the same order (None for unknown ids)."""
-        ids = [int(i) for i in ids]
-        found: dict[int, dict[str, Any]] = {}
-        for lo in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            chunk = ids[lo: lo + 900]
-            q = f"SELECT id, source, caption, modality, fields, deleted FROM items WHERE id IN " \
-                f"({','.join('?' * len(chunk))})"
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
+        if not ids:
+            return []
+        try:
             with self._lock:
-                fetched = self.db.execute(q, chunk).fetchall()
-            for i, source, caption, modality, fields, deleted in fetched:
-                row = {"id": i, "source": source, "caption": caption, "modality": modality}
+                fetched = self.db.execute(_GET, (json.dumps(ids),)).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{self.path}: metadata database unreadable ({e})") from None
+        found: dict[int, dict[str, Any]] = {}
+        for i, source, caption, modality, fields, deleted in fetched:
+            row = {"id": i, "source": source, "caption": caption, "modality": modality}
+            if fields != _EMPTY:
                 row.update(json.loads(fields))
-                if deleted:
-                    row["deleted"] = True
-                found[i] = row
+            if deleted:
+                row["deleted"] = True
+            found[i] = row
         return [found.get(i) for i in ids]
 
     def ids_for_source(self, sources: Sequence[str]) -> list[int]:

@@ -17,7 +17,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .embedder import Embedder, as_embedder
+from ..embedder import Embedder, as_embedder, find_record
+from .index import check_k, invalid_rows
 from .shards import open_parts, search_parts
 
 
@@ -64,20 +65,42 @@ class Retriever:
         return sorted(set(self._embedders) | set(self._specs))
 
     def embedder(self, modality: str) -> Embedder:
+        """The query embedder of `modality`: given, recorded at build time, or the partner a recorded adapter was
+        aligned to (its text anchor) or a recorded tower names (CLIP/CLAP's other tower)."""
         with self._lock:
             if modality not in self._embedders:
-                if modality not in self._specs:
-                    raise ValueError(f"no {modality} embedder for {self.index_dir} (it knows: "
-                                     f"{', '.join(self.modalities) or 'none'}); pass embedders={{'{modality}': ...}} "
-                                     f"or build the index with --embedder {modality}=ADAPTER_DIR")
-                self.set_embedder(modality, Embedder.from_spec(self._specs[modality], device=self.device))
+                record = find_record(self._specs, modality)
+                if record is None:
+                    raise ValueError(f"no {modality} embedder for {self.index_dir} (it records: "
+                                     f"{', '.join(sorted(self._specs)) or 'none'}, and none of them names a "
+                                     f"{modality} side); pass embedders={{'{modality}': ...}} or "
+                                     f"--embedder {modality}=ADAPTER_DIR")
+                self.set_embedder(modality, Embedder.from_record(record, device=self.device))
             return self._embedders[modality]
 
     def modality_for_file(self, path: str | os.PathLike) -> str:
-        """The modality whose embedder reads this file type."""
-        for m in self.modalities:
+        """The modality whose embedder reads this file type (recorded embedders first, then their partners)."""
+        from ..encoders.inputs import encoder_class
+        from ..encoders.registry import ENCODER_INFO, list_encoders
+
+        list_encoders()
+        candidates = list(self.modalities) + sorted({i.modality for i in ENCODER_INFO.values()} - set(self.modalities))
+        suffix = Path(path).suffix.lower()
+        for m in candidates:
             if m == "text":
                 continue
+            if m in self._embedders:
+                if self._embedders[m].accepts_file(path):
+                    return m
+                continue
+            record = find_record(self._specs, m)
+            if record is None:
+                continue
+            if record.get("encoder"):  # decide from the family's declared file types, without loading weights
+                cls = encoder_class(record["encoder"]["name"] if isinstance(record["encoder"], dict)
+                                    else record["encoder"], declared_inputs=True)
+                if cls is not None and suffix not in cls.extensions:
+                    continue
             try:
                 if self.embedder(m).accepts_file(path):
                     return m
@@ -129,35 +152,69 @@ class Retriever:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"dimension mismatch: query vector has shape {tuple(np.shape(query))}, the index "
                              f"{self.index_dir} expects dim {self.dim}")
-        if not np.isfinite(x).all():
-            raise ValueError("query vector contains NaN or inf")
+        nonfinite, zero = invalid_rows(x)
+        if nonfinite.any():
+            raise ValueError(f"query vector{'s' if len(x) > 1 else ''} contain NaN or inf "
+                             f"(row {int(np.flatnonzero(nonfinite)[0])})")
+        if zero.any():
+            raise ValueError(f"query vector is all zeros (row {int(np.flatnonzero(zero)[0])}): it has no direction "
+                             "to search by")
         x = np.array(x, copy=True, order="C")
         faiss.normalize_L2(x)
         return x
 
     # --- search ------------------------------------------------------------------------------------------
-    def search(self, query: Any, k: int = 10, **params: int) -> list[SearchResult]:
-        """Top-`k` results for one query (text, file path, or `[E]` vector); `params` override nprobe/efSearch."""
-        return self.search_vectors(self.embed_query(query)[:1], k, **params)[0]
+    def search(self, query: Any, k: int = 10, *, modality: str | None = None, **params: int) -> list[SearchResult]:
+        """Top-`k` results for one query (text, file path, or `[E]` vector), only items of `modality` when given;
+        `params` override nprobe/efSearch."""
+        return self._filtered(self.embed_query(query)[:1], k, modality, params)
 
-    def search_text(self, text: str, k: int = 10, **params: int) -> list[SearchResult]:
+    def search_text(self, text: str, k: int = 10, *, modality: str | None = None, **params: int
+                    ) -> list[SearchResult]:
         """Top-`k` for a text query (never interpreted as a path)."""
-        return self.search_vectors(self.embed_text(text), k, **params)[0]
+        return self._filtered(self.embed_text(text), k, modality, params)
 
-    def search_file(self, path: str | os.PathLike, k: int = 10, **params: int) -> list[SearchResult]:
+    def search_file(self, path: str | os.PathLike, k: int = 10, *, modality: str | None = None, **params: int
+                    ) -> list[SearchResult]:
         """Top-`k` for a media file query."""
-        return self.search_vectors(self.embed_file(path), k, **params)[0]
+        return self._filtered(self.embed_file(path), k, modality, params)
+
+    def _filtered(self, x: np.ndarray, k: int, modality: str | None, params: dict[str, int]) -> list[SearchResult]:
+        """Top-`k` of one query among items whose metadata `modality` matches: fetch more until k are found."""
+        if modality is None:
+            return self.search_vectors(x, k, **params)[0]
+        k = check_k(k)
+        fetch = k
+        while True:
+            hits = self.search_vectors(x, min(fetch * 4, self.ntotal), **params)[0]
+            kept = [h for h in hits if h.metadata.get("modality") == modality]
+            if len(kept) >= k or len(hits) >= self.ntotal or fetch * 4 >= self.ntotal:
+                return kept[:k]
+            fetch *= 4
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors held by the index (deleted-but-flagged ones included): the most a search can return."""
+        return sum(int(p.index.ntotal) for p in self.parts)
 
     def search_vectors(self, vectors: Any, k: int = 10, **params: int) -> list[list[SearchResult]]:
-        """Top-`k` results for each row of `[Q, E]` query vectors."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        """Top-`k` results for each row of `[Q, E]` query vectors (`k` beyond the index size returns them all)."""
+        k = check_k(k)
         x = self._vectors(vectors)
+        k = max(min(k, self.ntotal), 1)  # faiss would allocate [Q, k] results: a huge k must not exhaust memory
         scores, ids = search_parts(self.parts, x, k, params or None)
-        uniq = np.unique(ids[ids >= 0]).tolist()  # faiss pads missing hits with -1
-        rows = dict(zip(uniq, self.metadata(uniq)))
-        return [[SearchResult(int(i), float(s), rows.get(int(i)) or {}) for s, i in zip(srow, irow) if i >= 0]
-                for srow, irow in zip(scores, ids)]
+        ids_list, scores_list = ids.tolist(), scores.tolist()
+        flat = [i for row in ids_list for i in row if i >= 0]  # faiss pads missing hits with -1
+        rows = self._rows(flat)
+        return [[SearchResult(i, s, rows.get(i) or {}) for s, i in zip(srow, irow) if i >= 0]
+                for srow, irow in zip(scores_list, ids_list)]
+
+    def _rows(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        """id -> metadata row for the given ids (one lookup per part)."""
+        uniq = list(dict.fromkeys(ids))
+        if len(self.parts) == 1:
+            return {i: r for i, r in zip(uniq, self.parts[0].meta.get(uniq)) if r is not None}
+        return {i: r for i, r in zip(uniq, self.metadata(uniq)) if r is not None}
 
     def metadata(self, ids: Sequence[int]) -> list[dict[str, Any] | None]:
         """Metadata rows for ids, from whichever part holds them."""

@@ -29,11 +29,13 @@ from .index import (
     IVFDATA_NAME,
     IndexConfig,
     build_index,
+    check_output,
     gpu_count,
     load_index,
     read_config,
     read_faiss,
     to_gpu,
+    writer_lock,
 )
 from .metadata import METADATA_NAME, MetadataStore
 from .tuning import ivf_of, knob, set_params
@@ -133,13 +135,28 @@ def _id_range(part: Path) -> tuple[int, int]:
     return (-1, -1) if lo is None else (int(lo), int(hi))
 
 
-def combine_parts(parts: Sequence[str | os.PathLike], output: str | os.PathLike, *,
-                  ondisk: bool = False) -> IndexConfig:
-    """Make one searchable index from independently built parts (see the module docstring)."""
+def combine_parts(parts: Sequence[str | os.PathLike], output: str | os.PathLike, *, ondisk: bool = False,
+                  overwrite: bool = False, lock_timeout: float | None = None) -> IndexConfig:
+    """Make one searchable index from independently built parts (see the module docstring).
+
+    `output` must not be one of the parts or hold one; an existing path that is not an anyalign index is
+    refused unless `overwrite`. The output's writer lock is held while it is written.
+    """
     if not parts:
         raise ValueError("no index parts given")
     output = Path(output)
-    folders = [Path(p).resolve() for p in parts]
+    with writer_lock(output, lock_timeout):
+        folders = [Path(p).resolve() for p in parts]
+        out = output.resolve()
+        for f in folders:
+            if f == out or out in f.parents:
+                raise ValueError(f"{output}: is (or holds) the part {f}; merging into it would delete the part; "
+                                 "write the merged index to another folder")
+        check_output(output, overwrite=overwrite)
+        return _combine(folders, output, ondisk)
+
+
+def _combine(folders: list[Path], output: Path, ondisk: bool) -> IndexConfig:
     configs = [read_config(f) for f in folders]
     for f, c in zip(folders, configs):
         if c.kind != "single":
@@ -159,6 +176,11 @@ def combine_parts(parts: Sequence[str | os.PathLike], output: str | os.PathLike,
                          next_id=max(c.next_id for c in configs), embedders=embedders,
                          modality=modalities.pop() if len(modalities) == 1 else None,
                          sources=[s for c in configs for s in c.sources])
+    skipped = [c.skipped for c in configs if c.skipped]
+    if skipped:
+        config.skipped = {"nonfinite": sum(s.get("nonfinite", 0) for s in skipped),
+                          "zero": sum(s.get("zero", 0) for s in skipped),
+                          "ids": [i for s in skipped for i in s.get("ids", [])][:20]}
     if not ondisk:
         config.kind = "set"
         config.factory = " | ".join(sorted({c.factory for c in configs}))
@@ -197,7 +219,8 @@ def _merge_ondisk(folders: list[Path], configs: list[IndexConfig], output: Path,
         config.ondisk = True
         config.ntotal = int(base.ntotal)
         config.trained_fingerprint = configs[0].trained_fingerprint
-        config.tuning = {"from_parts": [c.tuning.get("recall") for c in configs]}
+        config.tuning = {"from_parts": [c.tuning.get("recall") for c in configs],
+                         "k": configs[0].tuning.get("k"), "target_recall": configs[0].tuning.get("target_recall")}
         write_json(tmp / CONFIG_NAME, to_dict(config))
     return config
 

@@ -1,7 +1,9 @@
 """Exact ground truth gathered while adding, and the search-time knob (nprobe / efSearch) tuned to a recall.
 
-Tuning queries are corpus vectors; each query's own id is dropped from both the exact and the approximate
-neighbour lists, so recall@k measures the k true neighbours other than the query itself.
+Tuning queries are held out of the index (or are the user's own queries), so the recall they measure is the one
+new queries get. A query id >= 0 marks a query that is itself in the corpus: its own id is then dropped from both
+the exact and the approximate neighbour lists. The knob chosen is the smallest whose recall@k reaches the target
+with 95% confidence (the lower one-sided bound over the queries), so a fresh query set meets it too.
 """
 
 from __future__ import annotations
@@ -52,14 +54,31 @@ def drop_self(ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def per_query_recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Fraction of each row's true neighbours (`truth` `[Q, k]`, -1 = none) present in `found` `[Q, k']`: `[Q]`.
+
+    Rows without true neighbours are left out.
+    """
+    found, truth = np.asarray(found), np.asarray(truth)
+    if len(truth) == 0:
+        return np.zeros(0)
+    valid = truth >= 0
+    hit = (truth[:, :, None] == found[:, None, :]).any(-1) & valid  # [Q, k]
+    n = valid.sum(1)
+    return hit.sum(1)[n > 0] / n[n > 0]
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each row's true neighbours (`truth` `[Q, k]`, -1 = none) present in `found` `[Q, k]`."""
-    hits, total = 0, 0
-    for f, t in zip(found, truth):
-        t = t[t >= 0]
-        hits += len(np.intersect1d(f[f >= 0], t))
-        total += len(t)
-    return hits / total if total else 1.0
+    """Mean fraction of each row's true neighbours present in `found` (1.0 when there are none)."""
+    r = per_query_recall(found, truth)
+    return float(r.mean()) if len(r) else 1.0
+
+
+def lower_bound(per_query: np.ndarray, z: float = 1.645) -> float:
+    """One-sided 95% lower confidence bound of the mean recall (normal approximation over queries)."""
+    if len(per_query) < 2:
+        return float(per_query.mean()) if len(per_query) else 1.0
+    return float(per_query.mean() - z * per_query.std(ddof=1) / np.sqrt(len(per_query)))
 
 
 def _inner(index: faiss.Index) -> faiss.Index:
@@ -115,40 +134,46 @@ def search_without_self(index: faiss.Index, queries: np.ndarray, query_ids: np.n
 @dataclass
 class TuneResult:
     params: dict[str, int] = field(default_factory=dict)
-    recall: float = 1.0
+    recall: float = 1.0  # mean recall@k on the tuning queries
     trace: list[dict[str, float]] = field(default_factory=list)  # one entry per value tried
-    reached: bool = True
+    reached: bool = True  # the lower confidence bound reached the target
+    lower: float = 1.0  # one-sided 95% lower bound of `recall`
 
 
 def tune(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, *, k: int = 10,
          target: float = 0.95) -> TuneResult:
-    """Smallest nprobe/efSearch whose recall@k (vs exact search) reaches `target`; else the best one found."""
+    """Smallest nprobe/efSearch whose recall@k (vs exact search) reaches `target` with 95% confidence; else the
+    best one found."""
     name, values = knob(index)
     if name is None or len(queries) == 0:
-        found = search_without_self(index, queries, query_ids, k) if len(queries) else truth
-        return TuneResult({}, recall_at_k(found, truth))
+        r = per_query_recall(search_without_self(index, queries, query_ids, k), truth) if len(queries) else \
+            np.ones(0)
+        rec = float(r.mean()) if len(r) else 1.0
+        return TuneResult({}, rec, [], lower_bound(r) >= target or name is None, lower_bound(r))
     trace: list[dict[str, float]] = []
-    best: tuple[float, int] | None = None
+    best: tuple[float, float, int] | None = None
     for v in values:
         if name == "efSearch" and v < k + 1:
             continue
         set_params(index, params_for(index, name, v))
         t0 = time.perf_counter()
-        r = recall_at_k(search_without_self(index, queries, query_ids, k), truth)
-        trace.append({name: v, "recall": r, "ms_per_query": 1e3 * (time.perf_counter() - t0) / len(queries)})
-        logger.info("tune %s=%d: recall@%d=%.4f", name, v, k, r)
+        per = per_query_recall(search_without_self(index, queries, query_ids, k), truth)
+        ms = 1e3 * (time.perf_counter() - t0) / len(queries)
+        r, lo = (float(per.mean()), lower_bound(per)) if len(per) else (1.0, 1.0)
+        trace.append({name: v, "recall": round(r, 4), "lower": round(lo, 4), "ms_per_query": round(ms, 4)})
+        logger.info("tune %s=%d: recall@%d=%.4f (lower bound %.4f)", name, v, k, r, lo)
         if best is None or r > best[0] + 0.002:
-            best = (r, v)
-        if r >= target:
-            return TuneResult(params_for(index, name, v), r, trace, True)
+            best = (r, lo, v)
+        if lo >= target:
+            return TuneResult(params_for(index, name, v), r, trace, True, lo)
         if len(trace) >= 3 and max(t["recall"] for t in trace[-3:]) - trace[-3]["recall"] < 0.001:
             break  # recall has plateaued (compression limits it); more probes only cost time
     assert best is not None
-    set_params(index, params_for(index, name, best[1]))
+    set_params(index, params_for(index, name, best[2]))
     logger.warning("target recall@%d=%.3f not reached; best %.4f at %s=%d (compressed codes limit recall: "
-                   "allow more memory or use a Flat/IVF-Flat index)", k, target, best[0], name, best[1])
-    return TuneResult(params_for(index, name, best[1]), best[0], trace, False)
+                   "allow more memory or use a Flat/IVF-Flat index)", k, target, best[0], name, best[2])
+    return TuneResult(params_for(index, name, best[2]), best[0], trace, False, best[1])
 
 
-__all__ = ["ExactNeighbours", "TuneResult", "drop_self", "ivf_of", "knob", "params_for", "recall_at_k",
-           "search_without_self", "set_params", "tune"]
+__all__ = ["ExactNeighbours", "TuneResult", "drop_self", "ivf_of", "knob", "lower_bound", "params_for",
+           "per_query_recall", "recall_at_k", "search_without_self", "set_params", "tune"]
