@@ -38,7 +38,9 @@ class ConversionError(ValueError):
 
 
 def read_ct2(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any]]:
-    """Read a CTranslate2 `model.bin`: (variables by name, aliases alias -> target, header). Nothing is executed."""
+    """Read a CTranslate2 `model.bin`: (variables by name, aliases included; aliases alias -> target; header).
+
+    Nothing is executed: the file is parsed as data."""
     path = Path(path)
     data = path.read_bytes()
     pos = 0
@@ -85,6 +87,11 @@ def read_ct2(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str], d
     aliases = {string(): string() for _ in range(take("I"))}
     if pos != len(data):
         raise ConversionError(f"{path}: {len(data) - pos} trailing bytes after the aliases")
+    header["stored"] = len(variables)
+    for alias, target in aliases.items():  # CTranslate2 stores equal tensors once (tied weights, zero biases, ...)
+        if target not in variables:
+            raise ConversionError(f"{path}: alias {alias!r} points to unknown variable {target!r}")
+        variables[alias] = variables[target]
     return variables, aliases, header
 
 
@@ -229,10 +236,10 @@ def convert_whisper_ct2(src: Path, dest: Path) -> None:
     (dest / "added_tokens.json").write_text(json.dumps(
         {t: i for t, i in ids.items() if i >= len(model_tok["vocab"])}, ensure_ascii=False, indent=2) + "\n")
     shutil.copytree(src, dest / "ctranslate2")  # the original, kept for checks against CTranslate2 itself
-    provenance = {"format": "CTranslate2", **header, "variables": len(v),
+    provenance = {"format": "CTranslate2", **header, "variables": header["stored"],
                   "source_files": sorted(p.name for p in src.iterdir())}
     (dest / "CONVERTED_FROM.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    logger.info("whisper: converted %d CTranslate2 variables (%d layers) -> %s", len(v),
+    logger.info("whisper: converted %d CTranslate2 variables (%d layers) -> %s", header["stored"],
                 config.encoder_layers + config.decoder_layers, dest)
 
 
