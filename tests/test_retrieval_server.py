@@ -15,7 +15,7 @@ import pytest
 from _retrieval_helpers import COLOURS, image_corpus, tiny_bert, tiny_image_adapter
 from fastapi.testclient import TestClient
 
-from anyalign.retrieval import Embedder, Retriever, build_index, embed_to_folder
+from anyalign.retrieval import Retriever, as_embedder, build_index, embed_to_folder
 from anyalign.retrieval.server import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,7 +27,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     corpus = image_corpus(root / "media")
     adapter = tiny_image_adapter(root / "img")
     bert = tiny_bert(root / "bert")
-    embed_to_folder([corpus], root / "emb", Embedder.from_spec({"adapter": str(adapter)}))
+    embed_to_folder([corpus], root / "emb", as_embedder({"adapter": str(adapter)}))
     build_index(root / "emb", root / "idx", embedders={"text": {"encoder": "text", "pretrained": str(bert)}})
     return root, Retriever(root / "idx")
 

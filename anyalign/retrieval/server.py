@@ -7,6 +7,7 @@
     GET  /api/items/{id}        one item's metadata
     GET  /api/media/{id}        the item's media file
     POST /api/reload            re-read the index folder now
+    GET  /api/openapi.json      the API schema
 
 Boundaries: media are served only by vector id, only regular files under the corpus roots (resolved, so a symlink
 cannot lead out) and only media content types; every response says `nosniff`, the page has a Content-Security-Policy
@@ -503,7 +504,7 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int 
         except Exception as e:  # noqa: BLE001 - reported again (as a 400) when a query needs it
             logger.warning("%s embedder unavailable: %s", m, e)
     batcher = QueryBatcher(batch_max, batch_wait_ms) if batch_max > 1 else None
-    app = FastAPI(title=title, docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")  # no CDN-hosted UI
     app.state.served, app.state.batcher = served, batcher
     app.add_middleware(BodySizeLimit, max_bytes=int(max_upload_mb * (1 << 20)), idle_timeout=body_timeout)
     app.add_middleware(_Guard, hosts=[*LOOPBACK_HOSTS, *allow_hosts], token=token)
