@@ -58,6 +58,20 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         raise
 
 
+def check_replaceable(path: str | os.PathLike, *, marker: str, what: str, overwrite: bool = False) -> None:
+    """Refuse to replace `path` unless it is absent, an empty folder, or an artifact of this kind (a folder
+    holding `marker`): no command deletes what it did not write. `overwrite` lifts the refusal."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink() and ((path / marker).is_file() or not any(path.iterdir())):
+        return
+    kind = "a file" if path.is_file() else "a folder that is not an " + what
+    if not overwrite:
+        raise ValueError(f"{path}: exists and is {kind}; refusing to replace it (choose another output, or pass "
+                         f"--overwrite)")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as pretty JSON, atomically."""
     with atomic_path(path) as tmp:

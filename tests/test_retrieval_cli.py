@@ -39,7 +39,8 @@ def test_text_corpus_embed_build_search(tmp_path, capsys, bert) -> None:
     assert code == 0, err
     manifest = json.loads((tmp_path / "emb" / "embeddings.json").read_text())
     assert manifest["count"] == 8 and [s["count"] for s in manifest["shards"]] == [5, 3]
-    assert manifest["embedders"]["text"] == {"encoder": "text", "pretrained": str(bert)}
+    assert manifest["embedders"]["text"] == {"encoder": {"name": "text", "pretrained": str(bert), "options": {},
+                                                         "autocast": None}, "modality": "text"}
 
     code, out, err = run(capsys, "index", "build", tmp_path / "emb", "-o", tmp_path / "idx")
     assert code == 0 and "built Flat over 8 vectors" in out, err
@@ -104,7 +105,7 @@ def test_image_corpus_and_file_queries(tmp_path, capsys, bert) -> None:
 def test_sharded_cli_and_eval(tmp_path, capsys) -> None:
     x = clustered(3000, 16, seed=2)
     np.save(tmp_path / "corpus.npy", x)
-    np.save(tmp_path / "captions.npy", x[:200] + 0.01 * np.random.default_rng(0).standard_normal((200, 16)))
+    np.save(tmp_path / "captions.npy", x + 0.01 * np.random.default_rng(0).standard_normal((3000, 16)))  # row i <-> i
     assert run(capsys, "index", "train", tmp_path / "corpus.npy", "-o", tmp_path / "trained",
                "--factory", "IVF32,Flat")[0] == 0
     for r in range(2):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from anyalign.adapter import build_adapter
-from anyalign.encoders.spec import EncoderSpec
 from anyalign.cli.main import main
 from anyalign.datasets import load_uea
+from anyalign.encoders.spec import EncoderSpec
 from anyalign.zeroshot import ZeroShotClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,13 +59,13 @@ def test_adapter_zero_shot_beats_chance(imu_run: Path, assets: Path, minilm_dir:
     acc = np.mean([p.labels[0] == PHRASES[y] for p, y in zip(preds, ds.labels)])
     assert acc >= 0.6, f"BasicMotions zero-shot accuracy {acc:.3f}: not well above chance (0.25)"
     # the same text side named explicitly, and as a saved identity text adapter (an anchor adapter folder)
-    explicit = ZeroShotClassifier.from_adapter(imu_run / "adapters" / "imu", labels, text_encoder="text",
-                                               text_pretrained=str(minilm_dir), use_cache=False)
+    explicit = ZeroShotClassifier.from_adapter(imu_run / "adapters" / "imu", labels,
+                                               text=EncoderSpec("text", str(minilm_dir)), use_cache=False)
     assert torch.allclose(explicit.weights, clf.weights, atol=1e-5)
     anchor = build_adapter("text", EncoderSpec("text", str(minilm_dir)), embed_dim=384)
     anchor.save_pretrained(tmp_path / "text-anchor")
     via_adapter = ZeroShotClassifier.from_adapter(imu_run / "adapters" / "imu", labels,
-                                                  text_encoder=str(tmp_path / "text-anchor"), use_cache=False)
+                                                  text=str(tmp_path / "text-anchor"), use_cache=False)
     assert torch.allclose(via_adapter.weights, clf.weights, atol=1e-5)
     assert [p.labels for p in via_adapter.classify(list(ds.x[:5]))] == [p.labels for p in preds[:5]]
 
@@ -121,7 +121,7 @@ def test_adapter_text_side_errors(imu_run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no text anchor recorded.*--text-encoder"):
         ZeroShotClassifier.from_adapter(lonely, ["running", "walking"])
     with pytest.raises(ValueError, match="do not share a space"):  # 32-d tiny CLIP text vs the 384-d adapter
-        ZeroShotClassifier.from_adapter(lonely, ["running", "walking"], text_encoder="clip-text",
-                                        text_kwargs={"model": "anyalign-tiny-vit"})
+        ZeroShotClassifier.from_adapter(lonely, ["running", "walking"],
+                                        text=EncoderSpec("clip-text", None, {"model": "anyalign-tiny-vit"}))
     with pytest.raises(ValueError, match="expected a text encoder"):
-        ZeroShotClassifier.from_adapter(lonely, ["running", "walking"], text_encoder=str(lonely))
+        ZeroShotClassifier.from_adapter(lonely, ["running", "walking"], text=str(lonely))

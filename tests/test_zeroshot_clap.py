@@ -69,7 +69,7 @@ def test_classify_real_sounds_with_a_corrupt_file(clf: ZeroShotClassifier, sound
     assert "corrupt.wav" in preds[1].error
     parallel = clf.classify(inputs, top_k=3, batch_size=4, num_workers=2)  # decode + mel features in workers
     assert [p.labels for p in parallel] == [p.labels for p in preds] and parallel[1].error == preds[1].error
-    emb = clf.query.embed([str(s) for s in sounds])  # [5, E], the same audio path without the pipeline
+    emb = torch.from_numpy(clf.query.embed([str(s) for s in sounds]))  # [5, E], without the pipeline
     for p, e in zip([preds[0], *preds[2:]], emb):
         cos = e @ clf.weights
         assert p.labels == [LABELS[i] for i in cos.topk(3).indices.tolist()]
@@ -85,8 +85,8 @@ def test_long_audio_is_windowed_and_pooled(clf: ZeroShotClassifier, tmp_path: Pa
     wave = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     path = tmp_path / "long.wav"
     sf.write(path, wave, rate, subtype="FLOAT")
-    whole = clf.query.embed([str(path)])[0]
-    parts = clf.query.embed([wave[:win], wave[win:2 * win], wave[2 * win:]])  # [3, E]
+    whole = torch.from_numpy(clf.query.embed([str(path)]))[0]
+    parts = torch.from_numpy(clf.query.embed([wave[:win], wave[win:2 * win], wave[2 * win:]]))  # [3, E]
     assert torch.allclose(whole, F.normalize(parts.mean(0), dim=0), atol=1e-4)
     assert not torch.allclose(parts[0], parts[2], atol=1e-3)  # the windows differ, so pooling matters
     pred = clf.classify([str(path)], top_k=2)[0]

@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anyalign.cli.main import main
+from anyalign.embedder import pool_windows
+from anyalign.encoders.audio_io import split_windows
 from anyalign.encoders.clip import register_model_configs
+from anyalign.encoders.spec import EncoderSpec
 from anyalign.io import save_weights
 from anyalign.zeroshot import ZeroShotClassifier
-from anyalign.zeroshot.embedders import pool_windows, split_windows
 
 TINY_CLIP = "anyalign-tiny-vit"
 LABELS = ["red square", "blue square", "green square"]
@@ -44,8 +46,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def _clf(clip_file: Path, tmp_path: Path, **kw) -> ZeroShotClassifier:
     labels, templates = kw.pop("labels", LABELS), kw.pop("templates", None)
-    return ZeroShotClassifier.from_encoders("clip-image", "clip-text", labels, templates, pretrained=str(clip_file),
-                                            encoder_kwargs={"model": TINY_CLIP}, cache_dir=tmp_path / "cache",
+    return ZeroShotClassifier.from_specs(EncoderSpec("clip-image", str(clip_file), {"model": TINY_CLIP}), labels,
+                                         templates, cache_dir=tmp_path / "cache",
                                             progress=False, **kw)
 
 
@@ -68,8 +70,8 @@ def test_class_embeddings_recipe_and_cache(clip_file: Path, tmp_path: Path) -> N
     other = _clf(clip_file, tmp_path, templates=templates[:1])  # other templates -> other key
     assert other.cache_key() != clf.cache_key() and _clf(clip_file, tmp_path, labels=LABELS[:2]).cache_key() != \
         clf.cache_key()
-    random = ZeroShotClassifier.from_encoders("clip-image", "clip-text", LABELS, encoder_kwargs={"model": TINY_CLIP},
-                                              cache_dir=tmp_path / "cache2")
+    random = ZeroShotClassifier.from_specs(EncoderSpec("clip-image", None, {"model": TINY_CLIP}), LABELS,
+                                           cache_dir=tmp_path / "cache2")
     assert random.cache_key() is None  # random weights are never cached
     _ = random.weights
     assert not (tmp_path / "cache2").exists()
@@ -83,7 +85,7 @@ def test_classify_scores_batches_and_errors(clip_file: Path, images: list[Path],
     preds = clf.classify(inputs, top_k=2, batch_size=2)
     assert [p.ok for p in preds] == [True, False, True, False, True]
     assert "broken.png" in preds[1].error and "missing.jpg" in preds[3].error
-    ref = clf.query.embed([str(p) for p in images[:3]])  # [3, E]
+    ref = torch.from_numpy(clf.query.embed([str(p) for p in images[:3]]))  # [3, E]
     for p, e in zip([preds[0], preds[2], preds[4]], ref):
         cos = e @ clf.weights
         assert p.labels == [LABELS[i] for i in cos.topk(2).indices.tolist()]
@@ -116,12 +118,12 @@ def test_cli_classify_and_eval_images(clip_file: Path, images: list[Path], tmp_p
     assert out["labels"] == LABELS and len(out["results"]) == 2
     assert [len(r["predictions"]) for r in out["results"]] == [2, 2]
     for argv, msg in [(["--labels", "a,a"], "duplicate label"), ([], "no labels"),
-                      (["--labels", "a,b", "--clap", "x"], "exactly one of --clap")]:
+                      (["--labels", "a,b", "--clap", "x"], "exactly one of --encoder")]:
         with pytest.raises(SystemExit) as e:
             main(["classify", *model, *argv, str(images[0])])
         assert e.value.code == 2 and msg in capsys.readouterr().err
     video = assets / "video" / "bikes.mp4"  # CLIP on video: the frames' image embeddings averaged
-    main(["classify", *model, "--labels", "bikes,cars", "--encoder-arg", "num_frames=2", "--json", str(video)])
+    main(["classify", *model, "--labels", "bikes,cars", "--set", "num_frames=2", "--json", str(video)])
     res = json.loads(capsys.readouterr().out)["results"][0]
     assert res["source"] == str(video) and {p["label"] for p in res["predictions"]} == {"bikes", "cars"}
     data = tmp_path / "data"

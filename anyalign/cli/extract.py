@@ -38,7 +38,7 @@ def extract_cmd(
 
     spec = EncoderSpec.from_cli(encoder, pretrained, list(set_ or []) + ([f"model={model}"] if model else []),
                                 autocast)  # unknown encoder or option: fail before anything loads
-    cls = encoder_class(encoder)
+    cls = encoder_class(encoder, declared_inputs=True)
     items = discover_inputs(input, cls) if cls is not None else None  # wrong inputs, too
     state = process_state()
     enc = spec.build(device=device or (state.device if state.device.type == "cuda" else None))

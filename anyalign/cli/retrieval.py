@@ -20,42 +20,60 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 
 def _embedder_specs(options: list[str] | None) -> dict[str, dict]:
-    from ..retrieval.embedder import Embedder, parse_embedder_option
+    from ..embedder import Embedder, parse_embedder_option
 
     specs: dict[str, dict] = {}
     for text in options or []:
         modality, spec = parse_embedder_option(text)
         if modality is None:
-            modality = Embedder.from_spec(spec).modality
+            modality = Embedder.from_record(spec).modality
         specs[modality] = spec
     return specs
+
+
+LOCK_HELP = "Seconds to wait for another process writing this index (default: as long as it takes)."
+
+
+def _echo_skipped(skipped: dict) -> None:
+    if skipped and (skipped.get("nonfinite") or skipped.get("zero")):
+        ids = skipped.get("ids") or []
+        typer.echo(f"  skipped {skipped.get('nonfinite', 0)} rows with NaN/inf values and {skipped.get('zero', 0)} "
+                   f"all-zero rows (not indexed{'; first ids ' + ', '.join(map(str, ids[:5])) if ids else ''})")
 
 
 EMBEDDER_HELP = "Query embedder MODALITY=ADAPTER_DIR or MODALITY=encoder:NAME[@PRETRAINED] (repeatable)."
 
 
 def embed_cmd(
-    inputs: list[Path] = typer.Argument(..., help="Media files/folders, .jsonl/.txt lists, or feature folders."),
+    inputs: list[Path] = typer.Argument(..., help="Media files/folders, .jsonl/.txt/.csv lists, tar shards or "
+                                                  "feature folders."),
     output: Path = typer.Option(..., "--output", "-o", help="Embeddings folder to write."),
     adapter: Path = typer.Option(None, "--adapter", help="ModalityAdapter folder (save_pretrained output)."),
-    encoder: str = typer.Option(None, "--encoder", help="Bare encoder name (identity on its pooled output)."),
+    encoder: str = typer.Option(None, "--encoder", "-e", help="Bare encoder name (its pooled output is the space)."),
     pretrained: str = typer.Option(None, "--pretrained", help="Weights for --encoder (folder, file or hub id)."),
+    set_: list[str] = typer.Option(None, "--set", help="Encoder option key=value for --encoder (repeatable)."),
+    autocast: str = typer.Option(None, "--autocast", help="auto, bf16 or fp32 (default) for the encoder."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(50_000, "--shard-size", min=1, help="Rows per embeddings-XXXXX.npy file."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader workers decoding inputs."),
     device: str = typer.Option(None, "--device", help="torch device (default: CPU)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output that is not an "
+                                                              "embeddings folder."),
 ) -> None:
     """Embed inputs into the shared space and write embedding shards for `anyalign index build`."""
+    from ..embedder import Embedder
+    from ..encoders.spec import EncoderSpec
     from ..retrieval.embed import embed_to_folder
-    from ..retrieval.embedder import Embedder
     from .main import CLIError
 
     if (adapter is None) == (encoder is None):
         raise CLIError("give exactly one of --adapter DIR or --encoder NAME")
-    spec = {"adapter": str(adapter.resolve())} if adapter else {"encoder": encoder, "pretrained": pretrained}
-    embedder = Embedder.from_spec(spec, device=device)
+    if adapter is not None and (pretrained or set_):
+        raise CLIError("--pretrained/--set are for --encoder; an adapter records its encoder")
+    embedder = Embedder.from_adapter(adapter, device=device, autocast=autocast) if adapter else \
+        Embedder.from_encoder(EncoderSpec.from_cli(encoder, pretrained, set_, autocast), device=device)
     manifest = embed_to_folder(inputs, output, embedder, batch_size=batch_size, shard_size=shard_size,
-                               num_workers=workers)
+                               num_workers=workers, overwrite=overwrite)
     typer.echo(f"embedded {manifest['count']} {embedder.modality} inputs (dim {manifest['dim']}) -> {output}"
                + (f"; {len(manifest['failures'])} failed (see embeddings.json)" if manifest["failures"] else ""))
 
@@ -66,30 +84,43 @@ def build_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Index folder to write (replaced atomically)."),
     factory: str = typer.Option("auto", "--factory", help="'auto' or a faiss factory string (IVF1024,Flat ...)."),
     memory: str = typer.Option("4G", "--memory", help="Memory budget for the auto choice (e.g. 512M, 4G)."),
-    target_recall: float = typer.Option(0.95, "--target-recall", min=0.0, max=1.0,
-                                        help="Tune nprobe/efSearch to this recall@k against exact search."),
-    k: int = typer.Option(10, "-k", min=1, help="k of the tuning recall@k."),
+    target_recall: float = typer.Option(0.95, "--target-recall",
+                                        help="Tune nprobe/efSearch to this recall@k against exact search, in (0, 1]."),
+    k: int = typer.Option(10, "-k", help="k of the tuning recall@k (>= 1)."),
+    tune_queries: str = typer.Option("500", "--tune-queries",
+                                     help="N corpus vectors held out as tuning queries, or an embeddings path of "
+                                          "your own queries."),
     trained: Path = typer.Option(None, "--trained", help="Trained empty index (`index train`) to fill."),
     rank: int = typer.Option(0, "--rank", min=0, help="This part's rank (sharded build)."),
     world_size: int = typer.Option(1, "--world-size", min=1, help="Number of parts (sharded build)."),
     embedder: list[str] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="Default: use GPUs when faiss reports them."),
     batch_size: int = typer.Option(65536, "--batch-size", min=1, help="Vectors added per batch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
 ) -> None:
-    """Build an index: auto-chosen (or given) type, trained on a sample, filled in batches, tuned, saved."""
+    """Build an index: auto-chosen (or given) type, trained on a sample, filled in batches, tuned, saved.
+
+    Rows with NaN/inf values or zero norm are skipped and counted (see `index info`)."""
     from ..retrieval.autoindex import format_bytes
     from ..retrieval.index import build_index
 
+    queries = int(tune_queries) if tune_queries.strip().lstrip("-").isdigit() else Path(tune_queries)
     cfg = build_index(embeddings, output, factory=factory, memory=memory, target_recall=target_recall, k=k,
-                      trained=trained, rank=rank, world_size=world_size, embedders=_embedder_specs(embedder),
-                      use_gpu=gpu, batch_size=batch_size)
+                      tune_queries=queries, trained=trained, rank=rank, world_size=world_size,
+                      embedders=_embedder_specs(embedder), use_gpu=gpu, batch_size=batch_size, overwrite=overwrite,
+                      lock_timeout=lock_timeout)
     size = (output / "index.faiss").stat().st_size
     typer.echo(f"built {cfg.factory} over {cfg.ntotal} vectors (dim {cfg.dim}) in {cfg.build_seconds:.1f}s "
                f"-> {output} ({format_bytes(size)}, {size / max(cfg.ntotal, 1):.1f} B/vector)")
     typer.echo(f"  why: {cfg.choice}")
     if cfg.tuning:
-        typer.echo(f"  search params {cfg.search_params or '{}'}: recall@{cfg.tuning['k']} = {cfg.tuning['recall']}"
-                   f" vs exact ({cfg.tuning['queries']} queries)")
+        t = cfg.tuning
+        typer.echo(f"  search params {cfg.search_params or '{}'}: recall@{t['k']} = {t['recall']} "
+                   f"(95% lower bound {t.get('recall_lower')}, target {t['target_recall']}) on {t['queries']} "
+                   f"{t.get('query_set', 'queries')} queries kept out of the index"
+                   + ("" if t.get("reached", True) else "; TARGET NOT REACHED"))
+    _echo_skipped(cfg.skipped)
 
 
 @index_app.command("train")
@@ -99,12 +130,14 @@ def train_cmd(
     factory: str = typer.Option("auto", "--factory"),
     memory: str = typer.Option("4G", "--memory"),
     world_size: int = typer.Option(1, "--world-size", min=1, help="Parts planned (auto choice sizes one part)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", help="Seconds to wait for another writer."),
 ) -> None:
     """Train an empty index once; parts built from it with --trained can be merged on disk."""
     from ..retrieval.index import build_index
 
     cfg = build_index(embeddings, output, factory=factory, memory=memory, train_only=True,
-                      rank=0, world_size=world_size)
+                      rank=0, world_size=world_size, overwrite=overwrite, lock_timeout=lock_timeout)
     typer.echo(f"trained {cfg.factory} (dim {cfg.dim}) -> {output}")
 
 
@@ -113,11 +146,13 @@ def merge_cmd(
     parts: list[Path] = typer.Argument(..., help="Index parts built with --rank/--world-size."),
     output: Path = typer.Option(..., "--output", "-o"),
     ondisk: bool = typer.Option(False, "--ondisk", help="Merge IVF lists into one memory-mapped index.ivfdata."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", help="Seconds to wait for another writer."),
 ) -> None:
     """Combine independently built parts: a searchable set, or (IVF) one on-disk index."""
     from ..retrieval.shards import combine_parts
 
-    cfg = combine_parts(parts, output, ondisk=ondisk)
+    cfg = combine_parts(parts, output, ondisk=ondisk, overwrite=overwrite, lock_timeout=lock_timeout)
     typer.echo(f"{'merged' if ondisk else 'combined'} {len(parts)} parts ({cfg.ntotal} vectors) -> {output}")
 
 
@@ -132,19 +167,26 @@ def info_cmd(index: Path = typer.Argument(...), as_json: bool = typer.Option(Fal
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    for key in ("kind", "factory", "dim", "ntotal", "modality", "search_params", "tuning", "choice", "embedders",
-                "parts", "ondisk"):
+    for key in ("kind", "factory", "dim", "ntotal", "modality", "search_params", "tuning", "skipped", "choice",
+                "embedders", "parts", "ondisk"):
         if data.get(key) not in (None, "", [], {}):
             typer.echo(f"{key:>14}: {data[key]}")
 
 
 @index_app.command("add")
-def add_cmd(index: Path = typer.Argument(...), embeddings: list[Path] = typer.Argument(...)) -> None:
-    """Append embeddings to an index (new ids follow the existing ones)."""
-    from ..retrieval.index import add_to_index
+def add_cmd(
+    index: Path = typer.Argument(...),
+    embeddings: list[Path] = typer.Argument(...),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
+) -> None:
+    """Append embeddings to an index (new ids follow the existing ones; NaN/inf or zero rows are skipped)."""
+    from ..retrieval.index import add_to_index, read_config
 
-    cfg = add_to_index(index, embeddings)
+    before = read_config(index).skipped
+    cfg = add_to_index(index, embeddings, lock_timeout=lock_timeout)
     typer.echo(f"{index}: now {cfg.ntotal} vectors")
+    new = {key: cfg.skipped.get(key, 0) - before.get(key, 0) for key in ("nonfinite", "zero")}
+    _echo_skipped(new if any(new.values()) else {})
 
 
 @index_app.command("delete")
@@ -152,6 +194,7 @@ def delete_cmd(
     index: Path = typer.Argument(...),
     ids: list[int] = typer.Option(None, "--id", help="Vector id to delete (repeatable)."),
     sources: list[str] = typer.Option(None, "--source", help="Delete items with this metadata source."),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
 ) -> None:
     """Delete vectors by id or by source path."""
     from ..retrieval.index import delete_from_index
@@ -159,7 +202,7 @@ def delete_cmd(
 
     if not ids and not sources:
         raise CLIError("give --id and/or --source")
-    _, n = delete_from_index(index, ids or [], sources=sources or [])
+    _, n = delete_from_index(index, ids or [], sources=sources or [], lock_timeout=lock_timeout)
     typer.echo(f"{index}: deleted {n} vectors")
 
 
@@ -174,7 +217,7 @@ def search_cmd(
     text: str = typer.Option(None, "--text", help="Text query."),
     file: Path = typer.Option(None, "--file", help="Media file query (image/audio/video/IMU ...)."),
     vector: Path = typer.Option(None, "--vector", help=".npy file holding one query vector [dim]."),
-    k: int = typer.Option(10, "-k", min=1),
+    k: int = typer.Option(10, "-k", help="Results to return (>= 1; more than the index holds returns them all)."),
     as_json: bool = typer.Option(False, "--json"),
     embedder: list[str] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     nprobe: int = typer.Option(None, "--nprobe", min=1, help="Override the tuned nprobe (IVF)."),
@@ -188,6 +231,8 @@ def search_cmd(
 
     if sum(x is not None for x in (text, file, vector)) != 1:
         raise CLIError("give exactly one of --text, --file or --vector")
+    if k < 1:
+        raise CLIError(f"-k must be >= 1, got {k}")
     r = _retriever(index, embedder, device)
     params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
     if vector is not None:
@@ -249,4 +294,6 @@ def eval_retrieval_cmd(
         typer.echo(json.dumps(out, indent=2))
         return
     for key, value in out.items():
-        typer.echo(f"{key:>10}: {value:.4f}" if isinstance(value, float) else f"{key:>10}: {value}")
+        if key == "median_rank" and value is None:
+            value = f"> {max(kv)} (beyond the ranks searched)"
+        typer.echo(f"{key:>11}: {value:.4f}" if isinstance(value, float) else f"{key:>11}: {value}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-_MODEL_HELP = "Model: exactly one of --clap, --clip or --adapter."
+_MODEL_HELP = "Model: exactly one of --encoder, --clap, --clip or --adapter."
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -22,56 +22,46 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("zeroshot")(eval_zeroshot_cmd)
 
 
-def _parse_kv(items: list[str] | None, option: str) -> dict[str, Any]:
-    import yaml
-
-    from .main import CLIError
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise CLIError(f"{option} {item!r}: expected key=value (e.g. num_frames=4)")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def build_classifier(labels: list[str], templates: list[str] | None, *, clap: str | None, clip: str | None,
                      clip_model: str | None, adapter: Path | None, text_encoder: str | None,
                      text_pretrained: str | None, encoder_args: list[str] | None, text_args: list[str] | None,
                      device: str | None, bf16: bool, batch_size: int, num_workers: int, temperature: float,
-                     no_cache: bool, files: list[str] | None = None) -> Any:
-    """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`); `files` picks
-    CLIP's video path when they are all videos."""
+                     no_cache: bool, files: list[str] | None = None, encoder: str | None = None,
+                     pretrained: str | None = None) -> Any:
+    """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`). `--clap P` and
+    `--clip P` are short for `--encoder clap-audio|clip-image --pretrained P` (CLIP's video path when all `files`
+    are videos); the text side is the one the query's space names, unless `--text-encoder` says otherwise."""
+    from ..encoders.spec import EncoderSpec
     from ..encoders.video import VIDEO_EXTENSIONS
     from ..zeroshot import ZeroShotClassifier
     from .main import CLIError
 
-    chosen = [name for name, v in (("--clap", clap), ("--clip", clip), ("--adapter", adapter)) if v is not None]
+    chosen = [name for name, v in (("--encoder", encoder), ("--clap", clap), ("--clip", clip),
+                                   ("--adapter", adapter)) if v is not None]
     if len(chosen) != 1:
-        raise CLIError(f"choose the model with exactly one of --clap PRETRAINED, --clip PRETRAINED or --adapter DIR "
-                       f"(got {', '.join(chosen) or 'none'})")
-    if adapter is None and (text_encoder or text_pretrained):
-        raise CLIError("--text-encoder/--text-pretrained choose the text side of --adapter; --clap and --clip use "
-                       "their own text tower")
-    query_kwargs, text_kwargs = _parse_kv(encoder_args, "--encoder-arg"), _parse_kv(text_args, "--text-arg")
+        raise CLIError(f"choose the model with exactly one of --encoder NAME, --clap PRETRAINED, --clip PRETRAINED "
+                       f"or --adapter DIR (got {', '.join(chosen) or 'none'})")
+    autocast = "bf16" if bf16 else None
     opts = {"batch_size": batch_size, "num_workers": num_workers, "temperature": temperature,
-            "use_cache": not no_cache}
-    common = {"device": device, "autocast": "bf16" if bf16 else None}
+            "use_cache": not no_cache, "device": device}
+    text = EncoderSpec.from_cli(text_encoder, text_pretrained, text_args, autocast) \
+        if text_encoder and not (Path(text_encoder) / "anyalign_adapter.json").is_file() else text_encoder
+    if text is None and (text_pretrained or text_args):
+        raise CLIError("--text-pretrained/--text-set need --text-encoder NAME")
+    if adapter is not None:
+        if encoder_args or pretrained:
+            raise CLIError("--set/--pretrained do not apply to --adapter (the adapter records its encoder)")
+        return ZeroShotClassifier.from_adapter(adapter, labels, templates, text=text, autocast=autocast, **opts)
     if clap is not None:
-        return ZeroShotClassifier.from_clap(labels, templates, pretrained=clap, query_kwargs=query_kwargs,
-                                            text_kwargs=text_kwargs, **common, **opts)
-    if clip is not None:
-        both = {"model": clip_model} if clip_model else {}
-        # videos go through the same image tower, frame embeddings averaged (still in CLIP's space)
-        query = "video" if files and all(Path(f).suffix.lower() in VIDEO_EXTENSIONS for f in files) else "clip-image"
-        return ZeroShotClassifier.from_encoders(query, "clip-text", labels, templates, pretrained=clip,
-                                                encoder_kwargs=both, query_kwargs=query_kwargs,
-                                                text_kwargs=text_kwargs, **common, **opts)
-    if query_kwargs:
-        raise CLIError("--encoder-arg does not apply to --adapter (the adapter records its encoder's options)")
-    return ZeroShotClassifier.from_adapter(adapter, labels, templates, text_encoder=text_encoder,
-                                           text_pretrained=text_pretrained, text_kwargs=text_kwargs, **common, **opts)
+        encoder, pretrained = "clap-audio", clap
+    elif clip is not None:  # videos go through the same image tower, frame embeddings averaged (CLIP's space)
+        videos = files and all(Path(f).suffix.lower() in VIDEO_EXTENSIONS for f in files)
+        encoder, pretrained = ("video" if videos else "clip-image"), clip
+        encoder_args = list(encoder_args or []) + ([f"model={clip_model}"] if clip_model else [])
+    elif clip_model:
+        raise CLIError("--clip-model goes with --clip")
+    query = EncoderSpec.from_cli(encoder, pretrained, encoder_args, autocast)
+    return ZeroShotClassifier.from_specs(query, labels, templates, text=text, **opts)
 
 
 # options shared by both commands
@@ -80,12 +70,15 @@ _CLIP = typer.Option(None, "--clip", help="CLIP weights (open_clip tag, file, fo
 _CLIP_MODEL = typer.Option(None, "--clip-model", help="open_clip architecture for --clip (default ViT-B-32).")
 _ADAPTER = typer.Option(None, "--adapter", help="A trained adapter folder (shared-space head). " + _MODEL_HELP)
 _TEXT_ENC = typer.Option(None, "--text-encoder",
-                         help="With --adapter: the text side (encoder name or text adapter folder); default: the "
-                              "anchor recorded in the training run's recipe.yaml.")
+                         help="The text side (encoder name or text adapter folder); default: the anchor an "
+                              "adapter records, or the query encoder's partner tower.")
 _TEXT_PRE = typer.Option(None, "--text-pretrained", help="Weights of --text-encoder (folder or hub id).")
-_ENC_ARGS = typer.Option(None, "--encoder-arg", help="Option key=value of the CLAP audio / CLIP image tower "
-                                                     "(repeatable), e.g. num_frames=4 for videos.")
-_TEXT_ARGS = typer.Option(None, "--text-arg", help="Option key=value of the text encoder (repeatable), e.g. "
+_ENCODER = typer.Option(None, "--encoder", "-e", help="A registered encoder whose space names its text side "
+                                                   "(e.g. clap-audio, clip-image, video). " + _MODEL_HELP)
+_PRETRAINED = typer.Option(None, "--pretrained", help="Weights of --encoder (folder, file, tag or hub id).")
+_ENC_ARGS = typer.Option(None, "--set", help="Option key=value of the query encoder (repeatable), e.g. "
+                                             "num_frames=4 for videos.")
+_TEXT_ARGS = typer.Option(None, "--text-set", help="Option key=value of --text-encoder (repeatable), e.g. "
                                                    "max_length=64.")
 _TEMPLATE = typer.Option(None, "--template", "-t",
                          help="Prompt template with {} for the label (repeatable: an averaged ensemble). Default: "
@@ -106,6 +99,7 @@ def classify_cmd(
     top_k: int = typer.Option(5, "-k", "--top-k", min=1, help="Labels to show per file."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one JSON document)."),
     clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
+    encoder: str = _ENCODER, pretrained: str = _PRETRAINED,
     text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
     text_arg: list[str] = _TEXT_ARGS,
     batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
@@ -123,7 +117,7 @@ def classify_cmd(
     label_list = parse_labels(labels, labels_file)
     clf = build_classifier(label_list, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
-                           text_args=text_arg,
+                           text_args=text_arg, encoder=encoder, pretrained=pretrained,
                            device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
                            temperature=temperature, no_cache=no_cache, files=[str(f) for f in files])
     preds = clf.classify([str(f) for f in files], top_k=top_k)
@@ -156,20 +150,25 @@ def eval_zeroshot_cmd(
     top_k: int = typer.Option(5, "-k", "--top-k", min=1, help="Labels kept per item in the report."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
+    encoder: str = _ENCODER, pretrained: str = _PRETRAINED,
     text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
     text_arg: list[str] = _TEXT_ARGS,
     batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
     device: str = _DEVICE, bf16: bool = _BF16,
+    labels_file: Path = typer.Option(None, "--labels-file", help="Other phrasings of the classes (YAML/JSON "
+                                     "{set: {class: phrase or [phrases]}}): accuracy per set, ratio to closed set."),
+    seen_classes: str = typer.Option(None, "--seen-classes", help="Comma-separated classes seen in training: report "
+                                     "seen / unseen / harmonic mean (default for --adapter: its recipe's classes)."),
 ) -> None:
     """Zero-shot accuracy, top-5 and per-class accuracy on a labelled dataset; writes a json report and a
-    confusion-matrix PNG."""
+    confusion-matrix PNG (plus protocols.png with --labels-file or unseen classes)."""
     from ..datasets.labelled import load_labelled
     from ..zeroshot import evaluate_zeroshot, write_report
 
     ds = load_labelled(dataset, folds=None)
     clf = build_classifier(ds.classes, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
-                           text_args=text_arg,
+                           text_args=text_arg, encoder=encoder, pretrained=pretrained,
                            device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
                            temperature=temperature, no_cache=no_cache, files=[str(p) for p in ds.paths])
     if ds.layout == "folders" and clf.query.extensions:
@@ -177,12 +176,19 @@ def eval_zeroshot_cmd(
         if ds.classes != clf.labels:
             clf = clf.with_labels(ds.classes)
     clf.check_inputs([str(p) for p in ds.paths])
+    from ..zeroshot.protocols import CachedEmbeddings, resolve_seen, write_protocols
+
+    seen = resolve_seen(seen_classes, adapter)
+    clf = CachedEmbeddings(clf) if labels_file or seen else clf  # protocols reuse the report's embeddings
     report = evaluate_zeroshot(clf, ds, eval_folds=fold or None, probe=probe, top_k=top_k)
     paths = write_report(report, output)
+    lines = write_protocols(clf, ds, report, output, labels_file=labels_file, seen=seen, eval_folds=fold or None) \
+        if labels_file or seen else []
     m = report["metrics"]
     if as_json:
         typer.echo(json.dumps({"metrics": m, "per_class": report["per_class"], "probe": report["probe"],
-                               "report": str(paths["json"]), "confusion_matrix": str(paths["png"])}, indent=2))
+                               "report": str(paths["json"]), "confusion_matrix": str(paths["png"]),
+                               "protocols": report.get("protocols")}, indent=2))
         return
     typer.echo(f"{ds.layout} dataset {dataset}: {m['n']} items, {len(ds.classes)} classes"
                + (f", folds {', '.join(fold)}" if fold else ""))
@@ -198,4 +204,6 @@ def eval_zeroshot_cmd(
         typer.echo(f"    {c:<{width}}  {acc}  (n={v['support']})")
     if m["n_failed"]:
         typer.echo(f"  {m['n_failed']} file(s) could not be read (listed in the report)", err=True)
+    for line in lines:
+        typer.echo(line)
     typer.echo(f"report: {paths['json']}\nconfusion matrix: {paths['png']}")

@@ -54,6 +54,7 @@ class Encoder(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         self.frozen = False
         self.registry_name: str = ""  # set by create_encoder; lets adapters record how to rebuild it
+        self.spec: Any = None  # the EncoderSpec it was built from (set by create_encoder)
 
     # --- the three stages -------------------------------------------------------------------------------
     def load(self, item: Any) -> Any:
@@ -113,6 +114,17 @@ class Encoder(nn.Module):
 
     def train(self, mode: bool = True) -> Encoder:
         return super().train(False if self.frozen else mode)
+
+    def split_long(self, loaded: Any) -> list[Any]:
+        """Cut one decoded input into windows the network can take whole, for the embedder to pool. Encoders that
+        window long inputs themselves (Whisper, CLAP: `window_seconds`) or need no windows return `[loaded]`."""
+        return [loaded]
+
+    @classmethod
+    def partner_spec(cls, spec: Any, modality: str) -> Any:
+        """The `EncoderSpec` that embeds `modality` into this encoder's space (a two-tower model's other tower, or a
+        bridge's text space); None when this family names none. `spec` is the spec this encoder is built from."""
+        return None
 
     def accepts_file(self, path: str | Path) -> bool:
         """True when `path` has one of this encoder's file suffixes."""

@@ -70,9 +70,10 @@ def _accepts(encoder: Any, name: str | os.PathLike) -> bool:
     return Path(name).suffix.lower() in encoder.extensions
 
 
-def encoder_class(name: str) -> type[Encoder] | None:
-    """The class a registered encoder factory returns (from its annotation), when it declares its modality and
-    file types at class level: lets inputs be checked before loading weights. None when unknown."""
+def encoder_class(name: str, *, declared_inputs: bool = False) -> type[Encoder] | None:
+    """The class a registered encoder factory returns (from its annotation); None when unknown. With
+    `declared_inputs`, only a class that declares its modality and file types at class level, which lets inputs
+    be checked before any weights load."""
     import typing
 
     from .registry import ENCODERS, _import_builtin
@@ -82,10 +83,11 @@ def encoder_class(name: str) -> type[Encoder] | None:
         cls = typing.get_type_hints(ENCODERS.get(name)).get("return")
     except Exception:  # noqa: BLE001 - unresolvable annotations: check after loading instead
         return None
-    if isinstance(cls, type) and issubclass(cls, Encoder) and cls.modality and (cls.extensions or
-                                                                                cls.modality == "text"):
-        return cls
-    return None
+    if not (isinstance(cls, type) and issubclass(cls, Encoder)):
+        return None
+    if declared_inputs and not (cls.modality and (cls.extensions or cls.modality == "text")):
+        return None
+    return cls
 
 
 def _wanted(encoder: Any) -> str:

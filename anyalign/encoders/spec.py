@@ -114,6 +114,16 @@ class EncoderSpec:
         return create_encoder(self.name, pretrained=pretrained or self.pretrained, device=device,
                               autocast=self.autocast, frozen=frozen, **self.options)
 
+    def partner(self, modality: str) -> EncoderSpec | None:
+        """The encoder that embeds `modality` into this encoder's space (itself for its own modality), as the
+        family declares it (`Encoder.partner_spec`: CLIP/CLAP's other tower, a label bridge's text encoder)."""
+        if self.modality == modality:
+            return self
+        from .base import Encoder
+        from .inputs import encoder_class
+
+        return (encoder_class(self.name) or Encoder).partner_spec(self, modality)
+
     def replace(self, **changes: Any) -> EncoderSpec:
         """A copy with some fields changed."""
         return EncoderSpec(**{**self.to_dict(), **changes})
@@ -126,9 +136,9 @@ class EncoderSpec:
 
     def fingerprint(self) -> str | None:
         """Like `key()` but also changes when local weight files change; None for random weights (never cache)."""
-        weights = source_fingerprint(self.pretrained)
-        if weights is None and self.pretrained is None and not _builds_pretrained_by_default(self.name):
+        if self.pretrained is None:  # random weights, or a library default that cannot be identified
             return None
+        weights = source_fingerprint(self.pretrained)
         return hashlib.sha1(f"{self.key()}|{weights}".encode()).hexdigest()
 
     def describe(self) -> str:
@@ -139,13 +149,6 @@ class EncoderSpec:
 
 def _is_absolute(text: str) -> bool:
     return os.path.isabs(os.path.expanduser(text))
-
-
-def _builds_pretrained_by_default(name: str) -> bool:
-    """Families that load a default hub model when no source is given (their weights are not random)."""
-    from .registry import encoder_info
-
-    return bool(encoder_info(name).default_model)
 
 
 def source_fingerprint(source: str | os.PathLike | None, *, max_files: int = 2000) -> str | None:

@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..embedder import Embedder
 from ..encoders import InputError
 from ..encoders.decoding import SafeDecode
-from ..io import atomic_path, iter_jsonl, write_json
-from .embedder import Embedder
+from ..io import atomic_path, check_replaceable, iter_jsonl, write_json
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,11 @@ class EmbeddingWriter:
 
 
 def embed_to_folder(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, embedder: Embedder, *,
-                    batch_size: int = 32, shard_size: int = 50_000, num_workers: int = 0) -> dict[str, Any]:
-    """Embed `inputs` (see the module docstring) into an embeddings folder; returns its manifest."""
+                    batch_size: int = 32, shard_size: int = 50_000, num_workers: int = 0,
+                    overwrite: bool = False) -> dict[str, Any]:
+    """Embed `inputs` (see the module docstring) into an embeddings folder, replaced atomically; returns its
+    manifest. An existing `output` that is not an embeddings folder is refused unless `overwrite`."""
+    check_replaceable(output, marker=EMBEDDINGS_MANIFEST, what="embeddings folder", overwrite=overwrite)
     items, feature_dirs = collect_inputs(inputs, embedder)
     failures: list[dict[str, str]] = []
     with atomic_path(output, is_dir=True) as tmp:
@@ -166,7 +169,7 @@ def embed_to_folder(inputs: Sequence[str | os.PathLike], output: str | os.PathLi
         if writer.count + len(writer.meta) == 0:
             raise ValueError(f"nothing embedded: all {len(failures)} inputs failed to decode"
                              if failures else "no inputs to embed")
-        manifest = writer.close(modality=embedder.modality, embedders={embedder.modality: embedder.spec},
+        manifest = writer.close(modality=embedder.modality, embedders=embedder.space_records(),
                                 failures=failures)
     return manifest
 

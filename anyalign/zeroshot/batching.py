@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .embedders import Embedder, pool_windows
+from ..embedder import Embedder, pool_windows
 
 logger = logging.getLogger(__name__)
 

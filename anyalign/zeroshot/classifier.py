@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..adapter import CONFIG_NAME
+from ..embedder import Embedder
+from ..encoders.spec import EncoderSpec
 from ..io import atomic_path
 from .batching import EmbeddingResult, embed_inputs, input_name
-from .embedders import Embedder, adapter_embedder, encoder_embedder, recorded_text_anchor, text_embedder
 from .prompts import check_labels, check_templates, class_prompts, default_templates
 
 logger = logging.getLogger(__name__)
@@ -92,51 +94,40 @@ class ZeroShotClassifier:
 
     # --- constructors ---------------------------------------------------------------------------------------
     @classmethod
-    def from_encoders(cls, query_encoder: str, text_encoder: str, labels: Sequence[str],
-                      templates: Sequence[str] | None = None, *, pretrained: str | None = None,
-                      text_pretrained: str | None = None, encoder_kwargs: dict[str, Any] | None = None,
-                      query_kwargs: dict[str, Any] | None = None, text_kwargs: dict[str, Any] | None = None,
-                      device: str | None = None, autocast: str | None = None, **options: Any) -> ZeroShotClassifier:
-        """Two towers of one model (e.g. clap-audio + clap-text, clip-image + clip-text).
-
-        `encoder_kwargs` go to both towers (e.g. an open_clip `model`), `query_kwargs`/`text_kwargs` to one.
-        """
-        both = dict(encoder_kwargs or {})
-        query = encoder_embedder(query_encoder, pretrained, device=device, autocast=autocast,
-                                 **{**both, **(query_kwargs or {})})
-        text = text_embedder(text_encoder, text_pretrained or pretrained, device=device, autocast=autocast,
-                             **{**both, **(text_kwargs or {})})
-        return cls(query, text, labels, templates, **options)
+    def from_specs(cls, query: EncoderSpec | str, labels: Sequence[str], templates: Sequence[str] | None = None, *,
+                   text: EncoderSpec | str | None = None, device: str | None = None,
+                   **options: Any) -> ZeroShotClassifier:
+        """A registered encoder's space (e.g. clap-audio, clip-image, video): the text side is `text`, default the
+        partner the family names (CLAP/CLIP's text tower of the same weights)."""
+        query = EncoderSpec.from_dict(query).checked("query encoder")
+        text_spec = _text_spec(text, query.partner("text"), query.name)
+        return cls(Embedder.from_encoder(query, device=device), _text_embedder(text_spec, device), labels,
+                   templates, **options)
 
     @classmethod
     def from_clap(cls, labels: Sequence[str], templates: Sequence[str] | None = None, *, pretrained: str | None = None,
-                  **options: Any) -> ZeroShotClassifier:
+                  autocast: str | None = None, **options: Any) -> ZeroShotClassifier:
         """CLAP zero-shot audio classification: its audio and text towers, one checkpoint."""
-        return cls.from_encoders("clap-audio", "clap-text", labels, templates, pretrained=pretrained, **options)
+        return cls.from_specs(EncoderSpec("clap-audio", pretrained, autocast=autocast), labels, templates, **options)
 
     @classmethod
     def from_adapter(cls, adapter_dir: str | os.PathLike, labels: Sequence[str],
-                     templates: Sequence[str] | None = None, *, text_encoder: str | None = None,
-                     text_pretrained: str | None = None, text_kwargs: dict[str, Any] | None = None,
+                     templates: Sequence[str] | None = None, *, text: EncoderSpec | str | None = None,
                      encoder_pretrained: str | None = None, device: str | None = None, autocast: str | None = None,
                      **options: Any) -> ZeroShotClassifier:
         """A trained adapter's shared-space embeddings against its text anchor (ImageBind-style emergent zero-shot).
 
-        The text side is `text_encoder` (a registry name, or a text adapter folder) with `text_pretrained`; when
-        not given, the text anchor recorded in the training run's `recipe.yaml` is used.
+        The text side is the anchor the adapter records (`AdapterConfig.space["text"]`); `text` (a spec, encoder
+        name or text adapter folder) overrides it, e.g. for adapters saved before format v2.
         """
-        query = adapter_embedder(adapter_dir, encoder_pretrained=encoder_pretrained, device=device, autocast=autocast)
-        kwargs = dict(text_kwargs or {})
-        if text_encoder is None:
-            anchor = recorded_text_anchor(adapter_dir)
-            if anchor is None:
-                raise ValueError(f"{adapter_dir}: no text anchor recorded next to this adapter (no recipe.yaml with "
-                                 f"anchors.text); pass --text-encoder NAME [--text-pretrained PATH]")
-            logger.info("text anchor from %s: %s (%s)", anchor["recipe"], anchor["encoder"], anchor["pretrained"])
-            text_encoder, kwargs = anchor["encoder"], {**anchor["kwargs"], **kwargs}
-            text_pretrained = text_pretrained or anchor["pretrained"]
-        text = text_embedder(text_encoder, text_pretrained, device=device, autocast=autocast, **kwargs)
-        return cls(query, text, labels, templates, **options)
+        query = Embedder.from_adapter(adapter_dir, encoder_pretrained=encoder_pretrained, device=device,
+                                      autocast=autocast)
+        recorded = query.adapter.config.space.get("text") if query.adapter is not None else None
+        if text is None and recorded is None:
+            raise ValueError(f"{adapter_dir}: no text anchor recorded in this adapter (saved before format v2, or "
+                             f"trained without a text anchor); pass --text-encoder NAME [--text-pretrained PATH]")
+        return cls(query, _text_embedder(_text_spec(text, recorded, str(adapter_dir)), device), labels, templates,
+                   **options)
 
     def with_labels(self, labels: Sequence[str], templates: Sequence[str] | None = None) -> ZeroShotClassifier:
         """The same models with other labels (and templates; default: these)."""
@@ -174,7 +165,7 @@ class ZeroShotClassifier:
                 logger.warning("%s: unreadable cache entry (%s); recomputing", path, e)
         prompts = class_prompts(self.labels, self.templates)  # [C][K]
         flat = [p for ps in prompts for p in ps]
-        emb = self.text.embed(flat, batch_size=max(self.batch_size, 64)).cpu()  # [C*K, E], normalised
+        emb = torch.from_numpy(self.text.embed(flat, batch_size=max(self.batch_size, 64)))  # [C*K, E], normalised
         per_class = emb.view(len(self.labels), len(self.templates), -1).mean(1)  # [C, E]
         class_emb = torch.nn.functional.normalize(per_class, dim=-1)
         if path is not None:
@@ -238,6 +229,26 @@ class ZeroShotClassifier:
     def describe(self) -> dict[str, Any]:
         return {"query": self.query.describe(), "text": self.text.describe(), "labels": self.labels,
                 "templates": self.templates, "temperature": self.temperature}
+
+
+def _text_spec(given: EncoderSpec | str | None, default: EncoderSpec | None, owner: str) -> EncoderSpec | Path:
+    """The text side: `given` (a spec, a registered name, or a text adapter folder), else `default`."""
+    if isinstance(given, (str, os.PathLike)) and (Path(given).expanduser() / CONFIG_NAME).is_file():
+        return Path(given).expanduser()
+    if given is not None:
+        return EncoderSpec.from_dict(given).checked("text encoder")
+    if default is None:
+        raise ValueError(f"{owner}: names no text side of its space; pass --text-encoder NAME")
+    return default
+
+
+def _text_embedder(text: EncoderSpec | Path, device: str | None) -> Embedder:
+    emb = Embedder.from_adapter(text, device=device) if isinstance(text, Path) else \
+        Embedder.from_encoder(text, device=device)
+    if emb.modality != "text":
+        raise ValueError(f"text encoder {emb.name!r} embeds {emb.modality!r}, expected a text encoder "
+                         f"(e.g. 'text', 'clap-text', 'clip-text' or a text adapter folder)")
+    return emb
 
 
 __all__ = ["Prediction", "ZeroShotClassifier", "default_cache_dir"]

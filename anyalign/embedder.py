@@ -1,0 +1,260 @@
+"""`Embedder`: inputs of one modality -> L2-normalised vectors `[N, E]` of a named shared space.
+
+One class serves retrieval (`anyalign embed`, `search`, `serve`), zero-shot classification and the quickstart.
+It wraps a frozen encoder, optionally behind a trained `ModalityAdapter` whose shared-space head gives the
+vectors (a bare encoder's pooled output is its own space, e.g. CLAP or CLIP towers, or a text anchor).
+
+Every embedder can be written down as a small JSON *record* (`{"encoder": EncoderSpec}` or `{"adapter": DIR}`)
+that indexes and embedding folders store, so the other side of a space is found from the artifact: an adapter
+records the anchors it was aligned to (`AdapterConfig.space`); a tower of a two-tower model names its partner
+(`EncoderSpec.partner`). `Embedder.for_modality(records, "text")` finds the text side either way.
+
+Decoding (`load`) is separate from the network (`embed_collated`) so it can run in DataLoader workers and one
+corrupt input fails alone. An encoder that needs long inputs cut into windows says so (`Encoder.split_long`);
+the windows' embeddings are averaged and renormalised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .adapter import CONFIG_NAME, WEIGHTS_NAME, ModalityAdapter, read_adapter_config
+from .encoders import Encoder, EncoderOutput
+from .encoders.spec import EncoderSpec, source_fingerprint
+
+
+class Embedder:
+    """Raw inputs -> L2-normalised shared-space embeddings, through an encoder and an optional adapter head."""
+
+    def __init__(self, encoder: Encoder | None, adapter: ModalityAdapter | None = None, *,
+                 adapter_dir: str | os.PathLike | None = None) -> None:
+        if adapter is not None and adapter.config.embed_dim is None:
+            raise ValueError(f"{adapter_dir or adapter.modality} adapter has no shared-space head (embed_dim is "
+                             f"None); embedding needs an adapter trained with an embed_projector")
+        if encoder is None and adapter is None:
+            raise ValueError("an Embedder needs an encoder or an adapter")
+        self.encoder = encoder
+        self.adapter = adapter
+        self.adapter_dir = str(Path(adapter_dir).resolve()) if adapter_dir is not None else None
+
+    # --- constructors ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_encoder(cls, spec: EncoderSpec | str | dict[str, Any], *, device: str | torch.device | None = None,
+                     autocast: str | None = None) -> Embedder:
+        """A registered encoder used as is (its pooled output is the space)."""
+        spec = EncoderSpec.from_dict(spec)
+        if autocast is not None:
+            spec = spec.replace(autocast=autocast)
+        return cls(spec.build(device=device))
+
+    @classmethod
+    def from_adapter(cls, path: str | os.PathLike, *, encoder_pretrained: str | None = None, load_encoder: bool = True,
+                     device: str | torch.device | None = None, autocast: str | None = None) -> Embedder:
+        """A saved adapter folder: its encoder rebuilt from the recorded spec, its shared-space head."""
+        adapter = ModalityAdapter.from_pretrained(path, encoder_pretrained=encoder_pretrained, device=device,
+                                                  autocast=autocast, load_encoder=load_encoder)
+        return cls(adapter.encoder, adapter, adapter_dir=path)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, device: str | torch.device | None = None,
+                    autocast: str | None = None) -> Embedder:
+        """Rebuild from the JSON record an index or embeddings folder stores (see `record`)."""
+        if record.get("adapter"):
+            return cls.from_adapter(record["adapter"], device=device, autocast=autocast)
+        if record.get("encoder"):
+            return cls.from_encoder(_record_spec(record), device=device, autocast=autocast)
+        raise ValueError(f"embedder record {dict(record)!r}: expected an 'adapter' folder or an 'encoder' spec")
+
+    @classmethod
+    def for_modality(cls, records: Mapping[str, Mapping[str, Any]], modality: str, *,
+                     device: str | torch.device | None = None) -> Embedder:
+        """The embedder for `modality` in the space of `records` (modality -> record): the recorded one, else the
+        partner that a recorded adapter was aligned to, or that a recorded tower names."""
+        record = find_record(records, modality)
+        if record is None:
+            known = ", ".join(sorted(records)) or "none"
+            raise ValueError(f"no {modality} embedder for this space: it records {known}, and none of them names a "
+                             f"{modality} side (an adapter's recorded anchors, or a two-tower model's other tower)")
+        return cls.from_record(record, device=device)
+
+    # --- what it is -----------------------------------------------------------------------------------------
+    @property
+    def modality(self) -> str:
+        return self.adapter.modality if self.adapter is not None else self.encoder.modality  # type: ignore[union-attr]
+
+    @property
+    def dim(self) -> int:
+        if self.adapter is not None:
+            return int(self.adapter.config.embed_dim)  # type: ignore[arg-type]
+        return int(self.encoder.pooled_dim)  # type: ignore[union-attr]
+
+    @property
+    def spec(self) -> EncoderSpec:
+        """The encoder's spec (for an adapter: the frozen encoder behind it)."""
+        if self.adapter is not None:
+            return self.adapter.config.encoder
+        return self.encoder.spec or EncoderSpec(self.encoder.registry_name or type(self.encoder).__name__)
+
+    @property
+    def name(self) -> str:
+        if self.adapter is not None:
+            return f"{self.spec.name} + adapter {Path(self.adapter_dir).name if self.adapter_dir else self.modality}"
+        return self.spec.name
+
+    def record(self) -> dict[str, Any]:
+        """JSON record that rebuilds this embedder (an in-memory adapter must be saved first to be rebuildable)."""
+        if self.adapter is not None:
+            return {"adapter": self.adapter_dir, "modality": self.modality}
+        return {"encoder": self.spec.to_dict(), "modality": self.modality}
+
+    def space_records(self) -> dict[str, dict[str, Any]]:
+        """Records of the other sides of this space that are known from this embedder itself."""
+        out: dict[str, dict[str, Any]] = {self.modality: self.record()}
+        if self.adapter is not None:
+            for m, spec in self.adapter.config.space.items():
+                out.setdefault(m, {"encoder": spec.to_dict(), "modality": m})
+        return out
+
+    @property
+    def model_id(self) -> str | None:
+        """Identity of the exact weights (for caches of embeddings); None when they cannot be identified."""
+        if self.adapter is not None:
+            if self.adapter_dir is None:
+                return None
+            enc = "in-adapter" if self.adapter.config.train_encoder else self.spec.fingerprint()
+            if enc is None:
+                return None
+            return json.dumps(["adapter", source_fingerprint(Path(self.adapter_dir) / WEIGHTS_NAME),
+                               source_fingerprint(Path(self.adapter_dir) / CONFIG_NAME), enc])
+        return self.spec.fingerprint()
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return tuple(self.encoder.extensions) if self.encoder is not None else ()
+
+    def accepts_file(self, path: str | os.PathLike) -> bool:
+        return self.encoder is not None and self.encoder.accepts_file(path)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "modality": self.modality, "dim": self.dim, "model_id": self.model_id}
+
+    # --- embedding --------------------------------------------------------------------------------------------
+    def _need_encoder(self) -> Encoder:
+        if self.encoder is None:
+            raise RuntimeError(f"{self.modality} embedder has no encoder loaded (built from cached features only)")
+        return self.encoder
+
+    def load(self, item: Any) -> list[Any]:
+        """Decode one raw input into its windows (usually one); raises `InputError` naming a bad input."""
+        enc = self._need_encoder()
+        return enc.split_long(enc.load(item))
+
+    def collate(self, windows: Sequence[Any]) -> dict[str, Any]:
+        """Decoded windows -> the encoder's batch (CPU preprocessing; may run in DataLoader workers)."""
+        return self._need_encoder().collate(list(windows))
+
+    @torch.no_grad()
+    def embed_collated(self, batch: dict[str, Any]) -> torch.Tensor:
+        """A collated batch -> `[B, E]` float32, L2-normalised (one row per window)."""
+        return self._head(self._need_encoder().run(batch))
+
+    @torch.no_grad()
+    def embed_features(self, feats: EncoderOutput) -> np.ndarray:
+        """Encoder outputs (e.g. cached by `anyalign extract`) -> `[B, E]` float32."""
+        return self._head(feats).cpu().numpy()
+
+    def _head(self, feats: EncoderOutput) -> torch.Tensor:
+        emb = self.adapter.embed(feats) if self.adapter is not None else feats.pooled
+        return F.normalize(emb.float(), dim=-1)
+
+    def embed_loaded(self, loaded: Sequence[list[Any]]) -> np.ndarray:
+        """Outputs of `load` (a window list per input) -> `[N, E]` float32, windows pooled."""
+        flat = [w for ws in loaded for w in ws]
+        emb = self.embed_collated(self.collate(flat)).cpu()
+        return pool_windows(emb, [len(ws) for ws in loaded]).numpy()
+
+    def embed(self, inputs: Sequence[Any] | str | Path, batch_size: int = 64) -> np.ndarray:
+        """Raw inputs (sentences, paths, arrays) -> `[N, E]` float32; any bad input raises."""
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        out = [self.embed_loaded([self.load(x) for x in inputs[i:i + batch_size]])
+               for i in range(0, len(inputs), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def to(self, device: str | torch.device) -> Embedder:
+        (self.adapter if self.adapter is not None else self.encoder).to(device)  # type: ignore[union-attr]
+        return self
+
+
+def pool_windows(emb: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """Average the normalised window embeddings of each input and renormalise: `[sum counts, E]` -> `[N, E]`."""
+    if all(c == 1 for c in counts):
+        return emb
+    return F.normalize(torch.stack([chunk.mean(0) for chunk in torch.split(emb, list(counts))]), dim=-1)
+
+
+def _record_spec(record: Mapping[str, Any]) -> EncoderSpec:
+    enc = record["encoder"]
+    if isinstance(enc, str):  # records written before EncoderSpec: name + pretrained + kwargs
+        enc = {"name": enc, "pretrained": record.get("pretrained"), "options": record.get("kwargs") or {}}
+    return EncoderSpec.from_dict(enc, source="embedder record")
+
+
+def find_record(records: Mapping[str, Mapping[str, Any]], modality: str) -> dict[str, Any] | None:
+    """The record for `modality` among `records`, directly or through a recorded adapter's space or a tower's
+    partner (no weights are loaded); None when the space has no such side."""
+    if modality in records:
+        return dict(records[modality])
+    for record in records.values():
+        if record.get("adapter"):
+            space = read_adapter_config(record["adapter"]).space
+            if modality in space:
+                return {"encoder": space[modality].to_dict(), "modality": modality}
+        elif record.get("encoder"):
+            partner = _record_spec(record).partner(modality)
+            if partner is not None:
+                return {"encoder": partner.to_dict(), "modality": modality}
+    return None
+
+
+def as_embedder(obj: Any, *, device: str | torch.device | None = None) -> Embedder:
+    """Accept an `Embedder`, adapter, encoder, adapter folder, `EncoderSpec`, record dict or encoder name."""
+    if isinstance(obj, Embedder):
+        return obj
+    if isinstance(obj, ModalityAdapter):
+        return Embedder(obj.encoder, obj)
+    if isinstance(obj, Encoder):
+        return Embedder(obj)
+    if isinstance(obj, EncoderSpec):
+        return Embedder.from_encoder(obj, device=device)
+    if isinstance(obj, Mapping):
+        return Embedder.from_record(obj, device=device)
+    if isinstance(obj, (str, os.PathLike)):
+        if (Path(obj) / CONFIG_NAME).is_file():
+            return Embedder.from_adapter(obj, device=device)
+        return Embedder.from_encoder(str(obj), device=device)
+    raise TypeError(f"cannot use {type(obj).__name__} as an embedder (expected an adapter, encoder or path)")
+
+
+def parse_embedder_option(text: str) -> tuple[str | None, dict[str, Any]]:
+    """CLI `[MODALITY=]ADAPTER_DIR` or `[MODALITY=]encoder:NAME[@PRETRAINED]` -> (modality or None, record)."""
+    modality, _, value = text.partition("=") if "=" in text else (None, "", text)
+    if value.startswith("encoder:"):
+        name, _, pretrained = value[len("encoder:"):].partition("@")
+        return modality, {"encoder": EncoderSpec(name, pretrained or None).checked("--embedder").to_dict()}
+    path = Path(value)
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{value}: not an adapter folder (missing {CONFIG_NAME}); "
+                                "use MODALITY=encoder:NAME[@PRETRAINED] for a bare encoder")
+    return modality, {"adapter": str(path.resolve())}
+
+
+__all__ = ["Embedder", "as_embedder", "find_record", "parse_embedder_option", "pool_windows"]
