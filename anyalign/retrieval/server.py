@@ -99,7 +99,7 @@ def error_response(status: int, message: Any, headers: dict[str, str] | None = N
 
 
 async def _send_error(send: Any, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"error": _one_line(message)}).encode()
+    body = json.dumps({"error": _one_line(message)}, separators=(",", ":")).encode()  # as JSONResponse writes it
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *extra]})
@@ -541,7 +541,7 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int 
             raise HTTPException(400, str(e)) from None
         return {"results": [result_json(state, r) for r in results]}
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     def index_page() -> HTMLResponse:
         return HTMLResponse(page, headers=page_headers)
 
