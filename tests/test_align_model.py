@@ -70,7 +70,7 @@ def test_caption_loss_is_on_target_tokens_only(tiny_llm) -> None:
     examples = [_example("caption", {"imu": [_feature(5)]}, prompt=prompts[0], target=targets[0]),
                 _example("caption", {"imu": [_feature(3)]}, prompt=prompts[1], target=targets[1])]
     batch = Collator({}, []).__call__(examples)
-    loss = model.training_forward(batch)["caption"]
+    loss = model.training_forward(batch)[("caption",)]
 
     # by hand: run the LLM on the spliced sequence and average the CE of the target tokens (+ eos) only
     feats = {"imu": model.features("imu", batch.media["imu"])}
@@ -108,10 +108,10 @@ def test_mixed_batch_contrastive_and_caption(tiny_llm) -> None:
     batch = Collator({}, ["run", "walk"])(examples)
     assert batch.labels.tolist() == [1, -1, 0, 1] and batch.media["imu"].rows.tolist() == [0, 1, 2, 3]
     losses = model.training_forward(batch)
-    assert set(losses) == {"imu-image", "caption"}
+    assert set(losses) == {("contrastive", "imu", "image"), ("caption",)}
     sum(losses.values()).backward()
     assert imu.embed_head.proj.weight.grad.abs().sum() > 0 and imu.llm_head.net[0].weight.grad.abs().sum() > 0
-    assert model.contrastive["imu-image"].logit_scale.grad is not None
+    assert model.contrastive_losses()[("contrastive", "imu", "image")].logit_scale.grad is not None
     assert set(model.state_dict()) == {k for k, _ in model.named_parameters()}  # frozen parts not registered
 
 

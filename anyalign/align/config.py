@@ -84,7 +84,7 @@ class DataSource:
 
     kind: Literal["uea", "jsonl", "files", "features"]
     path: str
-    task: Literal["contrastive", "caption", "instruct"] = "contrastive"
+    task: str = "contrastive"  # a registered training task (align/tasks.py: contrastive, caption, instruct)
     modality: str | None = None  # uea: imu (default); files: required; features: read from the manifest
     split: str = "train"  # uea split; files/jsonl: "train" or "eval" part of a hash split (see holdout)
     holdout: float = 0.0  # files/jsonl: fraction of items held out for split=eval (deterministic by key)
@@ -179,6 +179,11 @@ class Recipe:
         if both:
             raise ConfigError(f"{both}: a modality is either trained (adapters) or a frozen anchor, not both")
         tasks = {s.task for s in self.data.train + self.data.eval}
+        from .tasks import TASKS as REGISTERED  # the registry (TASKS above are the built-in names)
+
+        for t in sorted(tasks - set(REGISTERED.names())):
+            raise ConfigError(f"data: task {t!r} is not a registered training task; expected one of: "
+                              f"{', '.join(REGISTERED.names())}")
         if "contrastive" in tasks and not self.anchors:
             raise ConfigError("anchors: contrastive data needs at least one anchor (e.g. anchors.text)")
         if tasks & {"caption", "instruct"}:

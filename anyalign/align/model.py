@@ -3,8 +3,9 @@
 Only trainable parts are registered submodules (projector heads, encoders trained from scratch, InfoNCE
 temperatures, LoRA weights), so `state_dict()`, DDP and checkpoints hold just them; the frozen encoders,
 anchors and the LLM live beside them (moved along by `.to()`) and run under `no_grad`.
-`training_forward(batch)` returns one loss per term: `"{modality}-{anchor}"` (contrastive binding),
-`"caption"` and `"instruct"` (next-token loss on the target text of a frozen causal LM).
+`training_forward(batch)` returns one loss per term of its registered tasks (align/tasks.py), keyed by tuples:
+`("contrastive", modality, anchor)` (binding), `("caption",)` and `("instruct",)` (next-token loss on the target
+text of a frozen causal LM), `("aux", modality, name)` (projector auxiliary losses).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -26,11 +26,9 @@ from ..encoders.spec import EncoderSpec
 from ..io import load_weights
 from .config import AdapterSpec, Recipe
 from .data import Batch, MediaBatch
-from .losses import contrastive_loss, global_size
+from .tasks import LLM_TASKS, TASKS, ContrastiveTask, LossTerms, Task, TermKey, parse_loss_weights
 
 logger = logging.getLogger(__name__)
-
-LLM_TASKS = ("caption", "instruct")
 
 
 class _Frozen:
@@ -49,20 +47,26 @@ class _Frozen:
 
 
 class AlignmentModel(nn.Module):
-    """Adapters + losses for one recipe; `forward = training_forward` so DDP wraps it directly."""
+    """Adapters + training tasks for one recipe; `forward = training_forward` so DDP wraps it directly.
+
+    `tasks` are `Task` instances (align/tasks.py); without them they are made from `contrastive_pairs` /
+    `anchor_options` (a `ContrastiveTask`) and `llm_tasks` (when an `mllm` is given). `loss_weights` maps term
+    keys to the weights the trainer applies (default 1).
+    """
 
     def __init__(self, adapters: dict[str, ModalityAdapter], *, anchors: dict[str, Encoder] | None = None,
                  frozen_encoders: dict[str, Encoder] | None = None, mllm: Any = None,
                  contrastive_pairs: Sequence[tuple[str, str]] = (), anchor_options: dict[str, dict] | None = None,
-                 llm_tasks: Sequence[str] = LLM_TASKS, text_cache_size: int = 100_000) -> None:
+                 llm_tasks: Sequence[str] = LLM_TASKS, tasks: Sequence[Task] | None = None,
+                 loss_weights: dict[TermKey, float] | None = None, text_cache_size: int = 100_000) -> None:
         super().__init__()
-        self.llm_tasks = tuple(llm_tasks)  # the LLM tasks the training data holds (fixed collective order)
         self.adapters = nn.ModuleDict(adapters)
-        opts = anchor_options or {}
-        self.contrastive = nn.ModuleDict({  # one temperature per (modality, anchor) pair
-            f"{m}-{a}": contrastive_loss(opts.get(a, {})) for m, a in contrastive_pairs})  # InfoNCE / SoftInfoNCE
-        self.anchor_weights = {a: float(o.get("weight", 1.0)) for a, o in opts.items()}
-        self.anchor_positives = {a: o.get("positives", "label") for a, o in opts.items()}
+        if tasks is None:
+            tasks = [ContrastiveTask(contrastive_pairs, anchor_options)] if contrastive_pairs else []
+            tasks += [TASKS.get(t)() for t in llm_tasks] if mllm is not None else []
+        self.tasks = nn.ModuleDict({t.name: t for t in tasks})  # fixed order: every rank runs the same collectives
+        self.loss_weights: dict[TermKey, float] = dict(loss_weights or {})
+        self._register_load_state_dict_pre_hook(self._upgrade_state)
         self.frozen = _Frozen()
         self.frozen.encoders = dict(frozen_encoders or {})
         self.frozen.anchors = dict(anchors or {})
@@ -77,7 +81,7 @@ class AlignmentModel(nn.Module):
                 self.code_embeddings = mllm.code_embeddings.requires_grad_(True)
         self._text_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._text_cache_size = text_cache_size
-        self.text_tables: dict[str, Any] = {}  # anchor -> on-disk caption table (align/text_cache.py), from the trainer
+        self.text_tables: dict[str, Any] = {}  # anchor -> caption table on disk (text_cache.py), set by the trainer
 
     # --- device / mode handling of the frozen parts -----------------------------------------------------------
     def _apply(self, fn: Callable, recurse: bool = True) -> AlignmentModel:  # .to(), .float(), ...
@@ -101,6 +105,18 @@ class AlignmentModel(nn.Module):
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def contrastive_losses(self) -> dict[TermKey, nn.Module]:
+        """The binding losses (with their learnable temperatures) by term key `("contrastive", modality, anchor)`."""
+        task = self.tasks["contrastive"] if "contrastive" in self.tasks else None
+        return {key: task.loss_module(key[1], key[2]) for key in task.terms()} if task is not None else {}
+
+    def _upgrade_state(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Checkpoints written before tasks were modules kept the temperatures at `contrastive.<m>-<a>.*`."""
+        for (_, m, a), _mod in self.contrastive_losses().items():
+            old = f"{prefix}contrastive.{m}-{a}."
+            for k in [k for k in state if k.startswith(old)]:
+                state[f"{prefix}tasks.contrastive.temperatures.{m}.{a}.{k[len(old):]}"] = state.pop(k)
 
     # --- features and embeddings --------------------------------------------------------------------------
     def has_encoder(self, modality: str) -> bool:
@@ -159,67 +175,18 @@ class AlignmentModel(nn.Module):
             self.anchor_texts(anchor, ordered[i:i + batch_size])
 
     # --- training -----------------------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> LossTerms:
         return self.training_forward(batch)
 
-    def training_forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """All loss terms of a (possibly mixed-task) batch; every rank calls the same collectives."""
+    def training_forward(self, batch: Batch) -> LossTerms:
+        """All loss terms of a (possibly mixed-task) batch, keyed by tuples; every rank calls the same collectives."""
         feats = {m: self.features(m, mb) for m, mb in batch.media.items()}
-        losses: dict[str, torch.Tensor] = {}
-        if len(self.contrastive):
-            losses.update(self._contrastive(batch, feats))
-        if self.frozen.mllm is not None:
-            losses.update(self._llm_terms(batch, feats))
+        losses: LossTerms = {}
+        for task in self.tasks.values():
+            losses.update(task.training_forward(self, batch, feats))
         return losses
 
-    def _contrastive(self, batch: Batch, feats: dict[str, EncoderOutput]) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        is_con = torch.tensor([t == "contrastive" for t in batch.tasks], dtype=torch.bool)
-        for name, loss_fn in self.contrastive.items():
-            m, a = name.split("-", 1)
-            emb, aux, rows = self._modality_rows(m, batch, feats, is_con)
-            if a == "text":
-                keep = [i for i, r in enumerate(rows.tolist()) if batch.captions[r] is not None]
-                anchor = self.anchor_texts(a, [batch.captions[rows[i]] for i in keep])
-            else:
-                mb = batch.media.get(a)
-                a_rows = mb.rows.tolist() if mb is not None else []
-                where = {r: j for j, r in enumerate(a_rows)}
-                keep = [i for i, r in enumerate(rows.tolist()) if r in where]
-                if keep:
-                    anchor = F.normalize(feats[a].pooled[[where[int(rows[i])] for i in keep]].float(), dim=-1)
-                else:
-                    anchor = torch.zeros(0, emb.shape[1], device=emb.device)
-            if global_size(len(keep), emb.device) == 0:
-                continue
-            emb_k = emb[keep]
-            labels = None
-            if self.anchor_positives.get(a, "label") == "label":
-                labels = batch.labels.to(emb.device)[rows[keep]] if keep else batch.labels.new_zeros(0).to(emb.device)
-            out[name] = loss_fn(emb_k, anchor.to(emb_k.dtype), labels) * self.anchor_weights.get(a, 1.0)
-            for k, v in aux.items():
-                out[f"{m}/{k}"] = v
-        return out
-
-    def _modality_rows(self, m: str, batch: Batch, feats: dict[str, EncoderOutput], is_con: torch.Tensor
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Embeddings of modality `m` for contrastive rows (one item per example), possibly empty."""
-        adapter = self.adapters[m]
-        mb = batch.media.get(m)
-        if mb is None:
-            dim = adapter.config.in_dim
-            empty = EncoderOutput(torch.zeros(0, 1, dim, device=self.device),
-                                  torch.ones(0, 1, dtype=torch.bool, device=self.device),
-                                  torch.zeros(0, dim, device=self.device))
-            emb, aux = adapter.embed_output(empty)
-            return emb, {}, torch.zeros(0, dtype=torch.long)
-        rows = mb.rows.cpu()
-        sel = is_con[rows].nonzero().flatten()
-        sub = feats[m] if len(sel) == len(rows) else feats[m][sel.to(feats[m].tokens.device)]  # no copy if all
-        emb, aux = adapter.embed_output(sub)
-        return emb, aux, rows[sel]
-
-    def _llm_output(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int]) -> Any:
+    def llm_output(self, batch: Batch, feats: dict[str, EncoderOutput], rows: list[int]) -> Any:
         row_set = set(rows)
         sub: dict[str, EncoderOutput] = {}
         for m, mb in batch.media.items():
@@ -235,32 +202,14 @@ class AlignmentModel(nn.Module):
                  ) -> torch.Tensor:
         """Next-token loss of the frozen LLM on the targets of `rows` (prompt and media positions masked);
         adapter auxiliary losses are added unless `lm_only`."""
-        out = self._llm_output(batch, feats, rows)
+        out = self.llm_output(batch, feats, rows)
         return out.lm_loss if lm_only else out.loss
 
-    def _target_tokens(self, targets: Sequence[str]) -> int:
+    def target_tokens(self, targets: Sequence[str]) -> int:
         """Loss-bearing tokens of the targets (their ids plus eos, as `MultimodalLM` builds the labels)."""
         tok = self.frozen.mllm.tokenizer
         ids = tok(list(targets), add_special_tokens=False)["input_ids"] if targets else []
         return sum(len(x) + (tok.eos_token_id is not None) for x in ids)
-
-    def _llm_terms(self, batch: Batch, feats: dict[str, EncoderOutput]) -> dict[str, torch.Tensor]:
-        """One LM loss per LLM task. Under DDP each rank's mean is reweighted by its share of the global target
-        tokens, so the averaged gradient is that of the global per-token mean (as with one process)."""
-        out: dict[str, torch.Tensor] = {}
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        for task in self.llm_tasks:
-            rows = [i for i, t in enumerate(batch.tasks) if t == task]
-            if world == 1:
-                if rows:
-                    out[task] = self.llm_loss(batch, feats, rows)
-                continue
-            local = self._target_tokens([batch.targets[i] for i in rows]) if rows else 0
-            total = global_size(local, self.device)  # a collective: every rank runs it for every task
-            if rows and total:
-                res = self._llm_output(batch, feats, rows)
-                out[task] = res.lm_loss * (local * world / total) + sum((res.aux_losses or {}).values())
-        return out
 
     # --- persistence --------------------------------------------------------------------------------------------
     def save_adapters(self, directory: Any, *, is_main_process: bool = True) -> dict[str, str]:
@@ -311,6 +260,22 @@ def _raise(msg: str) -> Any:
     raise ValueError(msg)
 
 
+def _check_projectors(modality: str, spec: AdapterSpec) -> None:
+    """A recipe's projector options against the projector's options dataclass (one-line errors naming the field)."""
+    from ..config import ConfigError
+    from ..projectors import check_projector_options
+
+    for head in ("embed_projector", "llm_projector"):
+        proj = getattr(spec, head)
+        if proj is None:
+            continue
+        where = f"adapters.{modality}.{head}"
+        if not isinstance(proj, dict) or not isinstance(proj.get("name"), str):
+            raise ConfigError(f"{where}: expected a mapping with a projector name, e.g. {{name: mlp}}, got {proj!r}")
+        opts = {k: v for k, v in proj.items() if k not in ("name", "in_dim", "out_dim")}
+        check_projector_options(proj["name"], opts, source=where)
+
+
 def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None,
                             feature_dims: tuple[int, int] | None = None, seed: int = 0,
                             space: dict[str, EncoderSpec] | None = None, llm: dict[str, Any] | None = None
@@ -324,6 +289,7 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
     Random initialisation is seeded from `seed` alone, so it does not depend on what was built before (the
     cached-feature and live-encoder runs of a recipe start from the same projector weights).
     """
+    _check_projectors(modality, spec)
     encoder = None
     torch.manual_seed(seed)  # a trained-from-scratch encoder's init
     if feature_dims is None or spec.train_encoder:
@@ -374,6 +340,8 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
 
 def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentModel:
     """Everything a recipe trains and the frozen parts it trains against."""
+    for m, spec in recipe.adapters.items():  # before anything is built: a typo fails in a second
+        _check_projectors(m, spec)
     anchors = {a: s.encoder.build(frozen=True) for a, s in recipe.anchors.items()}
     space = {a: s.encoder for a, s in recipe.anchors.items()}
     llm_record = {"name_or_path": recipe.model.llm, "gguf_file": recipe.model.gguf_file} if recipe.model.llm else None
@@ -398,10 +366,6 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
                                                          seed=recipe.seed * 7919 + zlib.crc32(m.encode()) % 7919,
                                                          space=space, llm=llm_record)
     frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None and e is not None}
-    pairs = []
-    if "contrastive" in tasks:
-        pairs = [(m, a) for m in adapters for a in anchors if adapters[m].embed_head is not None
-                 or adapters[m].config.embed_dim is not None]
     mllm = None
     if llm is not None:
         from ..llm import MultimodalLM
@@ -411,11 +375,12 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
         if recipe.model.lora is not None:
             lo = recipe.model.lora
             mllm.add_lora(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
-    opts = {a: {"temperature": s.temperature, "learn_temperature": s.learn_temperature, "weight": s.weight,
-                "positives": s.positives, "loss": s.loss, "soft_temperature": s.soft_temperature}
-            for a, s in recipe.anchors.items()}
-    return AlignmentModel(adapters, anchors=anchors, frozen_encoders=frozen, mllm=mllm, contrastive_pairs=pairs,
-                          anchor_options=opts, llm_tasks=[t for t in LLM_TASKS if t in tasks])
+    order = [t for t in ("contrastive", *LLM_TASKS) if t in tasks] + sorted(tasks - {"contrastive", *LLM_TASKS})
+    built = [TASKS.get(t).from_recipe(recipe, adapters=adapters, anchors=anchors, mllm=mllm) for t in order]
+    built = [t for t in built if t is not None]
+    weights = parse_loss_weights(recipe.train.loss_weights, [k for t in built for k in t.terms()], list(adapters))
+    return AlignmentModel(adapters, anchors=anchors, frozen_encoders=frozen, mllm=mllm, tasks=built,
+                          loss_weights=weights)
 
 
 __all__ = ["AlignmentModel", "LLM_TASKS", "build_adapter_from_spec", "build_model"]

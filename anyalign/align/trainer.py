@@ -38,6 +38,7 @@ from .evaluate import evaluate_model
 from .metrics_log import MetricsLog, plot_curves
 from .model import AlignmentModel, build_model
 from .stream import FeatureStream, choose_mode, default_lanes
+from .tasks import term_name
 from .text_cache import table_for_anchor
 
 logger = logging.getLogger(__name__)
@@ -305,7 +306,7 @@ class Trainer:
             self._resume()
         if self.step == 0 and self.recipe.eval.at_start:
             self.evaluate()
-        weights = t.loss_weights
+        weights = self.unwrapped.loss_weights  # term key -> weight, parsed from train.loss_weights by build_model
         self.model.train()
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train",
                    dynamic_ncols=True)
@@ -321,7 +322,7 @@ class Trainer:
                         raise TrainingError("the batch produced no loss term: check the data tasks against the "
                                             "adapters and anchors")
                     loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
-                    values = {k: float(v.detach()) for k, v in terms.items()}
+                    values = {term_name(k): float(v.detach()) for k, v in terms.items()}  # logged names
                     self._finite_or_stop(loss.detach(), "loss", values)
                     acc.backward(loss)
                     if acc.sync_gradients:
@@ -341,8 +342,8 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 logs["lr"] = self.scheduler.get_last_lr()[0]
                 logs["samples_per_s"] = n_window * t.batch_size * t.grad_accum / max(dt, 1e-9)
-                for name, mod in self.unwrapped.contrastive.items():
-                    logs[f"logit_scale/{name}"] = float(mod.scale.detach())
+                for key, mod in self.unwrapped.contrastive_losses().items():
+                    logs[f"logit_scale/{term_name(key)}"] = float(mod.scale.detach())
                 self.metrics.log(self.step, logs)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", sps=f"{logs['samples_per_s']:.0f}")
                 window, n_window, t0 = {}, 0, time.perf_counter()
