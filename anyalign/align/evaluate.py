@@ -22,11 +22,17 @@ def zero_shot_accuracy(emb: torch.Tensor, class_emb: torch.Tensor, labels: torch
     return float((pred == labels).float().mean())
 
 
-def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """Recall@K where query i's match is gallery i (both `[N, E]`)."""
+def match_ranks(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """1-based rank `[N]` of each query's match (query i <-> gallery i, both `[N, E]`), ties ranked
+    pessimistically: an item scoring the same as the match counts as above it (as `anyalign eval retrieval`)."""
     sim = F.normalize(query, dim=-1) @ F.normalize(gallery, dim=-1).t()  # [N, N]
-    rank = (sim > sim.diagonal()[:, None]).sum(1)  # how many items beat the true match
-    return {k: float((rank < k).float().mean()) for k in ks}
+    return (sim >= sim.diagonal()[:, None]).sum(1)  # the match itself + every item not below it
+
+
+def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
+    """Recall@K where query i's match is gallery i (both `[N, E]`); ties count against the match."""
+    rank = match_ranks(query, gallery)
+    return {k: float((rank <= k).float().mean()) for k in ks}
 
 
 @torch.no_grad()
@@ -109,11 +115,12 @@ def _contrastive_metrics(model: AlignmentModel, ds: PairedDataset, loader: Any, 
                 gal = torch.cat(a_chunks)
                 if gal.shape[0] != emb.shape[0]:
                     continue
-                for k, v in recall_at_k(emb, gal, recall_k).items():
-                    out[f"eval/{tag}/{m}->{a}_R@{k}"] = v
-                for k, v in recall_at_k(gal, emb, recall_k).items():
-                    out[f"eval/{tag}/{a}->{m}_R@{k}"] = v
+                for name, q, g in ((f"{m}->{a}", emb, gal), (f"{a}->{m}", gal, emb)):
+                    rank = match_ranks(q, g)
+                    for k in recall_k:
+                        out[f"eval/{tag}/{name}_R@{k}"] = float((rank <= k).float().mean())
+                    out[f"eval/{tag}/{name}_median_rank"] = float(torch.quantile(rank.float(), 0.5))
     return out
 
 
-__all__ = ["class_embeddings", "evaluate_model", "recall_at_k", "zero_shot_accuracy"]
+__all__ = ["class_embeddings", "evaluate_model", "match_ranks", "recall_at_k", "zero_shot_accuracy"]

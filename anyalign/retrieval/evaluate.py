@@ -4,6 +4,10 @@ Relevance: `match="row"` pairs query i with gallery item i (e.g. caption i <-> i
 every gallery item whose metadata FIELD equals the query's relevant (several captions per image, or classes).
 Against embeddings (exact search) mAP ranks the whole gallery; against an index folder the ranking is the
 index's top `max(ks)` (mAP@K, normalised by min(#relevant, K)).
+
+Ties are ranked pessimistically, the same rule as the trainer's eval (`anyalign.align.evaluate`): an item whose
+score equals a relevant item's counts as ranked above it. `median_rank` is the median 1-based rank of each
+query's first relevant item (None when, against an index, it lies beyond the ranks searched).
 """
 
 from __future__ import annotations
@@ -23,55 +27,103 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def pessimistic_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """0-based ranks `[R]` (ascending) of the relevant items of one query's `scores` `[N]`, ties broken against
+    them: a non-relevant item scoring the same as a relevant one is ranked above it."""
+    rel = np.asarray(relevant, dtype=np.int64)
+    rel_scores = np.sort(scores[rel])[::-1]  # best relevant first
+    other = np.ones(len(scores), dtype=bool)
+    other[rel] = False
+    above = (scores[other][None, :] >= rel_scores[:, None]).sum(1)  # [R] non-relevant items not below each
+    return np.arange(len(rel)) + above
+
+
 def exact_metrics(queries: np.ndarray, gallery: np.ndarray, relevant: Sequence[np.ndarray],
                   ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict[str, float]:
-    """Recall@K and mAP over full rankings of `gallery` `[N, E]` for `queries` `[Q, E]` (cosine similarity).
+    """Recall@K, mAP and median rank over full rankings of `gallery` `[N, E]` for `queries` `[Q, E]` (cosine).
 
-    `relevant[q]` holds the gallery indices relevant to query q (queries with none are skipped).
+    `relevant[q]` holds the gallery indices relevant to query q (queries with none are skipped); ties are
+    ranked pessimistically (`pessimistic_ranks`).
     """
     q_all, g = _normalize(queries), _normalize(gallery)
     hits = {k: 0 for k in ks}
-    ap_sum, counted = 0.0, 0
+    ap_sum, first = 0.0, []
     for lo in range(0, len(q_all), chunk):
         sim = q_all[lo: lo + chunk] @ g.T  # [C, N]
         for r, row in enumerate(sim):
             rel = np.asarray(relevant[lo + r], dtype=np.int64)
             if rel.size == 0:
                 continue
-            ranks = np.sort((row[None, :] > row[rel][:, None]).sum(1))  # 0-based rank of each relevant item
+            ranks = pessimistic_ranks(row, rel)
             for k in ks:
                 hits[k] += int(ranks[0] < k)
             ap_sum += float(np.mean(np.arange(1, len(ranks) + 1) / (ranks + 1)))
-            counted += 1
+            first.append(int(ranks[0]) + 1)
+    counted = len(first)
     if counted == 0:
         raise ValueError("no query has a relevant gallery item: check the match field / pairing")
-    out = {f"recall@{k}": hits[k] / counted for k in ks}
+    out: dict[str, Any] = {f"recall@{k}": hits[k] / counted for k in ks}
     out["mAP"] = ap_sum / counted
+    out["median_rank"] = float(np.median(first))
     out["queries"] = counted
     return out
 
 
 def ranked_metrics(retrieved: Sequence[Sequence[bool]], n_relevant: Sequence[int],
                    ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@K and mAP@max(K) from top-K relevance flags per query and each query's number of relevant items."""
+    """Recall@K, mAP@max(K) and median rank from ranked relevance flags per query (the top max(K) or deeper)
+    and each query's number of relevant items."""
     kmax = max(ks)
     hits = {k: 0 for k in ks}
-    ap_sum, counted = 0.0, 0
+    ap_sum, first = 0.0, []
     for flags, n_rel in zip(retrieved, n_relevant):
         if n_rel == 0:
             continue
-        f = np.asarray(flags[:kmax], dtype=bool)
+        all_flags = np.asarray(flags, dtype=bool)
+        f = all_flags[:kmax]
         for k in ks:
             hits[k] += int(f[:k].any())
         prec = np.cumsum(f) / np.arange(1, len(f) + 1)
         ap_sum += float((prec * f).sum() / min(n_rel, kmax))
-        counted += 1
+        first.append(int(np.argmax(all_flags)) + 1 if all_flags.any() else np.inf)
+    counted = len(first)
     if counted == 0:
         raise ValueError("no query has a relevant gallery item: check the match field / pairing")
-    out = {f"recall@{k}": hits[k] / counted for k in ks}
+    out: dict[str, Any] = {f"recall@{k}": hits[k] / counted for k in ks}
     out[f"mAP@{kmax}"] = ap_sum / counted
+    med = float(np.median(first))
+    out["median_rank"] = med if np.isfinite(med) else None
     out["queries"] = counted
     return out
+
+
+def _pessimistic_order(scores: Sequence[float], flags: Sequence[bool]) -> list[bool]:
+    """Relevance flags of one ranked list with each run of equal scores reordered non-relevant first."""
+    out: list[bool] = []
+    i = 0
+    while i < len(scores):
+        j = i
+        while j < len(scores) and scores[j] == scores[i]:
+            j += 1
+        group = list(flags[i:j])
+        out += [False] * group.count(False) + [True] * group.count(True)
+        i = j
+    return out
+
+
+def _search_untied(retriever: Any, qvec: np.ndarray, depth: int, params: dict[str, int]) -> list[list[Any]]:
+    """Index results at least `depth` deep per query, deeper where scores tie across the cut (so that the
+    pessimistic tie rule sees every item tied with one inside the top `depth`)."""
+    total = retriever.ntotal
+    k = min(depth + 1, total)
+    results = retriever.search_vectors(qvec, k, **params)
+    for q, res in enumerate(results):
+        kq = k
+        while len(res) >= kq and kq < total and len(res) > depth and res[-1].score == res[depth - 1].score:
+            kq = min(2 * kq, total)
+            res = retriever.search_vectors(qvec[q: q + 1], kq, **params)[0]
+        results[q] = res
+    return results
 
 
 def _load_all(src: EmbeddingSource) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -101,9 +153,7 @@ def evaluate_retrieval(queries: Any, gallery: Any, *, match: str = "row", ks: Se
         if gvec.shape[1] != qvec.shape[1]:
             raise ValueError(f"dimension mismatch: queries have dim {qvec.shape[1]}, gallery {gvec.shape[1]}")
         if match == "row":
-            if len(gvec) < len(qvec):
-                raise ValueError(f"row pairing needs at least as many gallery items ({len(gvec)}) as queries "
-                                 f"({len(qvec)})")
+            _check_rows(len(qvec), len(gvec), queries, gallery)
             relevant = [np.array([i]) for i in range(len(qvec))]
         else:
             by_value: dict[Any, list[int]] = {}
@@ -117,7 +167,12 @@ def evaluate_retrieval(queries: Any, gallery: Any, *, match: str = "row", ks: Se
     from .retriever import Retriever
 
     retriever = Retriever(gallery)
-    results = retriever.search_vectors(qvec, max(ks), **(params or {}))
+    if retriever.dim != qvec.shape[1]:
+        raise ValueError(f"dimension mismatch: queries have dim {qvec.shape[1]}, index {gallery} has dim "
+                         f"{retriever.dim}")
+    if match == "row":
+        _check_rows(len(qvec), len(retriever), queries, gallery)
+    results = _search_untied(retriever, qvec, max(ks), params or {})
     if match == "row":
         flags = [[r.id == q for r in res] for q, res in enumerate(results)]
         n_rel = [1] * len(results)
@@ -127,13 +182,24 @@ def evaluate_retrieval(queries: Any, gallery: Any, *, match: str = "row", ks: Se
             counts.update(_key(v) for v in part.meta.field_values(match).values())
         flags = [[_key(r.metadata.get(match)) == _key(qm[match]) for r in res] for qm, res in zip(qmeta, results)]
         n_rel = [counts[_key(qm[match])] for qm in qmeta]
+    flags = [_pessimistic_order([r.score for r in res], f) for res, f in zip(results, flags)]
     out = ranked_metrics(flags, n_rel, ks)
     out["gallery"] = len(retriever)
     return out
+
+
+def _check_rows(n_queries: int, n_items: int, queries: Any, gallery: Any) -> None:
+    if n_queries != n_items:
+        raise ValueError(f"--match row pairs query i with item i, but {_name(queries)} has {n_queries} queries and "
+                         f"{_name(gallery)} {n_items} items; give equal counts or match on a metadata field")
+
+
+def _name(x: Any) -> str:
+    return str(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__
 
 
 def _key(v: Any) -> Any:
     return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
 
 
-__all__ = ["evaluate_retrieval", "exact_metrics", "ranked_metrics"]
+__all__ = ["evaluate_retrieval", "exact_metrics", "pessimistic_ranks", "ranked_metrics"]
