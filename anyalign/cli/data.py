@@ -46,4 +46,36 @@ def speech_cmd(
                f"voices: {', '.join(corpus.test_voices)})")
 
 
+def paraphrase_cmd(
+    recipe: Path = typer.Argument(..., help="A training recipe (YAML); its data source's classes are paraphrased."),
+    override: list[str] = typer.Argument(None, help="Recipe overrides key=value (e.g. data.train.0.classes=[A,B])."),
+    output: Path = typer.Option(None, "--output", "-o", help="Paraphrase file to write (default: the source's "
+                                "captions.paraphrases, else <recipe dir>/data/<recipe name>.paraphrases.json)."),
+    source: int = typer.Option(0, "--source", min=0, help="Which data.train source (index)."),
+    llm: Path = typer.Option(None, "--llm", help="Causal LM folder (default: $ANYALIGN_ASSETS/llm/"
+                             "SmolLM2-135M-Instruct)."),
+    gguf_file: str = typer.Option(None, "--gguf-file", help="GGUF file inside --llm (default: the folder's one)."),
+    n: int = typer.Option(8, "-n", min=1, help="Sampled rewrites per class phrase (before the filter)."),
+    seed: int = typer.Option(0, "--seed"),
+    margin: float = typer.Option(0.0, "--margin", help="Keep a rewrite only if it is this much closer (cosine) to "
+                                 "its own class's captions than to any other class's."),
+    min_own: float = typer.Option(0.5, "--min-similarity", help="...and at least this cosine to its own class."),
+) -> None:
+    """Paraphrase a recipe's class phrases once with a frozen LLM, filter them in the anchor space, write the file
+    the recipe's `captions.paraphrases` reads (kept and dropped rewrites, with their scores, for review)."""
+    from ..align.captions import paraphrase_source
+    from ..align.config import load_recipe
+    from ..assets import assets_root
+
+    rec = load_recipe(recipe, override or [], check=False)
+    src = rec.data.train[source] if source < len(rec.data.train) else None
+    default = src.captions.paraphrases if src is not None and src.captions and src.captions.paraphrases else None
+    out = output or (Path(default) if default else recipe.resolve().parent / "data" / f"{rec.name}.paraphrases.json")
+    res = paraphrase_source(rec, out, index=source, llm=llm or assets_root() / "llm" / "SmolLM2-135M-Instruct",
+                            gguf_file=gguf_file, n=n, seed=seed, margin=margin, min_own=min_own)
+    typer.echo(f"{res['output']}: kept {res['kept']}, dropped {res['dropped']} rewrites of {len(res['classes'])} "
+               f"classes ({', '.join(f'{k} {v}' for k, v in res['per_class'].items())})")
+
+
 data_app.command("speech")(speech_cmd)
+data_app.command("paraphrase")(paraphrase_cmd)

@@ -76,6 +76,7 @@ def clean(text: str) -> str | None:
     line = line.strip(" \"'`*,;")
     m = re.match(r"(.+?[.!?])(\s|$)", line)
     line = (m.group(1) if m else line).strip(" \"'`*")
+    line = re.sub(r"[\"'`]+([.!?])$", r"\1", line)
     if not line or len(line.split()) > MAX_WORDS or not re.search(r"[A-Za-z]", line):
         return None
     return line

@@ -1,0 +1,265 @@
+"""Zero-shot protocols beyond the training label set: other phrasings of the classes, and unseen classes.
+
+- Phrasings (`--labels-file`): a YAML/JSON file `{set name: {class: phrase | [phrases]}}` names every class in
+  other words; each set is scored like the closed set (same templates, phrases of a class averaged) and reported
+  with its ratio to the closed-set accuracy (or to a set named `training` when the file has one).
+- Unseen classes (generalised zero-shot learning, Xian et al. 2018): the adapter was trained on `seen` classes
+  only (`data.train[*].classes` in its recipe); items of all classes are classified among all classes and the
+  report gives mean per-class accuracy on seen and on unseen items and their harmonic mean H, plus the
+  conventional zero-shot accuracy of unseen items among the unseen classes alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import atomic_path
+
+PROTOCOLS_PNG = "protocols.png"
+
+
+def read_phrasings(path: str | os.PathLike, classes: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """Read a phrasing file and check that every set names every class (and no other)."""
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--labels-file {path}: not found (expected YAML/JSON {{set: {{class: phrase}}}})")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML/JSON ({e})") from None
+    if not isinstance(doc, dict) or not doc or not all(isinstance(v, dict) for v in doc.values()):
+        raise ValueError(f"{path}: expected a mapping of phrasing-set name -> {{class: phrase or [phrases]}}")
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, mapping in doc.items():
+        missing = [c for c in classes if c not in mapping]
+        extra = [c for c in mapping if c not in classes]
+        if missing or extra:
+            raise ValueError(f"{path}: set {name!r}: " + "; ".join(
+                ([f"no phrase for class(es) {missing}"] if missing else [])
+                + ([f"unknown class(es) {extra} (classes: {', '.join(classes)})"] if extra else [])))
+        sets = {}
+        for c in classes:
+            v = mapping[c]
+            phrases = [v] if isinstance(v, str) else v
+            if not isinstance(phrases, list) or not phrases or not all(isinstance(p, str) and p.strip()
+                                                                       for p in phrases):
+                raise ValueError(f"{path}: {name}.{c}: expected a phrase or a list of phrases, got {v!r}")
+            sets[c] = [p.strip() for p in phrases]
+        out[str(name)] = sets
+    return out
+
+
+def phrase_class_embeddings(embed_text: Callable[[list[str]], torch.Tensor], templates: Sequence[str],
+                            phrases: dict[str, list[str]], classes: Sequence[str]) -> torch.Tensor:
+    """`[C, E]`: per class, every phrase in every `{}` template, embedded, averaged and renormalised."""
+    rows = []
+    for c in classes:
+        texts = [t.replace("{}", p) for p in phrases[c] for t in templates]
+        rows.append(F.normalize(F.normalize(embed_text(texts).float(), dim=-1).mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def top1(scores: torch.Tensor, targets: Sequence[int]) -> float:
+    return float((scores.argmax(1).cpu() == torch.as_tensor(list(targets))).float().mean())
+
+
+def phrasing_protocol(embeddings: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
+                      embed_text: Callable[[list[str]], torch.Tensor], templates: Sequence[str],
+                      phrasings: dict[str, dict[str, list[str]]], closed_set_top1: float) -> dict[str, Any]:
+    """Accuracy per phrasing set and its ratio to the training phrasing (closed set, or the set `training`)."""
+    emb = F.normalize(embeddings.float(), dim=-1)
+    sets = {}
+    for name, phrases in phrasings.items():
+        cls = phrase_class_embeddings(embed_text, templates, phrases, classes)
+        scores = emb @ cls.t()
+        per_class = {}
+        y = np.asarray(targets)
+        pred = scores.argmax(1).cpu().numpy()
+        for i, c in enumerate(classes):
+            sel = y == i
+            per_class[c] = float((pred[sel] == i).mean()) if sel.any() else None
+        sets[name] = {"top1": top1(scores, targets), "per_class": per_class, "phrases": phrases}
+    base_name = "training" if "training" in sets else "closed_set"
+    base = sets["training"]["top1"] if "training" in sets else closed_set_top1
+    for v in sets.values():
+        v["ratio"] = v["top1"] / base if base > 0 else None
+    others = [v["top1"] for k, v in sets.items() if k != "training"]
+    return {"baseline": base_name, "baseline_top1": base, "closed_set_top1": closed_set_top1,
+            "chance": 1.0 / len(classes), "sets": sets,
+            "mean_top1": float(np.mean(others)) if others else None,
+            "mean_ratio": float(np.mean(others)) / base if others and base > 0 else None}
+
+
+def _mean_per_class(pred: np.ndarray, y: np.ndarray, ids: Sequence[int]) -> float | None:
+    accs = [float((pred[y == i] == i).mean()) for i in ids if (y == i).any()]
+    return float(np.mean(accs)) if accs else None
+
+
+def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
+                    seen: Sequence[str]) -> dict[str, Any]:
+    """Generalised zero-shot metrics of `[N, C]` scores over all classes, given the classes seen in training."""
+    unknown = [c for c in seen if c not in classes]
+    if unknown:
+        raise ValueError(f"seen classes {unknown} are not classes of the evaluation data ({', '.join(classes)})")
+    seen_ids = [i for i, c in enumerate(classes) if c in set(seen)]
+    unseen_ids = [i for i, c in enumerate(classes) if c not in set(seen)]
+    if not unseen_ids:
+        raise ValueError("unseen-class protocol: every evaluation class was seen in training")
+    s = scores.float().cpu()
+    y = np.asarray(targets)
+    pred = s.argmax(1).numpy()
+    acc_s, acc_u = _mean_per_class(pred, y, seen_ids), _mean_per_class(pred, y, unseen_ids)
+    h = 2 * acc_s * acc_u / (acc_s + acc_u) if acc_s is not None and acc_u is not None and acc_s + acc_u > 0 else 0.0
+    on_unseen = np.isin(y, unseen_ids)
+    sub = s[torch.from_numpy(on_unseen)][:, unseen_ids]  # unseen items among unseen classes only
+    zsl = float((np.asarray(unseen_ids)[sub.argmax(1).numpy()] == y[on_unseen]).mean()) if on_unseen.any() else None
+    return {"seen_classes": [classes[i] for i in seen_ids], "unseen_classes": [classes[i] for i in unseen_ids],
+            "seen_accuracy": acc_s, "unseen_accuracy": acc_u, "harmonic_mean": h,
+            "unseen_items_predicted_unseen": float(np.isin(pred[on_unseen], unseen_ids).mean())
+            if on_unseen.any() else None,
+            "unseen_only_top1": zsl, "chance_all": 1.0 / len(classes), "chance_unseen_only": 1.0 / len(unseen_ids)}
+
+
+def plot_protocols(protocols: dict[str, Any], path: str | os.PathLike, *, title: str = "zero-shot protocols") -> Path:
+    """Bar charts: accuracy per phrasing set (vs the baseline) and seen / unseen / H (vs chance)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("phrasings", "unseen") if protocols.get(k)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4), dpi=100, squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        p = protocols[key]
+        if key == "phrasings":
+            names = ["closed set"] + list(p["sets"])
+            vals = [p["closed_set_top1"]] + [v["top1"] for v in p["sets"].values()]
+            ax.set_title(f"phrasings (mean ratio {p['mean_ratio']:.2f})" if p["mean_ratio"] is not None
+                         else "phrasings")
+        else:
+            names = ["seen", "unseen", "H", "unseen only"]
+            vals = [p["seen_accuracy"] or 0, p["unseen_accuracy"] or 0, p["harmonic_mean"] or 0,
+                    p["unseen_only_top1"] or 0]
+            ax.axhline(p["chance_unseen_only"], ls=":", color="grey", label="chance (unseen only)")
+            ax.set_title(f"unseen classes: {', '.join(p['unseen_classes'])}"[:60])
+        ax.bar(range(len(vals)), vals, color="tab:blue")
+        ax.axhline(p.get("chance", p.get("chance_all", 0)), ls="--", color="grey", label="chance")
+        ax.set_xticks(range(len(vals)), names, rotation=30, ha="right", fontsize=8)
+        for i, v in enumerate(vals):
+            ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def recorded_seen_classes(adapter_dir: str | os.PathLike) -> list[str] | None:
+    """The classes an adapter was trained on, when its run's `recipe.yaml` restricts them (`data.train[*].classes`)."""
+    import yaml
+
+    path = Path(adapter_dir).resolve()
+    for recipe in (path.parent.parent / "recipe.yaml", path.parent / "recipe.yaml"):
+        if recipe.is_file():
+            data = yaml.safe_load(recipe.read_text()) or {}
+            sources = (data.get("data") or {}).get("train") or []
+            lists = [s.get("classes") for s in sources if isinstance(s, dict)]
+            if lists and all(isinstance(c, list) for c in lists):
+                return sorted({c for cs in lists for c in cs})
+            return None
+    return None
+
+
+class CachedEmbeddings:
+    """A classifier whose `embed` returns embeddings computed once (so the report and the protocols share them)."""
+
+    def __init__(self, classifier: Any) -> None:
+        self._clf = classifier
+        self._cache: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._clf, name)
+
+    def embed(self, inputs: Sequence[Any], **options: Any) -> Any:
+        key = json.dumps([str(x) for x in inputs])
+        if key not in self._cache:
+            self._cache[key] = self._clf.embed(inputs, **options)
+        return self._cache[key]
+
+
+def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
+                       labels_file: str | os.PathLike | None = None, seen: Sequence[str] | None = None,
+                       eval_folds: Sequence[str] | None = None) -> dict[str, Any]:
+    """Add `report["protocols"]` (phrasings and/or unseen classes) for a `ZeroShotClassifier` on a labelled dataset."""
+    folds = [str(f) for f in eval_folds] if eval_folds else None
+    items = [it for it in dataset.items if folds is None or it.fold in folds]
+    res = classifier.embed([str(it.path) for it in items])
+    index = {c: i for i, c in enumerate(dataset.classes)}
+    targets = [index[items[i].label] for i in res.index]
+    emb = F.normalize(res.embeddings.float(), dim=-1)
+    closed = top1(classifier.scores(emb), targets)
+    out: dict[str, Any] = {"closed_set_top1": closed, "chance": 1.0 / len(dataset.classes)}
+    if labels_file is not None:
+        phrasings = read_phrasings(labels_file, dataset.classes)
+        out["phrasings"] = phrasing_protocol(emb, targets, dataset.classes,
+                                             lambda texts: classifier.text.embed(texts), classifier.templates,
+                                             phrasings, closed)
+        out["phrasings"]["file"] = str(labels_file)
+    if seen:
+        out["unseen"] = unseen_protocol(classifier.scores(emb), targets, dataset.classes, seen)
+    report["protocols"] = out
+    return out
+
+
+def resolve_seen(seen_classes: str | None, adapter: str | os.PathLike | None) -> list[str] | None:
+    """`--seen-classes a,b` or, for an adapter, the classes its training run was restricted to (None: closed set)."""
+    if seen_classes:
+        return [c.strip() for c in seen_classes.split(",") if c.strip()]
+    return recorded_seen_classes(adapter) if adapter is not None else None
+
+
+def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_dir: str | os.PathLike, *,
+                    labels_file: str | os.PathLike | None = None, seen: Sequence[str] | None = None,
+                    eval_folds: Sequence[str] | None = None) -> list[str]:
+    """Run the protocols, add them to the report, rewrite `zeroshot_report.json` and write `protocols.png`;
+    returns the summary lines the CLI prints."""
+    from ..io import write_json
+    from .evaluate import REPORT_JSON
+
+    p = evaluate_protocols(classifier, dataset, report, labels_file=labels_file, seen=seen, eval_folds=eval_folds)
+    out = Path(out_dir)
+    png = plot_protocols(p, out / PROTOCOLS_PNG, title=f"zero-shot protocols ({len(dataset.classes)} classes)")
+    report["protocols"]["png"] = str(png)
+    write_json(out / REPORT_JSON, report)
+    lines = []
+    if "phrasings" in p:
+        ph = p["phrasings"]
+        lines.append(f"  phrasings (vs {ph['baseline']} {ph['baseline_top1']:.4f}):")
+        lines += [f"    {name:<20} top-1 {v['top1']:.4f}  ratio {v['ratio']:.3f}" for name, v in ph["sets"].items()]
+    if "unseen" in p:
+        u = p["unseen"]
+        lines.append(f"  unseen classes {', '.join(u['unseen_classes'])}: seen {u['seen_accuracy']:.4f}  unseen "
+                     f"{u['unseen_accuracy']:.4f}  H {u['harmonic_mean']:.4f}  (chance {u['chance_all']:.4f}); "
+                     f"among unseen only {u['unseen_only_top1']:.4f} (chance {u['chance_unseen_only']:.4f})")
+    lines.append(f"protocols: {png}")
+    return lines
+
+
+__all__ = ["CachedEmbeddings", "PROTOCOLS_PNG", "evaluate_protocols", "phrase_class_embeddings", "phrasing_protocol",
+           "plot_protocols", "read_phrasings", "recorded_seen_classes", "resolve_seen", "unseen_protocol",
+           "write_protocols"]

@@ -1,0 +1,170 @@
+"""Does zero-shot generalise beyond the training sentences? IMU (BasicMotions) and images (Fashion-MNIST).
+
+For each data set and each of four training conditions (caption diversity off/on x InfoNCE/SoftInfoNCE), two
+adapters are trained in this process: one on all classes (closed-set zero-shot accuracy on the held-out test split,
+and accuracy with other phrasings of the class names, `configs/data/*_phrasings.yaml`, as a ratio to the closed
+set), and one on a subset of the classes (generalised zero-shot: seen / unseen mean per-class accuracy and their
+harmonic mean, plus unseen items among unseen classes only). Ratios are against the plain condition (no caption
+diversity, InfoNCE) measured in the same run.
+
+    export ANYALIGN_ASSETS=~/.cache/anyalign-assets  # BasicMotions, MiniLM, EfficientNet-Lite0, Fashion-MNIST
+    python benchmarks/zeroshot_generalise.py [--only imu|image] [--imu-steps 300] [--image-steps 300] [--json out.json]
+
+Fashion-MNIST features come first from `anyalign extract` (see configs/image_text_contrastive.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from anyalign.align import load_recipe  # noqa: E402
+from anyalign.align.data import Collator  # noqa: E402
+from anyalign.align.trainer import Trainer  # noqa: E402
+from anyalign.zeroshot.protocols import phrasing_protocol, read_phrasings, top1, unseen_protocol  # noqa: E402
+
+IMU_CAPTIONS = ("{synonyms: {Badminton: [hitting a shuttlecock, swinging a racket], Running: [jogging, sprinting], "
+                "Standing: [standing upright, not moving], Walking: [strolling, taking a walk]}, "
+                "paraphrases: " + str(ROOT / "configs/data/imu_text_contrastive.paraphrases.json") + "}")
+DATASETS = {
+    "imu": {"recipe": ROOT / "configs/imu_text_contrastive.yaml",
+            "phrasings": ROOT / "configs/data/basicmotions_phrasings.yaml",
+            "captions": IMU_CAPTIONS, "seen": ["Badminton", "Running", "Standing"], "modality": "imu"},
+    "image": {"recipe": ROOT / "configs/image_text_contrastive.yaml",
+              "phrasings": ROOT / "configs/data/fashion_mnist_phrasings.yaml", "captions": None, "seen": None,
+              "modality": "image"},
+}
+CONDITIONS = {"plain": (False, "infonce"), "captions": (True, "infonce"), "soft": (False, "soft"),
+              "captions+soft": (True, "soft")}
+
+
+@torch.no_grad()
+def _test_embeddings(trainer: Trainer, modality: str) -> tuple[torch.Tensor, list[int], list[str], list[str]]:
+    """Shared-space embeddings of the first eval source, its label ids, class names and `{}` templates."""
+    model = trainer.unwrapped.eval()
+    ds = trainer.eval_sets[0]
+    loader = DataLoader(ds, batch_size=64, collate_fn=Collator(trainer.collate_fns, ds.labels))
+    embs, ys = [], []
+    for batch in loader:
+        batch = batch.to(model.device)
+        embs.append(model.embed(modality, model.features(modality, batch.media[modality]))[0].float().cpu())
+        ys += batch.labels.tolist()
+    pool = ds.caption_pool(0)
+    templates = [t.replace("{label}", "{}").replace("{caption}", "{}") for t in pool.templates]
+    return F.normalize(torch.cat(embs), dim=-1), ys, list(ds.labels), templates
+
+
+def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Path) -> dict:
+    diversity, loss = CONDITIONS[condition]
+    overrides = [f"train.max_steps={steps}", "eval.at_start=false", "eval.every=0", "train.tensorboard=false",
+                 "train.save_every=100000", f"anchors.text.loss={loss}"]
+    if cfg["captions"] is not None:
+        overrides.append(f"data.train.0.captions={cfg['captions'] if diversity else 'null'}")
+    elif not diversity:
+        overrides.append("data.train.0.captions=null")
+    if cfg["seen"] is not None:
+        overrides.append(f"data.train.0.classes=[{','.join(cfg['seen'])}]" if subset else "data.train.0.classes=null")
+    elif not subset:
+        overrides.append("data.train.0.classes=null")
+    recipe = load_recipe(cfg["recipe"], overrides)
+    t0 = time.perf_counter()
+    trainer = Trainer(recipe, output_dir=out / f"{name}-{condition}-{'subset' if subset else 'all'}")
+    trainer.fit()
+    train_s = time.perf_counter() - t0
+    seen = sorted(trainer.train_set.labels)
+    pool_phrases = {p for si in range(len(recipe.data.train)) for lab in seen
+                    for p in trainer.train_set.caption_pool(si).phrases(lab)}
+    emb, ys, classes, templates = _test_embeddings(trainer, cfg["modality"])
+    model = trainer.unwrapped
+    phrasings = read_phrasings(cfg["phrasings"], classes)
+    training_phrases = {p for ps in phrasings.get("training", {}).values() for p in ps}
+    overlap = sorted({p for k, s in phrasings.items() if k != "training" for ps in s.values() for p in ps}
+                     & (pool_phrases - training_phrases))
+    if overlap:
+        raise SystemExit(f"{cfg['phrasings']}: evaluation phrases {overlap} are also training phrases")
+
+    def embed_text(texts: list[str]) -> torch.Tensor:
+        return model.anchor_texts("text", texts).cpu()
+
+    prompts = trainer.eval_sets[0].class_prompts()
+    cls = torch.stack([F.normalize(embed_text(ps).mean(0), dim=-1) for ps in prompts.values()])
+    scores = emb @ cls.t()
+    res = {"dataset": name, "condition": condition, "trained_on": seen, "train_s": round(train_s, 1),
+           "n_test": len(ys), "chance": 1.0 / len(classes)}
+    if subset:
+        res["unseen"] = unseen_protocol(scores, ys, classes, seen)
+    else:
+        res["closed_set_top1"] = top1(scores, ys)
+        res["phrasings"] = phrasing_protocol(emb, ys, classes, embed_text, templates, phrasings,
+                                             res["closed_set_top1"])
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=list(DATASETS))
+    ap.add_argument("--imu-steps", type=int, default=300)
+    ap.add_argument("--image-steps", type=int, default=300)
+    ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if not os.environ.get("ANYALIGN_ASSETS"):
+        raise SystemExit("set ANYALIGN_ASSETS to the real offline assets (../shared/fetch-assets)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="zs-generalise-") as tmp:
+        for name, cfg in DATASETS.items():
+            if args.only and name != args.only:
+                continue
+            steps = args.imu_steps if name == "imu" else args.image_steps
+            for cond in args.conditions.split(","):
+                full = _run(name, cfg, cond, False, steps, Path(tmp))
+                sub = _run(name, cfg, cond, True, steps, Path(tmp))
+                row = {**full, "unseen": sub["unseen"], "trained_on_subset": sub["trained_on"],
+                       "train_s": full["train_s"] + sub["train_s"]}
+                rows.append(row)
+                print(json.dumps({k: row[k] for k in ("dataset", "condition", "closed_set_top1")}
+                                 | {"paraphrase_ratio": row["phrasings"]["mean_ratio"],
+                                    "unseen": row["unseen"]["unseen_accuracy"], "H": row["unseen"]["harmonic_mean"]}),
+                      flush=True)
+    print(f"\n{'dataset':<6} {'condition':<14} {'closed':>7} {'paraphr':>7} {'ratio':>6} {'seen':>6} {'unseen':>6} "
+          f"{'H':>6} {'u-only':>6} {'chance':>14} {'vs plain (closed/ratio/H)':>26}  train s")
+    base = {r["dataset"]: r for r in rows if r["condition"] == "plain"}
+    for r in rows:
+        p, u, b = r["phrasings"], r["unseen"], base.get(r["dataset"])
+
+        def rel(a: float | None, c: float | None) -> str:
+            return f"{a / c:.2f}" if a is not None and c else "n/a"
+
+        vs = "" if b is None else (f"{rel(r['closed_set_top1'], b['closed_set_top1'])}/"
+                                   f"{rel(p['mean_ratio'], b['phrasings']['mean_ratio'])}/"
+                                   f"{rel(u['harmonic_mean'], b['unseen']['harmonic_mean'])}")
+        print(f"{r['dataset']:<6} {r['condition']:<14} {r['closed_set_top1']:7.3f} {p['mean_top1']:7.3f} "
+              f"{p['mean_ratio']:6.3f} {u['seen_accuracy']:6.3f} {u['unseen_accuracy']:6.3f} "
+              f"{u['harmonic_mean']:6.3f} "
+              f"{u['unseen_only_top1']:6.3f} {r['chance']:.3f}/{u['chance_unseen_only']:.3f}u {vs:>26}  "
+              f"{r['train_s']:.0f}")
+    print("\nclosed: top-1 on the test split with the training phrasing; paraphr/ratio: mean top-1 over the other "
+          "phrasing sets and its ratio to closed; seen/unseen: mean per-class accuracy among all classes of the "
+          "adapter trained on the subset; H: their harmonic mean; u-only: unseen items among unseen classes only. "
+          "Unseen classes: " + "; ".join(f"{r['dataset']}: {', '.join(r['unseen']['unseen_classes'])}"
+                                         for r in rows if r["condition"] == "plain"))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Caption diversity: the caption pool, the paraphrase file (generation with a tiny random Llama, filter, round
+trip) and the recipe side (data.*.captions). The real SmolLM2 generation test is marked slow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anyalign.align.captions import CaptionPool, CaptionSpec, keep_classes
+from anyalign.align.config import DataSource
+from anyalign.align.data import PairedDataset
+from anyalign.datasets.paraphrase import (
+    clean,
+    filter_paraphrases,
+    generate_paraphrases,
+    load_generator,
+    paraphrase_classes,
+    read_paraphrase_file,
+    read_paraphrases,
+    write_paraphrases,
+)
+
+WORDS = "a person running walking jogging strolling playing badminton standing still photo of sneaker boot".split()
+
+
+def _axis_embed(table: dict[str, list[float]]):
+    """Embeddings looked up in a fixed table (the filter's logic is tested on known geometry)."""
+    def embed(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([table[t] for t in texts], dtype=torch.float32)
+    return embed
+
+
+def _tiny_llama(tmp_path: Path) -> Path:
+    """A randomly initialised LlamaForCausalLM with a word-level tokenizer, saved like any local model folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", "=>", "\n", ".", '"', *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    path = tmp_path / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def test_filter_drops_paraphrases_closer_to_another_class() -> None:
+    table = {"running": [1, 0, 0], "walking": [0, 1, 0], "jogging": [0.9, 0.3, 0], "strolling": [0.4, 0.9, 0],
+             "sneaker": [0.1, 0, 1]}
+    kept, dropped = filter_paraphrases({"Running": ["jogging", "strolling", "sneaker"]},
+                                       {"Running": ["running"], "Walking": ["walking"]}, _axis_embed(table))
+    assert kept == {"Running": ["jogging", "sneaker"]}  # sneaker is far from both: kept unless min_own says no
+    assert [d["text"] for d in dropped["Running"]] == ["strolling"]
+    d = dropped["Running"][0]
+    assert d["nearest"] == "Walking" and d["other"] > d["own"]
+    kept, _ = filter_paraphrases({"Running": ["jogging", "sneaker"]}, {"Running": ["running"], "Walking": ["walking"]},
+                                 _axis_embed(table), min_own=0.5)
+    assert kept == {"Running": ["jogging"]}
+    with pytest.raises(ValueError, match="at least two classes"):
+        filter_paraphrases({"Running": ["jogging"]}, {"Running": ["running"]}, _axis_embed(table))
+
+
+def test_filter_with_the_real_anchor(minilm_dir: Path) -> None:
+    from anyalign.encoders import create_encoder
+
+    enc = create_encoder("text", pretrained=str(minilm_dir))
+    kept, dropped = filter_paraphrases(
+        {"Running": ["a person jogging.", "a person strolling slowly."]},
+        {"Running": ["a person running."], "Walking": ["a person walking."]},
+        lambda texts: enc(texts).pooled)
+    assert kept["Running"] == ["a person jogging."]
+    assert dropped["Running"][0]["nearest"] == "Walking"
+
+
+def test_generation_with_a_tiny_llama_and_file_round_trip(tmp_path: Path) -> None:
+    model, tok = load_generator(_tiny_llama(tmp_path))
+    sources = {"Running": ["running", "jogging"], "Walking": ["walking"]}
+    a = generate_paraphrases(model, tok, ["running", "walking"], n=3, seed=1, max_new_tokens=6)
+    b = generate_paraphrases(model, tok, ["running", "walking"], n=3, seed=1, max_new_tokens=6)
+    assert a == b and set(a) == {"running", "walking"}  # seeded: the same file every time
+    assert all(isinstance(t, str) and t for ts in a.values() for t in ts)
+    emb = torch.nn.Embedding(len(tok), 8)  # any fixed embedding of the words: the filter only needs a geometry
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.stack([emb(torch.tensor(tok(t, add_special_tokens=False)["input_ids"] or [0])).mean(0)
+                                for t in texts])
+
+    kept, dropped = paraphrase_classes(model, tok, sources, embed, n=4, seed=0, max_new_tokens=6)
+    assert set(kept) == set(sources)
+    assert all(t not in sources[k] for k, ts in kept.items() for t in ts)  # never the source phrase itself
+    path = write_paraphrases(tmp_path / "p.json", sources, kept, dropped, generator={"llm": "tiny", "n": 4})
+    assert read_paraphrases(path) == kept
+    doc = read_paraphrase_file(path)
+    assert doc["generator"]["n"] == 4 and doc["entries"]["Running"]["sources"] == ["running", "jogging"]
+    assert sum(len(e["kept"]) + len(e["dropped"]) for e in doc["entries"].values()) == \
+        sum(len(v) for v in kept.values()) + sum(len(v) for v in dropped.values())
+    (tmp_path / "bad.json").write_text(json.dumps({"entries": {}}))
+    with pytest.raises(ValueError, match="format"):
+        read_paraphrases(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError):
+        read_paraphrases(tmp_path / "missing.json")
+
+
+def test_clean() -> None:
+    assert clean(' "going for a jog". Then more\nsecond line') == "going for a jog."
+    assert clean("   \n") is None
+    assert clean(" ".join(["word"] * 40)) is None
+
+
+def test_caption_pool_templates_synonyms_paraphrases(tmp_path: Path) -> None:
+    path = write_paraphrases(tmp_path / "p.json", {"Running": ["running"]}, {"Running": ["jogging"]}, {})
+    pool = CaptionPool(CaptionSpec(synonyms={"Running": ["sprinting"]}, paraphrases=str(path)),
+                       ["a person {label}.", "someone is {label}."], {"Running": "running"})
+    caps = pool.captions({"label": "Running", "caption": None})
+    assert caps == ["a person running.", "someone is running.", "a person sprinting.", "someone is sprinting.",
+                    "a person jogging.", "someone is jogging."]
+    assert pool.class_prompts("Running") == ["a person running.", "someone is running."]  # training phrasing only
+    assert pool.captions({"label": "Walking", "caption": None})[0] == "a person walking."
+    with pytest.raises(FileNotFoundError, match="anyalign data paraphrase"):
+        CaptionPool(CaptionSpec(paraphrases=str(tmp_path / "nope.json")), ["{label}"], {})
+    with pytest.raises(ValueError, match="synonyms.Running"):
+        CaptionPool(CaptionSpec(synonyms={"Running": "jog"}), ["{label}"], {})
+
+
+def test_dataset_draws_from_the_pool_and_keeps_classes(tmp_path: Path) -> None:
+    rows = []
+    for i in range(12):
+        np.save(tmp_path / f"w{i}.npy", np.zeros((6, 8), np.float32))
+        rows.append({"imu": f"w{i}.npy", "label": ["Running", "Walking", "Standing"][i % 3], "key": str(i)})
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = DataSource(kind="jsonl", path=str(tmp_path / "d.jsonl"), caption_templates=["a person {label}."],
+                     label_text={"Running": "running"}, classes=["Running", "Walking"],
+                     captions=CaptionSpec(synonyms={"Running": ["jogging"]}))
+    ds = PairedDataset([src], ["imu"], seed=0)
+    assert ds.labels == ["Running", "Walking"] and len(ds) == 8
+    drawn = {ds[(e, i)]["caption"] for e in range(6) for i in range(len(ds))}
+    assert drawn <= ds.all_captions() == {"a person running.", "a person jogging.", "a person walking."}
+    assert {"a person running.", "a person jogging."} <= drawn  # both phrasings are used
+    assert ds.class_prompts() == {"Running": ["a person running."], "Walking": ["a person walking."]}
+    with pytest.raises(ValueError, match="Jumping"):
+        keep_classes(rows, ["Jumping"], "test")
+
+
+@pytest.mark.slow
+def test_real_smollm2_paraphrases_class_names(assets: Path, minilm_dir: Path) -> None:
+    from anyalign.encoders import create_encoder
+
+    llm = assets / "llm" / "SmolLM2-135M-Instruct"
+    if not any(llm.glob("*.gguf")):
+        pytest.skip(f"{llm}: no GGUF file")
+    model, tok = load_generator(llm)
+    enc = create_encoder("text", pretrained=str(minilm_dir))
+    kept, dropped = paraphrase_classes(model, tok, {"Running": ["running"], "Walking": ["walking"],
+                                                    "Badminton": ["playing badminton"]},
+                                       lambda t: enc(t).pooled, n=8, template="a person {}.", min_own=0.5)
+    assert sum(map(len, kept.values())) >= 3  # the 135M model writes usable rewrites and the filter keeps some
