@@ -367,3 +367,47 @@ def test_concurrent_text_queries_are_batched_and_identical(live, corpus: dict) -
         assert [h["id"] for h in hits] == [w.id for w in want]
         assert [h["score"] for h in hits] == pytest.approx([w.score for w in want], abs=1e-5)
     assert json.dumps(got)  # plain JSON all the way
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="/usr/bin/chromium not installed (apt-get install chromium)")
+def test_page_with_token_in_headless_chromium(corpus: dict, tmp_path: Path) -> None:
+    """The page takes `#token=` into a cookie: searches and the <img> media requests then pass the token check."""
+    import subprocess
+
+    app = create_app(Retriever(corpus["root"] / "idx"), token="page-token")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn_server(app, host="127.0.0.1", port=port, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1000,2400",
+             "--virtual-time-budget=15000", "--hide-scrollbars"]
+
+    def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
+        profile = f"--user-data-dir={tmp_path / 'profile'}"
+        return subprocess.run([str(CHROMIUM), *flags, profile, *args, url], capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        page = f"http://127.0.0.1:{port}/?q=a+red+square&k=19"
+        without = chromium(page, "--dump-dom").stdout
+        assert "needs a token" in without and 'class="result"' not in without
+        shot = tmp_path / "page.png"
+        chromium(page + "#token=page-token", f"--screenshot={shot}")
+        dom = chromium(page + "#token=page-token", "--dump-dom").stdout
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert dom.count('class="result"') == 19, dom[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert (np.abs(img - np.array([220, 30, 30])).sum(-1) < 40).sum() > 500  # the red thumbnail loaded
