@@ -148,7 +148,7 @@ def test_cli_merge_refuses_a_user_folder(tmp_path, capsys) -> None:
 # --- hostile input ---------------------------------------------------------------------------------------------
 def _with_bad_rows(n: int = 300, seed: int = 0) -> np.ndarray:
     x = clustered(n, D, seed=seed)
-    x[[3, 50]] = np.nan
+    x[[3, 50 % n]] = np.nan
     x[7, 2] = np.inf
     x[[11, 12]] = 0.0
     return x
@@ -167,16 +167,16 @@ def test_build_and_add_skip_nan_inf_and_zero_rows_with_a_count(tmp_path, capsys)
     hits = r.search_vectors(clustered(50, D, seed=9), 300)  # k beyond the size: everything
     assert all(len(h) == 295 and np.isfinite([x.score for x in h]).all() for h in hits)
     assert not {3, 7, 11, 12, 50} & {x.id for h in hits for x in h}
-    np.save(tmp_path / "more.npy", _with_bad_rows(20, seed=3)[:20])
+    np.save(tmp_path / "more.npy", _with_bad_rows(25, seed=3))
     code, out, err = run(capsys, "index", "add", tmp_path / "idx", tmp_path / "more.npy")
-    assert code == 0 and "now 310 vectors" in out and "skipped 3 rows with NaN/inf values and 2 all-zero" in out, err
+    assert code == 0 and "now 315 vectors" in out and "skipped 3 rows with NaN/inf values and 2 all-zero" in out, err
     assert read_config(tmp_path / "idx").skipped["nonfinite"] == 6
     np.save(tmp_path / "nan.npy", np.full((4, D), np.nan, np.float32))
     for args in (("index", "build", tmp_path / "nan.npy", "-o", tmp_path / "nan"),
                  ("index", "add", tmp_path / "idx", tmp_path / "nan.npy")):
         code, _, err = run(capsys, *args)
         assert code == 2 and "no usable vectors" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "nan").exists() and read_config(tmp_path / "idx").ntotal == 310
+    assert not (tmp_path / "nan").exists() and read_config(tmp_path / "idx").ntotal == 315
 
 
 @pytest.fixture()
