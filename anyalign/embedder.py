@@ -154,8 +154,10 @@ class Embedder:
 
     def load(self, item: Any) -> list[Any]:
         """Decode one raw input into its windows (usually one); raises `InputError` naming a bad input."""
+        from .encoders.inputs import load_item
+
         enc = self._need_encoder()
-        return enc.split_long(enc.load(item))
+        return enc.split_long(load_item(enc, item))
 
     def collate(self, windows: Sequence[Any]) -> dict[str, Any]:
         """Decoded windows -> the encoder's batch (CPU preprocessing; may run in DataLoader workers)."""

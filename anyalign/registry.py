@@ -41,7 +41,12 @@ class Registry(Generic[T]):
         return wrap
 
     def get(self, name: str) -> Callable[..., T]:
-        """Return the factory registered as `name`, or raise naming the known ones."""
+        """Return the factory registered as `name` (importing plugins first when it is unknown), or raise
+        naming the known ones."""
+        if name not in self._items:
+            from .plugins import load_plugins
+
+            load_plugins()
         try:
             return self._items[name]
         except KeyError:
@@ -53,10 +58,17 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs)
 
     def names(self) -> list[str]:
-        """Registered names, sorted."""
+        """Registered names (plugins included), sorted."""
+        from .plugins import load_plugins
+
+        load_plugins()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            from .plugins import load_plugins
+
+            load_plugins()
         return name in self._items
 
     def __len__(self) -> int:

@@ -18,6 +18,20 @@ app = typer.Typer(help="anyalign: adapter-based multimodal alignment toolkit.", 
 eval_app = typer.Typer(help="Evaluate retrieval or zero-shot classification.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
+
+@app.callback()
+def _global_options(
+    plugin: list[str] = typer.Option(None, "--plugin", help="Import this module first: it registers encoders, "
+                                                            "projectors, tasks or data kinds (repeatable; also "
+                                                            "ANYALIGN_PLUGINS and the 'anyalign.plugins' entry "
+                                                            "points)."),
+) -> None:
+    """anyalign: adapter-based multimodal alignment toolkit."""
+    if plugin:
+        from ..plugins import load_plugins
+
+        load_plugins(list(plugin))
+
 _COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data"]
 
 
@@ -44,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     _register_all()
     from ..config import ConfigError
     from ..encoders import InputError
+    from ..plugins import PluginError
     from ..registry import UnknownNameError
 
-    expected = (CLIError, ConfigError, InputError, UnknownNameError, FileNotFoundError, ValueError)
+    expected = (CLIError, ConfigError, InputError, UnknownNameError, FileNotFoundError, ValueError, PluginError)
     try:
         app(args=argv, standalone_mode=False)
     except expected as e:
@@ -57,13 +72,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # usage errors of the click that typer uses (typer may bundle its own copy)
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            message = " ".join(str(e.format_message()).split())
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {message}{where}", err=True)
+            sys.exit(2 if e.exit_code not in (0, 1) else e.exit_code)
+        if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
 

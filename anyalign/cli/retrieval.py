@@ -223,8 +223,9 @@ def search_cmd(
     nprobe: int = typer.Option(None, "--nprobe", min=1, help="Override the tuned nprobe (IVF)."),
     ef_search: int = typer.Option(None, "--ef-search", min=1, help="Override the tuned efSearch (HNSW)."),
     device: str = typer.Option(None, "--device"),
+    modality: str = typer.Option(None, "--modality", "-m", help="Only return items of this modality (e.g. imu)."),
 ) -> None:
-    """Search an index with a text, a media file or a vector."""
+    """Search an index with a text, a media file or a vector (query embedders come from the index itself)."""
     import numpy as np
 
     from .main import CLIError
@@ -239,11 +240,11 @@ def search_cmd(
         if not vector.is_file():
             raise FileNotFoundError(f"{vector}: no such .npy file")
         query = np.load(vector, allow_pickle=False)
-        results = r.search(query, k, **params)
+        results = r.search(query, k, modality=modality, **params)
     elif text is not None:
-        results = r.search_text(text, k, **params)
+        results = r.search_text(text, k, modality=modality, **params)
     else:
-        results = r.search_file(file, k, **params)
+        results = r.search_file(file, k, modality=modality, **params)
     if as_json:
         typer.echo(json.dumps([x.to_dict() for x in results], indent=2, default=str))
         return

@@ -1,4 +1,4 @@
-"""Find the raw inputs of an extraction run: a folder, a `.jsonl`/`.txt` list, or webdataset `.tar` shards.
+"""The inputs of an extraction run, from the input layer (`anyalign.datasets.records`) or a single file.
 
 Every input becomes an `Item` (stable key, the value the encoder's `load` receives, metadata to store with its
 features). The list is sorted/ordered deterministically so that cutting it into shards gives the same shards on
@@ -8,24 +8,18 @@ the input and the file types the encoder reads; single undecodable files are lef
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tarfile
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..io import iter_jsonl
+from ..datasets.records import TarMember
 from .base import Encoder, InputError
 
 logger = logging.getLogger(__name__)
-
-#: small text members of a webdataset sample copied into the metadata (`.json` members are merged field by field)
-_TEXT_META = ("txt", "text", "caption", "cls", "label")
-
 
 @dataclass
 class Item:
@@ -34,21 +28,6 @@ class Item:
     key: str
     value: Any
     meta: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class TarMember:
-    """A file inside a tar shard, read by offset (no scan of the archive per item)."""
-
-    tar: str
-    name: str
-    offset: int
-    size: int
-
-    def read(self) -> bytes:
-        with open(self.tar, "rb") as f:
-            f.seek(self.offset)
-            return f.read(self.size)
 
 
 def load_item(encoder: Encoder, value: Any) -> Any:
@@ -102,136 +81,31 @@ def _suffix_summary(names: list[str]) -> str:
 
 
 def discover_inputs(source: str | os.PathLike, encoder: Any) -> list[Item]:
-    """List the items of a folder, `.jsonl`/`.txt` list, `.tar` shard or single file, checked against the encoder."""
+    """The items of any input-layer format (`anyalign.datasets.records`) or a single file, for this encoder."""
+    from ..datasets.records import read_records
+
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"--input {path}: no such file or folder")
-    if path.is_dir():
-        return _folder_items(path, encoder)
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _jsonl_items(path, encoder)
-    if suffix == ".txt" and not _accepts(encoder, path):
-        return _txt_items(path, encoder)
-    if suffix == ".tar":
-        return _tar_items([path], encoder)
-    if _accepts(encoder, path):
+    if path.is_file() and _accepts(encoder, path) and suffix not in (".jsonl", ".txt", ".csv", ".tar"):
         return [Item(path.name, str(path), {"source": str(path)})]
-    raise ValueError(f"--input {path}: a {encoder.modality} encoder reads {_wanted(encoder)}; expected a folder of "
-                     f"those, a .jsonl/.txt list or webdataset .tar shards")
-
-
-def _folder_items(path: Path, encoder: Any) -> list[Item]:
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    media = [p for p in files if _accepts(encoder, p)]
-    tars = [p for p in files if p.suffix.lower() == ".tar"]
-    if not media and tars:
-        return _tar_items(tars, encoder)
-    if tars:
-        logger.warning("--input %s: reading its %d media files; its %d .tar shards are not read (pass them as their "
-                       "own --input)", path, len(media), len(tars))
-    if not media:
-        found = _suffix_summary([p.name for p in files])
-        raise ValueError(f"--input {path}: no file this {encoder.modality} encoder reads; expected {_wanted(encoder)} "
-                         f"(found {found})")
-    return [Item(p.relative_to(path).as_posix(), str(p), {"source": str(p)}) for p in media]
-
-
-def _jsonl_items(path: Path, encoder: Any) -> list[Item]:
-    is_text = encoder.modality == "text"
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    for n, row in iter_jsonl(path):
-        if is_text and isinstance(row.get("text"), str):
-            value: Any = row["text"]
-            source = row.get("source", f"{path}:{n}")
-        elif not is_text and isinstance(ref := row.get("path") or row.get(encoder.modality) or row.get("source"), str):
-            value = source = str((path.parent / ref).resolve())  # the project's format names the field by modality
-        else:
-            want = "a 'text' field" if is_text else f"a 'path' (or '{encoder.modality}') field naming the file"
-            raise ValueError(f"{path}:{n}: expected {want}")
-        key = str(row.get("key", row.get("id", n - 1)))
-        if key in seen:
-            raise ValueError(f"{path}:{n}: key {key!r} repeats line {seen[key]}; keys must be unique")
-        seen[key] = n
-        items.append(Item(key, value, {**row, "source": source}))
-    if not items:
-        raise ValueError(f"--input {path}: the list is empty")
-    if not is_text and encoder.extensions and not any(_accepts(encoder, it.value) for it in items):
-        raise ValueError(f"--input {path}: no listed file is one this {encoder.modality} encoder reads; expected "
-                         f"{_wanted(encoder)} (the list has {_suffix_summary([it.value for it in items])})")
-    return items
-
-
-def _txt_items(path: Path, encoder: Any) -> list[Item]:
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        raise ValueError(f"--input {path}: the list is empty")
-    if encoder.modality == "text":
-        return [Item(str(i), ln, {"source": f"{path}:{i + 1}", "text": ln}) for i, ln in enumerate(lines)]
-    values = [str((path.parent / ln).resolve()) for ln in lines]
-    if encoder.extensions and not any(_accepts(encoder, v) for v in values):
-        raise ValueError(f"--input {path}: no listed file is one this {encoder.modality} encoder reads; expected "
-                         f"{_wanted(encoder)} (the list has {_suffix_summary(values)})")
-    return [Item(str(i), v, {"source": v}) for i, v in enumerate(values)]
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """webdataset's sample key and extension: `dir/abc.seg.flac` -> (`dir/abc`, `seg.flac`)."""
-    folder, base = os.path.split(name)
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
-def _tar_items(tars: list[Path], encoder: Any) -> list[Item]:
-    """One item per media member of each webdataset sample; `.json` fields and short text members become meta."""
+    records = read_records(path, modalities=[encoder.modality])
     is_text = encoder.modality == "text" and not encoder.extensions
     items: list[Item] = []
     names: list[str] = []
-    for tar in tars:
-        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-        try:
-            with tarfile.open(tar) as tf:
-                for m in tf:
-                    if m.isfile():
-                        names.append(m.name)
-                        key, ext = _split_name(m.name)
-                        samples.setdefault(key, {})[ext] = m
-        except (tarfile.TarError, OSError) as e:
-            raise ValueError(f"--input {tar}: cannot read as a tar shard ({e})") from None
-        for key, members in samples.items():
-            meta = _tar_meta(tar, members)
-            if is_text:
-                text = meta.get("txt", meta.get("text"))
-                if isinstance(text, str):
-                    items.append(Item(f"{tar.stem}/{key}", text, {**meta, "source": f"{tar}:{key}"}))
-                continue
-            media = [(ext, m) for ext, m in sorted(members.items()) if _accepts(encoder, m.name)]
-            for ext, m in media:  # normally one per sample; several get the extension in their key
-                item_key = f"{tar.stem}/{key}" if len(media) == 1 else f"{tar.stem}/{key}.{ext}"
-                items.append(Item(item_key, TarMember(str(tar), m.name, m.offset_data, m.size),
-                                  {**meta, "source": f"{tar}:{m.name}"}))
+    for rec in records:
+        values = rec.inputs(encoder.modality)
+        names += [str(getattr(v, "name", v)) for v in values if not isinstance(v, str) or not is_text]
+        keep = values if is_text else [v for v in values if _accepts(encoder, str(getattr(v, "name", v)))]
+        for v in keep:
+            key = rec.key if len(keep) == 1 else f"{rec.key}.{Path(str(getattr(v, 'name', v))).suffix.lstrip('.')}"
+            items.append(Item(key, v, {**rec.metadata(), "source": rec.meta.get("source") if is_text else str(v)}))
     if not items:
-        raise ValueError(f"--input {', '.join(map(str, tars[:3]))}: no tar member this {encoder.modality} encoder "
-                         f"reads; expected {_wanted(encoder)} (found {_suffix_summary(names)})")
+        if is_text:
+            raise ValueError(f"--input {path}: found no text; expected {_wanted(encoder)}")
+        listed = "no listed file is one" if suffix in (".jsonl", ".txt", ".csv") else "no file"
+        raise ValueError(f"--input {path}: {listed} this {encoder.modality} encoder reads; expected "
+                         f"{_wanted(encoder)} (found {_suffix_summary(names)})")
     return items
 
-
-def _tar_meta(tar: Path, members: dict[str, tarfile.TarInfo]) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    for ext, m in members.items():
-        if ext not in ("json", *_TEXT_META) or m.size > 1 << 20:
-            continue
-        raw = TarMember(str(tar), m.name, m.offset_data, m.size).read()
-        try:
-            text = raw.decode("utf-8")
-            value = json.loads(text) if ext == "json" else text.strip()
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"--input {tar}:{m.name}: expected UTF-8 {'JSON' if ext == 'json' else 'text'} ({e})") \
-                from None
-        if ext == "json" and isinstance(value, dict):
-            meta.update(value)
-        else:
-            meta[ext] = value
-    return meta

@@ -1,21 +1,18 @@
 """`anyalign embed`: run an embedder over raw inputs (or cached features) and write embedding shards.
 
 Output folder: `embeddings-XXXXX.npy` (float32 `[N, E]`, L2-normalised) + `metadata-XXXXX.jsonl` (one row per
-vector: `source`, `modality`, `caption` and user fields) + `embeddings.json` (dim, modality, the embedder spec,
-shard list, failures). It is written atomically. Inputs:
-  * media files, or folders searched recursively for files the encoder reads;
-  * `.jsonl` files: one object per line with `path` (relative to the file) or `text`, plus any fields;
-  * `.txt` files, for text embedders: one text per line;
-  * extraction feature folders (`manifest.json`): the adapter's head runs on the cached features.
-Inputs that fail to decode are skipped and listed under `failures`.
-"""
+vector: `source`, `modality`, `caption` and user fields) + `embeddings.json` (dim, modality, the records of the
+embedder and of the other sides of its space, shard list, failures). It is written atomically. Inputs: any
+format of the input layer (`anyalign.datasets.records`: folders, globs, jsonl, txt, csv, tar shards ...), media
+files, or extraction feature folders (`manifest.json`: the adapter's head runs on the cached features).
+Inputs that fail to decode are skipped and listed under `failures`."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from tqdm.auto import tqdm
 from ..embedder import Embedder
 from ..encoders import InputError
 from ..encoders.decoding import SafeDecode
-from ..io import atomic_path, check_replaceable, iter_jsonl, write_json
+from ..io import atomic_path, check_replaceable, write_json
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -40,54 +37,37 @@ class EmbedItem:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _file_item(path: Path, embedder: Embedder, extra: dict[str, Any] | None = None) -> EmbedItem:
-    meta = {"source": str(path.resolve()), "modality": embedder.modality, **(extra or {})}
-    return EmbedItem(str(path.resolve()), meta)
-
-
-def _jsonl_items(path: Path, embedder: Embedder) -> Iterator[EmbedItem]:
-    for n, row in iter_jsonl(path):
-        ref = row.pop("path", None) or row.pop(embedder.modality, None)
-        if ref is not None:
-            file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
-            yield _file_item(file, embedder, row)
-        elif "text" in row and embedder.modality == "text":
-            text = row.pop("text")
-            yield EmbedItem(text, {"source": f"{path.resolve()}:{n}", "modality": "text",
-                                   "caption": row.pop("caption", text), **row})
-        else:
-            want = "'text'" if embedder.modality == "text" else f"'path' (or '{embedder.modality}')"
-            raise ValueError(f"{path}:{n}: expected a {want} field")
-
-
 def collect_inputs(paths: Sequence[str | os.PathLike], embedder: Embedder) -> tuple[list[EmbedItem], list[Path]]:
-    """Expand input paths into items to embed, plus the extraction feature folders among them."""
+    """Expand input paths (any format of the input layer, `anyalign.datasets.records`) into items to embed, plus
+    the extraction feature folders among them. A text embedder embeds each record's text, a media embedder the
+    file of its modality; files of other types in a folder are left out."""
+    from ..datasets.records import read_records
+
+    modality = embedder.modality
     items: list[EmbedItem] = []
     feature_dirs: list[Path] = []
     for p in map(Path, paths):
-        if not p.exists():
+        if not p.exists() and not any(c in str(p) for c in "*?["):
             raise FileNotFoundError(f"{p}: no such input file or folder")
-        if p.is_dir():
-            if (p / FEATURES_MANIFEST).is_file():
-                feature_dirs.append(p)
+        if p.is_dir() and (p / FEATURES_MANIFEST).is_file():
+            feature_dirs.append(p)
+            continue
+        if p.is_file() and embedder.accepts_file(p):
+            items.append(EmbedItem(str(p.resolve()), {"source": str(p.resolve()), "modality": modality}))
+            continue
+        found = 0
+        for rec in read_records(p, modalities=[modality]):
+            value = rec.input(modality)
+            if value is None or (modality != "text" and not embedder.accepts_file(str(getattr(value, "name", value)))):
                 continue
-            found = [f for f in sorted(p.rglob("*")) if f.is_file() and embedder.accepts_file(f)]
-            if not found:
-                raise ValueError(f"{p}: no files for the {embedder.modality} embedder "
-                                 f"(extensions {' '.join(embedder.extensions) or 'none'})")
-            items += [_file_item(f, embedder) for f in found]
-        elif p.suffix == ".jsonl":
-            items += list(_jsonl_items(p, embedder))
-        elif p.suffix == ".txt" and embedder.modality == "text":
-            for n, line in enumerate(p.read_text().splitlines(), 1):
-                if line.strip():
-                    items.append(EmbedItem(line.strip(), {"source": f"{p.resolve()}:{n}", "modality": "text",
-                                                          "caption": line.strip()}))
-        elif embedder.accepts_file(p):
-            items.append(_file_item(p, embedder))
-        else:
-            raise ValueError(f"{p}: not an input the {embedder.modality} embedder reads (expected "
-                             f"{' '.join(embedder.extensions) or 'text (.txt/.jsonl)'}, .jsonl or a folder)")
+            meta = {**rec.metadata(), "modality": modality, "key": rec.key}
+            meta.setdefault("source", str(value))
+            items.append(EmbedItem(value, meta))
+            found += 1
+        if not found:
+            want = "a 'text' field (jsonl), one sentence per line (txt)" if modality == "text" else \
+                f"{modality} files ({' '.join(embedder.extensions) or 'none declared'})"
+            raise ValueError(f"{p}: nothing for the {modality} embedder; expected {want}")
     return items, feature_dirs
 
 
