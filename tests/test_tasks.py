@@ -154,3 +154,13 @@ def test_old_checkpoint_temperatures_load_into_the_task() -> None:
     old["contrastive.ir-depth-text.logit_scale"] = torch.tensor(1.5)
     model.load_state_dict(old)  # strict: every key maps
     assert float(model.contrastive_losses()[("contrastive", "ir-depth", "text")].logit_scale) == 1.5
+
+
+def test_misspelt_encoder_option_in_a_recipe_names_the_field(tmp_path: Path, minilm_dir: Path) -> None:
+    path = _recipe(tmp_path, minilm_dir, "imu")
+    data = yaml.safe_load(path.read_text())
+    data["adapters"]["imu"]["encoder"]["options"]["dimm"] = 8
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"^adapters.imu.encoder.options dimm=8: encoder 'imu' has no option 'dimm'; "
+                                          r"options: channels \(int, default 6\), dim \(int, default 256\)"):
+        build_model(load_recipe(path))

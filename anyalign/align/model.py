@@ -341,7 +341,10 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
 def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentModel:
     """Everything a recipe trains and the frozen parts it trains against."""
     for m, spec in recipe.adapters.items():  # before anything is built: a typo fails in a second
+        spec.encoder.checked(f"adapters.{m}.encoder.options")
         _check_projectors(m, spec)
+    for a, spec in recipe.anchors.items():
+        spec.encoder.checked(f"anchors.{a}.encoder.options")
     anchors = {a: s.encoder.build(frozen=True) for a, s in recipe.anchors.items()}
     space = {a: s.encoder for a, s in recipe.anchors.items()}
     llm_record = {"name_or_path": recipe.model.llm, "gguf_file": recipe.model.gguf_file} if recipe.model.llm else None
