@@ -31,10 +31,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def accelerate_launch(args: list[str], nproc: int = 2, extra: list[str] | None = None,
-                      timeout: int = 300) -> subprocess.CompletedProcess:
+def accelerate_launch(args: list[str], nproc: int = 2, extra: list[str] | None = None, timeout: int = 300,
+                      launcher: str = "--multi_gpu") -> subprocess.CompletedProcess:
+    """`accelerate launch <launcher> --num_processes N -m anyalign.cli.main ARGS` on a free port."""
     exe = Path(sys.executable).parent / "accelerate"
-    cmd = [str(exe), "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+    cmd = [str(exe), "launch", launcher, "--num_processes", str(nproc), "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            *(extra or []), "-m", "anyalign.cli.main", *args]
     return subprocess.run(cmd, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,

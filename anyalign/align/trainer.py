@@ -68,6 +68,11 @@ def _make_accelerator(recipe: Recipe, output_dir: Path, find_unused: bool) -> An
     t = recipe.train
     # CPU-only multi-process runs (torchrun / accelerate launch --cpu) need cpu=True for accelerate to use gloo
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        # accelerate (1.x) turns on its FSDP plugin only for GPU-type runs: on CPU it would quietly train with DDP
+        raise TrainingError("FSDP was requested (accelerate launch --use_fsdp / an FSDP config) but this machine has "
+                            "no GPU: accelerate enables FSDP only on GPUs and would silently run DDP instead; launch "
+                            "with --multi_gpu (DDP over gloo on CPU) or run on GPUs")
     return Accelerator(
         cpu=multi_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"),
         mixed_precision=t.mixed_precision,
