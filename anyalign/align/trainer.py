@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..io import atomic_path, write_json
+from .captions import captions_used
 from .checkpoint import (
     latest_checkpoint,
     latest_good_checkpoint,
@@ -305,6 +306,8 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.output_dir / "recipe.yaml") as tmp:
                 tmp.write_text(yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
+            if self.stream is None:  # streamed data: its captions are not all known up front
+                write_json(self.output_dir / "captions.json", captions_used(self.train_set, self.eval_sets))
         if t.tensorboard:
             acc.init_trackers("tensorboard")
         if resume:
