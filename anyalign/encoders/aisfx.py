@@ -60,25 +60,25 @@ def mel_filterbank(sr: float, n_fft: int, n_mels: int, f_min: float, f_max: floa
     return weights.astype(np.float32)
 
 
-class AisfxFrontEnd(nn.Module):
-    """Waveform `[N]` at 44.1 kHz -> normalised log-mel frames `[T, n_mels]`, T = 1 + N // hop."""
+class AisfxFrontEnd:
+    """Waveform `[N]` at 44.1 kHz -> normalised log-mel frames `[T, n_mels]`, T = 1 + N // hop (float32, on CPU:
+    it runs in `collate`, in DataLoader workers)."""
 
     def __init__(self, cfg: dict[str, float]) -> None:
-        super().__init__()
         self.n_fft, self.hop = int(cfg["n_fft"]), int(cfg["hop_length"])
         self.log_scale = float(cfg["log_scale"])
         self.norm_min, self.norm_max = float(cfg["norm_min"]), float(cfg["norm_max"])
         fb = mel_filterbank(cfg["sample_rate"], self.n_fft, int(cfg["n_mels"]), cfg["f_min"], cfg["f_max"])
-        self.register_buffer("mel", torch.from_numpy(fb), persistent=False)  # [M, F]
-        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        self.mel = torch.from_numpy(fb)  # [M, F]
+        self.window = torch.hann_window(self.n_fft, periodic=True)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        wave = wave.float()
         peak = wave.abs().max()
         wave = wave / torch.where(peak > 0, peak, torch.ones_like(peak))  # the package peak-normalises each clip
-        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window.float(), center=True,
-                          pad_mode="constant", return_complex=True)  # [F, T]
-        power = spec.real.square() + spec.imag.square()
-        mel = self.mel.float() @ power  # [M, T]
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, pad_mode="constant",
+                          return_complex=True)  # [F, T]
+        mel = self.mel @ (spec.real.square() + spec.imag.square())  # power -> [M, T]
         logmel = torch.log10(mel * self.log_scale + 1.0)
         return ((logmel - self.norm_min) / (self.norm_max - self.norm_min)).T  # [T, M]
 
@@ -144,9 +144,8 @@ class AisfxAudioEncoder(Encoder):
 
     def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            per_clip = [self.blocks(self.front(torch.from_numpy(np.ascontiguousarray(w)).to(self.front.mel.device)))
-                        for w in items]
-        return {"blocks": torch.cat(per_clip).cpu(),  # [sum W, block, M]
+            per_clip = [self.blocks(self.front(torch.from_numpy(np.ascontiguousarray(w)))) for w in items]
+        return {"blocks": torch.cat(per_clip),  # [sum W, block, M]
                 "windows": torch.tensor([b.shape[0] for b in per_clip])}  # [B]
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
