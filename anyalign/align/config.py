@@ -79,10 +79,11 @@ class AugmentSpec:
 
 @dataclass
 class DataSource:
-    """One paired dataset. `kind`: uea (activity windows + captions), jsonl (manifest), files (a folder whose
-    file names are the captions) or features (`anyalign extract` shards)."""
+    """One paired dataset. `kind`: any data kind of the input layer (`anyalign.datasets.records`: jsonl, csv,
+    folder, glob, webdataset, uea, esc50, urbansound8k, or `auto` to detect it), `files` (a folder whose file names
+    are the captions) or `features` (`anyalign extract` shards)."""
 
-    kind: Literal["uea", "jsonl", "files", "features"]
+    kind: str
     path: str
     task: str = "contrastive"  # a registered training task (align/tasks.py: contrastive, caption, instruct)
     modality: str | None = None  # uea: imu (default); files: required; features: read from the manifest
@@ -96,6 +97,16 @@ class DataSource:
     limit: int | None = None  # use only the first N items
     captions: CaptionSpec | None = None  # caption diversity: templates, synonyms, LLM paraphrases (align/captions.py)
     classes: list[str] | None = None  # keep only items of these classes (unseen-class protocol: train on a subset)
+    folds: list[str] | None = None  # keep only records of these folds (e.g. ["train"] of a corpus split by voice)
+
+    def __post_init__(self) -> None:
+        from ..datasets.records import DATA_KINDS
+
+        known = ["auto", "files", "features", *DATA_KINDS.names()]
+        if self.kind not in known:
+            raise ConfigError(f"kind {self.kind!r}: expected one of {', '.join(known)}")
+        if self.folds is not None:
+            self.folds = [str(f) for f in self.folds]
 
 
 @dataclass

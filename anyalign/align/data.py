@@ -21,9 +21,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..encoders import EncoderOutput, pad_sequences
-from ..io import iter_jsonl
 from .captions import CaptionPool, keep_classes
-from .config import AugmentSpec, DataSource, expand_env
+from .config import AugmentSpec, DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -55,25 +54,16 @@ def _stem_caption(path: Path) -> str:
 def read_source(src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
     """Records of one source: `{"media": {m: [item]}, "caption", "label", "key", "conversation"}`."""
     path = Path(src.path).expanduser()
-    if src.kind == "uea":
-        from ..datasets.uea import load_uea
-
-        ds = load_uea(path, split=src.split)
-        m = src.modality or "imu"
-        records = [{"media": {m: [ds.x[i]]}, "label": ds.labels[i], "caption": None,
-                    "key": f"{path.name}/{src.split}/{i}"} for i in range(len(ds.labels))]
-    elif src.kind == "files":
+    if src.kind == "files":
         if not src.modality:
             raise ValueError(f"data source {path}: kind 'files' needs a modality")
         files = sorted(p for p in path.glob(src.glob) if p.is_file())
         records = [{"media": {src.modality: [str(p)]}, "caption": _stem_caption(p), "label": None, "key": p.name}
                    for p in files if _split_part(p.name, src.holdout, src.split)]
-    elif src.kind == "jsonl":
-        records = _read_jsonl(path, src, media_names)
     elif src.kind == "features":
         records = _read_features(path, src)
-    else:  # pragma: no cover - the config's Literal already restricts kind
-        raise ValueError(f"unknown data kind {src.kind!r}")
+    else:
+        records = _read_records(path, src, media_names)
     if src.classes is not None:  # the unseen-class protocol trains on a subset of the classes
         records = keep_classes(records, src.classes, f"data source {path} ({src.kind}, split {src.split})")
     if src.limit is not None:
@@ -83,34 +73,34 @@ def read_source(src: DataSource, media_names: Sequence[str]) -> list[dict[str, A
     return records
 
 
-def _read_jsonl(path: Path, src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Manifest lines with per-modality fields (paths relative to the manifest), a caption/label or a
-    LLaVA-style `conversations` list with `<modality>` placeholders."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: jsonl manifest not found")
+def _read_records(path: Path, src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Examples from any input-layer format (jsonl, csv, folders, tar shards, UEA ...): media per modality (an
+    untyped `path` counts for `src.modality`), a caption (`text`) or label, or a LLaVA-style `conversations` list
+    with `<modality>` placeholders. UEA archives keep `split` as their fold; `folds` keeps only those folds."""
+    from ..datasets.records import read_records
+
+    names = [src.modality] if src.kind == "uea" and src.modality else list(media_names)
     records = []
-    for n, row in iter_jsonl(path):
-        media = {}
-        for m in media_names:
-            if m in row:
-                try:  # media paths may use ${ANYALIGN_ASSETS}-style variables
-                    items = expand_env(row[m] if isinstance(row[m], list) else [row[m]], f"{m}")
-                except ValueError as e:
-                    raise ValueError(f"{path}:{n}: {e}") from None
-                media[m] = [str(path.parent / it) if isinstance(it, str) and not Path(it).is_absolute() else it
-                            for it in items]
-        key = str(row.get("key", row.get("id", f"{path.name}:{n}")))
-        conv = row.get("conversations") or row.get("messages")
+    for rec in read_records(path, kind=src.kind, modalities=names):
+        where = rec.where or f"{path} ({rec.key})"
+        media = {m: rec.media[m] for m in media_names if m in rec.media}
+        if not media and src.modality and "path" in rec.media:
+            media = {src.modality: rec.media["path"]}
+        if src.kind == "uea" and rec.fold != ("test" if src.split in ("test", "eval") else "train"):
+            continue
+        if src.folds is not None and rec.fold not in src.folds:
+            continue
         if not media:
-            raise ValueError(f"{path}:{n}: no media field (expected one of {', '.join(media_names)})")
-        if src.task == "instruct" and not conv:
-            raise ValueError(f"{path}:{n}: instruct data needs a 'conversations' list")
-        caption = row.get("caption", row.get("text"))
-        if src.task != "instruct" and caption is None and row.get("label") is None:
-            raise ValueError(f"{path}:{n}: expected a 'caption' (or 'label') field")
-        if _split_part(key, src.holdout, src.split):
-            records.append({"media": media, "caption": caption, "label": row.get("label"), "key": key,
-                            "conversation": conv, "where": f"{path}:{n}"})
+            raise ValueError(f"{where}: no media field (expected one of {', '.join(media_names)}"
+                             + (", or 'path' with the source's modality)" if not src.modality else ")"))
+        if src.task == "instruct" and not rec.conversations:
+            raise ValueError(f"{where}: instruct data needs a 'conversations' list")
+        caption = rec.meta.get("caption", rec.text)
+        if src.task != "instruct" and caption is None and rec.label is None:
+            raise ValueError(f"{where}: expected a 'text'/'caption' (or 'label') field")
+        if src.kind == "uea" or _split_part(rec.key, src.holdout, src.split):
+            records.append({"media": media, "caption": caption, "label": rec.label, "key": rec.key,
+                            "conversation": rec.conversations, "where": where, "group": rec.group})
     return records
 
 
@@ -268,10 +258,14 @@ class PairedDataset(Dataset):
         for m, items in rec["media"].items():
             out = []
             for item in items:
-                if self.train and src.augment is not None and isinstance(item, np.ndarray):
+                augment = self.train and src.augment is not None
+                if augment and isinstance(item, np.ndarray):
                     item = augment_series(item, src.augment, rng)
+                    augment = False
                 if not isinstance(item, FeatureItem) and m in self.loaders:
                     item = self.loaders[m](item)
+                if augment and isinstance(item, np.ndarray) and item.ndim == 2:  # a series read from a file
+                    item = augment_series(item, src.augment, rng)
                 out.append(item)
             media[m] = out
         caption = self.caption(si, rec, rng)

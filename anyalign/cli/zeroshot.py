@@ -64,6 +64,18 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
     return ZeroShotClassifier.from_specs(query, labels, templates, text=text, **opts)
 
 
+def _query_modality(clap: str | None, clip: str | None, adapter: Path | None, encoder: str | None) -> str | None:
+    """The modality the chosen model classifies, known before any weights load (None when undecided)."""
+    from ..adapter import read_adapter_config
+    from ..encoders.spec import EncoderSpec
+
+    if adapter is not None:
+        return read_adapter_config(adapter).modality
+    if encoder is not None:
+        return EncoderSpec(encoder).modality
+    return "audio" if clap is not None else "image" if clip is not None else None
+
+
 # options shared by both commands
 _CLAP = typer.Option(None, "--clap", help="CLAP weights (folder or hub id): audio and text towers. " + _MODEL_HELP)
 _CLIP = typer.Option(None, "--clip", help="CLIP weights (open_clip tag, file, folder or hub id). " + _MODEL_HELP)
@@ -140,8 +152,8 @@ def classify_cmd(
 
 
 def eval_zeroshot_cmd(
-    dataset: Path = typer.Argument(..., help="A folder of class folders, a csv manifest (path,label[,fold]), or an "
-                                             "ESC-50 / UrbanSound8K folder."),
+    dataset: Path = typer.Argument(..., help="A folder of class folders, a csv manifest (path,label[,fold]), an "
+                                             "ESC-50 / UrbanSound8K folder, or a jsonl/tar dataset with labels."),
     fold: list[str] = typer.Option(None, "--fold", help="Evaluate only these folds (repeatable)."),
     probe: bool = typer.Option(False, "--probe", help="Also fit a linear probe on the same embeddings (cross-"
                                                       "validated over folds, else stratified) as an upper bound."),
@@ -165,7 +177,7 @@ def eval_zeroshot_cmd(
     from ..datasets.labelled import load_labelled
     from ..zeroshot import evaluate_zeroshot, write_report
 
-    ds = load_labelled(dataset, folds=None)
+    ds = load_labelled(dataset, folds=None, modality=_query_modality(clap, clip, adapter, encoder))
     clf = build_classifier(ds.classes, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
                            text_args=text_arg, encoder=encoder, pretrained=pretrained,

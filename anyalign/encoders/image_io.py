@@ -28,7 +28,7 @@ def load_image(item: Any) -> Image.Image:
     if isinstance(item, (str, os.PathLike)):
         return _open_file(Path(item))
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(item)
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu().float().numpy() if item.is_floating_point() else item.detach().cpu().numpy()
     if isinstance(item, np.ndarray):
@@ -42,7 +42,7 @@ def _open_file(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # force the decode here so truncated/corrupt files fail now, not in a worker later
-            return img.convert("RGB")
+            return to_rgb(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
 
@@ -63,4 +63,16 @@ def _from_array(arr: np.ndarray) -> Image.Image:
         arr = arr.astype(np.uint8) * 255
     elif arr.dtype != np.uint8:
         raise InputError(f"image array dtype {arr.dtype}: expected uint8 (0-255) or float (0-1)")
-    return Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with transparency (RGBA, LA, palette/greyscale with a transparent colour) composited on white:
+    dropping alpha would turn clip art into flat colour fields (transparent pixels often hold black)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "L", "RGB", "1", "I") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
