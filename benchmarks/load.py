@@ -10,6 +10,9 @@ under the MiniLM vector of its caption and served from its file. The server runs
 media item). Each level stops after `--max-requests` requests or `--seconds` seconds, whichever comes first, split over
 `--rounds` interleaved rounds (the two servers alternate, so a busy machine weighs on both alike).
 
+Server CPU time per request (from /proc) is printed too: on a machine shared with other work, wall-clock
+throughput also depends on how many threads a mode runs (each gets a share of the cores), CPU per request does not.
+
 Baseline, in the same run: the same server with micro-batching off (`batch_max=0`: one encoder call per query,
 as before issue 14). Issue 12/14 measured the old server at 78 QPS with 1 client and 51 QPS, p50 221 ms, p99 435 ms
 with 16 clients (2 cores). 0 errors are required.
@@ -148,7 +151,17 @@ def request(port: int, method: str, path: str, body: dict | None = None,
     return out
 
 
-def load(port: int, kind: str, clients: int, media_ids: list[int], seconds: float, max_requests: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(port: int, kind: str, clients: int, media_ids: list[int], seconds: float, max_requests: int,
+         pid: int = 0) -> dict:
     """Closed-loop load: `clients` threads, each with one connection, until the count or time limit."""
     lat: list[float] = []
     errors = [0]
@@ -183,13 +196,13 @@ def load(port: int, kind: str, clients: int, media_ids: list[int], seconds: floa
                 errors[0] += not ok
         conn.close()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"lat": lat, "errors": errors[0], "wall": time.perf_counter() - t0}
+    return {"lat": lat, "errors": errors[0], "wall": time.perf_counter() - t0, "cpu": cpu_seconds(pid) - cpu0}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -197,6 +210,7 @@ def summary(runs: list[dict]) -> dict:
     ms = np.asarray([x for r in runs for x in r["lat"]]) * 1000
     return {"requests": len(ms), "errors": sum(r["errors"] for r in runs),
             "qps": len(ms) / max(sum(r["wall"] for r in runs), 1e-9),
+            "cpu_ms": 1000 * sum(r["cpu"] for r in runs) / max(len(ms), 1),
             "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
             "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan")}
 
@@ -243,23 +257,23 @@ def main() -> None:
                         for mode in (list(servers) if rnd % 2 == 0 else list(servers)[::-1]):
                             runs.setdefault((kind, mode, n), []).append(
                                 load(servers[mode].port, kind, n, media_ids, args.seconds / args.rounds,
-                                     max(1, args.max_requests // args.rounds)))
+                                     max(1, args.max_requests // args.rounds), servers[mode].proc.pid))
             results = {key: summary(v) for key, v in sorted(runs.items(), key=lambda kv: (kv[0][0] != "text",
                                                                                            kv[0][2], kv[0][1]))}
         finally:
             for s in servers.values():
                 s.stop()
     print(f"\n{'kind':<6} {'mode':<11} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>7} "
-          f"{'errors':>6}")
+          f"{'CPU ms/req':>10} {'errors':>6}")
     for (kind, mode, n), r in results.items():
         print(f"{kind:<6} {mode:<11} {n:>7} {r['requests']:>8} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['qps']:>7.1f} "
-              f"{r['errors']:>6}")
+              f"{r['cpu_ms']:>10.1f} {r['errors']:>6}")
     print("\nbatched / one-by-one (same run):")
     for kind in ("text", "media"):
         for n in levels:
             a, b = results[(kind, "batched", n)], results[(kind, "one-by-one", n)]
             print(f"  {kind:<6} {n:>2} clients: QPS x{a['qps'] / b['qps']:.2f}, p50 x{a['p50'] / b['p50']:.2f}, "
-                  f"p99 x{a['p99'] / b['p99']:.2f}")
+                  f"p99 x{a['p99'] / b['p99']:.2f}, CPU/request x{a['cpu_ms'] / max(b['cpu_ms'], 1e-9):.2f}")
     t1, t16 = results.get(("text", "batched", 1)), results.get(("text", "batched", 16))
     if t1 and t16:
         print("\nissue 12/14 (old server, 2 cores): 1 client 78 QPS; 16 clients 51 QPS, p50 221 ms, p99 435 ms")
