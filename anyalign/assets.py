@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.names or list(ASSETS):
             sys.stdout.write(f"{name}\t{ensure_asset(name, args.root)}\n")
     except (KeyError, AssetError) as e:
-        sys.stderr.write(f"error: {str(e).strip(chr(39))}\n")
+        sys.stderr.write(f"error: {e.args[0] if e.args else e}\n")
         return 2
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,18 @@ def _read_checkpoint(pretrained: str) -> tuple[dict[str, torch.Tensor], dict[str
     return load_weights(weights), config, str(weights)
 
 
+@dataclass
+class AisfxOptions:
+    """Options of the "aisfx" encoder (the checkpoint is `pretrained`)."""
+
+    hop_fraction: float = field(default=0.5, metadata={
+        "help": "hop between the ~2.3 s blocks of a long clip, as a fraction of a block (the package uses 0.5)"})
+    hidden: int | None = field(default=None, metadata={
+        "help": "width of the first conv block (64 in the real model; read from the checkpoint when given)"})
+
+
 @register_encoder("aisfx", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
-                  default_model="aisfx")
+                  default_model="aisfx", options=AisfxOptions)
 def aisfx_encoder(pretrained: str | None = None, *, hop_fraction: float = 0.5,
                   hidden: int | None = None) -> AisfxAudioEncoder:
     """aisfx from its converted checkpoint (`pretrained`), or random weights of width `hidden` (default 64)."""
