@@ -109,7 +109,12 @@ def create_encoder(
     enc.spec = EncoderSpec(name, pretrained, dict(overrides), autocast if isinstance(autocast, str) else None)
     if device is not None:
         enc = enc.to(device)
-    enc.autocast_dtype = _parse_dtype(autocast)
+    if isinstance(autocast, str) and autocast.lower() == "auto":  # bf16 only where this machine runs it faster
+        from .autocast import resolve_autocast
+
+        enc.autocast_dtype = resolve_autocast("auto", enc.device)
+    else:
+        enc.autocast_dtype = _parse_dtype(autocast)
     if frozen:
         enc.freeze()
     return enc
