@@ -84,11 +84,16 @@ def load_llm(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, d
             hint = f"; pass gguf_file= one of {ggufs}" if ggufs else ""
             raise FileNotFoundError(f"llm={text!r}: no config.json in the folder{hint}")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    load_from = text
+    if local and gguf_file:  # converted to safetensors on the first load, read from there afterwards (llm/gguf_cache)
+        from .gguf_cache import cached_gguf_folder
+
+        load_from, kwargs = str(cached_gguf_folder(path, gguf_file)), {}
     torch_dtype = _dtype(dtype)
     try:
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or text), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(text, dtype=torch_dtype, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or load_from), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch_dtype, **kwargs)
     except OSError as e:
         raise ValueError(f"cannot load the LLM {text!r}: {e}") from None
     model.eval()

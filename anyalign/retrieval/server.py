@@ -732,6 +732,9 @@ def serve(retriever: Retriever, *, host: str = "127.0.0.1", port: int = 8000, to
     """Run the app with uvicorn (blocking); a host other than loopback needs a `token`."""
     check_serve_options(host, port, app_kwargs.get("max_upload_mb", 20.0), token)
     bind = [] if host in ("0.0.0.0", "::", "") else [host]
+    if not bind and not allow_hosts:
+        logger.warning("listening on all interfaces, but only requests with Host %s are answered: add --allow-host "
+                       "NAME for each name or address clients use to reach this machine", ", ".join(LOOPBACK_HOSTS))
     app = create_app(retriever, token=token, allow_hosts=[*bind, *allow_hosts], **app_kwargs)
     uvicorn_server(app, host=host, port=port, header_timeout=header_timeout).run()
 
