@@ -123,7 +123,7 @@ def main() -> None:
     if not os.environ.get("ANYALIGN_ASSETS"):
         raise SystemExit("set ANYALIGN_ASSETS to the real offline assets (../shared/fetch-assets)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
     rows = []
     with tempfile.TemporaryDirectory(prefix="zs-generalise-") as tmp:
         for name, cfg in DATASETS.items():

@@ -211,13 +211,14 @@ def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
     res = classifier.embed([str(it.path) for it in items])
     index = {c: i for i, c in enumerate(dataset.classes)}
     targets = [index[items[i].label] for i in res.index]
-    emb = F.normalize(res.embeddings.float(), dim=-1)
+    emb = F.normalize(torch.as_tensor(res.embeddings).float(), dim=-1)
     closed = top1(classifier.scores(emb), targets)
     out: dict[str, Any] = {"closed_set_top1": closed, "chance": 1.0 / len(dataset.classes)}
     if labels_file is not None:
         phrasings = read_phrasings(labels_file, dataset.classes)
         out["phrasings"] = phrasing_protocol(emb, targets, dataset.classes,
-                                             lambda texts: classifier.text.embed(texts), classifier.templates,
+                                             lambda texts: torch.as_tensor(np.asarray(classifier.text.embed(texts))),
+                                             classifier.templates,
                                              phrasings, closed)
         out["phrasings"]["file"] = str(labels_file)
     if seen:

@@ -1,0 +1,127 @@
+"""Zero-shot protocols: other phrasings (ratio to the closed set), unseen classes (seen / unseen / H), the trainer
+never seeing unseen classes (checked on the batches it actually trained on) and the report fields of
+`anyalign eval zeroshot --labels-file` / unseen classes read from the adapter's recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from anyalign.align import load_recipe
+from anyalign.align.trainer import Trainer
+from anyalign.cli.main import main
+from anyalign.zeroshot.protocols import phrasing_protocol, read_phrasings, unseen_protocol
+
+CLASSES = ["jumping", "running", "standing", "walking"]
+SEEN = ["jumping", "running", "standing"]
+
+
+def test_unseen_protocol_is_generalised_zero_shot() -> None:
+    classes = ["a", "b", "c"]
+    y = [0, 0, 1, 1, 2, 2]
+    scores = torch.tensor([[1, 0, 0], [1, 0, 0],  # a: both right
+                           [0, 1, 0], [1, 0, 0],  # b: one of two
+                           [0, 0, 1], [0, 1, 0.5]], dtype=torch.float32)  # c (unseen): one right, one to b
+    r = unseen_protocol(scores, y, classes, seen=["a", "b"])
+    assert r["unseen_classes"] == ["c"] and r["seen_accuracy"] == pytest.approx(0.75)
+    assert r["unseen_accuracy"] == pytest.approx(0.5)
+    assert r["harmonic_mean"] == pytest.approx(2 * 0.75 * 0.5 / 1.25)
+    assert r["unseen_only_top1"] == 1.0 and r["chance_unseen_only"] == 1.0  # one unseen class: trivially right
+    assert r["chance_all"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="not classes"):
+        unseen_protocol(scores, y, classes, seen=["z"])
+    with pytest.raises(ValueError, match="every evaluation class"):
+        unseen_protocol(scores, y, classes, seen=classes)
+
+
+def test_phrasing_file_and_ratio(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"training": {"a": "alpha", "b": "beta"},
+                                    "other": {"a": ["al", "alf"], "b": "be"}}))
+    sets = read_phrasings(path, ["a", "b"])
+    assert sets["other"]["a"] == ["al", "alf"] and sets["training"]["b"] == ["beta"]
+    table = {"x alpha": [1.0, 0.0], "x beta": [0.0, 1.0], "x al": [1.0, 0.0], "x alf": [0.9, 0.0], "x be": [1.0, -0.1]}
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([table[t] for t in texts])
+
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    r = phrasing_protocol(emb, [0, 1], ["a", "b"], embed, ["x {}"], sets, closed_set_top1=1.0)
+    assert r["baseline"] == "training" and r["sets"]["training"]["top1"] == 1.0
+    assert r["sets"]["other"]["top1"] == 0.5 and r["sets"]["other"]["ratio"] == 0.5  # "be" lands on class a
+    assert r["mean_ratio"] == 0.5 and r["chance"] == 0.5
+    path.write_text(yaml.safe_dump({"other": {"a": "al"}}))
+    with pytest.raises(ValueError, match="no phrase for class"):
+        read_phrasings(path, ["a", "b"])
+
+
+def _windows(root: Path, n: int = 48) -> tuple[Path, Path]:
+    """Class-dependent 6x32 windows: a jsonl manifest (training) and class folders of .npy files (evaluation)."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 4 * np.pi, 32, dtype=np.float32)
+    lines = []
+    for i in range(n):
+        c = i % len(CLASSES)
+        x = np.stack([np.sin(t * (c + 1) + k) * (c + 0.5) for k in range(6)]) + rng.normal(0, 0.1, (6, 32))
+        (root / "eval" / CLASSES[c]).mkdir(parents=True, exist_ok=True)
+        np.save(root / f"w{i:03d}.npy", x.astype(np.float32))
+        np.save(root / "eval" / CLASSES[c] / f"w{i:03d}.npy", x.astype(np.float32))
+        lines.append(json.dumps({"imu": f"w{i:03d}.npy", "label": CLASSES[c], "key": f"w{i}"}))
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "data.jsonl", root / "eval"
+
+
+def test_unseen_classes_never_reach_the_trainer_and_the_report(tmp_path: Path, minilm_dir: Path) -> None:
+    manifest, eval_dir = _windows(tmp_path)
+    recipe = {
+        "name": "t",
+        "adapters": {"imu": {"encoder": {"name": "imu", "options": {"dim": 32, "depth": 1, "heads": 2}},
+                             "train_encoder": True, "embed_projector": {"name": "mlp", "hidden_dim": 32}}},
+        "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm_dir)}, "loss": "soft"}},
+        "data": {"train": [{"kind": "jsonl", "path": str(manifest), "classes": SEEN,
+                            "caption_templates": ["a person {label}.", "someone is {label}."],
+                            "captions": {"synonyms": {"running": ["jogging"], "walking": ["strolling"]}}}],
+                 "eval": [{"kind": "jsonl", "path": str(manifest), "caption_templates": ["a person {label}."]}]},
+        "train": {"batch_size": 8, "max_steps": 10, "lr": 1e-3, "save_every": 100, "log_every": 5,
+                  "tensorboard": False},
+        "eval": {"at_start": False},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    trainer = Trainer(load_recipe(path), output_dir=tmp_path / "run")
+    seen_batches: list = []
+    trainer.model.register_forward_pre_hook(lambda mod, args: seen_batches.append(args[0]))
+    trainer.fit()
+    assert len(seen_batches) == 10
+    labels = {trainer.train_set.labels[i] for b in seen_batches for i in b.labels.tolist()}
+    keys = {k for b in seen_batches for k in b.keys}
+    captions = {c for b in seen_batches for c in b.captions}
+    assert labels == set(SEEN) and -1 not in {i for b in seen_batches for i in b.labels.tolist()}
+    walking_keys = {f"w{i}" for i in range(48) if CLASSES[i % 4] == "walking"}
+    assert not keys & walking_keys  # the unseen class's items never reached the loss
+    assert not any("walk" in c or "stroll" in c for c in captions)  # nor its captions or synonyms
+    assert "a person jogging." in captions or "someone is jogging." in captions  # the synonyms were used
+    used = json.loads((tmp_path / "run" / "captions.json").read_text())
+    assert used["train"][0]["classes"] == SEEN and "walking" not in used["train"][0]["per_class"]
+    assert set(used["eval"][0]["class_prompts"]) == set(CLASSES)
+
+    phrasings = tmp_path / "phrasings.yaml"
+    phrasings.write_text(yaml.safe_dump({"other": {"jumping": "hopping", "running": "going for a run",
+                                                   "standing": "staying still", "walking": "going on foot"}}))
+    out = tmp_path / "report"
+    main(["eval", "zeroshot", str(eval_dir), "--adapter", str(tmp_path / "run" / "adapters" / "imu"),
+          "-t", "a person {}.", "--labels-file", str(phrasings), "-o", str(out)])
+    report = json.loads((out / "zeroshot_report.json").read_text())
+    p = report["protocols"]
+    assert p["closed_set_top1"] == pytest.approx(report["metrics"]["top1"])  # the same embeddings
+    other = p["phrasings"]["sets"]["other"]
+    assert 0.0 <= other["top1"] <= 1.0 and other["ratio"] == pytest.approx(other["top1"] / p["closed_set_top1"])
+    u = p["unseen"]  # seen classes read from the run's recipe.yaml
+    assert u["seen_classes"] == SEEN and u["unseen_classes"] == ["walking"]
+    assert {"seen_accuracy", "unseen_accuracy", "harmonic_mean", "unseen_only_top1", "chance_all"} <= set(u)
+    assert (out / "protocols.png").stat().st_size > 1000
