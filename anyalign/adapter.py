@@ -162,7 +162,8 @@ class ModalityAdapter(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         save_weights(path / WEIGHTS_NAME, self.trainable_state_dict(),
                      metadata={"format": "anyalign-adapter", "format_version": str(FORMAT_VERSION)})
-        write_json(path / CONFIG_NAME, to_dict(self.config))
+        write_json(path / CONFIG_NAME, {**to_dict(self.config), "format_version": FORMAT_VERSION,
+                                        "anyalign_version": __version__})  # written in the current layout
         return path
 
     @classmethod

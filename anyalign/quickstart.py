@@ -42,7 +42,7 @@ adapters:
     train_encoder: true
     embed_projector: {{name: mlp, hidden_dim: 512, dropout: 0.1}}
 anchors:
-  text: {{encoder: text, pretrained: {minilm}, temperature: 0.07, positives: label}}
+  text: {{encoder: {{name: text, pretrained: {minilm}}}, temperature: 0.07, positives: label}}
 data:
   train:
     - {{kind: uea, path: {imu}, split: train, label_text: {labels}, caption_templates: {templates},

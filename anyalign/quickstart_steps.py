@@ -21,8 +21,7 @@ def zero_shot(adapter_dir: Path, paths: dict[str, Path], work: Path) -> dict[str
 
     train, test = load_uea(paths["basicmotions"], "train"), load_uea(paths["basicmotions"], "test")
     phrases = [ACTIVITY_TEXT[c] for c in test.classes]
-    clf = ZeroShotClassifier.from_adapter(adapter_dir, phrases, [t.replace("{label}", "{}") for t in TEMPLATES],
-                                          text_encoder="text", text_pretrained=str(paths["minilm"]))
+    clf = ZeroShotClassifier.from_adapter(adapter_dir, phrases, [t.replace("{label}", "{}") for t in TEMPLATES])
     emb_test = clf.embed(list(test.x), progress=False).embeddings
     emb_train = clf.embed(list(train.x), progress=False).embeddings
     m = classification_metrics(clf.scores(emb_test).numpy(), test.targets, test.classes)
@@ -73,10 +72,10 @@ def retrieval_demo(adapter_dir: Path, paths: dict[str, Path], work: Path, texts:
     """Embed a real multimodal corpus into the MiniLM space, index it with FAISS, run cross-modal queries."""
     from sklearn.datasets import load_sample_images
 
-    from .adapter import ModalityAdapter
     from .datasets import load_uea
-    from .encoders import create_encoder
-    from .retrieval import Retriever, as_embedder, build_index, embed_to_folder
+    from .embedder import Embedder
+    from .encoders.spec import EncoderSpec
+    from .retrieval import Retriever, build_index, embed_to_folder
 
     corpus = work / "corpus"
     for sub in ("image", "imu", "text", "audio"):
@@ -96,10 +95,10 @@ def retrieval_demo(adapter_dir: Path, paths: dict[str, Path], work: Path, texts:
         for p in sorted(paths["sounds"].glob("*.oga"))))
 
     minilm = str(paths["minilm"])
-    text = as_embedder(create_encoder("text", pretrained=minilm))
-    imu = as_embedder(ModalityAdapter.from_pretrained(adapter_dir))
-    image = as_embedder(create_encoder("label-bridge", pretrained=str(paths["efficientnet-lite0"]),
-                                       text_pretrained=minilm))
+    text = Embedder.from_encoder(EncoderSpec("text", minilm))
+    imu = Embedder.from_adapter(adapter_dir)  # records the MiniLM space it was aligned to
+    image = Embedder.from_encoder(EncoderSpec("label-bridge", str(paths["efficientnet-lite0"]),
+                                              {"text_pretrained": minilm}))
     folders = []
     for name, emb, inputs in [("image", image, [corpus / "image"]), ("imu", imu, [corpus / "imu"]),
                               ("text", text, [corpus / "text" / "texts.jsonl"]),
@@ -108,7 +107,7 @@ def retrieval_demo(adapter_dir: Path, paths: dict[str, Path], work: Path, texts:
         embed_to_folder(inputs, folders[-1], emb)
     index_dir = work / "index"
     config = build_index(folders, index_dir, factory="auto")
-    retriever = Retriever(index_dir, embedders={"text": text, "imu": imu, "image": image})
+    retriever = Retriever(index_dir, embedders={"text": text, "imu": imu, "image": image})  # the recorded ones
 
     def search(query: Any, want: str, k: int = 4) -> list[dict[str, Any]]:
         hits = [r.to_dict() for r in retriever.search(query, k=len(retriever))]

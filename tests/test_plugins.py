@@ -59,7 +59,7 @@ def test_plugin_encoder_through_every_command(tmp_path: Path, minilm_dir: Path, 
             rows.append({"sensor": f"{label}{i}.npy", "text": caption, "label": label, "key": f"{label}{i}"})
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    # extract with the plugin's own option (--plugin), then train from the cached features
+    # extract with the plugin's own option (--plugin); train, embed and evaluate from the same jsonl file
     out = _run(capsys, "--plugin", "anyalign_frames", "extract", "-e", "frames", "--set", "dim=24", "--set",
                "frame=5", "-i", data / "train.jsonl", "-o", tmp_path / "feats", "--num-workers", "0",
                "--no-progress")
@@ -68,7 +68,7 @@ def test_plugin_encoder_through_every_command(tmp_path: Path, minilm_dir: Path, 
                                                                                                   "frame": 5}},
                                                          "embed_projector": {"name": "mlp", "hidden_dim": 64}}},
               "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm_dir)}}},
-              "data": {"train": [{"kind": "features", "path": str(tmp_path / "feats")}]},
+              "data": {"train": [{"kind": "jsonl", "path": str(data / "train.jsonl")}]},
               "train": {"batch_size": 30, "max_steps": 80, "lr": 3e-3, "log_every": 20, "tensorboard": False,
                         "save_every": 1000},
               "eval": {"at_start": False}}
@@ -92,6 +92,9 @@ def test_plugin_encoder_through_every_command(tmp_path: Path, minilm_dir: Path, 
     truth = [CLASSES[f.stem.rstrip("0123456789")] for f in files]
     acc = np.mean([p["predictions"][0]["label"] == t for p, t in zip(preds, truth)])
     assert acc >= 0.8, acc  # chance 1/3 (training items: this checks the plumbing, not generalisation)
+    out = _run(capsys, "eval", "zeroshot", data / "train.jsonl", "--adapter", adapter, "-o", tmp_path / "report",
+               "--json")  # the same jsonl file: labels are the class names here
+    assert json.loads((tmp_path / "report" / "zeroshot_report.json").read_text())["metrics"]["n"] == 60
     out = _run(capsys, "encoders")
     assert "frames" in out and "frame" in out
 

@@ -30,6 +30,7 @@ def test_quickstart_fast_writes_a_sane_report(tmp_path: Path, assets: Path, caps
     assert any(n.endswith("curves.png") for n in media) and any(n.endswith("confusion.png") for n in media)
     assert any(n.endswith(".jpg") for n in media) and any(n.endswith(".oga") for n in media)
     assert not list(tmp_path.glob(".report*"))  # no half-written report folder left behind
+    _index_answers_offline(tmp_path / "report-work" / "index", tmp_path / "report-work" / "corpus", capsys)
 
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -61,3 +62,36 @@ def test_quickstart_reports_missing_assets_in_one_line(tmp_path: Path, monkeypat
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: asset 'minilm'") and "Traceback" not in err
+
+
+def _index_answers_offline(index: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
+    """The quickstart's own index answers text, image and IMU queries through `anyalign search` and `serve` with
+    nothing but its path: every query embedder comes from what the index and its adapters recorded."""
+    from fastapi.testclient import TestClient
+
+    from anyalign.retrieval import Retriever
+    from anyalign.retrieval.server import create_app
+
+    image = sorted((corpus / "image").glob("*.jpg"))[0]
+    window = sorted((corpus / "imu").glob("running-*.npy"))[0]
+    for args, want in ((["--text", "a person running", "--modality", "imu"], "imu"),
+                       (["--file", str(image), "--modality", "image"], "image"),
+                       (["--file", str(window), "--modality", "text"], "text")):
+        main(["search", str(index), *args, "-k", "3", "--json"])
+        hits = json.loads(capsys.readouterr().out)
+        assert len(hits) == 3 and all(h["modality"] == want for h in hits), (args, hits)
+    running = json.loads(_cli(capsys, "search", str(index), "--text", "a person running", "--modality", "imu",
+                              "-k", "5", "--json"))
+    assert sum("running" in h["source"] for h in running) >= 3, [h["source"] for h in running]
+    client = TestClient(create_app(Retriever(index)), base_url="http://127.0.0.1")
+    res = client.post("/api/search", json={"text": "a flower", "k": 3})
+    assert res.status_code == 200 and len(res.json()["results"]) == 3, res.text
+    with window.open("rb") as f:
+        res = client.post("/api/search/file", files={"file": (window.name, f, "application/octet-stream")},
+                          data={"k": "3"})
+    assert res.status_code == 200, res.text
+
+
+def _cli(capsys: pytest.CaptureFixture, *args: str) -> str:
+    main(list(args))
+    return capsys.readouterr().out
