@@ -233,13 +233,12 @@ def build_adapter(
     llm: dict[str, Any] | None = None,
 ) -> ModalityAdapter:
     """Create a fresh adapter around an encoder: an `EncoderSpec` (or registry name) built here, or an instance
-    (its spec is `encoder.spec`, set by `create_encoder`). `space`: the anchor encoders it will be aligned to."""
+    (its spec is `EncoderSpec.of(encoder)`). `space`: the anchor encoders it will be aligned to."""
     if isinstance(encoder, (str, EncoderSpec)):
         spec = EncoderSpec.from_dict(encoder).checked("encoder")
         encoder = spec.build(frozen=not train_encoder)
     else:
-        spec = getattr(encoder, "spec", None) or EncoderSpec(getattr(encoder, "registry_name", "")
-                                                             or type(encoder).__name__)
+        spec = EncoderSpec.of(encoder)
     in_dim = encoder.pooled_dim if feature == "pooled" else encoder.token_dim
     config = AdapterConfig(modality=modality, encoder=spec, in_dim=in_dim, feature=feature, embed_dim=embed_dim,
                            embed_projector=embed_projector, llm_dim=llm_dim, llm_projector=llm_projector,

@@ -101,7 +101,7 @@ class Embedder:
         """The encoder's spec (for an adapter: the frozen encoder behind it)."""
         if self.adapter is not None:
             return self.adapter.config.encoder
-        return self.encoder.spec or EncoderSpec(self.encoder.registry_name or type(self.encoder).__name__)
+        return EncoderSpec.of(self.encoder)
 
     @property
     def name(self) -> str:

@@ -21,13 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .assets import ensure_assets
+from .quickstart_steps import ACTIVITY_TEXT, TEMPLATES
 
 logger = logging.getLogger(__name__)
 
-ACTIVITY_TEXT = {"Badminton": "playing badminton", "Running": "running", "Standing": "standing still",
-                 "Walking": "walking"}
-TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a person {label}.",
-             "wearable sensor data of somebody {label}.", "a person who is {label}."]
 TEXT_CORPUS = ["a person running.", "a person walking.", "a person standing still.", "a person playing badminton.",
                "a violin playing a melody.", "a cup of hot coffee.", "a rabbit in a meadow.", "a flower in bloom."]
 TEXT_QUERIES = [("text", "image", "a rabbit in the grass"), ("text", "image", "a flower"),

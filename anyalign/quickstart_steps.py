@@ -13,10 +13,14 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+ACTIVITY_TEXT = {"Badminton": "playing badminton", "Running": "running", "Standing": "standing still",
+                 "Walking": "walking"}
+TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a person {label}.",
+             "wearable sensor data of somebody {label}.", "a person who is {label}."]
+
 def zero_shot(adapter_dir: Path, paths: dict[str, Path], work: Path) -> dict[str, Any]:
     """Zero-shot accuracy on the BasicMotions test split, a confusion matrix PNG, and a linear probe."""
     from .datasets import load_uea
-    from .quickstart import ACTIVITY_TEXT, TEMPLATES
     from .zeroshot import ZeroShotClassifier, classification_metrics, linear_probe, plot_confusion
 
     train, test = load_uea(paths["basicmotions"], "train"), load_uea(paths["basicmotions"], "test")
@@ -131,7 +135,6 @@ def _kind(hit: dict[str, Any]) -> str:
 
 
 def _activity(query: str) -> str:
-    from .quickstart import ACTIVITY_TEXT
 
     label = query[query.index("(") + 1 : query.index(")")]
     return ACTIVITY_TEXT[label]

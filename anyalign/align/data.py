@@ -20,14 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..datasets.uea import DEFAULT_UEA_TEMPLATES
 from ..encoders import EncoderOutput, pad_sequences
 from .captions import CaptionPool, keep_classes
 from .config import AugmentSpec, DataSource
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_UEA_TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a person {label}.",
-                         "wearable sensor data of somebody {label}.", "a person who is {label}."]
 
 
 @dataclass

@@ -63,8 +63,8 @@ def paraphrase_cmd(
 ) -> None:
     """Paraphrase a recipe's class phrases once with a frozen LLM, filter them in the anchor space, write the file
     the recipe's `captions.paraphrases` reads (kept and dropped rewrites, with their scores, for review)."""
-    from ..align.captions import paraphrase_source
     from ..align.config import load_recipe
+    from ..align.paraphrase import paraphrase_source
     from ..assets import assets_root
 
     rec = load_recipe(recipe, override or [], check=False)

@@ -174,17 +174,19 @@ def eval_zeroshot_cmd(
 ) -> None:
     """Zero-shot accuracy, top-5 and per-class accuracy on a labelled dataset; writes a json report and a
     confusion-matrix PNG (plus protocols.png with --labels-file or unseen classes)."""
-    from ..datasets.labelled import load_labelled
+    from ..datasets.records import read_labelled
     from ..zeroshot import evaluate_zeroshot, write_report
 
-    ds = load_labelled(dataset, folds=None, modality=_query_modality(clap, clip, adapter, encoder))
+    modality = _query_modality(clap, clip, adapter, encoder)
+    ds = read_labelled(dataset, modality=modality)
     clf = build_classifier(ds.classes, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
                            text_args=text_arg, encoder=encoder, pretrained=pretrained,
                            device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
                            temperature=temperature, no_cache=no_cache, files=[str(p) for p in ds.paths])
     if ds.layout == "folders" and clf.query.extensions:
-        ds = load_labelled(dataset, extensions=clf.query.extensions)  # leave out stray files of other kinds
+        # leave out stray files of other kinds
+        ds = read_labelled(dataset, extensions=clf.query.extensions, modality=modality)
         if ds.classes != clf.labels:
             clf = clf.with_labels(ds.classes)
     clf.check_inputs([str(p) for p in ds.paths])

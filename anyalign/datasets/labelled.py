@@ -170,37 +170,17 @@ def _folders(root: Path, extensions: Sequence[str] | None) -> LabelledDataset:
     return LabelledDataset(root, items, classes, "folders", skipped)
 
 
-def _from_records(path: Path, modality: str | None) -> LabelledDataset:
-    """A labelled dataset from any other input-layer format (jsonl, tar shards, a glob) by the records' labels."""
-    from .records import read_records
-
-    items = []
-    for rec in read_records(path, modalities=[modality] if modality else ()):
-        value = rec.input(modality) if modality else (rec.inputs("path") or [None])[0]
-        if rec.label is not None and isinstance(value, str):
-            items.append(LabelledItem(Path(value), rec.label, rec.fold))
-    return LabelledDataset(path if path.is_dir() else path.parent, items, sorted({it.label for it in items}),
-                           path.suffix.lstrip(".") or "records")
-
-
 def load_labelled(path: str | os.PathLike, *, extensions: Sequence[str] | None = None,
-                  folds: Iterable[str | int] | None = None, modality: str | None = None) -> LabelledDataset:
-    """Read a labelled dataset in any supported layout (see the module docstring), or any other format of the
-    input layer (`anyalign.datasets.records`: e.g. the jsonl a recipe trains on) by its records' labels.
+                  folds: Iterable[str | int] | None = None) -> LabelledDataset:
+    """Read a labelled dataset in any supported layout (see the module docstring); other formats of the input
+    layer (jsonl, tar shards) through `anyalign.datasets.records.read_labelled`.
 
     Args:
         extensions: class-folder layout only: keep files with these suffixes (lower case, with dot); others
             are listed in `skipped`.
         folds: keep only these folds (ESC-50 / UrbanSound8K / a manifest with a fold column).
-        modality: which media field of jsonl rows holds the input (e.g. "imu" for `{"imu": "w.npy", ...}`).
     """
     path = Path(path).expanduser()
-    if path.suffix.lower() in (".jsonl", ".tar") or (path.is_dir() and any(path.glob("*.tar"))
-                                                     and not any(p.is_dir() for p in path.iterdir())):
-        ds = _from_records(path, modality)
-        if not ds.items:
-            raise ValueError(f"{path}: no record with a label and a {modality or 'media'} file")
-        return ds.select_folds(folds) if folds is not None else ds
     if not path.exists():
         raise FileNotFoundError(f"{path}: dataset not found (expected a folder of class folders, a csv manifest, "
                                 f"or an ESC-50 / UrbanSound8K folder)")

@@ -328,6 +328,35 @@ def read_webdataset(path: Path, *, modalities: Sequence[str] = ()) -> list[Recor
     return out
 
 
+def _from_records(path: Path, modality: str | None) -> Any:
+    """A labelled dataset from any other input-layer format (jsonl, tar shards, a glob) by the records' labels."""
+    from .labelled import LabelledDataset, LabelledItem
+
+    items = []
+    for rec in read_records(path, modalities=[modality] if modality else ()):
+        value = rec.input(modality) if modality else (rec.inputs("path") or [None])[0]
+        if rec.label is not None and isinstance(value, str):
+            items.append(LabelledItem(Path(value), rec.label, rec.fold))
+    return LabelledDataset(path if path.is_dir() else path.parent, items, sorted({it.label for it in items}),
+                           path.suffix.lstrip(".") or "records")
+
+
+def read_labelled(path: str | os.PathLike, *, modality: str | None = None, extensions: Sequence[str] | None = None,
+                  folds: Iterable[str | int] | None = None) -> Any:
+    """A `LabelledDataset` (files, labels, folds) from any labelled format: class folders, csv, ESC-50 and
+    UrbanSound8K (`labelled.load_labelled`), or jsonl / tar shards by their records' labels. `modality` names the
+    media field of jsonl rows (e.g. "imu" for `{"imu": "w.npy", "label": ...}`)."""
+    from .labelled import load_labelled
+
+    path = Path(path).expanduser()
+    if path.suffix.lower() in (".jsonl", ".tar") or (path.is_dir() and detect_kind(path) == "webdataset"):
+        ds = _from_records(path, modality)
+        if not ds.items:
+            raise ValueError(f"{path}: no record with a label and a {modality or 'media'} file")
+        return ds.select_folds(folds) if folds is not None else ds
+    return load_labelled(path, extensions=extensions, folds=folds)
+
+
 def labelled_subset(records: Iterable[Record], where: str) -> list[Record]:
     """The records that carry a label (an error naming `where` when none does)."""
     out = [r for r in records if r.label is not None]
@@ -337,5 +366,5 @@ def labelled_subset(records: Iterable[Record], where: str) -> list[Record]:
     return out
 
 
-__all__ = ["DATA_KINDS", "Record", "TarMember", "TEXT_FIELDS", "detect_kind", "labelled_subset", "read_records",
-           "register_data_kind"]
+__all__ = ["DATA_KINDS", "Record", "TarMember", "TEXT_FIELDS", "detect_kind", "labelled_subset", "read_labelled",
+           "read_records", "register_data_kind"]

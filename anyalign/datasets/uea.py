@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 from scipy.io import arff
 
+#: caption templates for activity labels (training captions and zero-shot prompts of IMU data)
+DEFAULT_UEA_TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a person {label}.",
+                         "wearable sensor data of somebody {label}.", "a person who is {label}."]
 
 @dataclass
 class UEADataset:

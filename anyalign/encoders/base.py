@@ -54,7 +54,7 @@ class Encoder(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         self.frozen = False
         self.registry_name: str = ""  # set by create_encoder; lets adapters record how to rebuild it
-        self.spec: Any = None  # the EncoderSpec it was built from (set by create_encoder)
+        self.build_args: dict[str, Any] | None = None  # how create_encoder built it (see `EncoderSpec.of`)
 
     # --- the three stages -------------------------------------------------------------------------------
     def load(self, item: Any) -> Any:

@@ -158,7 +158,7 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
     rank, world = state.process_index, state.num_processes
     output = Path(output)
     items = discover_inputs(source, encoder) if items is None else items
-    spec = spec or getattr(encoder, "spec", None) or EncoderSpec(encoder.registry_name or type(encoder).__name__)
+    spec = spec or EncoderSpec.of(encoder)
     run_spec = {"encoder": spec.to_dict()}
     chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     prints = [fingerprint(c) for c in chunks]

@@ -104,9 +104,8 @@ def create_encoder(
     enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
     enc = _to_weights_dtype(enc, name, weights_dtype, device)
     enc.registry_name = name
-    from .spec import EncoderSpec
-
-    enc.spec = EncoderSpec(name, pretrained, dict(overrides), autocast if isinstance(autocast, str) else None)
+    enc.build_args = {"name": name, "pretrained": pretrained, "options": dict(overrides),
+                      "autocast": autocast if isinstance(autocast, str) else None}  # `EncoderSpec.of(enc)`
     if device is not None:
         enc = enc.to(device)
     if isinstance(autocast, str) and autocast.lower() == "auto":  # bf16 only where this machine runs it faster

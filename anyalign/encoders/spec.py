@@ -19,6 +19,9 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, parse_scalar
+from .base import Encoder
+from .inputs import encoder_class
+from .registry import check_encoder_options, create_encoder, encoder_info
 
 _KEYS = ("name", "pretrained", "options", "autocast")
 _AUTOCAST = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32", "none")
@@ -72,6 +75,14 @@ class EncoderSpec:
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
+    @classmethod
+    def of(cls, encoder: Any) -> EncoderSpec:
+        """The spec an encoder instance was created from by `create_encoder` (its name alone otherwise)."""
+        args = getattr(encoder, "build_args", None)
+        if args:
+            return cls(args["name"], args["pretrained"], dict(args["options"]), args["autocast"])
+        return cls(getattr(encoder, "registry_name", "") or type(encoder).__name__)
+
     __from_config__ = from_dict  # lets `anyalign.config.from_dict` read a recipe field typed EncoderSpec
 
     @classmethod
@@ -89,28 +100,18 @@ class EncoderSpec:
     # --- checks and building -----------------------------------------------------------------------------
     def checked(self, source: str = "encoder") -> EncoderSpec:
         """This spec with its name known and its options checked (and typed) against the family's declaration."""
-        from .registry import encoder_info
-
         encoder_info(self.name)  # unknown names: an error listing the registered ones
-        try:
-            from .registry import check_encoder_options
-        except ImportError:  # pragma: no cover - older registry without declared options
-            return self
         options = check_encoder_options(self.name, dict(self.options), source=source)
         return EncoderSpec(self.name, self.pretrained, options, self.autocast)
 
     @property
     def modality(self) -> str:
         """The modality this encoder reads (static registry facts; no weights are loaded)."""
-        from .registry import encoder_info
-
         return encoder_info(self.name).modality
 
     def build(self, *, device: str | torch.device | None = None, frozen: bool = True,
               pretrained: str | None = None) -> Any:
         """Create the encoder (`pretrained` overrides the recorded source, e.g. a local copy of hub weights)."""
-        from .registry import create_encoder
-
         return create_encoder(self.name, pretrained=pretrained or self.pretrained, device=device,
                               autocast=self.autocast, frozen=frozen, **self.options)
 
@@ -119,9 +120,6 @@ class EncoderSpec:
         family declares it (`Encoder.partner_spec`: CLIP/CLAP's other tower, a label bridge's text encoder)."""
         if self.modality == modality:
             return self
-        from .base import Encoder
-        from .inputs import encoder_class
-
         return (encoder_class(self.name) or Encoder).partner_spec(self, modality)
 
     def replace(self, **changes: Any) -> EncoderSpec:

@@ -24,7 +24,7 @@ def default_templates(modality: str) -> list[str]:
     """The default prompt ensemble of a query modality (a bare `{}` for modalities without one). IMU uses the
     caption templates adapters are trained with, so zero-shot prompts match training captions."""
     if modality == "imu":
-        from ..align.data import DEFAULT_UEA_TEMPLATES
+        from ..datasets.uea import DEFAULT_UEA_TEMPLATES
 
         return [t.replace("{label}", "{}") for t in DEFAULT_UEA_TEMPLATES]
     return list(DEFAULT_TEMPLATES.get(modality, FALLBACK_TEMPLATES))
