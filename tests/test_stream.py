@@ -161,3 +161,19 @@ def test_streamed_resume_after_sigkill_is_bit_exact(tmp_path: Path, minilm_dir: 
     losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
               for d in (full.output_dir, killed)]
     assert losses[0] == losses[1] and len(losses[0]) == 8
+
+
+def test_memory_benchmark_smallest_size_runs(assets: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/train_memory.py at its smallest size, streamed only (a smoke test: no timing assertions)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import train_memory
+    finally:
+        sys.path.pop(0)
+    if not (assets / "text" / "all-MiniLM-L6-v2").is_dir():
+        pytest.skip("MiniLM missing")
+    results = train_memory.main(["--sizes", "10000", "--steps", "2", "--map-max", "0", "--assets", str(assets),
+                                 "--work", str(tmp_path)])
+    res = results[(10_000, "stream")]
+    assert res["mode"] == "stream" and res["peak_rss_mb"] > 0 and res["first_step_s"] > 0
+    assert "peak RSS" in capsys.readouterr().out

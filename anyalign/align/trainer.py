@@ -187,8 +187,7 @@ class Trainer:
         from ..config import to_dict
 
         acc = self.accelerator
-        loss_only = ("weight", "temperature", "learn_temperature", "positives")
-        spec = {k: v for k, v in to_dict(self.recipe.anchors["text"]).items() if k not in loss_only}
+        spec = {"encoder": to_dict(self.recipe.anchors["text"])["encoder"]}  # what fixes the embeddings
         table = table_for_anchor(spec, self.unwrapped.frozen.anchors["text"])
         texts: set[str] = set() if self.stream is not None else self.train_set.all_captions()
         for ds in self.eval_sets:

@@ -1,0 +1,166 @@
+"""Peak memory and time to the first step of training from cached features, streamed vs map-style, by corpus size.
+
+    python benchmarks/train_memory.py                          # 10k, 100k, 1M records; map-style up to 100k
+    python benchmarks/train_memory.py --sizes 10000 --steps 3  # the smoke test's size
+
+Synthetic feature shards of a realistic shape (tokens [1..4, 1280] float16, pooled [1280] float32, a caption and a
+label per record; ~13 KB per record on disk) in the `anyalign extract` layout, 10k records per shard. To keep the
+disk and the set-up time bounded, at most `--unique` records are written and further shards are hard links to
+them (the reader cannot tell; the page cache may make re-read shards faster than cold disk). Every (size, mode)
+run is a fresh process training a real MLP adapter against the real MiniLM text space with the real Trainer; it
+reports its peak RSS (getrusage) and the seconds from process start to the end of step 1. Captions come from a
+vocabulary of 1000 sentences, so the text-anchor cache is not what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_SHARD = 10_000
+CLASSES = [f"class {i}" for i in range(100)]
+
+CHILD = """
+import json, resource, sys, time
+t0 = {t0!r}
+import torch
+torch.set_num_threads({threads})
+from anyalign.align import Trainer, load_recipe
+
+class Probe:
+    first = None
+    t_first = None
+    def on_step_end(self, trainer, step, logs):
+        if step == 1:
+            Probe.t_first = time.time()
+            Probe.first = Probe.t_first - t0
+        Probe.t_last = time.time()
+
+trainer = Trainer(load_recipe({recipe!r}), output_dir={out!r}, callbacks=[Probe()])
+mode = trainer.data_mode
+trainer.fit()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"mode": mode, "first_step_s": Probe.first, "peak_rss_mb": rss,
+                  "steps_per_s": ({steps} - 1) / max(Probe.t_last - Probe.t_first, 1e-9)}}))
+"""
+
+
+def write_shards(folder: Path, n: int, unique: int, seed: int = 0) -> Path:
+    """`n` records in shards of PER_SHARD (the first `unique` written, the rest hard links) plus the manifest."""
+    from anyalign.features import FeatureWriter, write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shards = []
+    n_shards = -(-n // PER_SHARD)
+    written: list[Path] = []
+    for s in range(n_shards):
+        count = min(PER_SHARD, n - s * PER_SHARD)
+        name = f"features-r00-{s:05d}.tar"
+        if s * PER_SHARD < unique or count != PER_SHARD:
+            with FeatureWriter(folder / name) as w:
+                base = rng.normal(size=(count, 4, 1280)).astype(np.float16)
+                for i in range(count):
+                    c = int(rng.integers(len(CLASSES)))
+                    t = 1 + (i % 4)
+                    w.add(f"r{s}_{i}", base[i, :t], base[i, :t].astype(np.float32).mean(0),
+                          {"label": CLASSES[c], "caption": f"a picture of {CLASSES[c]}, variant {i % 10}"})
+            written.append(folder / name)
+        else:
+            os.link(written[s % len(written)], folder / name)
+        shards.append({"file": name, "count": count})
+    write_manifest(folder, {"encoder": "synthetic", "modality": "image", "token_dim": 1280, "pooled_dim": 1280,
+                            "dtype": "float16", "shards": shards, "failures": []})
+    return folder
+
+
+def recipe(path: Path, feats: Path, minilm: Path, mode: str, steps: int, batch: int) -> Path:
+    data = {"adapters": {"image": {"encoder": {"name": "timm-image"}, "embed_projector": {"name": "mlp",
+                                                                                         "hidden_dim": 256}}},
+            "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm)}}},
+            "data": {"train": [{"kind": "features", "path": str(feats)}]},
+            "train": {"batch_size": batch, "max_steps": steps, "save_every": 10_000, "log_every": 10_000,
+                      "tensorboard": False, "stream": mode},
+            "eval": {"at_start": False}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def warm_text_cache(minilm: Path, cache: Path) -> None:
+    """Encode the benchmark's 1000 captions into the text-anchor table once (not part of what is measured)."""
+    from anyalign.align.config import AnchorSpec
+    from anyalign.align.text_cache import table_for_anchor
+    from anyalign.config import from_dict, to_dict
+
+    spec = from_dict(AnchorSpec, {"encoder": {"name": "text", "pretrained": str(minilm)}}, source="anchor")
+    desc = {"encoder": to_dict(spec)["encoder"]}  # as the Trainer names the table
+    table = table_for_anchor(desc, spec.encoder.build(frozen=True), root=cache / "text-embeddings")
+    table.add([f"a picture of {c}, variant {i}" for c in CLASSES for i in range(10)])
+    table.close()
+
+
+def measure(feats: Path, minilm: Path, mode: str, steps: int, batch: int, work: Path, threads: int) -> dict:
+    r = recipe(work / f"{feats.name}-{mode}.yaml", feats, minilm, mode, steps, batch)
+    out = work / f"run-{feats.name}-{mode}"
+    code = CHILD.format(t0=time.time(), threads=threads, recipe=str(r), out=str(out), steps=steps)
+    env = {**os.environ, "ANYALIGN_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode:
+        raise SystemExit(f"{mode} at {feats.name}: failed\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--map-max", type=int, default=100_000, help="largest size also run map-style")
+    parser.add_argument("--unique", type=int, default=100_000, help="records actually written (rest hard links)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--assets", default=os.environ.get("ANYALIGN_ASSETS", ""))
+    parser.add_argument("--work", default=None, help="folder for the shards (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    minilm = Path(args.assets) / "text" / "all-MiniLM-L6-v2"
+    if not minilm.is_dir():
+        raise SystemExit("set ANYALIGN_ASSETS (or --assets) to the folder holding text/all-MiniLM-L6-v2")
+    results: dict = {}
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        work = Path(tmp)
+        warm_text_cache(minilm, work / "cache")
+        for n in args.sizes:
+            t0 = time.perf_counter()
+            feats = write_shards(work / f"n{n}", n, args.unique)
+            print(f"{n:>9,} records: shards ready in {time.perf_counter() - t0:.1f} s", flush=True)
+            for mode in ["stream"] + (["map"] if n <= args.map_max else []):
+                res = measure(feats, minilm, mode, args.steps, args.batch, work, args.threads)
+                results[(n, mode)] = res
+                print(f"  {mode:>6}: peak RSS {res['peak_rss_mb']:8.0f} MB  first step {res['first_step_s']:6.1f} s  "
+                      f"{res['steps_per_s']:6.1f} steps/s", flush=True)
+    small, big = min(args.sizes), max(args.sizes)
+    if small != big:
+        s, b = results[(small, "stream")], results[(big, "stream")]
+        print(f"streamed RSS at {big:,} / at {small:,}: {b['peak_rss_mb'] / s['peak_rss_mb']:.2f}x (goal <= 1.5x); "
+              f"first step at {big:,}: {b['first_step_s']:.1f} s (goal < 30 s)")
+    for n in args.sizes:
+        if (n, "map") in results:
+            m, s = results[(n, "map")], results[(n, "stream")]
+            print(f"{n:,}: map / stream peak RSS {m['peak_rss_mb'] / s['peak_rss_mb']:.2f}x, first step "
+                  f"{m['first_step_s'] / s['first_step_s']:.2f}x")
+    print(f"load: {os.getloadavg()}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
