@@ -3,7 +3,9 @@
 `synthesize_corpus(utterances, output, voices=..., heldout_voices=...)` speaks every utterance in every voice
 with libespeak-ng (pip `espeakng-loader` ships the library and its voice data; driven through ctypes, no root
 needed) or, where the Debian binary is installed, flite. Each recording gets its own speaking rate and pitch,
-drawn from a generator seeded by (seed, voice, text, take), so a corpus is a pure function of its inputs.
+drawn from a generator seeded by (seed, voice, text, take): texts, voices, folds, rate and pitch are a pure function
+of the inputs. The samples are as reproducible as libespeak-ng: most voices give identical files on every run,
+variants with breath noise (e.g. `+f2`) differ slightly between runs.
 
 Output folder::
 
