@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,23 @@ def test_shipped_recipes_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("ANYALIGN_ASSETS", "/assets")
     recipe = load_recipe(CONFIGS / name, check=False)
     assert recipe.data.train and recipe.adapters
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.clip_grad=-1", "'clip_grad' must be > 0"),
+    ("train.warmup_steps=-5", "'warmup_steps' must be >= 0"),
+    ("train.lr=0", "'lr' must be > 0"),
+    ("train.betas=[0.9, 1.5]", "'betas' must be two numbers"),
+    ("data.train.0.caption_templates=[a person.]", "no {caption} or {label} placeholder"),
+    ("data.train.0.holdout=1.5", "'holdout' must be in"),
+])
+def test_settings_that_make_results_wrong_are_refused(env: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(_write(env, _recipe(env)), [override])
+
+
+def test_duplicate_yaml_keys_are_refused(env: Path) -> None:
+    path = env / "dup.yaml"
+    path.write_text(_write(env, _recipe(env)).read_text() + "train: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        load_recipe(path)

@@ -107,6 +107,12 @@ class DataSource:
             raise ConfigError(f"kind {self.kind!r}: expected one of {', '.join(known)}")
         if self.folds is not None:
             self.folds = [str(f) for f in self.folds]
+        for t in self.caption_templates:
+            if "{caption}" not in t and "{label}" not in t:
+                raise ConfigError(f"caption_templates: {t!r} has no {{caption}} or {{label}} placeholder, so every "
+                                  f"caption would be the same text")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"field 'holdout' must be in [0, 1), got {self.holdout}")
 
 
 @dataclass
@@ -153,6 +159,16 @@ class TrainSpec:
                 raise ConfigError(f"field {key!r} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"field 'lr' must be > 0, got {self.lr}")
+        if self.encoder_lr is not None and self.encoder_lr <= 0:
+            raise ConfigError(f"field 'encoder_lr' must be > 0, got {self.encoder_lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"field 'warmup_steps' must be >= 0, got {self.warmup_steps}")
+        if self.clip_grad is not None and self.clip_grad <= 0:  # a negative norm flips the update (trains uphill)
+            raise ConfigError(f"field 'clip_grad' must be > 0 (or null for no clipping), got {self.clip_grad}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"field 'weight_decay' must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass
