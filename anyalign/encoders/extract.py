@@ -4,20 +4,19 @@ The input list (see `inputs.discover_inputs`) is cut deterministically into chun
 chunk i is written by rank `i % world_size` as `features-r{rank}-{i}.tar`, so `accelerate launch` / `torchrun`
 split the work and every rank writes its own shards. Files are decoded and collated in DataLoader workers, the
 encoder runs under `torch.inference_mode()` in the main process. A shard counts as finished once its tar and
-its `.json` sidecar (sample count, failures, a fingerprint of its inputs and the encoder settings) are both on
+its `.json` sidecar (sample count, failures, the keys of its inputs and the encoder settings) are both on
 disk, both written atomically; a rerun skips finished shards, which makes extraction resume after a kill.
 Inputs that fail to decode are skipped, logged, counted and listed in the sidecar, the manifest and the summary.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,14 +123,6 @@ class _Collate:
         return _Batch(indices, groups, sorted(failed), isolated=True)
 
 
-def fingerprint(chunk: Sequence[Item]) -> str:
-    """Hash of a chunk's keys, inputs and metadata: a finished shard is reused only for the same inputs."""
-    h = hashlib.sha1()
-    for it in chunk:
-        h.update(json.dumps([it.key, repr(it.value), it.meta], sort_keys=True, default=str).encode())
-    return h.hexdigest()
-
-
 def finished_shards(output: Path) -> dict[int, tuple[Path, dict[str, Any]]]:
     """Chunk index -> (shard, sidecar) for every finished shard in `output`, written by any rank."""
     done: dict[int, tuple[Path, dict[str, Any]]] = {}
@@ -160,66 +151,100 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
     items = discover_inputs(source, encoder) if items is None else items
     spec = spec or EncoderSpec.of(encoder)
     run_spec = {"encoder": spec.to_dict()}
-    chunks = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    prints = [fingerprint(c) for c in chunks]
     if state.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        for stale in output.glob(".features-r*.tmp"):  # half-written shards of a killed run
-            logger.info("removing %s left by an interrupted run", stale)
-            stale.unlink(missing_ok=True)
     state.wait_for_everyone()
-
-    summary = ExtractSummary()
-    done = finished_shards(output)
-    todo: list[int] = []
-    for index in range(rank, len(chunks), world):
-        if index not in done:
-            todo.append(index)
-            continue
-        shard, side = done[index]
-        _check_reusable(shard, side, prints[index], run_spec)
-        summary.n_ok += side["n_ok"]
-        summary.failures += side["failures"]
-        summary.shards.append(shard.name)
-        summary.shards_skipped += 1
-
-    bar = tqdm(total=sum(len(chunks[i]) for i in range(rank, len(chunks), world)), desc=f"extract {encoder.modality}",
-               unit="item", initial=sum(len(chunks[i]) for i in range(rank, len(chunks), world) if i in done),
-               disable=not progress or not state.is_local_main_process)
-    try:
-        _run(encoder, items, chunks, prints, todo, output, rank, run_spec, batch_size, shard_size, num_workers,
-             summary, bar)
-    finally:
-        bar.close()
-    summary.n_failed = len(summary.failures)
-    summary.shards.sort(key=lambda name: shard_index(Path(name)))
-    summary.seconds = time.perf_counter() - t0
-    state.wait_for_everyone()
-    if state.is_main_process:
-        _write_manifest(output, encoder, run_spec, source, len(items), shard_size, len(chunks))
+    with _writer_lock(output, rank):
+        if state.is_main_process:
+            for stale in output.glob(".features-r*.tmp"):  # half-written shards of a killed run
+                logger.info("removing %s left by an interrupted run", stale)
+                stale.unlink(missing_ok=True)
+        state.wait_for_everyone()
+        done = finished_shards(output)
+        chunks = _plan(items, done, run_spec, shard_size, output)  # chunk index -> item positions
+        summary = ExtractSummary()
+        todo = [index for index in sorted(chunks) if index % world == rank and index not in done]
+        for index in sorted(done):
+            if index % world == rank:
+                shard, side = done[index]
+                summary.n_ok += side["n_ok"]
+                summary.failures += side["failures"]
+                summary.shards.append(shard.name)
+                summary.shards_skipped += 1
+        mine = [i for i in sorted(chunks) if i % world == rank]
+        bar = tqdm(total=sum(len(chunks[i]) for i in mine), desc=f"extract {encoder.modality}", unit="item",
+                   initial=sum(len(chunks[i]) for i in mine if i in done),
+                   disable=not progress or not state.is_local_main_process)
+        try:
+            _run(encoder, items, chunks, todo, output, rank, run_spec, batch_size, num_workers, summary, bar)
+        finally:
+            bar.close()
+        summary.n_failed = len(summary.failures)
+        summary.shards.sort(key=lambda name: shard_index(Path(name)))
+        summary.seconds = time.perf_counter() - t0
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _write_manifest(output, encoder, run_spec, source, len(items), shard_size, chunks)
     return summary
 
 
-def _check_reusable(shard: Path, side: dict[str, Any], fp: str, run_spec: dict[str, Any]) -> None:
-    if side.get("inputs", fp) != fp:
-        raise ValueError(f"{shard}: written from different inputs than this run's (the input list changed); "
-                         f"extract into a new --output folder")
-    old = side.get("spec", run_spec)
-    if old != run_spec:
-        raise ValueError(f"{shard}: written with encoder settings {old}, this run uses {run_spec}; use the same "
-                         f"settings to resume, or a new --output folder")
+@contextlib.contextmanager
+def _writer_lock(output: Path, rank: int) -> Iterator[None]:
+    """One extraction run per output folder: a second concurrent run (same rank) fails at once, naming it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(output / f".extract-r{rank:02d}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"{output}: another `anyalign extract` is writing to this folder; wait for it to finish or "
+                         f"extract into another --output") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
-def _run(encoder: Encoder, items: list[Item], chunks: list[list[Item]], prints: list[str], todo: list[int],
-         output: Path, rank: int, run_spec: dict[str, Any], batch_size: int, shard_size: int, num_workers: int,
-         summary: ExtractSummary, bar: tqdm) -> None:
+def _plan(items: list[Item], done: dict[int, tuple[Path, dict[str, Any]]], run_spec: dict[str, Any],
+          shard_size: int, output: Path) -> dict[int, list[int]]:
+    """Chunk index -> positions in `items`. Finished shards keep their chunks (checked: same encoder settings);
+    items not in any finished shard are cut into new chunks after them, so a rerun with added inputs extracts
+    exactly the new ones."""
+    for index, (shard, side) in done.items():
+        old = side.get("spec", run_spec)
+        if old != run_spec:
+            was = EncoderSpec.from_dict(old["encoder"]).describe() if isinstance(old.get("encoder"), dict) else old
+            raise ValueError(f"{shard}: written with encoder {was}, but this run uses "
+                             f"{EncoderSpec.from_dict(run_spec['encoder']).describe()}; use the same settings, or "
+                             f"a new --output folder")
+        if "keys" not in side:
+            raise ValueError(f"{shard}: written by an older anyalign without its input keys; extract into a new "
+                             f"--output folder")
+    position = {it.key: n for n, it in enumerate(items)}
+    if len(position) != len(items):
+        dup = next(k for k in position if sum(it.key == k for it in items) > 1)
+        raise ValueError(f"{output}: input key {dup!r} appears more than once; keys must be unique")
+    chunks: dict[int, list[int]] = {}
+    covered: set[str] = set()
+    for index, (_, side) in done.items():
+        covered.update(side["keys"])
+        chunks[index] = [position[k] for k in side["keys"] if k in position]
+    new = [n for n, it in enumerate(items) if it.key not in covered]
+    start = max(done, default=-1) + 1
+    for j, lo in enumerate(range(0, len(new), shard_size)):
+        chunks[start + j] = new[lo: lo + shard_size]
+    return chunks
+
+
+def _run(encoder: Encoder, items: list[Item], chunks: dict[int, list[int]], todo: list[int], output: Path,
+         rank: int, run_spec: dict[str, Any], batch_size: int, num_workers: int, summary: ExtractSummary,
+         bar: tqdm) -> None:
     """Decode/collate in workers and encode this rank's unfinished chunks, one shard per chunk."""
     if not todo:
         return
-    batches = [list(range(start, min(start + batch_size, end)))  # batches never cross a shard boundary
-               for index in todo
-               for end in [index * shard_size + len(chunks[index])]
-               for start in range(index * shard_size, end, batch_size)]
+    chunk_of = {n: index for index in todo for n in chunks[index]}
+    batches = [chunks[index][lo: lo + batch_size]  # batches never cross a shard boundary
+               for index in todo for lo in range(0, len(chunks[index]), batch_size)]
     loader = DataLoader(SafeDecode(items, _Decode(encoder)), batch_sampler=batches, num_workers=num_workers,
                         collate_fn=_Collate(encoder), pin_memory=encoder.device.type == "cuda")
     shard: _Shard | None = None
@@ -228,7 +253,7 @@ def _run(encoder: Encoder, items: list[Item], chunks: list[list[Item]], prints: 
         with torch.inference_mode():
             for batch in loader:
                 if shard is None:  # first batch of the next chunk
-                    index = batch.indices[0] // shard_size
+                    index = chunk_of[batch.indices[0]]
                     shard = _Shard(output / SHARD_PATTERN.format(rank=rank, index=index), len(chunks[index]), pool)
                 for i, err in batch.failed:
                     shard.fail(items[i], err)
@@ -244,7 +269,8 @@ def _run(encoder: Encoder, items: list[Item], chunks: list[list[Item]], prints: 
                 shard.remaining -= len(batch.indices)
                 bar.update(len(batch.indices))
                 if shard.remaining == 0:
-                    shard.finish({"inputs": prints[shard_index(shard.path)], "spec": run_spec}, summary)
+                    keys = [items[n].key for n in chunks[shard_index(shard.path)]]
+                    shard.finish({"keys": keys, "spec": run_spec}, summary)
                     shard = None
                     if summary.failures:
                         bar.set_postfix(failed=len(summary.failures))
@@ -302,15 +328,16 @@ class _Shard:
 
 
 def _write_manifest(output: Path, encoder: Encoder, run_spec: dict[str, Any], source: str | os.PathLike,
-                    n_inputs: int, shard_size: int, n_chunks: int) -> None:
+                    n_inputs: int, shard_size: int, chunks: dict[int, list[int]]) -> None:
     done = finished_shards(output)
     shards, failures, total = [], [], 0
-    for index in range(n_chunks):
+    for index in sorted(chunks):
         if index in done:
             shard, side = done[index]
             shards.append({"file": shard.name, "count": side["n_ok"], "failed": len(side["failures"])})
             failures += side["failures"]
             total += side["n_ok"]
+    n_chunks = len(chunks)
     write_manifest(output, {**run_spec, "modality": encoder.modality, "token_dim": encoder.token_dim,
                             "pooled_dim": encoder.pooled_dim, "dtype": "float16", "token_dtype": "float16",
                             "pooled_dtype": "float32", "input": str(source), "num_inputs": n_inputs,

@@ -1,0 +1,60 @@
+"""Extraction never trusts stale state: new inputs are extracted incrementally, another encoder is refused,
+concurrent runs are locked out, keys stay unique, and leftovers of a killed run are cleaned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anyalign.encoders import create_encoder
+from anyalign.encoders.extract import _writer_lock, extract
+from anyalign.features import iter_features, read_manifest
+
+IMU = {"dim": 16, "depth": 1, "heads": 2}
+
+
+def _windows(folder: Path, names: list[str]) -> None:
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(len(names))
+    for n in names:
+        np.save(folder / n, rng.normal(size=(6, 50)).astype(np.float32))
+
+
+def _keys(out: Path) -> list[str]:
+    return sorted(str(r.key) for r in iter_features(out))
+
+
+def test_rerun_with_new_inputs_extracts_exactly_the_new_ones(tmp_path: Path) -> None:
+    enc = create_encoder("imu", **IMU)
+    _windows(tmp_path / "in", [f"w{i}.npy" for i in range(5)])
+    first = extract(enc, tmp_path / "in", tmp_path / "out", shard_size=2, progress=False)
+    assert first.n_new == 5 and read_manifest(tmp_path / "out")["complete"]
+    _windows(tmp_path / "in", ["a00.npy", "a.b.npy", "a_b.npy"])  # sorts first; two keys that sanitise alike
+    second = extract(enc, tmp_path / "in", tmp_path / "out", shard_size=2, progress=False)
+    assert second.n_new == 3 and second.shards_skipped == 3
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["complete"] and manifest["count"] == 8
+    assert _keys(tmp_path / "out") == sorted(["a00.npy", "a.b.npy", "a_b.npy", *[f"w{i}.npy" for i in range(5)]])
+    assert extract(enc, tmp_path / "in", tmp_path / "out", shard_size=2, progress=False).n_new == 0
+
+
+def test_another_encoder_is_refused(tmp_path: Path) -> None:
+    _windows(tmp_path / "in", ["a.npy", "b.npy"])
+    extract(create_encoder("imu", **IMU), tmp_path / "in", tmp_path / "out", progress=False)
+    other = create_encoder("imu", **{**IMU, "dim": 32})
+    with pytest.raises(ValueError, match="written with encoder imu .*this run uses imu .*dim=32"):
+        extract(other, tmp_path / "in", tmp_path / "out", progress=False)
+
+
+def test_concurrent_runs_are_locked_out_and_leftovers_cleaned(tmp_path: Path) -> None:
+    _windows(tmp_path / "in", ["a.npy", "b.npy"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".features-r00-00000.tar.123.tmp").write_bytes(b"half a shard")
+    with _writer_lock(out, 0):
+        with pytest.raises(ValueError, match="another `anyalign extract` is writing"):
+            extract(create_encoder("imu", **IMU), tmp_path / "in", out, progress=False)
+    extract(create_encoder("imu", **IMU), tmp_path / "in", out, progress=False)
+    assert not list(out.glob(".features-*.tmp")) and read_manifest(out)["count"] == 2
