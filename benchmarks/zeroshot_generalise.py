@@ -66,7 +66,7 @@ def _test_embeddings(trainer: Trainer, modality: str) -> tuple[torch.Tensor, lis
     return F.normalize(torch.cat(embs), dim=-1), ys, list(ds.labels), templates
 
 
-def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Path) -> dict:
+def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Path, extra: list[str]) -> dict:
     diversity, loss = CONDITIONS[condition]
     overrides = [f"train.max_steps={steps}", "eval.at_start=false", "eval.every=0", "train.tensorboard=false",
                  "train.save_every=100000", f"anchors.text.loss={loss}"]
@@ -78,7 +78,7 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
         overrides.append(f"data.train.0.classes=[{','.join(cfg['seen'])}]" if subset else "data.train.0.classes=null")
     elif not subset:
         overrides.append("data.train.0.classes=null")
-    recipe = load_recipe(cfg["recipe"], overrides)
+    recipe = load_recipe(cfg["recipe"], overrides + (extra if diversity else []))
     t0 = time.perf_counter()
     trainer = Trainer(recipe, output_dir=out / f"{name}-{condition}-{'subset' if subset else 'all'}")
     trainer.fit()
@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--image-steps", type=int, default=300)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--set", action="append", default=[], help="extra recipe override for the caption-diversity "
+                    "conditions, e.g. data.train.0.captions.paraphrases=null (synonyms only)")
     args = ap.parse_args()
     if not os.environ.get("ANYALIGN_ASSETS"):
         raise SystemExit("set ANYALIGN_ASSETS to the real offline assets (../shared/fetch-assets)")
@@ -131,8 +133,8 @@ def main() -> None:
                 continue
             steps = args.imu_steps if name == "imu" else args.image_steps
             for cond in args.conditions.split(","):
-                full = _run(name, cfg, cond, False, steps, Path(tmp))
-                sub = _run(name, cfg, cond, True, steps, Path(tmp))
+                full = _run(name, cfg, cond, False, steps, Path(tmp), args.set)
+                sub = _run(name, cfg, cond, True, steps, Path(tmp), args.set)
                 row = {**full, "unseen": sub["unseen"], "trained_on_subset": sub["trained_on"],
                        "train_s": full["train_s"] + sub["train_s"]}
                 rows.append(row)
