@@ -58,3 +58,14 @@ def test_concurrent_runs_are_locked_out_and_leftovers_cleaned(tmp_path: Path) ->
             extract(create_encoder("imu", **IMU), tmp_path / "in", out, progress=False)
     extract(create_encoder("imu", **IMU), tmp_path / "in", out, progress=False)
     assert not list(out.glob(".features-*.tmp")) and read_manifest(out)["count"] == 2
+
+
+def test_bad_windows_are_counted_failures_not_aborts(tmp_path: Path) -> None:
+    _windows(tmp_path / "in", ["a.npy", "b.npy"])
+    np.save(tmp_path / "in" / "empty.npy", np.zeros((6, 0), np.float32))
+    np.save(tmp_path / "in" / "long.npy", np.zeros((6, 200_000), np.float32))
+    summary = extract(create_encoder("imu", **IMU), tmp_path / "in", tmp_path / "out", progress=False)
+    assert summary.n_ok == 2 and summary.n_failed == 2
+    reasons = {Path(f["source"]).name: f["error"] for f in summary.failures}
+    assert "0 time steps" in reasons["empty.npy"] and "too long" in reasons["long.npy"]
+    assert all(np.isfinite(r.pooled.numpy()).all() for r in iter_features(tmp_path / "out"))

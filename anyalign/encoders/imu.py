@@ -139,7 +139,18 @@ class IMUEncoder(Encoder):
             raise InputError(f"{where}: contains NaN or inf")
         if self.sample_rate and self.target_rate:
             arr = resample(arr, self.sample_rate, self.target_rate)
+        if arr.shape[1] < 2:  # an empty window would become a NaN embedding that nothing can retrieve
+            raise InputError(f"{where}: IMU window has {arr.shape[1]} time steps; expected at least 2")
+        if self.window_seconds is None and arr.shape[1] > self.max_steps:
+            raise InputError(f"{where}: IMU window too long: {arr.shape[1]} steps > {self.max_steps} (max_tokens "
+                             f"{self.pos.shape[1]}); set the encoder option window_seconds to window long streams")
         return arr  # [C, T]
+
+    @property
+    def max_steps(self) -> int:
+        """The longest window (time steps) the positional table covers."""
+        strides = sum(1 for conv in self.stem if conv.stride[0] == 2)
+        return int(self.pos.shape[1]) * 2 ** strides
 
     def windows(self, x: np.ndarray) -> list[np.ndarray]:
         """One loaded stream `[C, T]` -> its normalised windows `[C, W]` (just itself without `window_seconds`)."""
