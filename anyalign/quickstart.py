@@ -121,7 +121,8 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
     work = options.work
     work.mkdir(parents=True, exist_ok=True)
     say("[1/6] assets")
-    paths = ensure_assets(root=options.assets)
+    paths = ensure_assets(["minilm", "smollm2", "efficientnet-lite0", "basicmotions", "videos", "sounds"],
+                          root=options.assets)  # only what the quickstart uses
     root = paths["minilm"].parents[1]
     os.environ.setdefault("ANYALIGN_ASSETS", str(root))
     labels = json.dumps(ACTIVITY_TEXT)
