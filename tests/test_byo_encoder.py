@@ -100,3 +100,19 @@ def test_spec_round_trip_and_one_line_errors() -> None:
         EncoderSpec.from_dict({"name": "text", "kwargs": {}}, source="anchors.text.encoder")
     assert EncoderSpec("clip-image", "w.pt", {"model": "ViT-B-32", "layer": -2}).partner("text") == \
         EncoderSpec("clip-text", "w.pt", {"model": "ViT-B-32"})
+
+
+def test_probe_splits_by_group_when_the_data_says_what_belongs_together() -> None:
+    from anyalign.zeroshot.evaluate import linear_probe
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    groups = [f"recording{i // 5}" for i in range(40)]  # 5 overlapping windows per recording
+    x = rng.normal(size=(40, 8)) + y[:, None]
+    report = linear_probe(x, y, groups=groups)
+    assert report["method"].startswith("stratified group")
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(x, y, groups):
+        assert not {groups[i] for i in train} & {groups[i] for i in test}
+    assert linear_probe(x, y)["method"].startswith("stratified 5-fold")  # no groups: the old split, said so

@@ -33,6 +33,7 @@ class LabelledItem:
     path: Path
     label: str
     fold: str | None = None
+    group: str | None = None  # what belongs together (recording, speaker): kept on one side of a probe split
 
 
 @dataclass

@@ -336,7 +336,7 @@ def _from_records(path: Path, modality: str | None) -> Any:
     for rec in read_records(path, modalities=[modality] if modality else ()):
         value = rec.input(modality) if modality else (rec.inputs("path") or [None])[0]
         if rec.label is not None and isinstance(value, str):
-            items.append(LabelledItem(Path(value), rec.label, rec.fold))
+            items.append(LabelledItem(Path(value), rec.label, rec.fold, rec.group))
     return LabelledDataset(path if path.is_dir() else path.parent, items, sorted({it.label for it in items}),
                            path.suffix.lstrip(".") or "records")
 

@@ -48,14 +48,15 @@ def classification_metrics(scores: np.ndarray, targets: Sequence[int], classes: 
 
 def linear_probe(emb: np.ndarray, targets: Sequence[int], folds: Sequence[str | None] | None = None, *,
                  test_folds: Sequence[str] | None = None, max_splits: int = 5, c: float = 1.0,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, groups: Sequence[str | None] | None = None) -> dict[str, Any]:
     """Logistic-regression accuracy on the embeddings, cross-validated.
 
-    With `test_folds`: train on every other fold, test on those. Else with folds: leave-one-fold-out. Else a
-    stratified k-fold (k = min(`max_splits`, smallest class size)).
+    With `test_folds`: train on every other fold, test on those. Else with folds: leave-one-fold-out. Else with
+    `groups` (what belongs together: a recording, a speaker): a stratified group k-fold, so overlapping windows of
+    one recording never sit on both sides. Else a stratified k-fold (k = min(`max_splits`, smallest class size)).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -70,6 +71,11 @@ def linear_probe(emb: np.ndarray, targets: Sequence[int], folds: Sequence[str | 
         names = sorted(set(fold_arr) - {""})
         splits = [(np.where(fold_arr != f)[0], np.where(fold_arr == f)[0]) for f in names]
         method = f"leave-one-fold-out over {len(names)} folds"
+    elif groups is not None and all(g is not None for g in groups) and len(set(groups)) >= 2:
+        group_arr = np.asarray([str(g) for g in groups])
+        k = min(max_splits, len(set(group_arr)))
+        splits = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(x, y, group_arr))
+        method = f"stratified group {k}-fold over {len(set(group_arr))} groups (no group on both sides)"
     else:
         smallest = int(np.bincount(y)[np.bincount(y) > 0].min())
         k = min(max_splits, smallest)
@@ -187,8 +193,9 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, 
         all_targets = [index[items[i].label] for i in res.index]
         all_folds = [items[i].fold for i in res.index]
         has_folds = any(f is not None for f in all_folds)
+        groups = [getattr(items[i], "group", None) for i in res.index]
         report["probe"] = linear_probe(res.embeddings.numpy(), all_targets, all_folds if has_folds else None,
-                                       test_folds=folds)
+                                       test_folds=folds, groups=groups)
     return report
 
 
