@@ -15,9 +15,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from anyalign.adapter import AdapterConfig, ModalityAdapter
 from anyalign.align.config import AugmentSpec, DataSource
-from anyalign.align.data import Collator, EpochSampler, FeatureItem, PairedDataset, augment_series
+from anyalign.align.data import Collator, EpochSampler, PairedDataset, augment_series
 from anyalign.align.model import AlignmentModel
 from anyalign.encoders.custom import wrap_module
+from anyalign.features import FeatureRecord
 from anyalign.llm import MultimodalLM
 
 HIDDEN = 32
@@ -41,8 +42,8 @@ def _adapter(modality: str, *, llm: bool = True, embed: bool = False, in_dim: in
     return ModalityAdapter(cfg)
 
 
-def _feature(t: int, d: int = 8) -> FeatureItem:
-    return FeatureItem(torch.randn(t, d), torch.randn(d))
+def _feature(t: int, d: int = 8) -> FeatureRecord:
+    return FeatureRecord("k", torch.randn(t, d), torch.randn(d))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_mixed_batch_contrastive_and_caption(tiny_llm) -> None:
     anchor = wrap_module(torch.nn.Linear(6, 16), modality="image", token_dim=16).freeze()
     mllm = MultimodalLM(llm, tok, {"imu": imu})
     model = AlignmentModel({"imu": imu}, anchors={"image": anchor}, mllm=mllm, contrastive_pairs=[("imu", "image")])
-    img = lambda: FeatureItem(torch.randn(1, 16), torch.randn(16))  # noqa: E731 - cached anchor features
+    img = lambda: FeatureRecord("k", torch.randn(1, 16), torch.randn(16))  # noqa: E731 - cached anchor features
     examples = [_example("contrastive", {"imu": [_feature(4)], "image": [img()]}, label="walk"),
                 _example("caption", {"imu": [_feature(2)]}, prompt="<imu> what?", target="walking"),
                 _example("contrastive", {"imu": [_feature(6)], "image": [img()]}, label="run"),

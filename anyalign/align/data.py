@@ -22,19 +22,12 @@ from torch.utils.data import Dataset, Sampler
 
 from ..datasets.uea import DEFAULT_UEA_TEMPLATES
 from ..encoders import EncoderOutput, pad_sequences
+from ..features import FeatureRecord
 from .captions import CaptionPool, keep_classes
 from .config import AugmentSpec, DataSource
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass
-class FeatureItem:
-    """One cached sample (`anyalign extract`): valid tokens `[T, D]` and the pooled vector `[P]`."""
-
-    tokens: torch.Tensor
-    pooled: torch.Tensor
 
 
 # --- reading sources ---------------------------------------------------------------------------------------
@@ -116,7 +109,7 @@ def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
         meta = r.meta or {}
         key = str(r.key)
         if _split_part(key, src.holdout, src.split):
-            records.append({"media": {m: [FeatureItem(r.tokens, r.pooled)]},
+            records.append({"media": {m: [r]},
                             "caption": meta.get("caption", meta.get("text")),  # as jsonl rows: caption or text
                             "label": meta.get("label"), "key": key,
                             "conversation": meta.get("conversations") or meta.get("messages")})
@@ -261,7 +254,7 @@ class PairedDataset(Dataset):
                 if augment and isinstance(item, np.ndarray):
                     item = augment_series(item, src.augment, rng)
                     augment = False
-                if not isinstance(item, FeatureItem) and m in self.loaders:
+                if not isinstance(item, FeatureRecord) and m in self.loaders:
                     item = self.loaders[m](item)
                 if augment and isinstance(item, np.ndarray) and item.ndim == 2:  # a series read from a file
                     item = augment_series(item, src.augment, rng)
@@ -354,7 +347,7 @@ class Collator:
                 its.extend(items)
         media = {}
         for m, (rows, items) in per_mod.items():
-            cached = [isinstance(x, FeatureItem) for x in items]
+            cached = [isinstance(x, FeatureRecord) for x in items]
             if all(cached):
                 tokens, mask = pad_sequences([x.tokens.float() for x in items])
                 feats = EncoderOutput(tokens, mask, torch.stack([x.pooled.float() for x in items]))
@@ -372,5 +365,5 @@ class Collator:
                      [ex["key"] for ex in examples])
 
 
-__all__ = ["Batch", "Collator", "DEFAULT_UEA_TEMPLATES", "EpochSampler", "FeatureItem", "MediaBatch", "PairedDataset",
+__all__ = ["Batch", "Collator", "DEFAULT_UEA_TEMPLATES", "EpochSampler", "MediaBatch", "PairedDataset",
            "augment_series", "read_source"]

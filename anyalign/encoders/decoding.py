@@ -16,8 +16,10 @@ class SafeDecode(Dataset):
     """`load(values[i])` per item; exceptions of the given types become the item's error message."""
 
     def __init__(self, values: Sequence[Any], load: Callable[[Any], Any],
-                 errors: tuple[type[BaseException], ...] = (Exception,)) -> None:
-        self.values, self.load, self.errors = values, load, errors
+                 errors: tuple[type[BaseException], ...] = (Exception,),
+                 describe: Callable[[int, BaseException], str] | None = None) -> None:
+        """`describe(i, error)` words a failure (default: `"Type: message"`); it must be picklable for workers."""
+        self.values, self.load, self.errors, self.describe = values, load, errors, describe
 
     def __len__(self) -> int:
         return len(self.values)
@@ -26,4 +28,4 @@ class SafeDecode(Dataset):
         try:
             return i, self.load(self.values[i]), None
         except self.errors as e:
-            return i, None, f"{type(e).__name__}: {e}"
+            return i, None, self.describe(i, e) if self.describe is not None else f"{type(e).__name__}: {e}"

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..embedder import Embedder, pool_windows
+from ..encoders.decoding import SafeDecode
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +60,14 @@ def _describe(name: str, e: Exception) -> str:
     return msg if name in msg else f"{name}: {msg}"
 
 
-class _Decode(Dataset):
-    """Decodes one input into windows; a failure becomes an error string instead of an exception."""
+class _Describe:
+    """Names the input in a decoding failure (picklable, for DataLoader workers)."""
 
-    def __init__(self, inputs: Sequence[Any], embedder: Embedder) -> None:
-        self.inputs, self.embedder = inputs, embedder
+    def __init__(self, inputs: Sequence[Any]) -> None:
+        self.inputs = inputs
 
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, i: int) -> tuple[int, list[Any] | None, str | None]:
-        try:
-            return i, self.embedder.load(self.inputs[i]), None
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the others; the error is reported
-            return i, None, _describe(input_name(self.inputs[i], i), e)
+    def __call__(self, i: int, e: BaseException) -> str:
+        return _describe(input_name(self.inputs[i], i), e)  # type: ignore[arg-type]
 
 
 class _Collate:
@@ -137,7 +132,8 @@ def embed_inputs(embedder: Embedder, inputs: Sequence[Any], *, batch_size: int =
     """Embed `inputs` in batches of `batch_size` (windows of one input pooled); failures are collected."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    loader = DataLoader(_Decode(inputs, embedder), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(SafeDecode(inputs, embedder.load, describe=_Describe(inputs)), batch_size=batch_size,
+                        num_workers=num_workers,
                         collate_fn=_Collate(inputs, embedder, batch_size))
     rows: list[torch.Tensor] = []
     index: list[int] = []
