@@ -94,6 +94,8 @@ class Record:
                 out[name] = value
         if self.text is not None:
             out.setdefault("caption", self.text)
+        if self.conversations is not None:  # instruction data cached by `extract` still trains
+            out["conversations"] = self.conversations
         return out
 
 
