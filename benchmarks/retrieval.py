@@ -1,20 +1,31 @@
-"""Auto-chosen FAISS index vs exact search on the same corpus: build time, memory/vector, QPS and recall@10.
+"""Retrieval at scale: build time, peak memory, held-out recall@10 vs QPS for Flat, IVF-Flat, IVF-PQ and HNSW, the
+Retriever's search (metadata included) against raw faiss on the same index, and one run on real MiniLM embeddings.
 
-    python benchmarks/retrieval.py [--n 1000000] [--dim 512] [--centres 4000] [--noise 1.2] [--memory 4G]
+    python benchmarks/retrieval.py [--n 1000000] [--dim 512] [--kinds flat,ivf,ivfpq,hnsw] [--real-n 20000]
 
-Data: a Gaussian mixture (`--centres` standard-normal centres, Gaussian noise of std `--noise` per dimension,
-L2-normalised), the way real embeddings cluster; queries are fresh draws from the same mixture, not corpus
-members. The noise sets the difficulty: at 1.2 nearly every true neighbour shares the query's component; from
-about 1.5 on, neighbours come from many components and IVF must probe a large share of its lists.
-`--centres 0` gives isotropic random vectors (no structure for any approximate index to exploit).
-The baseline is exact inner-product search (faiss `IndexFlatIP`) over the same vectors in the same process;
-recall@10 of the auto index is measured against it. Target: recall@10 >= 0.95 at >= 20x the exact QPS.
+Synthetic data: a Gaussian mixture (`--centres` standard-normal centres, noise std `--noise` per dimension,
+L2-normalised), written as `anyalign embed`-style shards and indexed from disk (the build streams them). Queries
+are fresh draws from the mixture, never in the corpus ("held-out"): recall@10 is measured on them against exact
+search, which is also the QPS baseline (`Flat`). Each build runs in a child process so that its peak RSS is its
+own. IVF-PQ is the auto choice under a memory budget of 1/8 of the raw vectors (OPQ + PQ codes).
+Real data: sentences from text on this machine (man pages, Python docs topics, licence texts) embedded with
+$ANYALIGN_ASSETS/text/all-MiniLM-L6-v2 through `anyalign embed`; held-out sentences are the queries, and the
+build's reported (held-out) recall is compared with the recall those fresh queries get.
+Ratios are within one process on one machine; give `uptime` with the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import logging
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,26 +33,59 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from anyalign.retrieval import ArraySource, Retriever, build_index
-from anyalign.retrieval.autoindex import format_bytes
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 
 
-def mixture(n: int, dim: int, centres: int, noise: float, seed: int, chunk: int = 100_000) -> np.ndarray:
-    """`[n, dim]` float32, L2-normalised, generated in chunks (no float64 copy of the corpus)."""
+# --- data ------------------------------------------------------------------------------------------------------
+def mixture(n: int, dim: int, centres: int, noise: float, seed: int, chunk: int = 100_000):
+    """Chunks `[<=chunk, dim]` float32, L2-normalised (the corpus is never held whole)."""
     rng = np.random.default_rng(seed)
     c = np.random.default_rng(12345).standard_normal((max(centres, 1), dim), dtype=np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         x = noise * rng.standard_normal((hi - lo, dim), dtype=np.float32)
         if centres > 0:
             x += c[rng.integers(0, centres, hi - lo)]
         faiss.normalize_L2(x)
-        out[lo:hi] = x
-    return out
+        yield x
 
 
-def qps(search, queries: np.ndarray, *, one_by_one: int = 0, min_time: float = 2.0) -> float:
+def write_shards(folder: Path, chunks, dim: int, metadata: list[dict] | None = None) -> int:
+    """Write `anyalign embed`-style shards (+ a metadata line per row); returns the row count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards, n = [], 0
+    for i, x in enumerate(chunks):
+        np.save(folder / f"embeddings-{i:05d}.npy", x)
+        with (folder / f"metadata-{i:05d}.jsonl").open("w") as f:
+            for j in range(n, n + len(x)):
+                row = metadata[j] if metadata else {"source": f"/corpus/item{j:08d}.jpg", "caption": f"item {j}"}
+                f.write(json.dumps(row) + "\n")
+        shards.append({"vectors": f"embeddings-{i:05d}.npy", "metadata": f"metadata-{i:05d}.jsonl",
+                       "count": len(x)})
+        n += len(x)
+    (folder / "embeddings.json").write_text(json.dumps({"dim": dim, "count": n, "shards": shards}))
+    return n
+
+
+def shard_arrays(folder: Path) -> list[np.ndarray]:
+    manifest = json.loads((folder / "embeddings.json").read_text())
+    return [np.load(folder / s["vectors"], mmap_mode="r") for s in manifest["shards"]]
+
+
+def exact_truth(folder: Path, q: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids over the shards, one shard in memory at a time."""
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    off = 0
+    for x in shard_arrays(folder):
+        d, i = faiss.knn(q, np.ascontiguousarray(x), k, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(d, np.where(i >= 0, i + off, -1))
+        off += len(x)
+    heap.finalize()
+    return heap.I
+
+
+# --- measuring ---------------------------------------------------------------------------------------------------
+def qps(search, queries: np.ndarray, *, one_by_one: int = 0, min_time: float = 1.0) -> float:
     """Queries per second of `search(batch)`: whole batches, or `one_by_one` single-query calls."""
     search(queries[:4])  # warm-up
     done, t0 = 0, time.perf_counter()
@@ -62,19 +106,148 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f[f >= 0], t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def exact_baseline(x: np.ndarray, q: np.ndarray, k: int, single: int) -> tuple[float, np.ndarray, float, float, int]:
-    """Build time, exact top-k ids, batch QPS, single-query QPS and size of a flat inner-product index."""
+def child_build(emb: str, out: str, factory: str, memory: str, target: float, k: int) -> None:
+    """Run one build (in its own process) and print its config and peak RSS as JSON."""
+    from anyalign.retrieval import build_index
+
     t0 = time.perf_counter()
-    flat = faiss.IndexFlatIP(x.shape[1])
-    flat.add(x)
-    build = time.perf_counter() - t0
-    _, truth = flat.search(q, k)
-    batch = qps(lambda b: flat.search(b, k), q)
-    one = qps(lambda b: flat.search(b, k), q, one_by_one=single) if single else 0.0
-    return build, truth, batch, one, faiss.serialize_index(flat).nbytes
+    cfg = build_index(emb, out, factory=factory, memory=memory, target_recall=target, k=k)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux: KB)
+    print(json.dumps({"factory": cfg.factory, "choice": cfg.choice, "params": cfg.search_params,
+                      "tuning": {k_: v for k_, v in cfg.tuning.items() if k_ != "trace"}, "build_s": wall,
+                      "rss_mb": rss, "ntotal": cfg.ntotal}))
 
 
+def build(emb: Path, out: Path, factory: str, memory: str, target: float, k: int) -> dict:
+    cmd = [sys.executable, __file__, "--child-build", str(emb), str(out), factory, memory, str(target), str(k)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"build {factory} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def sweep_values(index) -> tuple[str | None, list[int]]:
+    from anyalign.retrieval.tuning import knob
+
+    name, values = knob(index)
+    if name == "efSearch":
+        values = [16, 32, 64, 128, 256]
+    elif name == "nprobe":
+        values = [v for v in (1, 4, 8, 16, 32, 64, 128, 256) if v <= values[-1]]
+    return name, values
+
+
+def measure(out: Path, q: np.ndarray, truth: np.ndarray, k: int, single: int) -> dict:
+    """Held-out recall and QPS at the tuned setting, raw faiss vs Retriever, plus a recall/QPS sweep."""
+    from anyalign.retrieval import Retriever
+    from anyalign.retrieval.tuning import params_for, set_params
+
+    r = Retriever(out)
+    index = r.parts[0].index
+    _, found = index.search(q, k)
+    res = {"recall": recall_at(found, truth)}
+    res["qps"] = qps(lambda b: index.search(b, k), q)
+    res["qps_retriever"] = qps(lambda b: r.search_vectors(b, k), q)
+    if single:
+        res["qps1"] = qps(lambda b: index.search(b, k), q, one_by_one=single)
+        res["qps1_retriever"] = qps(lambda b: r.search_vectors(b, k), q, one_by_one=single)
+    name, values = sweep_values(index)
+    curve = []
+    for v in values:
+        set_params(index, params_for(index, name, v))
+        _, f = index.search(q, k)
+        curve.append((v, recall_at(f, truth), qps(lambda b: index.search(b, k), q, min_time=0.5)))
+    res["curve"], res["knob"] = curve, name
+    res["bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("index."))
+    res["meta_bytes"] = (out / "metadata.sqlite").stat().st_size
+    return res
+
+
+# --- real sentences ------------------------------------------------------------------------------------------
+_TROFF = re.compile(r"\\f[BIRP]|\\\(..|\\[-e&|^]|\\s[-+]?\d")
+
+
+def sentences(limit: int, seed: int = 0) -> list[str]:
+    """Distinct English sentences from text on this machine: man pages, Python's docs topics, licence texts."""
+    texts: list[str] = []
+    try:
+        import pydoc_data.topics as topics
+
+        texts += list(topics.topics.values())
+    except ImportError:
+        pass
+    for p in sorted(Path("/usr/share/common-licenses").glob("*")):
+        if p.is_file():
+            texts.append(p.read_text(errors="ignore"))
+    mans = sorted(Path("/usr/share/man/man1").glob("*.gz")) + sorted(Path("/usr/share/man/man8").glob("*.gz"))
+    random.Random(seed).shuffle(mans)
+    seen: dict[str, None] = {}
+    split = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+    def harvest(text: str) -> None:
+        text = re.sub(r"\s+", " ", text)
+        for s in split.split(text):
+            s = s.strip()
+            if 30 <= len(s) <= 300 and len(s.split()) >= 6 and sum(c.isalpha() for c in s) > 0.7 * len(s):
+                seen.setdefault(s)
+
+    for t in texts:
+        harvest(t)
+    for p in mans:
+        if len(seen) >= limit:
+            break
+        try:
+            raw = gzip.decompress(p.read_bytes()).decode("utf-8", errors="ignore")
+        except (OSError, EOFError):
+            continue
+        lines = [_TROFF.sub("", ln) for ln in raw.splitlines() if not ln.startswith((".", "'"))]
+        harvest(" ".join(lines))
+    out = list(seen)
+    random.Random(seed).shuffle(out)
+    return out[:limit]
+
+
+def real_run(args: argparse.Namespace, work: Path) -> None:
+    assets = os.environ.get("ANYALIGN_ASSETS")
+    model = Path(assets or "/nonexistent") / "text" / "all-MiniLM-L6-v2"
+    if not model.is_dir():
+        print(f"\nreal embeddings: skipped ({model} missing; set ANYALIGN_ASSETS)")
+        return
+    emb, qemb = work / "real-emb", work / "real-q"
+    if not (emb / "embeddings.json").is_file() or not (qemb / "embeddings.json").is_file():
+        sents = sentences(args.real_n + args.real_queries)
+        if len(sents) < args.real_n + args.real_queries:
+            print(f"real embeddings: only {len(sents)} sentences found")
+        corpus, held = sents[: len(sents) - args.real_queries], sents[len(sents) - args.real_queries:]
+        for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", held)):
+            (work / name).write_text("".join(json.dumps({"text": s}) + "\n" for s in rows))
+        t0 = time.perf_counter()
+        for src, dst in (("corpus.jsonl", emb), ("queries.jsonl", qemb)):
+            subprocess.run([sys.executable, "-m", "anyalign.cli.main", "embed", str(work / src), "--encoder", "text",
+                            "--pretrained", str(model), "-o", str(dst), "--batch-size", "128", "--overwrite"],
+                           check=True, capture_output=True)
+        print(f"\nreal embeddings: embedded {len(corpus)} + {len(held)} sentences with MiniLM in "
+              f"{time.perf_counter() - t0:.0f}s")
+    q = np.concatenate([np.ascontiguousarray(a) for a in shard_arrays(qemb)]).astype(np.float32)
+    faiss.normalize_L2(q)
+    n = sum(len(a) for a in shard_arrays(emb))
+    truth = exact_truth(emb, q, args.k)
+    print(f"real embeddings: {n} MiniLM sentence vectors (dim {q.shape[1]}), {len(q)} held-out sentence queries")
+    print(f"{'index':<22}{'build s':>9}{'reported':>10}{'held-out':>10}{'QPS':>10}{'Retriever':>11}{'ratio':>7}")
+    for factory in ("auto", "IVF256,Flat"):
+        out = work / f"real-{factory.replace(',', '_')}"
+        b = build(emb, out, factory, args.memory, args.target_recall, args.k)
+        m = measure(out, q, truth, args.k, 0)
+        print(f"{b['factory']:<22}{b['build_s']:>9.1f}{b['tuning'].get('recall', 1.0):>10.3f}{m['recall']:>10.3f}"
+              f"{m['qps']:>10.0f}{m['qps_retriever']:>11.0f}{m['qps_retriever'] / m['qps']:>7.2f}")
+
+
+# --- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-build":
+        emb, out, factory, memory, target, k = sys.argv[2:8]
+        return child_build(emb, out, factory, memory, float(target), int(k))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
@@ -83,61 +256,67 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--memory", default="4G", help="memory budget for the auto choice")
-    ap.add_argument("--factory", default="auto")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"subset of {','.join(KINDS)}")
     ap.add_argument("--target-recall", type=float, default=0.95)
-    ap.add_argument("--single", type=int, default=100, help="queries timed one at a time (latency-bound QPS)")
-    ap.add_argument("--workdir", default=None, help="where to write the index (default: a temp folder)")
+    ap.add_argument("--single", type=int, default=200, help="queries timed one at a time (latency-bound QPS)")
+    ap.add_argument("--real-n", type=int, default=20_000, help="real sentences in the MiniLM corpus (0: skip)")
+    ap.add_argument("--real-queries", type=int, default=1000)
+    ap.add_argument("--workdir", default=None, help="keep data and indexes here (default: a temp folder)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
+    from anyalign.retrieval.autoindex import choose_index, format_bytes, num_lists
 
+    tmp = None if args.workdir else tempfile.TemporaryDirectory()
+    work = Path(args.workdir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    emb = work / f"synthetic-{args.n}x{args.dim}"
     t0 = time.perf_counter()
+    if not (emb / "embeddings.json").is_file():
+        write_shards(emb, mixture(args.n, args.dim, args.centres, args.noise, seed=0), args.dim)
+    q = np.concatenate(list(mixture(args.queries, args.dim, args.centres, args.noise, seed=1)))
+    truth = exact_truth(emb, q, args.k)
     data = "isotropic" if args.centres == 0 else f"mixture of {args.centres} centres, noise {args.noise}"
-    x = mixture(args.n, args.dim, args.centres, args.noise, seed=0)
-    q = mixture(args.queries, args.dim, args.centres, args.noise, seed=1)
-    print(f"data: {args.n:,} x {args.dim} float32 ({data}); {args.queries} fresh queries; "
-          f"generated in {time.perf_counter() - t0:.1f}s; faiss {faiss.__version__}, "
-          f"{faiss.omp_get_max_threads()} threads, {faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0}"
-          " GPUs")
-
-    # --- baseline: exact search ------------------------------------------------------------------------
-    exact_build, truth, exact_qps, exact_single, exact_bytes = exact_baseline(x, q, args.k, args.single)
-
-    # --- the auto-chosen index, built through anyalign ---------------------------------------------------
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        out = Path(tmp) / "index"
-        t0 = time.perf_counter()
-        cfg = build_index(ArraySource(x), out, factory=args.factory, memory=args.memory,
-                          target_recall=args.target_recall, k=args.k)
-        build_s = time.perf_counter() - t0
-        index_bytes = (out / "index.faiss").stat().st_size
-        meta_bytes = (out / "metadata.sqlite").stat().st_size
-        retriever = Retriever(out)
-        index = retriever.parts[0].index
-        _, found = index.search(q, args.k)
-        rec = recall_at(found, truth)
-        auto_qps = qps(lambda b: index.search(b, args.k), q)
-        auto_single = qps(lambda b: index.search(b, args.k), q, one_by_one=args.single) if args.single else 0.0
-        e2e_qps = qps(lambda b: retriever.search_vectors(b, args.k), q)  # + normalisation and metadata rows
-    del x
-
-    print(f"auto choice: {cfg.factory} ({cfg.choice}); tuned {cfg.search_params or '{}'} for recall@{args.k} >= "
-          f"{args.target_recall} (build-time estimate {cfg.tuning.get('recall')})")
-    print(f"{'':<28}{'exact (Flat)':>16}{'auto':>16}{'ratio':>10}")
-    print(f"{'build time':<28}{exact_build:>15.1f}s{build_s:>15.1f}s{build_s / max(exact_build, 1e-9):>10.1f}")
-    print(f"{'index bytes / vector':<28}{exact_bytes / args.n:>16.1f}{index_bytes / args.n:>16.1f}"
-          f"{index_bytes / exact_bytes:>10.2f}")
-    print(f"{'QPS (batch of ' + str(args.queries) + ')':<28}{exact_qps:>16.1f}{auto_qps:>16.1f}"
-          f"{auto_qps / exact_qps:>9.1f}x")
-    if args.single:
-        print(f"{'QPS (one query per call)':<28}{exact_single:>16.1f}{auto_single:>16.1f}"
-              f"{auto_single / exact_single:>9.1f}x")
-    print(f"{'QPS with metadata (batch)':<28}{'':>16}{e2e_qps:>16.1f}{e2e_qps / exact_qps:>9.1f}x")
-    print(f"{'recall@' + str(args.k) + ' vs exact':<28}{1.0:>16.3f}{rec:>16.3f}")
-    print(f"metadata db: {format_bytes(meta_bytes)} ({meta_bytes / args.n:.1f} B/vector)")
-    ok = rec >= 0.95 and auto_qps >= 20 * exact_qps
-    print(f"target recall@10 >= 0.95 at >= 20x exact QPS: {'MET' if ok else 'NOT MET'}")
+    print(f"data: {args.n:,} x {args.dim} float32 ({data}) as shards; {args.queries} held-out queries; data + exact "
+          f"truth {time.perf_counter() - t0:.0f}s; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
+          f"load {os.getloadavg()[0]:.1f}")
+    raw = args.n * args.dim * 4
+    nlist = num_lists(args.n)
+    factories = {"flat": ("Flat", args.memory), "ivf": (f"IVF{nlist},Flat", args.memory),
+                 "ivfpq": ("auto", str(max(raw // 8, 1 << 20))), "hnsw": ("HNSW32,Flat", args.memory)}
+    print(f"IVF-PQ: auto choice under a {format_bytes(raw // 8)} budget = "
+          f"{choose_index(args.n, args.dim, max(raw // 8, 1 << 20)).factory}")
+    rows = {}
+    for kind in [s.strip() for s in args.kinds.split(",") if s.strip()]:
+        factory, memory = factories[kind]
+        out = work / f"index-{kind}"
+        b = build(emb, out, factory, memory, args.target_recall, args.k)
+        m = measure(out, q, truth, args.k, args.single)
+        rows[kind] = (b, m)
+        print(f"  {kind}: {b['factory']} built in {b['build_s']:.1f}s, peak RSS {b['rss_mb']:.0f} MB, "
+              f"params {b['params']}, build-reported held-out recall {b['tuning'].get('recall')}")
+    exact_qps = rows["flat"][1]["qps"] if "flat" in rows else None
+    print(f"\n{'index':<24}{'build s':>8}{'RSS MB':>8}{'B/vec':>7}{'recall@' + str(args.k):>10}{'QPS':>9}"
+          f"{'x exact':>8}{'QPS(1)':>8}{'Retr/faiss':>11}{'(1 query)':>10}")
+    for kind, (b, m) in rows.items():
+        ratio = m["qps_retriever"] / m["qps"]
+        ratio1 = m["qps1_retriever"] / m["qps1"] if args.single else float("nan")
+        speed = f"{m['qps'] / exact_qps:>8.1f}" if exact_qps else f"{'':>8}"
+        print(f"{b['factory']:<24}{b['build_s']:>8.1f}{b['rss_mb']:>8.0f}{m['bytes'] / args.n:>7.1f}"
+              f"{m['recall']:>10.3f}{m['qps']:>9.0f}{speed}{m.get('qps1', 0):>8.0f}{ratio:>11.2f}{ratio1:>10.2f}")
+    print("\nheld-out recall@10 vs QPS (batch) per knob value:")
+    for kind, (b, m) in rows.items():
+        if m["knob"]:
+            pts = "  ".join(f"{v}: {r:.3f} @ {s:.0f}" for v, r, s in m["curve"])
+            print(f"  {b['factory']} ({m['knob']}): {pts}")
+    print(f"metadata db: {rows[next(iter(rows))][1]['meta_bytes'] / args.n:.1f} B/vector" if rows else "")
+    if args.real_n:
+        real_run(args, work)
+    print(f"\ntotal {time.perf_counter() - t_all:.0f}s; load {os.getloadavg()[0]:.1f}")
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -459,7 +459,7 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
     ok = ~(nonfinite | zero)
     sample_ids, sample = sample_ids[ok], _normalized(sample[ok])
     order = np.random.default_rng(seed + 1).permutation(len(sample_ids))
-    nq = min(nq, len(order) // 2)
+    nq = min(nq, len(order) // 2 if n_train else len(order))  # leave training data when the index needs it
     q_pick, t_pick = order[:nq], (order[nq:] if len(order) - nq >= n_train else order)
     if not user_queries or train_only:
         held_ids, queries = sample_ids[q_pick], sample[q_pick]
