@@ -174,6 +174,12 @@ class Embedder:
         return self._head(feats).cpu().numpy()
 
     def _head(self, feats: EncoderOutput) -> torch.Tensor:
+        if self.adapter is not None:
+            cfg = self.adapter.config
+            width = (feats.pooled if cfg.feature == "pooled" else feats.tokens).shape[-1]
+            if width != cfg.in_dim:
+                raise ValueError(f"{self.name}: features of width {width}, but the adapter takes {cfg.feature} of "
+                                 f"width {cfg.in_dim} (features from another encoder: {cfg.encoder.describe()}?)")
         emb = self.adapter.embed(feats) if self.adapter is not None else feats.pooled
         return F.normalize(emb.float(), dim=-1)
 

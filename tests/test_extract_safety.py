@@ -69,3 +69,26 @@ def test_bad_windows_are_counted_failures_not_aborts(tmp_path: Path) -> None:
     reasons = {Path(f["source"]).name: f["error"] for f in summary.failures}
     assert "0 time steps" in reasons["empty.npy"] and "too long" in reasons["long.npy"]
     assert all(np.isfinite(r.pooled.numpy()).all() for r in iter_features(tmp_path / "out"))
+
+
+def test_more_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from anyalign.cli.main import main
+
+    _windows(tmp_path / "in", ["a.npy"])
+    (tmp_path / "file.txt").write_text("mine")
+    cases = [(["extract", "-e", "imu", "-i", tmp_path / "in", "-o", tmp_path / "file.txt"], "is a file"),
+             (["extract", "--batch-size", "0", "-e", "imu", "-i", tmp_path / "in", "-o", tmp_path / "o"],
+              "Invalid value for '--batch-size'"),
+             (["nosuchcommand"], "No such command"),
+             (["embed", tmp_path / "in", "--encoder", "imu", "-o", tmp_path / "file.txt"], "refusing to replace")]
+    if not torch.cuda.is_available():
+        cases.append((["extract", "-e", "imu", "-i", tmp_path / "in", "-o", tmp_path / "o", "--device", "cuda"],
+                      "no CUDA GPU"))
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: "), err
+    assert (tmp_path / "file.txt").read_text() == "mine"  # nothing it did not write is touched

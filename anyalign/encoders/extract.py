@@ -149,6 +149,8 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
     rank, world = state.process_index, state.num_processes
     output = Path(output)
     items = discover_inputs(source, encoder) if items is None else items
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output}: is a file; expected a feature folder (new, or one to resume)")
     spec = spec or EncoderSpec.of(encoder)
     run_spec = {"encoder": spec.to_dict()}
     if state.is_main_process:

@@ -100,6 +100,8 @@ def create_encoder(
         overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`), checked against
             its options dataclass (`encoder_options(name)`): an unknown or mistyped one is a `ConfigError`.
     """
+    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!s}: no CUDA GPU is available on this machine (use cpu)")
     overrides = check_encoder_options(name, overrides, source="options")
     enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
     enc = _to_weights_dtype(enc, name, weights_dtype, device)
