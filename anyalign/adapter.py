@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import from_dict, to_dict
+from .config import read_saved, to_dict
 from .encoders import Encoder, EncoderOutput, masked_mean
 from .encoders.spec import EncoderSpec
-from .io import load_weights, read_json, save_weights, write_json
+from .io import load_weights, save_weights, write_json
 from .projectors import Projector, ProjectorOutput, create_projector
 from .version import FORMAT_VERSION, __version__
 
@@ -210,13 +210,7 @@ class ModalityAdapter(nn.Module):
 
 def read_adapter_config(path: str | os.PathLike) -> AdapterConfig:
     """The config of a saved adapter folder (any format version), without building anything."""
-    cfg_file = Path(path) / CONFIG_NAME
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{path}: not an anyalign adapter folder (missing {CONFIG_NAME})")
-    data = read_json(cfg_file)
-    if not isinstance(data, dict):
-        raise ValueError(f"{cfg_file}: expected a JSON object")
-    return from_dict(AdapterConfig, upgrade_config(data, str(cfg_file)), source=str(cfg_file), strict=False)
+    return read_saved(AdapterConfig, Path(path) / CONFIG_NAME, what="adapter", upgrade=upgrade_config)
 
 
 def build_adapter(

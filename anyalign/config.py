@@ -236,3 +236,21 @@ def load_config(cls: type[C], path: str | os.PathLike, overrides: list[str] | No
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return from_dict(cls, data, source=str(path), strict=True)
+
+
+def read_saved(cls: type[C], path: str | os.PathLike, *, what: str,
+               upgrade: Any = None) -> C:
+    """A config file anyalign wrote, read leniently (unknown keys warn); `what` names the folder kind in errors,
+    `upgrade(data, source)` brings older layouts up to date first."""
+    from .io import read_json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent}: not an anyalign {what} folder (missing {path.name})")
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    if upgrade is not None:
+        data = upgrade(data, str(path))
+    return from_dict(cls, data, source=str(path), strict=False)
+

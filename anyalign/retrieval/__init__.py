@@ -5,9 +5,9 @@
     Retriever("my-index").search("a dog on a beach", k=5)  # text, a media file path, or a vector
 """
 
+from ..embedder import Embedder, as_embedder
 from .autoindex import IndexChoice, choose_index, parse_memory
 from .embed import embed_to_folder
-from ..embedder import Embedder, as_embedder
 from .evaluate import evaluate_retrieval, exact_metrics, ranked_metrics
 from .index import IndexConfig, add_to_index, build_index, delete_from_index, gpu_count, load_index, read_config
 from .metadata import MetadataStore

@@ -38,8 +38,8 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from tqdm.auto import tqdm
 
-from ..config import from_dict, to_dict
-from ..io import atomic_path, read_json, write_json
+from ..config import read_saved, to_dict
+from ..io import atomic_path, write_json
 from ..version import FORMAT_VERSION, __version__
 from .autoindex import choose_index, training_size
 from .metadata import METADATA_NAME, MetadataStore
@@ -257,13 +257,7 @@ def _normalized(x: np.ndarray) -> np.ndarray:
 
 # --- persistence -------------------------------------------------------------------------------------------
 def read_config(index_dir: str | os.PathLike) -> IndexConfig:
-    path = Path(index_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{index_dir}: not an anyalign index folder (missing {CONFIG_NAME})")
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return from_dict(IndexConfig, data, source=str(path), strict=False)
+    return read_saved(IndexConfig, Path(index_dir) / CONFIG_NAME, what="index")
 
 
 def read_faiss(path: Path, *, ondisk: bool = False, mmap: bool = False) -> faiss.Index:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..datasets.labelled import LabelledDataset
-from ..io import atomic_path, write_json
+from ..io import save_figure, write_json
 from .classifier import ZeroShotClassifier
 
 logger = logging.getLogger(__name__)
@@ -123,11 +123,7 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: st
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, *,

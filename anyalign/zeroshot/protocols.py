@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_path
+from ..io import save_figure
 
 PROTOCOLS_PNG = "protocols.png"
 
@@ -162,11 +162,7 @@ def plot_protocols(protocols: dict[str, Any], path: str | os.PathLike, *, title:
         ax.legend(fontsize=7, loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def recorded_seen_classes(adapter_dir: str | os.PathLike) -> list[str] | None:
