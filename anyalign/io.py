@@ -103,7 +103,10 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
     if path.suffix == ".safetensors":
-        return load_file(str(path), device=str(device))
+        try:
+            return load_file(str(path), device=str(device))
+        except Exception as e:  # noqa: BLE001 - a truncated or corrupt file: name it in one line
+            raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt: {e})") from None
     if path.suffix in WEIGHT_SUFFIXES:
         try:
             obj = torch.load(path, map_location=device, weights_only=True)
