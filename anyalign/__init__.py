@@ -1,23 +1,29 @@
 """anyalign: adapter-based multimodal alignment (AnyMAL / OneLLM / ImageBind style).
 
 Frozen encoders -> small trainable projectors -> a shared embedding space and a frozen LLM's input space.
+Public names are imported on first use (PEP 562), so `import anyalign` and the CLI's `--help` stay fast.
 """
 
-from .adapter import AdapterConfig, ModalityAdapter, build_adapter
-from .encoders import Encoder, EncoderOutput, create_encoder, list_encoders
-from .projectors import Projector, create_projector, list_projectors
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .version import __version__
 
-__all__ = [
-    "AdapterConfig",
-    "Encoder",
-    "EncoderOutput",
-    "ModalityAdapter",
-    "Projector",
-    "__version__",
-    "build_adapter",
-    "create_encoder",
-    "create_projector",
-    "list_encoders",
-    "list_projectors",
-]
+_LAZY = {
+    "AdapterConfig": ".adapter", "ModalityAdapter": ".adapter", "build_adapter": ".adapter",
+    "Embedder": ".embedder",
+    "Encoder": ".encoders", "EncoderOutput": ".encoders", "create_encoder": ".encoders", "list_encoders": ".encoders",
+    "EncoderSpec": ".encoders.spec",
+    "Projector": ".projectors", "create_projector": ".projectors", "list_projectors": ".projectors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'anyalign' has no attribute {name!r}")
+
+
+__all__ = [*_LAZY, "__version__"]

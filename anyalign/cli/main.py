@@ -57,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _register_all()
     from ..config import ConfigError
-    from ..encoders import InputError
     from ..plugins import PluginError
     from ..registry import UnknownNameError
 
-    expected = (CLIError, ConfigError, InputError, UnknownNameError, FileNotFoundError, ValueError, PluginError)
+    # InputError and ConfigError are ValueErrors; listed classes come without importing torch (fast --help)
+    expected = (CLIError, ConfigError, UnknownNameError, FileNotFoundError, ValueError, PluginError)
     try:
         app(args=argv, standalone_mode=False)
     except expected as e:
