@@ -86,11 +86,13 @@ def test_build_streams_from_shards(tmp_path) -> None:
     finally:
         tracemalloc.stop()
     assert cfg.ntotal == N and cfg.modality == "audio"
-    assert peak < corpus.nbytes / 2, (peak, corpus.nbytes)  # a training sample and a few batches, not the corpus
+    # a training sample, the held-out tuning queries and a few batches (~5 MB here), not the corpus
+    assert peak < corpus.nbytes * 0.6, (peak, corpus.nbytes)
     hit = Retriever(tmp_path / "idx").search(corpus[12345], k=1)[0]
     assert hit.id == 12345 and hit.metadata["source"] == "/d/12345.wav"
 
 
+@pytest.mark.slow  # OPQ + PQ training: about a minute on 2 cores
 def test_memory_budget_picks_a_compressed_index(tmp_path, corpus) -> None:
     budget = 2 << 20  # raw vectors are 20k x 32 x 4 = 2.6 MB
     cfg = build_index(ArraySource(corpus), tmp_path / "idx", memory=budget, target_recall=0.5)
