@@ -162,20 +162,29 @@ def _extract(archive: Path, member: str, dest: Path, *, single_file: bool) -> No
 
 
 def _from_deb(asset: Asset, dest: Path) -> None:
+    download_deb(asset.deb, asset.deb_member or "", dest)
+
+
+def download_deb(package: str, member: str, dest: str | os.PathLike, pattern: str = "*") -> Path:
+    """Fetch a Debian package without root (`apt-get download` + `dpkg -x`) and copy the files matching
+    `pattern` from its folder `member` into `dest`; returns `dest`."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        raise AssetError("apt-get/dpkg not available")
+        raise AssetError(f"{package}: apt-get/dpkg not available")
+    dest = Path(dest)
     with tempfile.TemporaryDirectory() as dl:
-        get = ["apt-get", "download", asset.deb]
+        get = ["apt-get", "download", package]
         if subprocess.run(get, cwd=dl, capture_output=True).returncode != 0:
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
             proc = subprocess.run(get, cwd=dl, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise AssetError(f"apt-get download failed: {proc.stderr.strip()[-200:]}")
+                raise AssetError(f"apt-get download {package} failed: {proc.stderr.strip()[-200:]}")
         deb = next(Path(dl).glob("*.deb"))
         subprocess.run(["dpkg", "-x", str(deb), str(Path(dl) / "x")], check=True, capture_output=True)
-        src = Path(dl) / "x" / (asset.deb_member or "")
-        for f in src.iterdir():
-            shutil.copy2(f, dest / f.name)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (Path(dl) / "x" / member).glob(pattern):
+            if f.is_file():
+                shutil.copy2(f, dest / f.name)
+    return dest
 
 
 def main(argv: list[str] | None = None) -> int:

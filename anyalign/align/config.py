@@ -18,9 +18,13 @@ from typing import Any, Literal
 from ..config import ConfigError, expand_env, from_dict, load_config, parse_yaml, to_dict
 from ..encoders.spec import EncoderSpec
 from ..io import WEIGHT_SUFFIXES
+from ..registry import Registry
 from .captions import CaptionSpec
 
-TASKS = ("contrastive", "caption", "instruct")
+TASKS = ("contrastive", "caption", "instruct")  # the built-in training tasks (align/tasks.py)
+#: every registered training task class by name: the built-ins (align/tasks.py) and plugins' (`register_task`);
+#: it lives here, below the tasks, so that reading a recipe can check task names without importing them
+TASK_REGISTRY: Registry[Any] = Registry("training task")
 
 
 @dataclass
@@ -206,11 +210,10 @@ class Recipe:
         if both:
             raise ConfigError(f"{both}: a modality is either trained (adapters) or a frozen anchor, not both")
         tasks = {s.task for s in self.data.train + self.data.eval}
-        from .tasks import TASKS as REGISTERED  # the registry (TASKS above are the built-in names)
-
-        for t in sorted(tasks - set(REGISTERED.names())):
+        known = sorted(set(TASKS) | set(TASK_REGISTRY.names()))
+        for t in sorted(tasks - set(known)):
             raise ConfigError(f"data: task {t!r} is not a registered training task; expected one of: "
-                              f"{', '.join(REGISTERED.names())}")
+                              f"{', '.join(known)}")
         if "contrastive" in tasks and not self.anchors:
             raise ConfigError("anchors: contrastive data needs at least one anchor (e.g. anchors.text)")
         if tasks & {"caption", "instruct"}:

@@ -20,7 +20,7 @@ to tuples by matching the names of the terms a recipe can produce, never by spli
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,12 +29,11 @@ from torch import nn
 
 from ..config import ConfigError
 from ..encoders import EncoderOutput
-from ..registry import Registry
+from .config import TASK_REGISTRY
+from .data import Batch
 from .losses import contrastive_loss, global_size
 
-if TYPE_CHECKING:
-    from .data import Batch
-    from .model import AlignmentModel
+AlignmentModel = nn.Module  # annotations only: the model passes itself in (importing model.py here would be a cycle)
 
 TermKey = tuple[str, ...]
 LossTerms = dict[TermKey, torch.Tensor]
@@ -70,7 +69,7 @@ class Task(nn.Module):
         return [i for i, t in enumerate(batch.tasks) if t == self.name]
 
 
-TASKS: Registry[Task] = Registry("training task")
+TASKS = TASK_REGISTRY  # the registry of task classes (kept in config.py so recipes check names without tasks.py)
 
 
 def register_task(name: str) -> Any:

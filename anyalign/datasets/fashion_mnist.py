@@ -18,9 +18,7 @@ import gzip
 import json
 import logging
 import os
-import shutil
 import struct
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,23 +63,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 def fetch_deb(dest: str | os.PathLike) -> Path:
     """Download the Debian package and unpack its IDX files into `dest`; returns that folder."""
-    dest = Path(dest)
-    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        raise RuntimeError(f"{DEB_PACKAGE}: apt-get/dpkg not available; copy the Fashion-MNIST idx.gz files into "
-                           f"a folder and pass it as source")
-    with tempfile.TemporaryDirectory() as dl:
-        get = ["apt-get", "download", DEB_PACKAGE]
-        if subprocess.run(get, cwd=dl, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-            proc = subprocess.run(get, cwd=dl, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"apt-get download {DEB_PACKAGE} failed: {proc.stderr.strip()[-200:]}")
-        deb = next(Path(dl).glob("*.deb"))
-        subprocess.run(["dpkg", "-x", str(deb), str(Path(dl) / "x")], check=True, capture_output=True)
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in (Path(dl) / "x" / DEB_MEMBER).glob("*.gz"):
-            shutil.copy2(f, dest / f.name)
-    return dest
+    from ..assets import download_deb
+
+    return download_deb(DEB_PACKAGE, DEB_MEMBER, dest, "*.gz")
 
 
 def _find_source(source: str | os.PathLike | None, scratch: Path) -> Path:

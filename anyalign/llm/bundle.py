@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +25,7 @@ from ..adapter import ModalityAdapter
 from ..io import atomic_path, load_weights, read_json, save_weights, write_json
 from ..version import FORMAT_VERSION, __version__
 
-if TYPE_CHECKING:
-    from .model import MultimodalLM
+MultimodalLM = nn.Module  # annotations only: model.py calls into this module, so it is not imported back
 
 logger = logging.getLogger(__name__)
 
