@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +81,9 @@ class Retriever:
     def modality_for_file(self, path: str | os.PathLike) -> str:
         """The modality whose embedder reads this file type (recorded embedders first, then their partners)."""
         from ..encoders.inputs import encoder_class
-        from ..encoders.registry import ENCODER_INFO, list_encoders
 
-        list_encoders()
-        candidates = list(self.modalities) + sorted({i.modality for i in ENCODER_INFO.values()} - set(self.modalities))
         suffix = Path(path).suffix.lower()
-        for m in candidates:
+        for m in self._file_modalities():
             if m == "text":
                 continue
             if m in self._embedders:
@@ -108,6 +105,15 @@ class Retriever:
                 continue
         raise ValueError(f"{path}: no embedder of this index reads {Path(path).suffix or 'this'} files "
                          f"(modalities: {', '.join(self.modalities) or 'none'})")
+
+    def _file_modalities(self) -> Iterator[str]:
+        """The recorded modalities, then (only if none of them reads the file) every other registered one,
+        which a recorded adapter or tower may name as a partner; listing those imports every encoder family."""
+        from ..encoders.registry import ENCODER_INFO, list_encoders
+
+        yield from self.modalities
+        list_encoders()
+        yield from sorted({i.modality for i in ENCODER_INFO.values()} - set(self.modalities))
 
     # --- embedding queries -----------------------------------------------------------------------------------
     @property
