@@ -149,14 +149,23 @@ def test_llm_caption_then_instruct_then_chat_with_speech(env: Path, models_dir: 
     assert _cli(["chat", "--llm", str(models_dir["llm"]), "--adapter", f"audio={ins.adapters['audio']}", "--input",
                  f"audio={wav}", "--max-new-tokens", "2", "<audio> <audio> two clips?"]) == 2
     assert "<audio>" in capsys.readouterr().err
+    report = tmp_path / "wer.json"  # the transcription evaluation runs through the same adapter
+    assert _cli(["eval", "transcription", str(env / "sentences" / "test.jsonl"), "--llm", str(models_dir["llm"]),
+                 "--adapter", f"audio={cap.adapters['audio']}", "--max-new-tokens", "4", "--quiet",
+                 "--output", str(report)]) == 0
+    assert capsys.readouterr().out.startswith("llm      WER ")
+    rep = json.loads(report.read_text())
+    assert rep["n"] == len(SENTENCES) and {r["reference"] for r in rep["rows"]} == {s for s in SENTENCES}
+    assert rep["llm"]["wer"] >= 0 and set(rep["llm"]["per_group"]) == {"en+m3"} and "whisper" not in rep
+    assert _cli(["eval", "transcription", str(env / "sentences" / "test.jsonl"), "--llm", str(models_dir["llm"]),
+                 "--quiet"]) == 2  # no speech adapter: a one-line usage error
+    assert "--adapter audio=DIR" in capsys.readouterr().err
 
 
 def test_real_whisper_transcribes_synthesised_speech(assets: Path, tmp_path: Path) -> None:
     """Whisper tiny.en (converted by anyalign.assets) reads espeak-ng speech: the corpus is real, intelligible
     speech (espeak is harder for it than natural speech: this voice is one of the clearest)."""
-    from transformers import AutoTokenizer, WhisperForConditionalGeneration
-
-    from anyalign.encoders.audio_io import load_audio
+    from anyalign.llm.transcribe import whisper_transcripts
     from anyalign.metrics import wer
 
     folder = assets / "audio-models" / "whisper-tiny.en"
@@ -165,11 +174,5 @@ def test_real_whisper_transcribes_synthesised_speech(assets: Path, tmp_path: Pat
     texts = ["Please close the window before you leave.", "The museum opens at ten in the morning."]
     c = synthesize_corpus([Utterance(t) for t in texts], tmp_path, voices=["en-us+m1"], heldout_voices=[],
                           progress=False)
-    model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
-    fe = WhisperFeatureExtractor.from_pretrained(folder)
-    tok = AutoTokenizer.from_pretrained(folder)
-    waves = [load_audio(str(tmp_path / r["audio"]), 16000) for r in c.rows]
-    with torch.inference_mode():
-        ids = model.generate(fe(waves, sampling_rate=16000, return_tensors="pt").input_features, max_new_tokens=30)
-    hyp = tok.batch_decode(ids, skip_special_tokens=True)
+    hyp = whisper_transcripts(folder, [str(tmp_path / r["audio"]) for r in c.rows], max_new_tokens=30, quiet=True)
     assert wer([r["text"] for r in c.rows], hyp) < 0.35, hyp

@@ -10,12 +10,14 @@ line before the text; a prompt with placeholders must match the inputs one to on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("chat")(chat_cmd)
+    eval_app.command("transcription")(eval_transcription_cmd)
 
 
 def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
@@ -29,6 +31,32 @@ def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
         out.append((modality.strip(), target.strip()))
     return out
 
+
+
+def load_model(llm: str | None, gguf_file: str | None, adapter: list[str] | None, bundle: Path | None,
+               device: str | None, *, needs: list[tuple[str, str]] = ()) -> Any:
+    """The MultimodalLM named by `--llm/--gguf-file/--adapter` or `--bundle` (shared by chat and eval
+    transcription); `needs` lists (option text, modality) pairs that must have an adapter."""
+    import torch
+
+    from ..llm import MultimodalLM
+    from .main import CLIError
+
+    adapters = _pairs(adapter, "--adapter")
+    if bundle is not None and (llm or adapters):
+        raise CLIError("--bundle already names the LLM and adapters; do not combine it with --llm/--adapter")
+    if bundle is None and not llm:
+        raise CLIError("pass --llm ID_OR_DIR (with optional --adapter MOD=DIR) or --bundle DIR")
+    names = [m for m, _ in adapters]
+    if len(set(names)) != len(names):
+        raise CLIError(f"--adapter: one adapter per modality, got {names}")
+    for what, modality in needs:
+        if bundle is None and modality not in names:
+            raise CLIError(f"{what}: no --adapter {modality}=DIR given")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if bundle is not None:
+        return MultimodalLM.from_pretrained(bundle, device=device)
+    return MultimodalLM.from_pretrained(llm, dict(adapters), gguf_file=gguf_file, device=device)
 
 def build_prompt(prompt: str, modalities: list[str], known: list[str]) -> str:
     """Prepend one placeholder per input when the prompt has none (see the module docstring)."""
@@ -54,30 +82,12 @@ def chat_cmd(
     device: str = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
 ) -> None:
     """Generate an answer about media files with a causal LM and modality adapters."""
-    import torch
-
-    from ..llm import MultimodalLM
-    from .main import CLIError
-
-    adapters = _pairs(adapter, "--adapter")
     media = _pairs(inputs, "--input")
-    if bundle is not None and (llm or adapters):
-        raise CLIError("--bundle already names the LLM and adapters; do not combine it with --llm/--adapter")
-    if bundle is None and not llm:
-        raise CLIError("pass --llm ID_OR_DIR (with optional --adapter MOD=DIR) or --bundle DIR")
-    names = [m for m, _ in adapters]
-    if len(set(names)) != len(names):
-        raise CLIError(f"--adapter: one adapter per modality, got {names}")
     for modality, file in media:
-        if bundle is None and modality not in names:
-            raise CLIError(f"--input {modality}={file}: no --adapter {modality}=DIR given")
         if not Path(file).exists():
             raise FileNotFoundError(f"--input {modality}={file}: no such file")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if bundle is not None:
-        model = MultimodalLM.from_pretrained(bundle, device=device)
-    else:
-        model = MultimodalLM.from_pretrained(llm, dict(adapters), gguf_file=gguf_file, device=device)
+    model = load_model(llm, gguf_file, adapter, bundle, device,
+                       needs=[(f"--input {m}={f}", m) for m, f in media])
     grouped: dict[str, list[str]] = {}
     for modality, file in media:
         grouped.setdefault(modality, []).append(file)
@@ -92,3 +102,44 @@ def chat_cmd(
         typer.echo("")
     else:
         typer.echo(model.generate([text], inputs=grouped, chat_template=template, **gen)[0])
+
+
+def eval_transcription_cmd(
+    dataset: Path = typer.Argument(..., help="Speech records with an audio input and a `text` transcript "
+                                             "(e.g. the test.jsonl of `anyalign data speech`)."),
+    llm: str = typer.Option(None, "--llm", help="Causal LM: hub id or folder (GGUF folders need --gguf-file)."),
+    gguf_file: str = typer.Option(None, "--gguf-file", help="GGUF file name inside the --llm folder."),
+    adapter: list[str] = typer.Option(None, "--adapter", help="MODALITY=DIR of the speech adapter."),
+    bundle: Path = typer.Option(None, "--bundle", help="A saved MultimodalLM folder instead of --llm/--adapter."),
+    whisper: Path = typer.Option(None, "--whisper", help="Whisper checkpoint folder whose own decoder "
+                                                         "transcribes the same files, for comparison."),
+    prompt: str = typer.Option("<audio>\nWhat was said?", "--prompt", help="The prompt the adapter was trained on."),
+    modality: str = typer.Option("audio", "--modality"),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N records."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the JSON report (with every transcript) here."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    device: str = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
+) -> None:
+    """Word error rate of the LLM's transcripts through a speech adapter (and of Whisper's own decoder on the
+    same files), overall and per voice; prints one line per system."""
+    from ..datasets.records import read_records
+    from ..io import write_json
+    from ..llm.transcribe import evaluate_transcription
+
+    prompt = prompt.replace("\\n", "\n")
+    records = read_records(dataset, modalities=[modality])[:limit]
+    model = load_model(llm, gguf_file, adapter, bundle, device, needs=[(f"--modality {modality}", modality)])
+    report = evaluate_transcription(records, model, prompt=prompt, modality=modality, whisper=whisper,
+                                    batch_size=batch_size, max_new_tokens=max_new_tokens, quiet=quiet)
+    report["dataset"] = str(dataset)
+    lines = [f"llm      WER {report['llm']['wer']:.3f}  exact {report['llm']['exact_match']:.3f}  (n={report['n']})"]
+    if "whisper" in report:
+        ratio = report["wer_ratio_llm_to_whisper"]
+        lines.append(f"whisper  WER {report['whisper']['wer']:.3f}  exact {report['whisper']['exact_match']:.3f}"
+                     + (f"  llm/whisper {ratio:.2f}x" if ratio is not None else ""))
+    typer.echo("\n".join(lines))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(output, report)
