@@ -153,3 +153,47 @@ def test_data_order_and_augmentation_are_pure_functions_of_seed_epoch_index() ->
     assert a.shape == x.shape and np.array_equal(a, b) and not np.allclose(a, c)
     assert not np.allclose(a, x)
     assert math.isclose(float(augment_series(x, AugmentSpec(), np.random.default_rng(0)).sum()), float(x.sum()))
+
+
+def test_batched_fetch_equals_item_fetch_and_pads_float16_once(tmp_path: Path) -> None:
+    """`__getitems__` (the DataLoader's batched fetch) gives the examples `__getitem__` does, whatever the batch
+    grouping; template and prompt draws vary over items and epochs; cached float16 tokens are padded into one
+    float32 tensor equal to padding the float32 values."""
+    from anyalign.align.data import item_draws, pad_features
+    from anyalign.encoders import pad_sequences
+    from anyalign.features import FeatureWriter, write_manifest
+
+    rng = np.random.default_rng(0)
+    with FeatureWriter(tmp_path / "features-r00-00000.tar") as w:
+        for i in range(40):
+            t = rng.normal(size=(1 + i % 3, 8)).astype(np.float16)
+            w.add(f"k{i}", t, t.astype(np.float32).mean(0), {"caption": f"thing {i}"})
+    write_manifest(tmp_path, {"modality": "imu", "token_dim": 8, "pooled_dim": 8, "dtype": "float16",
+                              "shards": [{"file": "features-r00-00000.tar", "count": 40}]})
+    templates = ["a {caption}.", "the {caption}!", "look: {caption}"]
+    prompts = ["describe <{modality}>", "what is <{modality}>?"]
+    ds = PairedDataset([DataSource(kind="features", path=str(tmp_path), task="caption", caption_templates=templates,
+                                   prompts=prompts)], ["imu"], seed=5)
+    keys = [(1, i) for i in (7, 3, 39, 0)] + [(2, 7)]
+    batched = ds.__getitems__(keys)
+    single = [ds[k] for k in keys]
+    assert [(b["caption"], b["prompt"]) for b in batched] == [(s["caption"], s["prompt"]) for s in single]
+    assert ds.__getitems__(keys[1:3]) == batched[1:3]  # independent of the batch it comes in
+    assert (item_draws(5, 1, [7, 3]) == item_draws(5, 1, range(8))[[7, 3]]).all()
+    epoch1 = ds.__getitems__([(1, i) for i in range(40)])
+    assert {ex["caption"].replace(str(i), "#") for i, ex in enumerate(epoch1)} == \
+        {t.format(caption="thing #") for t in templates}  # every template drawn
+    assert {ex["prompt"] for ex in epoch1} == {"describe <imu>", "what is <imu>?"}
+    epoch2 = ds.__getitems__([(2, i) for i in range(40)])
+    assert [ex["caption"] for ex in epoch1] != [ex["caption"] for ex in epoch2]
+    eval_ds = PairedDataset([DataSource(kind="features", path=str(tmp_path), caption_templates=templates)],
+                            ["imu"], train=False)
+    assert eval_ds[(0, 4)]["caption"] == "a thing 4."  # evaluation: the first template, no draws
+    recs = [ex["media"]["imu"][0] for ex in batched]
+    assert all(r.tokens.dtype == torch.float16 for r in recs)  # kept as stored
+    out = pad_features(recs)
+    ref, mask = pad_sequences([r.tokens.float() for r in recs])
+    assert out.tokens.dtype == torch.float32 and torch.equal(out.tokens, ref) and torch.equal(out.mask, mask)
+    assert torch.equal(out.pooled, torch.stack([r.pooled for r in recs]))
+    batch = Collator({}, [])(batched)
+    assert torch.equal(batch.media["imu"].features.tokens, ref)

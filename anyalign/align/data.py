@@ -2,8 +2,10 @@
 
 An example is `{"task", "media": {modality: [item, ...]}, "caption", "prompt", "target", "label", "key"}`;
 media items are raw inputs (decoded by the adapter's encoder `load` in DataLoader workers) or cached
-features. Randomness (augmentation, template choice) comes from `numpy.random.default_rng([seed, epoch,
-index])`, never from global state, so a resumed run sees exactly the examples an uninterrupted one would.
+features (tokens kept float16, as stored). Randomness is a pure function of (seed, epoch, index), never of global
+state, so a resumed run sees exactly the examples an uninterrupted one would: template and prompt choices are
+counter-based hashes drawn for a whole batch at once (`item_draws`), augmentation uses
+`numpy.random.default_rng([seed, epoch, index])`, made only for items that are augmented.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..datasets.uea import DEFAULT_UEA_TEMPLATES
-from ..encoders import EncoderOutput, pad_sequences
+from ..encoders import EncoderOutput
 from ..features import FeatureRecord
 from .captions import CaptionPool, keep_classes
 from .config import AugmentSpec, DataSource
@@ -105,7 +107,7 @@ def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: features of modality {m!r}, but the data source says {src.modality!r}")
     m = src.modality or m
     records = []
-    for r in load_features(path):
+    for r in load_features(path, dtype=None):  # float16 as stored: half the memory, made float32 once per batch
         meta = r.meta or {}
         key = str(r.key)
         if _split_part(key, src.holdout, src.split):
@@ -133,6 +135,30 @@ def augment_series(x: np.ndarray, spec: AugmentSpec, rng: np.random.Generator) -
     if spec.jitter > 0:
         x = x + rng.normal(0.0, 1.0, size=x.shape).astype(np.float32) * spec.jitter * (x.std(1, keepdims=True) + 1e-6)
     return x.astype(np.float32)
+
+
+# --- per-item randomness ---------------------------------------------------------------------------------------
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic): a cheap, well-spread bijection."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def item_draws(seed: int, epoch: int, indices: Sequence[int] | np.ndarray, k: int = 2) -> np.ndarray:
+    """`[n, k]` uint64 random draws, each a pure function of (seed, epoch, index, j): one vectorised call per
+    batch instead of a generator per item, and independent of how indices are grouped into batches or workers."""
+    idx = np.asarray(indices, dtype=np.int64).astype(np.uint64).reshape(-1, 1)
+    with np.errstate(over="ignore"):
+        key = _mix64(np.array([seed & _M64], dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        key = _mix64(key ^ np.uint64(epoch & _M64))
+        x = _mix64(key ^ (idx * np.uint64(0x9E3779B97F4A7C15)))  # [n, 1]
+        return _mix64(x + np.arange(1, k + 1, dtype=np.uint64)[None, :])  # [n, k]
 
 
 # --- the dataset ---------------------------------------------------------------------------------------------
@@ -184,18 +210,19 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def caption(self, si: int, rec: dict[str, Any], rng: np.random.Generator | None) -> str | None:
-        """The paired caption: a template filled with the record's caption / label phrase."""
+    def caption(self, si: int, rec: dict[str, Any], draw: int | None) -> str | None:
+        """The paired caption: a template (or pool entry) chosen by `draw` (None: the first), filled with the
+        record's caption / label phrase."""
         src = self.sources[si]
         if src.captions is not None:  # caption diversity: draw from the source's pool
             pool = self.caption_pool(si).captions(rec)
-            return (pool[int(rng.integers(len(pool)))] if rng is not None else pool[0]) if pool else None
+            return (pool[draw % len(pool)] if draw is not None else pool[0]) if pool else None
         label = rec.get("label")
         templates = self._templates(si)
         if rec.get("caption") is None and label is None:
             return None
         phrase = src.label_text.get(str(label), str(label).lower()) if label is not None else ""
-        t = templates[int(rng.integers(len(templates)))] if rng is not None else templates[0]
+        t = templates[draw % len(templates)] if draw is not None else templates[0]
         return t.format(caption=rec.get("caption") or phrase, label=phrase)
 
     def all_captions(self) -> set[str]:
@@ -242,29 +269,49 @@ class PairedDataset(Dataset):
         return out
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
-        epoch, i = key if isinstance(key, tuple) else (0, key)
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int] | int]) -> list[dict[str, Any]]:
+        """The examples of a batch of `(epoch, index)` keys (the DataLoader's batched fetch); their template and
+        prompt draws come from one vectorised `item_draws` call per epoch present."""
+        pairs = [k if isinstance(k, tuple) else (0, k) for k in keys]
+        draws: list[tuple[int, int] | None] = [None] * len(pairs)
+        if self.train:
+            for epoch in dict.fromkeys(e for e, _ in pairs):
+                at = [j for j, (e, _) in enumerate(pairs) if e == epoch]
+                d = item_draws(self.seed, epoch, [pairs[j][1] for j in at]).tolist()  # python ints
+                for j, row in zip(at, d):
+                    draws[j] = (row[0], row[1])
+        return [self._example(e, i, d) for (e, i), d in zip(pairs, draws)]
+
+    def _example(self, epoch: int, i: int, draw: tuple[int, int] | None) -> dict[str, Any]:
         si, rec = self.records[i]
         src = self.sources[si]
-        rng = np.random.default_rng([self.seed, epoch, i]) if self.train else None
         media = {}
+        rng: np.random.Generator | None = None
         for m, items in rec["media"].items():
             out = []
             for item in items:
+                if isinstance(item, FeatureRecord):  # cached: nothing to decode or augment
+                    out.append(item)
+                    continue
                 augment = self.train and src.augment is not None
+                if augment and rng is None:  # only augmented items pay for a generator
+                    rng = np.random.default_rng([self.seed, epoch, i])
                 if augment and isinstance(item, np.ndarray):
                     item = augment_series(item, src.augment, rng)
                     augment = False
-                if not isinstance(item, FeatureRecord) and m in self.loaders:
+                if m in self.loaders:
                     item = self.loaders[m](item)
                 if augment and isinstance(item, np.ndarray) and item.ndim == 2:  # a series read from a file
                     item = augment_series(item, src.augment, rng)
                 out.append(item)
             media[m] = out
-        caption = self.caption(si, rec, rng)
+        caption = self.caption(si, rec, draw[0] if draw is not None else None)
         prompt = target = None
         if src.task == "caption":
             m = src.modality or next(iter(media))
-            p = src.prompts[int(rng.integers(len(src.prompts)))] if rng is not None else src.prompts[0]
+            p = src.prompts[draw[1] % len(src.prompts)] if draw is not None else src.prompts[0]
             prompt, target = p.format(modality=m), caption
         elif src.task == "instruct":
             prompt, target = _conversation_to_pair(rec["conversation"], rec.get("where", rec["key"]))
@@ -330,6 +377,21 @@ class Batch:
                      self.prompts, self.targets, self.labels.to(device), self.keys)
 
 
+def pad_features(records: Sequence[FeatureRecord]) -> EncoderOutput:
+    """Cached records -> float32 `EncoderOutput`: one padded `[N, T_max, D]` tensor allocated and each record's
+    tokens (float16 or float32) converted on the copy into it; padding zeroed, mask from the lengths."""
+    lengths = [int(r.tokens.shape[0]) for r in records]
+    t_max = max(lengths)
+    tokens = torch.empty(len(records), t_max, records[0].tokens.shape[1], dtype=torch.float32)  # [N, T, D]
+    for j, (r, n) in enumerate(zip(records, lengths)):
+        tokens[j, :n].copy_(r.tokens)
+        if n < t_max:
+            tokens[j, n:].zero_()
+    mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]  # [N, T]
+    pooled = torch.stack([r.pooled for r in records]).float()  # [N, P]
+    return EncoderOutput(tokens, mask, pooled)
+
+
 class Collator:
     """Examples -> `Batch`; raw media go through each encoder's `collate`, cached ones are padded."""
 
@@ -349,9 +411,7 @@ class Collator:
         for m, (rows, items) in per_mod.items():
             cached = [isinstance(x, FeatureRecord) for x in items]
             if all(cached):
-                tokens, mask = pad_sequences([x.tokens.float() for x in items])
-                feats = EncoderOutput(tokens, mask, torch.stack([x.pooled.float() for x in items]))
-                media[m] = MediaBatch(torch.tensor(rows), features=feats)
+                media[m] = MediaBatch(torch.tensor(rows), features=pad_features(items))
             elif any(cached):
                 raise ValueError(f"{m}: a batch mixes cached features and raw inputs; use one kind per modality")
             else:
@@ -366,4 +426,4 @@ class Collator:
 
 
 __all__ = ["Batch", "Collator", "DEFAULT_UEA_TEMPLATES", "EpochSampler", "MediaBatch", "PairedDataset",
-           "augment_series", "read_source"]
+           "augment_series", "item_draws", "pad_features", "read_source"]

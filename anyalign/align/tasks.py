@@ -176,10 +176,13 @@ class ContrastiveTask(Task):
                     anchor = torch.zeros(0, emb.shape[1], device=emb.device)
             if global_size(len(keep), emb.device) == 0:
                 continue
-            emb_k = emb[keep]
+            every = len(keep) == len(rows)  # the common case: no gather (and no scatter in backward)
+            emb_k = emb if every else emb[keep]
             labels = None
             if self.positives.get(a, "label") == "label":
-                labels = batch.labels.to(emb.device)[rows[keep]] if keep else batch.labels.new_zeros(0).to(emb.device)
+                mine = rows if every else rows[keep]
+                labels = batch.labels.to(emb.device)[mine.to(emb.device)] if keep else \
+                    batch.labels.new_zeros(0).to(emb.device)
             loss = self.loss_module(m, a)(emb_k, anchor.to(emb_k.dtype), labels)
             out[(self.name, m, a)] = loss * self.weights.get(a, 1.0)
             for k, v in aux.items():
