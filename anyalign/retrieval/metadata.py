@@ -2,8 +2,9 @@
 
 SQLite (rather than parquet) because indexes take incremental adds and deletes. Rows of vectors that the
 index cannot remove physically (HNSW) are kept and flagged `deleted`; searches filter them out.
-Lookups of a batch of ids are one prepared statement (`json_each` over the id list) and user fields are parsed
-only when a row has any, so metadata costs little next to the faiss search itself.
+Lookups of a batch of ids are one statement (bound ids for a few, `json_each` over the list for many) returning raw
+row tuples; `row_dict` turns one into a dict, and a search result does that only when its metadata is read, so
+metadata costs little next to the faiss search itself.
 """
 
 from __future__ import annotations
@@ -34,9 +35,23 @@ CREATE INDEX IF NOT EXISTS items_source ON items(source);
 """
 
 
-_GET = ("SELECT id, source, caption, modality, fields, deleted FROM items "
-        "WHERE id IN (SELECT value FROM json_each(?))")
+_SELECT = "SELECT id, source, caption, modality, fields, deleted FROM items WHERE id IN "
+_GET_MANY = _SELECT + "(SELECT value FROM json_each(?))"
+_BOUND_MAX = 64  # up to this many ids are bound as parameters (a cached statement per count), more via json_each
 _EMPTY = "{}"
+
+Row = tuple  # (id, source, caption, modality, fields JSON, deleted) as stored
+
+
+def row_dict(row: Row) -> dict[str, Any]:
+    """A stored row as a metadata dict: `id`, `source`, `caption`, `modality`, user fields, `deleted` if flagged."""
+    i, source, caption, modality, fields, deleted = row
+    out = {"id": i, "source": source, "caption": caption, "modality": modality}
+    if fields != _EMPTY:
+        out.update(json.loads(fields))
+    if deleted:
+        out["deleted"] = True
+    return out
 
 
 def check_sqlite_file(path: Path) -> None:
@@ -104,22 +119,24 @@ class MetadataStore:
     def get(self, ids: Sequence[int] | np.ndarray) -> list[dict[str, Any] | None]:
         """Rows for `ids` in the same order (None for unknown ids)."""
         ids = ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
+        found = self.rows(ids)
+        return [None if (r := found.get(i)) is None else row_dict(r) for i in ids]
+
+    def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, Row]:
+        """id -> raw stored row (see `row_dict`) for those of `ids` that exist, in one query."""
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
         if not ids:
-            return []
+            return {}
+        if len(ids) <= _BOUND_MAX:
+            sql, args = _SELECT + "(" + ",".join("?" * len(ids)) + ")", ids
+        else:
+            sql, args = _GET_MANY, (json.dumps(ids),)
         try:
             with self._lock:
-                fetched = self.db.execute(_GET, (json.dumps(ids),)).fetchall()
+                fetched = self.db.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{self.path}: metadata database unreadable ({e})") from None
-        found: dict[int, dict[str, Any]] = {}
-        for i, source, caption, modality, fields, deleted in fetched:
-            row = {"id": i, "source": source, "caption": caption, "modality": modality}
-            if fields != _EMPTY:
-                row.update(json.loads(fields))
-            if deleted:
-                row["deleted"] = True
-            found[i] = row
-        return [found.get(i) for i in ids]
+        return {r[0]: r for r in fetched}
 
     def ids_for_source(self, sources: Sequence[str]) -> list[int]:
         """Ids of live rows whose `source` is one of `sources`."""
@@ -178,4 +195,4 @@ class MetadataStore:
             self.db.execute("DETACH DATABASE other")
 
 
-__all__ = ["METADATA_NAME", "MetadataStore"]
+__all__ = ["METADATA_NAME", "MetadataStore", "row_dict"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,38 @@ import numpy as np
 
 from ..embedder import Embedder, as_embedder, find_record
 from .index import check_k, invalid_rows
+from .metadata import row_dict
 from .shards import open_parts, search_parts
 
 
-@dataclass
 class SearchResult:
-    """One hit: vector id, cosine similarity, and its metadata row (source, caption, modality, user fields)."""
+    """One hit: vector id, cosine similarity, and its metadata row (source, caption, modality, user fields).
 
-    id: int
-    score: float
-    metadata: dict[str, Any]
+    A search keeps the stored row tuple and builds the `metadata` dict (parsing user fields) only when it is read:
+    batch searches return many hits that callers never look into."""
+
+    __slots__ = ("id", "score", "_metadata", "_row")
+
+    def __init__(self, id: int, score: float, metadata: dict[str, Any] | None = None, *,
+                 row: tuple | None = None) -> None:
+        self.id, self.score, self._metadata, self._row = id, score, metadata, row
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = {} if self._row is None else row_dict(self._row)
+        return self._metadata
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.metadata, "id": self.id, "score": self.score}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SearchResult):
+            return NotImplemented
+        return (self.id, self.score, self.metadata) == (other.id, other.score, other.metadata)
+
+    def __repr__(self) -> str:
+        return f"SearchResult(id={self.id}, score={self.score:.4f}, metadata={self.metadata!r})"
 
 
 class Retriever:
@@ -209,29 +227,38 @@ class Retriever:
         x = self._vectors(vectors)
         k = max(min(k, self.ntotal), 1)  # faiss would allocate [Q, k] results: a huge k must not exhaust memory
         scores, ids = search_parts(self.parts, x, k, params or None)
-        ids_list, scores_list = ids.tolist(), scores.tolist()
-        flat = [i for row in ids_list for i in row if i >= 0]  # faiss pads missing hits with -1
-        rows = self._rows(flat)
-        return [[SearchResult(i, s, rows.get(i) or {}) for s, i in zip(srow, irow) if i >= 0]
-                for srow, irow in zip(scores_list, ids_list)]
+        found = ids >= 0  # faiss pads missing hits with -1
+        rows = self._rows(np.unique(ids[found]))
+        get = rows.get
+        if found.all():
+            return [[SearchResult(i, s, row=get(i)) for i, s in zip(irow, srow)]
+                    for irow, srow in zip(ids.tolist(), scores.tolist())]
+        return self._padded(ids, scores, found, get)
 
-    def _rows(self, ids: list[int]) -> dict[int, dict[str, Any]]:
-        """id -> metadata row for the given ids (one lookup per part)."""
-        uniq = list(dict.fromkeys(ids))
+    @staticmethod
+    def _padded(ids: np.ndarray, scores: np.ndarray, found: np.ndarray, get: Any) -> list[list[SearchResult]]:
+        """Results of rows where faiss found fewer than k hits (its -1 padding dropped)."""
+        return [[SearchResult(i, s, row=get(i)) for i, s in zip(irow[f].tolist(), srow[f].tolist())]
+                for irow, srow, f in zip(ids, scores, found)]
+
+    def _rows(self, ids: np.ndarray) -> dict[int, tuple]:
+        """id -> stored metadata row (see `metadata.row_dict`) for unique ids: one query per part."""
         if len(self.parts) == 1:
-            return {i: r for i, r in zip(uniq, self.parts[0].meta.get(uniq)) if r is not None}
-        return {i: r for i, r in zip(uniq, self.metadata(uniq)) if r is not None}
+            return self.parts[0].meta.rows(ids)
+        out: dict[int, tuple] = {}
+        todo = ids
+        for part in self.parts:
+            if not len(todo):
+                break
+            out.update(part.meta.rows(todo))
+            todo = todo[[i not in out for i in todo.tolist()]]
+        return out
 
     def metadata(self, ids: Sequence[int]) -> list[dict[str, Any] | None]:
-        """Metadata rows for ids, from whichever part holds them."""
-        out: list[dict[str, Any] | None] = [None] * len(ids)
-        for part in self.parts:
-            missing = [j for j, r in enumerate(out) if r is None]
-            if not missing:
-                break
-            for j, row in zip(missing, part.meta.get([ids[j] for j in missing])):
-                out[j] = row
-        return out
+        """Metadata rows for ids, from whichever part holds them (None for unknown ids)."""
+        ids = [int(i) for i in ids]
+        found = self._rows(np.unique(np.asarray(ids, dtype=np.int64)))
+        return [None if (r := found.get(i)) is None else row_dict(r) for i in ids]
 
     def __len__(self) -> int:
         return sum(p.meta.count() for p in self.parts)
