@@ -85,4 +85,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m anyalign.cli.main` (launchers): run the package module, whose CLIError the commands raise
+    # (this file as __main__ defines a second CLIError class that the except clause would not match)
+    from anyalign.cli.main import main as _main
+
+    _main()
