@@ -182,7 +182,7 @@ def test_real_sounds_train_and_are_found_by_what_they_sound_like(tmp_path: Path,
                                 train_variants=1, max_seconds=2.0)
     feats = extract_sound_features(corpus.path, tmp_path / "f", root=real_assets)
     assert {r.name for r in feats.values()} == {"train", "test", "heldout"}
-    adapter = train_sound_adapter(tmp_path / "f", tmp_path / "run", steps=80, root=real_assets)
+    adapter = train_sound_adapter(tmp_path / "f", tmp_path / "run", steps=120, root=real_assets)
     res = evaluate_sound_adapter(adapter, tmp_path / "f", root=real_assets)
     seen = res["seen"]
     n = seen["sounds"]
