@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -60,7 +61,9 @@ def embed_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output that is not an "
                                                               "embeddings folder."),
 ) -> None:
-    """Embed inputs into the shared space and write embedding shards for `anyalign index build`."""
+    """Embed inputs into the shared space and write embedding shards for `anyalign index build`.
+
+    Under `accelerate launch` / `torchrun` each rank embeds its own slice of the inputs into one shared folder."""
     from ..embedder import Embedder
     from ..encoders.spec import EncoderSpec
     from ..retrieval.embed import embed_to_folder
@@ -74,8 +77,11 @@ def embed_cmd(
         Embedder.from_encoder(EncoderSpec.from_cli(encoder, pretrained, set_, autocast), device=device)
     manifest = embed_to_folder(inputs, output, embedder, batch_size=batch_size, shard_size=shard_size,
                                num_workers=workers, overwrite=overwrite)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under a launcher every rank returns the whole folder's manifest; rank 0 reports it
     typer.echo(f"embedded {manifest['count']} {embedder.modality} inputs (dim {manifest['dim']}) -> {output}"
-               + (f"; {len(manifest['failures'])} failed (see embeddings.json)" if manifest["failures"] else ""))
+               + (f"; {len(manifest['failures'])} failed (see embeddings.json)" if manifest["failures"] else "")
+               + (f" ({manifest['world_size']} ranks)" if manifest.get("world_size") else ""))
 
 
 @index_app.command("build")

@@ -5,13 +5,17 @@ vector: `source`, `modality`, `caption` and user fields) + `embeddings.json` (di
 embedder and of the other sides of its space, shard list, failures). It is written atomically. Inputs: any
 format of the input layer (`anyalign.datasets.records`: folders, globs, jsonl, txt, csv, tar shards ...), media
 files, or extraction feature folders (`manifest.json`: the adapter's head runs on the cached features).
-Inputs that fail to decode are skipped and listed under `failures`."""
+Inputs that fail to decode are skipped and listed under `failures`.
+Under a launcher (`accelerate launch` / `torchrun`: `WORLD_SIZE` > 1) each rank embeds its own contiguous slice of
+the inputs into `embeddings-rRRRRR-XXXXX.npy` shards; rank 0 then writes one manifest listing every rank's shards
+in input order, so the folder reads (and indexes) exactly like a 1-process run."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 from ..embedder import Embedder
 from ..encoders import InputError
 from ..encoders.decoding import SafeDecode
-from ..io import atomic_path, check_replaceable, write_json
+from ..io import atomic_path, check_replaceable, read_json, write_json
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -82,14 +86,18 @@ class _RawLoader:
 
 
 class EmbeddingWriter:
-    """Writes `embeddings-XXXXX.npy` / `metadata-XXXXX.jsonl` shards of `shard_size` rows, then the manifest."""
+    """Writes `embeddings-XXXXX.npy` / `metadata-XXXXX.jsonl` shards of `shard_size` rows, then the manifest.
 
-    def __init__(self, folder: Path, dim: int, shard_size: int = 50_000) -> None:
-        self.folder, self.dim, self.shard_size = folder, dim, shard_size
+    `tag` goes into the file names (`embeddings-{tag}XXXXX.npy`: one rank's shards); `cut(segment)` ends the
+    current shard so that rows of different inputs segments never share one, and tags later shards with it."""
+
+    def __init__(self, folder: Path, dim: int, shard_size: int = 50_000, tag: str = "") -> None:
+        self.folder, self.dim, self.shard_size, self.tag = folder, dim, shard_size, tag
         self.vecs: list[np.ndarray] = []
         self.meta: list[dict[str, Any]] = []
         self.shards: list[dict[str, Any]] = []
         self.count = 0
+        self.segment: int | None = None
 
     def add(self, vectors: np.ndarray, metadata: Sequence[dict[str, Any]]) -> None:
         if vectors.shape[1] != self.dim:
@@ -99,62 +107,159 @@ class EmbeddingWriter:
         while len(self.meta) >= self.shard_size:
             self._flush(self.shard_size)
 
+    def flush(self) -> None:
+        """Write the rows still held as a (short) shard."""
+        if self.meta:
+            self._flush(len(self.meta))
+
+    def cut(self, segment: int) -> None:
+        self.flush()
+        self.segment = segment
+
     def _flush(self, n: int) -> None:
         allv = np.concatenate(self.vecs)
         vec, rest = allv[:n], allv[n:]
         i = len(self.shards)
-        names = {"vectors": f"embeddings-{i:05d}.npy", "metadata": f"metadata-{i:05d}.jsonl"}
+        names = {"vectors": f"embeddings-{self.tag}{i:05d}.npy", "metadata": f"metadata-{self.tag}{i:05d}.jsonl"}
         np.save(self.folder / names["vectors"], vec)
         with (self.folder / names["metadata"]).open("w") as f:
             for row in self.meta[:n]:
                 f.write(json.dumps(row, default=str) + "\n")
-        self.shards.append({**names, "count": int(n)})
+        self.shards.append({**names, "count": int(n), **({} if self.segment is None else {"segment": self.segment})})
         self.count += n
         self.vecs, self.meta = ([rest] if len(rest) else []), self.meta[n:]
 
     def close(self, **manifest: Any) -> dict[str, Any]:
-        if self.meta:
-            self._flush(len(self.meta))
+        self.flush()
         data = {"format": "anyalign-embeddings", "dim": self.dim, "count": self.count, **manifest,
                 "shards": self.shards}
         write_json(self.folder / EMBEDDINGS_MANIFEST, data)
         return data
 
 
+def launcher_world_size() -> int:
+    """Processes started by a launcher (`torchrun` / `accelerate launch` set `WORLD_SIZE`); 1 without one."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def _slice(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous `[start, stop)` of `n` inputs for `rank` (as `index.rank_range` splits ids for index parts)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
 def embed_to_folder(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, embedder: Embedder, *,
                     batch_size: int = 32, shard_size: int = 50_000, num_workers: int = 0,
                     overwrite: bool = False) -> dict[str, Any]:
     """Embed `inputs` (see the module docstring) into an embeddings folder, replaced atomically; returns its
-    manifest. An existing `output` that is not an embeddings folder is refused unless `overwrite`."""
+    manifest (every rank returns the whole folder's). An existing `output` that is not an embeddings folder is
+    refused unless `overwrite`."""
     check_replaceable(output, marker=EMBEDDINGS_MANIFEST, what="embeddings folder", overwrite=overwrite)
     items, feature_dirs = collect_inputs(inputs, embedder)
-    failures: list[dict[str, str]] = []
+    if launcher_world_size() > 1:
+        return _embed_ranks(items, feature_dirs, Path(output), embedder, batch_size, shard_size, num_workers)
     with atomic_path(output, is_dir=True) as tmp:
         writer = EmbeddingWriter(tmp, embedder.dim, shard_size)
-        if items:
-            decode = SafeDecode(items, _RawLoader(embedder), errors=(InputError, OSError))
-            loader = DataLoader(decode, batch_size=batch_size, num_workers=num_workers,
-                                collate_fn=list)
-            for batch in tqdm(loader, desc=f"embedding {embedder.modality}", unit="batch",
-                              disable=len(loader) < 2):
-                ok = [(i, x) for i, x, err in batch if err is None]
-                for i, _, err in batch:
-                    if err is not None:
-                        logger.warning("skipping %s: %s", items[i].meta.get("source"), err)
-                        failures.append({"source": str(items[i].meta.get("source")), "error": err})
-                if ok:
-                    writer.add(embedder.embed_loaded([x for _, x in ok]), [items[i].meta for i, _ in ok])
-        for folder in feature_dirs:
-            _embed_features(folder, embedder, writer, batch_size)
+        failures = _embed_slice(items, feature_dirs, writer, embedder, batch_size, num_workers, 0, 1)
         if writer.count + len(writer.meta) == 0:
-            raise ValueError(f"nothing embedded: all {len(failures)} inputs failed to decode"
-                             if failures else "no inputs to embed")
+            raise ValueError(_nothing(failures))
         manifest = writer.close(modality=embedder.modality, embedders=embedder.space_records(),
                                 failures=failures)
     return manifest
 
 
-def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, batch_size: int) -> None:
+def _nothing(failures: list[dict[str, str]]) -> str:
+    return f"nothing embedded: all {len(failures)} inputs failed to decode" if failures else "no inputs to embed"
+
+
+def _embed_slice(items: list[EmbedItem], feature_dirs: list[Path], writer: EmbeddingWriter, embedder: Embedder,
+                 batch_size: int, num_workers: int, rank: int, world: int) -> list[dict[str, str]]:
+    """Embed this rank's slice of the items and of each feature folder (segments 0, 1, ...); returns failures."""
+    failures: list[dict[str, str]] = []
+    lo, hi = _slice(len(items), rank, world)
+    mine = items[lo:hi]
+    if world > 1:
+        writer.cut(0)
+    if mine:
+        decode = SafeDecode(mine, _RawLoader(embedder), errors=(InputError, OSError))
+        loader = DataLoader(decode, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+        for batch in tqdm(loader, desc=f"embedding {embedder.modality}", unit="batch", disable=len(loader) < 2):
+            ok = [(i, x) for i, x, err in batch if err is None]
+            for i, _, err in batch:
+                if err is not None:
+                    logger.warning("skipping %s: %s", mine[i].meta.get("source"), err)
+                    failures.append({"source": str(mine[i].meta.get("source")), "error": err})
+            if ok:
+                writer.add(embedder.embed_loaded([x for _, x in ok]), [mine[i].meta for i, _ in ok])
+    for segment, folder in enumerate(feature_dirs, 1):
+        start, stop = 0, None
+        if world > 1:
+            from .sources import open_source
+
+            writer.cut(segment)
+            start, stop = _slice(len(open_source(folder)), rank, world)
+        _embed_features(folder, embedder, writer, batch_size, start, stop)
+    return failures
+
+
+def _embed_ranks(items: list[EmbedItem], feature_dirs: list[Path], output: Path, embedder: Embedder,
+                 batch_size: int, shard_size: int, num_workers: int) -> dict[str, Any]:
+    """One rank of a launched run: embed this rank's slice into a staging folder beside `output`, then rank 0
+    writes the manifest of all ranks' shards (in input order) and swaps the folder into place."""
+    from ..encoders.extract import process_state
+
+    state = process_state()
+    rank, world = state.process_index, state.num_processes
+    staging = output.parent / f".{output.name}.embed-ranks.tmp"
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    state.wait_for_everyone()
+    writer = EmbeddingWriter(staging, embedder.dim, shard_size, tag=f"r{rank:05d}-")
+    failures = _embed_slice(items, feature_dirs, writer, embedder, batch_size, num_workers, rank, world)
+    writer.flush()
+    write_json(staging / f"rank-{rank:05d}.json", {"count": writer.count, "shards": writer.shards,
+                                                    "failures": failures})
+    state.wait_for_everyone()
+    parts = [read_json(staging / f"rank-{r:05d}.json") for r in range(world)]
+    total = sum(p["count"] for p in parts)
+    every_failure = [f for p in parts for f in p["failures"]]
+    state.wait_for_everyone()  # every rank has read the part records before rank 0 moves them
+    if state.is_main_process:
+        if total == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            order = sorted(((s.pop("segment", 0), r, j), s)
+                           for r, p in enumerate(parts) for j, s in enumerate(p["shards"]))
+            for r in range(world):
+                (staging / f"rank-{r:05d}.json").unlink()
+            write_json(staging / EMBEDDINGS_MANIFEST, {
+                "format": "anyalign-embeddings", "dim": embedder.dim, "count": total, "modality": embedder.modality,
+                "embedders": embedder.space_records(), "failures": every_failure, "world_size": world,
+                "shards": [s for _, s in order]})
+            _swap(staging, output)
+    state.wait_for_everyone()
+    if total == 0:
+        raise ValueError(_nothing(every_failure))
+    return read_json(output / EMBEDDINGS_MANIFEST)
+
+
+def _swap(folder: Path, output: Path) -> None:
+    """Put `folder` at `output` (as `io.atomic_path` does: the old one is moved aside, then removed)."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+    os.replace(folder, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, batch_size: int, start: int = 0,
+                    stop: int | None = None) -> None:
+    """The adapter's head over cached features of records `[start, stop)` of a feature folder."""
     from ..features import collate_features, iter_features
 
     def flush(recs: list[Any]) -> None:
@@ -164,7 +269,11 @@ def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, b
         writer.add(vecs, metas)
 
     batch: list[Any] = []
-    for rec in tqdm(iter_features(folder), desc=f"embedding {folder.name}", unit="item"):
+    for i, rec in enumerate(tqdm(iter_features(folder), desc=f"embedding {folder.name}", unit="item")):
+        if stop is not None and i >= stop:
+            break
+        if i < start:
+            continue
         batch.append(rec)
         if len(batch) == batch_size:
             flush(batch)
@@ -173,4 +282,4 @@ def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, b
         flush(batch)
 
 
-__all__ = ["EmbedItem", "EmbeddingWriter", "collect_inputs", "embed_to_folder"]
+__all__ = ["EmbedItem", "EmbeddingWriter", "collect_inputs", "embed_to_folder", "launcher_world_size"]
