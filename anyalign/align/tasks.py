@@ -229,7 +229,8 @@ class LMTask(Task):
         local = model.target_tokens([batch.targets[i] for i in rows]) if rows else 0
         total = global_size(local, model.device)  # a collective: every rank runs it for every LM task
         if not (rows and total):
-            return {}
+            idle = getattr(model, "idle_llm", None)  # FSDP (align/fsdp.py): every rank runs every LLM forward
+            return {(self.name,): idle()} if total and idle is not None else {}
         res = model.llm_output(batch, feats, rows)
         return {(self.name,): res.lm_loss * (local * world / total) + sum((res.aux_losses or {}).values())}
 
