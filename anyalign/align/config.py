@@ -146,6 +146,7 @@ class TrainSpec:
     warmup_steps: int = 0
     clip_grad: float | None = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    fsdp: bool = False  # shard with FSDP2 when multi-process (as does `accelerate launch --use_fsdp`)
     loss_weights: dict[str, float] = field(default_factory=dict)  # loss name (as logged) -> weight
     save_every: int = 500
     keep_checkpoints: int = 2
