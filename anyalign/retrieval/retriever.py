@@ -8,6 +8,7 @@ embedders come from the `embedders=` argument or from the specs the index record
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -163,27 +164,23 @@ class Retriever:
         return self._vectors(query)
 
     def _vectors(self, query: Any) -> np.ndarray:
-        try:
-            import torch
-
-            if isinstance(query, torch.Tensor):
-                query = query.detach().float().cpu().numpy()
-        except ImportError:  # pragma: no cover
-            pass
-        x = np.asarray(query, dtype=np.float32)
+        """Query vector(s) -> a normalised `[Q, E]` float32 copy; one-line errors for bad shapes and values."""
+        torch = sys.modules.get("torch")  # a tensor query means torch is loaded: never import it just to check
+        if torch is not None and isinstance(query, torch.Tensor):
+            query = query.detach().float().cpu().numpy()
+        x = np.array(query, dtype=np.float32, order="C", copy=True)
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"dimension mismatch: query vector has shape {tuple(np.shape(query))}, the index "
                              f"{self.index_dir} expects dim {self.dim}")
-        nonfinite, zero = invalid_rows(x)
-        if nonfinite.any():
-            raise ValueError(f"query vector{'s' if len(x) > 1 else ''} contain NaN or inf "
-                             f"(row {int(np.flatnonzero(nonfinite)[0])})")
-        if zero.any():
-            raise ValueError(f"query vector is all zeros (row {int(np.flatnonzero(zero)[0])}): it has no direction "
-                             "to search by")
-        x = np.array(x, copy=True, order="C")
+        if not (np.isfinite(x).all() and x.any(axis=1).all()):
+            nonfinite, zero = invalid_rows(x)
+            if nonfinite.any():
+                raise ValueError(f"query vector{'s' if len(x) > 1 else ''} contain NaN or inf "
+                                 f"(row {int(np.flatnonzero(nonfinite)[0])})")
+            raise ValueError(f"query vector is all zeros (row {int(np.flatnonzero(zero)[0])}): it has no "
+                             "direction to search by")
         faiss.normalize_L2(x)
         return x
 
@@ -228,7 +225,7 @@ class Retriever:
         k = max(min(k, self.ntotal), 1)  # faiss would allocate [Q, k] results: a huge k must not exhaust memory
         scores, ids = search_parts(self.parts, x, k, params or None)
         found = ids >= 0  # faiss pads missing hits with -1
-        rows = self._rows(np.unique(ids[found]))
+        rows = self._rows(ids[found])  # duplicates (a set searched per part) cost nothing
         get = rows.get
         if found.all():
             return [[SearchResult(i, s, row=get(i)) for i, s in zip(irow, srow)]
@@ -242,7 +239,7 @@ class Retriever:
                 for irow, srow, f in zip(ids, scores, found)]
 
     def _rows(self, ids: np.ndarray) -> dict[int, tuple]:
-        """id -> stored metadata row (see `metadata.row_dict`) for unique ids: one query per part."""
+        """id -> stored metadata row (see `metadata.row_dict`) for the given ids: one query per part."""
         if len(self.parts) == 1:
             return self.parts[0].meta.rows(ids)
         out: dict[int, tuple] = {}
@@ -257,7 +254,7 @@ class Retriever:
     def metadata(self, ids: Sequence[int]) -> list[dict[str, Any] | None]:
         """Metadata rows for ids, from whichever part holds them (None for unknown ids)."""
         ids = [int(i) for i in ids]
-        found = self._rows(np.unique(np.asarray(ids, dtype=np.int64)))
+        found = self._rows(np.asarray(ids, dtype=np.int64))
         return [None if (r := found.get(i)) is None else row_dict(r) for i in ids]
 
     def __len__(self) -> int:
