@@ -14,6 +14,7 @@ import pytest
 from _retrieval_helpers import tiny_bert
 
 from anyalign.cli.main import main
+from anyalign.retrieval import Retriever, build_index
 from anyalign.retrieval.sources import open_source
 from tests.test_align_train import _env
 from tests.test_launch import accelerate_launch
@@ -59,6 +60,10 @@ def test_embed_two_ranks_split_inputs_and_equal_one_process(tmp_path: Path) -> N
     v2, m2 = _rows(tmp_path / "two")
     assert m1 == m2 and [m["text"] for m in m1] == lines
     np.testing.assert_allclose(v1, v2, atol=1e-5)  # batches differ between the runs (padding), vectors do not
+    # the folder indexes as one corpus
+    build_index(tmp_path / "two", tmp_path / "idx", factory="Flat")
+    r = Retriever(tmp_path / "idx")
+    assert len(r) == 23 and r.search(v1[17], k=1)[0].metadata["text"] == lines[17]
 
 
 def test_module_entry_point_reports_usage_error_in_one_line(tmp_path: Path) -> None:
