@@ -5,8 +5,9 @@
 
 Synthetic feature shards of a realistic shape (tokens [1..4, 1280] float16, pooled [1280] float32, a caption and a
 label per record; ~13 KB per record on disk) in the `anyalign extract` layout, 10k records per shard. To keep the
-disk and the set-up time bounded, at most `--unique` records are written and further shards are hard links to
-them (the reader cannot tell; the page cache may make re-read shards faster than cold disk). Every (size, mode)
+disk and the set-up time bounded, at most `--unique` records are written, once, into a pool of full shards that
+every size's folder hard-links (the reader cannot tell; the page cache may make re-read shards faster than cold
+disk); with `--work` the pool and the size folders are kept there and reused by later runs. Every (size, mode)
 run is a fresh process training a real MLP adapter against the real MiniLM text space with the real Trainer; it
 reports its peak RSS (getrusage) and the seconds from process start to the end of step 1. Captions come from a
 vocabulary of 1000 sentences, so the text-anchor cache is not what is measured.
@@ -15,8 +16,10 @@ vocabulary of 1000 sentences, so the text-anchor cache is not what is measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,29 +58,48 @@ print(json.dumps({{"mode": mode, "first_step_s": Probe.first, "peak_rss_mb": rss
 """
 
 
-def write_shards(folder: Path, n: int, unique: int, seed: int = 0) -> Path:
-    """`n` records in shards of PER_SHARD (the first `unique` written, the rest hard links) plus the manifest."""
-    from anyalign.features import FeatureWriter, write_manifest
+def _pool_shard(pool: Path, s: int, seed: int) -> Path:
+    """Full shard `s` of the pool (PER_SHARD records, a pure function of (seed, s)), written if not there yet."""
+    path = pool / f"pool-{s:05d}.tar"
+    if not path.is_file():
+        _write_shard(path, f"r{s}", PER_SHARD, np.random.default_rng([seed, s]))
+    return path
 
+
+def _write_shard(path: Path, prefix: str, count: int, rng: np.random.Generator) -> None:
+    from anyalign.features import FeatureWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FeatureWriter(path) as w:
+        base = rng.normal(size=(count, 4, 1280)).astype(np.float16)
+        for i in range(count):
+            c = int(rng.integers(len(CLASSES)))
+            t = 1 + (i % 4)
+            w.add(f"{prefix}_{i}", base[i, :t], base[i, :t].astype(np.float32).mean(0),
+                  {"label": CLASSES[c], "caption": f"a picture of {CLASSES[c]}, variant {i % 10}"})
+
+
+def write_shards(folder: Path, n: int, unique: int, seed: int = 0, pool: Path | None = None) -> Path:
+    """`n` records in shards of PER_SHARD plus the manifest: full shards are hard links to the first
+    `unique // PER_SHARD` shards of `pool` (written once), a partial last shard is written here. A folder that
+    already holds a manifest for `n` records is reused as it is."""
+    from anyalign.features import read_manifest, write_manifest
+
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and sum(s["count"] for s in read_manifest(folder)["shards"]) == n:
+        return folder
+    pool = pool if pool is not None else folder / "pool"
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     shards = []
-    n_shards = -(-n // PER_SHARD)
-    written: list[Path] = []
-    for s in range(n_shards):
+    n_unique = max(1, unique // PER_SHARD)
+    for s in range(-(-n // PER_SHARD)):
         count = min(PER_SHARD, n - s * PER_SHARD)
         name = f"features-r00-{s:05d}.tar"
-        if s * PER_SHARD < unique or count != PER_SHARD:
-            with FeatureWriter(folder / name) as w:
-                base = rng.normal(size=(count, 4, 1280)).astype(np.float16)
-                for i in range(count):
-                    c = int(rng.integers(len(CLASSES)))
-                    t = 1 + (i % 4)
-                    w.add(f"r{s}_{i}", base[i, :t], base[i, :t].astype(np.float32).mean(0),
-                          {"label": CLASSES[c], "caption": f"a picture of {CLASSES[c]}, variant {i % 10}"})
-            written.append(folder / name)
+        (folder / name).unlink(missing_ok=True)
+        if count == PER_SHARD:
+            os.link(_pool_shard(pool, s % n_unique, seed), folder / name)
         else:
-            os.link(written[s % len(written)], folder / name)
+            _write_shard(folder / name, f"p{s}", count, np.random.default_rng([seed, -1, s]))
         shards.append({"file": name, "count": count})
     write_manifest(folder, {"encoder": "synthetic", "modality": "image", "token_dim": 1280, "pooled_dim": 1280,
                             "dtype": "float16", "shards": shards, "failures": []})
@@ -112,6 +134,7 @@ def warm_text_cache(minilm: Path, cache: Path) -> None:
 def measure(feats: Path, minilm: Path, mode: str, steps: int, batch: int, work: Path, threads: int) -> dict:
     r = recipe(work / f"{feats.name}-{mode}.yaml", feats, minilm, mode, steps, batch)
     out = work / f"run-{feats.name}-{mode}"
+    shutil.rmtree(out, ignore_errors=True)  # a kept --work folder holds the previous run's output
     code = CHILD.format(t0=time.time(), threads=threads, recipe=str(r), out=str(out), steps=steps)
     env = {**os.environ, "ANYALIGN_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -130,18 +153,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--assets", default=os.environ.get("ANYALIGN_ASSETS", ""))
-    parser.add_argument("--work", default=None, help="folder for the shards (default: a temporary folder)")
+    parser.add_argument("--work", default=None, help="folder for the shards, kept and reused (default: a "
+                        "temporary folder)")
     args = parser.parse_args(argv)
     minilm = Path(args.assets) / "text" / "all-MiniLM-L6-v2"
     if not minilm.is_dir():
         raise SystemExit("set ANYALIGN_ASSETS (or --assets) to the folder holding text/all-MiniLM-L6-v2")
     results: dict = {}
-    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.work is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        else:  # kept: the shard pool, the size folders and the text-anchor table are reused by later runs
+            work = Path(args.work).expanduser()
+            work.mkdir(parents=True, exist_ok=True)
         warm_text_cache(minilm, work / "cache")
         for n in args.sizes:
             t0 = time.perf_counter()
-            feats = write_shards(work / f"n{n}", n, args.unique)
+            feats = write_shards(work / f"n{n}", n, args.unique, pool=work / "pool")
             print(f"{n:>9,} records: shards ready in {time.perf_counter() - t0:.1f} s", flush=True)
             for mode in ["stream"] + (["map"] if n <= args.map_max else []):
                 res = measure(feats, minilm, mode, args.steps, args.batch, work, args.threads)
