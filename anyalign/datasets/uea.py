@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.io import arff
 
 #: caption templates for activity labels (training captions and zero-shot prompts of IMU data)
 DEFAULT_UEA_TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a person {label}.",
@@ -68,6 +67,8 @@ def load_uea(root: str | os.PathLike, split: str = "train") -> UEADataset:
 
 def _read_arff(path: Path) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Series `[C, T]`, labels and declared classes of a UEA ARFF file (relational channels + nominal class)."""
+    from scipy.io import arff  # here: importing the package (every recipe does) must not cost scipy.io
+
     try:
         data, meta = arff.loadarff(str(path))
     except Exception as e:  # noqa: BLE001 - scipy raises ParseArffError, ValueError, IndexError... name the file

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import timm
 import torch
-from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 from ..io import WEIGHT_SUFFIXES, load_weights, resolve_pretrained
@@ -109,6 +107,8 @@ def create_timm_model(name: str, pretrained: str | None, **kwargs: Any) -> nn.Mo
 
 
 def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    import timm  # here, not at module level: checking a recipe's options must not cost the timm import
+
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:  # an unknown model keyword, e.g. a misspelt option
@@ -137,6 +137,8 @@ def _weights_file(folder: Path) -> Path:
 
 def timm_transform(model: nn.Module, data_config: dict[str, Any] | None = None) -> Callable:
     """timm's eval transform for `model`; fixed-size ViTs use their actual `img_size`, `data_config` overrides."""
+    from timm.data import create_transform, resolve_data_config
+
     cfg = resolve_data_config(model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None and not getattr(model, "dynamic_img_size", False):
