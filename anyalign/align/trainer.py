@@ -1,4 +1,4 @@
-"""The alignment training loop on accelerate: mixed precision, accumulation, DDP/FSDP via `accelerate launch`.
+"""The alignment training loop on accelerate: mixed precision, accumulation, DDP or FSDP2 via `accelerate launch`.
 
 Exact resume: the data order is a pure function of (seed, epoch), per-sample randomness is seeded by
 (seed, epoch, index), and a checkpoint holds the trainable weights, optimizer, scheduler and every rank's RNG;
@@ -6,10 +6,15 @@ resuming loads it and skips the consumed batches of the current epoch (`skip_fir
 and resumed ends with the same weights as an uninterrupted one. Large feature sets are streamed (`stream.py`,
 `train.stream`); the checkpoint then records the stream position. Checkpoints carry a manifest of sizes and
 hashes; `--resume` falls back to the newest intact one.
+
+Multi-process runs use DDP, or FSDP2 (`train.fsdp: true` or `accelerate launch --use_fsdp`): the trainer then
+shards the model itself with torch's `fully_shard` (align/fsdp.py), on CPU (gloo) as on GPUs; checkpoints and saved
+adapters hold full tensors in the same files as a DDP run's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -36,6 +41,7 @@ from .checkpoint import (
 from .config import Recipe, recipe_to_dict
 from .data import Collator, EpochSampler, PairedDataset
 from .evaluate import evaluate_model
+from .fsdp import FSDPState, fsdp_requested, load_checkpoint_files, save_checkpoint_files, shard_model
 from .metrics_log import MetricsLog, plot_curves
 from .model import AlignmentModel, build_model
 from .stream import FeatureStream, choose_mode, default_lanes
@@ -62,18 +68,17 @@ class TrainResult:
     curves: Path | None = None
 
 
-def _make_accelerator(recipe: Recipe, output_dir: Path, find_unused: bool) -> Any:
+def _make_accelerator(recipe: Recipe, output_dir: Path, find_unused: bool, fsdp: bool) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin
 
     t = recipe.train
     # CPU-only multi-process runs (torchrun / accelerate launch --cpu) need cpu=True for accelerate to use gloo
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if multi_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        # accelerate (1.x) turns on its FSDP plugin only for GPU-type runs: on CPU it would quietly train with DDP
-        raise TrainingError("FSDP was requested (accelerate launch --use_fsdp / an FSDP config) but this machine has "
-                            "no GPU: accelerate enables FSDP only on GPUs and would silently run DDP instead; launch "
-                            "with --multi_gpu (DDP over gloo on CPU) or run on GPUs")
+    if fsdp:
+        # the trainer shards with FSDP2 itself (align/fsdp.py); accelerate's plugin (GPU-only in 1.x: on CPU it
+        # silently became DDP) must not wrap the model a second time
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
     return Accelerator(
         cpu=multi_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"),
         mixed_precision=t.mixed_precision,
@@ -99,8 +104,9 @@ def _schedule(optimizer: torch.optim.Optimizer, recipe: Recipe) -> Any:
     return fn(optimizer, t.warmup_steps, t.max_steps)
 
 
-def _optimizer(model: AlignmentModel, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and temperatures; trained encoders may use their own lr."""
+def _optimizer(model: AlignmentModel, recipe: Recipe, *, sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and temperatures; trained encoders may use their own lr.
+    `sharded` (FSDP): DTensor and replicated parameters mix in a group, which the fused and foreach kernels refuse."""
     t = recipe.train
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.trainable_parameters():
@@ -111,6 +117,8 @@ def _optimizer(model: AlignmentModel, recipe: Recipe) -> torch.optim.Optimizer:
     if not groups:
         raise TrainingError("nothing to train: every parameter is frozen")
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    if sharded:
+        return torch.optim.AdamW(param_groups, lr=t.lr, betas=tuple(t.betas), foreach=False)
     try:  # one fused kernel per step (CPU and CUDA) instead of a Python loop over tensors
         return torch.optim.AdamW(param_groups, lr=t.lr, betas=tuple(t.betas), fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused implementation
@@ -130,13 +138,28 @@ class Trainer:
         t = recipe.train
         tasks = {s.task for s in recipe.data.train}
         find_unused = len(recipe.adapters) > 1 or len(tasks) > 1 or recipe.model.lora is not None
-        self.accelerator = _make_accelerator(recipe, self.output_dir, find_unused)
+        want_fsdp = fsdp_requested(recipe)
+        self.accelerator = _make_accelerator(recipe, self.output_dir, find_unused, want_fsdp)
         acc = self.accelerator
         if t.batch_size % acc.num_processes:
             raise TrainingError(f"train.batch_size={t.batch_size} is the global batch and must be divisible by the "
                                 f"{acc.num_processes} processes")
+        sharded = want_fsdp and acc.num_processes > 1
+        if want_fsdp and not sharded:
+            logger.warning("FSDP was requested but this is a single process: training unsharded")
+        if sharded and recipe.data.eval:  # evaluation runs on the main process alone: sharded units wait for the rest
+            raise TrainingError("FSDP runs do not evaluate during training: drop data.eval (evaluate the saved "
+                                "adapters with `anyalign eval`) or train with DDP")
         set_seed(recipe.seed)
         self.model = build_model(recipe)
+        self.fsdp: FSDPState | None = None
+        self.distributed = "ddp" if acc.num_processes > 1 else "none"
+        if sharded:
+            self.model.to(acc.device)
+            self.fsdp = shard_model(self.model, acc.device)
+            self.distributed = "fsdp2"
+            logger.info("distributed: fsdp2 over %d processes (%s): %d LLM layer units + the adapters' root unit",
+                        acc.num_processes, acc.device.type, self.fsdp.layers)
         media = list(recipe.adapters) + [a for a in recipe.anchors if a != "text"]
         encoders = {m: self.model.encoder_for(m) for m in media if self.model.has_encoder(m)}
         loaders = {m: e.load for m, e in encoders.items()}
@@ -145,7 +168,7 @@ class Trainer:
         self.stream: FeatureStream | None = None
         self.eval_sets = [PairedDataset([s], media, seed=recipe.seed, train=False, loaders=loaders)
                           for s in recipe.data.eval]
-        optimizer = _optimizer(self.model, recipe)
+        optimizer = _optimizer(self.model, recipe, sharded=self.fsdp is not None)
         scheduler = _schedule(optimizer, recipe)
         if self.data_mode == "stream":  # large feature sets: read as a stream, never all in memory
             lanes = t.stream_lanes or default_lanes(acc.num_processes, t.num_workers)
@@ -158,7 +181,10 @@ class Trainer:
                 raise TrainingError(str(e)) from None
             self.train_set: Any = self.stream
             self.loader = self.stream.loader()  # not prepared: every rank reads only its own lanes
-            self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+            if self.fsdp is not None:  # already sharded: accelerate must not wrap it in DDP
+                self.optimizer, self.scheduler = acc.prepare(optimizer, scheduler)
+            else:
+                self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
         else:
             self.train_set = PairedDataset(recipe.data.train, media, seed=recipe.seed, train=True, loaders=loaders)
             if len(self.train_set) < t.batch_size:
@@ -169,8 +195,11 @@ class Trainer:
                                 collate_fn=Collator(self.collate_fns, self.train_set.labels),
                                 num_workers=t.num_workers, generator=torch.Generator().manual_seed(recipe.seed))
             self.steps_per_epoch = len(self.train_set) // t.batch_size
-            self.model, self.optimizer, self.loader, self.scheduler = acc.prepare(self.model, optimizer, loader,
-                                                                                  scheduler)
+            if self.fsdp is not None:
+                self.optimizer, self.loader, self.scheduler = acc.prepare(optimizer, loader, scheduler)
+            else:
+                self.model, self.optimizer, self.loader, self.scheduler = acc.prepare(self.model, optimizer, loader,
+                                                                                      scheduler)
         if "text" in recipe.anchors:
             self._text_table()
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", acc, enabled=acc.is_main_process)
@@ -244,13 +273,16 @@ class Trainer:
         if diff:
             logger.warning("%s was written with different settings %s (saved, now): resume will not be exact",
                            ckpt, diff)
-        self.accelerator.load_state(str(ckpt))
+        self._state_io().load_state(str(ckpt))
         self.metrics.truncate_after(self.step)
         logger.info("resumed from %s (step %d)", ckpt, self.step)
 
     def _checkpoint(self) -> Path:
         state = {**self._expected_state(), "time": time.time()}
-        return save_checkpoint(self.accelerator, self.output_dir, self.step, state, self.recipe.train.keep_checkpoints)
+        return save_checkpoint(self._state_io(), self.output_dir, self.step, state, self.recipe.train.keep_checkpoints)
+
+    def _state_io(self) -> Any:
+        return self.accelerator if self.fsdp is None else _FSDPStateIO(self.accelerator, self.fsdp, self.optimizer)
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def _batches(self, micro: int) -> Any:
@@ -315,6 +347,9 @@ class Trainer:
             self.evaluate()
         weights = self.unwrapped.loss_weights  # term key -> weight, parsed from train.loss_weights by build_model
         self.model.train()
+        mllm = self.unwrapped.frozen.mllm
+        if self.fsdp is not None and mllm is not None and not len(self.unwrapped.lora):
+            mllm.llm.eval()  # in the module tree under FSDP, but without LoRA the LLM stays in eval mode
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train",
                    dynamic_ncols=True)
         window: dict[str, float] = {}
@@ -332,7 +367,12 @@ class Trainer:
                     values = {term_name(k): float(v.detach()) for k, v in terms.items()}  # logged names
                     self._finite_or_stop(loss.detach(), "loss", values)
                     acc.backward(loss)
-                    if acc.sync_gradients:
+                    if acc.sync_gradients and self.fsdp is not None:
+                        self.fsdp.sync_replicated_grads()
+                        acc.unscale_gradients()
+                        norm = self.fsdp.clip_grad_norm(t.clip_grad or math.inf)
+                        self._finite_or_stop(norm, "gradient norm", values)
+                    elif acc.sync_gradients:
                         norm = acc.clip_grad_norm_(self.model.parameters(), t.clip_grad or math.inf)
                         self._finite_or_stop(torch.as_tensor(norm), "gradient norm", values)
                     self.optimizer.step()
@@ -381,18 +421,57 @@ class Trainer:
         model = self.unwrapped
         adapters: dict[str, str] = {}
         curves = None
-        if acc.is_main_process:
-            with atomic_path(self.output_dir / "adapters", is_dir=True) as tmp:
-                saved = model.save_adapters(tmp)
-            adapters = {m: str(self.output_dir / "adapters" / Path(p).name) for m, p in saved.items()}
-            if model.frozen.mllm is not None and hasattr(model.frozen.mllm, "save_pretrained"):
-                with atomic_path(self.output_dir / "mllm", is_dir=True) as tmp:
-                    model.frozen.mllm.save_pretrained(tmp)
-            write_json(self.output_dir / "eval.json", {"step": self.step, "world_size": acc.num_processes, **metrics})
-            curves = plot_curves(self.metrics.read(), self.output_dir / "curves.png", title=self.recipe.name)
+        gathered = self.fsdp.gathered(acc.is_main_process) if self.fsdp is not None else contextlib.nullcontext()
+        with gathered:  # FSDP: full tensors on the main process while it saves
+            if acc.is_main_process:
+                saved, curves = self._save_final(model, metrics)
+                adapters = {m: str(self.output_dir / "adapters" / Path(p).name) for m, p in saved.items()}
         acc.wait_for_everyone()
         acc.end_training()
         return TrainResult(self.output_dir, self.step, adapters, metrics, curves)
+
+    def _save_final(self, model: AlignmentModel, metrics: dict[str, float]) -> tuple[dict[str, str], Path | None]:
+        """Adapters, the multimodal bundle (LoRA, code table), eval.json and the curves (main process)."""
+        with atomic_path(self.output_dir / "adapters", is_dir=True) as tmp:
+            saved = model.save_adapters(tmp)
+        if model.frozen.mllm is not None and hasattr(model.frozen.mllm, "save_pretrained"):
+            with atomic_path(self.output_dir / "mllm", is_dir=True) as tmp:
+                model.frozen.mllm.save_pretrained(tmp)
+        write_json(self.output_dir / "eval.json", {"step": self.step, "world_size": self.accelerator.num_processes,
+                                                   "distributed": self.distributed, **self._fsdp_record(), **metrics})
+        return saved, plot_curves(self.metrics.read(), self.output_dir / "curves.png", title=self.recipe.name)
+
+    def _fsdp_record(self) -> dict[str, Any]:
+        return {"fsdp": self.fsdp.record} if self.fsdp is not None else {}
+
+
+class _FSDPStateIO:
+    """The accelerator as `save_checkpoint` / `_resume` use it, with the model and optimizer state gathered to full
+    tensors (accelerate's files and names) instead of accelerate's per-rank view; scheduler and RNG via accelerate."""
+
+    def __init__(self, accelerator: Any, fsdp: FSDPState, optimizer: Any) -> None:
+        self._acc, self._fsdp, self._optimizer = accelerator, fsdp, optimizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._acc, name)
+
+    @contextlib.contextmanager
+    def _without_optimizers(self) -> Any:
+        kept, self._acc._optimizers = self._acc._optimizers, []
+        try:
+            yield
+        finally:
+            self._acc._optimizers = kept
+
+    def save_state(self, output_dir: str) -> None:
+        save_checkpoint_files(self._fsdp, self._optimizer, Path(output_dir), self._acc.is_main_process)
+        with self._without_optimizers():
+            self._acc.save_state(output_dir)
+
+    def load_state(self, input_dir: str) -> None:
+        with self._without_optimizers():
+            self._acc.load_state(input_dir)
+        load_checkpoint_files(self._fsdp, self._optimizer, Path(input_dir))
 
 
 def checkpoint_dir_of(output_dir: Path) -> Path:
