@@ -295,9 +295,7 @@ class Trainer:
                     micro += 1
         while True:
             epoch, skip = divmod(micro, self.steps_per_epoch)
-            loader = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
-            loader.set_epoch(epoch)
-            for batch in loader:
+            for batch in epoch_batches(self.accelerator, self.loader, self.sampler, epoch, skip):
                 yield batch
                 micro += 1
 
@@ -472,6 +470,19 @@ class _FSDPStateIO:
         with self._without_optimizers():
             self._acc.load_state(input_dir)
         load_checkpoint_files(self._fsdp, self._optimizer, Path(input_dir))
+
+
+def epoch_batches(accelerator: Any, loader: Any, sampler: EpochSampler, epoch: int, skip: int = 0) -> Any:
+    """The batches of `epoch` of a prepared map-style loader, from batch `skip` on (a resumed run's first epoch).
+
+    The sampler's epoch is set directly: accelerate's `set_epoch` on a `skip_first_batches` loader reaches the
+    sampler through one process's `BatchSampler`, but not through the `BatchSamplerShard` of a multi-process run
+    (SkipBatchSampler -> BatchSamplerShard -> BatchSampler -> sampler), so a run resumed mid-epoch on 2+ processes
+    used to read that epoch in epoch 0's order and draws."""
+    loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+    loader.set_epoch(epoch)
+    sampler.set_epoch(epoch)
+    return iter(loader)
 
 
 def checkpoint_dir_of(output_dir: Path) -> Path:
