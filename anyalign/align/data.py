@@ -378,15 +378,19 @@ class Batch:
 
 
 def pad_features(records: Sequence[FeatureRecord]) -> EncoderOutput:
-    """Cached records -> float32 `EncoderOutput`: one padded `[N, T_max, D]` tensor allocated and each record's
-    tokens (float16 or float32) converted on the copy into it; padding zeroed, mask from the lengths."""
+    """Cached records -> float32 `EncoderOutput`, as the streamed path builds its batches: tokens padded in their
+    stored dtype by plain per-item copies (numpy, no thread-pool round per item), then made float32 by one op over
+    the whole `[N, T_max, D]` batch; padding zeroed, mask from the lengths."""
     lengths = [int(r.tokens.shape[0]) for r in records]
     t_max = max(lengths)
-    tokens = torch.empty(len(records), t_max, records[0].tokens.shape[1], dtype=torch.float32)  # [N, T, D]
-    for j, (r, n) in enumerate(zip(records, lengths)):
-        tokens[j, :n].copy_(r.tokens)
+    stored = [r.tokens.numpy() for r in records]
+    dtype = np.result_type(*{a.dtype for a in stored})
+    buf = np.empty((len(records), t_max, stored[0].shape[1]), dtype=dtype)  # [N, T, D]
+    for j, (a, n) in enumerate(zip(stored, lengths)):
+        buf[j, :n] = a
         if n < t_max:
-            tokens[j, n:].zero_()
+            buf[j, n:] = 0
+    tokens = torch.from_numpy(buf).float()  # one conversion (none when stored as float32)
     mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]  # [N, T]
     pooled = torch.stack([r.pooled for r in records]).float()  # [N, P]
     return EncoderOutput(tokens, mask, pooled)
