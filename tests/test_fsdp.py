@@ -139,19 +139,22 @@ def _resume_from(ckpt: Path, run: Path, out: Path, recipe: Path, fsdp: bool = Tr
 
 @pytest.mark.slow
 def test_fsdp2_resumes_like_ddp(fsdp_and_ddp: tuple[Path, Path, Path]) -> None:
-    """An FSDP run resumed from its step-2 checkpoint, and one resumed from the DDP run's, continue as the DDP run
-    resumed from its own does (DDP's resume of this mixed-task recipe itself differs from the uninterrupted run
-    from step 3 on, so that is the reference)."""
+    """Resumed from the step-2 checkpoint (mid-epoch 1 with accumulation 2: the resumed loader skips a batch), a
+    DDP run, an FSDP run, and an FSDP run from the DDP run's checkpoint all continue exactly as the uninterrupted
+    DDP run (before the sampler's epoch was set directly, 2-process resumes read epoch 0's order: 13.24 at step 3
+    against 14.25)."""
     recipe, ddp, fsdp = fsdp_and_ddp
     root = fsdp.parent
     _resume_from(ddp / "checkpoints" / "step-000002", ddp, root / "ddp-resumed", recipe, fsdp=False)
     _resume_from(fsdp / "checkpoints" / "step-000002", fsdp, root / "fsdp-resumed", recipe)
     _resume_from(ddp / "checkpoints" / "step-000002", ddp, root / "from-ddp", recipe)
-    reference = _losses(root / "ddp-resumed")
-    assert reference[:2] == _losses(ddp)[:2]
+    reference = _losses(ddp)
+    assert len(reference) == 4
+    assert _losses(root / "ddp-resumed") == pytest.approx(reference, rel=1e-5)  # DDP resume is exact
+    _close(_weights(root / "ddp-resumed"), _weights(ddp), atol=1e-5)
     for run in ("fsdp-resumed", "from-ddp"):
         assert _losses(root / run) == pytest.approx(reference, rel=1e-5)
-        _close(_weights(root / run), _weights(root / "ddp-resumed"), atol=1e-3)
+        _close(_weights(root / run), _weights(ddp), atol=1e-3)  # FSDP vs DDP rounding (see above)
 
 
 def test_fsdp_refuses_evaluation(tmp_path: Path, tiny_llm_dir: Path, minilm_dir: Path) -> None:  # noqa: F811
