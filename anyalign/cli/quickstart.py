@@ -17,6 +17,8 @@ def quickstart_cmd(
     fast: bool = typer.Option(False, "--fast", help="Reduced mode: a few training steps (for smoke tests)."),
     contrastive_steps: int = typer.Option(300, help="IMU-text binding steps."),
     caption_steps: int = typer.Option(20, help="LLM alignment steps."),
+    speech_steps: int = typer.Option(150, help="Speech-text binding steps."),
+    speech_llm_steps: int = typer.Option(40, help="Speech-to-LLM alignment steps."),
 ) -> None:
     """Train an IMU adapter on real data, classify zero-shot, search across modalities, ask an LLM; write a report."""
     from ..assets import AssetError
@@ -24,7 +26,8 @@ def quickstart_cmd(
     from .main import CLIError
 
     opts = QuickstartOptions(output=output, assets=assets, fast=fast, contrastive_steps=contrastive_steps,
-                             caption_steps=caption_steps)
+                             caption_steps=caption_steps, speech_steps=speech_steps,
+                             speech_llm_steps=speech_llm_steps)
     try:
         result = run_quickstart(opts, say=typer.echo)
     except AssetError as e:
