@@ -252,7 +252,8 @@ def main() -> None:
           f"fp32 GEMM peak {peak / 1e9:.1f} GFLOP/s = {flops / pure_t / peak:.0%} of the limit)")
     print(f"  -> trainer step / pure compute (median of adjacent pairs): map {_ratio(map_ts, map_pure):.2f}x, "
           f"stream {_ratio(stream_ts, stream_pure):.2f}x (data loading, anchor lookup, clipping, scheduler, "
-          f"accelerate; goal <= 1.2x); ratio of medians: map {cached_t / pure_t:.2f}x, stream {stream_t / pure_t:.2f}x")
+          f"accelerate; goal <= 1.2x); ratio of medians: map {cached_t / pure_t:.2f}x, "
+          f"stream {stream_t / pure_t:.2f}x")
     print(f"load: {os.getloadavg()}")
 
 

@@ -32,8 +32,8 @@ def test_quickstart_fast_writes_a_sane_report(tmp_path: Path, assets: Path, caps
     assert speech["wer_whisper"] < 1.0 and speech["wer_llm"] >= 0  # Whisper's own decoder reads espeak speech
     page = (out / "index.html").read_text()
     for needle in ("zero-shot accuracy", "Cross-modal retrieval", "imu -&gt; text", "Assistant:",
-                   "text -&gt; audio: a dog barking", "Sounds: the pretrained aisfx CNN", "Speech: Whisper tiny.en", "spoken: What do bees make?",
-                   "Transcripts of the held-out voice"):
+                   "text -&gt; audio: a dog barking", "Sounds: the pretrained aisfx CNN", "Speech: Whisper tiny.en",
+                   "spoken: What do bees make?", "Transcripts of the held-out voice"):
         assert needle in page, needle
     media = sorted(p.name for p in (out / "media").iterdir())
     assert any(n.endswith("curves.png") for n in media) and any(n.endswith("confusion.png") for n in media)
