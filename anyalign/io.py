@@ -41,13 +41,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         yield tmp
         os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_UMASK)
         if is_dir:
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, path)
         else:
             os.replace(tmp, path)
     except BaseException:
@@ -56,6 +50,18 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_dir(folder: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Put the finished `folder` at `path`: an existing `path` is moved aside first and removed only afterwards."""
+    folder, path = Path(folder), Path(path)
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(folder, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_replaceable(path: str | os.PathLike, *, marker: str, what: str, overwrite: bool = False) -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..embedder import Embedder
 from ..encoders import InputError
 from ..encoders.decoding import SafeDecode
-from ..io import atomic_path, check_replaceable, read_json, write_json
+from ..io import atomic_path, check_replaceable, read_json, replace_dir, write_json
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -239,22 +239,11 @@ def _embed_ranks(items: list[EmbedItem], feature_dirs: list[Path], output: Path,
                 "format": "anyalign-embeddings", "dim": embedder.dim, "count": total, "modality": embedder.modality,
                 "embedders": embedder.space_records(), "failures": every_failure, "world_size": world,
                 "shards": [s for _, s in order]})
-            _swap(staging, output)
+            replace_dir(staging, output)
     state.wait_for_everyone()
     if total == 0:
         raise ValueError(_nothing(every_failure))
     return read_json(output / EMBEDDINGS_MANIFEST)
-
-
-def _swap(folder: Path, output: Path) -> None:
-    """Put `folder` at `output` (as `io.atomic_path` does: the old one is moved aside, then removed)."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-    os.replace(folder, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, batch_size: int, start: int = 0,
