@@ -82,12 +82,16 @@ def chat_cmd(
     device: str = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
 ) -> None:
     """Generate an answer about media files with a causal LM and modality adapters."""
+    from .main import CLIError
+
     media = _pairs(inputs, "--input")
-    for modality, file in media:
+    names = [m for m, _ in _pairs(adapter, "--adapter")]
+    for modality, file in media:  # cheap checks before the model loads
+        if bundle is None and llm and modality not in names:
+            raise CLIError(f"--input {modality}={file}: no --adapter {modality}=DIR given")
         if not Path(file).exists():
             raise FileNotFoundError(f"--input {modality}={file}: no such file")
-    model = load_model(llm, gguf_file, adapter, bundle, device,
-                       needs=[(f"--input {m}={f}", m) for m, f in media])
+    model = load_model(llm, gguf_file, adapter, bundle, device)
     grouped: dict[str, list[str]] = {}
     for modality, file in media:
         grouped.setdefault(modality, []).append(file)
