@@ -321,6 +321,7 @@ def speech_demo(paths: dict[str, Path], work: Path, *, fast: bool, contrastive_s
     from .encoders import create_encoder
     from .encoders.extract import extract
     from .encoders.spec import EncoderSpec
+    from .features import collate_features, load_features
     from .llm import MultimodalLM
     from .llm.transcribe import evaluate_transcription
 
@@ -345,18 +346,26 @@ def speech_demo(paths: dict[str, Path], work: Path, *, fast: bool, contrastive_s
                     test=feats / "commands-test", steps=contrastive_steps, warmup=max(2, contrastive_steps // 15))
     adapter_dir = Path(stage1.adapters["audio"])
 
-    speech = Embedder.from_adapter(adapter_dir)
+    speech = Embedder.from_adapter(adapter_dir, load_encoder=False)  # embeds the Whisper features cached above
     text = Embedder.from_encoder(EncoderSpec("text", minilm))
     held = {n: read_records(c / "test.jsonl", modalities=["audio"]) for n, c in corpora.items()}
+
+    def held_embeddings(name: str) -> np.ndarray:
+        """Speech embeddings of the held-out recordings of list `name`, in `held[name]` order."""
+        recs = load_features(feats / f"{name}-test")
+        emb = dict(zip((str(r.key) for r in recs), speech.embed_features(collate_features(recs))))
+        return np.stack([emb[r.key] for r in held[name]])
+
     # zero-shot spoken commands: each held-out recording against the ten command words (chance 1/10)
-    cmd_emb = speech.embed([r.input("audio") for r in held["commands"]])
+    cmd_emb = held_embeddings("commands")
     word_emb = text.embed(SPEECH_COMMANDS)
     pred = (cmd_emb @ word_emb.T).argmax(1)
     zs_acc = float(np.mean([SPEECH_COMMANDS[p] == r.label for p, r in zip(pred, held["commands"])]))
     # speech -> text among every sentence and question text (chance 1/N), and text -> speech with players
     sentences = held["sentences"] + held["questions"]
     texts = [r.text for r in sentences]
-    s_emb, t_emb = speech.embed([r.input("audio") for r in sentences]), text.embed(texts)
+    s_emb = np.concatenate([held_embeddings("sentences"), held_embeddings("questions")])
+    t_emb = text.embed(texts)
     sims = s_emb @ t_emb.T
     ranks = [int((sims[i] > sims[i, i]).sum()) for i in range(len(texts))]
     r1, r5 = float(np.mean([r < 1 for r in ranks])), float(np.mean([r < 5 for r in ranks]))

@@ -28,6 +28,7 @@ from anyalign.encoders import EncoderOutput
 from anyalign.encoders.custom import wrap_module
 from anyalign.llm import BUNDLE_CONFIG, IGNORE_INDEX, MultimodalLM
 from anyalign.projectors import list_projectors
+from tests._cli import run_cli as _cli
 
 HIDDEN = 32
 CORPUS = ["the person is walking, running, standing or playing badminton.",
@@ -334,16 +335,6 @@ def test_rvq_adapter_extends_vocabulary(llm_dirs: dict[str, Path], tmp_path: Pat
     loaded = MultimodalLM.from_pretrained(tmp_path / "b", load_encoders=False)
     assert torch.equal(loaded.code_embeddings.weight, mm.code_embeddings.weight)
     assert torch.equal(loaded(prompts, features={"audio": feats, "imu": imu}).logits, ref)
-
-
-def _cli(args: list[str]) -> int:
-    from anyalign.cli.main import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def test_cli_chat(llm_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

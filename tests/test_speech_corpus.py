@@ -14,21 +14,12 @@ import soundfile as sf
 
 from anyalign.datasets.speech import Utterance, read_utterances, synthesize_corpus
 from anyalign.metrics import normalize_words, wer, word_errors
+from tests._cli import run_cli as _cli
 
 pytest.importorskip("espeakng_loader", reason="pip espeakng-loader (libespeak-ng) is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICES, HELDOUT = ["en-us+m1"], ["en+f2"]
-
-
-def _cli(args: list[str]) -> int:
-    from anyalign.cli.main import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

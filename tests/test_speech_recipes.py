@@ -27,6 +27,7 @@ from transformers import (
 from anyalign.adapter import ModalityAdapter
 from anyalign.align import load_recipe, train
 from anyalign.datasets.speech import Utterance, synthesize_corpus
+from tests._cli import run_cli as _cli
 
 pytest.importorskip("espeakng_loader", reason="pip espeakng-loader (libespeak-ng) is not installed")
 
@@ -34,16 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["yes", "no", "stop"]
 SENTENCES = ["the cat sleeps on the mat.", "turn left at the bridge.", "we need two loaves of bread."]
 QUESTIONS = [("what is two plus two?", "two plus two is four."), ("what do bees make?", "bees make honey.")]
-
-
-def _cli(args: list[str]) -> int:
-    from anyalign.cli.main import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_path, write_json
+from ..io import atomic_path, write_json, write_jsonl
 
 SAMPLE_RATE = 44100  # aisfx's rate: copies are written at it so extraction does not resample them again
 SETS: dict[str, tuple[str, str]] = {  # set -> (asset name, file suffix)
@@ -254,11 +253,6 @@ class SoundCorpus:
         return out
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def build_sound_corpus(output: str | os.PathLike, *, root: str | os.PathLike | None = None,
                        sets: Sequence[str] = tuple(SETS), heldout_fraction: float = 0.25, train_variants: int = 2,
                        test_variants: int = 1, max_seconds: float = 3.0, seed: int = 0) -> SoundCorpus:
@@ -312,12 +306,12 @@ def build_sound_corpus(output: str | os.PathLike, *, root: str | os.PathLike | N
 
 def _write_outputs(corpus: SoundCorpus) -> None:
     out, rows = corpus.path, corpus.rows
-    _write_jsonl(out / "sounds.jsonl", rows)
+    write_jsonl(out / "sounds.jsonl", rows)
     for fold in ("train", "test", "heldout"):
-        _write_jsonl(out / f"{fold}.jsonl", [r for r in rows if r["fold"] == fold])
+        write_jsonl(out / f"{fold}.jsonl", [r for r in rows if r["fold"] == fold])
         gallery = {r["sound"]: {"text": r["text"], "sound": r["sound"], "category": r["category"]}
                    for r in rows if r["fold"] == fold}
-        _write_jsonl(out / f"captions-{fold}.jsonl", list(gallery.values()))
+        write_jsonl(out / f"captions-{fold}.jsonl", list(gallery.values()))
     with atomic_path(out / "categories-heldout.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import ctypes
 import hashlib
-import json
 import logging
 import os
 import re
@@ -44,7 +43,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from ..io import atomic_path, iter_jsonl, write_json
+from ..io import atomic_path, iter_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -273,12 +272,6 @@ def _readable(path: Path) -> int:
         return 0
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def synthesize_corpus(utterances: Sequence[Utterance], output: str | os.PathLike, *,
                       voices: Sequence[str] | None = None, heldout_voices: Sequence[str] | None = None,
                       engine: str = "espeak", seed: int = 0, progress: bool = True) -> SpeechCorpus:
@@ -332,12 +325,12 @@ def synthesize_corpus(utterances: Sequence[Utterance], output: str | os.PathLike
 
 def _write_outputs(corpus: SpeechCorpus, utterances: Sequence[Utterance]) -> None:
     out, rows = corpus.path, corpus.rows
-    _write_jsonl(out / "speech.jsonl", rows)
+    write_jsonl(out / "speech.jsonl", rows)
     for fold in ("train", "test"):
         part = [r for r in rows if r["fold"] == fold]
-        _write_jsonl(out / f"{fold}.jsonl", part)
+        write_jsonl(out / f"{fold}.jsonl", part)
         texts = {r["text_id"]: {"text": r["text"], "text_id": r["text_id"], "label": r["label"]} for r in part}
-        _write_jsonl(out / f"texts-{fold}.jsonl", list(texts.values()))
+        write_jsonl(out / f"texts-{fold}.jsonl", list(texts.values()))
     labelled = [r for r in rows if r["label"] is not None]
     if labelled:
         with atomic_path(out / "labels.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
