@@ -1,0 +1,264 @@
+"""Fashion-MNIST photos bound to the MiniLM space (EfficientNet-Lite0 -> MLP head), with an unseen-class split.
+
+The recipe is configs/image_text_contrastive.yaml at a small size: frozen EfficientNet-Lite0 (real ImageNet weights)
+pooled 1280-d features, cached once by `anyalign extract`, an MLP head trained with InfoNCE against class captions
+(the recipe's templates x each class phrase and its synonyms).
+
+Split (`build_image_split`): a class-balanced random subset (`datasets.fashion_mnist.subset`) of the *train* fold
+holding only the seen classes (every class but `UNSEEN`, Sandal and Shirt), for training; a class-balanced subset
+of the *test* fold holding all ten classes, for every number. The unseen classes never reach training in any form:
+not their photos (absent from the training jsonl and its features), not their names or synonyms (the training
+recipe names only the seen classes' phrases), not as negatives.
+
+Evaluation (`evaluate_image_adapter`), all on the held-out test photos: zero-shot top-1 among all ten classes
+(chance 0.10), the generalised zero-shot numbers (`zeroshot.protocols.unseen_protocol`: seen / unseen mean
+per-class accuracy among all ten classes and their harmonic mean), other phrasings of the class names
+(`phrasing_protocol`, the sets of configs/data/fashion_mnist_phrasings.yaml), text -> image precision@k per class
+query (chance: the class's share of the gallery), free-text queries with their top hits and image -> text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..datasets.fashion_mnist import CLASSES
+
+UNSEEN = ("Sandal", "Shirt")  #: never trained on in any form (configs/image_text_contrastive.yaml)
+#: the class phrase of each class (the recipe's `label_text`): what the zero-shot class prompts say
+LABEL_TEXT = {"T-shirt/top": "t-shirt", "Trouser": "pair of trousers", "Pullover": "pullover sweater",
+              "Dress": "dress", "Coat": "coat", "Sandal": "sandal", "Shirt": "shirt", "Sneaker": "sneaker",
+              "Bag": "bag", "Ankle boot": "ankle boot"}
+TEMPLATES = ["a photo of a {label}.", "a picture of a {label}.", "an image of the {label}.",
+             "a close-up photo of a {label}."]
+#: more phrases per class for training captions (the recipe's `captions.synonyms`; only seen classes' are used)
+SYNONYMS = {"T-shirt/top": ["tee", "short-sleeved top"], "Trouser": ["pair of pants", "slacks"],
+            "Pullover": ["jumper", "knitted sweater"], "Dress": ["gown", "frock"], "Coat": ["jacket", "overcoat"],
+            "Sandal": ["flip-flop", "open-toed shoe"], "Shirt": ["button-up shirt", "blouse"],
+            "Sneaker": ["trainer", "running shoe"], "Bag": ["handbag", "purse"],
+            "Ankle boot": ["short boot", "bootie"]}
+#: other phrasings of every class, none of them a training caption (configs/data/fashion_mnist_phrasings.yaml)
+PHRASINGS = {
+    "everyday": {"T-shirt/top": "tee shirt", "Trouser": "pair of jeans", "Pullover": "woolly sweater",
+                 "Dress": "summer dress", "Coat": "winter coat", "Sandal": "strappy summer sandal",
+                 "Shirt": "collared shirt", "Sneaker": "athletic shoe", "Bag": "tote bag",
+                 "Ankle boot": "leather boot"},
+    "descriptive": {"T-shirt/top": "casual cotton top", "Trouser": "long pants", "Pullover": "warm knitwear",
+                    "Dress": "one-piece frock for women", "Coat": "outerwear for cold weather",
+                    "Sandal": "open summer shoe with straps", "Shirt": "shirt with buttons and a collar",
+                    "Sneaker": "sports shoe with laces", "Bag": "shoulder bag",
+                    "Ankle boot": "boot that covers the ankle"},
+}
+#: free-text queries of the retrieval gallery: (query, the class a right hit belongs to)
+QUERIES = [("a sandal", "Sandal"), ("a pair of running shoes", "Sneaker"), ("a pair of jeans", "Trouser"),
+           ("a shirt with buttons and a collar", "Shirt")]
+HITS = 4  #: photos shown per free-text query (one row of the report)
+#: classes whose first test photo the image -> text gallery shows
+SHOWN = ("Sandal", "Shirt", "Sneaker", "Trouser", "Bag")
+
+
+@dataclass
+class ImageSplit:
+    """What `build_image_split` chose: the two jsonl files and the classes on each side."""
+
+    train: Path
+    test: Path
+    seen: list[str]
+    unseen: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"training: {s['train_per_class']} random photos of each of the {len(self.seen)} seen classes from "
+                f"Fashion-MNIST's train fold ({s['train_per_class'] * len(self.seen)}); evaluation: "
+                f"{s['test_per_class']} random photos of each of the {len(CLASSES)} classes from its test fold "
+                f"({s['test_per_class'] * len(CLASSES)}), none of them trained on; {', '.join(self.unseen)} never "
+                f"trained on in any form (photos, names, synonyms); seed {s['seed']}")
+
+
+def build_image_split(root: str | os.PathLike | None = None, *, train_per_class: int, test_per_class: int,
+                      unseen: Sequence[str] = UNSEEN, seed: int = 0) -> ImageSplit:
+    """Class-balanced subsets of Fashion-MNIST (fetched into the asset cache `root` on first use): the train fold's
+    seen classes for training, the test fold's ten classes for evaluation."""
+    from ..assets import assets_root
+    from ..datasets.fashion_mnist import ensure_fashion_mnist, subset
+
+    bad = [c for c in unseen if c not in CLASSES]
+    if bad or not unseen or len(unseen) >= len(CLASSES):
+        raise ValueError(f"unseen: expected some (not all) of {CLASSES}, got {list(unseen)}")
+    fm = ensure_fashion_mnist(assets_root(root) / "image" / "fashion-mnist")
+    seen = [c for c in CLASSES if c not in unseen]
+    train = subset(fm, "train", train_per_class, seed=seed, classes=seen)
+    test = subset(fm, "test", test_per_class, seed=seed)
+    return ImageSplit(train, test, seen, list(unseen), {"train_per_class": train_per_class,
+                                                        "test_per_class": test_per_class, "seed": seed})
+
+
+def _encoder_spec(root: str | os.PathLike | None) -> Any:
+    from ..assets import asset_path
+    from ..encoders.spec import EncoderSpec
+
+    return EncoderSpec.from_dict({"name": "timm-image", "pretrained": str(asset_path("efficientnet-lite0", root))})
+
+
+def extract_image_features(split: ImageSplit, features: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                           batch_size: int = 32) -> dict[str, Path]:
+    """Cache EfficientNet-Lite0 features of both jsonl files under `features/<subset name>` (what `anyalign extract`
+    writes; a finished folder is resumed, i.e. skipped); returns `{"train": folder, "test": folder}`."""
+    from ..encoders.extract import extract
+
+    spec = _encoder_spec(root)
+    encoder = spec.build()
+    out = {}
+    for fold, jsonl in (("train", split.train), ("test", split.test)):
+        out[fold] = Path(features) / jsonl.stem
+        extract(encoder, jsonl, out[fold], batch_size=batch_size, spec=spec, progress=False)
+    return out
+
+
+RECIPE = """\
+name: image_text_contrastive_quickstart
+seed: {seed}
+output_dir: {output}
+adapters:
+  image:
+    encoder: {encoder}
+    feature: pooled
+    embed_projector: {{name: mlp, hidden_dim: 512, dropout: 0.1}}
+anchors:
+  text:
+    encoder: {{name: text, pretrained: "{minilm}"}}
+    temperature: 0.07
+    positives: label
+data:
+  train:
+    - {{kind: features, path: "{train}", classes: {seen}, label_text: {label_text}, caption_templates: {templates},
+       captions: {{synonyms: {synonyms}}}}}
+train: {{batch_size: {batch}, max_steps: {steps}, lr: 1.0e-3, weight_decay: 0.05, warmup_steps: {warmup},
+        schedule: cosine, clip_grad: 1.0, save_every: {steps}, log_every: 20, tensorboard: false}}
+"""
+
+
+def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *, seen: Sequence[str], steps: int = 300,
+                        seed: int = 0, root: str | os.PathLike | None = None) -> Path:
+    """Train the EfficientNet-Lite0 -> MiniLM head from cached `features["train"]` on the `seen` classes only (the
+    recipe names only their phrases and synonyms and has no eval source) into `output`; returns the adapter folder."""
+    import json
+
+    from ..assets import asset_path
+    from ..features import read_manifest
+    from .config import load_recipe
+    from .trainer import train
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    seen = list(seen)
+    recipe = out.parent / f"{out.name}.yaml"
+    recipe.write_text(RECIPE.format(
+        seed=seed, output=out.as_posix(), encoder=json.dumps(_encoder_spec(root).to_dict()),
+        minilm=asset_path("minilm", root).as_posix(), train=Path(features["train"]).resolve().as_posix(),
+        seen=json.dumps(seen), label_text=json.dumps({c: LABEL_TEXT[c] for c in seen}),
+        synonyms=json.dumps({c: SYNONYMS[c] for c in seen}), templates=json.dumps(TEMPLATES),
+        steps=steps, warmup=max(2, steps // 15),
+        batch=min(64, int(read_manifest(features["train"])["count"]))))
+    return Path(train(load_recipe(recipe), output_dir=out).adapters["image"])
+
+
+def _thumbnail(src: str | os.PathLike, out: Path, scale: int = 4) -> Path:
+    """An upscaled copy (nearest neighbour) of a 28x28 photo, so the report shows pixels rather than a blur."""
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.is_file():
+        img = Image.open(src)
+        img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(out)
+    return out
+
+
+def evaluate_image_adapter(adapter: str | os.PathLike, test_features: str | os.PathLike, *, seen: Sequence[str],
+                           root: str | os.PathLike | None = None, k: int = 10,
+                           thumbnails: str | os.PathLike | None = None,
+                           queries: Sequence[tuple[str, str]] = QUERIES, hits: int = HITS) -> dict[str, Any]:
+    """Every number of the module docstring, with chance levels, from a trained adapter and the cached test features;
+    with `thumbnails` (a folder) also the query gallery and image -> text for one photo of a few classes."""
+    import torch
+
+    from ..assets import asset_path
+    from ..embedder import Embedder
+    from ..features import collate_features, load_features
+    from ..zeroshot.protocols import phrase_class_embeddings, phrasing_protocol, top1, unseen_protocol
+
+    text = Embedder.from_encoder({"name": "text", "pretrained": str(asset_path("minilm", root))})
+    image = Embedder.from_adapter(adapter, load_encoder=False)  # embeds the EfficientNet-Lite0 features cached
+    recs = load_features(test_features)
+    emb = torch.from_numpy(image.embed_features(collate_features(recs)))  # [N, E], L2-normalised
+    y = np.array([CLASSES.index(r.meta["label"]) for r in recs])
+
+    def embed_text(texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(text.embed(texts))
+
+    templates = [t.replace("{label}", "{}") for t in TEMPLATES]
+    cls = phrase_class_embeddings(embed_text, templates, {c: [LABEL_TEXT[c]] for c in CLASSES}, CLASSES)  # [C, E]
+    scores = emb @ cls.t()  # [N, C]
+    closed = top1(scores, y)
+    seen_ids = [CLASSES.index(c) for c in seen]
+    on_seen = np.isin(y, seen_ids)
+    seen_only = top1(scores[torch.from_numpy(on_seen)][:, seen_ids], np.searchsorted(seen_ids, y[on_seen]))
+    gzsl = unseen_protocol(scores, y, CLASSES, list(seen))
+    phrasings = phrasing_protocol(emb, y, CLASSES, embed_text, templates,
+                                  {n: {c: [p] for c, p in s.items()} for n, s in PHRASINGS.items()}, closed)
+    # text -> image: each class prompt ranks every test photo; precision@k against the class's share of the gallery
+    order = torch.argsort(cls @ emb.t(), dim=1, descending=True).numpy()  # [C, N]
+    per_class = {}
+    for i, c in enumerate(CLASSES):
+        right = y[order[i, :k]] == i
+        per_class[c] = {"P@k": float(right.mean()), "R@1": float(right[0]), "seen": c in seen,
+                        "chance_P@k": float(np.mean(y == i))}
+    p_at_k = {group: float(np.mean([v["P@k"] for v in per_class.values() if v["seen"] == flag]))
+              for group, flag in (("seen", True), ("unseen", False))}
+    result: dict[str, Any] = {
+        "n_test": len(recs), "classes": list(CLASSES), "seen": list(seen), "unseen": gzsl["unseen_classes"],
+        "zeroshot_top1": closed, "chance": 1.0 / len(CLASSES),
+        "zeroshot_top1_seen_photos_among_seen": seen_only, "chance_seen_among_seen": 1.0 / len(seen),
+        "unseen_protocol": gzsl, "phrasings": phrasings,
+        "text_to_image": {"k": k, "per_class": per_class, "mean_P@k": float(np.mean([v["P@k"] for v in
+                                                                                     per_class.values()])),
+                          "mean_P@k_seen": p_at_k["seen"], "mean_P@k_unseen": p_at_k["unseen"],
+                          "chance_P@k": float(np.mean([v["chance_P@k"] for v in per_class.values()]))}}
+    if thumbnails is None:
+        return result
+    thumbs = Path(thumbnails)
+
+    def card(j: int) -> dict[str, Any]:
+        src = recs[j].meta["source"]
+        return {"image": str(_thumbnail(src, thumbs / f"{Path(src).stem}.png")), "label": CLASSES[y[j]],
+                "key": recs[j].key}
+
+    gallery = []
+    q_emb = embed_text([q for q, _ in queries])  # [Q, E]
+    for (q, want), qe in zip(queries, q_emb):
+        s = emb @ qe
+        top = torch.argsort(s, descending=True)[:hits].tolist()
+        gallery.append({"query": q, "expected": want, "expected_seen": want in seen,
+                        "precision": float(np.mean([CLASSES[y[j]] == want for j in top])),
+                        "chance": float(np.mean(y == CLASSES.index(want))),
+                        "hits": [{**card(j), "score": float(s[j]), "correct": CLASSES[y[j]] == want} for j in top]})
+    to_text = []  # against the zero-shot class embeddings (each class's templates averaged), as top-1 above
+    for c in SHOWN:
+        j = int(np.flatnonzero(y == CLASSES.index(c))[0])  # the first test photo of the class
+        s = scores[j]
+        top = torch.argsort(s, descending=True)[:3].tolist()
+        to_text.append({**card(j), "seen": c in seen, "rank": int((s > s[CLASSES.index(c)]).sum()) + 1,
+                        "hits": [{"caption": LABEL_TEXT[CLASSES[i]], "class": CLASSES[i], "score": float(s[i]),
+                                  "correct": i == CLASSES.index(c)} for i in top]})
+    result["gallery"], result["image_to_text"] = gallery, to_text
+    return result
+
+
+__all__ = ["HITS", "LABEL_TEXT", "PHRASINGS", "QUERIES", "SHOWN", "SYNONYMS", "TEMPLATES", "UNSEEN", "ImageSplit",
+           "build_image_split", "evaluate_image_adapter", "extract_image_features", "train_image_adapter"]
