@@ -15,7 +15,14 @@ import yaml
 from anyalign.align import load_recipe
 from anyalign.align.trainer import Trainer
 from anyalign.cli.main import main
-from anyalign.zeroshot.protocols import phrasing_protocol, read_phrasings, unseen_protocol
+from anyalign.zeroshot.protocols import (
+    phrasing_protocol,
+    read_phrasings,
+    recorded_seen_classes,
+    seen_unseen_curve,
+    tune_calibration,
+    unseen_protocol,
+)
 
 CLASSES = ["jumping", "running", "standing", "walking"]
 SEEN = ["jumping", "running", "standing"]
@@ -37,6 +44,55 @@ def test_unseen_protocol_is_generalised_zero_shot() -> None:
         unseen_protocol(scores, y, classes, seen=["z"])
     with pytest.raises(ValueError, match="every evaluation class"):
         unseen_protocol(scores, y, classes, seen=classes)
+
+
+def _brute_force_curve(scores: torch.Tensor, y: list[int], classes: list[str], seen: list[str],
+                       gammas: np.ndarray) -> list[tuple[float, float]]:
+    """The seen / unseen accuracies by re-running the protocol at each gamma (what the sweep must reproduce)."""
+    out = []
+    for g in gammas:
+        r = unseen_protocol(scores, y, classes, seen, calibration=float(g))
+        out.append((r["seen_accuracy"], r["unseen_accuracy"]))
+    return out
+
+
+def test_seen_unseen_curve_matches_calibrated_protocol() -> None:
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c", "d", "e"]
+    seen = ["a", "b", "c"]
+    y = rng.integers(0, 5, size=80).tolist()
+    scores = torch.from_numpy(rng.normal(size=(80, 5)).astype(np.float32))
+    scores[torch.arange(80), torch.tensor(y)] += 2.0  # informative scores
+    scores[:, :3] += 3.0  # the usual bias: seen classes score higher
+    curve = seen_unseen_curve(scores, y, classes, seen)
+    g = curve["gamma"]
+    assert np.isneginf(g[0]) and np.all(np.diff(g[1:]) > 0)
+    assert curve["unseen"][0] == 0.0 and curve["seen"][-1] == 0.0  # the two ends: everything seen / unseen
+    probes = np.concatenate([[g[1] - 1.0], (g[1:-1] + g[2:]) / 2, [g[-1] + 1.0]])  # between the breakpoints
+    want = _brute_force_curve(scores, y, classes, seen, probes)
+    got = list(zip(curve["seen"], curve["unseen"]))
+    assert np.allclose(got, want)
+    assert 0.0 < curve["ausuc"] <= 1.0
+    r0 = unseen_protocol(scores, y, classes, seen)
+    assert r0["unseen_accuracy"] < 0.3  # biased to seen at gamma 0
+    gamma = tune_calibration(scores, y, classes, seen)
+    r = unseen_protocol(scores, y, classes, seen, calibration=gamma)
+    assert r["calibration"] == gamma and r["harmonic_mean"] > r0["harmonic_mean"] + 0.1
+    assert r["harmonic_mean"] == pytest.approx(r["oracle"]["harmonic_mean"])  # tuned on the same data: the bound
+    assert r["ausuc"] == pytest.approx(curve["ausuc"]) and len(r["curve"]["seen"]) == len(g)
+
+
+def test_seen_classes_unknown_when_some_sources_are_unrestricted(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    run = tmp_path / "run"
+    (run / "adapters" / "imu").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"data": {"train": [{"kind": "uea", "classes": ["a", "b"]},
+                                                                        {"kind": "jsonl"}]}}))
+    with caplog.at_level("WARNING"):
+        assert recorded_seen_classes(run / "adapters" / "imu") is None
+    assert "--seen-classes" in caplog.text
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"data": {"train": [{"kind": "uea", "classes": ["b", "a"]}]}}))
+    assert recorded_seen_classes(run / "adapters" / "imu") == ["a", "b"]
 
 
 def test_phrasing_file_and_ratio(tmp_path: Path) -> None:
@@ -123,5 +179,6 @@ def test_unseen_classes_never_reach_the_trainer_and_the_report(tmp_path: Path, m
     assert 0.0 <= other["top1"] <= 1.0 and other["ratio"] == pytest.approx(other["top1"] / p["closed_set_top1"])
     u = p["unseen"]  # seen classes read from the run's recipe.yaml
     assert u["seen_classes"] == SEEN and u["unseen_classes"] == ["walking"]
-    assert {"seen_accuracy", "unseen_accuracy", "harmonic_mean", "unseen_only_top1", "chance_all"} <= set(u)
+    assert {"seen_accuracy", "unseen_accuracy", "harmonic_mean", "unseen_only_top1", "chance_all", "ausuc",
+            "oracle", "curve", "calibration"} <= set(u)
     assert (out / "protocols.png").stat().st_size > 1000

@@ -171,6 +171,9 @@ def eval_zeroshot_cmd(
                                      "{set: {class: phrase or [phrases]}}): accuracy per set, ratio to closed set."),
     seen_classes: str = typer.Option(None, "--seen-classes", help="Comma-separated classes seen in training: report "
                                      "seen / unseen / harmonic mean (default for --adapter: its recipe's classes)."),
+    calibration: float = typer.Option(0.0, "--calibration", help="Unseen-class protocol: subtract this from the "
+                                      "seen classes' cosine scores (calibrated stacking); tune it on validation "
+                                      "data, never on the test split."),
 ) -> None:
     """Zero-shot accuracy, top-5 and per-class accuracy on a labelled dataset; writes a json report and a
     confusion-matrix PNG (plus protocols.png with --labels-file or unseen classes)."""
@@ -196,7 +199,8 @@ def eval_zeroshot_cmd(
     clf = CachedEmbeddings(clf) if labels_file or seen else clf  # protocols reuse the report's embeddings
     report = evaluate_zeroshot(clf, ds, eval_folds=fold or None, probe=probe, top_k=top_k)
     paths = write_report(report, output)
-    lines = write_protocols(clf, ds, report, output, labels_file=labels_file, seen=seen, eval_folds=fold or None) \
+    lines = write_protocols(clf, ds, report, output, labels_file=labels_file, seen=seen, eval_folds=fold or None,
+                            calibration=calibration) \
         if labels_file or seen else []
     m = report["metrics"]
     if as_json:

@@ -6,12 +6,17 @@
 - Unseen classes (generalised zero-shot learning, Xian et al. 2018): the adapter was trained on `seen` classes
   only (`data.train[*].classes` in its recipe); items of all classes are classified among all classes and the
   report gives mean per-class accuracy on seen and on unseen items and their harmonic mean H, plus the
-  conventional zero-shot accuracy of unseen items among the unseen classes alone.
+  conventional zero-shot accuracy of unseen items among the unseen classes alone. Adapters trained on seen classes
+  score them higher than any unseen class (the GZSL bias), so the report also gives the seen-unseen accuracy curve
+  and its area (AUSUC, Chao et al. 2016: calibrated stacking, seen scores lowered by gamma, swept over every gamma)
+  and, with `calibration`, the metrics at one gamma; `tune_calibration` picks gamma on validation data (never on
+  the test split: the curve's best point on the evaluated data is reported only as an oracle bound).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from ..io import save_figure
 
 PROTOCOLS_PNG = "protocols.png"
+logger = logging.getLogger(__name__)
 
 
 def read_phrasings(path: str | os.PathLike, classes: Sequence[str]) -> dict[str, dict[str, list[str]]]:
@@ -105,9 +111,7 @@ def _mean_per_class(pred: np.ndarray, y: np.ndarray, ids: Sequence[int]) -> floa
     return float(np.mean(accs)) if accs else None
 
 
-def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
-                    seen: Sequence[str]) -> dict[str, Any]:
-    """Generalised zero-shot metrics of `[N, C]` scores over all classes, given the classes seen in training."""
+def _class_groups(classes: Sequence[str], seen: Sequence[str]) -> tuple[list[int], list[int]]:
     unknown = [c for c in seen if c not in classes]
     if unknown:
         raise ValueError(f"seen classes {unknown} are not classes of the evaluation data ({', '.join(classes)})")
@@ -115,7 +119,68 @@ def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Seque
     unseen_ids = [i for i, c in enumerate(classes) if c not in set(seen)]
     if not unseen_ids:
         raise ValueError("unseen-class protocol: every evaluation class was seen in training")
+    if not seen_ids:
+        raise ValueError("unseen-class protocol: no evaluation class was seen in training")
+    return seen_ids, unseen_ids
+
+
+def seen_unseen_curve(scores: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
+                      seen: Sequence[str]) -> dict[str, np.ndarray | float]:
+    """Mean per-class seen and unseen accuracy for every calibration gamma (seen scores minus gamma).
+
+    An item goes to the unseen group exactly when (best seen score - best unseen score) <= gamma, and within its group
+    the prediction does not depend on gamma, so the curve only changes at those margins: `gamma[k]` is the k-th
+    distinct margin (plus -inf: no calibration can favour seen more), `seen[k]` / `unseen[k]` the accuracies there."""
+    seen_ids, unseen_ids = _class_groups(classes, seen)
     s = scores.float().cpu()
+    y = np.asarray(targets)
+    best_s, arg_s = s[:, seen_ids].max(1)
+    best_u, arg_u = s[:, unseen_ids].max(1)
+    margin = (best_s - best_u).numpy().astype(np.float64)
+    is_seen, is_unseen = np.isin(y, seen_ids), np.isin(y, unseen_ids)
+    counts = np.bincount(y, minlength=len(classes)).astype(np.float64)
+    n_s = sum(1 for i in seen_ids if counts[i]) or 1
+    n_u = sum(1 for i in unseen_ids if counts[i]) or 1
+    w = np.where(is_seen, 1.0 / (n_s * np.maximum(counts[y], 1)), 1.0 / (n_u * np.maximum(counts[y], 1)))
+    hit_s = is_seen & (np.asarray(seen_ids)[arg_s.numpy()] == y)  # right if sent to the seen group
+    hit_u = is_unseen & (np.asarray(unseen_ids)[arg_u.numpy()] == y)  # right if sent to the unseen group
+    gammas = np.unique(margin)
+    order = np.argsort(margin, kind="stable")
+    cum_u = np.cumsum((w * hit_u)[order])
+    cum_s = np.cumsum((w * hit_s)[order])
+    upto = np.searchsorted(margin[order], gammas, side="right")  # items with margin <= gamma go unseen
+    seen_acc = np.concatenate([[cum_s[-1]], cum_s[-1] - cum_s[upto - 1]])
+    unseen_acc = np.concatenate([[0.0], cum_u[upto - 1]])
+    gammas = np.concatenate([[-np.inf], gammas])
+    x, yy = seen_acc[::-1], unseen_acc[::-1]  # seen accuracy ascending
+    area = float(np.sum((x[1:] - x[:-1]) * (yy[1:] + yy[:-1]) / 2))
+    return {"gamma": gammas, "seen": seen_acc, "unseen": unseen_acc, "ausuc": area}
+
+
+def _harmonic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(a + b > 0, 2 * a * b / np.maximum(a + b, 1e-12), 0.0)
+
+
+def tune_calibration(scores: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
+                     seen: Sequence[str]) -> float:
+    """The calibration gamma that maximises the seen / unseen harmonic mean on these (validation) scores; the value
+    returned lies midway between the best margin and the next, so it does not sit on an item's decision boundary."""
+    curve = seen_unseen_curve(scores, targets, classes, seen)
+    g, h = curve["gamma"], _harmonic(curve["seen"], curve["unseen"])
+    k = int(np.argmax(h))
+    finite = g[1:]
+    if k == 0:
+        return float(finite[0] - 1e-3) if len(finite) else 0.0
+    return float((g[k] + g[k + 1]) / 2) if k + 1 < len(g) else float(g[k] + 1e-3)
+
+
+def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
+                    seen: Sequence[str], *, calibration: float = 0.0) -> dict[str, Any]:
+    """Generalised zero-shot metrics of `[N, C]` scores over all classes, given the classes seen in training;
+    `calibration` (gamma, in score units) is subtracted from the seen classes' scores first (calibrated stacking)."""
+    seen_ids, unseen_ids = _class_groups(classes, seen)
+    s = scores.float().cpu().clone()
+    s[:, seen_ids] -= float(calibration)
     y = np.asarray(targets)
     pred = s.argmax(1).numpy()
     acc_s, acc_u = _mean_per_class(pred, y, seen_ids), _mean_per_class(pred, y, unseen_ids)
@@ -123,11 +188,21 @@ def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Seque
     on_unseen = np.isin(y, unseen_ids)
     sub = s[torch.from_numpy(on_unseen)][:, unseen_ids]  # unseen items among unseen classes only
     zsl = float((np.asarray(unseen_ids)[sub.argmax(1).numpy()] == y[on_unseen]).mean()) if on_unseen.any() else None
+    curve = seen_unseen_curve(scores, targets, classes, seen)
+    hs = _harmonic(curve["seen"], curve["unseen"])
+    best = int(np.argmax(hs))
+    keep = np.unique(np.linspace(0, len(curve["gamma"]) - 1, min(len(curve["gamma"]), 200)).round().astype(int))
     return {"seen_classes": [classes[i] for i in seen_ids], "unseen_classes": [classes[i] for i in unseen_ids],
-            "seen_accuracy": acc_s, "unseen_accuracy": acc_u, "harmonic_mean": h,
+            "seen_accuracy": acc_s, "unseen_accuracy": acc_u, "harmonic_mean": h, "calibration": float(calibration),
             "unseen_items_predicted_unseen": float(np.isin(pred[on_unseen], unseen_ids).mean())
             if on_unseen.any() else None,
-            "unseen_only_top1": zsl, "chance_all": 1.0 / len(classes), "chance_unseen_only": 1.0 / len(unseen_ids)}
+            "unseen_only_top1": zsl, "chance_all": 1.0 / len(classes), "chance_unseen_only": 1.0 / len(unseen_ids),
+            "ausuc": curve["ausuc"],
+            "oracle": {"note": "best calibration on this very data: an upper bound, not a result",
+                       "calibration": float(curve["gamma"][best]) if best else None,
+                       "seen_accuracy": float(curve["seen"][best]), "unseen_accuracy": float(curve["unseen"][best]),
+                       "harmonic_mean": float(hs[best])},
+            "curve": {k: curve[k][keep].round(4).tolist() for k in ("seen", "unseen")}}
 
 
 def plot_protocols(protocols: dict[str, Any], path: str | os.PathLike, *, title: str = "zero-shot protocols") -> Path:
@@ -138,8 +213,19 @@ def plot_protocols(protocols: dict[str, Any], path: str | os.PathLike, *, title:
     import matplotlib.pyplot as plt
 
     panels = [k for k in ("phrasings", "unseen") if protocols.get(k)]
+    if protocols.get("unseen", {}).get("curve"):
+        panels.append("curve")
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], panels):
+        if key == "curve":
+            u = protocols["unseen"]
+            ax.plot(u["curve"]["seen"], u["curve"]["unseen"], color="tab:blue", label=f"AUSUC {u['ausuc']:.3f}")
+            ax.scatter([u["seen_accuracy"] or 0], [u["unseen_accuracy"] or 0], color="tab:red", zorder=3,
+                       label=f"gamma {u['calibration']:.3f}: H {u['harmonic_mean']:.2f}")
+            ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="seen accuracy", ylabel="unseen accuracy",
+                   title="seen-unseen curve (calibrated stacking)")
+            ax.legend(fontsize=7, loc="upper right")
+            continue
         p = protocols[key]
         if key == "phrasings":
             names = ["closed set"] + list(p["sets"])
@@ -177,6 +263,9 @@ def recorded_seen_classes(adapter_dir: str | os.PathLike) -> list[str] | None:
             lists = [s.get("classes") for s in sources if isinstance(s, dict)]
             if lists and all(isinstance(c, list) for c in lists):
                 return sorted({c for cs in lists for c in cs})
+            if any(isinstance(c, list) for c in lists):
+                logger.warning("%s: only some training sources restrict 'classes', so the classes this adapter saw "
+                               "are unknown; pass --seen-classes for the unseen-class protocol", recipe)
             return None
     return None
 
@@ -200,8 +289,9 @@ class CachedEmbeddings:
 
 def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
                        labels_file: str | os.PathLike | None = None, seen: Sequence[str] | None = None,
-                       eval_folds: Sequence[str] | None = None) -> dict[str, Any]:
-    """Add `report["protocols"]` (phrasings and/or unseen classes) for a `ZeroShotClassifier` on a labelled dataset."""
+                       eval_folds: Sequence[str] | None = None, calibration: float = 0.0) -> dict[str, Any]:
+    """Add `report["protocols"]` (phrasings and/or unseen classes, the latter at `calibration`) for a
+    `ZeroShotClassifier` on a labelled dataset."""
     folds = [str(f) for f in eval_folds] if eval_folds else None
     items = [it for it in dataset.items if folds is None or it.fold in folds]
     res = classifier.embed([str(it.path) for it in items])
@@ -218,7 +308,8 @@ def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
                                              phrasings, closed)
         out["phrasings"]["file"] = str(labels_file)
     if seen:
-        out["unseen"] = unseen_protocol(classifier.scores(emb), targets, dataset.classes, seen)
+        out["unseen"] = unseen_protocol(classifier.scores(emb), targets, dataset.classes, seen,
+                                        calibration=calibration)
     report["protocols"] = out
     return out
 
@@ -232,13 +323,14 @@ def resolve_seen(seen_classes: str | None, adapter: str | os.PathLike | None) ->
 
 def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_dir: str | os.PathLike, *,
                     labels_file: str | os.PathLike | None = None, seen: Sequence[str] | None = None,
-                    eval_folds: Sequence[str] | None = None) -> list[str]:
+                    eval_folds: Sequence[str] | None = None, calibration: float = 0.0) -> list[str]:
     """Run the protocols, add them to the report, rewrite `zeroshot_report.json` and write `protocols.png`;
     returns the summary lines the CLI prints."""
     from ..io import write_json
     from .evaluate import REPORT_JSON
 
-    p = evaluate_protocols(classifier, dataset, report, labels_file=labels_file, seen=seen, eval_folds=eval_folds)
+    p = evaluate_protocols(classifier, dataset, report, labels_file=labels_file, seen=seen, eval_folds=eval_folds,
+                           calibration=calibration)
     out = Path(out_dir)
     png = plot_protocols(p, out / PROTOCOLS_PNG, title=f"zero-shot protocols ({len(dataset.classes)} classes)")
     report["protocols"]["png"] = str(png)
@@ -251,12 +343,17 @@ def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_d
     if "unseen" in p:
         u = p["unseen"]
         lines.append(f"  unseen classes {', '.join(u['unseen_classes'])}: seen {u['seen_accuracy']:.4f}  unseen "
-                     f"{u['unseen_accuracy']:.4f}  H {u['harmonic_mean']:.4f}  (chance {u['chance_all']:.4f}); "
+                     f"{u['unseen_accuracy']:.4f}  H {u['harmonic_mean']:.4f}  (chance {u['chance_all']:.4f}"
+                     + (f", calibration {u['calibration']:g}" if u["calibration"] else "") + "); "
                      f"among unseen only {u['unseen_only_top1']:.4f} (chance {u['chance_unseen_only']:.4f})")
+        o = u["oracle"]
+        lines.append(f"  seen-unseen curve: AUSUC {u['ausuc']:.4f}; its best H {o['harmonic_mean']:.4f} (seen "
+                     f"{o['seen_accuracy']:.4f}, unseen {o['unseen_accuracy']:.4f}) is tuned on this data: a bound, "
+                     "not a result; tune --calibration on validation data (protocols.tune_calibration)")
     lines.append(f"protocols: {png}")
     return lines
 
 
 __all__ = ["CachedEmbeddings", "PROTOCOLS_PNG", "evaluate_protocols", "phrase_class_embeddings", "phrasing_protocol",
-           "plot_protocols", "read_phrasings", "recorded_seen_classes", "resolve_seen", "unseen_protocol",
-           "write_protocols"]
+           "plot_protocols", "read_phrasings", "recorded_seen_classes", "resolve_seen", "seen_unseen_curve",
+           "tune_calibration", "unseen_protocol", "write_protocols"]
