@@ -7,10 +7,14 @@ embedders come from the `embedders=` argument or from the specs the index record
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import math
 import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,9 @@ import faiss
 import numpy as np
 
 from ..embedder import Embedder, as_embedder, find_record
+from .autoindex import parse_memory
 from .index import check_k, invalid_rows
-from .metadata import row_dict
+from .metadata import DEFAULT_MEMORY_BUDGET, row_dict
 from .shards import open_parts, search_parts
 
 
@@ -31,7 +36,7 @@ class SearchResult:
 
     __slots__ = ("id", "score", "_metadata", "_row")
 
-    def __init__(self, id: int, score: float, metadata: dict[str, Any] | None = None, *,
+    def __init__(self, id: int, score: float, metadata: dict[str, Any] | None = None,
                  row: tuple | None = None) -> None:
         self.id, self.score, self._metadata, self._row = id, score, metadata, row
 
@@ -57,11 +62,17 @@ class Retriever:
     """Search one index folder (single, on-disk merged, or a set of parts)."""
 
     def __init__(self, index_dir: str | os.PathLike, embedders: dict[str, Any] | None = None, *,
-                 device: str | None = None, use_gpu: bool | None = None) -> None:
+                 device: str | None = None, use_gpu: bool | None = None,
+                 metadata_memory: int | str | None = DEFAULT_MEMORY_BUDGET) -> None:
         """`embedders`: modality -> adapter / encoder / adapter folder / spec, on top of the recorded ones;
-        `device`: torch device for query embedders; `use_gpu`: search on GPUs (default: when faiss has them)."""
+        `device`: torch device for query embedders; `use_gpu`: search on GPUs (default: when faiss has them);
+        `metadata_memory`: RAM budget (bytes or '1G') per part for its metadata rows in memory (0: SQLite only)."""
         self.index_dir = Path(index_dir)
         self.config, self.parts = open_parts(self.index_dir, use_gpu=use_gpu)
+        self._ntotal = sum(int(p.index.ntotal) for p in self.parts)  # the parts are opened read-only
+        budget = parse_memory(metadata_memory) or 0
+        for part in self.parts:
+            part.meta.memory_budget = budget
         self.device = device
         self._embedders: dict[str, Embedder] = {}
         self._specs: dict[str, dict[str, Any]] = {m: s for m, s in self.config.embedders.items() if s}
@@ -174,13 +185,14 @@ class Retriever:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"dimension mismatch: query vector has shape {tuple(np.shape(query))}, the index "
                              f"{self.index_dir} expects dim {self.dim}")
-        if not (np.isfinite(x).all() and x.any(axis=1).all()):
+        if not _usable(x):
             nonfinite, zero = invalid_rows(x)
             if nonfinite.any():
                 raise ValueError(f"query vector{'s' if len(x) > 1 else ''} contain NaN or inf "
                                  f"(row {int(np.flatnonzero(nonfinite)[0])})")
-            raise ValueError(f"query vector is all zeros (row {int(np.flatnonzero(zero)[0])}): it has no "
-                             "direction to search by")
+            if zero.any():
+                raise ValueError(f"query vector is all zeros (row {int(np.flatnonzero(zero)[0])}): it has no "
+                                 "direction to search by")
         faiss.normalize_L2(x)
         return x
 
@@ -216,46 +228,54 @@ class Retriever:
     @property
     def ntotal(self) -> int:
         """Vectors held by the index (deleted-but-flagged ones included): the most a search can return."""
-        return sum(int(p.index.ntotal) for p in self.parts)
+        return self._ntotal
 
     def search_vectors(self, vectors: Any, k: int = 10, **params: int) -> list[list[SearchResult]]:
         """Top-`k` results for each row of `[Q, E]` query vectors (`k` beyond the index size returns them all)."""
         k = check_k(k)
         x = self._vectors(vectors)
-        k = max(min(k, self.ntotal), 1)  # faiss would allocate [Q, k] results: a huge k must not exhaust memory
+        k = max(min(k, self._ntotal), 1)  # faiss would allocate [Q, k] results: a huge k must not exhaust memory
         scores, ids = search_parts(self.parts, x, k, params or None)
-        found = ids >= 0  # faiss pads missing hits with -1
-        rows = self._rows(ids[found])  # duplicates (a set searched per part) cost nothing
-        get = rows.get
-        if found.all():
-            return [[SearchResult(i, s, row=get(i)) for i, s in zip(irow, srow)]
-                    for irow, srow in zip(ids.tolist(), scores.tolist())]
-        return self._padded(ids, scores, found, get)
+        flat = ids.ravel()
+        ids_list = flat.tolist()
+        if (min(ids_list) if len(ids_list) <= 64 else flat.min()) < 0:  # faiss pads missing hits with -1
+            return self._padded(ids, scores)
+        hits = zip(ids_list, scores.ravel().tolist(), self._aligned_rows(flat))
+        with _gc_paused():
+            return [[SearchResult(i, s, None, r) for i, s, r in islice(hits, k)] for _ in range(len(ids))]
 
-    @staticmethod
-    def _padded(ids: np.ndarray, scores: np.ndarray, found: np.ndarray, get: Any) -> list[list[SearchResult]]:
-        """Results of rows where faiss found fewer than k hits (its -1 padding dropped)."""
-        return [[SearchResult(i, s, row=get(i)) for i, s in zip(irow[f].tolist(), srow[f].tolist())]
+    def _padded(self, ids: np.ndarray, scores: np.ndarray) -> list[list[SearchResult]]:
+        """Results of a search where faiss found fewer than k hits for some queries (its -1 padding dropped)."""
+        found = ids >= 0
+        rows = iter(self._aligned_rows(ids[found]))
+        return [[SearchResult(i, s, None, next(rows)) for i, s in zip(irow[f].tolist(), srow[f].tolist())]
                 for irow, srow, f in zip(ids, scores, found)]
 
-    def _rows(self, ids: np.ndarray) -> dict[int, tuple]:
-        """id -> stored metadata row (see `metadata.row_dict`) for the given ids: one query per part."""
+    def _aligned_rows(self, ids: np.ndarray) -> list[tuple | None]:
+        """The stored metadata row (see `metadata.row_dict`) of each id `[M]`, in order, from whichever part holds
+        it (None when none does): in-memory lookups for parts whose rows fit their budget, else SQL."""
         if len(self.parts) == 1:
-            return self.parts[0].meta.rows(ids)
-        out: dict[int, tuple] = {}
-        todo = ids
+            return self.parts[0].meta.aligned_rows(ids)
+        out: list[tuple | None] = [None] * len(ids)
+        todo = np.arange(len(ids))
         for part in self.parts:
             if not len(todo):
                 break
-            out.update(part.meta.rows(todo))
-            todo = todo[[i not in out for i in todo.tolist()]]
+            got = part.meta.aligned_rows(ids[todo])
+            for j, r in zip(todo.tolist(), got):
+                out[j] = r
+            todo = todo[[r is None for r in got]]
         return out
 
     def metadata(self, ids: Sequence[int]) -> list[dict[str, Any] | None]:
         """Metadata rows for ids, from whichever part holds them (None for unknown ids)."""
-        ids = [int(i) for i in ids]
-        found = self._rows(np.asarray(ids, dtype=np.int64))
-        return [None if (r := found.get(i)) is None else row_dict(r) for i in ids]
+        rows = self._aligned_rows(np.asarray([int(i) for i in ids], dtype=np.int64))
+        return [None if r is None else row_dict(r) for r in rows]
+
+    def load_metadata(self) -> bool:
+        """Load every part's metadata rows into memory now (when they fit the budget) rather than at the first
+        search; True when all parts are in memory. A server calls it once after opening the index."""
+        return all([p.meta.load() for p in self.parts])
 
     def __len__(self) -> int:
         return sum(p.meta.count() for p in self.parts)
@@ -265,6 +285,29 @@ class Retriever:
                 "factory": self.config.factory, "size": len(self), "parts": len(self.parts),
                 "modality": self.config.modality, "query_modalities": self.modalities,
                 "search_params": [p.config.search_params for p in self.parts]}
+
+
+def _usable(x: np.ndarray) -> bool:
+    """Fast check that every row of `[Q, E]` has a finite, non-zero squared norm (one pass); False sends the caller
+    to the exact row checks, which also pass rows whose square merely overflows or underflows."""
+    nn = np.einsum("ij,ij->i", x, x)  # [Q]; einsum, unlike dot, does not warn when a square overflows
+    if len(nn) == 1:
+        return 0.0 < float(nn[0]) < math.inf
+    return bool(nn.min(initial=math.inf) > 0.0 and nn.max(initial=0.0) < math.inf)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch's result objects are made: all of them stay alive, so the
+    collections their allocations would trigger find nothing (and cost ~40% of building them)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _looks_like_file(text: str) -> bool:
