@@ -41,7 +41,10 @@ def _type_ok(value: Any, tp: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is typing.Literal:
         return value in typing.get_args(tp)
-    if origin in (list, tuple):
+    if origin is list:
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is tuple:
         return isinstance(value, (list, tuple))
     if origin is dict:
         return isinstance(value, dict)
@@ -87,7 +90,9 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
         elif sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, source=f"{source}: {name}", strict=strict)
         elif not _type_ok(value, tp):
-            raise ConfigError(f"{source}: field {name!r} expects {_type_name(tp)}, got {value!r}")
+            hint = ("; YAML reads unquoted yes/no/on/off/true/false as booleans: quote them (e.g. '[\"on\", \"off\"]')"
+                    if _has_bool(value) and "str" in _type_name(tp) else "")
+            raise ConfigError(f"{source}: field {name!r} expects {_type_name(tp)}, got {value!r}{hint}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -95,6 +100,10 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
         raise ConfigError(f"{source}: {e}") from None
     except ValueError as e:  # __post_init__ checks
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
 
 
 def _reader_in(tp: Any) -> tuple[Any, bool]:
@@ -119,7 +128,9 @@ def _dataclass_in(tp: Any) -> type | None:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_args(tp):  # list[str] | None, dict[str, float], ...: the whole annotation
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", None) or str(tp)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -136,6 +136,9 @@ def test_shipped_recipes_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> No
     ("train.betas=[0.9, 1.5]", "'betas' must be two numbers"),
     ("data.train.0.caption_templates=[a person.]", "no {caption} or {label} placeholder"),
     ("data.train.0.holdout=1.5", "'holdout' must be in"),
+    ("data.train.0.classes=[yes,no,on,off]", "field 'classes' expects list[str] | None, got [True, False, True, False]"
+     "; YAML reads unquoted yes/no/on/off/true/false as booleans: quote them"),
+    ("data.train.0.caption_templates=[1, 2]", "field 'caption_templates' expects list[str], got [1, 2]"),
 ])
 def test_settings_that_make_results_wrong_are_refused(env: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
