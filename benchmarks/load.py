@@ -229,6 +229,8 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--sentences", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per level (split the limits)")
+    ap.add_argument("--kinds", default="text,media", help="loads to run: text (POST /api/search), media (GET)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -239,6 +241,7 @@ def main() -> None:
     if not assets or not minilm.is_dir():
         sys.exit("needs the real assets: export ANYALIGN_ASSETS (../shared/fetch-assets)")
     levels = [int(x) for x in args.clients.split(",")]
+    kinds = [k for k in ("text", "media") if k in args.kinds.split(",")]
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
           f"on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="anyalign-load-") as d:
@@ -252,7 +255,7 @@ def main() -> None:
             identical = same_results(servers["one-by-one"].port, servers["batched"].port, QUERIES)
             runs: dict[tuple[str, str, int], list[dict]] = {}
             for rnd in range(args.rounds):  # interleaved rounds, alternating order: both modes see the same load
-                for kind in ("text", "media"):
+                for kind in kinds:
                     for n in levels:
                         for mode in (list(servers) if rnd % 2 == 0 else list(servers)[::-1]):
                             runs.setdefault((kind, mode, n), []).append(
@@ -269,7 +272,7 @@ def main() -> None:
         print(f"{kind:<6} {mode:<11} {n:>7} {r['requests']:>8} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['qps']:>7.1f} "
               f"{r['cpu_ms']:>10.1f} {r['errors']:>6}")
     print("\nbatched / one-by-one (same run):")
-    for kind in ("text", "media"):
+    for kind in kinds:
         for n in levels:
             a, b = results[(kind, "batched", n)], results[(kind, "one-by-one", n)]
             print(f"  {kind:<6} {n:>2} clients: QPS x{a['qps'] / b['qps']:.2f}, p50 x{a['p50'] / b['p50']:.2f}, "
@@ -284,6 +287,11 @@ def main() -> None:
     print(f"errors: {total_errors}")
     la = os.getloadavg()
     print(f"load after: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
+    if args.json:
+        from anyalign.io import write_json
+
+        rows = [{"kind": k, "mode": m, "clients": n, **r} for (k, m, n), r in results.items()]
+        write_json(args.json, {"identical": identical, "errors": total_errors, "load_after": la, "results": rows})
     if total_errors:
         sys.exit(1)
 

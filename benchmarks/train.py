@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (raw, map, stream, pure)")
     parser.add_argument("--shard-size", type=int, default=32, help="records per feature shard")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     assets = Path(args.assets)
     if not (assets / "image" / "efficientnet-lite0.pth").is_file():
@@ -255,6 +256,15 @@ def main() -> None:
           f"accelerate; goal <= 1.2x); ratio of medians: map {cached_t / pure_t:.2f}x, "
           f"stream {stream_t / pure_t:.2f}x")
     print(f"load: {os.getloadavg()}")
+    if args.json:
+        from anyalign.io import write_json
+
+        write_json(args.json, {"device": str(device), "threads": torch.get_num_threads(), "batch": args.batch,
+                               "images": len(images), "rounds": args.rounds, "workers": args.workers,
+                               "raw_ms": raw_t * 1e3, "map_ms": cached_t * 1e3, "stream_ms": stream_t * 1e3,
+                               "pure_ms": pure_t * 1e3, "map_over_pure": _ratio(map_ts, map_pure),
+                               "stream_over_pure": _ratio(stream_ts, stream_pure), "gemm_gflops": peak / 1e9,
+                               "load": os.getloadavg()})
 
 
 if __name__ == "__main__":
