@@ -113,10 +113,13 @@ def test_writes_invalidate_a_loaded_table(tmp_path) -> None:
         assert ro.rows([1, 2, 3]).keys() == {1, 3}
 
 
-@pytest.mark.parametrize("ids", [[0, 1, 2, 5, 9], [7, 10**12, -(2**40), 3], list(range(0, 3000, 3))])
+@pytest.mark.parametrize("ids", [list(range(100, 160)), [0, 1, 2, 5, 9], [7, 10**12, -(2**40), 3],
+                                 list(range(0, 3000, 3))])
 def test_row_table_lookup(ids: list[int]) -> None:
     table = RowTable([(i, f"s{i}", None, "m", "{}", 0) for i in sorted(ids)])
-    assert (table.dense is not None) == (max(ids) - min(ids) < 2 * len(ids) + 1024)
+    span = max(ids) - min(ids) + 1
+    assert table.run == (span == len(ids))
+    assert (table.dense is not None) == (not table.run and span <= 2 * len(ids) + 1024)
     probe = np.array([*ids[::-1], 4, 10**13, -5, ids[0]], dtype=np.int64)
     want = [(i, f"s{i}", None, "m", "{}", 0) if i in set(ids) else None for i in probe.tolist()]
     assert table.aligned(probe) == want

@@ -44,7 +44,7 @@ _EMPTY = "{}"
 _SELECT_ALL = "SELECT id, source, caption, modality, fields, deleted FROM items ORDER BY id"
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of RAM a read-only store may use for its in-memory row table
 _SMALL = 32  # id lists up to this long are looked up without numpy
-ROW_OVERHEAD = 150  # bytes per row a loaded table holds beyond the text itself (tuple, id int, list and map slots)
+ROW_OVERHEAD = 200  # bytes per row a loaded table holds beyond its text (tuple, id int, str headers, list slot)
 
 Row = tuple  # (id, source, caption, modality, fields JSON, deleted) as stored
 
@@ -77,16 +77,18 @@ def check_sqlite_file(path: Path) -> None:
 
 
 class RowTable:
-    """All rows of a store in memory: ids sorted `[N]`, one stored tuple per row, and positions found by a dense
-    id -> position map (ids spanning at most twice their count, the usual case) or else by binary search."""
+    """All rows of a store in memory: ids sorted `[N]` and one stored tuple per row. An id's position is `id - lo`
+    when the ids are one unbroken run (the usual case), else read from a dense id -> position map (ids spanning at
+    most twice their count: an index with deletes), else found by binary search."""
 
     def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
         self.ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))  # [N], sorted by the query
         self.lo = int(self.ids[0]) if len(rows) else 0
         span = int(self.ids[-1]) - self.lo + 1 if len(rows) else 0
+        self.run = span == len(rows)  # ids are lo, lo + 1, ..., lo + N - 1
         self.dense: np.ndarray | None = None
-        if span <= 2 * len(rows) + 1024:
+        if not self.run and span <= 2 * len(rows) + 1024:
             self.dense = np.full(span, -1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
             self.dense[self.ids - self.lo] = np.arange(len(rows))
 
@@ -100,9 +102,12 @@ class RowTable:
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Row position of each id `[M]` (-1 for ids not in the table)."""
         ids = np.asarray(ids, dtype=np.int64)
-        if self.dense is not None:
+        if self.run or self.dense is not None:
             off = ids - self.lo
-            ok = (off >= 0) & (off < len(self.dense))
+            span = len(self.rows) if self.run else len(self.dense)
+            ok = (off >= 0) & (off < span)
+            if self.run:
+                return np.where(ok, off, -1)
             if ok.all():
                 return self.dense[off]
             out = np.full(len(ids), -1, dtype=self.dense.dtype)
@@ -113,10 +118,14 @@ class RowTable:
 
     def aligned(self, ids: np.ndarray) -> list[Row | None]:
         """The stored row of each id, in order (None for ids not in the table)."""
-        rows = self.rows
-        if self.dense is not None and len(ids) <= _SMALL:  # a few ids: plain Python beats numpy's per-call cost
-            dense, lo, span = self.dense, self.lo, len(self.dense)
-            pos = [int(dense[i - lo]) if 0 <= i - lo < span else -1 for i in np.asarray(ids).tolist()]
+        rows, lo = self.rows, self.lo
+        if len(ids) <= _SMALL and (self.run or self.dense is not None):  # a few ids: plain Python beats numpy
+            ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+            if self.run:
+                n = len(rows)
+                return [rows[i - lo] if 0 <= i - lo < n else None for i in ids]
+            dense, span = self.dense, len(self.dense)
+            pos = [dense[i - lo] if 0 <= i - lo < span else -1 for i in ids]
         else:
             pos = self.positions(ids).tolist()
             if not pos or min(pos) >= 0:

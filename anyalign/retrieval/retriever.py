@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from itertools import islice
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from .index import check_k, invalid_rows
 from .metadata import DEFAULT_MEMORY_BUDGET, row_dict
 from .shards import open_parts, search_parts
 
+_GC_PAUSE_FROM = 512  # results in one search from which the garbage collector is paused while they are made
+
 
 class SearchResult:
     """One hit: vector id, cosine similarity, and its metadata row (source, caption, modality, user fields).
@@ -38,7 +40,10 @@ class SearchResult:
 
     def __init__(self, id: int, score: float, metadata: dict[str, Any] | None = None,
                  row: tuple | None = None) -> None:
-        self.id, self.score, self._metadata, self._row = id, score, metadata, row
+        self.id = id
+        self.score = score
+        self._metadata = metadata
+        self._row = row
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -240,9 +245,10 @@ class Retriever:
         ids_list = flat.tolist()
         if (min(ids_list) if len(ids_list) <= 64 else flat.min()) < 0:  # faiss pads missing hits with -1
             return self._padded(ids, scores)
-        hits = zip(ids_list, scores.ravel().tolist(), self._aligned_rows(flat))
-        with _gc_paused():
-            return [[SearchResult(i, s, None, r) for i, s, r in islice(hits, k)] for _ in range(len(ids))]
+        rows = self._aligned_rows(flat)
+        with _gc_paused() if len(ids_list) > _GC_PAUSE_FROM else contextlib.nullcontext():
+            hits = list(map(SearchResult, ids_list, scores.ravel().tolist(), repeat(None), rows))
+            return [hits[j: j + k] for j in range(0, len(hits), k)]
 
     def _padded(self, ids: np.ndarray, scores: np.ndarray) -> list[list[SearchResult]]:
         """Results of a search where faiss found fewer than k hits for some queries (its -1 padding dropped)."""
@@ -288,11 +294,12 @@ class Retriever:
 
 
 def _usable(x: np.ndarray) -> bool:
-    """Fast check that every row of `[Q, E]` has a finite, non-zero squared norm (one pass); False sends the caller
-    to the exact row checks, which also pass rows whose square merely overflows or underflows."""
-    nn = np.einsum("ij,ij->i", x, x)  # [Q]; einsum, unlike dot, does not warn when a square overflows
-    if len(nn) == 1:
-        return 0.0 < float(nn[0]) < math.inf
+    """Fast check that every row of `[Q, E]` float32 (C order) has a finite, non-zero squared norm; False sends the
+    caller to the exact row checks, which also pass rows whose square merely under- or overflows."""
+    if len(x) == 1:
+        return 0.0 < faiss.fvec_norm_L2sqr(faiss.swig_ptr(x), x.shape[1]) < math.inf
+    nn = np.empty(len(x), dtype=np.float32)  # [Q]
+    faiss.fvec_norms_L2sqr(faiss.swig_ptr(nn), faiss.swig_ptr(x), x.shape[1], len(x))
     return bool(nn.min(initial=math.inf) > 0.0 and nn.max(initial=0.0) < math.inf)
 
 
