@@ -182,3 +182,9 @@ def test_unseen_classes_never_reach_the_trainer_and_the_report(tmp_path: Path, m
     assert {"seen_accuracy", "unseen_accuracy", "harmonic_mean", "unseen_only_top1", "chance_all", "ausuc",
             "oracle", "curve", "calibration"} <= set(u)
     assert (out / "protocols.png").stat().st_size > 1000
+    gamma = u["oracle"]["calibration"]  # as if this were validation data: the CLI applies a given gamma
+    main(["eval", "zeroshot", str(eval_dir), "--adapter", str(tmp_path / "run" / "adapters" / "imu"),
+          "-t", "a person {}.", "--calibration", str(gamma), "-o", str(tmp_path / "cal")])
+    cal = json.loads((tmp_path / "cal" / "zeroshot_report.json").read_text())["protocols"]["unseen"]
+    assert cal["calibration"] == pytest.approx(gamma)
+    assert cal["harmonic_mean"] == pytest.approx(u["oracle"]["harmonic_mean"], abs=1e-6)
