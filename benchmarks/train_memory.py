@@ -99,7 +99,7 @@ def write_shards(folder: Path, n: int, unique: int, seed: int = 0, pool: Path | 
         if count == PER_SHARD:
             os.link(_pool_shard(pool, s % n_unique, seed), folder / name)
         else:
-            _write_shard(folder / name, f"p{s}", count, np.random.default_rng([seed, -1, s]))
+            _write_shard(folder / name, f"p{s}", count, np.random.default_rng([seed, 2 ** 32 - 1, s]))
         shards.append({"file": name, "count": count})
     write_manifest(folder, {"encoder": "synthetic", "modality": "image", "token_dim": 1280, "pooled_dim": 1280,
                             "dtype": "float16", "shards": shards, "failures": []})
