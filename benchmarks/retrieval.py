@@ -7,7 +7,8 @@ Synthetic data: a Gaussian mixture (`--centres` standard-normal centres, noise s
 L2-normalised), written as `anyalign embed`-style shards and indexed from disk (the build streams them). Queries
 are fresh draws from the mixture, never in the corpus ("held-out"): recall@10 is measured on them against exact
 search, which is also the QPS baseline (`Flat`). Each build runs in a child process so that its peak RSS is its
-own. IVF-PQ is the auto choice under a memory budget of 1/8 of the raw vectors (OPQ + PQ codes).
+own. IVF-Flat has the auto choice's list count; IVF-PQ is the auto choice under a memory budget of 1/8 of the raw
+vectors (PQ codes).
 Real data: sentences from text on this machine (man pages, Python docs topics, licence texts) embedded with
 $ANYALIGN_ASSETS/text/all-MiniLM-L6-v2 through `anyalign embed`; held-out sentences are the queries, and the
 build's reported (held-out) recall is compared with the recall those fresh queries get.
@@ -324,7 +325,7 @@ def main() -> None:
           f"truth {time.perf_counter() - t0:.0f}s; faiss {faiss.__version__}, builds on {build_threads} threads; "
           f"load {os.getloadavg()[0]:.1f}")
     raw = args.n * args.dim * 4
-    nlist = num_lists(args.n)
+    nlist = num_lists(args.n, args.dim)  # what the auto choice uses
     factories = {"flat": ("Flat", args.memory), "ivf": (f"IVF{nlist},Flat", args.memory),
                  "ivfpq": ("auto", str(max(raw // 8, 1 << 20))), "hnsw": ("HNSW32,Flat", args.memory)}
     faiss.omp_set_num_threads(1)  # searches are measured per core; builds (child processes) use every thread

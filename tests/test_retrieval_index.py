@@ -71,10 +71,13 @@ def test_choose_index_follows_size_dim_and_memory() -> None:
     assert choose_index(5000, 32).factory == "Flat"
     assert choose_index(50_000, 512, "4G").factory == "HNSW32,Flat"
     assert choose_index(50_000, 512, "4G", gpu=True).factory.startswith("IVF")  # no HNSW on GPU
-    assert choose_index(1_000_000, 512, "4G").factory == "IVF4096,Flat"
-    assert choose_index(10_000_000, 512, "64G").factory == "IVF16384_HNSW32,Flat"
+    assert choose_index(100_000, 512, "4G").factory == "IVF1024,Flat"  # ~4 sqrt(n) lists
+    assert choose_index(1_000_000, 512, "4G").factory == "IVF2048,Flat"  # fewer: k-means bounded by TRAIN_FLOPS
+    assert choose_index(10_000_000, 512, "64G").factory == "IVF4096,Flat"  # but not below ~sqrt(n)
+    assert choose_index(20_000_000, 8, "64G").factory == "IVF16384_HNSW32,Flat"  # cheap k-means: HNSW quantizer
     pq = choose_index(1_000_000, 512, "200M").factory
-    assert pq.startswith("OPQ") and ",PQ" in pq
+    assert pq.startswith("IVF2048,PQ") and "OPQ" not in pq
+    assert choose_index(1_000_000, 100, "100M").factory.startswith("OPQ64_64,")  # no good code size divides 100
     m = int(pq.split(",PQ")[1])
     assert 1_000_000 * (m + 8) <= parse_memory("200M")  # the chosen code size fits the budget
     with pytest.raises(ValueError, match="too small"):

@@ -4,8 +4,11 @@ Rules, in order (n vectors of dimension d, inner product on normalised vectors):
   * n < 10k: `Flat` (exact search is already fast);
   * n < 100k and the vectors plus an HNSW graph fit (CPU only): `HNSW32,Flat`;
   * the raw vectors fit: `IVF{nlist},Flat` with nlist ~ 4 sqrt(n) (a power of two; an HNSW coarse quantizer
-    from 16k lists on);
-  * otherwise compressed: `OPQ{m}_{d'},IVF{nlist},PQ{m}` with the largest m bytes/vector that fit.
+    from 16k lists on), fewer lists (down to ~sqrt(n)) where k-means on `TRAIN_PER_LIST` points per list would
+    exceed `TRAIN_FLOPS` (about two minutes on two cores: 1M x 512 gets 2048 lists, not 4096);
+  * otherwise compressed: `IVF{nlist},PQ{m}` with the largest m bytes/vector that fits and divides d (OPQ's
+    rotation is left out: its training alone took longer than the whole rest of a 1M build on 2 cores); only
+    when no m of at least half the largest fitting one divides d, `OPQ{m}_{d'},IVF{nlist},PQ{m}`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ FLAT_BELOW = 10_000
 HNSW_BELOW = 100_000
 HNSW_M = 32
 _PQ_BYTES = (64, 48, 32, 24, 16, 12, 8, 4)
+TRAIN_PER_LIST = 50  # k-means training points per IVF list (faiss warns below 39)
+KMEANS_ITERATIONS = 10  # faiss's default for IVF training
+TRAIN_FLOPS = 4e12  # most k-means work the auto choice plans for (~2 min at 30 GFlop/s)
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,19 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f}TB"
 
 
-def num_lists(n: int) -> int:
-    """IVF list count: a power of two near 4 sqrt(n), with at least 39 training points per list."""
+def kmeans_flops(nlist: int, d: int) -> float:
+    """Multiply-adds x 2 of training `nlist` IVF centroids on `TRAIN_PER_LIST` points each."""
+    return 2.0 * TRAIN_PER_LIST * nlist * nlist * d * KMEANS_ITERATIONS
+
+
+def num_lists(n: int, d: int | None = None) -> int:
+    """IVF list count: a power of two near 4 sqrt(n), with at least 39 training points per list; given `d`, halved
+    while its k-means would exceed `TRAIN_FLOPS`, but not below the power of two nearest sqrt(n)."""
     target = 4 * math.sqrt(n)
     nlist = 2 ** max(int(round(math.log2(max(target, 1)))), 0)
+    floor = 2 ** max(int(round(math.log2(max(math.sqrt(n), 1)))), 0)
+    while d is not None and nlist > floor and kmeans_flops(nlist, d) > TRAIN_FLOPS:
+        nlist //= 2
     while nlist > 1 and nlist * 39 > n:
         nlist //= 2
     return max(nlist, 1)
@@ -75,19 +90,24 @@ def choose_index(n: int, d: int, memory: int | str | None = "4G", *, gpu: bool =
     hnsw = raw + n * HNSW_M * 2 * 4 * 1.1  # level-0 links (2M) + upper levels
     if n < HNSW_BELOW and not gpu and hnsw <= budget:
         return IndexChoice(f"HNSW{HNSW_M},Flat", f"{n} < {HNSW_BELOW} vectors and the graph fits", int(hnsw))
-    nlist = num_lists(n)
+    nlist = num_lists(n, d)
     coarse = f"IVF{nlist}_HNSW32" if nlist >= 16384 and not gpu else f"IVF{nlist}"
     centroids = nlist * d * 4 * (2 if "HNSW" in coarse else 1)
     if raw + centroids <= budget:
         return IndexChoice(f"{coarse},Flat", f"raw vectors ({format_bytes(raw)}) fit in {format_bytes(budget)}",
                            raw + centroids)
-    per_vector = (budget - centroids - 4 * d * d) / n - 8  # ids + the OPQ matrix
-    for m in _PQ_BYTES:
-        if m <= per_vector and m <= d:
-            dout = _opq_out_dim(d, m)
-            return IndexChoice(f"OPQ{m}_{dout},{coarse},PQ{m}",
-                               f"raw vectors ({format_bytes(raw)}) exceed {format_bytes(budget)}: "
-                               f"{m} bytes/vector product quantization", int(n * (m + 8) + centroids))
+    per_vector = (budget - centroids - 4 * d * d) / n - 8  # ids (+ an OPQ matrix)
+    fits = [m for m in _PQ_BYTES if m <= per_vector and m <= d]
+    why = f"raw vectors ({format_bytes(raw)}) exceed {format_bytes(budget)}: "
+    for m in fits:
+        if d % m == 0 and 2 * m >= fits[0]:  # a code size that divides d, at least half the largest that fits
+            return IndexChoice(f"{coarse},PQ{m}", why + f"{m} bytes/vector product quantization",
+                               int(n * (m + 8) + centroids))
+    if fits:
+        m = fits[0]
+        return IndexChoice(f"OPQ{m}_{_opq_out_dim(d, m)},{coarse},PQ{m}",
+                           why + f"{m} bytes/vector product quantization (OPQ: no code size divides dim {d})",
+                           int(n * (m + 8) + centroids))
     need = n * (_PQ_BYTES[-1] + 8) + centroids
     raise ValueError(f"memory budget {format_bytes(budget)} is too small for {n} vectors of dim {d} "
                      f"(the most compressed index needs about {format_bytes(need)})")
@@ -98,10 +118,11 @@ def training_size(factory: str, n: int) -> int:
     need = 0
     m = re.search(r"IVF(\d+)", factory)
     if m:
-        need = max(need, 50 * int(m.group(1)))
+        need = max(need, TRAIN_PER_LIST * int(m.group(1)))
     if re.search(r"PQ\d+|SQ\d|OPQ", factory):
         need = max(need, 65_536)
     return min(n, max(need, 0))
 
 
-__all__ = ["IndexChoice", "choose_index", "format_bytes", "num_lists", "parse_memory", "training_size"]
+__all__ = ["IndexChoice", "choose_index", "format_bytes", "kmeans_flops", "num_lists", "parse_memory",
+           "training_size"]
