@@ -4,9 +4,10 @@ SQLite (rather than parquet) because indexes take incremental adds and deletes. 
 index cannot remove physically (HNSW) are kept and flagged `deleted`; searches filter them out.
 Lookups of a batch of ids are one statement (bound ids for a few, `json_each` over the list for many) returning raw
 row tuples; `row_dict` turns one into a dict, and a search result does that only when its metadata is read.
-A read-only store (the search path) whose rows fit `memory_budget` loads them once, at its first lookup, into an
-in-memory table (`RowTable`: sorted ids, a dense id -> position map where the ids are dense, one tuple per row), so
-a search's metadata is a vectorised lookup with no SQL; larger stores and writable ones keep reading SQLite.
+A read-only store (the search path) whose rows fit `memory_budget` loads them once, at its second lookup (a one-shot
+search never pays for it; `load()` does it at once), into an in-memory table (`RowTable`: sorted ids, positions by
+offset or a dense map, one tuple per row), so a search's metadata is a vectorised lookup with no SQL; larger stores
+and writable ones keep reading SQLite.
 """
 
 from __future__ import annotations
@@ -136,8 +137,8 @@ class RowTable:
 class MetadataStore:
     """Metadata rows of one index. `get(ids)` returns dicts (`id`, `source`, `caption`, `modality`, user fields).
 
-    `memory_budget` (bytes): a read-only store whose estimated table fits loads all rows in memory at its first
-    lookup (see `RowTable`); 0 keeps every lookup in SQLite."""
+    `memory_budget` (bytes): a read-only store whose estimated table fits loads all rows in memory at its second
+    lookup, or at `load()` (see `RowTable`); 0 keeps every lookup in SQLite."""
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
@@ -146,6 +147,7 @@ class MetadataStore:
         self.memory_budget = int(memory_budget)
         self._table: RowTable | None = None
         self._table_tried = False  # loading was decided (loaded, or over budget) for the current contents
+        self._sql_lookups = 0  # lookups served by SQLite since the contents last changed
         if readonly and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: metadata database missing")
         if self.path.is_file():
@@ -198,11 +200,14 @@ class MetadataStore:
 
     def _invalidate(self) -> None:
         """Drop the in-memory table (the rows changed); a read-only store decides again at its next lookup."""
-        self._table, self._table_tried = None, False
+        self._table, self._table_tried, self._sql_lookups = None, False, 0
 
     def _memory_table(self) -> RowTable | None:
+        """The loaded table, loading it (read-only stores) once a first lookup has been served by SQLite."""
         if self._table is None and self.readonly and not self._table_tried:
-            self.load()
+            if self._sql_lookups >= 1:
+                self.load()
+            self._sql_lookups += 1
         return self._table
 
     def aligned_rows(self, ids: np.ndarray) -> list[Row | None]:
