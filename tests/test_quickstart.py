@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,15 +31,23 @@ def test_quickstart_fast_writes_a_sane_report(tmp_path: Path, assets: Path, caps
     assert speech["heldout_voice"] not in speech["train_voices"] and speech["zeroshot_chance"] == 0.1
     assert 0 <= speech["zeroshot_commands"] <= 1 and speech["retrieval_chance_R@1"] == pytest.approx(1 / 9)
     assert speech["wer_whisper"] < 1.0 and speech["wer_llm"] >= 0  # Whisper's own decoder reads espeak speech
+    _image_numbers_are_sane(metrics["images"], tmp_path / "report-work")
     page = (out / "index.html").read_text()
     for needle in ("zero-shot accuracy", "Cross-modal retrieval", "imu -&gt; text", "Assistant:",
                    "text -&gt; audio: a dog barking", "Sounds: the pretrained aisfx CNN", "Speech: Whisper tiny.en",
-                   "spoken: What do bees make?", "Transcripts of the held-out voice"):
+                   "spoken: What do bees make?", "Transcripts of the held-out voice",
+                   "Images: EfficientNet-Lite0 bound to the MiniLM space", "text -&gt; image: &quot;a sandal&quot;",
+                   "never seen", "image -&gt; text: held-out photos", "harmonic mean H"):
         assert needle in page, needle
     media = sorted(p.name for p in (out / "media").iterdir())
     assert any(n.endswith("curves.png") for n in media) and any(n.endswith("confusion.png") for n in media)
     assert any(n.endswith(".jpg") for n in media) and any(n.endswith(".oga") for n in media)
     assert any(n.endswith(".wav") for n in media)  # speech players
+    thumbs = [n for n in media if re.fullmatch(r"\d{3}-\d{5}\.png", n)]  # Fashion-MNIST photos, upscaled
+    marks = re.findall(r"<b>#\d+ (correct|wrong)  score", page)  # every text -> image hit is marked
+    from anyalign.align.images import HITS, QUERIES, SHOWN
+
+    assert len(marks) == HITS * len(QUERIES) and len(thumbs) == len(marks) + len(SHOWN)  # + image -> text photos
     assert not list(tmp_path.glob(".report*"))  # no half-written report folder left behind
     _index_answers_offline(tmp_path / "report-work" / "index", tmp_path / "report-work" / "corpus", capsys)
 
@@ -72,6 +81,37 @@ def test_quickstart_reports_missing_assets_in_one_line(tmp_path: Path, monkeypat
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: asset 'minilm'") and "Traceback" not in err
+
+
+def _image_numbers_are_sane(im: dict, work: Path) -> None:
+    """The image step: chance levels from the split, GZSL numbers consistent, and the unseen classes absent from
+    everything the trainer saw (its feature folder, its recipe, the captions it recorded)."""
+    from anyalign.align.images import LABEL_TEXT, SYNONYMS, TEMPLATES, UNSEEN
+    from anyalign.features import load_features
+
+    seen = [c for c in im["classes"] if c not in UNSEEN]
+    assert im["unseen"] == list(UNSEEN) and im["seen"] == seen and im["chance"] == 0.1 and im["n_test"] == 60
+    assert im["chance_seen_among_seen"] == 1 / 8 and im["zeroshot_top1_seen_photos_among_seen"] > 1 / 8
+    u = im["unseen_protocol"]
+    s_acc, u_acc = u["seen_accuracy"], u["unseen_accuracy"]
+    assert u["chance_all"] == 0.1 and u["chance_unseen_only"] == 0.5 and 0 <= u_acc <= 1
+    assert u["harmonic_mean"] == pytest.approx(2 * s_acc * u_acc / (s_acc + u_acc) if s_acc + u_acc else 0.0)
+    assert set(im["phrasings"]["sets"]) == {"everyday", "descriptive"} and im["phrasings"]["chance"] == 0.1
+    t2i = im["text_to_image"]
+    assert t2i["k"] == 6 and t2i["chance_P@k"] == pytest.approx(0.1) and len(t2i["per_class"]) == 10
+    assert t2i["mean_P@k_seen"] > 0.1  # class prompts of trained classes find their photos above chance
+    # never leaked: the training features, the recipe and the captions the run recorded hold seen classes only
+    feats = sorted((work / "images" / "features").iterdir())
+    train_feats = [f for f in feats if f.name.startswith("train-")]
+    assert len(train_feats) == 1 and {r.meta["label"] for r in load_features(train_feats[0])} == set(seen)
+    recipe = __import__("yaml").safe_load((work / "image_text.yaml").read_text())
+    (src,) = recipe["data"]["train"]
+    assert sorted(src["classes"]) == sorted(seen) and not recipe["data"].get("eval")
+    assert not set(UNSEEN) & (set(src["label_text"]) | set(src["captions"]["synonyms"]))
+    (used,) = json.loads((work / "image_text" / "captions.json").read_text())["train"]
+    assert used["classes"] == sorted(seen) and set(used["per_class"]) == set(seen)
+    unseen_caps = {t.format(label=p) for c in UNSEEN for p in [LABEL_TEXT[c], *SYNONYMS[c]] for t in TEMPLATES}
+    assert not unseen_caps & {c for caps in used["per_class"].values() for c in caps}
 
 
 def _index_answers_offline(index: Path, corpus: Path, capsys: pytest.CaptureFixture) -> None:
