@@ -36,6 +36,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,15 +48,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 QUICK = {1: dict(sizes=[2000, 10000], map_max=2000, unique=10000, steps=3),
          2: dict(images=64, steps=6, raw_steps=2, rounds=1, repeats=5, worker_steps=6, worker_rounds=1),
-         3: dict(n=20_000, batches=20), 4: dict(n=20_000, dim=128, queries=200, single=50, real_n=1000, real_q=100),
+         3: dict(n=20_000, batches=20),
+         4: dict(n=20_000, dim=128, queries=200, single=50, real_n=1000, real_q=100, real_ivf=False),
          5: dict(seconds=4, max_requests=200, rounds=2, sentences=200), 6: dict(repeats=2),
-         7: dict(n=384, rounds=1), 9: dict(gemm=1024, sentences=64, repeats=5)}
+         7: dict(n=192, rounds=1), 9: dict(gemm=1024, sentences=64, repeats=3)}
 FULL = {1: dict(sizes=[10_000, 100_000, 1_000_000], map_max=100_000, unique=100_000, steps=20),
         2: dict(images=128, steps=40, raw_steps=5, rounds=3, repeats=20, worker_steps=30, worker_rounds=3),
         3: dict(n=300_000, batches=100), 4: dict(n=100_000, dim=512, queries=1000, single=200, real_n=5000,
-                                                 real_q=500),
+                                                 real_q=500, real_ivf=True),
         5: dict(seconds=12, max_requests=1500, rounds=3, sentences=400), 6: dict(repeats=5),
-        7: dict(n=4096, rounds=3), 9: dict(gemm=2048, sentences=512, repeats=5)}
+        7: dict(n=2048, rounds=3), 9: dict(gemm=2048, sentences=256, repeats=5)}
 NAMES = {1: "train memory", 2: "trainer step", 3: "text anchors", 4: "retrieval", 5: "HTTP service", 6: "CLI start-up",
          7: "text batching", 8: "GGUF load", 9: "bf16 vs fp32"}
 
@@ -251,7 +253,7 @@ def part_retrieval(c: dict, work: Path, assets: Path) -> list[dict]:
     qr = np.concatenate([np.ascontiguousarray(a) for a in rb.shard_arrays(work / "real-queries")]).astype(np.float32)
     faiss.normalize_L2(qr)
     truth = rb.exact_truth(work / "real-corpus", qr, k)
-    for factory in ("auto", f"IVF{num_lists(len(corpus))},Flat"):
+    for factory in ("auto", f"IVF{num_lists(len(corpus))},Flat")[: 2 if c["real_ivf"] else 1]:
         out = work / f"real-{factory.replace(',', '_')}"
         b = rb.build(work / "real-corpus", out, factory, "4G", 0.95, k)
         add(f"real MiniLM {len(corpus):,} {factory} ({b['factory']})" if factory == "auto" else
@@ -401,9 +403,6 @@ def part_gguf(c: dict, work: Path, assets: Path) -> list[dict]:
     ggufs = sorted((assets / "llm" / "SmolLM2-135M-Instruct").glob("*.gguf"))
     if not ggufs:
         raise FileNotFoundError(f"no *.gguf in {assets / 'llm' / 'SmolLM2-135M-Instruct'}")
-    import shutil
-
-    shutil.rmtree(work / "empty-cache", ignore_errors=True)  # a kept --work folder holds the last run's cache
     env = {**os.environ, "ANYALIGN_CACHE": str(work / "empty-cache"), "HF_HUB_OFFLINE": "1"}
     loads, walls = [], []
     for _ in range(2):  # first: parse GGUF + convert into the empty cache; second: from the cache
@@ -467,6 +466,9 @@ PARTS = {1: part_memory, 2: part_trainer, 3: part_text_cache, 4: part_retrieval,
 def run_part(n: int, quick: bool, work: Path, assets: Path) -> dict:
     """Run part `n` in a fresh child process; its rows plus the load before and after."""
     out, log = work / f"part{n}.json", work / f"part{n}.log"
+    if n != 1:  # a kept --work folder: start clean (part 1 reuses its feature shards on purpose)
+        shutil.rmtree(work / f"part{n}", ignore_errors=True)
+    out.unlink(missing_ok=True)
     (work / f"part{n}").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ANYALIGN_CACHE": str(work / f"cache{n}"), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
