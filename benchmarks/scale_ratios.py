@@ -25,9 +25,9 @@ Parts (each in a fresh child process, its own RSS; the machine's 1-minute load i
 
 Every row is "A / B": value = A, baseline = B, ratio = A / B. The table and `--json` hold part, row, value,
 baseline, ratio, goal, met and load. On a shared machine the ratios are what to trust, not the absolute numbers.
-Timing: `--quick` took 14 min on 2 cores shared with other jobs (load 4-6); the full mode is estimated at ~20-25
-minutes on 2 quiet cores (part 1 at 1M records and part 4 at 100k x 512 are the long ones; part 1 writes ~1.3 GB
-of feature shards once, reused from `--work`).
+Timing: `--quick` took ~16 min on 2 cores shared with other jobs (load 6-7.7 throughout; ~8.5 CPU-minutes), so
+about 5-6 min on a quiet machine; the full mode is estimated at ~20-25 min on 2 quiet cores (parts 1, 2 and 4 are the
+long ones; part 1 writes ~1.3 GB of feature shards once, reused from a kept `--work`; ~3 GB peak RSS at 100k map).
 """
 
 from __future__ import annotations
