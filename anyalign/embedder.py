@@ -190,12 +190,23 @@ class Embedder:
         return pool_windows(emb, [len(ws) for ws in loaded]).numpy()
 
     def embed(self, inputs: Sequence[Any] | str | Path, batch_size: int = 64) -> np.ndarray:
-        """Raw inputs (sentences, paths, arrays) -> `[N, E]` float32; any bad input raises."""
+        """Raw inputs (sentences, paths, arrays) -> `[N, E]` float32 in input order; any bad input raises.
+        Sentences are batched by length (in input order a batch pads to its longest sentence: ~1.4-2.4x the
+        tokens on mixed real text)."""
         if isinstance(inputs, (str, Path)):
             inputs = [inputs]
-        out = [self.embed_loaded([self.load(x) for x in inputs[i:i + batch_size]])
+        inputs = list(inputs)
+        order = np.arange(len(inputs))
+        if self.modality == "text" and all(isinstance(x, str) for x in inputs):
+            order = np.argsort([len(x) for x in inputs], kind="stable")
+        out = [self.embed_loaded([self.load(inputs[j]) for j in order[i:i + batch_size]])
                for i in range(0, len(inputs), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        emb = np.concatenate(out)
+        result = np.empty_like(emb)
+        result[order] = emb
+        return result
 
     def to(self, device: str | torch.device) -> Embedder:
         (self.adapter if self.adapter is not None else self.encoder).to(device)  # type: ignore[union-attr]

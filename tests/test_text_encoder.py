@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -33,3 +34,23 @@ def test_text_encoder_pretrained_roundtrip(tmp_path: Path, minilm_dir: Path) -> 
     assert out.tokens.shape[-1] == 32 and out.mask[0].sum() < out.mask[1].sum()
     ref = model.eval()(**enc.collate(["hello", "a longer sentence here"])).last_hidden_state
     assert torch.allclose(out.tokens, ref, atol=1e-5)
+
+
+def test_embedder_batches_sentences_by_length_in_input_order(tmp_path: Path, minilm_dir: Path) -> None:
+    from anyalign.embedder import Embedder
+    from anyalign.encoders.spec import EncoderSpec
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=64))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    emb = Embedder.from_encoder(EncoderSpec("text", str(tmp_path)))
+    texts = ["a " * n + "dog" for n in (9, 1, 30, 4, 2, 17, 0, 25)]
+    batches: list[list[str]] = []
+    collate = emb.collate
+    emb.collate = lambda windows: (batches.append(list(windows)), collate(windows))[1]  # type: ignore[method-assign]
+    got = emb.embed(texts, batch_size=3)
+    assert [len(t) for b in batches for t in b] == sorted(len(t) for t in texts)  # each batch of similar lengths
+    one_by_one = [emb.embed([t])[0] for t in texts]
+    assert torch.allclose(torch.from_numpy(got), torch.tensor(np.stack(one_by_one)), atol=1e-5)  # input order
