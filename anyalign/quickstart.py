@@ -205,7 +205,8 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
                "retrieval": retrieval["summary"],
                "sounds": sounds["numbers"],
                "images": {**images["numbers"], "steps": images["steps"], "n_train": images["n_train"],
-                          "split": images["split"], "seconds": round(images["seconds"], 1)},
+                          "split": images["split"], "seconds": round(images["seconds"], 1),
+                          "phase_seconds": images["phase_seconds"]},
                "speech": {k: v for k, v in speech.items() if k not in ("text_to_speech", "chat", "transcripts")},
                "seconds": round(time.perf_counter() - t0, 1)}
     report = write_report(options.output, stage1, zs, retrieval, chat, metrics, speech, sounds, images)

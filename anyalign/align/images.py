@@ -199,10 +199,18 @@ def evaluate_image_adapter(adapter: str | os.PathLike, test_features: str | os.P
     emb = torch.from_numpy(image.embed_features(collate_features(recs)))  # [N, E], L2-normalised
     y = np.array([CLASSES.index(r.meta["label"]) for r in recs])
 
+    cache: dict[str, np.ndarray] = {}
+
     def embed_text(texts: list[str]) -> torch.Tensor:
-        return torch.from_numpy(text.embed(texts))
+        """MiniLM embeddings `[T, E]`, each text encoded once (the protocols ask class by class)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, text.embed(missing)))
+        return torch.from_numpy(np.stack([cache[t] for t in texts]))
 
     templates = [t.replace("{label}", "{}") for t in TEMPLATES]
+    phrases = [*LABEL_TEXT.values(), *(p for s in PHRASINGS.values() for p in s.values())]
+    embed_text([t.format(p) for p in phrases for t in templates] + [q for q, _ in queries])  # one pass, batched
     cls = phrase_class_embeddings(embed_text, templates, {c: [LABEL_TEXT[c]] for c in CLASSES}, CLASSES)  # [C, E]
     scores = emb @ cls.t()  # [N, C]
     closed = top1(scores, y)
