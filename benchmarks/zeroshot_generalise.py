@@ -73,12 +73,6 @@ def _test_embeddings(trainer: Trainer, modality: str) -> tuple[torch.Tensor, lis
     return F.normalize(torch.cat(embs), dim=-1), ys, list(ds.labels), templates
 
 
-def _seen_classes(cfg: dict) -> list[str]:
-    if cfg["seen"] is not None:
-        return list(cfg["seen"])
-    return list(load_recipe(cfg["recipe"]).data.train[0].classes)
-
-
 def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Path, extra: list[str],
          *, validation: bool = False, calibration: float = 0.0) -> dict:
     """Train one adapter and evaluate it. `validation`: train on the seen classes minus the pseudo-unseen ones and
@@ -91,10 +85,10 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
     elif not diversity:
         overrides.append("data.train.0.captions=null")
     if validation:
-        seen_all = _seen_classes(cfg)
+        train_src = load_recipe(cfg["recipe"]).data.train[0]
+        seen_all = list(cfg["seen"] if cfg["seen"] is not None else train_src.classes)
         keep = [c for c in seen_all if c not in cfg["validation_unseen"]]
         overrides.append("data.train.0.classes=" + json.dumps(keep))
-        train_src = load_recipe(cfg["recipe"]).data.train[0]
         overrides += [f"data.eval.0.path={train_src.path}", "data.eval.0.classes=" + json.dumps(seen_all)]
         if train_src.kind == "uea":
             overrides.append("data.eval.0.split=train")

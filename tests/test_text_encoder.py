@@ -23,12 +23,18 @@ def test_minilm_real_similarities_and_bf16(minilm_dir: Path) -> None:
     assert cos.min() > 0.99  # accuracy cost of bf16 autocast on the real model
 
 
-def test_text_encoder_pretrained_roundtrip(tmp_path: Path, minilm_dir: Path) -> None:
+def _tiny_bert(folder: Path, minilm_dir: Path) -> BertModel:
+    """A tiny random BERT with MiniLM's real tokenizer, saved as a pretrained folder."""
     tok = AutoTokenizer.from_pretrained(minilm_dir)
     model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, intermediate_size=64))
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
+
+
+def test_text_encoder_pretrained_roundtrip(tmp_path: Path, minilm_dir: Path) -> None:
+    model = _tiny_bert(tmp_path, minilm_dir)
     enc = create_encoder("text", pretrained=str(tmp_path))
     out = enc(["hello", "a longer sentence here"])
     assert out.tokens.shape[-1] == 32 and out.mask[0].sum() < out.mask[1].sum()
@@ -40,11 +46,7 @@ def test_embedder_batches_sentences_by_length_in_input_order(tmp_path: Path, min
     from anyalign.embedder import Embedder
     from anyalign.encoders.spec import EncoderSpec
 
-    tok = AutoTokenizer.from_pretrained(minilm_dir)
-    model = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, intermediate_size=64))
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    _tiny_bert(tmp_path, minilm_dir)
     emb = Embedder.from_encoder(EncoderSpec("text", str(tmp_path)))
     texts = ["a " * n + "dog" for n in (9, 1, 30, 4, 2, 17, 0, 25)]
     batches: list[list[str]] = []

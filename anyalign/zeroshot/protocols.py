@@ -187,7 +187,7 @@ def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Seque
     y = np.asarray(targets)
     pred = s.argmax(1).numpy()
     acc_s, acc_u = _mean_per_class(pred, y, seen_ids), _mean_per_class(pred, y, unseen_ids)
-    h = 2 * acc_s * acc_u / (acc_s + acc_u) if acc_s is not None and acc_u is not None and acc_s + acc_u > 0 else 0.0
+    h = float(_harmonic(np.float64(acc_s), np.float64(acc_u))) if acc_s is not None and acc_u is not None else 0.0
     on_unseen = np.isin(y, unseen_ids)
     sub = s[torch.from_numpy(on_unseen)][:, unseen_ids]  # unseen items among unseen classes only
     zsl = float((np.asarray(unseen_ids)[sub.argmax(1).numpy()] == y[on_unseen]).mean()) if on_unseen.any() else None
