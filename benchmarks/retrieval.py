@@ -118,21 +118,29 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f[f >= 0], t)) / len(t) for f, t in zip(found, truth)]))
 
 
+_MEASURES = ("columns", "retriever", "metadata")  # Retriever measures reported against raw faiss, main one first
+
+
 def overhead(r, index, q: np.ndarray, k: int, single: int) -> dict[str, float]:
-    """Retriever vs raw faiss on the same index at its current setting: QPS of faiss, of `search_vectors` (results
-    with their metadata rows; dicts built on first read) and of the same with every hit's metadata dict read."""
+    """Retriever vs raw faiss on the same index at its current setting: QPS of faiss, of `search_vectors` with every
+    query's hits made (`SearchResult`s; dicts built on first read), of the same with every hit's metadata dict read,
+    and of `search_vectors` with every hit's source, caption and modality read as columns (no object per hit)."""
 
     def results(b: np.ndarray) -> list:
-        return r.search_vectors(b, k)
+        return list(r.search_vectors(b, k))
 
     def read(b: np.ndarray) -> list:
         return [h.metadata for row in r.search_vectors(b, k) for h in row]
+
+    def columns(b: np.ndarray) -> list:
+        res = r.search_vectors(b, k)
+        return [res.column(name) for name in ("source", "caption", "modality")]
 
     t0 = time.process_time()
     index.search(q[:20], k)
     per_query = max((time.process_time() - t0) / 20, 1e-6)
     batch = q[: int(np.clip(0.5 / per_query, 20, len(q)))]  # a slow (exact) index gets a smaller batch
-    fns = {"faiss": lambda b: index.search(b, k), "retriever": results, "metadata": read}
+    fns = {"faiss": lambda b: index.search(b, k), "retriever": results, "metadata": read, "columns": columns}
     out = {f"{n}": v for n, v in versus(fns, batch).items()}
     if single:
         n1 = int(np.clip(0.2 / per_query, 5, single))
@@ -274,14 +282,15 @@ def real_run(args: argparse.Namespace, work: Path) -> None:
     n = sum(len(a) for a in shard_arrays(emb))
     truth = exact_truth(emb, q, args.k)
     print(f"real embeddings: {n} MiniLM sentence vectors (dim {q.shape[1]}), {len(q)} held-out sentence queries")
-    print(f"{'index':<22}{'build s':>9}{'reported':>10}{'held-out':>10}{'QPS':>10}{'Retriever':>11}{'ratio':>7}")
+    print(f"{'index':<22}{'build s':>9}{'reported':>10}{'held-out':>10}{'QPS':>10}{'+cols':>7}{'hits':>7}"
+          f"{'+dicts':>7}")
     for factory in ("auto", "IVF256,Flat"):
         out = work / f"real-{factory.replace(',', '_')}"
         b = build(emb, out, factory, args.memory, args.target_recall, args.k)
         m = measure(out, q, truth, args.k, 0)
         print(f"{b['factory']:<22}{b['build_s']:>9.1f}{b['tuning'].get('recall', 1.0):>10.3f}{m['recall']:>10.3f}"
-              f"{m['tuned']['faiss']:>10.0f}{m['tuned']['metadata']:>11.0f}"
-              f"{m['tuned']['metadata'] / m['tuned']['faiss']:>7.2f}")
+              f"{m['tuned']['faiss']:>10.0f}"
+              + "".join(f"{m['tuned'][n] / m['tuned']['faiss']:>7.2f}" for n in _MEASURES))
 
 
 # --- main --------------------------------------------------------------------------------------------------------
@@ -349,19 +358,19 @@ def main() -> None:
         speed = f"{t['faiss'] / exact_qps:>8.1f}" if exact_qps else f"{'':>8}"
         print(f"{b['factory']:<24}{b['build_s']:>8.1f}{b['rss_mb']:>8.0f}{m['bytes'] / args.n:>7.1f}"
               f"{m['recall']:>10.3f}{t['faiss']:>9.0f}{speed}{t.get('faiss1', 0):>8.0f}")
-    print("\nRetriever.search_vectors / raw faiss, same index and setting (results: hits with their metadata rows; "
-          "+dicts: every hit's metadata dict read)")
-    print(f"{'index':<24}{'setting':<14}{'recall':>7}{'faiss QPS':>10}{'results':>8}{'+dicts':>7}"
-          f"{'faiss QPS(1)':>13}{'results':>8}{'+dicts':>7}")
+    print("\nRetriever.search_vectors / raw faiss, same index and setting (+cols: every hit's source, caption and "
+          "modality read as columns; hits: every query's SearchResult list made; +dicts: every hit's metadata dict)")
+    print(f"{'index':<24}{'setting':<14}{'recall':>7}{'faiss QPS':>10}{'+cols':>7}{'hits':>7}{'+dicts':>7}"
+          f"{'faiss QPS(1)':>13}{'+cols':>7}{'hits':>7}{'+dicts':>7}")
     for kind, (b, m) in rows.items():
         settings = [(", ".join(f"{k_}={v}" for k_, v in b["params"].items()) or "exact", m["recall"], m["tuned"])]
         if "nprobe1" in m:
             settings.append(("nprobe=1", m["nprobe1"]["recall"], m["nprobe1"]))
         for label, rec, t in settings:
-            one = (f"{t['faiss1']:>13.0f}{t['retriever1'] / t['faiss1']:>8.2f}{t['metadata1'] / t['faiss1']:>7.2f}"
+            one = (f"{t['faiss1']:>13.0f}" + "".join(f"{t[n + '1'] / t['faiss1']:>7.2f}" for n in _MEASURES)
                    if "faiss1" in t else "")
-            print(f"{b['factory']:<24}{label:<14}{rec:>7.3f}{t['faiss']:>10.0f}{t['retriever'] / t['faiss']:>8.2f}"
-                  f"{t['metadata'] / t['faiss']:>7.2f}{one}")
+            print(f"{b['factory']:<24}{label:<14}{rec:>7.3f}{t['faiss']:>10.0f}"
+                  + "".join(f"{t[n] / t['faiss']:>7.2f}" for n in _MEASURES) + one)
     for kind, (b, m) in rows.items():
         print(f"  {b['factory']}: metadata rows {'in memory' if m['meta_in_memory'] else 'in SQLite'} "
               f"(loaded in {m['meta_load_s']:.2f}s)")

@@ -70,6 +70,33 @@ def test_in_memory_search_equals_sqlite(index_dir) -> None:
         assert gone not in [h.id for h in mem.search(x[gone], k=20)]
 
 
+def _columns_match_hits(results, names: tuple[str, ...]) -> None:
+    """Every column equals the per-hit metadata (None for padding and unset fields), query by query."""
+    cols = {n: results.column(n) for n in names}
+    for q, hits in enumerate(results):
+        found = results.ids[q] >= 0
+        assert [h.id for h in hits] == results.ids[q][found].tolist()
+        for n, col in cols.items():
+            assert col.shape == results.ids.shape
+            assert col[q][found].tolist() == [h.metadata.get(n) for h in hits], n
+            assert all(v is None for v in col[q][~found])
+
+
+def test_columns_equal_per_hit_metadata(index_dir, tmp_path) -> None:
+    folder, _ = index_dir
+    q = clustered(25, D, centres=20, seed=5)
+    names = ("id", "source", "caption", "modality", "group", "nested", "absent")
+    for r in (Retriever(folder), Retriever(folder, metadata_memory=0)):
+        r.load_metadata()
+        for k in (1, 10, 2000):  # 2000: more than the index holds, so faiss pads with -1
+            _columns_match_hits(r.search_vectors(q, k), names)
+    if Retriever(folder).config.tombstones:  # flagged rows are filtered out of HNSW's results: faiss pads with -1
+        assert r.search_vectors(q, 2000).ids.min() == -1
+    x = clustered(300, D, centres=10, seed=6)
+    build_parts(ArraySource(x, _rows(300)), tmp_path / "set", 2, factory="Flat")
+    _columns_match_hits(Retriever(tmp_path / "set").search_vectors(x[:7], 12), names)
+
+
 def test_over_budget_reads_sqlite(index_dir) -> None:
     folder, _ = index_dir
     small, mem = Retriever(folder, metadata_memory=10_000), Retriever(folder, metadata_memory="1G")

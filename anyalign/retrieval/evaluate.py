@@ -116,7 +116,7 @@ def _search_untied(retriever: Any, qvec: np.ndarray, depth: int, params: dict[st
     pessimistic tie rule sees every item tied with one inside the top `depth`)."""
     total = retriever.ntotal
     k = min(depth + 1, total)
-    results = retriever.search_vectors(qvec, k, **params)
+    results = list(retriever.search_vectors(qvec, k, **params))
     for q, res in enumerate(results):
         kq = k
         while len(res) >= kq and kq < total and len(res) > depth and res[-1].score == res[depth - 1].score:

@@ -61,6 +61,18 @@ def row_dict(row: Row) -> dict[str, Any]:
     return out
 
 
+ROW_POSITION = {"id": 0, "source": 1, "caption": 2, "modality": 3}  # field -> its slot in a stored row
+
+
+def row_value(row: Row, name: str) -> Any:
+    """One field of a stored row (`id`, a column, `deleted`, or a user field; None when unset)."""
+    if name in ROW_POSITION:
+        return row[ROW_POSITION[name]]
+    if name == "deleted":
+        return bool(row[5])
+    return None if row[4] == _EMPTY else json.loads(row[4]).get(name)
+
+
 def check_sqlite_file(path: Path) -> None:
     """A one-line error when an SQLite file is shorter than its header says (truncated copy or download)."""
     size = path.stat().st_size
@@ -92,6 +104,29 @@ class RowTable:
         if not self.run and span <= 2 * len(rows) + 1024:
             self.dense = np.full(span, -1, dtype=np.int32 if len(rows) < 2**31 else np.int64)
             self.dense[self.ids - self.lo] = np.arange(len(rows))
+        self._columns: dict[str, np.ndarray] = {}  # field -> [N] values, made at the first `column` read
+
+    def column(self, name: str) -> np.ndarray:
+        """`[N]` object array of one field of every row (see `row_value`), made once per field."""
+        col = self._columns.get(name)
+        if col is None:
+            col = np.empty(len(self.rows), dtype=object)
+            if name in ROW_POSITION:
+                j = ROW_POSITION[name]
+                col[:] = [r[j] for r in self.rows]
+            else:
+                col[:] = [row_value(r, name) for r in self.rows]
+            self._columns[name] = col
+        return col
+
+    def take(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """`[M]` object array: field `name` of the rows at `positions` (see `positions`; None at -1)."""
+        if not len(self.rows):
+            return np.full(len(positions), None, dtype=object)
+        out = self.column(name)[np.maximum(positions, 0)]
+        if len(positions) and positions.min() < 0:
+            out[positions < 0] = None
+        return out
 
     @classmethod
     def load(cls, db: sqlite3.Connection) -> RowTable:
@@ -202,8 +237,9 @@ class MetadataStore:
         """Drop the in-memory table (the rows changed); a read-only store decides again at its next lookup."""
         self._table, self._table_tried, self._sql_lookups = None, False, 0
 
-    def _memory_table(self) -> RowTable | None:
-        """The loaded table, loading it (read-only stores) once a first lookup has been served by SQLite."""
+    def memory_table(self) -> RowTable | None:
+        """The in-memory table, loading it (read-only stores) once a first lookup has been served by SQLite; None
+        while lookups go to SQLite."""
         if self._table is None and self.readonly and not self._table_tried:
             if self._sql_lookups >= 1:
                 self.load()
@@ -213,7 +249,7 @@ class MetadataStore:
     def aligned_rows(self, ids: np.ndarray) -> list[Row | None]:
         """The stored row of each id `[M]`, in order (None for unknown ids): one vectorised lookup when the rows
         are in memory, else one SQL query."""
-        table = self._memory_table()
+        table = self.memory_table()
         if table is not None:
             return table.aligned(ids)
         get = self._sql_rows(ids).get
@@ -250,7 +286,7 @@ class MetadataStore:
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, Row]:
         """id -> raw stored row (see `row_dict`) for those of `ids` that exist."""
-        table = self._memory_table()
+        table = self.memory_table()
         if table is not None:
             ids = np.asarray(ids, dtype=np.int64)
             return {r[0]: r for r in table.aligned(ids) if r is not None}
@@ -332,4 +368,5 @@ class MetadataStore:
             self.db.execute("DETACH DATABASE other")
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "METADATA_NAME", "MetadataStore", "RowTable", "row_dict"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "METADATA_NAME", "ROW_POSITION", "MetadataStore", "RowTable", "row_dict",
+           "row_value"]

@@ -16,18 +16,21 @@ import threading
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
 
-from ..embedder import Embedder, as_embedder, find_record
 from .autoindex import parse_memory
 from .index import check_k, invalid_rows
-from .metadata import DEFAULT_MEMORY_BUDGET, row_dict
+from .metadata import DEFAULT_MEMORY_BUDGET, ROW_POSITION, row_dict, row_value
 from .shards import open_parts, search_parts
 
-_GC_PAUSE_FROM = 512  # results in one search from which the garbage collector is paused while they are made
+if TYPE_CHECKING:  # the embedder module imports torch: only text and file queries need it
+    from ..embedder import Embedder
+
+_SMALL_GATHER = 64  # hits from which columns are gathered with numpy (fewer: read from the rows in plain Python)
+_GC_PAUSE_FROM = 512  # hits of one query from which the garbage collector is paused while they are made
 
 
 class SearchResult:
@@ -63,6 +66,70 @@ class SearchResult:
         return f"SearchResult(id={self.id}, score={self.score:.4f}, metadata={self.metadata!r})"
 
 
+class SearchResults(Sequence[list[SearchResult]]):
+    """The hits of a batch of queries, kept as faiss's arrays until read: `results[q]` is query q's hits as a
+    `list[SearchResult]` (made on first read, faiss's -1 padding dropped); `ids` / `scores` are the `[Q, k]`
+    arrays (-1 where fewer than k were found); `column(name)` gives one metadata field of every hit as a `[Q, k]`
+    object array, with no Python object per hit (the fast way to read a large batch's metadata)."""
+
+    def __init__(self, ids: np.ndarray, scores: np.ndarray, retriever: Retriever) -> None:
+        self.ids = ids
+        self.scores = scores
+        self._retriever = retriever
+        self._lists: list[list[SearchResult] | None] = [None] * len(ids)
+        self._rows: list[tuple | None] | None = None  # every hit's stored row, in order, once one is read
+        self._located: tuple[Any, Any] | None = None  # (in-memory table, row positions) or (None, None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, q: int) -> list[SearchResult]:  # type: ignore[override]
+        if isinstance(q, slice):
+            return [self[i] for i in range(*q.indices(len(self)))]
+        hits = self._lists[q]
+        if hits is None:
+            hits = self._lists[q] = self._make(q % len(self) if q < 0 else q)
+        return hits
+
+    def _make(self, q: int) -> list[SearchResult]:
+        """Query q's hits (the rows of all queries are looked up together at the first read: one lookup)."""
+        ids, k = self.ids, self.ids.shape[1]
+        if self._rows is None:  # padding ids (-1) get None rows
+            self._rows = self._retriever._aligned_rows(ids.ravel())
+        row_ids = ids[q].tolist()
+        rows = self._rows[q * k: (q + 1) * k]
+        with _gc_paused() if k > _GC_PAUSE_FROM else contextlib.nullcontext():
+            if min(row_ids) >= 0:
+                return list(map(SearchResult, row_ids, self.scores[q].tolist(), repeat(None), rows))
+            return [SearchResult(i, s, None, r) for i, s, r in zip(row_ids, self.scores[q].tolist(), rows) if i >= 0]
+
+    def column(self, name: str) -> np.ndarray:
+        """`[Q, k]` object array of one metadata field (`source`, `caption`, `modality`, a user field, or `id`) of
+        every hit; None where a hit is padding or lacks the field."""
+        flat = self.ids.ravel()
+        if self._located is None:  # where the hits' rows sit: looked up once for every column read
+            self._located = self._retriever._locate(flat)
+        table, pos = self._located
+        if table is not None:
+            out = table.take(name, pos)
+        else:
+            if self._rows is None:
+                self._rows = self._retriever._aligned_rows(flat)
+            out = np.empty(len(flat), dtype=object)
+            j = ROW_POSITION.get(name)
+            out[:] = ([None if r is None else r[j] for r in self._rows] if j is not None else
+                      [None if r is None else row_value(r, name) for r in self._rows])
+        return out.reshape(self.ids.shape)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (SearchResults, list)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"SearchResults({len(self)} queries, k={self.ids.shape[1]})"
+
+
 class Retriever:
     """Search one index folder (single, on-disk merged, or a set of parts)."""
 
@@ -88,6 +155,8 @@ class Retriever:
     # --- embedders ------------------------------------------------------------------------------------------
     def set_embedder(self, modality: str, embedder: Any) -> None:
         """Use `embedder` (adapter, encoder, adapter folder, spec or `Embedder`) for queries of `modality`."""
+        from ..embedder import as_embedder
+
         emb = as_embedder(embedder, device=self.device)
         if emb.dim != self.dim:
             raise ValueError(f"dimension mismatch: the {modality} embedder outputs dim {emb.dim}, the index "
@@ -102,6 +171,8 @@ class Retriever:
     def embedder(self, modality: str) -> Embedder:
         """The query embedder of `modality`: given, recorded at build time, or the partner a recorded adapter was
         aligned to (its text anchor) or a recorded tower names (CLIP/CLAP's other tower)."""
+        from ..embedder import Embedder, find_record
+
         with self._lock:
             if modality not in self._embedders:
                 record = find_record(self._specs, modality)
@@ -115,6 +186,7 @@ class Retriever:
 
     def modality_for_file(self, path: str | os.PathLike) -> str:
         """The modality whose embedder reads this file type (recorded embedders first, then their partners)."""
+        from ..embedder import find_record
         from ..encoders.inputs import encoder_class
 
         suffix = Path(path).suffix.lower()
@@ -235,27 +307,14 @@ class Retriever:
         """Vectors held by the index (deleted-but-flagged ones included): the most a search can return."""
         return self._ntotal
 
-    def search_vectors(self, vectors: Any, k: int = 10, **params: int) -> list[list[SearchResult]]:
-        """Top-`k` results for each row of `[Q, E]` query vectors (`k` beyond the index size returns them all)."""
+    def search_vectors(self, vectors: Any, k: int = 10, **params: int) -> SearchResults:
+        """Top-`k` results for each row of `[Q, E]` query vectors (`k` beyond the index size returns them all), as
+        a `SearchResults`: per-query lists of hits, or whole arrays and metadata columns."""
         k = check_k(k)
         x = self._vectors(vectors)
         k = max(min(k, self._ntotal), 1)  # faiss would allocate [Q, k] results: a huge k must not exhaust memory
         scores, ids = search_parts(self.parts, x, k, params or None)
-        flat = ids.ravel()
-        ids_list = flat.tolist()
-        if (min(ids_list) if len(ids_list) <= 64 else flat.min()) < 0:  # faiss pads missing hits with -1
-            return self._padded(ids, scores)
-        rows = self._aligned_rows(flat)
-        with _gc_paused() if len(ids_list) > _GC_PAUSE_FROM else contextlib.nullcontext():
-            hits = list(map(SearchResult, ids_list, scores.ravel().tolist(), repeat(None), rows))
-            return [hits[j: j + k] for j in range(0, len(hits), k)]
-
-    def _padded(self, ids: np.ndarray, scores: np.ndarray) -> list[list[SearchResult]]:
-        """Results of a search where faiss found fewer than k hits for some queries (its -1 padding dropped)."""
-        found = ids >= 0
-        rows = iter(self._aligned_rows(ids[found]))
-        return [[SearchResult(i, s, None, next(rows)) for i, s in zip(irow[f].tolist(), srow[f].tolist())]
-                for irow, srow, f in zip(ids, scores, found)]
+        return SearchResults(ids, scores, self)
 
     def _aligned_rows(self, ids: np.ndarray) -> list[tuple | None]:
         """The stored metadata row (see `metadata.row_dict`) of each id `[M]`, in order, from whichever part holds
@@ -272,6 +331,13 @@ class Retriever:
                 out[j] = r
             todo = todo[[r is None for r in got]]
         return out
+
+    def _locate(self, ids: np.ndarray) -> tuple[Any, Any]:
+        """(table, row positions `[M]`) when one in-memory table holds every part's rows (column reads gather from
+        it), else (None, None): columns are then read from the rows."""
+        if len(self.parts) == 1 and len(ids) > _SMALL_GATHER and (table := self.parts[0].meta.memory_table()):
+            return table, table.positions(ids)
+        return None, None
 
     def metadata(self, ids: Sequence[int]) -> list[dict[str, Any] | None]:
         """Metadata rows for ids, from whichever part holds them (None for unknown ids)."""
@@ -324,4 +390,4 @@ def _looks_like_file(text: str) -> bool:
     return os.path.isfile(text) or (bool(suffix) and len(suffix) <= 6 and " " not in text and "/" in text)
 
 
-__all__ = ["Retriever", "SearchResult"]
+__all__ = ["Retriever", "SearchResult", "SearchResults"]
