@@ -37,7 +37,8 @@ def client(served) -> TestClient:
     return TestClient(create_app(served[1], max_upload_mb=0.5, max_k=50), base_url="http://127.0.0.1")
 
 
-def test_page_and_info(client: TestClient) -> None:
+def test_page_and_info(client: TestClient, served) -> None:
+    assert all(p.meta.in_memory for p in served[1].parts)  # rows loaded when the app opened the index, not later
     page = client.get("/")
     assert page.status_code == 200 and 'id="results"' in page.text and "{{TITLE}}" not in page.text
     info = client.get("/api/info").json()

@@ -344,6 +344,7 @@ class ServedIndex:
 
     def _state(self, retriever: Retriever, sig: tuple, generation: int, embedders: dict[str, Any]) -> ServedState:
         roots = self.explicit_roots if self.explicit_roots is not None else derive_media_roots(retriever)
+        retriever.load_metadata()  # rows in memory (when they fit) before serving, not after two SQL lookups
         return ServedState(retriever, roots, sig, generation, embedders)
 
     def changed(self) -> bool:
