@@ -13,10 +13,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported by the weight helpers only: index and JSON I/O need none
+    import torch
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _UMASK = os.umask(0)
@@ -104,6 +104,8 @@ def read_json(path: str | os.PathLike) -> Any:
 def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
     """Save a state dict as safetensors, atomically (contiguous, de-aliased copies)."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -111,6 +113,9 @@ def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor],
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a state dict from safetensors, or from a torch file without unpickling arbitrary objects."""
+    import torch
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")

@@ -21,6 +21,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 
 def _embedder_specs(options: list[str] | None) -> dict[str, dict]:
+    if not options:
+        return {}  # the embedder module imports torch: `search --vector` without --embedder needs none
     from ..embedder import Embedder, parse_embedder_option
 
     specs: dict[str, dict] = {}

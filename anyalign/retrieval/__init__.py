@@ -3,17 +3,52 @@
     from anyalign.retrieval import build_index, Retriever
     build_index("embeddings/", "my-index")               # auto-chosen index type, tuned to recall@10 >= 0.95
     Retriever("my-index").search("a dog on a beach", k=5)  # text, a media file path, or a vector
+
+Names are imported on first use (PEP 562): searching an index with vectors (`anyalign search --vector`) needs
+numpy, faiss and SQLite, not torch, which only embedding queries and `embed_to_folder` load.
 """
 
-from ..embedder import Embedder, as_embedder
-from .autoindex import IndexChoice, choose_index, parse_memory
-from .embed import embed_to_folder
-from .evaluate import evaluate_retrieval, exact_metrics, ranked_metrics
-from .index import IndexConfig, add_to_index, build_index, delete_from_index, gpu_count, load_index, read_config
-from .metadata import MetadataStore
-from .retriever import Retriever, SearchResult
-from .shards import build_parts, combine_parts
-from .sources import ArraySource, EmbeddingSource, open_source, open_sources
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..embedder import Embedder, as_embedder
+    from .autoindex import IndexChoice, choose_index, parse_memory
+    from .embed import embed_to_folder
+    from .evaluate import evaluate_retrieval, exact_metrics, ranked_metrics
+    from .index import IndexConfig, add_to_index, build_index, delete_from_index, gpu_count, load_index, read_config
+    from .metadata import MetadataStore
+    from .retriever import Retriever, SearchResult
+    from .shards import build_parts, combine_parts
+    from .sources import ArraySource, EmbeddingSource, open_source, open_sources
+
+_LAZY = {
+    "Embedder": "..embedder", "as_embedder": "..embedder",
+    "IndexChoice": ".autoindex", "choose_index": ".autoindex", "parse_memory": ".autoindex",
+    "embed_to_folder": ".embed",
+    "evaluate_retrieval": ".evaluate", "exact_metrics": ".evaluate", "ranked_metrics": ".evaluate",
+    "IndexConfig": ".index", "add_to_index": ".index", "build_index": ".index", "delete_from_index": ".index",
+    "gpu_count": ".index", "load_index": ".index", "read_config": ".index",
+    "MetadataStore": ".metadata",
+    "Retriever": ".retriever", "SearchResult": ".retriever",
+    "build_parts": ".shards", "combine_parts": ".shards",
+    "ArraySource": ".sources", "EmbeddingSource": ".sources", "open_source": ".sources", "open_sources": ".sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ArraySource",
