@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .evaluate import evaluate_retrieval, exact_metrics, ranked_metrics
     from .index import IndexConfig, add_to_index, build_index, delete_from_index, gpu_count, load_index, read_config
     from .metadata import MetadataStore
-    from .retriever import Retriever, SearchResult
+    from .retriever import Retriever, SearchResult, SearchResults
     from .shards import build_parts, combine_parts
     from .sources import ArraySource, EmbeddingSource, open_source, open_sources
 
@@ -32,7 +32,7 @@ _LAZY = {
     "IndexConfig": ".index", "add_to_index": ".index", "build_index": ".index", "delete_from_index": ".index",
     "gpu_count": ".index", "load_index": ".index", "read_config": ".index",
     "MetadataStore": ".metadata",
-    "Retriever": ".retriever", "SearchResult": ".retriever",
+    "Retriever": ".retriever", "SearchResult": ".retriever", "SearchResults": ".retriever",
     "build_parts": ".shards", "combine_parts": ".shards",
     "ArraySource": ".sources", "EmbeddingSource": ".sources", "open_source": ".sources", "open_sources": ".sources",
 }
@@ -59,6 +59,7 @@ __all__ = [
     "MetadataStore",
     "Retriever",
     "SearchResult",
+    "SearchResults",
     "add_to_index",
     "as_embedder",
     "build_index",
