@@ -91,7 +91,12 @@ def build_cmd(
     embeddings: list[Path] = typer.Argument(..., help="Embeddings folders, feature folders or .npy files."),
     output: Path = typer.Option(..., "--output", "-o", help="Index folder to write (replaced atomically)."),
     factory: str = typer.Option("auto", "--factory", help="'auto' or a faiss factory string (IVF1024,Flat ...)."),
-    memory: str = typer.Option("4G", "--memory", help="Memory budget for the auto choice (e.g. 512M, 4G)."),
+    memory: str = typer.Option("4G", "--memory", help="Memory budget for the auto choice (e.g. 512M, 4G). "
+                               "Compressed (PQ/SQ) indexes also keep the raw vectors on disk (see --raw-vectors): "
+                               "memory-mapped, read through the page cache, not counted in this budget."),
+    raw_vectors: str = typer.Option("float16", "--raw-vectors",
+                                    help="For compressed indexes: keep the normalised vectors on disk as float16, "
+                                         "float32 or none, to re-rank candidates exactly (tuned --refine)."),
     target_recall: float = typer.Option(0.95, "--target-recall",
                                         help="Tune nprobe/efSearch to this recall@k against exact search, in (0, 1]."),
     k: int = typer.Option(10, "-k", help="k of the tuning recall@k (>= 1)."),
@@ -117,7 +122,7 @@ def build_cmd(
     cfg = build_index(embeddings, output, factory=factory, memory=memory, target_recall=target_recall, k=k,
                       tune_queries=queries, trained=trained, rank=rank, world_size=world_size,
                       embedders=_embedder_specs(embedder), use_gpu=gpu, batch_size=batch_size, overwrite=overwrite,
-                      lock_timeout=lock_timeout)
+                      lock_timeout=lock_timeout, raw_vectors=raw_vectors)
     size = (output / "index.faiss").stat().st_size
     typer.echo(f"built {cfg.factory} over {cfg.ntotal} vectors (dim {cfg.dim}) in {cfg.build_seconds:.1f}s "
                f"-> {output} ({format_bytes(size)}, {size / max(cfg.ntotal, 1):.1f} B/vector)")
@@ -230,6 +235,9 @@ def search_cmd(
     embedder: list[str] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
     nprobe: int = typer.Option(None, "--nprobe", min=1, help="Override the tuned nprobe (IVF)."),
     ef_search: int = typer.Option(None, "--ef-search", min=1, help="Override the tuned efSearch (HNSW)."),
+    refine: int = typer.Option(None, "--refine", min=0,
+                               help="Override the tuned re-ranking factor of compressed indexes: k x REFINE "
+                                    "candidates re-scored exactly against the raw vectors on disk (0: none)."),
     device: str = typer.Option(None, "--device"),
     modality: str = typer.Option(None, "--modality", "-m", help="Only return items of this modality (e.g. imu)."),
 ) -> None:
@@ -243,7 +251,7 @@ def search_cmd(
     if k < 1:
         raise CLIError(f"-k must be >= 1, got {k}")
     r = _retriever(index, embedder, device)
-    params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search)) if v is not None}
+    params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search), ("refine", refine)) if v is not None}
     if vector is not None:
         if not vector.is_file():
             raise FileNotFoundError(f"{vector}: no such .npy file")

@@ -9,6 +9,9 @@ Rules, in order (n vectors of dimension d, inner product on normalised vectors):
   * otherwise compressed: `IVF{nlist},PQ{m}` with the largest m bytes/vector that fits and divides d (OPQ's
     rotation is left out: its training alone took longer than the whole rest of a 1M build on 2 cores); only
     when no m of at least half the largest fitting one divides d, `OPQ{m}_{d'},IVF{nlist},PQ{m}`.
+    The budget counts what the index holds in memory: a compressed index also keeps the normalised vectors on
+    disk (float16 by default) to re-rank its candidates exactly; that file is memory-mapped, read through the page
+    cache, and not part of the budget (see `index.build_index(raw_vectors=...)`).
 """
 
 from __future__ import annotations
@@ -113,6 +116,13 @@ def choose_index(n: int, d: int, memory: int | str | None = "4G", *, gpu: bool =
                      f"(the most compressed index needs about {format_bytes(need)})")
 
 
+def is_compressed(factory: str) -> bool:
+    """True for factories whose codes are lossy (PQ, OPQ, SQ, residual/additive quantizers, LSH): these keep the
+    raw vectors on disk for exact re-ranking. `SQfp16` and Flat variants are (near-)exact and do not."""
+    body = re.sub(r"SQfp16|SQbf16", "", factory)
+    return bool(re.search(r"PQ|SQ\d|RQ|LSQ|PRQ|PLSQ|LSH", body))
+
+
 def training_size(factory: str, n: int) -> int:
     """How many vectors to train on: enough for k-means / PQ codebooks without touching the whole corpus."""
     need = 0
@@ -124,5 +134,5 @@ def training_size(factory: str, n: int) -> int:
     return min(n, max(need, 0))
 
 
-__all__ = ["IndexChoice", "choose_index", "format_bytes", "kmeans_flops", "num_lists", "parse_memory",
-           "training_size"]
+__all__ = ["IndexChoice", "choose_index", "format_bytes", "is_compressed", "kmeans_flops", "num_lists",
+           "parse_memory", "training_size"]

@@ -5,6 +5,10 @@ parameters, how queries are embedded) and `metadata.sqlite`. Builds train on a s
 batches straight from the embedding shards (never loading it whole), tune nprobe/efSearch to a target recall on
 held-out queries and write the folder atomically: a failed build leaves any previous index untouched.
 Vectors are L2-normalised and compared by inner product (cosine similarity).
+Compressed indexes (PQ/OPQ/SQ codes) also keep the normalised vectors on disk (`vectors.f16`, float16 unless
+`raw_vectors="float32"`; `None` for none), written as they stream in and kept in step by adds: a search fetches
+`k * refine` candidates from faiss and re-ranks them exactly against those rows (`rawvectors.py`); `refine` is
+tuned with nprobe. That file is memory-mapped and read through the page cache, outside the memory budget.
 
 Safety rules every writer (build, train, add, delete, merge) follows:
   * one writer at a time: it holds `.NAME.lock` beside the index folder while it writes (`filelock`; beside, not
@@ -41,8 +45,9 @@ from tqdm.auto import tqdm
 from ..config import read_saved, to_dict
 from ..io import atomic_path, write_json
 from ..version import FORMAT_VERSION, __version__
-from .autoindex import choose_index, training_size
+from .autoindex import choose_index, format_bytes, is_compressed, training_size
 from .metadata import METADATA_NAME, MetadataStore
+from .rawvectors import DTYPES, RAW_FILES, RawVectors, RawWriter, check_dtype, check_file
 from .sources import EmbeddingSource, open_sources
 from .tuning import ExactNeighbours, _inner, ivf_of, set_params, tune
 
@@ -53,7 +58,7 @@ CONFIG_NAME = "anyalign_index.json"
 IVFDATA_NAME = "index.ivfdata"
 # files an index folder may hold: only a folder made of these (or an empty one) is replaced without --overwrite
 OWN_FILES = frozenset({CONFIG_NAME, INDEX_NAME, IVFDATA_NAME, METADATA_NAME, f"{METADATA_NAME}-journal",
-                       f"{METADATA_NAME}-wal", f"{METADATA_NAME}-shm"})
+                       f"{METADATA_NAME}-wal", f"{METADATA_NAME}-shm"}) | RAW_FILES
 MAX_SKIPPED_IDS = 20  # ids of skipped rows kept in the config (the count is exact)
 
 
@@ -76,6 +81,7 @@ class IndexConfig:
     tombstones: bool = False  # deletes are flagged in metadata (the index cannot remove vectors)
     trained_fingerprint: str | None = None  # sha256 of the empty trained index (parts that share it can merge)
     parts: list[str] = field(default_factory=list)  # kind == "set": part folders, relative to this folder
+    raw: dict[str, Any] = field(default_factory=dict)  # raw vectors on disk for re-ranking (rawvectors.py)
     sources: list[str] = field(default_factory=list)
     skipped: dict[str, Any] = field(default_factory=dict)  # rows not indexed: nonfinite / zero counts, first ids
     choice: str = ""  # why the factory was chosen
@@ -333,6 +339,7 @@ def build_index(
     train_only: bool = False,
     overwrite: bool = False,
     lock_timeout: float | None = None,
+    raw_vectors: str | None = "float16",
 ) -> IndexConfig:
     """Index embedding inputs into folder `output` (see the module docstring); returns the written config.
 
@@ -347,15 +354,19 @@ def build_index(
         train_only: stop after training and write an empty, trained index.
         overwrite: replace `output` even when it is a file or a folder that is not an anyalign index.
         lock_timeout: seconds to wait for another writer of `output` (None: wait as long as it takes).
+        raw_vectors: for compressed (PQ/OPQ/SQ) indexes, keep the normalised vectors on disk in this dtype
+            ("float16" or "float32"; None: do not) to re-rank candidates exactly (the tuned `refine` factor).
     """
     k = check_k(k, "k of the tuning recall@k")
     target_recall = check_target_recall(target_recall)
+    raw_vectors = check_dtype(raw_vectors)
     output = Path(output)
     with writer_lock(output, lock_timeout):
         check_output(output, overwrite=overwrite)
         return _build(open_sources(inputs), output, factory=factory, memory=memory, target_recall=target_recall,
                       k=k, tune_queries=tune_queries, batch_size=batch_size, trained=trained, rank=rank,
-                      world_size=world_size, embedders=embedders, use_gpu=use_gpu, seed=seed, train_only=train_only)
+                      world_size=world_size, embedders=embedders, use_gpu=use_gpu, seed=seed, train_only=train_only,
+                      raw_vectors=raw_vectors)
 
 
 def _query_set(queries: Any, dim: int) -> tuple[np.ndarray, str]:
@@ -408,7 +419,7 @@ def _train(work: faiss.Index, sample: np.ndarray, factory: str) -> None:
 def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str | int | None, target_recall: float,
            k: int, tune_queries: Any, batch_size: int, trained: str | os.PathLike | None, rank: int,
            world_size: int, embedders: dict[str, dict[str, Any]] | None, use_gpu: bool | None, seed: int,
-           train_only: bool) -> IndexConfig:
+           train_only: bool, raw_vectors: str | None = None) -> IndexConfig:
     t_start = time.perf_counter()
     start, stop = rank_range(len(source), rank, world_size)
     n = stop - start
@@ -454,7 +465,10 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
     sample_ids, sample = sample_ids[ok], _normalized(sample[ok])
     order = np.random.default_rng(seed + 1).permutation(len(sample_ids))
     nq = min(nq, len(order) // 2 if n_train else len(order))  # leave training data when the index needs it
-    q_pick, t_pick = order[:nq], (order[nq:] if len(order) - nq >= n_train else order)
+    # the held-out queries stay out of training too (codebooks fitted to them overstate a PQ index's recall by
+    # ~0.02), unless that leaves fewer vectors than faiss needs
+    enough = len(order) - nq >= (_min_training_points(index) if n_train else 0)
+    q_pick, t_pick = order[:nq], (order[nq:] if enough else order)
     if not user_queries or train_only:
         held_ids, queries = sample_ids[q_pick], sample[q_pick]
     else:
@@ -471,14 +485,22 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
                          trained_fingerprint=fp, modality=source.modality, choice=reason,
                          embedders={**source.embedders, **(embedders or {})}, sources=[source.name])
     skipped = _Skipped()
+    keep_raw = raw_vectors is not None and not train_only and is_compressed(factory_str)
+    if keep_raw:
+        config.choice += (f"; normalised vectors kept on disk for exact re-ranking ({raw_vectors}, "
+                          f"{format_bytes(n * dim * (2 if raw_vectors == 'float16' else 4))}, memory-mapped: read "
+                          "through the page cache, outside the memory budget)")
     with atomic_path(output, is_dir=True) as tmp:
         if not train_only:
             exact = ExactNeighbours(queries, np.full(len(queries), -1, dtype=np.int64), k)
             held_meta: list[dict[str, Any]] = [{} for _ in held_ids]
+            writer = RawWriter(tmp, raw_vectors, dim=dim) if keep_raw else None
             with MetadataStore(tmp / METADATA_NAME) as meta:
                 for batch in tqdm(source.batches(batch_size, start=start, stop=stop), desc="adding",
                                   total=-(-n // batch_size), unit="batch", disable=n <= batch_size):
                     keep = skipped.keep(batch.ids, batch.vectors)
+                    if writer is not None:  # every row, the held-out queries' too (they join the index later)
+                        writer.add(batch.ids, _normalized(batch.vectors), keep)
                     if held:
                         out = np.isin(batch.ids, held_ids)
                         for j in np.flatnonzero(out & keep):
@@ -486,8 +508,13 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
                         keep &= ~out
                     _add_rows(work, meta, batch.ids, batch.vectors, batch.metadata, keep, source.modality, exact)
                 index = to_cpu(work)
+                raw = None
+                if writer is not None:
+                    config.raw = writer.close()
+                    raw = RawVectors(tmp, config.raw)
                 result = tune(index, queries, np.full(len(queries), -1, dtype=np.int64), exact.result(), k=k,
-                              target=target_recall)
+                              target=target_recall, raw=raw)
+                del raw
                 if len(held_ids):  # the held-out queries join the index once tuning is done
                     _add_rows(index, meta, held_ids, queries, held_meta, np.ones(len(held_ids), bool),
                               source.modality, None, normalized=True)
@@ -530,7 +557,8 @@ def _add_rows(index: faiss.Index, meta: MetadataStore, ids: np.ndarray, vectors:
 
 # --- updates -----------------------------------------------------------------------------------------------
 def _update(index_dir: str | os.PathLike, fn: Any, lock_timeout: float | None = None) -> IndexConfig:
-    """Under the writer lock: copy the folder, apply `fn(index, config, meta)` to the copy, swap it in atomically."""
+    """Under the writer lock: copy the folder, apply `fn(index, config, meta, copy)` to the copy, swap it in
+    atomically."""
     index_dir = Path(index_dir)
     with writer_lock(index_dir, lock_timeout):
         config = read_config(index_dir)  # read under the lock: another writer may just have changed it
@@ -543,7 +571,7 @@ def _update(index_dir: str | os.PathLike, fn: Any, lock_timeout: float | None = 
             shutil.copytree(index_dir, tmp, dirs_exist_ok=True)
             index, config = load_index(tmp)
             with MetadataStore(tmp / METADATA_NAME) as meta:
-                fn(index, config, meta)
+                fn(index, config, meta, tmp)
             write_index_dir(tmp, index, config)
     return config
 
@@ -558,16 +586,28 @@ def add_to_index(index_dir: str | os.PathLike, inputs: Any, *, batch_size: int =
     if len(source) == 0:
         raise ValueError(f"{source.name}: empty corpus (0 vectors); nothing to add")
 
-    def add(index: faiss.Index, config: IndexConfig, meta: MetadataStore) -> None:
+    def add(index: faiss.Index, config: IndexConfig, meta: MetadataStore, folder: Path) -> None:
         if source.dim != config.dim:
             raise ValueError(f"dimension mismatch: {index_dir} has dim {config.dim}, {source.name} has dim "
                              f"{source.dim}")
         first = config.next_id
         skipped = _Skipped(config.skipped)
+        # the raw vectors for re-ranking grow with the index (the copy's file is appended to; the original is
+        # checked first so that an error names it)
+        writer = None
+        if config.raw:
+            check_file(Path(index_dir) / config.raw["file"], config.raw["rows"], config.raw["dim"],
+                       DTYPES[config.raw["dtype"]][1])
+            writer = RawWriter(folder, config.raw["dtype"], previous=config.raw)
         for batch in source.batches(batch_size):
             ids = batch.ids + first
-            _add_rows(index, meta, ids, batch.vectors, batch.metadata, skipped.keep(ids, batch.vectors),
-                      source.modality, None)
+            keep = skipped.keep(ids, batch.vectors)
+            vectors = _normalized(batch.vectors)
+            if writer is not None:
+                writer.add(ids, vectors, keep)
+            _add_rows(index, meta, ids, vectors, batch.metadata, keep, source.modality, None, normalized=True)
+        if writer is not None:
+            config.raw = writer.close()
         if skipped.new == len(source):
             raise ValueError(f"{source.name}: no usable vectors ({len(source)} rows with NaN/inf values or zero "
                              "norm); nothing added")
@@ -590,7 +630,8 @@ def delete_from_index(index_dir: str | os.PathLike, ids: Sequence[int] = (), *, 
     if bad:
         raise ValueError(f"vector id {bad[0]} out of range (ids are 64-bit integers)")
 
-    def delete(index: faiss.Index, config: IndexConfig, meta: MetadataStore) -> None:
+    def delete(index: faiss.Index, config: IndexConfig, meta: MetadataStore, _folder: Path) -> None:
+        # raw vectors for re-ranking keep the deleted rows: faiss (or the tombstone filter) no longer returns them
         nonlocal removed
         todo = sorted(set(ids) | set(meta.ids_for_source(list(sources))))
         live = [r["id"] for r in meta.get(todo) if r is not None and not r.get("deleted")]

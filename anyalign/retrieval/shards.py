@@ -38,6 +38,7 @@ from .index import (
     writer_lock,
 )
 from .metadata import METADATA_NAME, MetadataStore
+from .rawvectors import RawVectors, RawWriter, refine_factor, refined_search
 from .tuning import ivf_of, knob, set_params
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Part:
     folder: Path
     meta: MetadataStore
     deleted: np.ndarray  # ids flagged deleted (only for indexes that cannot remove vectors)
+    raw: RawVectors | None = None  # raw vectors on disk for exact re-ranking (compressed indexes)
 
     def selector(self) -> faiss.IDSelector | None:
         """Filter that hides deleted ids (built once; the batch selector is kept alive with it)."""
@@ -91,9 +93,10 @@ def open_part(folder: str | os.PathLike, *, use_gpu: bool | None = None) -> Part
         if gpu_index is not None:
             set_params(gpu_index, config.search_params)
             index = gpu_index
+    raw = RawVectors(folder, config.raw) if config.raw else None  # missing/truncated file: a one-line error
     meta = MetadataStore(folder / METADATA_NAME, readonly=True)
     deleted = meta.deleted_ids() if config.tombstones else np.zeros(0, dtype=np.int64)
-    return Part(index, config, folder, meta, deleted)
+    return Part(index, config, folder, meta, deleted, raw)
 
 
 def open_parts(folder: str | os.PathLike, *, use_gpu: bool | None = None) -> tuple[IndexConfig, list[Part]]:
@@ -113,11 +116,17 @@ def open_parts(folder: str | os.PathLike, *, use_gpu: bool | None = None) -> tup
 
 def search_parts(parts: Sequence[Part], queries: np.ndarray, k: int,
                  overrides: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k over all parts (each with its own parameters), merged by score: (scores `[Q, k]`, ids `[Q, k]`)."""
+    """Top-k over all parts (each with its own parameters), merged by score: (scores `[Q, k]`, ids `[Q, k]`).
+
+    A part with raw vectors on disk re-ranks `k * refine` faiss candidates by exact inner product (`refine` from
+    `overrides`, else the part's tuned value; 0 or 1: faiss's own ranking)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    factor = refine_factor(overrides) if overrides and "refine" in overrides else None
+    knobs = {n: v for n, v in (overrides or {}).items() if n != "refine"} or None
 
     def one(part: Part) -> tuple[np.ndarray, np.ndarray]:
-        return part.index.search(queries, k, params=part.search_params(overrides))
+        f = factor if factor is not None else refine_factor(part.config.search_params)
+        return refined_search(part.index, part.raw, queries, k, f, part.search_params(knobs))
 
     if len(parts) == 1:
         return one(parts[0])
@@ -214,8 +223,18 @@ def _merge_ondisk(folders: list[Path], configs: list[IndexConfig], output: Path,
                 meta.copy_from(f / METADATA_NAME)
         probes = [c.search_params.get("nprobe", 1) for c in configs]
         config.search_params = {"nprobe": int(max(probes))}
-        extra = {k: v for c in configs for k, v in c.search_params.items() if k != "nprobe"}
+        extra = {k: v for c in configs for k, v in c.search_params.items() if k not in ("nprobe", "refine")}
         config.search_params.update(extra)
+        if all(c.raw for c in configs):  # the parts' raw vectors, one after the other (segments shifted)
+            writer = RawWriter(tmp, configs[0].raw["dtype"], dim=config.dim)
+            for f, c in zip(folders, configs):
+                writer.append_file(f / c.raw["file"], c.raw)
+            config.raw = writer.close()
+            refines = [c.search_params.get("refine", 1) for c in configs]
+            if max(refines) > 1:
+                config.search_params["refine"] = int(max(refines))
+        elif any(c.raw for c in configs):
+            logger.warning("some parts keep no raw vectors for re-ranking; the merged index re-ranks none")
         config.ondisk = True
         config.ntotal = int(base.ntotal)
         config.trained_fingerprint = configs[0].trained_fingerprint

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 NPROBE_VALUES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096, 8192, 16384,
                  32768, 65536)
 EF_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
+REFINE_VALUES = (1, 2, 4, 8, 16, 32, 64)  # candidates fetched per result for exact re-ranking (1: none)
+OUR_PARAMS = frozenset({"refine"})  # search parameters faiss does not know (see rawvectors.py)
 
 
 class ExactNeighbours:
@@ -106,7 +108,11 @@ def knob(index: faiss.Index) -> tuple[str | None, list[int]]:
 
 
 def set_params(index: faiss.Index, params: dict[str, Any]) -> None:
-    """Apply search parameters (nprobe, efSearch, ...) through faiss's `ParameterSpace` (GPU-aware)."""
+    """Apply search parameters (nprobe, efSearch, ...) through faiss's `ParameterSpace` (GPU-aware); `refine` is
+    ours (applied by `shards.search_parts`), not faiss's, and is left out."""
+    if not params:
+        return
+    params = {k: v for k, v in params.items() if k not in OUR_PARAMS}
     if not params:
         return
     gpu = "Gpu" in type(faiss.downcast_index(index)).__name__ or hasattr(index, "getDevice")
@@ -141,10 +147,13 @@ class TuneResult:
 
 
 def tune(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, *, k: int = 10,
-         target: float = 0.95) -> TuneResult:
+         target: float = 0.95, raw: Any = None) -> TuneResult:
     """Smallest nprobe/efSearch whose recall@k (vs exact search) reaches `target` with 95% confidence; else the
-    best one found."""
+    best one found. With `raw` vectors (`rawvectors.RawVectors`) the re-ranking factor `refine` is tuned with it:
+    the setting of least measured time per query that reaches the target."""
     name, values = knob(index)
+    if raw is not None and len(queries) and index.ntotal > k + 1:
+        return _tune_refined(index, name, values, queries, query_ids, truth, k, target, raw)
     if name is None or len(queries) == 0:
         r = per_query_recall(search_without_self(index, queries, query_ids, k), truth) if len(queries) else \
             np.ones(0)
@@ -175,5 +184,70 @@ def tune(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, truth: 
     return TuneResult(params_for(index, name, best[2]), best[0], trace, False, best[1])
 
 
-__all__ = ["ExactNeighbours", "TuneResult", "drop_self", "ivf_of", "knob", "lower_bound", "params_for",
-           "per_query_recall", "recall_at_k", "search_without_self", "set_params", "tune"]
+def _tune_refined(index: faiss.Index, name: str | None, values: list[int], queries: np.ndarray,
+                  query_ids: np.ndarray, truth: np.ndarray, k: int, target: float, raw: Any) -> TuneResult:
+    """Sweep the knob upwards; at each value one faiss search for the most candidates any factor needs, each
+    factor re-ranking a prefix of them (faiss's candidates are sorted, so a prefix is what the smaller search
+    returns). Cost = faiss's time (at k+1 results without refine, at the most candidates with it) + re-ranking's.
+    Stops once faiss alone is slower than the cheapest setting that reached the target, or recall plateaus."""
+    kq = k + 1 if (np.asarray(query_ids) >= 0).any() else k  # results a search asks for (+ the query itself)
+    factors = [f for f in REFINE_VALUES if f == 1 or kq * f // 2 < index.ntotal]
+    kmax = min(kq * factors[-1], int(index.ntotal))
+    nq = len(queries)
+    trace: list[dict[str, float]] = []
+    reached: tuple[float, dict[str, int], float, float] | None = None  # (ms, params, recall, lower)
+    best: tuple[float, float, float, dict[str, int]] | None = None  # (recall, ms, lower, params)
+    top: list[float] = []  # best recall over factors at each knob value
+    for v in values or [None]:
+        if name == "efSearch" and v is not None and v < k + 1:
+            continue
+        base = params_for(index, name, v)
+        set_params(index, base)
+        t0 = time.perf_counter()
+        _, plain = index.search(queries, k + 1)
+        t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, cand = index.search(queries, kmax)
+        t_cand = time.perf_counter() - t0
+        recalls = []
+        for f in factors:
+            if f == 1:
+                found, secs = plain, t_plain
+            else:
+                t0 = time.perf_counter()
+                _, found = raw.rerank(queries, cand[:, : min(kq * f, kmax)], kq)
+                secs = t_cand + time.perf_counter() - t0
+            per = per_query_recall(drop_self(found, query_ids, k), truth)
+            r, lo = (float(per.mean()), lower_bound(per)) if len(per) else (1.0, 1.0)
+            ms = 1e3 * secs / nq
+            params = {**base, **({"refine": f} if f > 1 else {})}
+            entry = {**({name: v} if name else {}), "refine": f, "recall": round(r, 4), "lower": round(lo, 4),
+                     "ms_per_query": round(ms, 4)}
+            trace.append(entry)
+            recalls.append(r)
+            logger.info("tune %s refine=%d: recall@%d=%.4f (lower bound %.4f), %.3f ms/query",
+                        ", ".join(f"{a}={b}" for a, b in base.items()) or "-", f, k, r, lo, ms)
+            if lo >= target and (reached is None or ms < reached[0]):
+                reached = (ms, params, r, lo)
+            if best is None or r > best[0] + 0.002:
+                best = (r, ms, lo, params)
+        top.append(max(recalls))
+        if reached is not None and 1e3 * t_plain / nq > reached[0]:
+            break  # faiss alone now costs more than the cheapest setting found
+        if reached is None and len(top) >= 3 and max(top[-3:]) - top[-3] < 0.001:
+            break  # recall has plateaued even with the most re-ranking
+    if reached is not None:
+        ms, params, r, lo = reached
+        set_params(index, params)
+        return TuneResult(params, r, trace, True, lo)
+    assert best is not None
+    r, _, lo, params = best
+    set_params(index, params)
+    logger.warning("target recall@%d=%.3f not reached; best %.4f at %s (compressed codes limit recall even with "
+                   "re-ranking %d candidates per result: allow more memory or use a Flat/IVF-Flat index)", k, target,
+                   r, params, factors[-1])
+    return TuneResult(params, r, trace, False, lo)
+
+
+__all__ = ["OUR_PARAMS", "REFINE_VALUES", "ExactNeighbours", "TuneResult", "drop_self", "ivf_of", "knob",
+           "lower_bound", "params_for", "per_query_recall", "recall_at_k", "search_without_self", "set_params", "tune"]
