@@ -46,8 +46,10 @@ class FeatureRecord:
 
 
 def _npy(array: np.ndarray) -> bytes:
+    """An `.npy` payload in C order (encoders often return transposed views, which numpy would store in Fortran
+    order: readers then copy with strides)."""
     buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -169,10 +171,13 @@ def decode_npy(data: bytes | memoryview, where: str = "") -> np.ndarray:
     hlen = int.from_bytes(mv[8:8 + hlen_size], "little")
     start = 8 + hlen_size
     m = _NPY_HEADER.search(bytes(mv[start:start + hlen]))
-    if m is None or m.group(2) == b"True":
+    if m is None:
         return np.load(io.BytesIO(bytes(mv)), allow_pickle=False)
     shape = tuple(int(x) for x in m.group(3).split(b",") if x.strip())
-    return np.frombuffer(mv[start + hlen:], dtype=np.dtype(m.group(1).decode())).reshape(shape)
+    flat = np.frombuffer(mv[start + hlen:], dtype=np.dtype(m.group(1).decode()))
+    if m.group(2) == b"True":  # Fortran order (shards written before C order was enforced): a transposed view
+        return flat.reshape(shape[::-1]).T
+    return flat.reshape(shape)
 
 
 def _tar_members(path: Path) -> Iterator[tuple[str, memoryview]]:

@@ -36,3 +36,22 @@ def test_failed_shard_leaves_nothing(tmp_path: Path) -> None:
         list(iter_features(tmp_path))
     with pytest.raises(ValueError, match="expected tokens"):
         FeatureWriter(tmp_path / "features-r00-00001.tar").add("x", torch.randn(4), torch.randn(3))
+
+
+def test_npy_payloads_decode_without_numpy_header_parsing() -> None:
+    """Payloads are written in C order; Fortran-order ones (older shards) decode as transposed views, no copy."""
+    import io
+
+    import numpy as np
+
+    from anyalign.features import _npy, decode_npy
+
+    a = np.arange(6 * 5, dtype=np.float16).reshape(5, 6).T  # [6, 5], a transposed view: numpy saves it Fortran
+    assert b"'fortran_order': False" in _npy(a)[:128]
+    assert np.array_equal(decode_npy(_npy(a)), a)
+    buf = io.BytesIO()
+    np.save(buf, a)
+    payload = buf.getvalue()
+    assert b"'fortran_order': True" in payload[:128]
+    got = decode_npy(payload)
+    assert got.shape == (6, 5) and np.array_equal(got, a) and not got.flags.owndata

@@ -239,9 +239,12 @@ class FeatureStream(IterableDataset):
         media = {}
         for m, rows in per_mod.items():
             lengths = [t.shape[0] for _, t, _ in rows]
-            tok = np.zeros((len(rows), max(lengths), rows[0][1].shape[1]), dtype=rows[0][1].dtype)  # [n, T, D]
-            for j, (_, t, _) in enumerate(rows):
-                tok[j, : t.shape[0]] = t
+            if min(lengths) == max(lengths):  # fixed-length encoders: one stacking copy, no padding
+                tok = np.stack([t for _, t, _ in rows])  # [n, T, D]
+            else:
+                tok = np.zeros((len(rows), max(lengths), rows[0][1].shape[1]), dtype=rows[0][1].dtype)
+                for j, (_, t, _) in enumerate(rows):
+                    tok[j, : t.shape[0]] = t
             pooled = np.stack([p for _, _, p in rows])  # [n, P]
             media[m] = {"rows": torch.tensor([i for i, _, _ in rows]), "tokens": torch.from_numpy(tok),
                         "lengths": torch.tensor(lengths), "pooled": torch.from_numpy(pooled)}
@@ -251,7 +254,7 @@ class FeatureStream(IterableDataset):
 
     def loader(self) -> DataLoader:
         """A DataLoader over this rank's lanes (workers split them; chunks come back in lane order)."""
-        return DataLoader(self, batch_size=None, num_workers=self.num_workers,
+        return DataLoader(self, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                           prefetch_factor=4 if self.num_workers else None)
 
     def batches(self, loader: DataLoader | None = None) -> Iterator[Batch]:
@@ -265,6 +268,11 @@ class FeatureStream(IterableDataset):
                 chunks = []
 
 
+def _as_is(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The loader's collate: chunks are made whole by `_chunk` (torch's default walks every caption in them)."""
+    return chunk
+
+
 def join_chunks(chunks: list[dict[str, Any]]) -> Batch:
     """Lane chunks -> one `Batch`: rows renumbered, tokens padded to the longest and made float32 once."""
     offsets = np.cumsum([0] + [c["n"] for c in chunks])
@@ -274,11 +282,13 @@ def join_chunks(chunks: list[dict[str, Any]]) -> Batch:
         t_max = max(p["tokens"].shape[1] for _, p in parts)
         n = sum(p["tokens"].shape[0] for _, p in parts)
         dim = parts[0][1]["tokens"].shape[2]
-        tokens = torch.zeros(n, t_max, dim, dtype=torch.float32)  # [N, T, D]
+        tokens = torch.empty(n, t_max, dim, dtype=torch.float32)  # [N, T, D]; only padding is zeroed
         r = 0
         for _, p in parts:
             k, t = p["tokens"].shape[:2]
             tokens[r:r + k, :t] = p["tokens"]  # float16 -> float32 on the copy
+            if t < t_max:
+                tokens[r:r + k, t:] = 0
             r += k
         lengths = torch.cat([p["lengths"] for _, p in parts])
         mask = torch.arange(t_max)[None, :] < lengths[:, None]  # [N, T]
