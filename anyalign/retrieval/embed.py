@@ -183,16 +183,28 @@ def _embed_slice(items: list[EmbedItem], feature_dirs: list[Path], writer: Embed
     if world > 1:
         writer.cut(0)
     if mine:
-        decode = SafeDecode(mine, _RawLoader(embedder), errors=(InputError, OSError))
+        order = _length_order(mine, embedder, batch_size * _SORT_WINDOW)
+        decode = SafeDecode([mine[j] for j in order], _RawLoader(embedder), errors=(InputError, OSError))
         loader = DataLoader(decode, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+        done: dict[int, np.ndarray | None] = {}  # input position -> vector (None: failed), until written in order
+        written = 0
         for batch in tqdm(loader, desc=f"embedding {embedder.modality}", unit="batch", disable=len(loader) < 2):
-            ok = [(i, x) for i, x, err in batch if err is None]
+            ok = [(order[i], x) for i, x, err in batch if err is None]
             for i, _, err in batch:
                 if err is not None:
-                    logger.warning("skipping %s: %s", mine[i].meta.get("source"), err)
-                    failures.append({"source": str(mine[i].meta.get("source")), "error": err})
+                    item = mine[order[i]]
+                    logger.warning("skipping %s: %s", item.meta.get("source"), err)
+                    failures.append({"source": str(item.meta.get("source")), "error": err})
+                    done[order[i]] = None
             if ok:
-                writer.add(embedder.embed_loaded([x for _, x in ok]), [mine[i].meta for i, _ in ok])
+                done.update(zip((j for j, _ in ok), embedder.embed_loaded([x for _, x in ok])))
+            run = []
+            while written in done:  # the rows whose predecessors are all done go out, in input order
+                if (v := done.pop(written)) is not None:
+                    run.append((written, v))
+                written += 1
+            if run:
+                writer.add(np.stack([v for _, v in run]), [mine[j].meta for j, _ in run])
     for segment, folder in enumerate(feature_dirs, 1):
         start, stop = 0, None
         if world > 1:
@@ -202,6 +214,20 @@ def _embed_slice(items: list[EmbedItem], feature_dirs: list[Path], writer: Embed
             start, stop = _slice(len(open_source(folder)), rank, world)
         _embed_features(folder, embedder, writer, batch_size, start, stop)
     return failures
+
+
+_SORT_WINDOW = 32  # batches of sentences sorted by length together (bounded: results wait to go out in order)
+
+
+def _length_order(items: list[EmbedItem], embedder: Embedder, window: int) -> list[int]:
+    """The order to embed `items` in: for a text embedder, sentences sorted by length within windows of `window`
+    (a batch pads to its longest sentence: ~1.7x fewer tokens on mixed real text); else input order."""
+    if embedder.modality != "text" or not all(isinstance(it.raw, str) for it in items):
+        return list(range(len(items)))
+    order: list[int] = []
+    for lo in range(0, len(items), window):
+        order += sorted(range(lo, min(lo + window, len(items))), key=lambda j: len(items[j].raw))
+    return order
 
 
 def _embed_ranks(items: list[EmbedItem], feature_dirs: list[Path], output: Path, embedder: Embedder,
