@@ -1,21 +1,35 @@
-"""Frozen text-anchor embeddings computed once into an on-disk table keyed by caption (SQLite).
+"""Frozen text-anchor embeddings computed once into an on-disk, caption-keyed table of append-only files.
 
-Training against a frozen text anchor needs the embedding of every caption it meets. Keeping them all in
-memory stops working at a few hundred thousand captions, and re-encoding on a cache miss makes steps several times
-slower. `TextEmbeddingTable` stores each caption's L2-normalised embedding once, in a SQLite file keyed by the
-caption text under a folder named by the anchor's fingerprint, so later runs (and resumed ones) reuse it. New
-captions are encoded in length-sorted batches (little padding); values never change once written, which keeps
-resumed runs bit-exact.
+Training against a frozen text anchor needs the embedding of every caption it meets. Keeping them all in memory
+stops working at a few hundred thousand captions, and re-encoding on a cache miss makes steps several times slower.
+`TextEmbeddingTable` stores each caption's L2-normalised float32 embedding once, under a folder named by the anchor's
+fingerprint, so later runs (and resumed ones) reuse it:
+
+- storage: append-only part files (`part-K.emb` float32 rows, `.txt`/`.off` the caption texts, `.hash` a 64-bit
+  blake2b of each caption); `manifest.json` (replaced atomically) says how many rows of each part are committed, so
+  a crashed writer's partial rows are never read.
+- lookups: an in-memory open-addressing hash table (hash -> row, under 50 bytes a caption) and one `pread` per
+  row, so a lookup costs the same at 1k or millions of captions (SQLite's B-tree did not); the stored text of every
+  hit is compared, so a hash collision can never return another caption's vector.
+- writers: serialised by `flock` on `folder/lock`; under it a writer re-reads the manifest and skips captions
+  another process stored first, so values never change once written (which keeps resumed runs bit-exact).
+- misses: a lookup that misses re-reads the manifest first (another process may just have stored them); the rest
+  are encoded in length-sorted batches (little padding) and written every `_WRITE_ROWS` rows (bounded memory).
+- upgrade: a folder holding the older `table.sqlite` is imported once, under the lock, on open.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +38,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: captions looked up / inserted per SQL statement (SQLite's default variable limit is 32766)
-_SQL_CHUNK = 900
+_FORMAT = 1
+#: rows per part (its files grow by appending up to this many rows, then the next part starts)
+_PART_ROWS = 1 << 20
+#: rows encoded between two writes (bounds memory while adding millions of captions)
+_WRITE_ROWS = 8192
+_ROW_BITS = 32
+_ROW_MASK = (1 << _ROW_BITS) - 1
 
 
 def text_cache_root() -> Path:
@@ -44,48 +63,158 @@ def anchor_fingerprint(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _caption_hash(caption: bytes) -> bytes:
+    """The 8-byte key of a UTF-8 caption (collisions are caught by comparing the stored text)."""
+    return hashlib.blake2b(caption, digest_size=8).digest()
+
+
+def _hashes(captions: Sequence[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(map(_caption_hash, captions)), dtype="<u8").astype(np.uint64)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+class _Part:
+    """One part's committed rows: embeddings read with `pread`, caption texts and offsets memory-mapped."""
+
+    def __init__(self, stem: Path, dim: int) -> None:
+        self.stem, self.row_bytes = stem, dim * 4
+        self.rows = self.text_bytes = 0
+        # pread, not mmap: a random row of a big file costs one syscall, not a page fault (each mapping tens of
+        # pages) on its first touch, so a lookup costs the same at 1k or 1M rows from the first epoch on
+        self.fd = os.open(stem.with_suffix(".emb"), os.O_RDONLY)
+        self._maps: list[mmap.mmap | bytes] = []
+        self.off, self.txt = np.zeros(1, dtype="<u8"), b""
+
+    def grow(self, rows: int, text_bytes: int) -> None:
+        """Map the rows committed now (the files only ever grow)."""
+        if os.fstat(self.fd).st_size < rows * self.row_bytes:
+            raise RuntimeError(f"{self.stem}.emb: shorter than the text table's manifest says (lost on a crash?)")
+        maps = [self._map(self.stem.with_suffix(".off"), (rows + 1) * 8),
+                self._map(self.stem.with_suffix(".txt"), text_bytes)]
+        self._close_maps()
+        self._maps, self.rows, self.text_bytes = maps, rows, text_bytes
+        self.off, self.txt = np.frombuffer(maps[0], dtype="<u8"), maps[1]  # plain arrays: np.memmap is slower
+
+    @staticmethod
+    def _map(path: Path, size: int) -> mmap.mmap | bytes:
+        if not size:
+            return b""
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < size:
+                raise RuntimeError(f"{path}: shorter than the text table's manifest says (lost on a crash?)")
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+
+    def read(self, rows: list[int], out: np.ndarray) -> None:
+        """Rows `rows` of the embeddings into `out` (`[len(rows), E]`, C-contiguous)."""
+        for j, r in enumerate(rows):
+            if os.preadv(self.fd, [out[j]], r * self.row_bytes) != self.row_bytes:
+                raise RuntimeError(f"{self.stem}.emb: short read at row {r}")
+
+    def _close_maps(self) -> None:
+        self.off, self.txt = np.zeros(1, dtype="<u8"), b""
+        for m in self._maps:
+            if isinstance(m, mmap.mmap):
+                try:
+                    m.close()
+                except BufferError:  # an array still views it: the map goes with that array
+                    pass
+
+    def close(self) -> None:
+        self._close_maps()
+        os.close(self.fd)
+
+
+class _Index:
+    """64-bit caption hash -> location (`part << 32 | row`): an open-addressing hash table in one numpy array.
+
+    One probe (rarely a few, in the same cache line) per caption, where a binary search over a million sorted hashes
+    takes 20 dependent cache misses: lookups cost the same at any table size. 16 bytes a slot, load <= 0.7."""
+
+    def __init__(self) -> None:
+        self.slots = np.full((1024, 2), -1, dtype=np.int64)  # [hash, location]; location -1: empty
+        self.n = 0
+
+    def insert(self, keys: np.ndarray, loc: np.ndarray) -> None:
+        if self.n + len(keys) > 0.7 * len(self.slots):
+            used = self.slots[self.slots[:, 1] >= 0]
+            cap = 1 << max(10, int(1.5 * (self.n + len(keys))).bit_length())  # load 1/3-2/3
+            self.slots = np.full((cap, 2), -1, dtype=np.int64)
+            self._place(used[:, 0], used[:, 1])
+        self._place(keys, loc)
+        self.n += len(keys)
+
+    def _place(self, keys: np.ndarray, loc: np.ndarray) -> None:
+        mask = len(self.slots) - 1
+        pos = keys & mask
+        todo = np.arange(len(keys))
+        while todo.size:  # linear probing, vectorised: where several want one free slot, the first gets it
+            p = pos[todo]
+            free = np.flatnonzero(self.slots[p, 1] < 0)
+            _, first = np.unique(p[free], return_index=True)
+            win = todo[free[first]]
+            self.slots[pos[win], 0], self.slots[pos[win], 1] = keys[win], loc[win]
+            placed = np.zeros(len(keys), dtype=bool)
+            placed[win] = True
+            todo = todo[~placed[todo]]
+            pos[todo] = (pos[todo] + 1) & mask
+
+
 class TextEmbeddingTable:
-    """caption -> float32 embedding `[E]`, stored in `folder/table.sqlite` (safe for several processes)."""
+    """caption -> float32 embedding `[E]` stored under `folder` (several processes may read and write at once)."""
 
     def __init__(self, folder: str | os.PathLike, encode: Callable[[list[str]], torch.Tensor], *,
                  batch_size: int = 256) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / "table.sqlite"
+        self.path = self.folder  # where the table lives (logged by the trainer)
         self.encode = encode
         self.batch_size = batch_size
         self.dim: int | None = None
-        self._db = sqlite3.connect(self.path, timeout=600, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        # lookups read pages through mmap and keep hot ones cached (a step's 32 captions hit random pages)
-        self._db.execute("PRAGMA mmap_size=2147483648")
-        self._db.execute("PRAGMA cache_size=-262144")
-        self._db.execute("CREATE TABLE IF NOT EXISTS emb (caption TEXT PRIMARY KEY, dim INTEGER, vec BLOB) "
-                         "WITHOUT ROWID")
+        self._manifest_path = self.folder / "manifest.json"
+        self._mutex = threading.RLock()  # flock does not exclude threads sharing one descriptor
+        self._lock_fd: int | None = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._man: dict[str, Any] = self._empty()
+        self._parts: list[_Part] = []
+        self._index = _Index()
+        self._refresh()
+        if (self.folder / "table.sqlite").is_file() and not self._man.get("sqlite_imported"):
+            self._import_sqlite(self.folder / "table.sqlite")
 
+    # --- public ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM emb").fetchone()[0])
+        with self._mutex:
+            self._refresh()
+            return sum(p["rows"] for p in self._man["parts"])
 
     def lookup(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Embeddings of those `texts` the table holds (missing ones are absent from the result)."""
-        out: dict[str, torch.Tensor] = {}
-        uniq = sorted(dict.fromkeys(texts))  # B-tree lookups in key order touch each page once
-        for i in range(0, len(uniq), _SQL_CHUNK):
-            part = uniq[i:i + _SQL_CHUNK]
-            rows = self._db.execute(f"SELECT caption, vec FROM emb WHERE caption IN ({','.join('?' * len(part))})",
-                                    part).fetchall()
-            for caption, blob in rows:
-                out[caption] = torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
-        return out
+        with self._mutex:
+            keys = list(dict.fromkeys(texts))
+            loc = self._find_fresh([_utf8(t) for t in keys])
+            hit = np.flatnonzero(loc >= 0)
+            vec = torch.from_numpy(self._vectors(loc[hit]))
+            return {keys[i]: vec[j] for j, i in enumerate(hit.tolist())}
 
     def get(self, texts: Sequence[str]) -> torch.Tensor:
         """`[N, E]` embeddings of `texts` (in order), encoding and storing the missing ones first."""
-        found = self.lookup(texts)
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
-        if missing:
-            found.update(self._encode_and_store(missing))
-        return torch.stack([found[t] for t in texts]) if texts else torch.zeros(0, self.dim or 0)
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.dim or 0)
+        with self._mutex:
+            keys = list(dict.fromkeys(texts))
+            enc = [_utf8(t) for t in keys]
+            loc = self._find_fresh(enc)
+            miss = np.flatnonzero(loc < 0)
+            if miss.size:
+                loc[miss] = self._encode_and_store([keys[i] for i in miss.tolist()])
+            vec = self._vectors(loc)
+        if len(keys) < len(texts):
+            pos = {t: i for i, t in enumerate(keys)}
+            vec = vec[[pos[t] for t in texts]]
+        return torch.from_numpy(vec)
 
     def add(self, texts: Iterable[str], *, chunk: int = 50_000, progress: bool = False) -> int:
         """Make sure every text is in the table: read in chunks of `chunk` (bounded memory), encode the missing
@@ -97,10 +226,12 @@ class TextEmbeddingTable:
         bar = tqdm(desc="text-anchor cache", unit="caption", disable=not progress)
 
         def flush() -> int:
-            have = self.lookup(list(buf))
-            todo = [t for t in buf if t not in have]
-            if todo:
-                self._encode_and_store(todo, bar=bar)
+            keys = list(buf)
+            with self._mutex:
+                loc = self._find_fresh([_utf8(t) for t in keys])
+                todo = [keys[i] for i in np.flatnonzero(loc < 0).tolist()]
+                if todo:
+                    self._encode_and_store(todo, bar=bar)
             buf.clear()
             return len(todo)
 
@@ -113,24 +244,231 @@ class TextEmbeddingTable:
         bar.close()
         return added
 
-    def _encode_and_store(self, texts: list[str], bar: Any = None) -> dict[str, torch.Tensor]:
+    def close(self) -> None:
+        with self._mutex:
+            for p in self._parts:
+                p.close()
+            self._parts, self._index = [], _Index()
+            self._man = self._empty()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # --- reading --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _empty() -> dict[str, Any]:
+        return {"format": _FORMAT, "version": 0, "dim": None, "parts": []}
+
+    def _stem(self, k: int) -> Path:
+        return self.folder / f"part-{k:05d}"
+
+    def _refresh(self) -> None:
+        """Catch up with the manifest on disk: map the parts' new rows and index their hashes."""
+        try:
+            man = json.loads(self._manifest_path.read_text())
+        except FileNotFoundError:
+            return
+        if man.get("format", 0) > _FORMAT:
+            raise RuntimeError(f"{self.folder}: text table format {man.get('format')} is newer than this anyalign "
+                               f"reads ({_FORMAT}); upgrade anyalign")
+        if man["version"] == self._man["version"]:
+            return
+        if len(man["parts"]) < len(self._parts):
+            raise RuntimeError(f"{self.folder}: the text table lost parts (manifest edited by hand?)")
+        for k, p in enumerate(man["parts"]):
+            if k == len(self._parts):
+                self._parts.append(_Part(self._stem(k), man["dim"]))
+            part, have = self._parts[k], self._parts[k].rows
+            if p["rows"] == have:
+                continue
+            if p["rows"] < have:
+                raise RuntimeError(f"{self.folder}: part {k} of the text table shrank (manifest edited by hand?)")
+            part.grow(p["rows"], p["text_bytes"])
+            keys = np.fromfile(part.stem.with_suffix(".hash"), dtype="<u8", count=p["rows"] - have, offset=8 * have)
+            self._index.insert(keys.view(np.int64), (k << _ROW_BITS) | np.arange(have, p["rows"], dtype=np.int64))
+        self._man, self.dim = man, man["dim"]
+
+    def _find(self, enc: Sequence[bytes]) -> np.ndarray:
+        """Locations (`part << 32 | row`, -1: absent) of UTF-8 captions in what this process has mapped."""
+        loc = np.full(len(enc), -1, dtype=np.int64)
+        if not enc or not self._index.n:
+            return loc
+        slots = self._index.slots
+        mask = len(slots) - 1
+        keys = _hashes(enc).view(np.int64)
+        pos = keys & mask
+        todo = np.arange(len(enc))
+        while todo.size:  # walk each caption's probe sequence up to an empty slot
+            s = slots[pos[todo]]
+            used = s[:, 1] >= 0
+            same = np.flatnonzero(used & (s[:, 0] == keys[todo]))
+            if same.size:  # the hash matches: the stored text must too (a collision is another caption)
+                self._check_text(todo[same], s[same, 1], enc, loc)
+            todo = todo[used & (loc[todo] < 0)]
+            pos[todo] = (pos[todo] + 1) & mask
+        return loc
+
+    def _check_text(self, idx: np.ndarray, cand: np.ndarray, enc: Sequence[bytes], loc: np.ndarray) -> None:
+        """Set `loc[i] = c` for each candidate location `c` whose stored caption is `enc[i]`."""
+        parts, rows = cand >> _ROW_BITS, cand & _ROW_MASK
+        for k, m in self._by_part(parts):
+            part, r = self._parts[k], rows[m]
+            starts, ends = part.off[r].tolist(), part.off[r + 1].tolist()
+            for i, c, a, b in zip(idx[m].tolist(), cand[m].tolist(), starts, ends):
+                if part.txt[a:b] == enc[i]:
+                    loc[i] = c
+
+    def _find_fresh(self, enc: Sequence[bytes]) -> np.ndarray:
+        """`_find`, re-reading the manifest on a miss (another process may just have stored those captions)."""
+        loc = self._find(enc)
+        miss = np.flatnonzero(loc < 0)
+        if miss.size:
+            version = self._man["version"]
+            self._refresh()
+            if self._man["version"] != version:
+                loc[miss] = self._find([enc[i] for i in miss.tolist()])
+        return loc
+
+    def _vectors(self, loc: np.ndarray) -> np.ndarray:
+        """`[n, E]` float32 rows at `loc` (all present)."""
+        out = np.empty((len(loc), self.dim or 0), dtype=np.float32)
+        parts, rows = loc >> _ROW_BITS, loc & _ROW_MASK
+        for k, m in self._by_part(parts):
+            if isinstance(m, slice):
+                self._parts[k].read(rows.tolist(), out)
+            else:
+                sub = np.empty((int(m.sum()), out.shape[1]), dtype=np.float32)
+                self._parts[k].read(rows[m].tolist(), sub)
+                out[m] = sub
+        return out
+
+    def _by_part(self, parts: np.ndarray) -> Iterator[tuple[int, Any]]:
+        """(part, selection) pairs covering `parts` (one part, the usual case: no grouping)."""
+        if len(self._parts) == 1:
+            yield 0, slice(None)
+            return
+        for k in np.unique(parts).tolist():
+            yield k, parts == k
+
+    # --- writing --------------------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the writer lock, caught up with the latest manifest."""
+        if self._lock_fd is None:
+            raise RuntimeError(f"{self.folder}: the text table is closed")
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._refresh()
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _encode_and_store(self, texts: list[str], bar: Any = None) -> np.ndarray:
+        """Encode `texts` in length-sorted batches and store them; their locations (in `texts` order)."""
         ordered = sorted(set(texts), key=lambda t: (len(t), t))  # length-sorted: little padding, fixed batches
-        out: dict[str, torch.Tensor] = {}
+        pend_t: list[str] = []
+        pend_v: list[np.ndarray] = []
         for i in range(0, len(ordered), self.batch_size):
             part = ordered[i:i + self.batch_size]
             emb = torch.nn.functional.normalize(self.encode(part).float(), dim=-1).cpu()  # [n, E]
-            self.dim = int(emb.shape[1])
-            # INSERT OR IGNORE: a value, once written (by any process), is never replaced
-            self._db.executemany("INSERT OR IGNORE INTO emb VALUES (?, ?, ?)",
-                                 [(t, self.dim, e.numpy().tobytes()) for t, e in zip(part, emb)])
+            pend_t += part
+            pend_v.append(emb.numpy())
+            if len(pend_t) >= _WRITE_ROWS:
+                self._store(pend_t, np.concatenate(pend_v))
+                pend_t, pend_v = [], []
             if bar is not None:
                 bar.update(len(part))
-        stored = self.lookup(ordered)  # what the table holds (another process may have written first)
-        out.update(stored)
-        return out
+        if pend_t:
+            self._store(pend_t, np.concatenate(pend_v))
+        loc = self._find([_utf8(t) for t in texts])  # what the table holds (another process may have written first)
+        if (loc < 0).any():
+            raise RuntimeError(f"{self.folder}: stored captions not found again")
+        return loc
 
-    def close(self) -> None:
-        self._db.close()
+    def _store(self, texts: list[str], vecs: np.ndarray) -> None:
+        with self._locked():
+            self._append(texts, vecs)
+
+    def _append(self, texts: list[str], vecs: np.ndarray) -> None:
+        """Append the captions the table does not hold yet (call under the lock, caught up)."""
+        enc = [_utf8(t) for t in texts]
+        keep = np.flatnonzero(self._find(enc) < 0)
+        if keep.size < len(enc):  # another process stored some first: theirs stay (values never change)
+            enc, vecs = [enc[i] for i in keep.tolist()], vecs[keep]
+        if not enc:
+            return
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        dim = int(vecs.shape[1])
+        man = json.loads(json.dumps(self._man))
+        if man["dim"] is None:
+            man["dim"] = dim
+        elif man["dim"] != dim:
+            raise ValueError(f"{self.folder}: the encoder gave {dim}-d embeddings, the table holds {man['dim']}-d")
+        hashes = _hashes(enc)
+        i = 0
+        while i < len(enc):
+            if not man["parts"] or man["parts"][-1]["rows"] >= _PART_ROWS:
+                man["parts"].append({"rows": 0, "text_bytes": 0})
+            k, p = len(man["parts"]) - 1, man["parts"][-1]
+            n = min(len(enc) - i, _PART_ROWS - p["rows"])
+            self._write_part(k, p, dim, enc[i:i + n], vecs[i:i + n], hashes[i:i + n])
+            i += n
+        self._commit(man)  # the new rows are committed now, all at once
+
+    def _commit(self, man: dict[str, Any]) -> None:
+        """Replace the manifest atomically (under the lock) and catch up with it."""
+        man["version"] += 1
+        tmp = self._manifest_path.with_name(f"manifest.json.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(man))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._manifest_path)
+        self._refresh()
+
+    def _write_part(self, k: int, p: dict[str, Any], dim: int, enc: list[bytes], vecs: np.ndarray,
+                    hashes: np.ndarray) -> None:
+        """Append rows to part `k` after its committed ones (cutting a crashed writer's leftovers) and update `p`."""
+        ends = p["text_bytes"] + np.cumsum([len(e) for e in enc], dtype=np.int64)
+        stem = self._stem(k)
+        for ext, at, data in ((".emb", p["rows"] * dim * 4, vecs.tobytes()),
+                              (".off", (p["rows"] + 1) * 8, ends.astype("<u8").tobytes()),
+                              (".txt", p["text_bytes"], b"".join(enc)),
+                              (".hash", p["rows"] * 8, hashes.astype("<u8").tobytes())):
+            fd = os.open(stem.with_suffix(ext), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.ftruncate(fd, at)  # a new .off starts with one zero: row 0 starts at byte 0
+                view, done = memoryview(data), 0
+                while done < len(view):
+                    done += os.pwrite(fd, view[done:], at + done)
+                os.fdatasync(fd)  # on disk before the manifest says these rows exist
+            finally:
+                os.close(fd)
+        p["rows"] += len(enc)
+        p["text_bytes"] = int(ends[-1])
+
+    def _import_sqlite(self, path: Path) -> None:
+        """Copy the rows of an older `table.sqlite` into this table, once (they were written first: they win)."""
+        with self._locked():
+            if self._man.get("sqlite_imported"):
+                return
+            db = sqlite3.connect(path, timeout=600)
+            try:
+                try:
+                    cur = db.execute("SELECT caption, vec FROM emb ORDER BY caption")
+                except sqlite3.OperationalError:  # no table in it
+                    cur = None
+                n = 0
+                while cur is not None and (rows := cur.fetchmany(_WRITE_ROWS)):
+                    vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                    self._append([r[0] for r in rows], vecs)
+                    n += len(rows)
+            finally:
+                db.close()
+            man = json.loads(json.dumps(self._man))
+            man["sqlite_imported"] = True
+            self._commit(man)
+        logger.info("text anchor: imported %d caption embeddings from %s", n, path)
 
 
 def table_for_anchor(spec: dict[str, Any], encoder: Any, *, root: str | os.PathLike | None = None,
