@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["ANYALIGN_CACHE"] = __import__("tempfile").mkdtemp(prefix="anyalign-test-cache-")  # keep ~/.cache clean
+# the session made this folder, so it removes it at exit (285 of them had piled up in /tmp)
+__import__("atexit").register(__import__("shutil").rmtree, os.environ["ANYALIGN_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
