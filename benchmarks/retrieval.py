@@ -8,7 +8,10 @@ L2-normalised), written as `anyalign embed`-style shards and indexed from disk (
 are fresh draws from the mixture, never in the corpus ("held-out"): recall@10 is measured on them against exact
 search, which is also the QPS baseline (`Flat`). Each build runs in a child process so that its peak RSS is its
 own. IVF-Flat has the auto choice's list count; IVF-PQ is the auto choice under a memory budget of 1/8 of the raw
-vectors (PQ codes).
+vectors (PQ codes), with its normalised vectors kept on disk as float16 (memory-mapped, outside the budget) to
+re-rank `k * refine` candidates exactly: its "faiss" numbers are faiss + that re-ranking at the tuned refine, and a
+`refine=0` row gives the same index and nprobe without it. `--kinds ...,ivfpq-noraw` also builds the IVF-PQ
+without raw vectors (build time and peak RSS without writing them).
 Real data: sentences from text on this machine (man pages, Python docs topics, licence texts) embedded with
 $ANYALIGN_ASSETS/text/all-MiniLM-L6-v2 through `anyalign embed`; held-out sentences are the queries, and the
 build's reported (held-out) recall is compared with the recall those fresh queries get.
@@ -34,7 +37,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+KINDS = ("flat", "ivf", "ivfpq", "hnsw", "ivfpq-noraw")  # ivfpq-noraw: the same IVF-PQ kept without raw vectors
+DEFAULT_KINDS = KINDS[:4]
 
 
 # --- data ------------------------------------------------------------------------------------------------------
@@ -158,34 +162,62 @@ def measure(out: Path, q: np.ndarray, truth: np.ndarray, k: int, single: int) ->
     t0 = time.perf_counter()
     in_memory = r.load_metadata()
     load_s = time.perf_counter() - t0
-    index = r.parts[0].index
+    part = r.parts[0]
+    tuned = dict(part.config.search_params)
+    plain = part.index
+    # a compressed index with raw vectors on disk: "faiss" is faiss + the exact re-ranking at the tuned factor
+    index = _Refined(plain, part.raw, tuned["refine"]) if part.raw is not None and tuned.get("refine", 1) > 1 \
+        else plain
     _, found = index.search(q, k)
     res = {"recall": recall_at(found, truth), "meta_in_memory": in_memory, "meta_load_s": load_s}
     res["tuned"] = overhead(r, index, q, k, single)
-    name, values = sweep_values(index)
-    tuned = dict(r.parts[0].config.search_params)
+    name, values = sweep_values(plain)
+    if index is not plain:  # the same index and nprobe without re-ranking
+        _, f0 = plain.search(q, k)
+        fns = {"faiss": lambda b: plain.search(b, k)}
+        t = versus(fns, q)
+        if single:
+            t.update({f"{n}1": v for n, v in versus(fns, q, one_by_one=min(single, len(q))).items()})
+        res["norefine"] = {"recall": recall_at(f0, truth), **t}
+        res["raw_bytes"] = (out / part.config.raw["file"]).stat().st_size
     if name == "nprobe" and tuned.get("nprobe") != 1:  # the fastest setting: metadata costs most next to faiss
-        set_params(index, params_for(index, name, 1))
+        set_params(plain, params_for(plain, name, 1))
         _, f1 = index.search(q, k)
         res["nprobe1"] = {"recall": recall_at(f1, truth), **overhead(r, index, q, k, single)}
-        set_params(index, tuned)
-    curve = []
+        set_params(plain, tuned)
+    curve, curve0 = [], []
     for v in values:
-        set_params(index, params_for(index, name, v))
+        set_params(plain, params_for(plain, name, v))
         _, f = index.search(q, k)
         curve.append((v, recall_at(f, truth), qps(lambda b: index.search(b, k), q, min_time=0.5)))
-    res["curve"], res["knob"] = curve, name
+        if index is not plain:
+            _, f = plain.search(q, k)
+            curve0.append((v, recall_at(f, truth), qps(lambda b: plain.search(b, k), q, min_time=0.5)))
+    set_params(plain, tuned)
+    res["curve"], res["curve0"], res["knob"] = curve, curve0, name
     res["bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.name.startswith("index."))
     res["meta_bytes"] = (out / "metadata.sqlite").stat().st_size
     return res
 
 
-def child_build(emb: str, out: str, factory: str, memory: str, target: float, k: int) -> None:
+class _Refined:
+    """faiss search + exact re-ranking of `k * factor` candidates (what `search_parts` does for such a part)."""
+
+    def __init__(self, index, raw, factor: int) -> None:
+        self.index, self.raw, self.factor = index, raw, factor
+
+    def search(self, x: np.ndarray, k: int):
+        from anyalign.retrieval.rawvectors import refined_search
+
+        return refined_search(self.index, self.raw, x, k, self.factor)
+
+
+def child_build(emb: str, out: str, factory: str, memory: str, target: float, k: int, raw: str = "float16") -> None:
     """Run one build (in its own process) and print its config and peak RSS as JSON."""
     from anyalign.retrieval import build_index
 
     t0 = time.perf_counter()
-    cfg = build_index(emb, out, factory=factory, memory=memory, target_recall=target, k=k)
+    cfg = build_index(emb, out, factory=factory, memory=memory, target_recall=target, k=k, raw_vectors=raw)
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux: KB)
     print(json.dumps({"factory": cfg.factory, "choice": cfg.choice, "params": cfg.search_params,
@@ -193,8 +225,8 @@ def child_build(emb: str, out: str, factory: str, memory: str, target: float, k:
                       "rss_mb": rss, "ntotal": cfg.ntotal}))
 
 
-def build(emb: Path, out: Path, factory: str, memory: str, target: float, k: int) -> dict:
-    cmd = [sys.executable, __file__, "--child-build", str(emb), str(out), factory, memory, str(target), str(k)]
+def build(emb: Path, out: Path, factory: str, memory: str, target: float, k: int, raw: str = "float16") -> dict:
+    cmd = [sys.executable, __file__, "--child-build", str(emb), str(out), factory, memory, str(target), str(k), raw]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"build {factory} failed:\n{res.stderr[-3000:]}")
@@ -296,8 +328,8 @@ def real_run(args: argparse.Namespace, work: Path) -> None:
 # --- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child-build":
-        emb, out, factory, memory, target, k = sys.argv[2:8]
-        return child_build(emb, out, factory, memory, float(target), int(k))
+        emb, out, factory, memory, target, k, raw = sys.argv[2:9]
+        return child_build(emb, out, factory, memory, float(target), int(k), raw)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
@@ -306,7 +338,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--memory", default="4G", help="memory budget for the auto choice")
-    ap.add_argument("--kinds", default=",".join(KINDS), help=f"subset of {','.join(KINDS)}")
+    ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help=f"subset of {','.join(KINDS)}")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--single", type=int, default=200, help="queries timed one at a time (latency-bound QPS)")
     ap.add_argument("--real-n", type=int, default=20_000, help="real sentences in the MiniLM corpus (0: skip)")
@@ -336,7 +368,8 @@ def main() -> None:
     raw = args.n * args.dim * 4
     nlist = num_lists(args.n, args.dim)  # what the auto choice uses
     factories = {"flat": ("Flat", args.memory), "ivf": (f"IVF{nlist},Flat", args.memory),
-                 "ivfpq": ("auto", str(max(raw // 8, 1 << 20))), "hnsw": ("HNSW32,Flat", args.memory)}
+                 "ivfpq": ("auto", str(max(raw // 8, 1 << 20))), "hnsw": ("HNSW32,Flat", args.memory),
+                 "ivfpq-noraw": ("auto", str(max(raw // 8, 1 << 20)))}
     faiss.omp_set_num_threads(1)  # searches are measured per core; builds (child processes) use every thread
     print(f"IVF-PQ: auto choice under a {format_bytes(raw // 8)} budget = "
           f"{choose_index(args.n, args.dim, max(raw // 8, 1 << 20)).factory}")
@@ -344,11 +377,18 @@ def main() -> None:
     for kind in [s.strip() for s in args.kinds.split(",") if s.strip()]:
         factory, memory = factories[kind]
         out = work / f"index-{kind}"
-        b = build(emb, out, factory, memory, args.target_recall, args.k)
+        raw_dtype = "none" if kind == "ivfpq-noraw" else "float16"
+        b = build(emb, out, factory, memory, args.target_recall, args.k, raw_dtype)
         m = measure(out, q, truth, args.k, args.single)
+        if kind == "ivfpq-noraw":
+            b["factory"] += " noraw"
         rows[kind] = (b, m)
         print(f"  {kind}: {b['factory']} built in {b['build_s']:.1f}s, peak RSS {b['rss_mb']:.0f} MB, "
-              f"params {b['params']}, build-reported held-out recall {b['tuning'].get('recall')}")
+              f"params {b['params']}, build-reported held-out recall {b['tuning'].get('recall')} "
+              f"(reached: {b['tuning'].get('reached')}); load {os.getloadavg()[0]:.1f}")
+        if "raw_bytes" in m:
+            print(f"    + raw vectors on disk for re-ranking: {m['raw_bytes'] / args.n:.0f} B/vector "
+                  f"({format_bytes(m['raw_bytes'])}, memory-mapped, not in the budget)")
     exact_qps = rows["flat"][1]["tuned"]["faiss"] if "flat" in rows else None
     print(f"\nper index (QPS per core: faiss on 1 thread, CPU time; batch of {args.queries} and one query at a time)")
     print(f"{'index':<24}{'build s':>8}{'RSS MB':>8}{'B/vec':>7}{'recall@' + str(args.k):>10}{'QPS':>9}"
@@ -358,6 +398,11 @@ def main() -> None:
         speed = f"{t['faiss'] / exact_qps:>8.1f}" if exact_qps else f"{'':>8}"
         print(f"{b['factory']:<24}{b['build_s']:>8.1f}{b['rss_mb']:>8.0f}{m['bytes'] / args.n:>7.1f}"
               f"{m['recall']:>10.3f}{t['faiss']:>9.0f}{speed}{t.get('faiss1', 0):>8.0f}")
+        if "norefine" in m:  # the same index at the same nprobe, candidates not re-ranked
+            t = m["norefine"]
+            speed = f"{t['faiss'] / exact_qps:>8.1f}" if exact_qps else f"{'':>8}"
+            print(f"{'  same, refine=0':<24}{'':>8}{'':>8}{'':>7}{t['recall']:>10.3f}{t['faiss']:>9.0f}{speed}"
+                  f"{t.get('faiss1', 0):>8.0f}")
     print("\nRetriever.search_vectors / raw faiss, same index and setting (+cols: every hit's source, caption and "
           "modality read as columns; hits: every query's SearchResult list made; +dicts: every hit's metadata dict)")
     print(f"{'index':<24}{'setting':<14}{'recall':>7}{'faiss QPS':>10}{'+cols':>7}{'hits':>7}{'+dicts':>7}"
@@ -378,7 +423,11 @@ def main() -> None:
     for kind, (b, m) in rows.items():
         if m["knob"]:
             pts = "  ".join(f"{v}: {r:.3f} @ {s:.0f}" for v, r, s in m["curve"])
-            print(f"  {b['factory']} ({m['knob']}): {pts}")
+            print(f"  {b['factory']} ({m['knob']}{', refine ' + str(b['params']['refine']) if m['curve0'] else ''}):"
+                  f" {pts}")
+            if m["curve0"]:
+                pts = "  ".join(f"{v}: {r:.3f} @ {s:.0f}" for v, r, s in m["curve0"])
+                print(f"  {b['factory']} ({m['knob']}, refine 0): {pts}")
     print(f"metadata db: {rows[next(iter(rows))][1]['meta_bytes'] / args.n:.1f} B/vector" if rows else "")
     if args.real_n:
         real_run(args, work)

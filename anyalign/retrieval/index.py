@@ -512,8 +512,10 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
                 if writer is not None:
                     config.raw = writer.close()
                     raw = RawVectors(tmp, config.raw)
+                t_tune = time.perf_counter()
                 result = tune(index, queries, np.full(len(queries), -1, dtype=np.int64), exact.result(), k=k,
                               target=target_recall, raw=raw)
+                t_tune = time.perf_counter() - t_tune
                 del raw
                 if len(held_ids):  # the held-out queries join the index once tuning is done
                     _add_rows(index, meta, held_ids, queries, held_meta, np.ones(len(held_ids), bool),
@@ -521,7 +523,8 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
             config.search_params = result.params
             config.tuning = {"target_recall": target_recall, "k": k, "recall": round(result.recall, 4),
                              "recall_lower": round(result.lower, 4), "queries": int(len(queries)),
-                             "query_set": query_name, "reached": result.reached, "trace": result.trace}
+                             "query_set": query_name, "reached": result.reached, "seconds": round(t_tune, 2),
+                             "trace": result.trace}
             config.next_id = int(stop)
             config.tombstones = not supports_remove(index)
             config.skipped = skipped.record()

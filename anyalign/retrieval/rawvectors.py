@@ -27,6 +27,7 @@ RAW_FILES = frozenset(name for name, _ in DTYPES.values())
 CHUNK_BYTES = 64 << 20  # candidate rows gathered at a time while re-ranking
 RELEASE_BYTES = 256 << 20  # mapped pages read (counted per 4 KiB page) before they are dropped from the process
 PAGE = 4096
+GPU_MAX_K = 2048
 
 
 def check_dtype(dtype: str | None) -> str | None:
@@ -216,6 +217,8 @@ def refined_search(index: Any, raw: RawVectors | None, queries: np.ndarray, k: i
     if raw is None or factor <= 1:
         return index.search(queries, k, params=params)
     kk = max(min(k * factor, int(index.ntotal)), k)
+    if "Gpu" in type(index).__name__ or "Replicas" in type(index).__name__:
+        kk = max(min(kk, GPU_MAX_K), k)  # faiss's GPU indexes return at most 2048 results per query
     _, cand = index.search(queries, kk, params=params)
     return raw.rerank(queries, cand, k)
 

@@ -188,8 +188,9 @@ def _tune_refined(index: faiss.Index, name: str | None, values: list[int], queri
                   query_ids: np.ndarray, truth: np.ndarray, k: int, target: float, raw: Any) -> TuneResult:
     """Sweep the knob upwards; at each value one faiss search for the most candidates any factor needs, each
     factor re-ranking a prefix of them (faiss's candidates are sorted, so a prefix is what the smaller search
-    returns). Cost = faiss's time (at k+1 results without refine, at the most candidates with it) + re-ranking's.
-    Stops once faiss alone is slower than the cheapest setting that reached the target, or recall plateaus."""
+    returns). Cost = faiss's time (at k+1 results without refine, at the most candidates with it) + re-ranking's;
+    at each knob value only the smallest factor reaching the target is a candidate. Stops once faiss alone is
+    slower than the cheapest setting that reached the target, or recall plateaus."""
     kq = k + 1 if (np.asarray(query_ids) >= 0).any() else k  # results a search asks for (+ the query itself)
     factors = [f for f in REFINE_VALUES if f == 1 or kq * f // 2 < index.ntotal]
     kmax = min(kq * factors[-1], int(index.ntotal))
@@ -227,10 +228,12 @@ def _tune_refined(index: faiss.Index, name: str | None, values: list[int], queri
             recalls.append(r)
             logger.info("tune %s refine=%d: recall@%d=%.4f (lower bound %.4f), %.3f ms/query",
                         ", ".join(f"{a}={b}" for a, b in base.items()) or "-", f, k, r, lo, ms)
-            if lo >= target and (reached is None or ms < reached[0]):
-                reached = (ms, params, r, lo)
             if best is None or r > best[0] + 0.002:
                 best = (r, ms, lo, params)
+            if lo >= target:
+                if reached is None or ms < reached[0]:
+                    reached = (ms, params, r, lo)
+                break  # more re-ranking at this knob value only costs more (whatever a noisy timing says)
         top.append(max(recalls))
         if reached is not None and 1e3 * t_plain / nq > reached[0]:
             break  # faiss alone now costs more than the cheapest setting found
