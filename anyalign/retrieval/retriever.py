@@ -91,6 +91,13 @@ class SearchResults(Sequence[list[SearchResult]]):
             hits = self._lists[q] = self._make(q % len(self) if q < 0 else q)
         return hits
 
+    def __iter__(self) -> Iterator[list[SearchResult]]:
+        if len(self) * self.ids.shape[1] > _GC_PAUSE_FROM and any(h is None for h in self._lists):
+            with _gc_paused():  # every query's hits at once: the collections their allocations trigger find nothing
+                for q in range(len(self)):
+                    self[q]
+        return (self[q] for q in range(len(self)))
+
     def _make(self, q: int) -> list[SearchResult]:
         """Query q's hits (the rows of all queries are looked up together at the first read: one lookup)."""
         ids, k = self.ids, self.ids.shape[1]
