@@ -8,7 +8,8 @@ Vectors are L2-normalised and compared by inner product (cosine similarity).
 Compressed indexes (PQ/OPQ/SQ codes) also keep the normalised vectors on disk (`vectors.f16`, float16 unless
 `raw_vectors="float32"`; `None` for none), written as they stream in and kept in step by adds: a search fetches
 `k * refine` candidates from faiss and re-ranks them exactly against those rows (`rawvectors.py`); `refine` is
-tuned with nprobe. That file is memory-mapped and read through the page cache, outside the memory budget.
+tuned with nprobe. That file is memory-mapped and read through the page cache, outside the memory budget (the
+pages read show in a searching process's RSS as shared, reclaimable file pages, up to the file's size).
 
 Safety rules every writer (build, train, add, delete, merge) follows:
   * one writer at a time: it holds `.NAME.lock` beside the index folder while it writes (`filelock`; beside, not
@@ -499,14 +500,17 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
                 for batch in tqdm(source.batches(batch_size, start=start, stop=stop), desc="adding",
                                   total=-(-n // batch_size), unit="batch", disable=n <= batch_size):
                     keep = skipped.keep(batch.ids, batch.vectors)
+                    vectors, normalized = batch.vectors, False
                     if writer is not None:  # every row, the held-out queries' too (they join the index later)
-                        writer.add(batch.ids, _normalized(batch.vectors), keep)
+                        vectors, normalized = _normalized(batch.vectors), True  # once, for both
+                        writer.add(batch.ids, vectors, keep)
                     if held:
                         out = np.isin(batch.ids, held_ids)
                         for j in np.flatnonzero(out & keep):
                             held_meta[held[int(batch.ids[j])]] = batch.metadata[j]
                         keep &= ~out
-                    _add_rows(work, meta, batch.ids, batch.vectors, batch.metadata, keep, source.modality, exact)
+                    _add_rows(work, meta, batch.ids, vectors, batch.metadata, keep, source.modality, exact,
+                              normalized=normalized)
                 index = to_cpu(work)
                 raw = None
                 if writer is not None:

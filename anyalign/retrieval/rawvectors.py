@@ -5,7 +5,9 @@ a 0.95 recall@10 target whatever nprobe). So compressed indexes keep the L2-norm
 `vectors.f16` (or `vectors.f32`) file of rows `[rows, dim]` next to `index.faiss`. A search with `refine=R`
 fetches `k * R` candidates from faiss, scores them by exact inner product against their rows and returns the
 best k. The file is memory-mapped and read through the OS page cache: it is not part of the index's memory
-budget (what a process maps is dropped from its resident set every `RELEASE_BYTES` of rows read).
+budget. The pages a process reads (with large folios, up to 2 MiB around each row) do count in its RSS, as
+shared, clean file pages (RssFile, up to the file's size) that the kernel reclaims under memory pressure, not as
+anonymous memory.
 
 Rows are found by id through `segments`: `[first_id, first_row, count]` runs of consecutive ids (a part's ids
 are contiguous from its first id and adds continue them, so there is usually one run). Deleted ids keep their
@@ -24,9 +26,7 @@ import numpy as np
 
 DTYPES = {"float16": ("vectors.f16", np.float16), "float32": ("vectors.f32", np.float32)}
 RAW_FILES = frozenset(name for name, _ in DTYPES.values())
-CHUNK_BYTES = 64 << 20  # candidate rows gathered at a time while re-ranking
-RELEASE_BYTES = 256 << 20  # mapped pages read (counted per 4 KiB page) before they are dropped from the process
-PAGE = 4096
+CHUNK_BYTES = 32 << 20  # candidate rows gathered at a time while re-ranking (as float32)
 GPU_MAX_K = 2048
 
 
@@ -134,7 +134,6 @@ class RawVectors:
         order = np.argsort(seg[:, 0], kind="stable")
         self._first, self._row, self._count = seg[order, 0], seg[order, 1], seg[order, 2]
         self._row_bytes = self.dim * np.dtype(np_dtype).itemsize
-        self._touched = 0
         self._map: mmap.mmap | None = None
         if self.rows:
             with self.path.open("rb") as f:
@@ -174,15 +173,7 @@ class RawVectors:
             dots = np.einsum("md,md->m", gathered, q[lo:hi][qi])
             block = out[lo:hi]
             block[ok] = dots
-            self._account(len(flat))
         return out
-
-    def _account(self, nrows: int) -> None:
-        """Drop mapped pages from this process's resident set (they stay in the page cache) now and then."""
-        self._touched += nrows * max(PAGE, self._row_bytes)
-        if self._touched >= RELEASE_BYTES and self._map is not None and hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_DONTNEED)
-            self._touched = 0
 
     def rerank(self, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` of candidate `ids` `[Q, K]` by exact score: (scores `[Q, k]`, ids `[Q, k]`, -1 padded)."""
