@@ -9,25 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run_captured as run
 from _retrieval_helpers import clustered
 
-from anyalign.cli.main import main
 from anyalign.retrieval import ArraySource, Retriever, add_to_index, build_index, combine_parts, read_config
 from anyalign.retrieval.index import IndexBusyError, writer_lock
 from anyalign.retrieval.metadata import MetadataStore
 
 D = 16
 TRIALS = 20
-
-
-def run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _writer(barrier, folders: list[str], batch: str, source: str) -> None:

@@ -8,23 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run_captured as run
 from _retrieval_helpers import clustered, image_corpus, tiny_bert, tiny_image_adapter
 
-from anyalign.cli.main import main
 from anyalign.retrieval import Retriever
 
 LINES = ["a red square", "a blue circle", "the dog", "a photo of the cat", "a green video", "the yellow sound",
          "a black dog", "white circle of the square"]
-
-
-def run(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run_captured as _cli
 from _retrieval_helpers import clustered, exact_topk
 
-from anyalign.cli.main import main
 from anyalign.retrieval import (
     ArraySource,
     Retriever,
@@ -159,16 +159,6 @@ def test_uncompressed_or_opted_out_indexes_keep_no_raw_vectors(tmp_path, corpus)
         build_index(ArraySource(x), tmp_path / "bad", factory="IVF16,PQ8x4", raw_vectors="int8")
     with pytest.raises(ValueError, match="refine must be an integer >= 0"):
         _ids(tmp_path / "IVF16_PQ8x4", x[:2], refine=-1)
-
-
-def _cli(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
