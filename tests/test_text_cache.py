@@ -167,3 +167,19 @@ def test_old_sqlite_table_is_imported_once(tmp_path: Path) -> None:
     assert enc.calls == [["new"]]
     again = TextEmbeddingTable(tmp_path, Encoder())
     assert len(again) == 21 and torch.equal(again.get([*old, "new"]), out)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_few_and_many_caption_lookups_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool) -> None:
+    """A batch's few captions are probed in plain Python, many by the vectorised walk: both find the same rows."""
+    if collide:
+        monkeypatch.setattr(text_cache, "_caption_hash", lambda caption: b"\1" * 8)
+    texts = [f"caption {i} ✓" for i in range(300)]
+    table = TextEmbeddingTable(tmp_path, Encoder())
+    table.add(texts)
+    enc = [t.encode() for t in [*texts, "absent"]]
+    many = table._find(enc)
+    few = np.concatenate([table._find(enc[i:i + 7]) for i in range(0, len(enc), 7)])
+    assert len(enc) > text_cache._FEW >= 7
+    assert np.array_equal(many, few) and many[-1] == -1 and (many[:-1] >= 0).all()
+    assert len(set(many[:-1].tolist())) == len(texts)
