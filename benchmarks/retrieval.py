@@ -212,12 +212,14 @@ class _Refined:
         return refined_search(self.index, self.raw, x, k, self.factor)
 
 
-def child_build(emb: str, out: str, factory: str, memory: str, target: float, k: int, raw: str = "float16") -> None:
+def child_build(emb: str, out: str, factory: str, memory: str, target: float, k: int, raw: str = "float16",
+                ef_construction: int | None = None) -> None:
     """Run one build (in its own process) and print its config and peak RSS as JSON."""
     from anyalign.retrieval import build_index
 
     t0 = time.perf_counter()
-    cfg = build_index(emb, out, factory=factory, memory=memory, target_recall=target, k=k, raw_vectors=raw)
+    cfg = build_index(emb, out, factory=factory, memory=memory, target_recall=target, k=k, raw_vectors=raw,
+                      ef_construction=ef_construction)
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux: KB)
     print(json.dumps({"factory": cfg.factory, "choice": cfg.choice, "params": cfg.search_params,
@@ -225,8 +227,10 @@ def child_build(emb: str, out: str, factory: str, memory: str, target: float, k:
                       "rss_mb": rss, "ntotal": cfg.ntotal}))
 
 
-def build(emb: Path, out: Path, factory: str, memory: str, target: float, k: int, raw: str = "float16") -> dict:
-    cmd = [sys.executable, __file__, "--child-build", str(emb), str(out), factory, memory, str(target), str(k), raw]
+def build(emb: Path, out: Path, factory: str, memory: str, target: float, k: int, raw: str = "float16",
+          ef_construction: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child-build", str(emb), str(out), factory, memory, str(target), str(k), raw,
+           str(ef_construction or 0)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"build {factory} failed:\n{res.stderr[-3000:]}")
@@ -328,14 +332,15 @@ def real_run(args: argparse.Namespace, work: Path) -> None:
 # --- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child-build":
-        emb, out, factory, memory, target, k, raw = sys.argv[2:9]
-        return child_build(emb, out, factory, memory, float(target), int(k), raw)
+        emb, out, factory, memory, target, k, raw, efc = sys.argv[2:10]
+        return child_build(emb, out, factory, memory, float(target), int(k), raw, int(efc) or None)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--centres", type=int, default=4000, help="mixture components (0 = isotropic)")
     ap.add_argument("--noise", type=float, default=1.2, help="noise std around each centre (centres ~ N(0, 1))")
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--ef-construction", type=int, default=None, help="HNSW build beam (default: faiss's 40)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--memory", default="4G", help="memory budget for the auto choice")
     ap.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help=f"subset of {','.join(KINDS)}")
@@ -378,10 +383,13 @@ def main() -> None:
         factory, memory = factories[kind]
         out = work / f"index-{kind}"
         raw_dtype = "none" if kind == "ivfpq-noraw" else "float16"
-        b = build(emb, out, factory, memory, args.target_recall, args.k, raw_dtype)
+        b = build(emb, out, factory, memory, args.target_recall, args.k, raw_dtype,
+                  args.ef_construction if kind == "hnsw" else None)
         m = measure(out, q, truth, args.k, args.single)
         if kind == "ivfpq-noraw":
             b["factory"] += " noraw"
+        if kind == "hnsw" and args.ef_construction:
+            b["factory"] += f" efC{args.ef_construction}"
         rows[kind] = (b, m)
         print(f"  {kind}: {b['factory']} built in {b['build_s']:.1f}s, peak RSS {b['rss_mb']:.0f} MB, "
               f"params {b['params']}, build-reported held-out recall {b['tuning'].get('recall')} "

@@ -301,3 +301,19 @@ def test_evaluate_paired_sets_exact_and_index(tmp_path, corpus) -> None:
     # random pairing scores near chance
     np.save(tmp_path / "shuffled.npy", noisy[rng.permutation(300)])
     assert evaluate_retrieval(tmp_path / "shuffled.npy", tmp_path / "g.npy")["recall@1"] < 0.1
+
+
+def test_hnsw_ef_construction_is_applied_and_checked(tmp_path) -> None:
+    import faiss
+
+    from anyalign.retrieval import load_index
+
+    x = clustered(400, 16, centres=8, seed=3)
+    build_index(ArraySource(x), tmp_path / "h", factory="HNSW16,Flat", ef_construction=96, tune_queries=40)
+    index, _ = load_index(tmp_path / "h")
+    assert faiss.downcast_index(faiss.downcast_index(index).index).hnsw.efConstruction == 96  # IDMap2 over HNSW
+    with pytest.raises(ValueError, match="ef_construction applies to HNSW indexes; 'IVF8,Flat' has no HNSW graph"):
+        build_index(ArraySource(x), tmp_path / "i", factory="IVF8,Flat", ef_construction=96)
+    with pytest.raises(ValueError, match="ef_construction must be an integer >= 1"):
+        build_index(ArraySource(x), tmp_path / "j", factory="HNSW16,Flat", ef_construction=0)
+    assert not (tmp_path / "i").exists() and not (tmp_path / "j").exists()

@@ -99,6 +99,9 @@ def build_cmd(
                                          "float32 or none, to re-rank candidates exactly (tuned --refine)."),
     target_recall: float = typer.Option(0.95, "--target-recall",
                                         help="Tune nprobe/efSearch to this recall@k against exact search, in (0, 1]."),
+    ef_construction: int = typer.Option(None, "--ef-construction", min=1,
+                                        help="HNSW graphs: build-time beam (faiss's default 40); raise it when the "
+                                             "build cannot reach --target-recall at any efSearch."),
     k: int = typer.Option(10, "-k", help="k of the tuning recall@k (>= 1)."),
     tune_queries: str = typer.Option("500", "--tune-queries",
                                      help="N corpus vectors held out as tuning queries, or an embeddings path of "
@@ -122,7 +125,7 @@ def build_cmd(
     cfg = build_index(embeddings, output, factory=factory, memory=memory, target_recall=target_recall, k=k,
                       tune_queries=queries, trained=trained, rank=rank, world_size=world_size,
                       embedders=_embedder_specs(embedder), use_gpu=gpu, batch_size=batch_size, overwrite=overwrite,
-                      lock_timeout=lock_timeout, raw_vectors=raw_vectors)
+                      lock_timeout=lock_timeout, raw_vectors=raw_vectors, ef_construction=ef_construction)
     size = (output / "index.faiss").stat().st_size
     typer.echo(f"built {cfg.factory} over {cfg.ntotal} vectors (dim {cfg.dim}) in {cfg.build_seconds:.1f}s "
                f"-> {output} ({format_bytes(size)}, {size / max(cfg.ntotal, 1):.1f} B/vector)")

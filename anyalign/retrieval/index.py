@@ -229,14 +229,20 @@ def _on_gpu(index: faiss.Index) -> bool:
 
 
 # --- creation --------------------------------------------------------------------------------------------
-def new_index(factory: str, dim: int) -> faiss.Index:
-    """An empty inner-product index from a factory string; types without native ids get an `IDMap2` wrapper."""
+def new_index(factory: str, dim: int, ef_construction: int | None = None) -> faiss.Index:
+    """An empty inner-product index from a factory string; types without native ids get an `IDMap2` wrapper.
+    `ef_construction`: an HNSW graph's build-time beam (faiss's default 40; larger: better graphs, slower builds)."""
     try:
         index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else "rejected"
         raise ValueError(f"unknown or invalid faiss factory string {factory!r} for dim {dim}: {reason} "
                          "(examples: Flat, HNSW32,Flat, IVF1024,Flat, OPQ32_128,IVF1024,PQ32)") from None
+    if ef_construction is not None:
+        graph = getattr(faiss.downcast_index(index), "hnsw", None)
+        if graph is None:
+            raise ValueError(f"ef_construction applies to HNSW indexes; {factory!r} has no HNSW graph")
+        graph.efConstruction = check_k(ef_construction, "ef_construction")
     if ivf_of(index) is None and not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index = faiss.IndexIDMap2(index)
     return index
@@ -341,6 +347,7 @@ def build_index(
     overwrite: bool = False,
     lock_timeout: float | None = None,
     raw_vectors: str | None = "float16",
+    ef_construction: int | None = None,
 ) -> IndexConfig:
     """Index embedding inputs into folder `output` (see the module docstring); returns the written config.
 
@@ -357,6 +364,8 @@ def build_index(
         lock_timeout: seconds to wait for another writer of `output` (None: wait as long as it takes).
         raw_vectors: for compressed (PQ/OPQ/SQ) indexes, keep the normalised vectors on disk in this dtype
             ("float16" or "float32"; None: do not) to re-rank candidates exactly (the tuned `refine` factor).
+        ef_construction: build-time beam of an HNSW graph (faiss's default 40 when None); large corpora of tight
+            clusters need more to reach the target recall at any efSearch (benchmarks/retrieval.py).
     """
     k = check_k(k, "k of the tuning recall@k")
     target_recall = check_target_recall(target_recall)
@@ -367,7 +376,7 @@ def build_index(
         return _build(open_sources(inputs), output, factory=factory, memory=memory, target_recall=target_recall,
                       k=k, tune_queries=tune_queries, batch_size=batch_size, trained=trained, rank=rank,
                       world_size=world_size, embedders=embedders, use_gpu=use_gpu, seed=seed, train_only=train_only,
-                      raw_vectors=raw_vectors)
+                      raw_vectors=raw_vectors, ef_construction=ef_construction)
 
 
 def _query_set(queries: Any, dim: int) -> tuple[np.ndarray, str]:
@@ -420,7 +429,7 @@ def _train(work: faiss.Index, sample: np.ndarray, factory: str) -> None:
 def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str | int | None, target_recall: float,
            k: int, tune_queries: Any, batch_size: int, trained: str | os.PathLike | None, rank: int,
            world_size: int, embedders: dict[str, dict[str, Any]] | None, use_gpu: bool | None, seed: int,
-           train_only: bool, raw_vectors: str | None = None) -> IndexConfig:
+           train_only: bool, raw_vectors: str | None = None, ef_construction: int | None = None) -> IndexConfig:
     t_start = time.perf_counter()
     start, stop = rank_range(len(source), rank, world_size)
     n = stop - start
@@ -447,7 +456,7 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
             factory_str, reason = choice.factory, choice.reason
         else:
             factory_str, reason = factory, "given"
-        index = new_index(factory_str, dim)
+        index = new_index(factory_str, dim, ef_construction)
     logger.info("index %s: %d x %d, %s (%s)", output, n, dim, factory_str, reason)
 
     # tuning queries: the user's own set, or a sample held out of the index until tuning is done (queries that

@@ -179,8 +179,10 @@ def tune(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, truth: 
             break  # recall has plateaued (compression limits it); more probes only cost time
     assert best is not None
     set_params(index, params_for(index, name, best[2]))
-    logger.warning("target recall@%d=%.3f not reached; best %.4f at %s=%d (compressed codes limit recall: "
-                   "allow more memory or use a Flat/IVF-Flat index)", k, target, best[0], name, best[2])
+    why = ("the graph limits recall: rebuild with a larger ef_construction (--ef-construction, e.g. 120)"
+           if name == "efSearch" else "compressed codes limit recall: allow more memory or use a Flat/IVF-Flat index")
+    logger.warning("target recall@%d=%.3f not reached; best %.4f at %s=%d (%s)", k, target, best[0], name, best[2],
+                   why)
     return TuneResult(params_for(index, name, best[2]), best[0], trace, False, best[1])
 
 
