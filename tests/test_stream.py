@@ -177,3 +177,26 @@ def test_memory_benchmark_smallest_size_runs(assets: Path, tmp_path: Path, capsy
     res = results[(10_000, "stream")]
     assert res["mode"] == "stream" and res["peak_rss_mb"] > 0 and res["first_step_s"] > 0
     assert "peak RSS" in capsys.readouterr().out
+
+
+def test_prefetched_keeps_order_raises_in_turn_and_stops_its_thread() -> None:
+    import threading
+
+    from anyalign.align.stream import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("shard-00003.tar: corrupt")
+
+    got = []
+    with pytest.raises(ValueError, match="shard-00003.tar: corrupt"):
+        for x in prefetched(failing()):
+            got.append(x)
+    assert got == [1, 2]
+    endless = prefetched(iter(range(10**9)), depth=2)
+    assert [next(endless) for _ in range(5)] == [0, 1, 2, 3, 4]
+    endless.close()  # the consumer stops early: the filling thread ends instead of blocking on a full queue
+    assert not any(t.name == "anyalign-prefetch" and t.is_alive() for t in threading.enumerate())

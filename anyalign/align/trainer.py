@@ -44,7 +44,7 @@ from .evaluate import evaluate_model
 from .fsdp import FSDPState, fsdp_requested, load_checkpoint_files, save_checkpoint_files, shard_model
 from .metrics_log import MetricsLog, plot_curves
 from .model import AlignmentModel, build_model
-from .stream import FeatureStream, choose_mode, default_lanes
+from .stream import FeatureStream, choose_mode, default_lanes, prefetched
 from .tasks import term_name
 from .text_cache import table_for_anchor
 
@@ -290,7 +290,8 @@ class Trainer:
         if self.stream is not None:
             while True:
                 self.stream.set_position(*self.stream.position(micro))
-                for batch in self.stream.batches(self.loader):
+                batches = self.stream.batches(self.loader)
+                for batch in batches if self.stream.num_workers else prefetched(batches):
                     yield batch.to(self.accelerator.device)
                     micro += 1
         while True:
