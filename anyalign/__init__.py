@@ -6,9 +6,7 @@ Public names are imported on first use (PEP 562), so `import anyalign` and the C
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .lazy import lazy_exports
 from .version import __version__
 
 _LAZY = {
@@ -19,11 +17,6 @@ _LAZY = {
     "Projector": ".projectors", "create_projector": ".projectors", "list_projectors": ".projectors",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module 'anyalign' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [*_LAZY, "__version__"]

@@ -498,7 +498,7 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
     keep_raw = raw_vectors is not None and not train_only and is_compressed(factory_str)
     if keep_raw:
         config.choice += (f"; normalised vectors kept on disk for exact re-ranking ({raw_vectors}, "
-                          f"{format_bytes(n * dim * (2 if raw_vectors == 'float16' else 4))}, memory-mapped: read "
+                          f"{format_bytes(n * dim * np.dtype(DTYPES[raw_vectors][1]).itemsize)}, memory-mapped: read "
                           "through the page cache, outside the memory budget)")
     with atomic_path(output, is_dir=True) as tmp:
         if not train_only:

@@ -73,6 +73,14 @@ def row_value(row: Row, name: str) -> Any:
     return None if row[4] == _EMPTY else json.loads(row[4]).get(name)
 
 
+def field_values(rows: Sequence[Row | None], name: str) -> list[Any]:
+    """One field of each stored row (see `row_value`; None for a None row), the fixed columns without a call each."""
+    j = ROW_POSITION.get(name)
+    if j is not None:
+        return [None if r is None else r[j] for r in rows]
+    return [None if r is None else row_value(r, name) for r in rows]
+
+
 def check_sqlite_file(path: Path) -> None:
     """A one-line error when an SQLite file is shorter than its header says (truncated copy or download)."""
     size = path.stat().st_size
@@ -111,11 +119,7 @@ class RowTable:
         col = self._columns.get(name)
         if col is None:
             col = np.empty(len(self.rows), dtype=object)
-            if name in ROW_POSITION:
-                j = ROW_POSITION[name]
-                col[:] = [r[j] for r in self.rows]
-            else:
-                col[:] = [row_value(r, name) for r in self.rows]
+            col[:] = field_values(self.rows, name)
             self._columns[name] = col
         return col
 
@@ -368,5 +372,5 @@ class MetadataStore:
             self.db.execute("DETACH DATABASE other")
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "METADATA_NAME", "ROW_POSITION", "MetadataStore", "RowTable", "row_dict",
-           "row_value"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "METADATA_NAME", "ROW_POSITION", "MetadataStore", "RowTable", "field_values",
+           "row_dict", "row_value"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from .autoindex import parse_memory
 from .index import check_k, invalid_rows
-from .metadata import DEFAULT_MEMORY_BUDGET, ROW_POSITION, row_dict, row_value
+from .metadata import DEFAULT_MEMORY_BUDGET, field_values, row_dict
 from .shards import open_parts, search_parts
 
 if TYPE_CHECKING:  # the embedder module imports torch: only text and file queries need it
@@ -123,9 +123,7 @@ class SearchResults(Sequence[list[SearchResult]]):
             if self._rows is None:
                 self._rows = self._retriever._aligned_rows(flat)
             out = np.empty(len(flat), dtype=object)
-            j = ROW_POSITION.get(name)
-            out[:] = ([None if r is None else r[j] for r in self._rows] if j is not None else
-                      [None if r is None else row_value(r, name) for r in self._rows])
+            out[:] = field_values(self._rows, name)
         return out.reshape(self.ids.shape)
 
     def __eq__(self, other: object) -> bool:

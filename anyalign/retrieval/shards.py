@@ -54,6 +54,7 @@ class Part:
     meta: MetadataStore
     deleted: np.ndarray  # ids flagged deleted (only for indexes that cannot remove vectors)
     raw: RawVectors | None = None  # raw vectors on disk for exact re-ranking (compressed indexes)
+    refine: int = 1  # the tuned re-ranking factor (parsed once from search_params, not at every search)
 
     def selector(self) -> faiss.IDSelector | None:
         """Filter that hides deleted ids (built once; the batch selector is kept alive with it)."""
@@ -96,7 +97,7 @@ def open_part(folder: str | os.PathLike, *, use_gpu: bool | None = None) -> Part
     raw = RawVectors(folder, config.raw) if config.raw else None  # missing/truncated file: a one-line error
     meta = MetadataStore(folder / METADATA_NAME, readonly=True)
     deleted = meta.deleted_ids() if config.tombstones else np.zeros(0, dtype=np.int64)
-    return Part(index, config, folder, meta, deleted, raw)
+    return Part(index, config, folder, meta, deleted, raw, refine_factor(config.search_params))
 
 
 def open_parts(folder: str | os.PathLike, *, use_gpu: bool | None = None) -> tuple[IndexConfig, list[Part]]:
@@ -125,8 +126,8 @@ def search_parts(parts: Sequence[Part], queries: np.ndarray, k: int,
     knobs = {n: v for n, v in (overrides or {}).items() if n != "refine"} or None
 
     def one(part: Part) -> tuple[np.ndarray, np.ndarray]:
-        f = factor if factor is not None else refine_factor(part.config.search_params)
-        return refined_search(part.index, part.raw, queries, k, f, part.search_params(knobs))
+        return refined_search(part.index, part.raw, queries, k, part.refine if factor is None else factor,
+                              part.search_params(knobs))
 
     if len(parts) == 1:
         return one(parts[0])

@@ -110,9 +110,7 @@ def knob(index: faiss.Index) -> tuple[str | None, list[int]]:
 def set_params(index: faiss.Index, params: dict[str, Any]) -> None:
     """Apply search parameters (nprobe, efSearch, ...) through faiss's `ParameterSpace` (GPU-aware); `refine` is
     ours (applied by `shards.search_parts`), not faiss's, and is left out."""
-    if not params:
-        return
-    params = {k: v for k, v in params.items() if k not in OUR_PARAMS}
+    params = {k: v for k, v in (params or {}).items() if k not in OUR_PARAMS}
     if not params:
         return
     gpu = "Gpu" in type(faiss.downcast_index(index)).__name__ or hasattr(index, "getDevice")
