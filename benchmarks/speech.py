@@ -51,7 +51,7 @@ def cpu_bf16_flags() -> str:
 
 def synthesise(out: Path, n: int) -> list[Path]:
     """`n` espeak-ng clips (sentence x voice) as 16 kHz wavs in `out`."""
-    from anyalign.datasets.speech import EspeakEngine
+    from anyalign.demos.speech_corpus import EspeakEngine
 
     eng = EspeakEngine.get()
     paths = []

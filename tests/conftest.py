@@ -19,16 +19,21 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def _assets_root() -> Path | None:
-    root = os.environ.get("ANYALIGN_ASSETS")
-    return Path(root) if root and Path(root).is_dir() else None
+    """Where the library keeps its assets (`anyalign.assets.assets_root`: `$ANYALIGN_ASSETS`, else
+    `~/.cache/anyalign-assets`, which the README's install command fills), if that folder exists."""
+    from anyalign.assets import assets_root
+
+    root = assets_root()
+    return root if root.is_dir() else None
 
 
 @pytest.fixture(scope="session")
 def assets() -> Path:
-    """Root of the real offline assets (`../shared/fetch-assets`); skips the test when not available."""
+    """Root of the real offline assets; skips the test when the README's install command has not fetched them."""
     root = _assets_root()
     if root is None:
-        pytest.skip("real assets not available: run ../shared/fetch-assets and export ANYALIGN_ASSETS")
+        pytest.skip("real assets not available: run the README's install command (`anyalign quickstart` fetches "
+                    "them into ~/.cache/anyalign-assets) or set ANYALIGN_ASSETS")
     return root
 
 

@@ -40,7 +40,7 @@ def _normalise(text: str) -> str:
 def speak(text: str, voice: str = "en-us") -> np.ndarray:
     """`text` spoken by espeak-ng at 16 kHz (pip espeakng-loader through the speech corpus engine, or Debian's)."""
     try:
-        from anyalign.datasets.speech import EspeakEngine
+        from anyalign.demos.speech_corpus import EspeakEngine
 
         eng = EspeakEngine.get()
         pcm = eng.synthesize(text, voice, 160, 50)

@@ -1,4 +1,4 @@
-"""anyalign.align.images: the quickstart's image recipe says what configs/image_text_contrastive.yaml says."""
+"""anyalign.demos.images: the quickstart's image recipe says what configs/image_text_contrastive.yaml says."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anyalign.align import images
-from anyalign.datasets.fashion_mnist import CLASSES
+from anyalign.demos import images
+from anyalign.demos.fashion_mnist import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -45,7 +45,7 @@ def test_quickstart_fast_writes_a_sane_report(tmp_path: Path, assets: Path, caps
     assert any(n.endswith(".wav") for n in media)  # speech players
     thumbs = [n for n in media if re.fullmatch(r"\d{3}-\d{5}\.png", n)]  # Fashion-MNIST photos, upscaled
     marks = re.findall(r"<b>#\d+ (correct|wrong)  score", page)  # every text -> image hit is marked
-    from anyalign.align.images import HITS, QUERIES, SHOWN
+    from anyalign.demos.images import HITS, QUERIES, SHOWN
 
     assert len(marks) == HITS * len(QUERIES) and len(thumbs) == len(marks) + len(SHOWN)  # + image -> text photos
     assert not list(tmp_path.glob(".report*"))  # no half-written report folder left behind
@@ -86,7 +86,7 @@ def test_quickstart_reports_missing_assets_in_one_line(tmp_path: Path, monkeypat
 def _image_numbers_are_sane(im: dict, work: Path) -> None:
     """The image step: chance levels from the split, GZSL numbers consistent, and the unseen classes absent from
     everything the trainer saw (its feature folder, its recipe, the captions it recorded)."""
-    from anyalign.align.images import LABEL_TEXT, SYNONYMS, TEMPLATES, UNSEEN
+    from anyalign.demos.images import LABEL_TEXT, SYNONYMS, TEMPLATES, UNSEEN
     from anyalign.features import load_features
 
     seen = [c for c in im["classes"] if c not in UNSEEN]

@@ -1,4 +1,4 @@
-"""The named-sound corpus (anyalign.align.sounds): captions from names, the written split, the sound-set asset
+"""The named-sound corpus (anyalign.demos.sounds): captions from names, the written split, the sound-set asset
 fetch on package files built here, and a short real aisfx -> MiniLM training run when the assets exist."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from anyalign import assets
-from anyalign.align.sounds import (
+from anyalign.demos.sounds import (
     CATEGORIES,
     build_sound_corpus,
     caption_for,
@@ -176,7 +176,7 @@ def real_assets() -> Path:
 def test_real_sounds_train_and_are_found_by_what_they_sound_like(tmp_path: Path, real_assets: Path) -> None:
     """35 real freedesktop sounds, 20% held out: after a short training run the strongly perturbed test copies
     of the seen sounds find their own caption far above chance (1/#seen), in both directions."""
-    from anyalign.align.sounds import evaluate_sound_adapter, extract_sound_features, train_sound_adapter
+    from anyalign.demos.sounds import evaluate_sound_adapter, extract_sound_features, train_sound_adapter
 
     corpus = build_sound_corpus(tmp_path / "c", root=real_assets, sets=("freedesktop",), heldout_fraction=0.2,
                                 train_variants=1, max_seconds=2.0)

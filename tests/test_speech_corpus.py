@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from anyalign.datasets.speech import Utterance, read_utterances, synthesize_corpus
+from anyalign.demos.speech_corpus import Utterance, read_utterances, synthesize_corpus
 from anyalign.metrics import normalize_words, wer, word_errors
 from tests._cli import run_cli as _cli
 

@@ -26,7 +26,7 @@ from transformers import (
 
 from anyalign.adapter import ModalityAdapter
 from anyalign.align import load_recipe, train
-from anyalign.datasets.speech import Utterance, synthesize_corpus
+from anyalign.demos.speech_corpus import Utterance, synthesize_corpus
 from tests._cli import run_cli as _cli
 
 pytest.importorskip("espeakng_loader", reason="pip espeakng-loader (libespeak-ng) is not installed")

@@ -30,8 +30,8 @@ def speech_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the per-recording speaking rate and pitch."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Synthesise (text, voice, wav) triples into a jsonl dataset split by voice (see anyalign.datasets.speech)."""
-    from ..datasets.speech import read_utterances, synthesize_corpus
+    """Synthesise (text, voice, wav) triples into a jsonl dataset split by voice (see anyalign.demos.speech_corpus)."""
+    from ..demos.speech_corpus import read_utterances, synthesize_corpus
 
     def split(text: str | None) -> list[str] | None:
         return None if text is None else [v.strip() for v in text.split(",") if v.strip()]

@@ -22,7 +22,7 @@ def quickstart_cmd(
 ) -> None:
     """Train an IMU adapter on real data, classify zero-shot, search across modalities, ask an LLM; write a report."""
     from ..assets import AssetError
-    from ..quickstart import QuickstartOptions, run_quickstart
+    from ..demos.quickstart import QuickstartOptions, run_quickstart
     from .main import CLIError
 
     opts = QuickstartOptions(output=output, assets=assets, fast=fast, contrastive_steps=contrastive_steps,

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .assets import ensure_assets
-from .datasets.fashion_mnist import ensure_fashion_mnist
+from ..assets import ensure_assets
+from .fashion_mnist import ensure_fashion_mnist
 from .quickstart_steps import ACTIVITY_TEXT, TEMPLATES
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _yaml_list(items: list[str]) -> str:
 
 
 def _train_stage(template: str, path: Path, out: Path, **values: Any) -> Any:
-    from .align import load_recipe, train
+    from ..align import load_recipe, train
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(template.format(**values))

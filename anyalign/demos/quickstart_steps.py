@@ -21,8 +21,8 @@ TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a perso
 
 def zero_shot(adapter_dir: Path, paths: dict[str, Path], work: Path) -> dict[str, Any]:
     """Zero-shot accuracy on the BasicMotions test split, a confusion matrix PNG, and a linear probe."""
-    from .datasets import load_uea
-    from .zeroshot import ZeroShotClassifier, classification_metrics, linear_probe, plot_confusion
+    from ..datasets import load_uea
+    from ..zeroshot import ZeroShotClassifier, classification_metrics, linear_probe, plot_confusion
 
     train, test = load_uea(paths["basicmotions"], "train"), load_uea(paths["basicmotions"], "test")
     phrases = [ACTIVITY_TEXT[c] for c in test.classes]
@@ -78,10 +78,10 @@ def retrieval_demo(adapter_dir: Path, paths: dict[str, Path], work: Path, texts:
     (sounds through the aisfx adapter of `sound_demo`)."""
     from sklearn.datasets import load_sample_images
 
-    from .datasets import load_uea
-    from .embedder import Embedder
-    from .encoders.spec import EncoderSpec
-    from .retrieval import Retriever, build_index, embed_to_folder
+    from ..datasets import load_uea
+    from ..embedder import Embedder
+    from ..encoders.spec import EncoderSpec
+    from ..retrieval import Retriever, build_index, embed_to_folder
 
     corpus = work / "corpus"
     for sub in ("image", "imu", "text", "audio"):
@@ -143,8 +143,8 @@ def _activity(query: str) -> str:
 
 def llm_exchange(adapter_dir: Path, paths: dict[str, Path], gguf_file: str) -> list[dict[str, str]]:
     """Ask SmolLM2 about one held-out window of each activity through the aligned IMU adapter."""
-    from .datasets import load_uea
-    from .llm import MultimodalLM
+    from ..datasets import load_uea
+    from ..llm import MultimodalLM
 
     test = load_uea(paths["basicmotions"], "test")
     mlm = MultimodalLM.from_pretrained(paths["smollm2"], {"imu": adapter_dir}, gguf_file=gguf_file)
@@ -295,7 +295,7 @@ eval: {{every: {steps}, at_start: true, batch_size: 8}}
 def _speech_corpus(work: Path, fast: bool) -> dict[str, Path]:
     """Commands, sentences and spoken questions in the training voices plus one held-out voice (espeak-ng); the
     fast mode speaks fewer texts in two training voices."""
-    from .datasets.speech import Utterance, synthesize_corpus
+    from .speech_corpus import Utterance, synthesize_corpus
 
     sentences, questions = (SPEECH_SENTENCES[:6], SPEECH_QUESTIONS[:3]) if fast else (SPEECH_SENTENCES,
                                                                                       SPEECH_QUESTIONS)
@@ -318,15 +318,15 @@ def speech_demo(paths: dict[str, Path], work: Path, *, fast: bool, contrastive_s
                 llm_steps: int) -> dict[str, Any]:
     """Train a Whisper speech adapter into the MiniLM space and into SmolLM2 on synthesised speech, and measure it
     on a voice it never heard: zero-shot commands, speech <-> text retrieval, spoken questions, transcripts."""
-    from .align import load_recipe, train
-    from .datasets.records import read_records
-    from .embedder import Embedder
-    from .encoders import create_encoder
-    from .encoders.extract import extract
-    from .encoders.spec import EncoderSpec
-    from .features import collate_features, load_features
-    from .llm import MultimodalLM
-    from .llm.transcribe import evaluate_transcription
+    from ..align import load_recipe, train
+    from ..datasets.records import read_records
+    from ..embedder import Embedder
+    from ..encoders import create_encoder
+    from ..encoders.extract import extract
+    from ..encoders.spec import EncoderSpec
+    from ..features import collate_features, load_features
+    from ..llm import MultimodalLM
+    from ..llm.transcribe import evaluate_transcription
 
     corpora = _speech_corpus(work, fast)
     whisper, minilm = str(paths["whisper-tiny.en"]), str(paths["minilm"])
@@ -410,7 +410,7 @@ def speech_demo(paths: dict[str, Path], work: Path, *, fast: bool, contrastive_s
 def sound_demo(paths: dict[str, Path], work: Path, *, fast: bool, steps: int) -> dict[str, Any]:
     """Train the aisfx sound adapter on perturbed copies of the named real sounds (a quarter of them held out by a
     stable hash of the name), measure both protocols with chance levels, and return the gallery to index."""
-    from .align.sounds import (
+    from .sounds import (
         build_sound_corpus,
         evaluate_sound_adapter,
         extract_sound_features,
@@ -428,8 +428,8 @@ def sound_demo(paths: dict[str, Path], work: Path, *, fast: bool, steps: int) ->
     gallery = [{"audio": str(Path(r["audio"]) if Path(r["audio"]).is_absolute() else corpus.path / r["audio"]),
                 "caption": r["text"], "sound": r["sound"], "heldout": r["fold"] == "heldout"} for r in clean]
     # sound -> text for a few held-out sounds: their captions ranked among every sound's caption
-    from .embedder import Embedder
-    from .encoders.spec import EncoderSpec
+    from ..embedder import Embedder
+    from ..encoders.spec import EncoderSpec
 
     captions = [g["caption"] for g in gallery]
     t = Embedder.from_encoder(EncoderSpec("text", str(paths["minilm"]))).embed(captions)
@@ -478,7 +478,7 @@ def image_demo(paths: dict[str, Path], work: Path, *, fast: bool, steps: int) ->
     once), and measure it on held-out test photos of all 10: zero-shot, seen / unseen, phrasings, retrieval."""
     import time
 
-    from .align.images import build_image_split, evaluate_image_adapter, extract_image_features, train_image_adapter
+    from .images import build_image_split, evaluate_image_adapter, extract_image_features, train_image_adapter
 
     clock = [time.perf_counter()]
     seconds: dict[str, float] = {}

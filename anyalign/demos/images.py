@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets.fashion_mnist import CLASSES
+from .fashion_mnist import CLASSES
 
 UNSEEN = ("Sandal", "Shirt")  #: never trained on in any form (configs/image_text_contrastive.yaml)
 #: the class phrase of each class (the recipe's `label_text`): what the zero-shot class prompts say
@@ -86,7 +86,7 @@ def build_image_split(root: str | os.PathLike | None = None, *, train_per_class:
     """Class-balanced subsets of Fashion-MNIST (fetched into the asset cache `root` on first use): the train fold's
     seen classes for training, the test fold's ten classes for evaluation."""
     from ..assets import assets_root
-    from ..datasets.fashion_mnist import ensure_fashion_mnist, subset
+    from .fashion_mnist import ensure_fashion_mnist, subset
 
     bad = [c for c in unseen if c not in CLASSES]
     if bad or not unseen or len(unseen) >= len(CLASSES):
@@ -152,8 +152,8 @@ def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *,
 
     from ..assets import asset_path
     from ..features import read_manifest
-    from .config import load_recipe
-    from .trainer import train
+    from ..align.config import load_recipe
+    from ..align.trainer import train
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -384,8 +384,8 @@ def train_sound_adapter(features: str | os.PathLike, output: str | os.PathLike, 
     `output`; returns the saved adapter folder. Batches of 64 (fewer on a small corpus)."""
     from ..assets import asset_path
     from ..features import read_manifest
-    from .config import load_recipe
-    from .trainer import train
+    from ..align.config import load_recipe
+    from ..align.trainer import train
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,2 @@
+"""Demos: the quickstart, its data recipes (images, sounds, a synthesised speech corpus, Fashion-MNIST) and its HTML
+report. They sit at the top of the layer order: the library never imports them."""
