@@ -150,10 +150,10 @@ def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *,
     recipe names only their phrases and synonyms and has no eval source) into `output`; returns the adapter folder."""
     import json
 
-    from ..assets import asset_path
-    from ..features import read_manifest
     from ..align.config import load_recipe
     from ..align.trainer import train
+    from ..assets import asset_path
+    from ..features import read_manifest
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

@@ -382,10 +382,10 @@ def train_sound_adapter(features: str | os.PathLike, output: str | os.PathLike, 
                         root: str | os.PathLike | None = None) -> Path:
     """Train the aisfx -> MiniLM head (configs/sound_text_contrastive.yaml) from `features/{train,test}` into
     `output`; returns the saved adapter folder. Batches of 64 (fewer on a small corpus)."""
-    from ..assets import asset_path
-    from ..features import read_manifest
     from ..align.config import load_recipe
     from ..align.trainer import train
+    from ..assets import asset_path
+    from ..features import read_manifest
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
