@@ -70,6 +70,76 @@ def test_filter_drops_paraphrases_closer_to_another_class() -> None:
         filter_paraphrases({"Running": ["jogging"]}, {"Running": ["running"]}, _axis_embed(table))
 
 
+def test_filter_margin_rule() -> None:
+    """A rewrite nearer its own class, but by less than the margin, is dropped with the reason and the margin."""
+    table = {"running": [1, 0, 0], "walking": [0, 1, 0], "jogging": [0.9, 0.3, 0], "trotting": [0.7, 0.65, 0]}
+    refs = {"Running": ["running"], "Walking": ["walking"]}
+    kept, _ = filter_paraphrases({"Running": ["jogging", "trotting"]}, refs, _axis_embed(table))
+    assert kept["Running"] == ["jogging", "trotting"]  # no margin: trotting is (barely) nearer running
+    kept, dropped = filter_paraphrases({"Running": ["jogging", "trotting"]}, refs, _axis_embed(table), margin=0.1)
+    assert kept["Running"] == ["jogging"]
+    assert dropped["Running"][0]["text"] == "trotting"
+    assert dropped["Running"][0]["reason"] == "not_nearer_own_class" and dropped["Running"][0]["margin"] == 0.1
+
+
+def test_filter_drops_rewrites_naming_another_class() -> None:
+    """'running' kept for walking (it is near walking in the anchor space) is dropped because it names Running;
+    'walking' inside a Walking_upstairs rewrite does not count: it is part of the class's own name."""
+    table = {"running": [1, 0, 0], "walking": [0, 1, 0], "walking upstairs": [0, 0.6, 0.8],
+             "running slowly": [0.2, 0.9, 0.1], "briskly walking up the stairs": [0, 0.5, 0.86],
+             "walking up a ladder": [0, 0.3, 0.95], "a jog": [0.1, 0.95, 0]}
+    refs = {"Running": ["running"], "Walking": ["walking"], "Walking_upstairs": ["walking upstairs"]}
+    kept, dropped = filter_paraphrases(
+        {"Walking": ["running slowly", "a jog"], "Walking_upstairs": ["briskly walking up the stairs",
+                                                                      "walking up a ladder"]},
+        refs, _axis_embed(table), class_names={"Running": ["jog"]})
+    assert kept == {"Walking": [], "Walking_upstairs": ["briskly walking up the stairs", "walking up a ladder"]}
+    assert [(d["text"], d["reason"], d["names"], d["nearest"]) for d in dropped["Walking"]] == [
+        ("running slowly", "names_other_class", "running", "Running"), ("a jog", "names_other_class", "jog",
+                                                                         "Running")]
+    # a key's own spelling counts as a name too (walking_upstairs -> "walking upstairs")
+    kept, dropped = filter_paraphrases({"Walking": ["walking upstairs"]}, {"Walking": ["walking"], "Walking_upstairs":
+                                                                           ["going up the stairs"]},
+                                       _axis_embed({**table, "going up the stairs": [0, 0.6, 0.8]}))
+    assert kept == {"Walking": []} and dropped["Walking"][0]["names"] == "walking upstairs"
+
+
+def test_filter_drops_rewrites_repeating_an_evaluation_phrasing() -> None:
+    """Equal to an evaluation phrase (articles aside) or containing one that the class's own sources do not:
+    dropped; an evaluation phrase already inside the class's own source phrase ('badminton') does not count."""
+    table = {"running": [1, 0, 0], "playing badminton": [0, 1, 0], "go for a run": [0.95, 0, 0.3],
+             "going for a run quickly": [0.9, 0, 0.4], "a sprint": [0.9, 0.1, 0.3],
+             "practising badminton": [0, 0.95, 0.2]}
+    refs = {"Running": ["running"], "Badminton": ["playing badminton"]}
+    evals = ["a go for a run", "going for a run", "badminton"]
+    cands = {"Running": ["go for a run", "going for a run quickly", "a sprint"], "Badminton": ["practising badminton"]}
+    kept, dropped = filter_paraphrases(cands, refs, _axis_embed(table), eval_phrasings=evals)
+    assert kept == {"Running": ["a sprint"], "Badminton": ["practising badminton"]}
+    assert [(d["text"], d["reason"], d["phrasing"]) for d in dropped["Running"]] == [
+        ("go for a run", "repeats_evaluation_phrasing", "a go for a run"),
+        ("going for a run quickly", "repeats_evaluation_phrasing", "going for a run")]
+    kept, _ = filter_paraphrases(cands, refs, _axis_embed(table))  # without the phrasing file all are kept
+    assert kept["Running"] == cands["Running"]
+
+
+def test_filter_summary_counts_reasons(tmp_path: Path) -> None:
+    from anyalign.datasets.paraphrase import filter_summary
+
+    table = {"running": [1, 0, 0], "walking": [0, 1, 0], "jogging": [0.9, 0.3, 0], "strolling": [0.4, 0.9, 0],
+             "running fast": [1, 0.1, 0], "sneaker": [0.1, 0, 1], "a walk": [0.5, 0.5, 0]}
+    sources = {"Running": ["running"], "Walking": ["walking"]}
+    kept, dropped = filter_paraphrases({"Running": ["jogging", "strolling", "sneaker", "a walk"],
+                                        "Walking": ["running fast"]}, sources, _axis_embed(table), min_own=0.5,
+                                       eval_phrasings=["a walk"])
+    summary = filter_summary(kept, dropped)
+    assert summary["kept"] == 1 and summary["dropped"] == 4
+    assert summary["dropped_by_reason"] == {"repeats_evaluation_phrasing": 1, "names_other_class": 1,
+                                            "not_nearer_own_class": 1, "far_from_own_class": 1}
+    assert summary["per_class"]["Walking"] == {"kept": 0, "dropped": 1, "dropped_by_reason": {"names_other_class": 1}}
+    doc = read_paraphrase_file(write_paraphrases(tmp_path / "p.json", sources, kept, dropped))
+    assert doc["summary"] == json.loads(json.dumps(summary))  # the file says what was dropped and why
+
+
 def test_filter_with_the_real_anchor(minilm_dir: Path) -> None:
     from anyalign.encoders import create_encoder
 

@@ -57,9 +57,12 @@ def paraphrase_cmd(
     gguf_file: str = typer.Option(None, "--gguf-file", help="GGUF file inside --llm (default: the folder's one)."),
     n: int = typer.Option(8, "-n", min=1, help="Sampled rewrites per class phrase (before the filter)."),
     seed: int = typer.Option(0, "--seed"),
-    margin: float = typer.Option(0.0, "--margin", help="Keep a rewrite only if it is this much closer (cosine) to "
+    margin: float = typer.Option(0.05, "--margin", help="Keep a rewrite only if it is this much closer (cosine) to "
                                  "its own class's captions than to any other class's."),
     min_own: float = typer.Option(0.5, "--min-similarity", help="...and at least this cosine to its own class."),
+    eval_phrasings: Path = typer.Option(None, "--eval-phrasings", help="Phrasing file used in evaluation (as "
+                                        "`eval zeroshot --labels-file`): rewrites repeating one of its phrases "
+                                        "(any set but `training`) are dropped."),
 ) -> None:
     """Paraphrase a recipe's class phrases once with a frozen LLM, filter them in the anchor space, write the file
     the recipe's `captions.paraphrases` reads (kept and dropped rewrites, with their scores, for review)."""
@@ -72,9 +75,14 @@ def paraphrase_cmd(
     default = src.captions.paraphrases if src is not None and src.captions and src.captions.paraphrases else None
     out = output or (Path(default) if default else recipe.resolve().parent / "data" / f"{rec.name}.paraphrases.json")
     res = paraphrase_source(rec, out, index=source, llm=llm or assets_root() / "llm" / "SmolLM2-135M-Instruct",
-                            gguf_file=gguf_file, n=n, seed=seed, margin=margin, min_own=min_own)
+                            gguf_file=gguf_file, n=n, seed=seed, margin=margin, min_own=min_own,
+                            eval_phrasings=eval_phrasings)
+    why = ", ".join(f"{k} {v}" for k, v in res["dropped_by_reason"].items()) or "none"
     typer.echo(f"{res['output']}: kept {res['kept']}, dropped {res['dropped']} rewrites of {len(res['classes'])} "
-               f"classes ({', '.join(f'{k} {v}' for k, v in res['per_class'].items())})")
+               f"classes (dropped by reason: {why}; kept per class: "
+               f"{', '.join(f'{k} {v['kept']}' for k, v in res['per_class'].items())})")
+    if not eval_phrasings:
+        typer.echo("note: no --eval-phrasings given, so rewrites were not checked against evaluation wordings")
 
 
 data_app.command("speech")(speech_cmd)
