@@ -78,9 +78,10 @@ def paraphrase_cmd(
                             gguf_file=gguf_file, n=n, seed=seed, margin=margin, min_own=min_own,
                             eval_phrasings=eval_phrasings)
     why = ", ".join(f"{k} {v}" for k, v in res["dropped_by_reason"].items()) or "none"
+    per_class = ", ".join(f"{k} {v['kept']}" for k, v in res["per_class"].items())
     typer.echo(f"{res['output']}: kept {res['kept']}, dropped {res['dropped']} rewrites of {len(res['classes'])} "
                f"classes (dropped by reason: {why}; kept per class: "
-               f"{', '.join(f'{k} {v['kept']}' for k, v in res['per_class'].items())})")
+               f"{per_class})")
     if not eval_phrasings:
         typer.echo("note: no --eval-phrasings given, so rewrites were not checked against evaluation wordings")
 
