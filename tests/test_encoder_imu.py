@@ -198,3 +198,73 @@ def test_imu_bf16_autocast_is_close() -> None:
     half = enc(x)
     assert half.pooled.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(full.pooled, half.pooled).min() > 0.99
+
+
+def _walk(assets: Path) -> np.ndarray:
+    """A real BasicMotions window `[6, 100]` (accel xyz, gyro xyz) in float64 for exact geometry checks."""
+    return load_uea(assets / "imu" / "BasicMotions", "train").x[0].astype(np.float32)
+
+
+def test_rotation_turns_both_triads_by_one_rotation(assets: Path) -> None:
+    """The sensor frame turns as a whole: each triad keeps its per-step norm, and the angle between the
+    accelerometer and gyroscope vectors at each step is kept (two different rotations would change it)."""
+    from anyalign.align.augment import augment_series, random_rotation
+    from anyalign.align.config import AugmentSpec
+
+    x = _walk(assets)
+    for deg in (30.0, 180.0):
+        r = random_rotation(np.random.default_rng(1), deg)
+        assert np.allclose(r @ r.T, np.eye(3), atol=1e-5) and np.isclose(np.linalg.det(r), 1.0, atol=1e-5)
+    y = augment_series(x, AugmentSpec(rotate=180.0), np.random.default_rng([0, 0, 3]))
+    acc, gyr, acc2, gyr2 = x[:3], x[3:], y[:3], y[3:]
+    assert not np.allclose(y, x, atol=1e-3)
+    assert np.allclose(np.linalg.norm(acc2, axis=0), np.linalg.norm(acc, axis=0), rtol=1e-4, atol=1e-4)
+    assert np.allclose(np.linalg.norm(gyr2, axis=0), np.linalg.norm(gyr, axis=0), rtol=1e-4, atol=1e-4)
+    assert np.allclose((acc2 * gyr2).sum(0), (acc * gyr).sum(0), rtol=1e-3, atol=1e-3)  # same rotation for both
+    small = augment_series(x, AugmentSpec(rotate=10.0), np.random.default_rng(5))
+    cos = (small[:3] * acc).sum(0) / (np.linalg.norm(acc, axis=0) * np.linalg.norm(small[:3], axis=0) + 1e-9)
+    assert cos.min() >= np.cos(np.deg2rad(10.0)) - 1e-4  # no vector turns by more than the limit
+    with pytest.raises(ValueError, match="triads"):
+        augment_series(x[:5], AugmentSpec(rotate=90.0), np.random.default_rng(0))
+    turned = augment_series(x, AugmentSpec(rotate=90.0, triads=[[3, 4, 5]]), np.random.default_rng(0))
+    assert np.array_equal(turned[:3], acc) and not np.allclose(turned[3:], gyr)  # only the named triad turns
+
+
+def test_scale_all_and_time_warp(assets: Path) -> None:
+    from anyalign.align.augment import augment_series
+    from anyalign.align.config import AugmentSpec
+
+    x = _walk(assets)
+    y = augment_series(x, AugmentSpec(scale_all=0.2), np.random.default_rng(2))
+    ratio = y / np.where(np.abs(x) > 1e-6, x, 1)
+    factor = float(np.median(ratio[np.abs(x) > 1e-3]))
+    assert abs(factor - 1) > 1e-3 and np.allclose(y, x * factor, rtol=1e-5, atol=1e-5)  # one factor for all
+    w = augment_series(x, AugmentSpec(time_warp=0.3), np.random.default_rng(3))
+    assert w.shape == x.shape and np.allclose(w[:, 0], x[:, 0]) and np.allclose(w[:, -1], x[:, -1])
+    assert not np.allclose(w, x, atol=1e-3)
+    assert w.min() >= x.min() - 1e-5 and w.max() <= x.max() + 1e-5  # resampled, never extrapolated
+    again = augment_series(x, AugmentSpec(time_warp=0.3), np.random.default_rng(3))
+    assert np.array_equal(w, again)  # a pure function of the generator (exact resume)
+    off = AugmentSpec(crop=0.8, scale=0.1)
+    assert np.array_equal(augment_series(x, off, np.random.default_rng(4)),
+                          augment_series(x, AugmentSpec(crop=0.8, scale=0.1, rotate=0.0, time_warp=0.0),
+                                         np.random.default_rng(4)))
+
+
+def test_recipe_augmentations_reach_training_windows_only(assets: Path) -> None:
+    """`augment: {rotate, scale_all, time_warp}` in a UEA source changes the raw windows the training set hands to
+    the IMU encoder (the same window differs across epochs), never those of an evaluation set; bad values fail."""
+    from anyalign.align.config import AugmentSpec, ConfigError, DataSource
+    from anyalign.align.data import PairedDataset
+
+    path = str(assets / "imu" / "BasicMotions")
+    spec = AugmentSpec(rotate=180.0, scale_all=0.1, time_warp=0.2)
+    train = PairedDataset([DataSource(kind="uea", path=path, augment=spec)], ["imu"], seed=0)
+    ev = PairedDataset([DataSource(kind="uea", path=path, augment=spec)], ["imu"], seed=0, train=False)
+    raw = np.asarray(ev[(0, 0)]["media"]["imu"][0])
+    a, b = (np.asarray(train[(e, 0)]["media"]["imu"][0]) for e in (0, 1))
+    assert a.shape == raw.shape and not np.allclose(a, raw) and not np.allclose(a, b)
+    assert np.array_equal(a, np.asarray(train[(0, 0)]["media"]["imu"][0]))  # seeded by (seed, epoch, index)
+    assert np.array_equal(np.asarray(ev[(1, 0)]["media"]["imu"][0]), raw)
+    with pytest.raises(ConfigError, match="time_warp"):
+        AugmentSpec(time_warp=-1)

@@ -46,8 +46,10 @@ class AdapterSpec:
 
     encoder: EncoderSpec  # a registered name, or {name, pretrained, options, autocast}
     feature: Literal["tokens", "pooled"] = "tokens"
-    embed_projector: dict[str, Any] | None = None  # shared-space head, e.g. {name: mlp}; dims are filled in
-    llm_projector: dict[str, Any] | None = None  # LLM soft-token head, e.g. {name: perceiver, num_latents: 32}
+    #: shared-space head, e.g. {name: mlp} (dims are filled in), or the name of a recipe `projectors` entry
+    embed_projector: dict[str, Any] | str | None = None
+    #: LLM soft-token head, e.g. {name: perceiver, num_latents: 32}, or the name of a recipe `projectors` entry
+    llm_projector: dict[str, Any] | str | None = None
     train_encoder: bool = False
     init_from: str | None = None  # a saved adapter folder to continue from (stage 2 after stage 1)
 
@@ -73,12 +75,23 @@ class ModelSpec:
 
 @dataclass
 class AugmentSpec:
-    """Time-series augmentation for small sensor datasets (applied to training windows only)."""
+    """Time-series augmentation for small sensor datasets (applied to raw training windows only; align/augment.py)."""
 
     crop: float = 1.0  # keep a random crop of this fraction of the steps (1.0 = off)
     jitter: float = 0.0  # gaussian noise, as a fraction of each channel's std
     scale: float = 0.0  # per-channel multiplicative factor ~ N(1, scale)
     shift: float = 0.0  # random circular shift, as a fraction of the length
+    rotate: float = 0.0  # random 3-D rotation of the sensor frame, up to this many degrees (180: any orientation)
+    triads: list[list[int]] | None = None  # channels rotated together (default: consecutive xyz triples)
+    scale_all: float = 0.0  # one factor ~ N(1, scale_all) for the whole window (keeps the triads' geometry)
+    time_warp: float = 0.0  # smooth random change of speed: local speed ~ N(1, time_warp)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop <= 1:
+            raise ConfigError(f"augment.crop must be in (0, 1], got {self.crop}")
+        for name in ("jitter", "scale", "shift", "rotate", "scale_all", "time_warp"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -123,14 +136,23 @@ class DataSource:
 class DataSpec:
     train: list[Any] = field(default_factory=list)
     eval: list[Any] = field(default_factory=list)
+    # held-out groups/users of the training data (never the test split): tunes the zero-shot calibration gamma after
+    # training, by pseudo-unseen class rotation (align/calibration.py)
+    validation: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for part in ("train", "eval"):
+        for part in ("train", "eval", "validation"):
             items = getattr(self, part)
             setattr(self, part, [item if isinstance(item, DataSource) else
                                  from_dict(DataSource, item, source=f"{part}[{i}]") for i, item in enumerate(items)])
         if not self.train:
             raise ConfigError("train: at least one training data source is required")
+        for i, v in enumerate(self.validation):
+            same = [j for j, e in enumerate(self.eval) if (e.kind, e.path, e.split, e.holdout, e.folds)
+                    == (v.kind, v.path, v.split, v.holdout, v.folds)]
+            if same:
+                raise ConfigError(f"validation[{i}]: the same data as eval[{same[0]}]; calibration is tuned on "
+                                  f"held-out training data, never on the evaluation split")
 
 
 @dataclass
@@ -184,6 +206,8 @@ class EvalSpec:
     zero_shot: bool = True  # labelled eval data: classify against class-caption embeddings
     recall_k: list[int] = field(default_factory=lambda: [1, 5, 10])
     max_samples: int | None = None
+    calibration_folds: int | None = None  # pseudo-unseen rotations over the seen classes (None: one per class)
+    calibration_steps: int | None = None  # training steps of each rotation's adapter (None: train.max_steps)
 
 
 @dataclass
@@ -197,6 +221,9 @@ class Recipe:
     output_dir: str | None = None  # default: runs/<name>
     model: ModelSpec = field(default_factory=ModelSpec)
     anchors: dict[str, Any] = field(default_factory=dict)
+    #: projectors shared by several adapters (OneLLM's universal projection): name -> {name: <projector>, options,
+    #: init_from: a saved `_shared/<name>` folder to continue from}; adapters use one by name
+    projectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     train: TrainSpec = field(default_factory=TrainSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
 
@@ -207,6 +234,7 @@ class Recipe:
                         for m, a in self.anchors.items()}
         if not self.adapters:
             raise ConfigError("adapters: at least one modality adapter is required")
+        self._check_shared_projectors()
         both = sorted(set(self.adapters) & set(self.anchors))
         if both:
             raise ConfigError(f"{both}: a modality is either trained (adapters) or a frozen anchor, not both")
@@ -227,6 +255,32 @@ class Recipe:
                 raise ConfigError(f"data source {s.path}: modality {s.modality!r} has no adapter "
                                   f"(adapters: {', '.join(self.adapters)})")
 
+    def shared_users(self, name: str) -> list[tuple[str, str]]:
+        """`(modality, head)` pairs whose head is the shared projector `name`, in adapter order."""
+        return [(m, head) for m, a in self.adapters.items() for head in ("embed_projector", "llm_projector")
+                if getattr(a, head) == name]
+
+    def _check_shared_projectors(self) -> None:
+        for name, spec in self.projectors.items():
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                raise ConfigError(f"projectors.{name}: expected a mapping with a projector name, e.g. "
+                                  f"{{name: universal}}, got {spec!r}")
+            if spec.get("init_from") is not None and not isinstance(spec["init_from"], str):
+                raise ConfigError(f"projectors.{name}.init_from: expected a folder path, got {spec['init_from']!r}")
+            heads = {head for _, head in self.shared_users(name)}
+            if not heads:
+                raise ConfigError(f"projectors.{name}: no adapter uses it (set adapters.<m>.llm_projector: {name} "
+                                  f"or embed_projector: {name})")
+            if len(heads) > 1:
+                raise ConfigError(f"projectors.{name}: used both as embed_projector and llm_projector; a shared "
+                                  f"projector serves one kind of head (their output widths differ)")
+        for m, a in self.adapters.items():
+            for head in ("embed_projector", "llm_projector"):
+                ref = getattr(a, head)
+                if isinstance(ref, str) and ref not in self.projectors:
+                    raise ConfigError(f"adapters.{m}.{head}: {ref!r} is not declared under projectors "
+                                      f"(declared: {', '.join(self.projectors) or 'none'})")
+
     @property
     def output_path(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
@@ -243,12 +297,14 @@ def check_paths(recipe: Recipe, source: str) -> None:
         if value and (always or _looks_like_path(value)) and not Path(value).expanduser().exists():
             raise ConfigError(f"{source}: {where}: {value}: no such file or folder")
 
-    for part in ("train", "eval"):
+    for part in ("train", "eval", "validation"):
         for i, s in enumerate(getattr(recipe.data, part)):
             need(f"data.{part}[{i}].path", s.path, always=True)
     for m, a in recipe.adapters.items():
         need(f"adapters.{m}.encoder.pretrained", a.encoder.pretrained)
         need(f"adapters.{m}.init_from", a.init_from, always=True)
+    for name, spec in recipe.projectors.items():
+        need(f"projectors.{name}.init_from", spec.get("init_from"), always=True)
     for m, a in recipe.anchors.items():
         need(f"anchors.{m}.encoder.pretrained", a.encoder.pretrained)
     need("model.llm", recipe.model.llm)

@@ -25,8 +25,9 @@ from torch.utils.data import Dataset, Sampler
 from ..datasets.uea import DEFAULT_UEA_TEMPLATES
 from ..encoders import EncoderOutput
 from ..features import FeatureRecord
+from .augment import augment_series
 from .captions import CaptionPool, keep_classes
-from .config import AugmentSpec, DataSource
+from .config import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -116,25 +117,6 @@ def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
                             "label": meta.get("label"), "key": key,
                             "conversation": meta.get("conversations") or meta.get("messages")})
     return records
-
-
-# --- augmentation ------------------------------------------------------------------------------------------
-def augment_series(x: np.ndarray, spec: AugmentSpec, rng: np.random.Generator) -> np.ndarray:
-    """Random resized crop, circular shift, per-channel scaling and jitter of a `[C, T]` window."""
-    x = np.asarray(x, dtype=np.float32)
-    c, t = x.shape
-    if spec.crop < 1.0:
-        length = max(2, int(round(t * rng.uniform(spec.crop, 1.0))))
-        start = int(rng.integers(0, t - length + 1))
-        window = torch.from_numpy(np.ascontiguousarray(x[:, start:start + length]))[None]  # [1, C, L]
-        x = torch.nn.functional.interpolate(window, size=t, mode="linear", align_corners=True)[0].numpy()
-    if spec.shift > 0:
-        x = np.roll(x, int(rng.integers(-int(spec.shift * t), int(spec.shift * t) + 1)), axis=1)
-    if spec.scale > 0:
-        x = x * rng.normal(1.0, spec.scale, size=(c, 1)).astype(np.float32)
-    if spec.jitter > 0:
-        x = x + rng.normal(0.0, 1.0, size=x.shape).astype(np.float32) * spec.jitter * (x.std(1, keepdims=True) + 1e-6)
-    return x.astype(np.float32)
 
 
 # --- per-item randomness ---------------------------------------------------------------------------------------
