@@ -1,91 +1,62 @@
 """`anyalign serve`: a small HTTP API (FastAPI) and web page over a `Retriever`.
 
-    GET  /                      the search page (thumbnails, audio and video players)
-    GET  /api/info              index facts and the query modalities it accepts
-    POST /api/search            JSON {"text": "..."} or {"vector": [...]}, optional "k" -> {"results": [...]}
-    POST /api/search/file       multipart upload `file` (+ form field `k`) -> {"results": [...]}
+    GET  /                      the search page (modality tabs, thumbnails, players, signal plots, more like this)
+    GET  /api/info              index facts, query modalities, items per modality, example queries
+    POST /api/search            JSON {"text": ...} | {"vector": [...]} | {"like": ID}, optional "k", "modality"
+    POST /api/search/file       multipart upload `file` (+ form fields `k`, `modality`) -> {"results": [...]}
     GET  /api/items/{id}        one item's metadata
     GET  /api/media/{id}        the item's media file
     POST /api/reload            re-read the index folder now
-    GET  /api/openapi.json      the API schema
+    POST /v1/embeddings         OpenAI-compatible embeddings; GET /v1/models (see `openai_api.py`)
+    GET  /docs, /openapi.json   the API described: a plain page (no CDN) and the schema
+
+Modules: `search_api.py` (page and /api routes), `openai_api.py` (/v1), `served.py` (the index state and its
+reloads), `batching.py` (query micro-batching), `page.py` (HTML); this module assembles the app, guards it and runs it.
 
 Boundaries: media are served only by vector id, only regular files under the corpus roots (resolved, so a symlink
 cannot lead out) and only media content types; every response says `nosniff`, the page has a Content-Security-Policy
-and may not be framed. Requests need a Host on the allow-list and, with a token, `Authorization: Bearer TOKEN` (or the
-page's cookie); bodies are capped; clients that stall while sending headers or a body are cut off. Errors are one-line
-JSON `{"error": ...}`. The index folder is watched: after `anyalign index add/delete` the next request is answered
-from the new state (reloaded atomically, after the writer's lock is released). Concurrent text queries are embedded
-together in one encoder call (micro-batching); each is then searched on its own, as a lone query would be.
+and may not be framed. Requests need a Host on the allow-list and, with a token, `Authorization: Bearer TOKEN` (or
+the page's cookie); bodies are capped; clients that stall while sending headers or a body are cut off. Errors are
+one-line JSON `{"error": ...}` (OpenAI's shape under `/v1`). The index folder is watched: after `anyalign index
+add/delete` the next request is answered from the new state (reloaded atomically, after the writer's lock is
+released). Concurrent text queries are embedded together in one encoder call (micro-batching); each is then searched
+on its own, as a lone query would be.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
-import html
 import ipaddress
 import json
 import logging
 import math
 import os
-import re
-import stat
-import tempfile
-import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
-import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field, field_validator
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..encoders import InputError
-from .retriever import Retriever, SearchResult
+from .batching import QueryBatcher
+from .openai_api import OpenAIError, add_openai_routes, error_payload
+from .page import docs_html
+from .retriever import Retriever
+from .search_api import add_search_routes
+from .served import ServedIndex, derive_media_roots, media_file
 
 logger = logging.getLogger(__name__)
 
-MEDIA_TYPES = {"image", "audio", "video"}  # modalities whose items have a playable file
-MEDIA_CONTENT_TYPES = {  # the only file types served (no html/svg/js: nothing a browser would run)
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp",
-    ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".avif": "image/avif",
-    ".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg",
-    ".flac": "audio/flac", ".m4a": "audio/mp4", ".aac": "audio/aac",
-    ".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".mov": "video/quicktime",
-    ".mkv": "video/x-matroska", ".ogv": "video/ogg", ".avi": "video/x-msvideo",
-}
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 TOKEN_ENV = "ANYALIGN_SERVE_TOKEN"
 TOKEN_COOKIE = "anyalign_token"
-MAX_ID = (1 << 63) - 1
+DOCS_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                     (b"x-frame-options", b"DENY"), (b"cross-origin-resource-policy", b"same-origin")]
-
-
-class SearchRequest(BaseModel):
-    text: str | None = Field(default=None, max_length=2000)
-    vector: list[float] | None = Field(default=None, max_length=65536)
-    k: int = Field(default=10, ge=1, le=1000)
-
-    @field_validator("text")
-    @classmethod
-    def _utf8(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("text is not valid Unicode (lone surrogate)") from None
-        return v
 
 
 def _one_line(text: Any, limit: int = 500) -> str:
@@ -93,13 +64,21 @@ def _one_line(text: Any, limit: int = 500) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def error_response(status: int, message: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error shape: `{"error": "one line"}`."""
-    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
+def error_body(status: int, message: Any, path: str = "") -> dict[str, Any]:
+    """The one error shape `{"error": "one line"}`; under `/v1` (the OpenAI-compatible routes) OpenAI's shape."""
+    if path.startswith("/v1/"):
+        return error_payload(status, _one_line(message))
+    return {"error": _one_line(message)}
 
 
-async def _send_error(send: Any, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"error": _one_line(message)}, separators=(",", ":")).encode()  # as JSONResponse writes it
+def error_response(status: int, message: Any, headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    """A JSON error response (see `error_body`)."""
+    return JSONResponse(error_body(status, message, path), status_code=status, headers=headers)
+
+
+async def _send_error(send: Any, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = (),
+                      path: str = "") -> None:
+    body = json.dumps(error_body(status, message, path), separators=(",", ":")).encode()  # as JSONResponse does
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *extra]})
@@ -119,7 +98,8 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, 413, f"request body too large (limit {self.max_bytes} bytes)")
+            await _send_error(send, 413, f"request body too large (limit {self.max_bytes} bytes)",
+                              path=scope.get("path", ""))
             return
         seen = 0
         body_done = False
@@ -148,7 +128,7 @@ class BodySizeLimit:
             if failed is not None:  # the app turned the aborted read into its own error: answer ours instead
                 if message["type"] == "http.response.start" and not responded:
                     responded = True
-                    await _send_error(send, *failed)
+                    await _send_error(send, *failed, path=scope.get("path", ""))
                 return
             responded = responded or message["type"] == "http.response.start"
             await send(message)
@@ -157,7 +137,7 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, guarded_send)
         except _Abort:
             if not responded and failed is not None:
-                await _send_error(send, *failed)
+                await _send_error(send, *failed, path=scope.get("path", ""))
 
 
 class _Abort(Exception):
@@ -213,278 +193,11 @@ class _Guard:
             return
         if self.token and scope.get("path", "/") != "/" and not self._authorized(headers):
             await _send_error(secured_send, 401, "missing or wrong token (send 'Authorization: Bearer TOKEN')",
-                              [(b"www-authenticate", b'Bearer realm="anyalign"')])
+                              [(b"www-authenticate", b'Bearer realm="anyalign"')], scope.get("path", ""))
             return
         await self.app(scope, receive, secured_send)
 
 
-# --- the served index: reloaded when its folder changes -----------------------------------------------------
-def _signature(folders: Sequence[Path]) -> tuple:
-    """What identifies the index files' current state: (inode, size, mtime) of every file in the folders."""
-    sig: list[Any] = []
-    for folder in folders:
-        try:
-            st = os.stat(folder)
-            entries = sorted((e.name, e.stat()) for e in os.scandir(folder)
-                             if e.is_file() and not e.name.endswith(".lock"))
-        except OSError:
-            sig.append((str(folder), None))
-            continue
-        sig.append((str(folder), st.st_ino, tuple((n, s.st_ino, s.st_size, s.st_mtime_ns) for n, s in entries)))
-    return tuple(sig)
-
-
-def _lock_files(index_dir: Path) -> list[Path]:
-    """Writer lock files of an index folder (filelock's, inside the folder or beside it), if any exist."""
-    out = [index_dir.parent / f"{index_dir.name}.lock", index_dir.parent / f".{index_dir.name}.lock"]
-    try:
-        out += [index_dir / n for n in os.listdir(index_dir) if n.endswith(".lock")]
-    except OSError:
-        pass
-    return [p for p in out if p.is_file()]
-
-
-@contextmanager
-def _shared_lock(index_dir: Path) -> Iterator[bool]:
-    """Hold a shared flock on the writers' lock files while reading; yields False when a writer holds one."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no flock (Windows): rely on the writers' atomic folder swap
-        yield True
-        return
-    fds: list[int] = []
-    try:
-        for path in _lock_files(index_dir):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            fds.append(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                yield False
-                return
-        yield True
-    finally:
-        for fd in fds:
-            os.close(fd)  # closing releases the flock
-
-
-def _collapse(folders: Sequence[Path]) -> tuple[Path, ...]:
-    kept: set[Path] = set()
-    for f in sorted(set(folders), key=lambda p: len(p.parts)):
-        if not any(p in kept for p in f.parents):
-            kept.add(f)
-    return tuple(sorted(kept))
-
-
-def derive_media_roots(retriever: Retriever) -> tuple[Path, ...]:
-    """Corpus roots from the metadata: the (resolved) folders holding the items' media files.
-
-    Index folders do not record the corpus roots they were built from (today's `IndexConfig.sources` names the
-    embedding folders), so they are derived from the local media paths the metadata records (`anyalign embed`
-    records them resolved, so the folders are not resolved again: a folder made a symlink later leads nowhere);
-    `--media-root` gives them explicitly instead.
-    """
-    dirs: set[str] = set()
-    for part in retriever.parts:
-        modality = part.meta.field_values("modality")
-        for i, src in part.meta.field_values("source").items():
-            if modality.get(i) in MEDIA_TYPES and isinstance(src, str) and os.path.isabs(src):
-                dirs.add(os.path.dirname(src))
-    return _collapse([Path(os.path.normpath(d)) for d in dirs])
-
-
-def media_file(row: dict[str, Any] | None, roots: Sequence[Path]) -> Path | None:
-    """The item's media file, resolved, if it is a regular file under one of `roots` (the only files served)."""
-    if not row or row.get("deleted") or row.get("modality") not in MEDIA_TYPES:
-        return None
-    src = row.get("source")
-    if not isinstance(src, str) or not os.path.isabs(src):
-        return None
-    try:
-        path = Path(src).resolve(strict=True)
-        mode = path.stat().st_mode
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if not stat.S_ISREG(mode) or not any(r == p for p in path.parents for r in roots):
-        return None
-    return path
-
-
-@dataclass
-class ServedState:
-    """One loaded state of the index folder; requests keep the state they started with."""
-
-    retriever: Retriever
-    roots: tuple[Path, ...]
-    signature: tuple
-    generation: int = 0
-    embedders: dict[str, Any] = field(default_factory=dict)  # modality -> Embedder, loaded by this server
-
-
-class ServedIndex:
-    """The index a server answers from; `current()` reloads it first when its files changed on disk."""
-
-    def __init__(self, retriever: Retriever, media_roots: Sequence[str | os.PathLike] | None = None) -> None:
-        self.index_dir = Path(os.path.abspath(retriever.index_dir))
-        self.explicit_roots: tuple[Path, ...] | None = None
-        if media_roots:
-            for r in media_roots:
-                if not Path(r).is_dir():
-                    raise FileNotFoundError(f"--media-root {r}: no such folder")
-            self.explicit_roots = _collapse([Path(r).resolve() for r in media_roots])
-        self._lock = threading.Lock()
-        self._failed: tuple | None = None
-        self.state = self._state(retriever, self._signature(retriever), 0, {})
-
-    def _signature(self, retriever: Retriever) -> tuple:
-        return _signature([self.index_dir, *(p.folder for p in retriever.parts if p.folder != self.index_dir)])
-
-    def _state(self, retriever: Retriever, sig: tuple, generation: int, embedders: dict[str, Any]) -> ServedState:
-        roots = self.explicit_roots if self.explicit_roots is not None else derive_media_roots(retriever)
-        retriever.load_metadata()  # rows in memory (when they fit) before serving, not after two SQL lookups
-        return ServedState(retriever, roots, sig, generation, embedders)
-
-    def changed(self) -> bool:
-        sig = self._signature(self.state.retriever)
-        return sig != self.state.signature and sig != self._failed
-
-    def current(self) -> ServedState:
-        if self.changed():
-            self.reload()
-        return self.state
-
-    def reload(self, *, force: bool = False) -> bool:
-        """Re-open the index folder if it changed (or always with `force`); False when nothing was reloaded."""
-        with self._lock:
-            old = self.state
-            sig = self._signature(old.retriever)
-            if not force and (sig == old.signature or sig == self._failed):
-                return False
-            with _shared_lock(self.index_dir) as free:
-                if not free:
-                    if force:
-                        raise RuntimeError(f"{self.index_dir} is being written (its lock is held); try again")
-                    return False  # keep answering from the old state until the writer is done
-                try:
-                    new = Retriever(self.index_dir, device=old.retriever.device)
-                    keep = {}
-                    for m, emb in old.embedders.items():  # reuse loaded models unless the index changed how
-                        if old.retriever.config.embedders.get(m) in (None, new.config.embedders.get(m)):
-                            new.set_embedder(m, emb)
-                            keep[m] = emb
-                    if [p.folder for p in new.parts] != [p.folder for p in old.retriever.parts]:
-                        sig = self._signature(new)
-                    state = self._state(new, sig, old.generation + 1, keep)
-                except (OSError, ValueError, RuntimeError) as e:
-                    self._failed = sig
-                    logger.warning("could not reload %s (still serving the previous state): %s", self.index_dir, e)
-                    if force:
-                        raise
-                    return False
-            self.state, self._failed = state, None
-            logger.info("reloaded %s (generation %d, %d items)", self.index_dir, state.generation, len(new))
-            return True
-
-    def embedder(self, state: ServedState, modality: str) -> Any:
-        """The state's embedder for `modality`, loaded once (blocking: call from a worker thread)."""
-        if modality not in state.embedders:
-            state.embedders[modality] = state.retriever.embedder(modality)
-        return state.embedders[modality]
-
-
-# --- micro-batching ----------------------------------------------------------------------------------------
-class QueryBatcher:
-    """Embeds concurrent text queries together: queries that arrive while the encoder is busy (and, under load,
-    within `wait_ms`) go into one encoder call of at most `max_batch`; a lone query is embedded at once."""
-
-    def __init__(self, max_batch: int = 32, wait_ms: float = 2.0) -> None:
-        self.max_batch, self.wait = max(1, int(max_batch)), max(0.0, wait_ms) / 1000
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anyalign-embed")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[tuple[Any, str, asyncio.Future]] = []
-        self._task: asyncio.Task | None = None
-        self._last = 1
-        self.calls = self.queries = 0  # encoder calls and queries embedded (for tests and benchmarks)
-
-    async def embed(self, embedder: Any, text: str) -> np.ndarray:
-        """`[1, E]` for one text, embedded in a batch with whatever else is queued."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new event loop (a test client): start afresh
-            self._loop, self._pending, self._task = loop, [], None
-        fut: asyncio.Future = loop.create_future()
-        self._pending.append((embedder, text, fut))
-        if self._task is None:
-            self._task = loop.create_task(self._drain())
-        return await fut
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending:
-                if self._last > 1 and len(self._pending) < self.max_batch and self.wait:
-                    await asyncio.sleep(self.wait)  # under load: let the queries in flight join this batch
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-                outs = await loop.run_in_executor(self._pool, self._embed, batch)
-                for (_, _, fut), out in zip(batch, outs):
-                    if fut.done():
-                        continue
-                    if isinstance(out, BaseException):
-                        fut.set_exception(out)
-                    else:
-                        fut.set_result(out)
-                self._last = len(batch)
-        finally:
-            self._task = None
-
-    def _embed(self, batch: list[tuple[Any, str, asyncio.Future]]) -> list[Any]:
-        outs: list[Any] = [None] * len(batch)
-        groups: dict[int, list[int]] = {}
-        for j, (emb, _, _) in enumerate(batch):
-            groups.setdefault(id(emb), []).append(j)
-        for js in groups.values():
-            emb = batch[js[0]][0]
-            texts = [batch[j][1] for j in js]
-            self.calls += 1
-            self.queries += len(js)
-            try:
-                vecs = emb.embed(texts, batch_size=len(texts))  # [B, E]
-                for row, j in enumerate(js):
-                    outs[j] = vecs[row: row + 1]
-            except Exception:  # noqa: BLE001 - find out which query failed: each on its own
-                for j in js:
-                    try:
-                        outs[j] = emb.embed([batch[j][1]])
-                    except Exception as e:  # noqa: BLE001 - handed to that query's request
-                        outs[j] = e
-        return outs
-
-
-# --- the app -----------------------------------------------------------------------------------------------
-PAGE = Path(__file__).resolve().parent.parent / "data" / "retrieval" / "index.html"  # package data
-
-
-def page_html() -> str:
-    return PAGE.read_text()
-
-
-def _csp(page: str) -> str:
-    def hashes(tag: str) -> str:
-        found = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
-        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in found)
-
-    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-            "img-src 'self' https: data:; media-src 'self' https:; connect-src 'self'; form-action 'self'; "
-            "base-uri 'none'; frame-ancestors 'none'")
-
-
-def parse_id(text: str) -> int:
-    """A vector id from a URL segment: 0 <= id < 2^63, else 404."""
-    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_ID:
-        raise HTTPException(404, f"no item {text[:40]!r}")
-    return int(text)
 
 
 def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int = 100,
@@ -505,148 +218,39 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int 
         except Exception as e:  # noqa: BLE001 - reported again (as a 400) when a query needs it
             logger.warning("%s embedder unavailable: %s", m, e)
     batcher = QueryBatcher(batch_max, batch_wait_ms) if batch_max > 1 else None
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")  # no CDN-hosted UI
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # /docs: our own page
     app.state.served, app.state.batcher = served, batcher
     app.add_middleware(BodySizeLimit, max_bytes=int(max_upload_mb * (1 << 20)), idle_timeout=body_timeout)
     app.add_middleware(_Guard, hosts=[*LOOPBACK_HOSTS, *allow_hosts], token=token)
-    page = page_html().replace("{{TITLE}}", html.escape(title))
-    page_headers = {"content-security-policy": _csp(page), "cache-control": "no-store"}
+    add_search_routes(app, served, batcher=batcher, max_k=max_k, max_upload_mb=max_upload_mb, title=title,
+                      auth=bool(token))
+    add_openai_routes(app, served)
 
-    async def current() -> ServedState:
-        if served.changed():  # a few stat calls; the reload itself runs in a worker thread
-            await run_in_threadpool(served.reload)
-        return served.state
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html(app.openapi()), headers={"content-security-policy": DOCS_CSP})
 
-    def result_json(state: ServedState, r: SearchResult) -> dict[str, Any]:
-        d = r.to_dict()
-        d.pop("deleted", None)
-        src = str(d.get("source") or "")
-        d["name"] = Path(src).name if src else str(r.id)
-        if re.match(r"^https?://", src):
-            d["media_url"] = src
-        elif media_file(d, state.roots) is not None and Path(src).suffix.lower() in MEDIA_CONTENT_TYPES:
-            d["media_url"] = f"/api/media/{r.id}"
-        else:
-            d["media_url"] = None
-        return d
-
-    def check_k(k: int) -> None:
-        if k > max_k:
-            raise HTTPException(400, f"k={k} exceeds the limit of {max_k}")
-
-    def run(state: ServedState, search: Any, query: Any, k: int) -> dict[str, Any]:
-        check_k(k)
-        try:
-            results = search(query, k)
-        except (ValueError, InputError, FileNotFoundError) as e:
-            raise HTTPException(400, str(e)) from None
-        return {"results": [result_json(state, r) for r in results]}
-
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
-    def index_page() -> HTMLResponse:
-        return HTMLResponse(page, headers=page_headers)
-
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
-        state = served.current()
-        out = state.retriever.info()
-        out.pop("index", None)  # do not reveal server paths
-        exts: dict[str, list[str]] = {}
-        for m in state.retriever.modalities:
-            if m != "text":
-                try:
-                    exts[m] = list(served.embedder(state, m).extensions)
-                except Exception as e:  # noqa: BLE001 - an unavailable embedder only drops its extensions
-                    logger.warning("embedder %s unavailable: %s", m, e)
-        return {**out, "file_extensions": exts, "max_k": max_k, "max_upload_mb": max_upload_mb,
-                "generation": state.generation, "auth": bool(token)}
-
-    @app.post("/api/search")
-    async def search(req: SearchRequest) -> dict[str, Any]:
-        if (req.text is None) == (req.vector is None):
-            raise HTTPException(400, "give exactly one of 'text' or 'vector'")
-        check_k(req.k)
-        state = await current()
-        r = state.retriever
-        if req.vector is not None:
-            return await run_in_threadpool(run, state, r.search, req.vector, req.k)
-        if not req.text.strip():  # type: ignore[union-attr]
-            raise HTTPException(400, "empty text query")
-        if batcher is None:  # one encoder call per query; text is never read as a path on this machine
-            return await run_in_threadpool(run, state, r.search_text, req.text, req.k)
-        try:
-            emb = state.embedders.get("text") or await run_in_threadpool(served.embedder, state, "text")
-            vec = await batcher.embed(emb, req.text)  # type: ignore[arg-type]
-        except (ValueError, InputError, FileNotFoundError) as e:
-            raise HTTPException(400, str(e)) from None
-        return await run_in_threadpool(run, state, lambda v, k: r.search_vectors(v, k)[0], vec, req.k)
-
-    @app.post("/api/search/file")
-    def search_file(file: UploadFile = File(...), k: int = Form(10, ge=1)) -> dict[str, Any]:
-        check_k(k)
-        suffix = Path(file.filename or "").suffix.lower()
-        if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):
-            raise HTTPException(400, f"upload needs a file name with an extension, got {file.filename!r}")
-        state = served.current()
-        with tempfile.TemporaryDirectory(prefix="anyalign-query-") as d:
-            path = Path(d) / f"query{suffix}"
-            with path.open("wb") as out:
-                while chunk := file.file.read(1 << 20):
-                    out.write(chunk)
-            return run(state, state.retriever.search_file, path, k)
-
-    @app.get("/api/items/{item_id}")
-    def item(item_id: str) -> dict[str, Any]:
-        i = parse_id(item_id)
-        state = served.current()
-        row = state.retriever.metadata([i])[0]
-        if row is None or row.get("deleted"):
-            raise HTTPException(404, f"no item {i}")
-        return result_json(state, SearchResult(i, 0.0, row))
-
-    @app.get("/api/media/{item_id}")
-    def media(item_id: str) -> FileResponse:
-        i = parse_id(item_id)
-        state = served.current()
-        row = state.retriever.metadata([i])[0]
-        if row is None or row.get("deleted"):
-            raise HTTPException(404, f"no item {i}")
-        src = str(row.get("source") or "")
-        if row.get("modality") in MEDIA_TYPES and os.path.isabs(src) \
-                and Path(src).suffix.lower() not in MEDIA_CONTENT_TYPES:
-            raise HTTPException(415, f"item {i}: {Path(src).suffix or 'this'} files are not served as media")
-        path = media_file(row, state.roots)
-        kind = MEDIA_CONTENT_TYPES.get(path.suffix.lower()) if path is not None else None
-        if path is None or kind is None:
-            raise HTTPException(404, f"no media file for item {i}")
-        return FileResponse(path, media_type=kind, headers={"cache-control": "private, max-age=60"})
-
-    @app.post("/api/reload")
-    def reload() -> dict[str, Any]:
-        try:
-            done = served.reload(force=True)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise HTTPException(503, f"reload failed: {e}") from None
-        state = served.state
-        return {"reloaded": done, "generation": state.generation, "size": len(state.retriever)}
+    @app.exception_handler(OpenAIError)
+    def openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        return JSONResponse(error_payload(exc.status, _one_line(exc), exc.param, exc.code), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
-    def http_error(_: Any, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
+    def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, exc.detail, getattr(exc, "headers", None), request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    def invalid(_: Any, exc: RequestValidationError) -> JSONResponse:
+    def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
-        return error_response(422, "; ".join(parts) or "invalid request")
+        return error_response(422, "; ".join(parts) or "invalid request", path=request.url.path)
 
     @app.exception_handler(InputError)
-    def input_error(_: Any, exc: InputError) -> JSONResponse:
-        return error_response(400, exc)
+    def input_error(request: Request, exc: InputError) -> JSONResponse:
+        return error_response(400, exc, path=request.url.path)
 
     @app.exception_handler(Exception)
-    def internal(_: Any, exc: Exception) -> JSONResponse:
+    def internal(request: Request, exc: Exception) -> JSONResponse:
         logger.error("internal error: %r", exc, exc_info=exc)
-        return error_response(500, "internal server error (see the server log)")
+        return error_response(500, "internal server error (see the server log)", path=request.url.path)
 
     return app
 
