@@ -1,6 +1,8 @@
 """Does zero-shot generalise beyond the training sentences? IMU (BasicMotions) and images (Fashion-MNIST).
 
-For each data set and each of four training conditions (caption diversity off/on x InfoNCE/SoftInfoNCE), two
+For each data set and each training condition (`CONDITIONS`: caption diversity off / synonyms / synonyms + LLM
+rewrites unfiltered / filtered by the anchor-space filter, InfoNCE or SoftInfoNCE, and for IMU the UniMTS raw-window
+augmentations, each alone and together, on top of the recipe's own crop/shift/scale/jitter), three
 adapters are trained in this process: one on all classes (closed-set zero-shot accuracy on the held-out test split,
 and accuracy with other phrasings of the class names, `configs/data/*_phrasings.yaml`, as a ratio to the closed
 set), and one on a subset of the classes (generalised zero-shot: seen / unseen mean per-class accuracy and their
@@ -22,11 +24,13 @@ Fashion-MNIST features come first from `anyalign extract` (see configs/image_tex
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,9 +45,10 @@ from anyalign.align.data import Collator  # noqa: E402
 from anyalign.align.trainer import Trainer  # noqa: E402
 from anyalign.zeroshot.protocols import phrasing_protocol, read_phrasings, top1, tune_calibration, unseen_protocol  # noqa: E402
 
-IMU_CAPTIONS = ("{synonyms: {Badminton: [hitting a shuttlecock, swinging a racket], Running: [jogging, sprinting], "
-                "Standing: [standing upright, not moving], Walking: [strolling, taking a walk]}, "
-                "paraphrases: " + str(ROOT / "configs/data/imu_text_contrastive.paraphrases.json") + "}")
+IMU_SYNONYMS = ("{Badminton: [hitting a shuttlecock, swinging a racket], Running: [jogging, sprinting], "
+                "Standing: [standing upright, not moving], Walking: [strolling, taking a walk]}")
+IMU_PARAPHRASES = ROOT / "configs/data/imu_text_contrastive.paraphrases.json"
+IMU_CAPTIONS = "{synonyms: " + IMU_SYNONYMS + ", paraphrases: " + str(IMU_PARAPHRASES) + "}"
 DATASETS = {
     "imu": {"recipe": ROOT / "configs/imu_text_contrastive.yaml",
             "phrasings": ROOT / "configs/data/basicmotions_phrasings.yaml",
@@ -53,8 +58,46 @@ DATASETS = {
               "phrasings": ROOT / "configs/data/fashion_mnist_phrasings.yaml", "captions": None, "seen": None,
               "modality": "image", "validation_unseen": ["Pullover", "Sneaker"], "validation_holdout": 0.2},
 }
-CONDITIONS = {"plain": (False, "infonce"), "captions": (True, "infonce"), "soft": (False, "soft"),
-              "captions+soft": (True, "soft")}
+#: the recipe's own window augmentation (configs/imu_text_contrastive.yaml); UniMTS's are added on top of it
+IMU_AUGMENT = {"crop": 0.8, "shift": 0.1, "scale": 0.1, "jitter": 0.05}
+UNIMTS = {"rotate": 180.0, "scale_all": 0.2, "time_warp": 0.2}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One training condition: `captions` off / "synonyms" (IMU) / "unfiltered" (every LLM rewrite) / True (the
+    recipe's caption diversity, filtered rewrites), the loss, and IMU augmentations added to the recipe's."""
+
+    captions: bool | str = False
+    loss: str = "infonce"
+    augment: tuple[str, ...] = ()
+    imu_only: bool = False
+
+
+CONDITIONS = {"plain": Condition(), "captions": Condition(True), "soft": Condition(loss="soft"),
+              "captions+soft": Condition(True, "soft"),
+              "synonyms": Condition("synonyms", imu_only=True),
+              "unfiltered": Condition("unfiltered", imu_only=True),
+              "rotate": Condition(augment=("rotate",), imu_only=True),
+              "scale_all": Condition(augment=("scale_all",), imu_only=True),
+              "time_warp": Condition(augment=("time_warp",), imu_only=True),
+              "unimts": Condition(augment=tuple(UNIMTS), imu_only=True),
+              "captions+unimts": Condition(True, augment=tuple(UNIMTS), imu_only=True)}
+IMU_DEFAULT = ["plain", "synonyms", "unfiltered", "captions", "rotate", "scale_all", "time_warp", "unimts",
+               "captions+unimts"]
+
+
+def _unfiltered_file(out: Path) -> Path:
+    """The IMU paraphrase file with every rewrite the LLM wrote kept (the filter's dropped ones put back)."""
+    from anyalign.datasets.paraphrase import read_paraphrase_file
+
+    doc = read_paraphrase_file(IMU_PARAPHRASES)
+    for e in doc["entries"].values():
+        e["kept"] = [*e["kept"], *(d["text"] for d in e.get("dropped", []))]
+        e["dropped"] = []
+    path = out / "imu-unfiltered.paraphrases.json"
+    path.write_text(json.dumps(doc))
+    return path
 
 
 @torch.no_grad()
@@ -77,13 +120,22 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
          *, validation: bool = False, calibration: float = 0.0) -> dict:
     """Train one adapter and evaluate it. `validation`: train on the seen classes minus the pseudo-unseen ones and
     evaluate on validation items of the seen classes (to tune gamma); `calibration`: gamma for the subset adapter."""
-    diversity, loss = CONDITIONS[condition]
+    cond = CONDITIONS[condition]
+    diversity = cond.captions
     overrides = [f"train.max_steps={steps}", "eval.at_start=false", "eval.every=0", "train.tensorboard=false",
-                 "train.save_every=100000", f"anchors.text.loss={loss}"]
-    if cfg["captions"] is not None:
+                 "train.save_every=100000", f"anchors.text.loss={cond.loss}"]
+    if diversity == "synonyms":
+        overrides.append("data.train.0.captions={synonyms: " + IMU_SYNONYMS + "}")
+    elif diversity == "unfiltered":
+        overrides.append("data.train.0.captions={synonyms: " + IMU_SYNONYMS + ", paraphrases: "
+                         + str(_unfiltered_file(out)) + "}")
+    elif cfg["captions"] is not None:
         overrides.append(f"data.train.0.captions={cfg['captions'] if diversity else 'null'}")
     elif not diversity:
         overrides.append("data.train.0.captions=null")
+    if cond.augment:
+        aug = {**IMU_AUGMENT, **{k: UNIMTS[k] for k in cond.augment}}
+        overrides.append("data.train.0.augment=" + json.dumps(aug))
     if validation:
         train_src = load_recipe(cfg["recipe"]).data.train[0]
         seen_all = list(cfg["seen"] if cfg["seen"] is not None else train_src.classes)
@@ -114,7 +166,7 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
     training_phrases = {p for ps in phrasings.get("training", {}).values() for p in ps}
     overlap = sorted({p for k, s in phrasings.items() if k != "training" for ps in s.values() for p in ps}
                      & (pool_phrases - training_phrases))
-    if overlap:
+    if overlap and diversity != "unfiltered":  # the unfiltered rewrites are measured with their leaks, reported
         raise SystemExit(f"{cfg['phrasings']}: evaluation phrases {overlap} are also training phrases")
 
     def embed_text(texts: list[str]) -> torch.Tensor:
@@ -124,7 +176,9 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
     cls = torch.stack([F.normalize(embed_text(ps).mean(0), dim=-1) for ps in prompts.values()])
     scores = emb @ cls.t()
     res = {"dataset": name, "condition": condition, "trained_on": seen, "train_s": round(train_s, 1),
-           "n_test": len(ys), "chance": 1.0 / len(classes)}
+           "n_test": len(ys), "chance": 1.0 / len(classes), "eval_phrases_in_training": overlap,
+           "n_training_phrases": len(pool_phrases), "augment": dataclasses.asdict(recipe.data.train[0].augment)
+           if recipe.data.train[0].augment else None}
     if validation:
         assert not set(trainer.train_set.labels) & set(cfg["validation_unseen"])  # pseudo-unseen never trained on
         res["calibration"] = tune_calibration(scores, ys, classes, seen)
@@ -145,7 +199,8 @@ def main() -> None:
     ap.add_argument("--only", choices=list(DATASETS))
     ap.add_argument("--imu-steps", type=int, default=300)
     ap.add_argument("--image-steps", type=int, default=300)
-    ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument("--conditions", help="comma-separated (default: IMU " + ",".join(IMU_DEFAULT) + "; image "
+                    "plain,captions,soft,captions+soft)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--set", action="append", default=[], help="extra recipe override for the caption-diversity "
                     "conditions, e.g. data.train.0.captions.paraphrases=null (synonyms only)")
@@ -160,7 +215,14 @@ def main() -> None:
             if args.only and name != args.only:
                 continue
             steps = args.imu_steps if name == "imu" else args.image_steps
-            for cond in args.conditions.split(","):
+            conds = args.conditions.split(",") if args.conditions else \
+                IMU_DEFAULT if name == "imu" else ["plain", "captions", "soft", "captions+soft"]
+            unknown = [c for c in conds if c not in CONDITIONS]
+            if unknown:
+                raise SystemExit(f"--conditions: unknown {unknown} (known: {', '.join(CONDITIONS)})")
+            for cond in conds:
+                if CONDITIONS[cond].imu_only and name != "imu":
+                    continue
                 full = _run(name, cfg, cond, False, steps, Path(tmp), args.set)
                 val = _run(name, cfg, cond, True, steps, Path(tmp), args.set, validation=True)
                 sub = _run(name, cfg, cond, True, steps, Path(tmp), args.set, calibration=val["calibration"])
@@ -169,6 +231,8 @@ def main() -> None:
                        "validation": val["validation"], "n_validation": val["n_validation"],
                        "train_s": full["train_s"] + sub["train_s"] + val["train_s"]}
                 rows.append(row)
+                if args.json:  # every row as soon as it exists: a long run keeps what it measured
+                    args.json.write_text(json.dumps(rows, indent=2))
                 print(json.dumps({k: row[k] for k in ("dataset", "condition", "closed_set_top1")}
                                  | {"paraphrase_ratio": row["phrasings"]["mean_ratio"],
                                     "unseen": row["unseen"]["unseen_accuracy"], "H": row["unseen"]["harmonic_mean"],
@@ -177,7 +241,7 @@ def main() -> None:
                       flush=True)
     print(f"\n{'dataset':<6} {'condition':<14} {'closed':>7} {'paraphr':>7} {'ratio':>6} {'seen':>6} {'unseen':>6} "
           f"{'H':>6} {'u-only':>6} {'AUSUC':>6} {'gamma':>6} {'seen-c':>6} {'unse-c':>6} {'H-c':>6} {'chance':>14} "
-          f"{'vs plain (closed/ratio/H)':>26}  train s")
+          f"{'vs plain (closed/ratio/H)':>26} {'N':>4} {'leaks':>5}  train s")
     base = {r["dataset"]: r for r in rows if r["condition"] == "plain"}
     for r in rows:
         p, u, b, c = r["phrasings"], r["unseen"], base.get(r["dataset"]), r["unseen_calibrated"]
@@ -193,15 +257,16 @@ def main() -> None:
               f"{u['harmonic_mean']:6.3f} "
               f"{u['unseen_only_top1']:6.3f} {u['ausuc']:6.3f} {r['calibration']:6.3f} {c['seen_accuracy']:6.3f} "
               f"{c['unseen_accuracy']:6.3f} {c['harmonic_mean']:6.3f} "
-              f"{r['chance']:.3f}/{u['chance_unseen_only']:.3f}u {vs:>26}  "
-              f"{r['train_s']:.0f}")
+              f"{r['chance']:.3f}/{u['chance_unseen_only']:.3f}u {vs:>26} {r['n_test']:4d} "
+              f"{len(r['eval_phrases_in_training']):5d}  {r['train_s']:.0f}")
     print("\nclosed: top-1 on the test split with the training phrasing; paraphr/ratio: mean top-1 over the other "
           "phrasing sets and its ratio to closed; seen/unseen: mean per-class accuracy among all classes of the "
           "adapter trained on the subset; H: their harmonic mean; u-only: unseen items among unseen classes only; "
           "AUSUC: area under the seen-unseen curve (no gamma needed); gamma: calibration tuned on the validation "
           "adapter (pseudo-unseen classes: " + "; ".join(f"{k}: {', '.join(v['validation_unseen'])}"
                                                         for k, v in DATASETS.items()) + "); seen-c/unse-c/H-c: the "
-          "subset adapter at that gamma. "
+          "subset adapter at that gamma. N: test items (all classes); leaks: evaluation phrases that are also "
+          "training phrases (only the unfiltered condition may have any). "
           "Unseen classes: " + "; ".join(f"{r['dataset']}: {', '.join(r['unseen']['unseen_classes'])}"
                                          for r in rows if r["condition"] == "plain"))
     if args.json:

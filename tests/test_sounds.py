@@ -115,6 +115,28 @@ def test_corpus_files_and_split(tmp_path: Path) -> None:
     assert again.rows == corpus.rows  # reruns are deterministic
 
 
+def test_heldout_sounds_are_grouped_by_name_stem(real_assets: Path) -> None:
+    """Numbered siblings (`tabla_ghe2`, `tabla_ghe3`) are takes of one sound: they fall on the same side of the
+    split, on the real sound sets and on a synthetic list of many numbered families."""
+    from anyalign.demos.sounds import find_sounds, name_stem
+
+    assert name_stem("sonic-pi/tabla_ghe2") == name_stem("sonic-pi/tabla_ghe3") == "sonic-pi/tabla_ghe"
+    assert name_stem("sonic-pi/bd_808") == "sonic-pi/bd" and name_stem("freedesktop/bell") == "freedesktop/bell"
+    families = [f"sonic-pi/fam{i}_x{k}" for i in range(40) for k in range(1, 5)]
+    for frac in (0.25, 0.5):
+        for i in range(40):
+            sides = {is_heldout(f"sonic-pi/fam{i}_x{k}", frac) for k in range(1, 5)}
+            assert len(sides) == 1, (i, frac)
+    assert 0 < sum(is_heldout(f, 0.5) for f in families) < len(families)  # both sides are used
+    sounds = [s["sound"] for s in find_sounds(real_assets, ("freedesktop", "sonic-pi", "animals"))]
+    stems: dict[str, set[bool]] = {}
+    for s in sounds:
+        stems.setdefault(name_stem(s), set()).add(is_heldout(s, 0.25))
+    split = {st for st, sides in stems.items() if len(sides) > 1}
+    assert not split, f"numbered siblings on both sides of the split: {sorted(split)}"
+    assert sum(len([s for s in sounds if name_stem(s) == st]) > 1 for st in stems) >= 5  # families exist
+
+
 def test_missing_set_names_the_fetch_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="python -m anyalign.assets animal-sounds"):
         find_sounds(tmp_path, sets=("animals",))

@@ -8,7 +8,8 @@ as kick drum, tabla, animal, alert).
 
 Split (`build_sound_corpus`), two protocols in one corpus:
 
-* held out (fold `heldout`): a fraction of the sounds, chosen by a stable hash of `<set>/<name>`, never appear in
+* held out (fold `heldout`): a fraction of the sounds, chosen by a stable hash of `<set>/<name stem>` (numbered
+  siblings such as `tabla_ghe2` / `tabla_ghe3` share a stem, so they are held out together), never appear in
   training in any form; they are the clean originals. Protocol (b): category-level zero-shot on them (chance
   1/#categories) and caption retrieval among them (chance 1/#held-out sounds).
 * seen sounds: fold `train` holds the clean original plus `train_variants` perturbed copies, each perturbed by
@@ -182,9 +183,18 @@ def find_sounds(root: str | os.PathLike | None = None, sets: Sequence[str] = tup
     return sorted(out, key=lambda r: r["sound"])
 
 
+def name_stem(sound: str) -> str:
+    """The sound's name without a trailing number (`sonic-pi/tabla_ghe2` -> `sonic-pi/tabla_ghe`): numbered
+    siblings are takes of one sound, so they share a stem and always fall on the same side of the split."""
+    head, _, name = sound.rpartition("/")
+    stem = re.sub(r"[-_ ]*\d+$", "", name) or name
+    return f"{head}/{stem}" if head else stem
+
+
 def is_heldout(sound: str, fraction: float, seed: int = 0) -> bool:
-    """Whether `sound` is held out: a stable hash of (seed, sound) below `fraction` (same on every machine)."""
-    h = int.from_bytes(hashlib.sha1(f"{seed}|{sound}".encode()).digest()[:8], "big") / 2 ** 64
+    """Whether `sound` is held out: a stable hash of (seed, its name stem) below `fraction` (same on every
+    machine; `tabla_ghe2` and `tabla_ghe3` are held out together or trained together)."""
+    h = int.from_bytes(hashlib.sha1(f"{seed}|{name_stem(sound)}".encode()).digest()[:8], "big") / 2 ** 64
     return h < fraction
 
 
@@ -319,7 +329,8 @@ def _write_outputs(corpus: SoundCorpus) -> None:
     write_json(out / "categories.json", CATEGORIES)
     counts = {f: sum(r["fold"] == f for r in rows) for f in ("train", "test", "heldout")}
     write_json(out / "split.json", {
-        "how": "held-out sounds (stable hash of set/name) never occur in training; train and test hold different, "
+        "how": "held-out sounds (stable hash of set/name stem: numbered siblings together) never occur in training; "
+               "train and test hold different, "
                "separately seeded copies of the other (seen) sounds",
         "seen": corpus.seen, "heldout": corpus.heldout, "counts": counts, **corpus.settings})
     st = corpus.settings
@@ -330,7 +341,8 @@ def _write_outputs(corpus: SoundCorpus) -> None:
               f"* `test.jsonl` ({counts['test']} rows): {st['test_variants']} differently seeded, stronger copies of "
               f"the same seen sounds: retrieval among {len(corpus.seen)} sounds (chance 1/{len(corpus.seen)}).\n"
               f"* `heldout.jsonl` ({counts['heldout']} rows): {len(corpus.heldout)} sounds never used in training "
-              f"(fraction {st['heldout_fraction']} by a stable hash of the name, seed {st['seed']}): category "
+              f"(fraction {st['heldout_fraction']} by a stable hash of the name stem, numbered siblings together, "
+              f"seed {st['seed']}): category "
               f"zero-shot among {len(CATEGORIES)} categories (chance 1/{len(CATEGORIES)}) and caption retrieval "
               f"among them.\n\nCopies: excerpts of at most {st['max_seconds']} s, perturbed as in split.json.\n")
     with atomic_path(out / "README.md") as tmp:
