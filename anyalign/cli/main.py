@@ -6,6 +6,7 @@ one name in `_COMMAND_MODULES`.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -50,6 +51,14 @@ class CLIError(Exception):
     """An error the CLI reports as one line, without a traceback."""
 
 
+def os_error_line(e: OSError) -> str:
+    """`PATH: reason` for an OSError (ENOSPC, EACCES, EROFS ...), without the `[Errno n]` prefix."""
+    where = e.filename if e.filename is not None else ""
+    reason = e.strerror or str(e)
+    hint = "; free some space and run the command again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn expected errors into one-line messages (exit code 2)."""
     logging.basicConfig(level=os.environ.get("ANYALIGN_LOG", "WARNING").upper(),
@@ -60,16 +69,27 @@ def main(argv: list[str] | None = None) -> None:
     from ..plugins import PluginError
     from ..registry import UnknownNameError
 
+    from .interrupts import Interrupted, interrupted_message, interrupts_raise
+
     # InputError and ConfigError are ValueErrors; listed classes come without importing torch (fast --help)
     expected = (CLIError, ConfigError, UnknownNameError, FileNotFoundError, ValueError, PluginError)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False)
+        with interrupts_raise():
+            code = app(args=args, standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool) and code:  # typer.Exit(n) comes back as n
+            sys.exit(code)
     except expected as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as e:
+        if not isinstance(e, Interrupted):
+            e = Interrupted(2)  # SIGINT before the handler was installed
+        typer.echo(interrupted_message(e, args), err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:  # disk full, permission denied, read-only file system: the path and the reason
+        typer.echo(f"error: {os_error_line(e)}", err=True)
+        sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # usage errors of the click that typer uses (typer may bundle its own copy)

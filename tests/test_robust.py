@@ -1,0 +1,106 @@
+"""Issue 24, nothing lost and nothing silent: interrupts, output ownership, hostile recipes, writers' limits,
+plugins, disk full and the remaining tracebacks. Tiny random-init models of the real architectures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from _cli import run_captured as run
+from _retrieval_helpers import clustered, tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+LINES = ["a red square", "a blue circle", "the dog", "a photo of the cat", "a green video", "the yellow sound"]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _interrupt(args: list[str], ready: callable, sig: int = signal.SIGINT, timeout: float = 240) -> tuple[int, str]:
+    """Run `anyalign ARGS` in a subprocess, send `sig` once `ready()` is true; (exit status, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "anyalign.cli.main", *map(str, args)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    try:
+        while not ready() and proc.poll() is None and time.monotonic() - t0 < timeout:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
+# --- 1. interrupts -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_embed_exits_nonzero_and_writes_nothing(tmp_path: Path, bert: Path, sig: int) -> None:
+    (tmp_path / "big.txt").write_text("".join(f"a red dog {i}\n" for i in range(20_000)))
+    out = tmp_path / "emb"
+
+    def ready() -> bool:  # the embedding loop runs once the tokenizer cache of the encoder has been touched
+        return any(p.name.startswith(".emb.") for p in tmp_path.iterdir())
+
+    code, err = _interrupt(["embed", tmp_path / "big.txt", "--encoder", "text", "--pretrained", bert, "-o", out,
+                            "--batch-size", "8"], ready, sig)
+    assert code == 128 + sig, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted by {signal.Signals(sig).name} during `anyalign embed`"), err
+    assert "run the same command again" in last and "Traceback" not in err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def _imu_corpus(root: Path, n: int = 16) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(n):
+        np.save(root / f"w{i:03d}.npy", rng.normal(size=(6, 32)).astype(np.float32))
+        lines.append(json.dumps({"imu": f"w{i:03d}.npy", "caption": f"a {['red', 'blue'][i % 2]} dog"}))
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "data.jsonl"
+
+
+def _recipe(tmp_path: Path, bert: Path, **train: object) -> Path:
+    recipe = {
+        "name": "t",
+        "adapters": {"imu": {"encoder": {"name": "imu", "options": {"dim": 16, "depth": 1, "heads": 2}},
+                             "train_encoder": True, "embed_projector": {"name": "mlp", "hidden_dim": 16}}},
+        "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(bert)}}},
+        "data": {"train": [{"kind": "jsonl", "path": str(_imu_corpus(tmp_path / "imu"))}]},
+        "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-3, "warmup_steps": 1, "save_every": 2, "log_every": 1,
+                  "tensorboard": False, **train},
+        "eval": {"at_start": False},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+def test_interrupted_train_exits_130_and_says_resume(tmp_path: Path, bert: Path) -> None:
+    recipe = _recipe(tmp_path, bert, max_steps=100_000, save_every=2)
+    out = tmp_path / "run"
+    code, err = _interrupt(["train", recipe, "-o", out], lambda: (out / "checkpoints" / "step-000002").is_dir())
+    assert code == 130, err
+    assert "during `anyalign train`" in err and "rerun with --resume" in err, err
+    assert "Traceback" not in err
