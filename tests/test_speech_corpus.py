@@ -1,5 +1,5 @@
-"""`anyalign data speech`: real espeak-ng speech (pip espeakng-loader) in the project's jsonl format, split by voice;
-and the word error rate used to score transcripts."""
+"""`anyalign data speech`: real espeak-ng speech (pip espeakng-loader) in the project's jsonl format, split by text and
+voice family; Debian fortunes as a sentence source; augmentation; and the word error rate used to score transcripts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from anyalign.demos.speech_corpus import Utterance, read_utterances, synthesize_corpus
+from anyalign.demos.speech_corpus import (
+    FORTUNES_DIR,
+    WORD_LIST,
+    ZEROSHOT_WORDS,
+    Augment,
+    Utterance,
+    fortune_sentences,
+    read_utterances,
+    synthesize_corpus,
+    voice_family,
+)
 from anyalign.metrics import normalize_words, wer, word_errors
 from tests._cli import run_cli as _cli
 
@@ -95,7 +105,10 @@ def test_cli_and_one_line_errors(lists: list[Path], tmp_path: Path, capsys: pyte
              ([str(lists[0]), "--voices", "en+nosuchvariant"], "no variant 'nosuchvariant'"),
              ([str(lists[0]), "--voices", "xx-nosuch"], "no voice 'xx-nosuch'"),
              ([str(lists[0]), "--voices", "en", "--heldout-voices", "en"], "overlap"),
-             ([str(lists[0]), "--engine", "say"], "expected one of espeak, flite")]
+             ([str(lists[0]), "--engine", "say"], "expected one of espeak, flite"),
+             ([str(lists[0]), "--voices", "en-us+m1", "--heldout-voices", "en-us+f2"], "share the voice family "
+                                                                                         "espeak:en-us"),
+             ([], "no sentences")]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hello", "colour": "red"}\n')
     cases.append(([str(bad)], "unknown field(s) colour"))
@@ -106,6 +119,72 @@ def test_cli_and_one_line_errors(lists: list[Path], tmp_path: Path, capsys: pyte
         assert _cli(["data", "speech", *args, "-o", str(tmp_path / "x"), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
+
+
+SENTENCES = ["The cat sleeps on the mat.", "Turn left at the bridge.", "We walked home in the rain.",
+             "Please close the window.", "The soup is too salty.", "He forgot his umbrella again.",
+             "Birds sing early in spring.", "Our train was very late.", "She paints old houses.",
+             "Keep the change.", "The river is cold today.", "Nobody answered the phone."]
+
+
+def test_split_holds_out_sentences_and_voice_families(tmp_path: Path) -> None:
+    train_v, val_v, test_v = ["en-us+m1", "en-us+f1", "en+f2"], ["en-gb-scotland+m3"], ["en-029+m5", "en-us-nyc+f4"]
+    c = synthesize_corpus([Utterance(t) for t in SENTENCES], tmp_path, voices=train_v, val_voices=val_v,
+                          heldout_voices=test_v, heldout_texts=0.35, val_texts=0.15, voices_per_text=1,
+                          progress=False)
+    folds = {f: _rows(tmp_path / f"{f}.jsonl") for f in ("train", "val", "test")}
+    assert all(folds.values()), {f: len(r) for f, r in folds.items()}
+    texts = {f: {r["text"] for r in rs} for f, rs in folds.items()}
+    fams = {f: {r["family"] for r in rs} for f, rs in folds.items()}
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        assert not texts[a] & texts[b], (a, b)  # no sentence in two folds
+        assert not fams[a] & fams[b], (a, b)  # no voice family in two folds
+    assert fams["test"] <= {"espeak:en-029", "espeak:en-us-nyc"} and "espeak:en-us" in fams["train"]
+    assert sum(len(t) for t in texts.values()) == len(SENTENCES) == len(c.rows)  # one voice per text
+    assert {r["voice"] for r in folds["test"]} <= set(test_v)
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["families"]["test"] == sorted(fams["test"]) and split["texts"]["test"] == len(texts["test"])
+    assert voice_family("flite:slt") == "flite:slt" and voice_family("en-us+m3") == "espeak:en-us"
+    assert voice_family("kal", "flite") == "flite:kal"
+
+
+def test_augment_resamples_and_band_limits(tmp_path: Path) -> None:
+    aug = Augment(noise=1.0, telephone=1.0, snr_db=(20.0, 20.0))
+    c = synthesize_corpus([Utterance(SENTENCES[0])], tmp_path, voices=["en-us+m1"], heldout_voices=[],
+                          augment=aug, progress=False)
+    row = c.rows[0]
+    assert row["augment"] == "noise 20 dB, telephone" and row["audio"].endswith("-n20-tel.wav")
+    wave, rate = sf.read(str(tmp_path / row["audio"]))
+    assert rate == 16000 and c.sample_rate == 16000
+    spec = np.abs(np.fft.rfft(wave)) ** 2
+    freqs = np.fft.rfftfreq(len(wave), 1 / rate)
+    band = spec[(freqs > 300) & (freqs < 3400)].sum()
+    assert spec[freqs > 4200].sum() < 0.1 * band  # only the added noise lives above the telephone band
+    with pytest.raises(ValueError, match="probabilities"):
+        Augment(noise=1.5)
+
+
+def test_fortune_sentences() -> None:
+    if not FORTUNES_DIR.is_dir() or not WORD_LIST.is_file():
+        pytest.skip("Debian `fortunes` and `wamerican` are not installed (apt-get install fortunes wamerican)")
+    utts = fortune_sentences(2000, seed=0)
+    assert len(utts) == 2000 and len({u.text for u in utts}) == 2000
+    banned = set(ZEROSHOT_WORDS)
+    for u in utts:
+        words = [w.strip(",;.!?'-").casefold() for w in u.text.split()]
+        assert 3 <= len(words) <= 20 and not banned & set(words) and u.text[-1] in ".!?", u.text
+    assert [u.text for u in fortune_sentences(50, seed=0)] == [u.text for u in fortune_sentences(50, seed=0)]
+    assert [u.text for u in fortune_sentences(50, seed=1)] != [u.text for u in fortune_sentences(50, seed=0)]
+
+
+def test_mixed_engines_in_one_corpus(tmp_path: Path) -> None:
+    if shutil.which("flite") is None:
+        pytest.skip("Debian `flite` is not installed (apt-get install flite)")
+    c = synthesize_corpus([Utterance("Good morning.")], tmp_path, voices=["en-us+m1", "flite:slt"],
+                          heldout_voices=["flite:awb"], augment=Augment(noise=0, telephone=0), progress=False)
+    assert {(r["engine"], r["family"]) for r in c.rows} == {("espeak", "espeak:en-us"), ("flite", "flite:slt"),
+                                                            ("flite", "flite:awb")}
+    assert {sf.info(str(tmp_path / r["audio"])).samplerate for r in c.rows} == {16000}
 
 
 def test_flite_engine(tmp_path: Path) -> None:

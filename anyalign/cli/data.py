@@ -17,33 +17,62 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 
 def speech_cmd(
-    lists: list[Path] = typer.Argument(..., help="Sentence lists: .txt (one per line) or .jsonl (text, label, "
-                                                 "answer, takes)."),
+    lists: list[Path] = typer.Argument(None, help="Sentence lists: .txt (one per line) or .jsonl (text, label, "
+                                                  "answer, takes)."),
     output: Path = typer.Option(..., "--output", "-o", help="Corpus folder (a rerun keeps existing wavs)."),
-    voices: str = typer.Option(None, "--voices", help="Comma-separated training voices (espeak-ng: LANG[+VARIANT], "
-                                                      "e.g. en-us+m3,en+f2). Default: 12 English voices."),
+    fortunes: int = typer.Option(None, "--fortunes", min=1, help="Also speak N distinct short sentences from Debian "
+                                 "`fortunes` (3-20 words, all in `wamerican`, no digit or colour word)."),
+    voices: str = typer.Option(None, "--voices", help="Comma-separated training voices: espeak-ng LANG[+VARIANT] "
+                               "(e.g. en-us+m3) or ENGINE:VOICE (flite:slt). Default: 12 espeak-ng voices; with "
+                               "--fortunes, espeak-ng and flite voices of several families."),
     heldout_voices: str = typer.Option(None, "--heldout-voices",
-                                       help="Comma-separated held-out voices (fold 'test'; never in training). "
-                                            "Default: 4 voices whose variants no training voice uses."),
-    engine: str = typer.Option("espeak", "--engine", help="espeak (pip espeakng-loader) or flite (Debian binary)."),
+                                       help="Comma-separated held-out voices (fold 'test'), of voice families "
+                                            "(synthesiser + base voice) no other fold uses."),
+    val_voices: str = typer.Option(None, "--val-voices", help="Comma-separated validation voices (fold 'val')."),
+    heldout_texts: float = typer.Option(None, "--heldout-texts", help="Fraction of texts spoken only in the test fold "
+                                        "(default 0 = every voice speaks every text; 0.17 with --fortunes)."),
+    val_texts: float = typer.Option(None, "--val-texts", help="Fraction of texts of the val fold (default 0; 0.06 "
+                                    "with --fortunes)."),
+    voices_per_text: int = typer.Option(None, "--voices-per-text", min=1, help="Speak each text in this many voices "
+                                        "of its fold (default all; 1 with --fortunes)."),
+    augment: bool = typer.Option(None, "--augment/--no-augment", help="16 kHz, noise and telephone-band "
+                                 "augmentation (default: on with --fortunes)."),
+    engine: str = typer.Option("espeak", "--engine", help="Engine of bare voice names: espeak (pip espeakng-loader) "
+                               "or flite (Debian binary)."),
     takes: int = typer.Option(1, "--takes", min=1, help="Recordings per text and voice (.jsonl 'takes' wins)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the per-recording speaking rate and pitch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the text split and per-recording rate, pitch, augmentation."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Synthesise (text, voice, wav) triples into a jsonl dataset split by voice (see anyalign.demos.speech_corpus)."""
-    from ..demos.speech_corpus import read_utterances, synthesize_corpus
+    """Synthesise (text, voice, wav) triples into a jsonl dataset split by text and voice family (see
+    anyalign.demos.speech_corpus)."""
+    from ..demos import speech_corpus as sc
 
     def split(text: str | None) -> list[str] | None:
         return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
 
-    utts = read_utterances(lists, takes=takes)
-    corpus = synthesize_corpus(utts, output, voices=split(voices), heldout_voices=split(heldout_voices),
-                               engine=engine, seed=seed, progress=progress)
-    counts = {f: sum(r["fold"] == f for r in corpus.rows) for f in ("train", "test")}
+    if not lists and not fortunes:
+        raise ValueError("no sentences: give sentence lists and/or --fortunes N")
+    utts = sc.read_utterances(lists, takes=takes) if lists else []
+    many = fortunes is not None
+    if many:
+        known = {u.text for u in utts}
+        utts += [u for u in sc.fortune_sentences(fortunes, seed=seed) if u.text not in known]
+        if voices is None and heldout_voices is None and val_voices is None:
+            voices, val_voices, heldout_voices = (",".join(v) for v in (
+                sc.MIXED_TRAIN_VOICES, sc.MIXED_VAL_VOICES, sc.MIXED_TEST_VOICES))
+    corpus = sc.synthesize_corpus(
+        utts, output, voices=split(voices), heldout_voices=split(heldout_voices), val_voices=split(val_voices) or (),
+        engine=engine, seed=seed, progress=progress,
+        heldout_texts=heldout_texts if heldout_texts is not None else 0.17 if many else 0.0,
+        val_texts=val_texts if val_texts is not None else 0.06 if many and val_voices else 0.0,
+        voices_per_text=voices_per_text if voices_per_text is not None else 1 if many else None,
+        augment=sc.Augment() if (augment if augment is not None else many) else None)
+    counts = {f: sum(r["fold"] == f for r in corpus.rows) for f in ("train", "val", "test")}
     typer.echo(f"{corpus.jsonl}: {len(corpus.rows)} recordings of {len(utts)} texts ({corpus.n_new} new, "
                f"{corpus.n_kept} kept), {corpus.sample_rate} Hz; train {counts['train']} "
-               f"({len(corpus.train_voices)} voices), test {counts['test']} ({len(corpus.test_voices)} held-out "
-               f"voices: {', '.join(corpus.test_voices)})")
+               f"({len(corpus.train_voices)} voices)" + (f", val {counts['val']}" if counts["val"] else "")
+               + f", test {counts['test']} ({len(corpus.test_voices)} held-out voices: "
+               f"{', '.join(corpus.test_voices)})")
 
 
 def paraphrase_cmd(

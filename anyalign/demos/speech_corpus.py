@@ -1,26 +1,38 @@
-"""Synthesised speech corpora: (text, voice, wav) triples from sentence lists, split by voice.
+"""Synthesised speech corpora: (text, voice, wav) triples from sentence lists, split by sentence and voice family.
 
-`synthesize_corpus(utterances, output, voices=..., heldout_voices=...)` speaks every utterance in every voice
-with libespeak-ng (pip `espeakng-loader` ships the library and its voice data; driven through ctypes, no root
-needed) or, where the Debian binary is installed, flite. Each recording gets its own speaking rate and pitch,
-drawn from a generator seeded by (seed, voice, text, take): texts, voices, folds, rate and pitch are a pure function
-of the inputs. The samples are as reproducible as libespeak-ng: most voices give identical files on every run,
-variants with breath noise (e.g. `+f2`) differ slightly between runs.
+`synthesize_corpus(utterances, output, voices=..., heldout_voices=...)` speaks the utterances with libespeak-ng
+(pip `espeakng-loader` ships the library and its voice data; driven through ctypes, no root needed) and, where the
+Debian binary is installed, flite. A voice is `VOICE` (spoken by the `engine` argument's synthesiser) or
+`ENGINE:VOICE` (`flite:slt`, `espeak:en-us+m3`), so one corpus mixes synthesisers. A voice FAMILY is the synthesiser
+and base voice (`espeak:en-us` for every `en-us+VARIANT`, `flite:slt`): the folds' voices never share a family.
+
+With `heldout_texts` > 0 the texts are split too, by a stable hash of each text: test texts are spoken only by the
+held-out voices and training texts only by the training voices, so the test fold shares no sentence and no voice
+family with training; `val_texts` with `val_voices` make a validation fold ("val") the same way, for tuning without
+the test fold. `voices_per_text=k` speaks each text in k voices of its fold (drawn per text) instead of all.
+`fortune_sentences()` gives thousands of distinct short English sentences from Debian `fortunes`, filtered by length
+and the Debian `wamerican` word list. `Augment` resamples to 16 kHz and adds background noise and a telephone band
+(8 kHz, 300-3400 Hz) to some recordings. Speaking rate, pitch and augmentation are drawn per recording from a
+generator seeded by (seed, voice, text, take): texts, voices, folds and audio settings are a pure function of the
+inputs. The samples are as reproducible as the engines: most voices give identical files on every run, variants with
+breath noise (e.g. `+f2`) differ slightly between runs.
 
 Output folder::
 
-    wavs/<voice>/<text_id>-t<take>.wav   mono 16-bit PCM at the engine's rate (espeak-ng: 22,050 Hz)
+    wavs/<voice>/<text_id>-t<take>[-n<dB>][-tel].wav   mono 16-bit PCM at the engine's rate (espeak-ng 22,050 Hz,
+                                         flite 16 kHz) or the `Augment` rate
     speech.jsonl                         every recording, in the project's jsonl format (see below)
-    train.jsonl, test.jsonl              the same rows split by fold (for tools that do not filter folds yet)
-    texts-train.jsonl, texts-test.jsonl  each distinct text of a fold once (`text`, `text_id`): retrieval galleries
+    train.jsonl, test.jsonl, val.jsonl   the same rows split by fold (val.jsonl only with a validation fold)
+    texts-<fold>.jsonl                   each distinct text of a fold once (`text`, `text_id`): retrieval galleries
     labels.csv                           `path,label,fold` of the labelled rows (for `anyalign eval zeroshot`)
-    split.json, README.md                the voices of each fold and how the corpus was made
+    split.json, README.md                the voices, families and text counts of each fold and how the corpus was made
 
 A row: `audio` (path relative to the jsonl), `text`, `label` (the input's label, e.g. the command word, or
-null), `key` (`<voice>/<text_id>-t<take>`), `group` (the voice), `fold` ("train" or "test" by voice: test voices
-never speak in training), `text_id` (same for every recording of one text), `voice`, `engine`, `rate`,
-`pitch`, and for question inputs `conversations` (`<audio>` question -> the answer). Existing wavs are kept
-(a rerun resumes); every file is written atomically.
+null), `key` (`<voice>/<text_id>-t<take>`), `group` (the voice), `fold`, `text_id` (same for every recording of
+one text), `voice`, `family`, `engine`, `rate`, `pitch`, `augment` ("" or e.g. "noise 18 dB, telephone"), and for
+question inputs `conversations` (`<audio>` question -> the answer). Existing wavs are kept (a rerun resumes);
+every file is written atomically. `add_transcripts` writes Whisper's own transcripts next to the rows (the
+distillation targets of unlabelled audio).
 """
 
 from __future__ import annotations
@@ -48,13 +60,25 @@ from ..io import atomic_path, iter_jsonl, write_json, write_jsonl
 logger = logging.getLogger(__name__)
 
 ENGINES = ("espeak", "flite")
-#: default voices: espeak-ng English accents combined with voice variants (timbre, sex, age)
+#: default voices: espeak-ng English accents combined with voice variants (timbre, sex, age); the held-out voices
+#: come from accents (voice families) that no training voice uses
 DEFAULT_TRAIN_VOICES = ("en-us+m1", "en-us+f1", "en+m2", "en+f2", "en-gb-scotland+m3", "en-gb-x-rp+f3",
-                        "en-us-nyc+m4", "en-029+f4", "en-gb-x-gbclan+m6", "en-gb-x-gbcwmd+f5", "en-us+m7",
-                        "en+klatt2")
-#: held out by default: voice variants that no training voice uses, on four of the accents
-DEFAULT_TEST_VOICES = ("en-us+m5", "en+steph", "en-gb-x-rp+m8", "en-us-nyc+klatt3")
+                        "en-gb-x-gbclan+m6", "en-gb-x-gbcwmd+f5", "en-us+m7", "en+klatt2", "en-gb-x-rp+m4",
+                        "en-gb-scotland+f4")
+DEFAULT_TEST_VOICES = ("en-us-nyc+m5", "en-us-nyc+f1", "en-029+m8", "en-029+klatt3")
 DEFAULT_FLITE_VOICES = ("slt", "rms", "awb", "kal")
+#: a corpus of many sentences (`anyalign data speech --fortunes N`): espeak-ng accents x variants plus flite voices;
+#: the three folds share no voice family (synthesiser + base voice)
+MIXED_TRAIN_VOICES = ("en-us+m1", "en-us+f1", "en-us+m3", "en-us+f3", "en+m2", "en+f2", "en+m4", "en+klatt2",
+                      "en-gb-x-rp+m1", "en-gb-x-rp+f3", "en-gb-x-gbclan+m6", "en-gb-x-gbcwmd+f5", "flite:kal",
+                      "flite:slt")
+MIXED_VAL_VOICES = ("en-gb-scotland+m3", "en-gb-scotland+f2", "flite:rms")
+MIXED_TEST_VOICES = ("en-029+m5", "en-029+f1", "en-us-nyc+m7", "en-us-nyc+f4", "flite:awb")
+#: words the zero-shot checks speak (digits, colours): kept out of generated training sentences
+ZEROSHOT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "red", "green",
+                  "blue", "yellow", "black", "white", "orange", "purple", "brown", "pink")
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+WORD_LIST = Path("/usr/share/dict/american-english")
 RATE_RANGE = (140, 200)  # espeak-ng words per minute (default 175)
 PITCH_RANGE = (35, 65)  # espeak-ng pitch 0-100 (default 50)
 _ESPEAK_RATE, _ESPEAK_PITCH = 1, 3  # espeak_PARAMETER
@@ -246,15 +270,153 @@ def get_engine(name: str) -> EspeakEngine | FliteEngine:
     raise ValueError(f"--engine {name!r}: expected one of {', '.join(ENGINES)}")
 
 
+# --- voices and families -----------------------------------------------------------------------------------------
+def parse_voice(voice: str, engine: str = "espeak") -> tuple[str, str]:
+    """(engine, voice name) of `ENGINE:VOICE` or of a bare `VOICE` spoken by `engine`."""
+    eng, sep, name = voice.partition(":")
+    if sep and eng in ENGINES:
+        return eng, name
+    return engine, voice
+
+
+def voice_family(voice: str, engine: str = "espeak") -> str:
+    """The voice's family, synthesiser + base voice: `espeak:en-us` for `en-us+m3`, `flite:slt` for `flite:slt`."""
+    eng, name = parse_voice(voice, engine)
+    return f"{eng}:{name.split('+', 1)[0] if eng == 'espeak' else name}"
+
+
+# --- sentence sources --------------------------------------------------------------------------------------------
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_PLAIN = re.compile(r"^[A-Z][A-Za-z ,;'-]*[A-Za-z][.!?]$")
+
+
+def _word_set(path: Path) -> set[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: word list not found (Debian: apt-get install wamerican)")
+    return {w.strip().casefold() for w in path.read_text(encoding="utf-8", errors="ignore").splitlines()}
+
+
+def fortune_sentences(n: int | None = None, *, root: str | os.PathLike = FORTUNES_DIR, min_words: int = 3,
+                      max_words: int = 20, words: str | os.PathLike | None = WORD_LIST,
+                      exclude_words: Iterable[str] = ZEROSHOT_WORDS, seed: int = 0) -> list[Utterance]:
+    """Up to `n` distinct single sentences of `min_words`-`max_words` words from the fortune files under `root`
+    (Debian `fortunes`): plain punctuation, every word in the word list `words` (Debian `wamerican`; None: no
+    check), no capital after the first word but "I" (no names), none of `exclude_words`; a seeded shuffle picks
+    which when there are more (in text-id order)."""
+    folder = Path(root)
+    files = sorted(p for p in folder.glob("*") if p.is_file() and not p.suffix) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{folder}: no fortune files (Debian: apt-get install fortunes)")
+    if min_words < 1 or max_words < min_words:
+        raise ValueError(f"word range {min_words}-{max_words}: expected 1 <= min_words <= max_words")
+    vocab = _word_set(Path(words)) if words is not None else None
+    banned = {w.casefold() for w in exclude_words}
+    seen: set[str] = set()
+    out: list[Utterance] = []
+    for f in files:
+        for entry in f.read_text(encoding="utf-8", errors="ignore").split("\n%\n"):
+            body = entry.split("\n\t\t--", 1)[0].split("\n--", 1)[0]  # drop attributions
+            for sent in _SENTENCE_END.split(" ".join(body.split())):
+                if not _PLAIN.match(sent) or "--" in sent or "''" in sent:
+                    continue
+                toks = [t.strip(",;.!?'-") for t in sent.split()]
+                if not min_words <= len(toks) <= max_words or not all(toks):
+                    continue
+                if any(t[0].isupper() and t.split("'")[0] != "I" for t in toks[1:]):
+                    continue  # names and verse capitals
+                low = [t.casefold() for t in toks]
+                if banned.intersection(low) or (vocab is not None and not all(
+                        t in vocab or t.removesuffix("'s") in vocab for t in low)):
+                    continue
+                key = " ".join(low)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(Utterance(sent))
+    out.sort(key=lambda u: u.text_id)
+    if n is not None and n < len(out):
+        pick = np.random.default_rng(seed).permutation(len(out))[:n]
+        out = [out[i] for i in sorted(pick)]
+    return out
+
+
+# --- augmentation ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Augment:
+    """Per-recording audio augmentation: resample to `sample_rate`; with probability `noise` add white noise at an
+    SNR drawn from `snr_db`; with probability `telephone` pass through a telephone channel (8 kHz, 300-3400 Hz)."""
+
+    sample_rate: int = 16000
+    noise: float = 0.3
+    snr_db: tuple[float, float] = (10.0, 30.0)
+    telephone: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.noise <= 1 and 0 <= self.telephone <= 1):
+            raise ValueError(f"augment: probabilities must lie in [0, 1], got noise={self.noise}, "
+                             f"telephone={self.telephone}")
+        if self.sample_rate < 8000:
+            raise ValueError(f"augment: sample_rate must be >= 8000 Hz, got {self.sample_rate}")
+
+    def draw(self, rng: np.random.Generator) -> tuple[float | None, bool]:
+        """(SNR in dB or None, telephone band?) of one recording."""
+        snr = float(np.round(rng.uniform(*self.snr_db))) if rng.random() < self.noise else None
+        return snr, bool(rng.random() < self.telephone)
+
+    def apply(self, wave: np.ndarray, rate: int, snr: float | None, telephone: bool,
+              rng: np.random.Generator) -> np.ndarray:
+        """int16 samples at `sample_rate` of the int16 `wave` at `rate`, with the drawn noise and channel."""
+        from scipy.signal import resample_poly
+
+        x = wave.astype(np.float32) / 32768.0
+        if telephone:
+            x = _resample(x, rate, 8000, resample_poly)
+            spec = np.fft.rfft(x)
+            freqs = np.fft.rfftfreq(len(x), 1 / 8000)
+            spec[(freqs < 300) | (freqs > 3400)] = 0
+            x = np.fft.irfft(spec, n=len(x)).astype(np.float32)
+            rate = 8000
+        x = _resample(x, rate, self.sample_rate, resample_poly)
+        if snr is not None:
+            power = float(np.mean(x ** 2)) + 1e-12
+            x = x + rng.standard_normal(len(x)).astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
+        peak = float(np.abs(x).max()) + 1e-9
+        x = x * min(1.0, 0.95 / peak)
+        return (x * 32767).astype(np.int16)
+
+
+def _resample(x: np.ndarray, rate: int, target: int, resample_poly: Any) -> np.ndarray:
+    if rate == target:
+        return x
+    g = np.gcd(int(rate), int(target))
+    return resample_poly(x, target // g, rate // g).astype(np.float32)
+
+
+def _tag(snr: float | None, telephone: bool) -> tuple[str, str]:
+    """(file name suffix, row description) of one recording's augmentation."""
+    parts = ([f"-n{snr:.0f}"] if snr is not None else []) + (["-tel"] if telephone else [])
+    desc = ([f"noise {snr:.0f} dB"] if snr is not None else []) + (["telephone"] if telephone else [])
+    return "".join(parts), ", ".join(desc)
+
+
 # --- the corpus --------------------------------------------------------------------------------------------------
 def _voice_dir(voice: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", voice)
 
 
+def _rng(seed: int, *parts: Any) -> np.random.Generator:
+    digest = hashlib.sha1("|".join(map(str, (seed, *parts))).encode()).digest()
+    return np.random.default_rng(list(digest[:8]))
+
+
 def _prosody(seed: int, voice: str, text_id: str, take: int) -> tuple[int, int]:
-    digest = hashlib.sha1(f"{seed}|{voice}|{text_id}|{take}".encode()).digest()
-    rng = np.random.default_rng(list(digest[:8]))
+    rng = _rng(seed, voice, text_id, take)
     return int(rng.integers(RATE_RANGE[0], RATE_RANGE[1] + 1)), int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
+
+
+def text_fold(text_id: str, *, heldout_texts: float, val_texts: float = 0.0, seed: int = 0) -> str:
+    """The fold of a text under a sentence split: a stable hash of (seed, text id) against the fractions."""
+    u = int(hashlib.sha1(f"{seed}|fold|{text_id}".encode()).hexdigest()[:12], 16) / float(16 ** 12)
+    return "test" if u < heldout_texts else "val" if u < heldout_texts + val_texts else "train"
 
 
 def _write_wav(path: Path, wave: np.ndarray, rate: int) -> None:
@@ -272,61 +434,117 @@ def _readable(path: Path) -> int:
         return 0
 
 
+def _default_voices(engine: str) -> tuple[list[str], list[str]]:
+    pool = DEFAULT_TRAIN_VOICES + DEFAULT_TEST_VOICES if engine == "espeak" else DEFAULT_FLITE_VOICES
+    held = DEFAULT_TEST_VOICES if engine == "espeak" else DEFAULT_FLITE_VOICES[-1:]
+    return [v for v in pool if v not in held], list(held)
+
+
+def _check_folds(folds: dict[str, list[str]], engine: str) -> None:
+    """Each voice in one fold only, and no voice family in two folds."""
+    names = {"train": "--voices", "val": "--val-voices", "test": "--heldout-voices"}
+    fams = {f: {voice_family(v, engine): v for v in vs} for f, vs in folds.items()}
+    order = list(folds)
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            both = sorted(set(folds[a]) & set(folds[b]))
+            if both:
+                raise ValueError(f"{names[a]} and {names[b]} overlap ({', '.join(both)}): a voice is in one fold only")
+            shared = sorted(set(fams[a]) & set(fams[b]))
+            if shared:
+                f = shared[0]
+                raise ValueError(f"{names[a]} and {names[b]} share the voice family {f} ({fams[a][f]}, {fams[b][f]}):"
+                                 f" held-out voices must come from families no other fold uses")
+
+
 def synthesize_corpus(utterances: Sequence[Utterance], output: str | os.PathLike, *,
                       voices: Sequence[str] | None = None, heldout_voices: Sequence[str] | None = None,
-                      engine: str = "espeak", seed: int = 0, progress: bool = True) -> SpeechCorpus:
-    """Speak every utterance in every voice (train voices + held-out voices) into `output`; see the module doc."""
-    eng = get_engine(engine)
+                      engine: str = "espeak", seed: int = 0, progress: bool = True, heldout_texts: float = 0.0,
+                      val_voices: Sequence[str] = (), val_texts: float = 0.0, voices_per_text: int | None = None,
+                      augment: Augment | None = None) -> SpeechCorpus:
+    """Speak the utterances in the folds' voices (train, optional val, held-out test) into `output`; see the
+    module doc for the split by text (`heldout_texts`, `val_texts` fractions) and by voice family."""
+    if engine not in ENGINES:
+        raise ValueError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if voices is None and heldout_voices is None:
-        pool = DEFAULT_TRAIN_VOICES + DEFAULT_TEST_VOICES if engine == "espeak" else DEFAULT_FLITE_VOICES
-        heldout_voices = DEFAULT_TEST_VOICES if engine == "espeak" else DEFAULT_FLITE_VOICES[-1:]
-        voices = [v for v in pool if v not in heldout_voices]
-    voices, heldout_voices = list(voices or []), list(heldout_voices or [])
-    both = sorted(set(voices) & set(heldout_voices))
-    if both:
-        raise ValueError(f"--voices and --heldout-voices overlap ({', '.join(both)}): a voice is in one fold only")
-    if not voices and not heldout_voices:
+        voices, heldout_voices = _default_voices(engine)
+    folds = {"train": list(voices or []), "val": list(val_voices), "test": list(heldout_voices or [])}
+    if not any(folds.values()):
         raise ValueError("no voices: pass --voices and/or --heldout-voices")
-    for v in voices + heldout_voices:
-        eng.check_voice(v)
+    if not (0 <= heldout_texts < 1 and 0 <= val_texts < 1 and heldout_texts + val_texts < 1):
+        raise ValueError(f"--heldout-texts {heldout_texts} / --val-texts {val_texts}: expected fractions in [0, 1) "
+                         f"with a sum below 1")
+    if (val_texts > 0) != bool(folds["val"]):
+        raise ValueError("a validation fold needs both --val-texts > 0 and --val-voices")
+    if voices_per_text is not None and voices_per_text < 1:
+        raise ValueError(f"--voices-per-text must be >= 1, got {voices_per_text}")
+    _check_folds(folds, engine)
+    engines: dict[str, Any] = {}
+    for v in (v for vs in folds.values() for v in vs):
+        eng, name = parse_voice(v, engine)
+        if eng not in engines:
+            engines[eng] = get_engine(eng)
+        engines[eng].check_voice(name)
+    split_texts = heldout_texts > 0 or val_texts > 0
+    plan = []
+    for utt in utterances:
+        tf = text_fold(utt.text_id, heldout_texts=heldout_texts, val_texts=val_texts, seed=seed)
+        for fold, fold_voices in folds.items():
+            if split_texts and fold != tf or not fold_voices:
+                continue
+            chosen = fold_voices
+            if voices_per_text is not None and voices_per_text < len(fold_voices):
+                pick = _rng(seed, "voices", utt.text_id).permutation(len(fold_voices))[:voices_per_text]
+                chosen = [fold_voices[i] for i in sorted(pick)]
+            plan += [(v, fold, utt, t) for v in chosen for t in range(utt.takes)]
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    plan = [(v, "train" if v in voices else "test", u, t) for v in voices + heldout_voices for u in utterances
-            for t in range(u.takes)]
     rows: list[dict[str, Any]] = []
     n_new = n_kept = 0
     rate_seen = 0
-    for voice, fold, utt, take in tqdm(plan, desc=f"speaking ({engine})", unit="clip", disable=not progress):
-        rel = Path("wavs") / _voice_dir(voice) / f"{utt.text_id}-t{take}.wav"
+    for voice, fold, utt, take in tqdm(plan, desc="speaking", unit="clip", disable=not progress):
+        eng, name = parse_voice(voice, engine)
         rate, pitch = _prosody(seed, voice, utt.text_id, take)
+        rng = _rng(seed, "augment", voice, utt.text_id, take)
+        snr, tel = augment.draw(rng) if augment is not None else (None, False)
+        suffix, desc = _tag(snr, tel)
+        rel = Path("wavs") / _voice_dir(voice) / f"{utt.text_id}-t{take}{suffix}.wav"
         sr = _readable(out / rel)
         if sr:
             n_kept += 1
         else:
-            wave = eng.synthesize(utt.text, voice, rate, pitch)
-            sr = eng.sample_rate
+            wave = engines[eng].synthesize(utt.text, name, rate, pitch)
+            sr = engines[eng].sample_rate
+            if augment is not None:
+                wave, sr = augment.apply(wave, sr, snr, tel, rng), augment.sample_rate
             _write_wav(out / rel, wave, sr)
             n_new += 1
         rate_seen = rate_seen or sr
         row: dict[str, Any] = {"audio": rel.as_posix(), "text": utt.text, "label": utt.label,
                                "key": f"{voice}/{utt.text_id}-t{take}", "group": voice, "fold": fold,
-                               "text_id": utt.text_id, "voice": voice, "engine": engine, "rate": rate, "pitch": pitch}
+                               "text_id": utt.text_id, "voice": voice, "family": voice_family(voice, engine),
+                               "engine": eng, "rate": rate, "pitch": pitch, "augment": desc}
         if utt.answer is not None:
             row["conversations"] = [{"from": "human", "value": "<audio>\nAnswer the spoken question."},
                                     {"from": "gpt", "value": utt.answer}]
         rows.append(row)
     settings = {"engine": engine, "seed": seed, "rate_range": list(RATE_RANGE), "pitch_range": list(PITCH_RANGE),
                 "sample_rate": rate_seen, "utterances": len(utterances),
-                "takes": sum(u.takes for u in utterances)}
-    corpus = SpeechCorpus(out, rows, voices, heldout_voices, n_new, n_kept, rate_seen, settings)
+                "takes": sum(u.takes for u in utterances), "heldout_texts": heldout_texts, "val_texts": val_texts,
+                "val_voices": folds["val"], "voices_per_text": voices_per_text,
+                "augment": None if augment is None else {"sample_rate": augment.sample_rate, "noise": augment.noise,
+                                                         "snr_db": list(augment.snr_db),
+                                                         "telephone": augment.telephone}}
+    corpus = SpeechCorpus(out, rows, folds["train"], folds["test"], n_new, n_kept, rate_seen, settings)
     _write_outputs(corpus, utterances)
     return corpus
 
 
 def _write_outputs(corpus: SpeechCorpus, utterances: Sequence[Utterance]) -> None:
-    out, rows = corpus.path, corpus.rows
+    out, rows, st = corpus.path, corpus.rows, corpus.settings
+    folds = ["train", "test"] + (["val"] if st["val_voices"] else [])
     write_jsonl(out / "speech.jsonl", rows)
-    for fold in ("train", "test"):
+    for fold in folds:
         part = [r for r in rows if r["fold"] == fold]
         write_jsonl(out / f"{fold}.jsonl", part)
         texts = {r["text_id"]: {"text": r["text"], "text_id": r["text_id"], "label": r["label"]} for r in part}
@@ -337,20 +555,57 @@ def _write_outputs(corpus: SpeechCorpus, utterances: Sequence[Utterance]) -> Non
             w = csv.writer(f)
             w.writerow(["path", "label", "fold"])
             w.writerows([r["audio"], r["label"], r["fold"]] for r in labelled)
-    split = {"split": "by voice: the test voices never occur in the train fold", "train_voices": corpus.train_voices,
-             "test_voices": corpus.test_voices,
-             "counts": {f: sum(r["fold"] == f for r in rows) for f in ("train", "test")}, **corpus.settings}
+    by_text = st["heldout_texts"] > 0 or st["val_texts"] > 0
+    how = ("by text and voice family: each fold's texts are spoken only by its voices, and no voice family is in "
+           "two folds" if by_text else "by voice: the test voices (and their families) never occur in the train "
+           "fold; the texts are the same in every fold")
+    fold_voices = {"train": corpus.train_voices, "val": st["val_voices"], "test": corpus.test_voices}
+    split = {"split": how, "train_voices": corpus.train_voices, "test_voices": corpus.test_voices,
+             "families": {f: sorted({r["family"] for r in rows if r["fold"] == f}) for f in folds},
+             "counts": {f: sum(r["fold"] == f for r in rows) for f in folds},
+             "texts": {f: len({r["text_id"] for r in rows if r["fold"] == f}) for f in folds}, **st}
     write_json(out / "split.json", split)
-    readme = (f"# Synthesised speech corpus\n\n{len(utterances)} texts spoken by {len(corpus.train_voices)} train and "
-              f"{len(corpus.test_voices)} held-out voices with {corpus.settings['engine']} "
+    lines = [f"fold `{f}`: {split['texts'][f]} texts, {split['counts'][f]} recordings, voices "
+             f"{', '.join(fold_voices[f]) or '(none)'}" for f in folds]
+    aug = st["augment"]
+    readme = (f"# Synthesised speech corpus\n\n{len(utterances)} texts, {len(rows)} recordings "
               f"({corpus.sample_rate} Hz mono wav), speaking rate {RATE_RANGE[0]}-{RATE_RANGE[1]} words/min and pitch "
-              f"{PITCH_RANGE[0]}-{PITCH_RANGE[1]} drawn per recording (seed {corpus.settings['seed']}).\n\n"
-              f"Split by voice: fold `train` = {', '.join(corpus.train_voices) or '(none)'}; fold `test` = "
-              f"{', '.join(corpus.test_voices) or '(none)'}. Test voices never occur in training; the texts are the "
-              f"same in both folds.\n\nFiles: speech.jsonl (all), train.jsonl / test.jsonl (by fold), "
-              f"texts-<fold>.jsonl (distinct texts), labels.csv (labelled rows), split.json.\n")
+              f"{PITCH_RANGE[0]}-{PITCH_RANGE[1]} drawn per recording (seed {st['seed']})"
+              + (f"; noise (p={aug['noise']}, SNR {aug['snr_db'][0]:g}-{aug['snr_db'][1]:g} dB) and telephone band "
+                 f"(p={aug['telephone']}) augmentation" if aug else "") + ".\n\n"
+              f"Split {how}.\n\n" + "\n".join(f"- {ln}" for ln in lines) + "\n\n"
+              "Files: speech.jsonl (all), <fold>.jsonl, texts-<fold>.jsonl (distinct texts), labels.csv (labelled "
+              "rows), split.json.\n")
     with atomic_path(out / "README.md") as tmp:
         Path(tmp).write_text(readme, encoding="utf-8")
+
+
+def add_transcripts(corpus_dir: str | os.PathLike, whisper: str | os.PathLike, *, folds: Sequence[str] = ("train",),
+                    limit: int | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, Path]:
+    """Whisper's own transcript of the recordings of `folds` (the first `limit` of each; its decoder,
+    `anyalign.llm.transcribe`), written as `<fold>-transcribed.jsonl`: the rows with `text` = the transcript (the
+    distillation target: no labels needed) and `reference` = the text that was spoken. Transcripts already written
+    are reused."""
+    from ..llm.transcribe import whisper_transcripts
+
+    root = Path(corpus_dir)
+    out: dict[str, Path] = {}
+    for fold in folds:
+        src = root / f"{fold}.jsonl"
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: no such fold file (folds of this corpus: "
+                                    f"{', '.join(p.stem for p in root.glob('*.jsonl'))})")
+        rows = [r for _, r in iter_jsonl(src)][:limit]
+        dest = root / f"{fold}-transcribed.jsonl"
+        done = {r["key"]: r["text"] for _, r in iter_jsonl(dest)} if dest.is_file() else {}
+        todo = [r for r in rows if r["key"] not in done]
+        if todo:
+            said = whisper_transcripts(whisper, [root / r["audio"] for r in todo], batch_size=batch_size,
+                                       quiet=not progress)
+            done.update({r["key"]: t for r, t in zip(todo, said)})
+        write_jsonl(dest, [{**r, "text": done[r["key"]], "reference": r["text"]} for r in rows])
+        out[fold] = dest
+    return out
 
 
 def corpus_summary(corpus: SpeechCorpus) -> dict[str, Any]:
@@ -360,5 +615,7 @@ def corpus_summary(corpus: SpeechCorpus) -> dict[str, Any]:
             "test_voices": corpus.test_voices}
 
 
-__all__ = ["DEFAULT_TEST_VOICES", "DEFAULT_TRAIN_VOICES", "ENGINES", "EspeakEngine", "FliteEngine", "SpeechCorpus",
-           "Utterance", "corpus_summary", "get_engine", "read_utterances", "synthesize_corpus"]
+__all__ = ["DEFAULT_TEST_VOICES", "DEFAULT_TRAIN_VOICES", "ENGINES", "MIXED_TEST_VOICES", "MIXED_TRAIN_VOICES",
+           "MIXED_VAL_VOICES", "ZEROSHOT_WORDS", "Augment", "EspeakEngine", "FliteEngine", "SpeechCorpus", "Utterance",
+           "add_transcripts", "corpus_summary", "fortune_sentences", "get_engine", "parse_voice", "read_utterances",
+           "synthesize_corpus", "text_fold", "voice_family"]

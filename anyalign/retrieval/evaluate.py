@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..hubness import Hubness
 from .sources import EmbeddingSource, open_sources
 
 
@@ -39,17 +40,22 @@ def pessimistic_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
 
 
 def exact_metrics(queries: np.ndarray, gallery: np.ndarray, relevant: Sequence[np.ndarray],
-                  ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict[str, float]:
+                  ks: Sequence[int] = (1, 5, 10), chunk: int = 1024, *, hubness: Hubness | None = None,
+                  bank: np.ndarray | None = None) -> dict[str, float]:
     """Recall@K, mAP and median rank over full rankings of `gallery` `[N, E]` for `queries` `[Q, E]` (cosine).
 
     `relevant[q]` holds the gallery indices relevant to query q (queries with none are skipped); ties are
-    ranked pessimistically (`pessimistic_ranks`).
+    ranked pessimistically (`pessimistic_ranks`). `hubness` ranks by corrected scores (`anyalign.hubness`), with
+    `bank` `[B, E]` the reference queries (never the evaluated ones).
     """
     q_all, g = _normalize(queries), _normalize(gallery)
+    bank_scores = _bank_scores(hubness, bank, g)
     hits = {k: 0 for k in ks}
     ap_sum, first = 0.0, []
     for lo in range(0, len(q_all), chunk):
         sim = q_all[lo: lo + chunk] @ g.T  # [C, N]
+        if bank_scores is not None:
+            sim = hubness.apply(sim, bank_scores)
         for r, row in enumerate(sim):
             rel = np.asarray(relevant[lo + r], dtype=np.int64)
             if rel.size == 0:
@@ -67,6 +73,15 @@ def exact_metrics(queries: np.ndarray, gallery: np.ndarray, relevant: Sequence[n
     out["median_rank"] = float(np.median(first))
     out["queries"] = counted
     return out
+
+
+def _bank_scores(hubness: Hubness | None, bank: np.ndarray | None, gallery: np.ndarray) -> np.ndarray | None:
+    """The bank queries' scores `[B, N]` on the gallery when a correction is asked for, else None."""
+    if hubness is None or hubness.method == "none":
+        return None
+    if bank is None:
+        raise ValueError(f"hubness {hubness.method!r} needs a bank of reference queries (e.g. training queries)")
+    return _normalize(bank) @ gallery.T
 
 
 def ranked_metrics(retrieved: Sequence[Sequence[bool]], n_relevant: Sequence[int],
@@ -137,8 +152,10 @@ def _load_all(src: EmbeddingSource) -> tuple[np.ndarray, list[dict[str, Any]]]:
 
 
 def evaluate_retrieval(queries: Any, gallery: Any, *, match: str = "row", ks: Sequence[int] = (1, 5, 10),
-                       params: dict[str, int] | None = None) -> dict[str, float]:
-    """Evaluate query embeddings against gallery embeddings (exact) or an index folder (its own search)."""
+                       params: dict[str, int] | None = None, hubness: Hubness | None = None,
+                       bank: Any = None) -> dict[str, float]:
+    """Evaluate query embeddings against gallery embeddings (exact) or an index folder (its own search);
+    `hubness` with a `bank` of reference query embeddings corrects hub items (exact search only)."""
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
@@ -160,9 +177,12 @@ def evaluate_retrieval(queries: Any, gallery: Any, *, match: str = "row", ks: Se
             for i, m in enumerate(gmeta):
                 by_value.setdefault(_key(m.get(match)), []).append(i)
             relevant = [np.array(by_value.get(_key(m[match]), []), dtype=np.int64) for m in qmeta]
-        out = exact_metrics(qvec, gvec, relevant, ks)
+        bvec = _load_all(open_sources(bank))[0] if bank is not None else None
+        out = exact_metrics(qvec, gvec, relevant, ks, hubness=hubness, bank=bvec)
         out["gallery"] = len(gvec)
         return out
+    if hubness is not None and hubness.method != "none":
+        raise ValueError("hubness correction needs exact search: pass gallery embeddings, not an index folder")
 
     from .retriever import Retriever
 
