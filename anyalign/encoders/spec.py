@@ -3,7 +3,8 @@
 Recipes (adapters and anchors), saved adapters, feature manifests, index records, zero-shot and every CLI
 command that picks an encoder (`--encoder NAME --pretrained P --set key=value --autocast bf16`) hold one of
 these and call `build()`; its JSON form is `{"name", "pretrained", "options", "autocast"}` (a bare string is a
-name with defaults). Local weight paths are stored absolute, so an artifact works from any working directory.
+name with defaults). Weights are held portably (`anyalign.hub`): an asset copy as its Hub id (or `asset:<name>`),
+a user's local path absolute; artifacts write weights that live inside them as `./path`; `build()` resolves.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, parse_scalar
+from ..hub import local_source, portable_source, rebase_source
 from .base import Encoder
 from .inputs import encoder_class
 from .registry import check_encoder_options, create_encoder, encoder_info
@@ -45,8 +47,8 @@ class EncoderSpec:
             raise ConfigError(f"encoder {self.name!r}: options must be a mapping, got {self.options!r}")
         if self.autocast is not None and str(self.autocast).lower() not in _AUTOCAST:
             raise ConfigError(f"encoder {self.name!r}: autocast={self.autocast!r}; expected one of auto, bf16, fp32")
-        if self.pretrained and not _is_absolute(self.pretrained) and Path(self.pretrained).expanduser().exists():
-            object.__setattr__(self, "pretrained", str(Path(self.pretrained).expanduser().resolve()))
+        if self.pretrained:  # one spelling per weights: an asset copy is its Hub id, a user's path is absolute
+            object.__setattr__(self, "pretrained", portable_source(self.pretrained))
 
     # --- forms ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -54,13 +56,21 @@ class EncoderSpec:
         return {"name": self.name, "pretrained": self.pretrained, "options": dict(self.options),
                 "autocast": self.autocast}
 
+    def portable(self, base: str | os.PathLike | None = None) -> EncoderSpec:
+        """This spec as an artifact at `base` records it: weights inside `base` as `./path` (see `anyalign.hub`)."""
+        return self if base is None else self.replace(pretrained=portable_source(self.pretrained, base))
+
     @classmethod
-    def from_dict(cls, data: str | dict[str, Any] | EncoderSpec, *, source: str = "encoder") -> EncoderSpec:
-        """Read the JSON/YAML form (a mapping, or a bare name); unknown keys are an error naming `source`."""
+    def from_dict(cls, data: str | dict[str, Any] | EncoderSpec, *, source: str = "encoder",
+                  base: str | os.PathLike | None = None) -> EncoderSpec:
+        """Read the JSON/YAML form (a mapping, or a bare name); unknown keys are an error naming `source`.
+        `base`: the artifact folder that `./path` weights are relative to."""
         if isinstance(data, EncoderSpec):
             return data
         if isinstance(data, str):
             return cls(data)
+        if base is not None and isinstance(data, dict) and isinstance(data.get("pretrained"), str):
+            data = {**data, "pretrained": rebase_source(data["pretrained"], base)}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected an encoder name or a mapping with {', '.join(_KEYS)}, "
                               f"got {data!r}")
@@ -112,7 +122,8 @@ class EncoderSpec:
     def build(self, *, device: str | torch.device | None = None, frozen: bool = True,
               pretrained: str | None = None) -> Any:
         """Create the encoder (`pretrained` overrides the recorded source, e.g. a local copy of hub weights)."""
-        return create_encoder(self.name, pretrained=pretrained or self.pretrained, device=device,
+        source = local_source(pretrained or self.pretrained, what=f"encoder {self.name!r}")
+        return create_encoder(self.name, pretrained=source, device=device,
                               autocast=self.autocast, frozen=frozen, **self.options)
 
     def partner(self, modality: str) -> EncoderSpec | None:
@@ -136,7 +147,11 @@ class EncoderSpec:
         """Like `key()` but also changes when local weight files change; None for random weights (never cache)."""
         if self.pretrained is None:  # random weights, or a library default that cannot be identified
             return None
-        weights = source_fingerprint(self.pretrained)
+        try:  # the files behind the weights (a Hub id's local asset copy included)
+            local = local_source(self.pretrained)
+        except FileNotFoundError:
+            local = self.pretrained
+        weights = source_fingerprint(local)
         return hashlib.sha1(f"{self.key()}|{weights}".encode()).hexdigest()
 
     def describe(self) -> str:

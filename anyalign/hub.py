@@ -1,0 +1,301 @@
+"""Where weights and artifacts come from, written so that an artifact travels: Hub ids, assets, relative paths.
+
+Every artifact (a saved adapter, a feature manifest, an index) records the frozen encoders' weights in the most
+portable form that names them exactly (`portable_source`):
+
+- the Hub id of the weights where they have one, also when this machine holds them as a local asset copy
+  (MiniLM is `sentence-transformers/all-MiniLM-L6-v2` however it was fetched); `asset:<name>` for an asset
+  that has no Hub id (the SmolLM2 GGUF, the EfficientNet-Lite0 checkpoint);
+- `./path` relative to the artifact when the weights live inside it (they travel with it);
+- an absolute path only for weights the user pointed to elsewhere.
+
+Loading (`local_source`) turns the record back into something to load: the local asset copy, the Hub id (the
+libraries then honour the Hub cache and `HF_HUB_OFFLINE`), or the path; weights that cannot be reached fail in one
+line naming them and the override `ANYALIGN_WEIGHTS="RECORDED=PATH"` (pairs separated by `;`), which points any
+recorded source at a local copy. Artifacts themselves (`resolve_artifact`) are local folders or Hub repos
+(`org/name`, `org/name@revision`), downloaded once into the Hub cache with `snapshot_download`. Uploading
+(`push_folder`) and the model card (`model_card`) are here too; `ModalityAdapter.push_to_hub` uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .assets import ASSETS, Asset, assets_root
+
+logger = logging.getLogger(__name__)
+
+ASSET_SCHEME = "asset:"
+HUB_SCHEME = "hf-hub:"
+OVERRIDE_ENV = "ANYALIGN_WEIGHTS"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+# --- weights ---------------------------------------------------------------------------------------------------
+def is_hub_id(text: str) -> bool:
+    """`org/name` (optionally `hf-hub:org/name`) that is not a local path."""
+    text = text[len(HUB_SCHEME):] if text.startswith(HUB_SCHEME) else text
+    return bool(_HUB_ID.match(text)) and not Path(text).expanduser().exists()
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~")) or os.path.isabs(text) or text in (".", "..")
+
+
+def asset_for_path(path: str | os.PathLike) -> Asset | None:
+    """The asset whose cache copy `path` is: in this cache, or (for a path that no longer exists, e.g. recorded on
+    another machine) any asset cache laid out the same way."""
+    p = Path(path).expanduser()
+    root = assets_root()
+    for a in ASSETS.values():
+        if p == root / a.path:
+            return a
+    exists = p.exists()
+    if exists:
+        resolved = p.resolve()
+        for a in ASSETS.values():
+            if (root / a.path).exists() and resolved == (root / a.path).resolve():
+                return a
+        return None
+    posix = p.as_posix()
+    for a in ASSETS.values():
+        if posix.endswith("/" + a.path.strip("/")):
+            return a
+    return None
+
+
+def asset_for_id(source: str) -> Asset | None:
+    """The asset recorded as `source` (`asset:<name>`, or the Hub id of an asset's weights)."""
+    if source.startswith(ASSET_SCHEME):
+        return ASSETS.get(source[len(ASSET_SCHEME):])
+    source = source[len(HUB_SCHEME):] if source.startswith(HUB_SCHEME) else source
+    return next((a for a in ASSETS.values() if source in (a.hub_id, a.same_as)), None)
+
+
+def portable_source(source: str | os.PathLike | None, base: str | os.PathLike | None = None) -> str | None:
+    """How an artifact at `base` records weights `source`: an asset's Hub id (or `asset:<name>`), `./path` when they
+    live inside `base`, an absolute path otherwise; Hub ids and library tags unchanged."""
+    if source is None:
+        return None
+    text = str(source)
+    if not _looks_like_path(text) and not Path(text).expanduser().exists():
+        return text  # a hub id, an asset:, a library tag
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        if not p.exists():
+            return text  # `./x` recorded relative to an artifact and not re-based yet: kept as written
+        p = p.resolve()
+    asset = asset_for_path(p)
+    if asset is not None:
+        return asset.portable_id
+    if base is not None:
+        b = Path(base).expanduser().resolve()
+        if p.resolve().is_relative_to(b):
+            return "./" + p.resolve().relative_to(b).as_posix()
+    return str(p)
+
+
+def rebase_source(source: str | None, base: str | os.PathLike) -> str | None:
+    """A recorded `./path` (relative to the artifact at `base`) as an absolute path; other sources unchanged."""
+    if source and source.startswith(("./", "../")):
+        return str((Path(base) / source).resolve())
+    return source
+
+
+def _overrides() -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in os.environ.get(OVERRIDE_ENV, "").split(";"):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() and value.strip():
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def hub_offline() -> bool:
+    """True when the Hub must not be contacted (`HF_HUB_OFFLINE`, read now, not at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_cached(repo_id: str, revision: str | None = None) -> Path | None:
+    """The Hub cache's snapshot folder of `repo_id` (at `revision`, default main), or None when not cached."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), or a malformed cache: not usable
+        return None
+
+
+def _unreachable(what: str, source: str, where: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{what}: weights {source!r} not found ({where}); point at a copy with "
+                             f"{OVERRIDE_ENV}='{source}=PATH'")
+
+
+def local_source(source: str | None, *, what: str = "encoder") -> str | None:
+    """What to load for recorded weights `source`: an override, the local asset copy, a path, or the Hub id (when
+    it can be reached: online, or in the Hub cache). Unreachable weights raise one line naming the override."""
+    if source is None:
+        return None
+    text = str(source)
+    override = _overrides().get(text)
+    if override is not None:
+        return str(Path(override).expanduser())
+    if text.startswith(ASSET_SCHEME):
+        asset = asset_for_id(text)
+        if asset is None:
+            raise FileNotFoundError(f"{what}: unknown asset {text!r}; expected one of "
+                                    f"{', '.join(ASSET_SCHEME + n for n in ASSETS)}")
+        local = assets_root() / asset.path
+        if local.exists():
+            return str(local)
+        raise _unreachable(what, text, f"no copy at {local}; `python -m anyalign.assets {asset.name}` fetches it")
+    if _looks_like_path(text):
+        p = Path(text).expanduser()
+        if p.exists():
+            return str(p)
+        asset = asset_for_path(p)  # an asset path recorded on another machine: this machine's copy or its Hub id
+        if asset is not None:
+            return local_source(asset.portable_id, what=what)
+        raise _unreachable(what, text, "no such file or folder")
+    asset = asset_for_id(text)
+    if asset is not None and (assets_root() / asset.path).exists():
+        return str(assets_root() / asset.path)
+    if is_hub_id(text) and hub_offline():
+        repo = text[len(HUB_SCHEME):] if text.startswith(HUB_SCHEME) else text
+        if hub_cached(repo) is None:
+            hint = f"no asset copy at {assets_root() / asset.path}, " if asset is not None else ""
+            raise _unreachable(what, text, f"{hint}not in the Hub cache, and HF_HUB_OFFLINE is set")
+    return text
+
+
+# --- artifacts ---------------------------------------------------------------------------------------------------
+def split_revision(name: str) -> tuple[str, str | None]:
+    """`org/name@rev` -> (`org/name`, `rev`); no `@`: revision None."""
+    name = name[len(HUB_SCHEME):] if name.startswith(HUB_SCHEME) else name
+    repo, sep, rev = name.partition("@")
+    return repo, (rev or None) if sep else None
+
+
+def resolve_artifact(name_or_path: str | os.PathLike, *, marker: str, what: str,
+                     revision: str | None = None) -> Path:
+    """A local artifact folder, or a Hub repo (`org/name`, `org/name@rev`, `hf-hub:org/name`) downloaded once into
+    the Hub cache (`HF_HUB_OFFLINE` honoured: then only the cache is read). `marker`: the file the folder holds."""
+    text = str(name_or_path)
+    local = Path(text).expanduser()
+    if local.exists() or _looks_like_path(text):
+        return local
+    repo, rev = split_revision(text)
+    if not _HUB_ID.match(repo):
+        return local  # the caller's missing-folder error names it
+    revision = revision or rev
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo, revision=revision, local_files_only=hub_offline()))
+    except Exception as e:  # noqa: BLE001 - no such repo, offline and not cached, no network: one line
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = " (HF_HUB_OFFLINE is set: only the Hub cache is read)" if hub_offline() else ""
+        raise FileNotFoundError(f"{text}: no such {what} folder here, and not available from the Hub{offline}: "
+                                f"{reason}") from None
+    if not (folder / marker).is_file():
+        raise FileNotFoundError(f"{text}: the Hub repo (revision {revision or 'main'}) is not an anyalign {what} "
+                                f"(missing {marker})")
+    return folder
+
+
+def stage_folder(src: str | os.PathLike, dest: str | os.PathLike, files: Iterable[str]) -> Path:
+    """Copy the named files of `src` (those present) into a fresh `dest` for an upload; returns `dest`."""
+    src, dest = Path(src), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+    return dest
+
+
+def _table(rows: Mapping[str, Any]) -> str:
+    lines = ["| metric | value |", "| --- | --- |"]
+    for k, v in rows.items():
+        lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    return "\n".join(lines)
+
+
+def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, evaluation: Mapping[str, Any] | None = None,
+               recipe: Mapping[str, Any] | None = None) -> str:
+    """A Hub model card (README.md) for a saved adapter: what it reads, the space it was aligned to, what it was
+    trained on (from the run's recipe) and its measured numbers (from the run's eval.json), with chance levels."""
+    modality = config.get("modality", "?")
+    enc = config.get("encoder") or {}
+    space = config.get("space") or {}
+    title = repo_id or f"anyalign {modality} adapter"
+    tags = ["anyalign", "multimodal", "adapter", str(modality)] + [str(m) for m in space]
+    front = ["---", "library_name: anyalign", "tags:"] + [f"- {t}" for t in dict.fromkeys(tags)]
+    bases = [s.get("pretrained") for s in space.values() if s.get("pretrained") and is_hub_id(str(s["pretrained"]))]
+    if bases:
+        front += ["base_model:"] + [f"- {b}" for b in dict.fromkeys(bases)]
+    front.append("---")
+    body = [f"# {title}", "",
+            f"An anyalign adapter that embeds **{modality}** inputs into a shared space.", "",
+            "## What it is", "",
+            f"- frozen encoder: `{enc.get('name')}`" + (f" (weights `{enc.get('pretrained')}`)"
+                                                       if enc.get("pretrained") else " (weights saved here)"
+                                                       if config.get("train_encoder") else ""),
+            f"- projector: `{(config.get('embed_projector') or {}).get('name', 'identity')}` -> "
+            f"{config.get('embed_dim')}-d, L2-normalised"]
+    for m, s in space.items():
+        body.append(f"- aligned to the `{m}` side: `{s.get('name')}`"
+                    + (f" (`{s.get('pretrained')}`)" if s.get("pretrained") else ""))
+    if config.get("llm"):
+        body.append(f"- LLM soft tokens for `{config['llm'].get('name_or_path')}`")
+    if recipe:
+        body += ["", "## Training", ""]
+        data = recipe.get("data") or {}
+        for part in ("train", "validation", "eval"):
+            for s in data.get(part) or []:
+                path = s.get("path") if isinstance(s, Mapping) else s
+                body.append(f"- {part}: `{Path(str(path)).name}`"
+                            + (f" ({s.get('kind')})" if isinstance(s, Mapping) and s.get("kind") else ""))
+        train = recipe.get("train") or {}
+        if train:
+            body.append(f"- {train.get('max_steps')} steps, batch {train.get('batch_size')}, lr {train.get('lr')}")
+    body += ["", "## Evaluation", ""]
+    if evaluation:
+        body += ["Measured by anyalign at the end of training on the run's held-out data (see the recipe for the "
+                 "split); `chance` rows give the chance level of the metric beside them.", "",
+                 _table({k: v for k, v in evaluation.items() if k not in ("world_size", "distributed", "fsdp")})]
+    else:
+        body.append("No evaluation was saved with this adapter.")
+    body += ["", "## Use", "", "```python", "from anyalign import ModalityAdapter", "",
+             f'adapter = ModalityAdapter.from_pretrained("{repo_id or "PATH"}")',
+             "vectors = adapter.embed_inputs(inputs)  # [N, E], L2-normalised", "```", "",
+             "Command line: `anyalign search --adapter " + (repo_id or "PATH") + " ...`; as a sentence-transformers "
+             "model: `anyalign export st " + (repo_id or "PATH") + " -o st-model`.", ""]
+    return "\n".join(front + body)
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
+                branch: str | None = None, commit_message: str = "Upload anyalign adapter") -> str:
+    """Create the Hub repo `repo_id` if needed and upload `folder` to it (`HfApi.create_repo` + `upload_folder`);
+    returns the commit URL. Needs network and a token (`hf auth login` or `token=`)."""
+    if hub_offline():
+        raise RuntimeError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if branch:
+        api.create_branch(repo_id, branch=branch, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=branch,
+                             commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
+
+
+__all__ = ["ASSET_SCHEME", "OVERRIDE_ENV", "asset_for_id", "asset_for_path", "hub_cached", "hub_offline", "is_hub_id",
+           "local_source", "model_card", "portable_source", "push_folder", "rebase_source", "resolve_artifact",
+           "split_revision", "stage_folder"]
