@@ -30,6 +30,7 @@ from ..embedder import Embedder
 from ..encoders import InputError
 from ..encoders.decoding import SafeDecode
 from ..io import atomic_path, check_replaceable, read_json, replace_dir, write_json
+from .preview import signal_preview
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -62,10 +63,14 @@ def collect_inputs(paths: Sequence[str | os.PathLike], embedder: Embedder) -> tu
         found = 0
         for rec in read_records(p, modalities=[modality]):
             value = rec.input(modality)
-            if value is None or (modality != "text" and not embedder.accepts_file(str(getattr(value, "name", value)))):
+            is_file = isinstance(value, (str, os.PathLike)) or hasattr(value, "name")  # paths and tar members
+            if value is None or (modality != "text" and is_file
+                                 and not embedder.accepts_file(str(getattr(value, "name", value)))):
                 continue
             meta = {**rec.metadata(), "modality": modality, "key": rec.key}
-            meta.setdefault("source", str(value))
+            if modality != "text" and not is_file:  # an in-memory array (a UEA window): a preview for the page
+                meta.setdefault("signal", signal_preview(value))
+            meta.setdefault("source", str(value) if is_file else rec.key)
             items.append(EmbedItem(value, meta))
             found += 1
         if not found:
