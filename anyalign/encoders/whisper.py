@@ -1,16 +1,28 @@
 """Whisper's audio encoder as a frozen encoder ("whisper"), the Qwen-Audio / LLaSM recipe, through transformers.
 
-Audio (mono, resampled to 16 kHz) becomes Whisper's 80/128-bin log-mel spectrogram padded to the 30 s window;
-the encoder's last hidden state is the token sequence `[B, 1500, D]` (one token per 20 ms). Whisper always sees
-30 s, so the mask covers only the frames of real audio: `ceil(samples / hop)` mel frames (100 per second),
-halved by the stride-2 convolution. Pooled is the masked mean of the valid tokens (not normalised).
-Audio longer than `window_seconds` (default 30 s) is cut into windows (a tail shorter than half a window is
-dropped unless it is the whole clip) whose valid tokens are concatenated, so a batch with a long clip has
-`T = max total valid frames` instead of 1500. Only the encoder is kept; the decoder is dropped after loading.
-`pretrained=` is a hub id (default `openai/whisper-base`) or a local folder written by `save_pretrained`
-(a WhisperModel or WhisperForConditionalGeneration checkpoint plus its feature extractor config), e.g. the real
-Whisper tiny.en converted by `python -m anyalign.assets whisper-tiny.en`. Weights load in float32 whatever the
-checkpoint stores (float16 checkpoints are common); bf16 runs through `autocast`.
+Audio (mono, resampled to 16 kHz) becomes Whisper's 80/128-bin log-mel spectrogram; the encoder's last hidden state
+is the token sequence `[B, T, D]` (one token per 20 ms: `ceil(samples / hop)` mel frames, 100 per second, halved
+by the stride-2 convolution). Two paths, chosen by the `padding` option (recorded in the encoder spec when set):
+
+- `"window"` (default): Whisper's training condition. Every clip is padded to the 30 s window, so `T = 1500`
+  whatever its length and a 1.4 s clip costs as much as 30 s; the mask covers the frames of real audio.
+- `"longest"`: the encoder runs on the clip's own frames. A batch is padded to its longest clip (an even number
+  of mel frames, plus the two frames after the last token that its convolutions read, as in the padded path),
+  positional embeddings are sliced to that length, and padded frames are masked out of self-attention, so a clip
+  gives the same tokens alone or in any batch. Much faster on short clips, but NOT equal to the padded path:
+  in the padded path the real frames also attend to the padding, which Whisper was trained with.
+  Measured on Whisper tiny.en and espeak-ng speech (benchmarks/whisper_length.py): per-frame cosine to the padded
+  path's valid frames averages 0.81-0.98 (lowest frame 0.46-0.69) for 0.5-3.8 s clips, lower the shorter the clip;
+  only a clip of a full 30 s window gives identical tokens. Adapters trained on one path should be used with it.
+
+Pooled is the masked mean of the valid tokens (not normalised). Audio longer than `window_seconds` (default 30 s)
+is cut into windows, the last one as long as what is left (nothing is dropped), whose valid tokens are
+concatenated, so a batch with a long clip has `T = max total valid frames`. Only the encoder is kept; the
+decoder is dropped after loading. `pretrained=` is a hub id (default `openai/whisper-base`) or a local folder
+written by `save_pretrained` (a WhisperModel or WhisperForConditionalGeneration checkpoint plus its feature
+extractor config), e.g. the real Whisper tiny.en converted by `python -m anyalign.assets whisper-tiny.en`.
+Weights load in float32 whatever the checkpoint stores (float16 checkpoints are common); bf16 runs through
+`autocast`.
 """
 
 from __future__ import annotations
@@ -18,10 +30,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import WhisperFeatureExtractor, WhisperModel
 
 from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
@@ -30,17 +43,19 @@ from .clap import hf_source
 from .registry import register_encoder
 
 DEFAULT_WHISPER_MODEL = "openai/whisper-base"
+PADDINGS = ("window", "longest")
 
 
 class WhisperAudioEncoder(Encoder):
-    """Whisper encoder: tokens `[B, 1500, D]` masked to the real audio, pooled = masked mean `[B, D]`."""
+    """Whisper encoder: tokens `[B, T, D]` masked to the real audio (T = 1500 when padded to the window), pooled =
+    masked mean `[B, D]`."""
 
     modality = "audio"
     extensions = AUDIO_EXTENSIONS
     input_spec = AUDIO_INPUT_SPEC
 
     def __init__(self, encoder: torch.nn.Module, extractor: WhisperFeatureExtractor, *,
-                 window_seconds: float | None = None) -> None:
+                 window_seconds: float | None = None, padding: str = "window") -> None:
         super().__init__()
         self.encoder = encoder
         self.extractor = extractor
@@ -50,6 +65,9 @@ class WhisperAudioEncoder(Encoder):
         if not 0 < self.window_seconds <= self.clip_seconds:
             raise ValueError(f"whisper: window_seconds must be in (0, {self.clip_seconds:g}] (Whisper's input "
                              f"window), got {window_seconds}")
+        if padding not in PADDINGS:
+            raise ValueError(f"whisper: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+        self.padding = padding
         self.window_samples = int(round(self.window_seconds * self.sample_rate))
         self.max_positions = int(encoder.config.max_source_positions)
         self.mel_per_token = int(encoder.conv1.stride[0] * encoder.conv2.stride[0])  # 2 mel frames per token
@@ -60,7 +78,7 @@ class WhisperAudioEncoder(Encoder):
         self.token_dim = self.pooled_dim = int(encoder.config.d_model)
 
     def valid_tokens(self, n_samples: int) -> int:
-        """Encoder frames that hold real audio for a clip of `n_samples` (the rest is Whisper's 30 s padding)."""
+        """Encoder frames that hold real audio for a clip (window) of `n_samples`."""
         mel = math.ceil(n_samples / self.extractor.hop_length)  # 100 mel frames per second at 16 kHz
         return max(1, min(self.max_positions, math.ceil(mel / self.mel_per_token)))
 
@@ -68,22 +86,55 @@ class WhisperAudioEncoder(Encoder):
         return load_audio(item, self.sample_rate)  # [N] at 16 kHz
 
     def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
-        windows = [split_windows(w, self.window_samples) for w in items]
+        windows = [split_windows(w, self.window_samples, min_fraction=0.0) for w in items]  # every tail kept
         flat = [w for ws in windows for w in ws]
-        feats = self.extractor(flat, sampling_rate=self.sample_rate, return_tensors="pt")
+        valid = [self.valid_tokens(len(w)) for w in flat]
+        if self.padding == "window":
+            feats = self.extractor(flat, sampling_rate=self.sample_rate, return_tensors="pt")  # [W, mels, 3000]
+        else:
+            # the longest clip's tokens + one: the last valid token's convolutions read the 2 mel frames after it,
+            # which hold silence in the padded path too; the extractor gives samples // hop frames
+            n_mel = min(self.mel_per_token * (max(valid) + 1), self.mel_per_token * self.max_positions)
+            feats = self.extractor(flat, sampling_rate=self.sample_rate, padding="max_length", truncation=True,
+                                   max_length=n_mel * self.extractor.hop_length, return_tensors="pt")
         return {
-            "input_features": feats["input_features"].float(),  # [W, mels, 3000]
-            "valid": torch.tensor([self.valid_tokens(len(w)) for w in flat]),  # [W]
+            "input_features": feats["input_features"].float(),  # [W, mels, 3000 or 2 * (T_max + 1)]
+            "valid": torch.tensor(valid),  # [W]
             "windows": torch.tensor([len(ws) for ws in windows]),  # [B]
         }
 
+    def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """Key-padding mask `[W, 1, 1, T]` in the form the encoder's attention takes (None when nothing is padded)."""
+        if bool(mask.all()):
+            return None
+        keys = mask[:, None, None, :]
+        if self.encoder.config._attn_implementation == "sdpa":
+            return keys  # bool: True = attend
+        return torch.zeros(keys.shape, device=mask.device).masked_fill(~keys, torch.finfo(torch.float32).min)
+
+    def _encode_clip_length(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """WhisperEncoder's forward on the valid length: positions sliced, padded frames masked. `[W, T, D]`."""
+        enc = self.encoder
+        steps = int(valid.max())
+        x = F.gelu(enc.conv1(feats))
+        x = F.gelu(enc.conv2(x))[:, :, :steps].permute(0, 2, 1)  # [W, T, D]
+        x = x + enc.embed_positions.weight[:steps]
+        mask = torch.arange(steps, device=x.device)[None] < valid.to(x.device)[:, None]  # [W, T]
+        attention = self._attention_mask(mask)
+        for layer in enc.layers:
+            x = layer(x, attention)
+        return enc.layer_norm(x)
+
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         feats = batch["input_features"].to(self.encoder.conv1.weight.dtype)  # the weights' dtype (autocast aside)
-        hidden = self.encoder(feats).last_hidden_state  # [W, 1500, D]
         valid = batch["valid"]
+        if self.padding == "window":
+            hidden = self.encoder(feats).last_hidden_state  # [W, 1500, D]
+        else:
+            hidden = self._encode_clip_length(feats, valid)  # [W, T_max, D]
         counts = batch["windows"].tolist()
         if all(c == 1 for c in counts):
-            mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < valid[:, None]  # [B, 1500]
+            mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < valid.to(hidden.device)[:, None]
             return EncoderOutput(hidden, mask, masked_mean(hidden.float(), mask))
         per_window = [h[:n] for h, n in zip(hidden, valid.tolist())]  # valid frames of each window
         seqs, i = [], 0
@@ -101,11 +152,16 @@ class WhisperOptions:
 
     window_seconds: float | None = field(default=None, metadata={
         "help": "window length for long audio, at most Whisper's 30 s input (None = 30 s)"})
+    padding: Literal["window", "longest"] = field(default="window", metadata={
+        "help": "'window': every clip padded to Whisper's 30 s input, as it was trained (exact, slow on short "
+                "clips); 'longest': the encoder runs on the batch's longest clip only (positions sliced, padding "
+                "masked; much faster, features differ from the padded path, see the module docs)"})
 
 
 @register_encoder("whisper", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
                   default_model=DEFAULT_WHISPER_MODEL, options=WhisperOptions)
-def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | None = None) -> WhisperAudioEncoder:
+def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | None = None,
+                    padding: str = "window") -> WhisperAudioEncoder:
     """Whisper's encoder from a hub id or local folder (default openai/whisper-base)."""
     source = hf_source(pretrained, "whisper", DEFAULT_WHISPER_MODEL)
     try:
@@ -120,4 +176,4 @@ def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | No
                          f"missing): not a Whisper checkpoint of this size")
     encoder = model.get_encoder().eval()
     del model  # keep only the encoder
-    return WhisperAudioEncoder(encoder, extractor, window_seconds=window_seconds)
+    return WhisperAudioEncoder(encoder, extractor, window_seconds=window_seconds, padding=padding)
