@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -44,12 +45,21 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             replace_dir(tmp, path)
         else:
             os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+    except OSError as e:  # disk full, permission denied ...: the partial output goes, the error names the path
+        _remove(tmp)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(tmp: Path) -> None:
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
 
 
 def replace_dir(folder: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -64,18 +74,59 @@ def replace_dir(folder: str | os.PathLike, path: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_replaceable(path: str | os.PathLike, *, marker: str, what: str, overwrite: bool = False) -> None:
-    """Refuse to replace `path` unless it is absent, an empty folder, or an artifact of this kind (a folder
-    holding `marker`): no command deletes what it did not write. `overwrite` lifts the refusal."""
+def is_artifact(path: str | os.PathLike, *, marker: str, marker_keys: Iterable[str] = (),
+                own: str | None = None) -> bool:
+    """True when folder `path` is wholly an artifact of one kind written by anyalign: `marker` is a JSON object
+    holding `marker_keys` (the content, not only the name, is checked) and every entry's name matches the regex
+    `own` (None: any), so a user's folder that merely holds a file of that name is not one."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink() or not (path / marker).is_file():
+        return False
+    try:
+        data = json.loads((path / marker).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or any(k not in data for k in marker_keys):
+        return False
+    return own is None or all(re.fullmatch(own, p.name) for p in path.iterdir())
+
+
+def check_replaceable(path: str | os.PathLike, *, marker: str, what: str, overwrite: bool = False,
+                      marker_keys: Iterable[str] = (), own: str | None = None) -> None:
+    """Refuse to replace `path` unless it is absent, an empty folder, or wholly an artifact of this kind (see
+    `is_artifact`): no command deletes what it did not write. `overwrite` lifts the refusal."""
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
-    if path.is_dir() and not path.is_symlink() and ((path / marker).is_file() or not any(path.iterdir())):
+    if path.is_dir() and not path.is_symlink() and (not any(path.iterdir()) or
+                                                     is_artifact(path, marker=marker, marker_keys=marker_keys, own=own)):
         return
-    kind = "a file" if path.is_file() else "a folder that is not an " + what
+    if path.is_file() or path.is_symlink():
+        kind = "a file"
+    else:
+        foreign = sorted(p.name for p in path.iterdir() if own is not None and not re.fullmatch(own, p.name))
+        kind = (f"a folder holding files that are not an {what}'s ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''})" if foreign else f"a folder that is not an {what}")
     if not overwrite:
         raise ValueError(f"{path}: exists and is {kind}; refusing to replace it (choose another output, or pass "
                          f"--overwrite)")
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], *, what: str = "output") -> None:
+    """Refuse an `output` that is, contains or lies inside one of `inputs` (checked before anything is read:
+    replacing it would destroy the input, or the next run would read its own output)."""
+    out = Path(os.path.realpath(output))
+    for item in inputs:
+        src = Path(os.path.realpath(item))
+        if out == src:
+            relation = "is"
+        elif src.is_relative_to(out):
+            relation = "contains"
+        elif out.is_relative_to(src) and src.is_dir():
+            relation = "lies inside"
+        else:
+            continue
+        raise ValueError(f"{what} {output}: {relation} the input {item}; write to a folder outside the inputs")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

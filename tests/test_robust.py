@@ -26,6 +26,11 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
 
 
+def _one_line(err: str) -> bool:
+    """Exactly one `error:` line and no traceback (progress bars of model loading may precede it)."""
+    return sum(line.startswith("error:") for line in err.splitlines()) == 1 and "Traceback" not in err
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -104,3 +109,98 @@ def test_interrupted_train_exits_130_and_says_resume(tmp_path: Path, bert: Path)
     assert code == 130, err
     assert "during `anyalign train`" in err and "rerun with --resume" in err, err
     assert "Traceback" not in err
+
+
+# --- 2. ownership of outputs -------------------------------------------------------------------------------
+def _decoy(path: Path) -> Path:
+    """A user's folder that merely holds a file named like an embeddings manifest."""
+    path.mkdir()
+    (path / "embeddings.json").write_text('{"mine": true}')
+    (path / "data.csv").write_text("1,2\n")
+    (path / "src").mkdir()
+    (path / "src" / "main.py").write_text("print(1)\n")
+    return path
+
+
+def test_embed_keeps_a_folder_that_only_holds_a_file_named_embeddings_json(tmp_path, capsys, bert) -> None:
+    (tmp_path / "c.txt").write_text("\n".join(LINES) + "\n")
+    decoy = _decoy(tmp_path / "out")
+    code, _, err = run(capsys, "embed", tmp_path / "c.txt", "--encoder", "text", "--pretrained", bert, "-o", decoy)
+    assert code == 2 and "refusing to replace it" in err and _one_line(err), err
+    assert (decoy / "data.csv").is_file() and (decoy / "src" / "main.py").is_file()
+    # a real embeddings folder is replaced without --overwrite; with a foreign file added it is not
+    assert run(capsys, "embed", tmp_path / "c.txt", "--encoder", "text", "--pretrained", bert, "-o",
+               tmp_path / "emb")[0] == 0
+    assert run(capsys, "embed", tmp_path / "c.txt", "--encoder", "text", "--pretrained", bert, "-o",
+               tmp_path / "emb")[0] == 0
+    (tmp_path / "emb" / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "embed", tmp_path / "c.txt", "--encoder", "text", "--pretrained", bert, "-o",
+                       tmp_path / "emb")
+    assert code == 2 and "notes.txt" in err and (tmp_path / "emb" / "notes.txt").is_file()
+
+
+def test_output_equal_to_or_around_the_input_is_refused_before_reading(tmp_path, capsys, bert) -> None:
+    (tmp_path / "c.txt").write_text("\n".join(LINES) + "\n")
+    assert run(capsys, "embed", tmp_path / "c.txt", "--encoder", "text", "--pretrained", bert, "-o",
+               tmp_path / "emb")[0] == 0
+    before = sorted(p.name for p in (tmp_path / "emb").iterdir())
+    for args in (["embed", tmp_path / "emb", "--encoder", "text", "--pretrained", bert, "-o", tmp_path / "emb",
+                  "--overwrite"],
+                 ["index", "build", tmp_path / "emb", "-o", tmp_path / "emb", "--overwrite"],
+                 ["index", "build", tmp_path / "emb", "-o", tmp_path, "--overwrite"],
+                 ["index", "build", tmp_path / "emb", "-o", tmp_path / "emb" / "idx"]):
+        code, _, err = run(capsys, *args)
+        assert code == 2 and "the input" in err and _one_line(err), (args, err)
+    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == before
+    code, _, err = run(capsys, "extract", "-e", "text", "--pretrained", bert, "-i", tmp_path, "-o",
+                       tmp_path / "feats")
+    assert code == 2 and "lies inside the input" in err, err
+
+
+def test_extract_refuses_a_user_folder_as_output(tmp_path, capsys, bert) -> None:
+    (tmp_path / "c.txt").write_text("\n".join(LINES) + "\n")
+    user = tmp_path / "out"
+    user.mkdir()
+    (user / "manifest.json").write_text('{"mine": 1}')
+    code, _, err = run(capsys, "extract", "-e", "text", "--pretrained", bert, "-i", tmp_path / "c.txt", "-o", user)
+    assert code == 2 and "not an anyalign feature folder" in err, err
+    assert (user / "manifest.json").read_text() == '{"mine": 1}'
+
+
+# --- 3. extract resume fingerprints each input -----------------------------------------------------------
+def _pooled(folder: Path) -> dict[str, np.ndarray]:
+    from anyalign.features import iter_features
+
+    return {str(r.key): np.asarray(r.pooled) for r in iter_features(folder)}
+
+
+def test_extract_resume_reencodes_an_edited_text_line_only(tmp_path, capsys, bert) -> None:
+    lines = tmp_path / "c.txt"
+    lines.write_text("\n".join(LINES) + "\n")
+    args = ["extract", "-e", "text", "--pretrained", bert, "-i", lines, "--shard-size", "2", "--num-workers", "0",
+            "--no-progress"]
+    assert run(capsys, *args, "-o", tmp_path / "f")[0] == 0
+    before = _pooled(tmp_path / "f")
+    lines.write_text("\n".join([LINES[0], "the white dog", *LINES[2:]]) + "\n")  # line 1 edited in place
+    code, out, err = run(capsys, *args, "-o", tmp_path / "f")
+    assert code == 0 and "1 new" in out, (out, err)
+    assert run(capsys, *args, "-o", tmp_path / "fresh")[0] == 0
+    after, fresh = _pooled(tmp_path / "f"), _pooled(tmp_path / "fresh")
+    assert sorted(after) == sorted(fresh) and len(after) == len(LINES)
+    for key in fresh:
+        np.testing.assert_allclose(after[key], fresh[key], atol=1e-5)
+    assert not np.allclose(before["1"], after["1"])
+
+
+def test_extract_resume_reencodes_an_npy_overwritten_under_the_same_name(tmp_path, capsys) -> None:
+    manifest = _imu_corpus(tmp_path / "imu", n=4)
+    args = ["extract", "-e", "imu", "--set", "dim=16", "--set", "depth=1", "--set", "heads=2", "-i", manifest,
+            "--num-workers", "0", "--no-progress", "-o", tmp_path / "f"]
+    assert run(capsys, *args)[0] == 0
+    before = _pooled(tmp_path / "f")
+    np.save(tmp_path / "imu" / "w002.npy", np.ones((6, 32), np.float32))
+    code, out, err = run(capsys, *args)
+    assert code == 0 and "1 new" in out, (out, err)
+    after = _pooled(tmp_path / "f")
+    changed = [k for k in before if not np.allclose(before[k], after[k])]
+    assert len(changed) == 1 and len(after) == 4

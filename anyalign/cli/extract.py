@@ -31,13 +31,14 @@ def extract_cmd(
     or `accelerate launch --multi_gpu --num_processes N -m anyalign.cli.main extract ...` (also on CPU-only hosts;
     accelerate's `--cpu` multi-process mode needs MPI).
     """
-    from ..encoders.extract import extract, process_state
+    from ..encoders.extract import check_feature_output, extract, process_state
     from ..encoders.inputs import discover_inputs, encoder_class
     from ..encoders.spec import EncoderSpec
     from ..features import read_manifest
 
     spec = EncoderSpec.from_cli(encoder, pretrained, list(set_ or []) + ([f"model={model}"] if model else []),
                                 autocast)  # unknown encoder or option: fail before anything loads
+    check_feature_output(output, input)  # before the inputs are listed or a model loads
     cls = encoder_class(encoder, declared_inputs=True)
     items = discover_inputs(input, cls) if cls is not None else None  # wrong inputs, too
     state = process_state()

@@ -68,13 +68,14 @@ def embed_cmd(
     Under `accelerate launch` / `torchrun` each rank embeds its own slice of the inputs into one shared folder."""
     from ..embedder import Embedder
     from ..encoders.spec import EncoderSpec
-    from ..retrieval.embed import embed_to_folder
+    from ..retrieval.embed import check_embed_output, embed_to_folder
     from .main import CLIError
 
     if (adapter is None) == (encoder is None):
         raise CLIError("give exactly one of --adapter DIR or --encoder NAME")
     if adapter is not None and (pretrained or set_):
         raise CLIError("--pretrained/--set are for --encoder; an adapter records its encoder")
+    check_embed_output(output, inputs, overwrite=overwrite)  # before any model loads
     embedder = Embedder.from_adapter(adapter, device=device, autocast=autocast) if adapter else \
         Embedder.from_encoder(EncoderSpec.from_cli(encoder, pretrained, set_, autocast), device=device)
     manifest = embed_to_folder(inputs, output, embedder, batch_size=batch_size, shard_size=shard_size,
@@ -131,11 +132,11 @@ def build_cmd(
                f"-> {output} ({format_bytes(size)}, {size / max(cfg.ntotal, 1):.1f} B/vector)")
     typer.echo(f"  why: {cfg.choice}")
     if cfg.tuning:
-        t = cfg.tuning
-        typer.echo(f"  search params {cfg.search_params or '{}'}: recall@{t['k']} = {t['recall']} "
-                   f"(95% lower bound {t.get('recall_lower')}, target {t['target_recall']}) on {t['queries']} "
-                   f"{t.get('query_set', 'queries')} queries kept out of the index"
-                   + ("" if t.get("reached", True) else "; TARGET NOT REACHED"))
+        from ..retrieval.tuning import describe_tuning
+
+        typer.echo(f"  search params {cfg.search_params or '{}'}: {describe_tuning(cfg.tuning)}")
+        if cfg.tuning.get("warning"):
+            typer.echo(f"  warning: {cfg.tuning['warning']}")
     _echo_skipped(cfg.skipped)
 
 

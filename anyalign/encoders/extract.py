@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -27,10 +28,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..features import MANIFEST, SHARD_PATTERN, FeatureWriter, write_manifest
-from ..io import read_json, write_json
+from ..io import check_not_input, is_artifact, read_json, write_json
 from .base import Encoder, EncoderOutput
 from .decoding import SafeDecode
 from .inputs import Item, discover_inputs, load_item
+from .resume import drop_changed, input_fingerprint
 from .spec import EncoderSpec
 
 logger = logging.getLogger(__name__)
@@ -148,9 +150,8 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
     state = process_state()
     rank, world = state.process_index, state.num_processes
     output = Path(output)
+    check_feature_output(output, source)
     items = discover_inputs(source, encoder) if items is None else items
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output}: is a file; expected a feature folder (new, or one to resume)")
     spec = spec or EncoderSpec.of(encoder)
     run_spec = {"encoder": spec.to_dict()}
     if state.is_main_process:
@@ -161,6 +162,9 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
             for stale in output.glob(".features-r*.tmp"):  # half-written shards of a killed run
                 logger.info("removing %s left by an interrupted run", stale)
                 stale.unlink(missing_ok=True)
+        fingerprints = {it.key: input_fingerprint(it.value) for it in items}
+        if state.is_main_process:  # inputs changed since their shard was written leave it, to be extracted again
+            drop_changed(finished_shards(output), fingerprints)
         state.wait_for_everyone()
         done = finished_shards(output)
         chunks = _plan(items, done, run_spec, shard_size, output)  # chunk index -> item positions
@@ -178,7 +182,8 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
                    initial=sum(len(chunks[i]) for i in mine if i in done),
                    disable=not progress or not state.is_local_main_process)
         try:
-            _run(encoder, items, chunks, todo, output, rank, run_spec, batch_size, num_workers, summary, bar)
+            _run(encoder, items, chunks, todo, output, rank, run_spec, batch_size, num_workers, summary, bar,
+                 fingerprints)
         finally:
             bar.close()
         summary.n_failed = len(summary.failures)
@@ -188,6 +193,24 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
         if state.is_main_process:
             _write_manifest(output, encoder, run_spec, source, len(items), shard_size, chunks)
     return summary
+
+
+FEATURE_FILES = r"features-r\d+-\d+\.(tar|json)|manifest\.json|\.extract-r\d+\.lock|\.features-r.*\.tmp"
+
+
+def check_feature_output(output: Path, source: str | os.PathLike) -> None:
+    """`output` must be new, empty or a feature folder of this library (to resume), and apart from the input."""
+    check_not_input(output, [source], what="--output")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output}: is a file; expected a feature folder (new, or one to resume)")
+    if output.is_dir():
+        foreign = sorted(p.name for p in output.iterdir() if not re.fullmatch(FEATURE_FILES, p.name))
+        if (output / MANIFEST).is_file() and not is_artifact(output, marker=MANIFEST, marker_keys=("pooled_dim",)):
+            foreign.insert(0, MANIFEST)
+        if foreign:
+            raise ValueError(f"--output {output}: holds files that are not an anyalign feature folder's "
+                             f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); extract into a new "
+                             "or empty folder")
 
 
 @contextlib.contextmanager
@@ -240,7 +263,7 @@ def _plan(items: list[Item], done: dict[int, tuple[Path, dict[str, Any]]], run_s
 
 def _run(encoder: Encoder, items: list[Item], chunks: dict[int, list[int]], todo: list[int], output: Path,
          rank: int, run_spec: dict[str, Any], batch_size: int, num_workers: int, summary: ExtractSummary,
-         bar: tqdm) -> None:
+         bar: tqdm, fingerprints: dict[str, str]) -> None:
     """Decode/collate in workers and encode this rank's unfinished chunks, one shard per chunk."""
     if not todo:
         return
@@ -272,7 +295,8 @@ def _run(encoder: Encoder, items: list[Item], chunks: dict[int, list[int]], todo
                 bar.update(len(batch.indices))
                 if shard.remaining == 0:
                     keys = [items[n].key for n in chunks[shard_index(shard.path)]]
-                    shard.finish({"keys": keys, "spec": run_spec}, summary)
+                    shard.finish({"keys": keys, "fingerprints": [fingerprints[k] for k in keys], "spec": run_spec},
+                                 summary)
                     shard = None
                     if summary.failures:
                         bar.set_postfix(failed=len(summary.failures))

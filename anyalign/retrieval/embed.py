@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..embedder import Embedder
 from ..encoders import InputError
 from ..encoders.decoding import SafeDecode
-from ..io import atomic_path, check_replaceable, read_json, replace_dir, write_json
+from ..io import atomic_path, check_not_input, check_replaceable, read_json, replace_dir, write_json
 from .preview import signal_preview
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
 
@@ -142,6 +142,9 @@ class EmbeddingWriter:
         return data
 
 
+OWN_FILES = r"embeddings\.json|embeddings-[\w-]+\.npy|metadata-[\w-]+\.jsonl"  # what an embeddings folder holds
+
+
 def launcher_world_size() -> int:
     """Processes started by a launcher (`torchrun` / `accelerate launch` set `WORLD_SIZE`); 1 without one."""
     try:
@@ -155,13 +158,21 @@ def _slice(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
+def check_embed_output(output: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
+                       overwrite: bool = False) -> None:
+    """`output` is apart from the inputs and new, empty or an embeddings folder (else `overwrite` is needed)."""
+    check_not_input(output, inputs)
+    check_replaceable(output, marker=EMBEDDINGS_MANIFEST, what="embeddings folder", overwrite=overwrite,
+                      marker_keys=("format", "shards"), own=OWN_FILES)
+
+
 def embed_to_folder(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, embedder: Embedder, *,
                     batch_size: int = 32, shard_size: int = 50_000, num_workers: int = 0,
                     overwrite: bool = False) -> dict[str, Any]:
     """Embed `inputs` (see the module docstring) into an embeddings folder, replaced atomically; returns its
     manifest (every rank returns the whole folder's). An existing `output` that is not an embeddings folder is
     refused unless `overwrite`."""
-    check_replaceable(output, marker=EMBEDDINGS_MANIFEST, what="embeddings folder", overwrite=overwrite)
+    check_embed_output(output, inputs, overwrite=overwrite)
     items, feature_dirs = collect_inputs(inputs, embedder)
     if launcher_world_size() > 1:
         return _embed_ranks(items, feature_dirs, Path(output), embedder, batch_size, shard_size, num_workers)
@@ -302,4 +313,4 @@ def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, b
         flush(batch)
 
 
-__all__ = ["EmbedItem", "EmbeddingWriter", "collect_inputs", "embed_to_folder", "launcher_world_size"]
+__all__ = ["EmbedItem", "EmbeddingWriter", "check_embed_output", "collect_inputs", "embed_to_folder", "launcher_world_size"]

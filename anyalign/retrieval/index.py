@@ -44,13 +44,13 @@ from filelock import Timeout as LockTimeout
 from tqdm.auto import tqdm
 
 from ..config import read_saved, to_dict
-from ..io import atomic_path, write_json
+from ..io import atomic_path, check_not_input, is_artifact, write_json
 from ..version import FORMAT_VERSION, __version__
 from .autoindex import choose_index, format_bytes, is_compressed, training_size
 from .metadata import METADATA_NAME, MetadataStore
 from .rawvectors import DTYPES, RAW_FILES, RawVectors, RawWriter, check_dtype, check_file
 from .sources import EmbeddingSource, open_sources
-from .tuning import ExactNeighbours, _inner, ivf_of, set_params, tune
+from .tuning import ExactNeighbours, _inner, ivf_of, query_side, sample_ranges, set_params, tune
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,10 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> None:
     if output.is_dir() and not output.is_symlink():
         entries = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir())
         foreign = [e for e in entries if e not in OWN_FILES]
-        if not entries or ((output / CONFIG_NAME).is_file() and not foreign):
+        if not entries or (not foreign and is_artifact(output, marker=CONFIG_NAME, marker_keys=("dim", "factory"))):
             return
+        if not foreign:
+            foreign = [f"{CONFIG_NAME} that is not an index's"]
         what = f"holds files that are not an anyalign index's ({', '.join(foreign[:3])}" \
                f"{', ...' if len(foreign) > 3 else ''})"
     else:
@@ -371,6 +373,10 @@ def build_index(
     target_recall = check_target_recall(target_recall)
     raw_vectors = check_dtype(raw_vectors)
     output = Path(output)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths = [p for p in inputs if isinstance(p, (str, os.PathLike))] if isinstance(inputs, (list, tuple)) else []
+    check_not_input(output, paths + ([trained] if trained is not None else []))
     with writer_lock(output, lock_timeout):
         check_output(output, overwrite=overwrite)
         return _build(open_sources(inputs), output, factory=factory, memory=memory, target_recall=target_recall,
@@ -483,6 +489,18 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
         held_ids, queries = sample_ids[q_pick], sample[q_pick]
     else:
         held_ids = np.zeros(0, dtype=np.int64)
+    # queries from another modality (the space's text side): hold out rows of that side when the index has them
+    side = None if user_queries or train_only else query_side(source, {**source.embedders, **(embedders or {})})
+    if side is not None and side.ranges and nq:
+        held_ids = sample_ranges(side.ranges, nq, seed + 2, start, stop)
+        queries = source.take(held_ids)
+        bad = np.logical_or(*invalid_rows(queries))
+        held_ids, queries = held_ids[~bad], _normalized(queries[~bad])
+        t_pick = np.flatnonzero(~np.isin(sample_ids, held_ids)) if enough else t_pick
+        query_name = f"held-out {side.modality} rows"
+    side_warning = side.warning(source.modality or "corpus") if side is not None else None
+    if side_warning:
+        logger.warning("%s: %s", output, side_warning)
     held = {int(i): j for j, i in enumerate(held_ids)}
 
     work = (to_gpu(index) if gpu else None) or index
@@ -537,7 +555,10 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
             config.tuning = {"target_recall": target_recall, "k": k, "recall": round(result.recall, 4),
                              "recall_lower": round(result.lower, 4), "queries": int(len(queries)),
                              "query_set": query_name, "reached": result.reached, "seconds": round(t_tune, 2),
-                             "trace": result.trace}
+                             "held_out": int(len(held_ids)), "corpus_rows": int(index.ntotal),
+                             "query_modality": side.modality if side else None, "trace": result.trace}
+            if side_warning:
+                config.tuning["warning"] = side_warning
             config.next_id = int(stop)
             config.tombstones = not supports_remove(index)
             config.skipped = skipped.record()
