@@ -13,6 +13,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -175,6 +176,12 @@ def parse_scalar(raw: str) -> Any:
     return parse_yaml(raw, f"value {raw!r}")
 
 
+#: variables with a default when unset: the asset cache is where the install command puts the real models
+ENV_DEFAULTS: dict[str, Callable[[], str]] = {
+    "ANYALIGN_ASSETS": lambda: str(Path.home() / ".cache" / "anyalign-assets"),
+}
+
+
 def expand_env(value: Any, where: str = "", extra: dict[str, str] | None = None) -> Any:
     """Expand `${VAR}` and `${VAR:-default}` in every string of a nested structure (`extra` vars first)."""
     if isinstance(value, dict):
@@ -192,6 +199,8 @@ def expand_env(value: Any, where: str = "", extra: dict[str, str] | None = None)
             return os.environ[name]
         if default is not None:
             return default
+        if name in ENV_DEFAULTS:
+            return ENV_DEFAULTS[name]()
         raise ConfigError(f"field {where!r}: environment variable {name} is not set (used in {value!r}); "
                           f"export {name}=... or write the path directly")
 

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..encoders.spec import EncoderSpec
+
 logger = logging.getLogger(__name__)
 
 _FORMAT = 1
@@ -55,14 +57,11 @@ def text_cache_root() -> Path:
     return Path(root) / "text-embeddings"
 
 
-def anchor_fingerprint(spec: dict[str, Any]) -> str:
-    """A short stable hash of an anchor's description (encoder, weights, options) naming its table."""
-    pretrained = spec.get("pretrained")
-    if pretrained and Path(str(pretrained)).exists():  # a local folder/file: include its size and mtime
-        p = Path(str(pretrained))
-        st = p.stat()
-        spec = {**spec, "_weights": [str(p.resolve()), st.st_size, int(st.st_mtime)]}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def anchor_fingerprint(spec: EncoderSpec) -> str:
+    """A short stable name for an anchor's table: the encoder's spec and the content identity of its weight files
+    (`EncoderSpec.fingerprint`), so a text model replaced at the same path gets a new table."""
+    ident = spec.fingerprint() or hashlib.sha1(f"random|{spec.key()}".encode()).hexdigest()
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
 def _caption_hash(caption: bytes) -> bytes:
@@ -496,9 +495,9 @@ class TextEmbeddingTable:
         logger.info("text anchor: imported %d caption embeddings from %s", n, path)
 
 
-def table_for_anchor(spec: dict[str, Any], encoder: Any, *, root: str | os.PathLike | None = None,
+def table_for_anchor(spec: EncoderSpec, encoder: Any, *, root: str | os.PathLike | None = None,
                      batch_size: int = 256) -> TextEmbeddingTable:
-    """The table of one frozen text anchor (`spec`: its JSON description; `encoder(texts).pooled`)."""
+    """The table of one frozen text anchor (`spec`: its encoder spec; `encoder(texts).pooled`)."""
     folder = Path(root) if root is not None else text_cache_root()
     folder = folder / anchor_fingerprint(spec)
     folder.mkdir(parents=True, exist_ok=True)
@@ -506,7 +505,7 @@ def table_for_anchor(spec: dict[str, Any], encoder: Any, *, root: str | os.PathL
     if not desc.is_file():
         from ..io import write_json
 
-        write_json(desc, spec)
+        write_json(desc, spec.to_dict())
 
     @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:

@@ -213,10 +213,8 @@ class Trainer:
         """Put the frozen text anchor's caption embeddings in an on-disk table: every known caption (map-style
         training data, eval captions, class prompts) is encoded now in length-sorted batches, streamed captions
         when first met; each is encoded once, ever (the table is shared by runs with the same anchor)."""
-        from ..config import to_dict
-
         acc = self.accelerator
-        spec = {"encoder": to_dict(self.recipe.anchors["text"])["encoder"]}  # what fixes the embeddings
+        spec = self.recipe.anchors["text"].encoder  # what fixes the embeddings: its spec and weight files
         table = table_for_anchor(spec, self.unwrapped.frozen.anchors["text"])
         texts: set[str] = set() if self.stream is not None else self.train_set.all_captions()
         for ds in self.eval_sets:
@@ -494,8 +492,13 @@ def checkpoint_dir_of(output_dir: Path) -> Path:
 
 def train(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,
           callbacks: list[Callback] | None = None) -> TrainResult:
-    """Train one recipe end to end (see `Trainer`)."""
-    return Trainer(recipe, output_dir=output_dir, callbacks=callbacks).fit(resume=resume)
+    """Train one recipe end to end (see `Trainer`); the saved adapters then record their seen classes and, with
+    `data.validation`, the zero-shot calibration tuned there (align/calibration.py)."""
+    from .calibration import record_zeroshot
+
+    result = Trainer(recipe, output_dir=output_dir, callbacks=callbacks).fit(resume=resume)
+    record_zeroshot(recipe, result.output_dir, result.adapters)
+    return result
 
 
 __all__ = ["Callback", "TrainResult", "Trainer", "TrainingError", "train"]

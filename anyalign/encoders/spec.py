@@ -14,12 +14,12 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import ConfigError, parse_scalar
+from ..fingerprint import source_fingerprint
 from ..hub import local_source, portable_source, rebase_source
 from .base import Encoder
 from .inputs import encoder_class
@@ -162,22 +162,6 @@ class EncoderSpec:
 
 def _is_absolute(text: str) -> bool:
     return os.path.isabs(os.path.expanduser(text))
-
-
-def source_fingerprint(source: str | os.PathLike | None, *, max_files: int = 2000) -> str | None:
-    """A string that changes when the weights behind `source` change: local files by (name, size, mtime), hub ids
-    and tags as they are; None for no source."""
-    if source is None:
-        return None
-    path = Path(source).expanduser()
-    if not path.exists():
-        return str(source)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())[:max_files]
-    h = hashlib.sha1(str(path.resolve()).encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
 
 
 __all__ = ["EncoderSpec", "source_fingerprint"]

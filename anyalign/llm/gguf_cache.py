@@ -10,10 +10,11 @@ model ("quantized with gguf and is not serializable"), so the state dict is writ
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
+
+from ..fingerprint import source_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,8 @@ def _root() -> Path:
 
 
 def gguf_fingerprint(path: str | os.PathLike) -> str:
-    p = Path(path).resolve()
-    st = p.stat()
-    return hashlib.sha256(f"{p}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    """The converted folder's name: the GGUF file's content identity (`source_fingerprint`), shortened."""
+    return str(source_fingerprint(path))[:16]
 
 
 def cached_gguf_folder(folder: str | os.PathLike, gguf_file: str, *, root: str | os.PathLike | None = None) -> Path:

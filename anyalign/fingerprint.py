@@ -1,0 +1,30 @@
+"""One content identity for weights and other inputs: every cache and resume check keys on `source_fingerprint`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def source_fingerprint(source: str | os.PathLike | None, *, max_files: int = 2000) -> str | None:
+    """A hex string that changes when the files behind `source` change.
+
+    A local file or folder contributes each file's relative name, size, modification time (ns) and inode, so a
+    weight file replaced at the same path (copied over, re-downloaded, `os.replace`d) gives a new fingerprint even
+    when the folder's own size and mtime stay the same. A hub id or tag is its own identity; None for no source."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return hashlib.sha1(f"id:{source}".encode()).hexdigest()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())[:max_files]
+    h = hashlib.sha1(str(path.resolve()).encode())
+    for f in files:
+        st = f.stat()
+        name = f.name if f == path else f.relative_to(path).as_posix()
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino};".encode())
+    return h.hexdigest()
+
+
+__all__ = ["source_fingerprint"]
