@@ -32,7 +32,7 @@ def imu_corpus(folder: Path, n: int = 8) -> Path:
     rows = []
     for i in range(n):
         act = ACTIVITIES[i % len(ACTIVITIES)]
-        f = 1.0 + 2.0 * ACTIVITIES.index(act)
+        f = 0.5 + 0.5 * ACTIVITIES.index(act)  # Hz over 2 s
         x = np.stack([np.sin(2 * np.pi * f * t + c) for c in range(6)]) + 0.1 * rng.standard_normal((6, 100))
         np.save(folder / f"window{i}.npy", x.astype(np.float32))
         rows.append({"path": f"window{i}.npy", "label": act, "caption": f"a person {act}"})

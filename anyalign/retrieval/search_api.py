@@ -115,9 +115,8 @@ def result_json(state: ServedState, r: SearchResult) -> dict[str, Any]:
         d["media_url"] = f"/api/media/{r.id}"
     else:
         d["media_url"] = None
-    if d.get("signal") is None and src.lower().endswith(".npy") and os.path.isabs(src) \
-            and any(r_ == p for p in Path(src).parents for r_ in state.roots):
-        d["signal"] = file_preview(src)
+    if d.get("signal") is None:  # an array file the index recorded as this item's source (.npy only, no pickle)
+        d["signal"] = file_preview(src) if src.lower().endswith(".npy") and os.path.isabs(src) else None
     return d
 
 
