@@ -139,8 +139,37 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+MAX_YAML_BYTES = 4 * 2**20  # a recipe is a few KB; larger files are refused before they are read
+MAX_YAML_DEPTH = 64  # nesting levels (the composer recurses: deeper input would end in a RecursionError)
+MAX_YAML_NODES = 200_000  # values after aliases are expanded (a 1 KB alias bomb expands to billions)
+
+
+class _LimitError(Exception):
+    """A YAML document over one of the limits above."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`) and refuses duplicate keys."""
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`), refuses duplicate keys, and bounds
+    depth, alias expansion and recursive aliases."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _LimitError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return self.construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -151,6 +180,42 @@ class _Loader(yaml.SafeLoader):
                     None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\n]|\'\')*\'|#[^\n]*')
+
+
+def _flow_depth(text: str) -> None:
+    """Refuse deeply nested `[[[...` / `{{{...` before PyYAML's scanner, which slows quadratically with the depth."""
+    depth = top = 0
+    for ch in _QUOTED.sub("", text):
+        if ch in "[{":
+            depth += 1
+            top = max(top, depth)
+            if top > MAX_YAML_DEPTH:
+                raise _LimitError(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Values under `node` with every alias expanded (memoised per node: linear in the document's size)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise _LimitError(f"recursive alias (line {node.start_mark.line + 1}): a value that contains itself")
+    open_.add(key)
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_) for k, v in node.value)
+    open_.discard(key)
+    if n > MAX_YAML_NODES:
+        raise _LimitError(f"expands to more than {MAX_YAML_NODES} values through aliases (an alias bomb?)")
+    sizes[key] = n
+    return n
 
 
 _Loader.add_implicit_resolver(
@@ -165,10 +230,17 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def parse_yaml(text: str, source: str) -> Any:
     """YAML text -> Python values (the one YAML reader of recipes, overrides and `--set` values)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters of YAML; more than the {MAX_YAML_BYTES} allowed")
     try:
+        _flow_depth(text)
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: invalid YAML ({' '.join(str(e).split())})") from None
+    except _LimitError as e:
+        raise ConfigError(f"{source}: refused: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: refused: nested too deeply") from None
 
 
 def parse_scalar(raw: str) -> Any:
@@ -239,7 +311,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    data = parse_yaml(path.read_text(), str(path))
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a recipe may hold at most {MAX_YAML_BYTES}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):

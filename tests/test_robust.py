@@ -204,3 +204,44 @@ def test_extract_resume_reencodes_an_npy_overwritten_under_the_same_name(tmp_pat
     after = _pooled(tmp_path / "f")
     changed = [k for k in before if not np.allclose(before[k], after[k])]
     assert len(changed) == 1 and len(after) == 4
+
+
+# --- 4. hostile recipes ------------------------------------------------------------------------------------
+def _alias_bomb() -> str:
+    text, prev = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n', "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+        prev = name
+    return text
+
+
+@pytest.mark.parametrize("text, why", [
+    (_alias_bomb(), "alias bomb"),
+    ("x: &a [1, *a]\n", "recursive alias"),
+    ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper"),
+    ("".join(" " * i + f"k{i}:\n" for i in range(200)) + " " * 200 + "v: 1\n", "nested deeper"),
+])
+def test_hostile_recipe_is_one_line_in_under_a_second(tmp_path, capsys, text: str, why: str) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    assert len(text) < 30_000
+    from anyalign.config import ConfigError, load_yaml
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=why):
+        load_yaml(recipe)
+    assert time.perf_counter() - t0 < 1.0  # the reading itself (the CLI adds typer's start-up)
+    code, _, err = run(capsys, "train", recipe)
+    assert code == 2 and _one_line(err) and str(recipe) in err and why in err, err
+
+
+def test_oversized_and_non_utf8_recipes_are_one_line(tmp_path, capsys) -> None:
+    from anyalign import config
+
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"a: 1\n" + b"#" * (config.MAX_YAML_BYTES + 1))
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: \xff\xfe\n")
+    for path, why in ((big, "at most"), (bad, "not UTF-8")):
+        code, _, err = run(capsys, "train", path)
+        assert code == 2 and _one_line(err) and why in err, err
