@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapter import WEIGHTS_NAME, AdapterConfig, ModalityAdapter, read_adapter_config
+from ..adapter import HEAD_ATTRS, WEIGHTS_NAME, AdapterConfig, ModalityAdapter, read_adapter_config
 from ..encoders import Encoder, EncoderOutput
 from ..encoders.spec import EncoderSpec
 from ..io import load_weights
+from ..projectors import Projector
 from .config import AdapterSpec, Recipe
 from .data import Batch, MediaBatch
+from .shared import SharedProjectors
 from .tasks import LLM_TASKS, TASKS, ContrastiveTask, LossTerms, Task, TermKey, parse_loss_weights
 
 logger = logging.getLogger(__name__)
@@ -212,14 +214,29 @@ class AlignmentModel(nn.Module):
         return sum(len(x) + (tok.eos_token_id is not None) for x in ids)
 
     # --- persistence --------------------------------------------------------------------------------------------
+    def shared_projectors(self) -> dict[str, tuple[Projector, list[str]]]:
+        """Projectors shared by several adapters: name -> (the one instance, the modalities using it)."""
+        out: dict[str, tuple[Projector, list[str]]] = {}
+        for m, adapter in self.adapters.items():
+            for key, ref in adapter.config.shared.items():
+                out.setdefault(ref["name"], (getattr(adapter, HEAD_ATTRS[key]), []))[1].append(m)
+        return out
+
     def save_adapters(self, directory: Any, *, is_main_process: bool = True) -> dict[str, str]:
-        """`save_pretrained` every adapter into `directory/<modality>`."""
+        """`save_pretrained` every adapter into `directory/<modality>`; shared projectors once into
+        `directory/_shared/<name>` (projectors/shared.py), referenced by each adapter that uses them."""
         from pathlib import Path
 
+        from ..projectors.shared import SHARED_DIR, save_shared_projector
+
+        if SHARED_DIR in self.adapters:
+            raise ValueError(f"modality name {SHARED_DIR!r} is reserved for the shared projectors' folder")
+        shared_saved = {name: save_shared_projector(Path(directory) / SHARED_DIR / name, name, proj, users)
+                        for name, (proj, users) in self.shared_projectors().items()} if is_main_process else {}
         out = {}
         for m, adapter in self.adapters.items():
             path = Path(directory) / m
-            adapter.save_pretrained(path, is_main_process=is_main_process)
+            adapter.save_pretrained(path, is_main_process=is_main_process, shared_saved=shared_saved)
             out[m] = str(path)
         return out
 
@@ -267,7 +284,7 @@ def _check_projectors(modality: str, spec: AdapterSpec) -> None:
 
     for head in ("embed_projector", "llm_projector"):
         proj = getattr(spec, head)
-        if proj is None:
+        if proj is None or isinstance(proj, str):  # a shared projector: checked once (SharedProjectors)
             continue
         where = f"adapters.{modality}.{head}"
         if not isinstance(proj, dict) or not isinstance(proj.get("name"), str):
@@ -278,8 +295,8 @@ def _check_projectors(modality: str, spec: AdapterSpec) -> None:
 
 def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None,
                             feature_dims: tuple[int, int] | None = None, seed: int = 0,
-                            space: dict[str, EncoderSpec] | None = None, llm: dict[str, Any] | None = None
-                            ) -> tuple[ModalityAdapter, Encoder | None]:
+                            space: dict[str, EncoderSpec] | None = None, llm: dict[str, Any] | None = None,
+                            shared: SharedProjectors | None = None) -> tuple[ModalityAdapter, Encoder | None]:
     """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved).
 
     `space` (the anchors' encoder specs) and `llm` are recorded in the adapter's config; an `init_from` adapter's
@@ -287,7 +304,8 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
 
     With `feature_dims` (all its data are cached features) and a frozen encoder, the encoder is not built at all.
     Random initialisation is seeded from `seed` alone, so it does not depend on what was built before (the
-    cached-feature and live-encoder runs of a recipe start from the same projector weights).
+    cached-feature and live-encoder runs of a recipe start from the same projector weights). A head named by a
+    string is the shared projector of that name in `shared`.
     """
     _check_projectors(modality, spec)
     encoder = None
@@ -309,18 +327,31 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
     carries_encoder = spec.train_encoder or any(k.startswith("encoder.") for k in init_state)
     if carries_encoder and encoder is None:
         encoder = spec.encoder.build(frozen=True)
+    dims = {"embed_projector": embed_dim, "llm_projector": llm_dim}
+    shared_heads: dict[str, Projector] = {}
+    for key in ("embed_projector", "llm_projector"):
+        ref = getattr(spec, key)
+        if isinstance(ref, str) and dims[key] is not None:
+            if shared is None:
+                raise ValueError(f"adapters.{modality}.{key}: {ref!r} names a shared projector; build the model "
+                                 f"from a recipe that declares it under projectors")
+            shared_heads[key] = shared.attach(ref, modality, in_dim=in_dim, out_dim=dims[key])
+    heads = {key: {"name": shared_heads[key].name} if key in shared_heads else getattr(spec, key)
+             for key in ("embed_projector", "llm_projector")}
     config = AdapterConfig(modality=modality, encoder=spec.encoder, in_dim=in_dim, space=space,
                            llm=llm if spec.llm_projector is not None else None, feature=spec.feature,
                            embed_dim=embed_dim if spec.embed_projector is not None else None,
-                           embed_projector=spec.embed_projector,
+                           embed_projector=heads["embed_projector"],
                            llm_dim=llm_dim if spec.llm_projector is not None else None,
-                           llm_projector=spec.llm_projector, train_encoder=carries_encoder)
+                           llm_projector=heads["llm_projector"], train_encoder=carries_encoder,
+                           shared={key: {"name": getattr(spec, key)} for key in shared_heads})
     if config.embed_dim is None and config.llm_dim is None:
         raise ValueError(f"adapters.{modality}: give an embed_projector (shared space) and/or an llm_projector")
     torch.manual_seed(seed + 1)  # the projector heads' init
-    adapter = ModalityAdapter(config, encoder if carries_encoder else None)
+    adapter = ModalityAdapter(config, encoder if carries_encoder else None, shared_heads=shared_heads)
     if init_state:
         heads = {name for name in ("embed_head", "llm_head") if getattr(adapter, name) is None}
+        heads |= {HEAD_ATTRS[key] for key in shared_heads}  # a shared head comes from projectors.<name>.init_from
         dropped = sorted({k.split(".")[0] for k in init_state if k.split(".")[0] in heads})
         init_state = {k: v for k, v in init_state.items() if k.split(".")[0] not in heads}
         try:
@@ -360,6 +391,7 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
                                           dtype=recipe.model.llm_dtype)
         llm_dim = int(llm.get_input_embeddings().embedding_dim)
     adapters, frozen = {}, {}
+    shared = SharedProjectors(recipe.projectors, seed=recipe.seed)
     for m, spec in recipe.adapters.items():
         if spec.llm_projector is not None and llm_dim is None and need_llm:
             raise ValueError(f"adapters.{m}: llm_projector needs model.llm")
@@ -367,7 +399,7 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
         adapters[m], frozen[m] = build_adapter_from_spec(m, spec, embed_dim=embed_dim,
                                                          llm_dim=llm_dim if need_llm else None, feature_dims=dims,
                                                          seed=recipe.seed * 7919 + zlib.crc32(m.encode()) % 7919,
-                                                         space=space, llm=llm_record)
+                                                         space=space, llm=llm_record, shared=shared)
     frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None and e is not None}
     mllm = None
     if llm is not None:
@@ -386,4 +418,4 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
                           loss_weights=weights)
 
 
-__all__ = ["AlignmentModel", "LLM_TASKS", "build_adapter_from_spec", "build_model"]
+__all__ = ["AlignmentModel", "LLM_TASKS", "SharedProjectors", "build_adapter_from_spec", "build_model"]

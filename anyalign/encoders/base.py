@@ -115,6 +115,11 @@ class Encoder(nn.Module):
     def train(self, mode: bool = True) -> Encoder:
         return super().train(False if self.frozen else mode)
 
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights an adapter saves when this encoder is trained (`train_encoder`): all of them by default; an
+        encoder with a frozen pretrained part (e.g. the universal trunk) returns only what it trains."""
+        return self.state_dict()
+
     def split_long(self, loaded: Any) -> list[Any]:
         """Cut one decoded input into windows the network can take whole, for the embedder to pool. Encoders that
         window long inputs themselves (Whisper, CLAP: `window_seconds`) or need no windows return `[loaded]`."""

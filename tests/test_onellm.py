@@ -1,0 +1,158 @@
+"""OneLLM's recipe: one universal projection shared by several adapters (saved once, loaded by each), and
+progressive stages that add modalities to it.
+
+Two modalities of the real `imu` encoder (6-channel and 3-channel windows, trained from scratch) bound to the real
+MiniLM text space through one shared `universal` projector.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from anyalign.adapter import ModalityAdapter
+from anyalign.align import load_recipe, train
+from anyalign.align.checkpoint import list_checkpoints
+from anyalign.align.model import build_model
+from anyalign.align.trainer import Trainer
+from anyalign.config import ConfigError
+
+CLASSES = ["walking", "running", "standing", "jumping"]
+UPM = {"name": "universal", "num_experts": 2, "num_modality_tokens": 4, "dim": 32, "heads": 2}
+
+
+def _windows(root: Path, modality: str, channels: int, n: int = 16) -> Path:
+    """Class-dependent `[channels, 32]` windows as .npy files and a jsonl manifest (field = modality)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(channels)
+    t = np.linspace(0, 4 * np.pi, 32, dtype=np.float32)
+    lines = []
+    for i in range(n):
+        c = i % len(CLASSES)
+        x = np.stack([np.sin(t * (c + 1) + k) * (c + 0.5) for k in range(channels)])
+        x = x + rng.normal(0, 0.1, (channels, 32))
+        np.save(root / f"{modality}{i:03d}.npy", x.astype(np.float32))
+        lines.append(json.dumps({modality: f"{modality}{i:03d}.npy", "label": CLASSES[c],
+                                 "caption": f"a person {CLASSES[c]}"}))
+    (root / f"{modality}.jsonl").write_text("\n".join(lines) + "\n")
+    return root / f"{modality}.jsonl"
+
+
+def _imu(channels: int, dim: int) -> dict:
+    return {"encoder": {"name": "imu", "options": {"channels": channels, "dim": dim, "depth": 1, "heads": 2,
+                                                   "dropout": 0.0}}, "train_encoder": True}
+
+
+def _recipe(tmp_path: Path, minilm: Path, *, modalities: tuple[str, ...] = ("imu", "acc"),
+            init_from: str | None = None, max_steps: int = 6, name: str = "recipe") -> Path:
+    widths = {"imu": (6, 32), "acc": (3, 24)}
+    upm = {**UPM, **({"init_from": init_from} if init_from else {})}
+    recipe = {
+        "name": "t",
+        "projectors": {"upm": upm},
+        "adapters": {m: {**_imu(*widths[m]), "embed_projector": "upm"} for m in modalities},
+        "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm)}}},
+        "data": {"train": [{"kind": "jsonl", "path": str(_windows(tmp_path / "data", m, widths[m][0]))}
+                           for m in modalities]},
+        "train": {"batch_size": 8, "max_steps": max_steps, "lr": 1e-3, "save_every": 3, "log_every": 3,
+                  "tensorboard": False},
+        "eval": {"at_start": False},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _inputs(tmp_path: Path, modality: str) -> list[np.ndarray]:
+    return [np.load(p) for p in sorted((tmp_path / "data").glob(f"{modality}0*.npy"))]
+
+
+class _StopAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt  # an interrupted run: the checkpoint before it survives
+
+
+def test_shared_projector_one_instance_saved_once(tmp_path: Path, minilm_dir: Path) -> None:
+    """Fast check (no training): one instance, its parameters counted once, saved once, loaded by each adapter."""
+    model = build_model(load_recipe(_recipe(tmp_path, minilm_dir)))
+    head = model.adapters["imu"].embed_head
+    assert head is model.adapters["acc"].embed_head and sorted(head.modalities) == ["acc", "imu"]
+    names = [n for n, _ in model.trainable_parameters() if ".embed_head.experts." in n]
+    assert names and len({n.split(".")[1] for n in names}) == 1  # the optimizer sees the experts once
+    saved = model.save_adapters(tmp_path / "adapters")
+    assert sorted(saved) == ["acc", "imu"] and (tmp_path / "adapters/_shared/upm/anyalign_projector.json").is_file()
+    model.eval()
+    for m in ("imu", "acc"):
+        x = _inputs(tmp_path, m)
+        with torch.no_grad():
+            expected = model.adapters[m].embed(model.adapters[m].encode(x))
+        assert torch.equal(ModalityAdapter.from_pretrained(saved[m]).embed_inputs(x), expected)
+
+
+@pytest.mark.slow
+def test_shared_projector_saved_once_and_loaded_by_every_adapter(tmp_path: Path, minilm_dir: Path) -> None:
+    trainer = Trainer(load_recipe(_recipe(tmp_path, minilm_dir, max_steps=4)), output_dir=tmp_path / "run")
+    model = trainer.unwrapped
+    assert model.adapters["imu"].embed_head is model.adapters["acc"].embed_head  # one instance
+    experts0 = {k: v.clone() for k, v in model.adapters["imu"].embed_head.experts.state_dict().items()}
+    result = trainer.fit()
+    run = result.output_dir
+    shared = load_file(run / "adapters/_shared/upm/anyalign_projector.safetensors")
+    assert any(k.startswith("experts.") for k in shared)
+    assert {"inputs.imu.weight", "inputs.acc.weight", "modality_tokens.imu", "modality_tokens.acc"} <= set(shared)
+    assert any(not torch.equal(shared[f"experts.{k}"], v) for k, v in experts0.items())  # the experts trained
+    for m in ("imu", "acc"):  # the adapters' own files hold no copy of the shared head
+        own = load_file(run / f"adapters/{m}/anyalign_adapter.safetensors")
+        assert not any(k.startswith("embed_head.") for k in own) and any(k.startswith("encoder.") for k in own)
+        ref = json.loads((run / f"adapters/{m}/anyalign_adapter.json").read_text())["shared"]["embed_projector"]
+        assert ref["name"] == "upm" and ref["path"] == "../_shared/upm" and ref["format_version"] == 1
+    ckpt = load_file(list_checkpoints(run)[-1] / "model.safetensors")  # the checkpoint holds the experts once
+    expert_keys = [k for k in ckpt if ".embed_head.experts." in k]
+    assert expert_keys and len({k.split(".embed_head.")[1] for k in expert_keys}) == len(expert_keys)
+
+    model.eval()
+    for m in ("imu", "acc"):
+        x = _inputs(tmp_path, m)
+        with torch.no_grad():
+            trained = model.adapters[m].embed(model.adapters[m].encode(x))
+        loaded = ModalityAdapter.from_pretrained(run / "adapters" / m)
+        assert torch.equal(loaded.embed_inputs(x), trained)
+
+    (run / "adapters/_shared/upm/anyalign_projector.safetensors").write_bytes(
+        (run / "adapters/_shared/upm/anyalign_projector.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ValueError, match="rewritten after the adapter"):
+        ModalityAdapter.from_pretrained(run / "adapters" / "imu")
+
+
+@pytest.mark.slow
+def test_shared_projector_resumes_exactly(tmp_path: Path, minilm_dir: Path) -> None:
+    recipe = _recipe(tmp_path, minilm_dir)
+    full = train(load_recipe(recipe), output_dir=tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        train(load_recipe(recipe), output_dir=tmp_path / "cut", callbacks=[_StopAt(4)])
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step-000003"]
+    resumed = train(load_recipe(recipe), output_dir=tmp_path / "cut", resume=True)
+    for rel in ("_shared/upm/anyalign_projector.safetensors", "imu/anyalign_adapter.safetensors",
+                "acc/anyalign_adapter.safetensors"):
+        a, b = load_file(full.output_dir / "adapters" / rel), load_file(resumed.output_dir / "adapters" / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
+def test_shared_projector_recipe_errors(tmp_path: Path, minilm_dir: Path) -> None:
+    path = _recipe(tmp_path, minilm_dir)
+    with pytest.raises(ConfigError, match=r"adapters.imu.embed_projector: 'nope' is not declared under projectors"):
+        load_recipe(path, ["adapters.imu.embed_projector=nope"])
+    with pytest.raises(ConfigError, match=r"projectors.upm: modalities are filled in"):
+        build_model(load_recipe(path, ["projectors.upm.modalities=[imu]"]))
+    with pytest.raises(ConfigError, match=r"projectors.upm: no adapter uses it"):
+        load_recipe(path, ["adapters.imu.embed_projector={name: mlp}", "adapters.acc.embed_projector={name: mlp}"])
