@@ -174,6 +174,7 @@ _BUILTIN = {
     "imu": ["imu"],
     "video": ["video"],
     "label_bridge": ["label-bridge"],
+    "trunk": ["trunk"],
 }
 _imported = False
 

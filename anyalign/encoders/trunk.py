@@ -1,0 +1,218 @@
+"""A frozen universal trunk with trainable modality tokenizers (Meta-Transformer; OneLLM's universal encoder).
+
+Meta-Transformer (Zhang et al., 2023) feeds every modality, after a light per-modality tokenizer, through one
+frozen pretrained transformer; OneLLM (Han et al., 2024) does the same with a frozen CLIP ViT. Here the trunk is any
+local Hugging Face encoder-only model that takes `inputs_embeds` (e.g. the BERT layers of all-MiniLM-L6-v2); the
+tokenizer is the only part that trains:
+
+- `patch1d` (sensor streams `[C, T]`): non-overlapping patches of `patch` time steps, each flattened and
+  projected linearly to the trunk's width (a window of 100 steps with `patch: 10` -> 10 tokens);
+- `patch2d` (spectrograms or images `[C, H, W]` or `[H, W]`): a `patch` x `patch` strided convolution (ViT's patch
+  embedding); inputs in a batch are padded on the right (the last axis, time for a spectrogram).
+
+The tokens go through the trunk's own embedding block (its pretrained positions and LayerNorm) and its layers
+(the first `layers` of them, default all); tokens = the trunk's last hidden states, pooled = their masked mean.
+
+Where it sits: an encoder is the frozen part of an adapter and a projector its trainable head, but here the
+trainable tokenizer runs *before* frozen layers. It lives inside this encoder, with `train_encoder: true` meaning
+"train the tokenizer": `unfreeze()` makes only the tokenizer trainable, the trunk stays frozen and in eval mode,
+and `trained_state_dict()` gives the adapter only the tokenizer to save (the trunk is rebuilt from `pretrained`,
+like any frozen encoder). So the recipe, the trainer, checkpoints and saved adapters need nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Encoder, EncoderOutput, InputError, masked_mean
+from .registry import register_encoder
+
+Tokenizer = Literal["patch1d", "patch2d"]
+TRUNK_INPUT_SPEC = ("patch1d: array [C, T] (or [T, C]) or a .npy/.csv file of one; patch2d: array [C, H, W] or "
+                    "[H, W] (spectrogram or image) or a .npy file of one")
+
+
+class Patch1d(nn.Module):
+    """`[B, C, T]` (+ `[B, T]` mask) -> `[B, ceil(T / patch), D]` tokens (+ mask): linear patch embedding."""
+
+    def __init__(self, channels: int, patch: int, dim: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Linear(channels * patch, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, t = x.shape
+        pad = (-t) % self.patch
+        x = F.pad(x, (0, pad))
+        mask = F.pad(mask, (0, pad))
+        n = x.shape[-1] // self.patch
+        patches = x.reshape(b, c, n, self.patch).permute(0, 2, 1, 3).reshape(b, n, c * self.patch)  # [B, N, C*P]
+        return self.proj(patches), mask.reshape(b, n, self.patch).any(-1)
+
+
+class Patch2d(nn.Module):
+    """`[B, C, H, W]` (+ `[B, W]` mask over the last axis) -> `[B, (H/p)(W/p), D]` tokens: ViT patch embedding."""
+
+    def __init__(self, channels: int, patch: int, dim: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(channels, dim, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pad_h, pad_w = (-x.shape[-2]) % self.patch, (-x.shape[-1]) % self.patch
+        x, mask = F.pad(x, (0, pad_w, 0, pad_h)), F.pad(mask, (0, pad_w))
+        h = self.proj(x)  # [B, D, H', W']
+        cols = mask.reshape(mask.shape[0], -1, self.patch).any(-1)  # [B, W']
+        tmask = cols[:, None, :].expand(-1, h.shape[-2], -1).reshape(h.shape[0], -1)  # [B, H' * W']
+        return h.flatten(2).transpose(1, 2), tmask
+
+
+class TrunkEncoder(Encoder):
+    """A trainable modality tokenizer feeding a frozen pretrained transformer trunk."""
+
+    modality = "any"
+    extensions = (".npy", ".csv")
+    input_spec = TRUNK_INPUT_SPEC
+
+    def __init__(self, trunk: nn.Module, *, tokenizer: Tokenizer = "patch1d", channels: int = 6, patch: int = 10,
+                 layers: int | None = None, normalize: Literal["none", "window"] = "window") -> None:
+        super().__init__()
+        if tokenizer not in ("patch1d", "patch2d"):
+            raise ValueError(f"trunk: tokenizer must be 'patch1d' or 'patch2d', got {tokenizer!r}")
+        if channels < 1 or patch < 1:
+            raise ValueError(f"trunk: channels and patch must be >= 1, got {channels}, {patch}")
+        blocks = _layer_list(trunk)
+        if layers is not None:
+            if not 1 <= layers <= len(blocks):
+                raise ValueError(f"trunk: layers must be in 1..{len(blocks)} for this trunk, got {layers}")
+            del blocks[layers:]
+        self.kind, self.channels, self.patch, self.normalize = tokenizer, channels, patch, normalize
+        width = int(trunk.config.hidden_size)
+        self.max_tokens = int(getattr(trunk.config, "max_position_embeddings", 512))
+        self.tokenizer = (Patch1d if tokenizer == "patch1d" else Patch2d)(channels, patch, width)
+        self.trunk = trunk.requires_grad_(False).eval()
+        self.token_dim = self.pooled_dim = width
+
+    # --- freezing: the trunk never trains ---------------------------------------------------------------------
+    def unfreeze(self) -> TrunkEncoder:
+        """Make the tokenizer trainable; the trunk stays frozen (and in eval mode)."""
+        self.frozen = False
+        self.tokenizer.requires_grad_(True)
+        return self
+
+    def train(self, mode: bool = True) -> TrunkEncoder:
+        super().train(mode)
+        self.trunk.eval()  # no dropout inside the frozen trunk
+        return self
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"tokenizer.{k}": v for k, v in self.tokenizer.state_dict().items()}
+
+    # --- load / collate / encode ------------------------------------------------------------------------------
+    def load(self, item: Any) -> np.ndarray:
+        where = str(item) if isinstance(item, (str, Path)) else "trunk input"
+        if isinstance(item, (str, Path)):
+            item = _read(Path(item))
+        try:
+            arr = np.asarray(item.detach().cpu() if torch.is_tensor(item) else item, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: expected a numeric array or a .npy/.csv path, got {type(item).__name__}") \
+                from None
+        if self.kind == "patch1d":
+            if arr.ndim != 2 or self.channels not in arr.shape:
+                raise InputError(f"{where}: expected [C, T] or [T, C] with {self.channels} channels, got {arr.shape}")
+            arr = arr if arr.shape[0] == self.channels else arr.T
+        else:
+            arr = arr[None] if arr.ndim == 2 and self.channels == 1 else arr
+            if arr.ndim != 3 or arr.shape[0] != self.channels:
+                raise InputError(f"{where}: expected [{self.channels}, H, W]"
+                                 f"{' or [H, W]' if self.channels == 1 else ''}, got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise InputError(f"{where}: contains NaN or inf")
+        if self.normalize == "window":  # per-channel z-score (sensor offset and gain removed)
+            axes = tuple(range(1, arr.ndim))
+            arr = (arr - arr.mean(axes, keepdims=True)) / (arr.std(axes, keepdims=True) + 1e-6)
+        return arr
+
+    def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        width = max(x.shape[-1] for x in items)
+        if self.kind == "patch2d" and len({x.shape[1] for x in items}) > 1:
+            raise InputError(f"trunk patch2d: inputs in a batch need the same height, got {[x.shape for x in items]}")
+        x = torch.zeros(len(items), *items[0].shape[:-1], width)
+        mask = torch.zeros(len(items), width, dtype=torch.bool)
+        for i, item in enumerate(items):
+            x[i, ..., :item.shape[-1]] = torch.from_numpy(np.ascontiguousarray(item))
+            mask[i, :item.shape[-1]] = True
+        return {"x": x, "mask": mask}
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        tokens, mask = self.tokenizer(batch["x"], batch["mask"])  # [B, N, D], [B, N]
+        if tokens.shape[1] > self.max_tokens:
+            raise InputError(f"trunk: {tokens.shape[1]} tokens > the trunk's {self.max_tokens} positions; use a "
+                             f"larger patch or shorter inputs")
+        hidden = self.trunk(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state  # [B, N, D]
+        return EncoderOutput(hidden, mask, masked_mean(hidden.float(), mask))
+
+
+def _layer_list(trunk: nn.Module) -> nn.ModuleList:
+    """The trunk's list of transformer layers (BERT-style `encoder.layer`, or `layers`)."""
+    for path in ("encoder.layer", "encoder.layers", "layers"):
+        mod: Any = trunk
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+        if isinstance(mod, nn.ModuleList):
+            return mod
+    raise ValueError(f"trunk: {type(trunk).__name__} has no list of layers (encoder.layer / layers)")
+
+
+def _read(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix.lower() == ".csv":
+        from .imu import _read_file
+
+        return _read_file(path)
+    raise InputError(f"{path}: expected a .npy or .csv file")
+
+
+@dataclass
+class TrunkOptions:
+    """Options of the "trunk" encoder (the frozen trunk itself is `pretrained`)."""
+
+    tokenizer: Tokenizer = field(default="patch1d", metadata={"help": "patch1d (sensor streams) or patch2d "
+                                                                      "(spectrograms, images)"})
+    channels: int = field(default=6, metadata={"help": "input channels (sensor axes, image or spectrogram channels)"})
+    patch: int = field(default=10, metadata={"help": "time steps (patch1d) or pixels per side (patch2d) per token"})
+    layers: int | None = field(default=None, metadata={"help": "use the trunk's first N layers (default: all)"})
+    normalize: Literal["none", "window"] = field(default="window",
+                                                 metadata={"help": "window: per-channel z-score of each input"})
+
+
+@register_encoder("trunk", modality="any", token_dim=384, pooled_dim=384, input_spec=TRUNK_INPUT_SPEC,
+                  default_model="a local encoder-only transformer folder, e.g. all-MiniLM-L6-v2 (required)",
+                  options=TrunkOptions)
+def trunk_encoder(pretrained: str | None = None, **options: Any) -> TrunkEncoder:
+    """A modality tokenizer + the frozen layers of a local Hugging Face transformer folder (`pretrained`)."""
+    if pretrained is None:
+        raise ValueError("trunk encoder: pretrained= must name a local transformer folder (e.g. "
+                         "${ANYALIGN_ASSETS}/text/all-MiniLM-L6-v2); the trunk is never trained from scratch")
+    from transformers import AutoModel
+
+    path = Path(str(pretrained)).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"trunk encoder: pretrained={pretrained!r} is not a local model folder")
+    try:
+        trunk = AutoModel.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"trunk encoder: cannot load {path} as a transformer: {str(e).splitlines()[0]}") from None
+    return TrunkEncoder(trunk, **options)
