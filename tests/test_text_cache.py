@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
-import sqlite3
 import time
 from pathlib import Path
 
@@ -150,23 +149,6 @@ def test_two_processes_adding_at_once_store_one_value_per_caption(tmp_path: Path
     salts = [0.0 if torch.equal(v, _normed(t)) else 1.0 if torch.equal(v, _normed(t, 1.0)) else None
              for t, v in zip(common, stored)]
     assert None not in salts
-
-
-def test_old_sqlite_table_is_imported_once(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "table.sqlite")
-    db.execute("CREATE TABLE emb (caption TEXT PRIMARY KEY, dim INTEGER, vec BLOB) WITHOUT ROWID")
-    old = {f"old {i}": _normed(f"old {i}", 3.0).numpy() for i in range(20)}
-    db.executemany("INSERT INTO emb VALUES (?, ?, ?)", [(t, E, v.tobytes()) for t, v in old.items()])
-    db.commit()
-    db.close()
-    enc = Encoder()
-    table = TextEmbeddingTable(tmp_path, enc)
-    assert len(table) == 20
-    out = table.get([*old, "new"])
-    assert all(np.array_equal(out[i].numpy(), v) for i, v in enumerate(old.values()))
-    assert enc.calls == [["new"]]
-    again = TextEmbeddingTable(tmp_path, Encoder())
-    assert len(again) == 21 and torch.equal(again.get([*old, "new"]), out)
 
 
 @pytest.mark.parametrize("collide", [False, True])

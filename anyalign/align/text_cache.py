@@ -15,7 +15,6 @@ fingerprint, so later runs (and resumed ones) reuse it:
   another process stored first, so values never change once written (which keeps resumed runs bit-exact).
 - misses: a lookup that misses re-reads the manifest first (another process may just have stored them); the rest
   are encoded in length-sorted batches (little padding) and written every `_WRITE_ROWS` rows (bounded memory).
-- upgrade: a folder holding the older `table.sqlite` is imported once, under the lock, on open.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import json
 import logging
 import mmap
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -181,8 +179,6 @@ class TextEmbeddingTable:
         self._parts: list[_Part] = []
         self._index = _Index()
         self._refresh()
-        if (self.folder / "table.sqlite").is_file() and not self._man.get("sqlite_imported"):
-            self._import_sqlite(self.folder / "table.sqlite")
 
     # --- public ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -470,29 +466,6 @@ class TextEmbeddingTable:
                 os.close(fd)
         p["rows"] += len(enc)
         p["text_bytes"] = int(ends[-1])
-
-    def _import_sqlite(self, path: Path) -> None:
-        """Copy the rows of an older `table.sqlite` into this table, once (they were written first: they win)."""
-        with self._locked():
-            if self._man.get("sqlite_imported"):
-                return
-            db = sqlite3.connect(path, timeout=600)
-            try:
-                try:
-                    cur = db.execute("SELECT caption, vec FROM emb ORDER BY caption")
-                except sqlite3.OperationalError:  # no table in it
-                    cur = None
-                n = 0
-                while cur is not None and (rows := cur.fetchmany(_WRITE_ROWS)):
-                    vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-                    self._append([r[0] for r in rows], vecs)
-                    n += len(rows)
-            finally:
-                db.close()
-            man = json.loads(json.dumps(self._man))
-            man["sqlite_imported"] = True
-            self._commit(man)
-        logger.info("text anchor: imported %d caption embeddings from %s", n, path)
 
 
 def table_for_anchor(spec: EncoderSpec, encoder: Any, *, root: str | os.PathLike | None = None,

@@ -64,10 +64,6 @@ class LabelledDataset:
         index = {c: i for i, c in enumerate(self.classes)}
         return [index[it.label] for it in self.items]
 
-    @property
-    def item_folds(self) -> list[str | None]:
-        return [it.fold for it in self.items]
-
     def select_folds(self, folds: Iterable[str | int]) -> LabelledDataset:
         """Only the items of the given folds (classes keep their order and ids)."""
         wanted = [str(f) for f in folds]

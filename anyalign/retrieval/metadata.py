@@ -353,11 +353,6 @@ class MetadataStore:
         with self._lock:
             return int(self.db.execute(q).fetchone()[0])
 
-    def max_id(self) -> int:
-        """Largest id ever stored (-1 when empty)."""
-        v = self.db.execute("SELECT MAX(id) FROM items").fetchone()[0]
-        return -1 if v is None else int(v)
-
     def copy_from(self, other: str | os.PathLike) -> None:
         """Append all rows of another metadata database (ids must not collide)."""
         self._invalidate()
