@@ -1,9 +1,13 @@
 """Exact ground truth gathered while adding, and the search-time knob (nprobe / efSearch) tuned to a recall.
 
-Tuning queries are held out of the index (or are the user's own queries), so the recall they measure is the one
-new queries get. A query id >= 0 marks a query that is itself in the corpus: its own id is then dropped from both
-the exact and the approximate neighbour lists. The knob chosen is the smallest whose recall@k reaches the target
-with 95% confidence (the lower one-sided bound over the queries), so a fresh query set meets it too.
+Tuning queries are held out of the index while tuning and added back after (or are the user's own queries, never
+added), so the recall they measure is the one new queries get when new queries look like them. An index whose
+queries come from another modality than its corpus (its space's text side, e.g. text into an IMU index:
+`query_side`) tunes on that side's rows where the index holds them; otherwise the build warns and names
+`--tune-queries`, as corpus rows are another distribution than the queries. A query id >= 0 marks a query that
+is itself in the corpus: its own id is then dropped from both the exact and the approximate neighbour lists. The
+knob chosen is the smallest whose recall@k reaches the target with 95% confidence (the lower one-sided bound over
+the queries), so a fresh query set meets it too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,60 @@ NPROBE_VALUES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 76
 EF_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
 REFINE_VALUES = (1, 2, 4, 8, 16, 32, 64)  # candidates fetched per result for exact re-ranking (1: none)
 OUR_PARAMS = frozenset({"refine"})  # search parameters faiss does not know (see rawvectors.py)
+
+
+@dataclass
+class QuerySide:
+    """Where an index's queries come from when that is not its corpus: the modality, and the id ranges of the
+    source's rows of that modality (empty when the index holds none)."""
+
+    modality: str
+    ranges: list[tuple[int, int]]
+
+    def warning(self, corpus: str) -> str | None:
+        """The build's warning when the queries' side has no rows to tune on, naming `--tune-queries`."""
+        if self.ranges:
+            return None
+        return (f"queries of this index come from {self.modality} (its space's text side), but it holds no "
+                f"{self.modality} rows: recall was tuned on held-out {corpus} rows, another distribution; pass "
+                f"--tune-queries with {self.modality} query embeddings to tune on what will be searched")
+
+
+def query_side(source: Any, embedders: dict[str, Any]) -> QuerySide | None:
+    """The space's text side when an index records it (a `text` embedder for queries) and its corpus is not all
+    text: text queries into an IMU or image index are another distribution than its rows. Returns the side with
+    the source's text rows (inputs whose modality is text), or None when queries look like the corpus."""
+    subs = list(getattr(source, "sources", [source]))
+    corpus = {s.modality for s in subs if s.modality}
+    side = "text"
+    if not corpus or corpus == {side} or side not in embedders:
+        return None
+    offsets = getattr(source, "offsets", [0])
+    ranges = [(int(off), int(off) + len(s)) for s, off in zip(subs, offsets) if s.modality == side and len(s)]
+    return QuerySide(side, ranges)
+
+
+def sample_ranges(ranges: list[tuple[int, int]], n: int, seed: int, start: int, stop: int) -> np.ndarray:
+    """Up to `n` sorted ids drawn uniformly from the union of `ranges` clipped to `[start, stop)`."""
+    pool = np.concatenate([np.arange(max(a, start), min(b, stop), dtype=np.int64) for a, b in ranges] or
+                          [np.zeros(0, np.int64)])
+    if len(pool) <= n:
+        return pool
+    return np.sort(np.random.default_rng(seed).choice(pool, size=n, replace=False))
+
+
+def describe_tuning(t: dict[str, Any]) -> str:
+    """What tuning measured and what it held out, in one line for `index build` (no more than happened)."""
+    n, what = t["queries"], t.get("query_set", "queries")
+    held = int(t.get("held_out", n if what == "held-out corpus sample" else 0))
+    if held:
+        where = (f"{held} {what}: kept out of the index while tuning, then added to it "
+                 f"(the index holds all {t.get('corpus_rows', 'its')} rows)")
+    else:
+        where = f"{n} queries from {what} (not in the index; nothing was held out of it)"
+    line = (f"recall@{t['k']} = {t['recall']} (95% lower bound {t.get('recall_lower')}, target "
+            f"{t['target_recall']}) on {where}")
+    return line + ("" if t.get("reached", True) else "; TARGET NOT REACHED")
 
 
 class ExactNeighbours:
