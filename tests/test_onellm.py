@@ -20,6 +20,7 @@ from anyalign.adapter import ModalityAdapter
 from anyalign.align import load_recipe, train
 from anyalign.align.checkpoint import list_checkpoints
 from anyalign.align.model import build_model
+from anyalign.align.progressive import plan_stages, replay_repeats, train_progressive
 from anyalign.align.trainer import Trainer
 from anyalign.config import ConfigError
 
@@ -156,3 +157,59 @@ def test_shared_projector_recipe_errors(tmp_path: Path, minilm_dir: Path) -> Non
         build_model(load_recipe(path, ["projectors.upm.modalities=[imu]"]))
     with pytest.raises(ConfigError, match=r"projectors.upm: no adapter uses it"):
         load_recipe(path, ["adapters.imu.embed_projector={name: mlp}", "adapters.acc.embed_projector={name: mlp}"])
+
+
+# --- progressive alignment --------------------------------------------------------------------------------------
+def _progressive(tmp_path: Path, minilm: Path, *, steps: int = 2) -> Path:
+    path = _recipe(tmp_path, minilm, max_steps=steps, name="progressive")
+    recipe = yaml.safe_load(path.read_text())
+    for src in recipe["data"]["train"]:
+        src["modality"] = Path(src["path"]).stem
+    recipe["data"]["eval"] = [dict(s) for s in recipe["data"]["train"]]
+    recipe["eval"] = {"at_start": False, "recall_k": [1]}
+    recipe["progressive"] = {"replay": 0.5, "stages": [{"add": ["imu"]}, {"add": ["acc"]}]}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_replay_repeats() -> None:
+    assert replay_repeats(40, 40, 0.25) == (1, 3, 0.25)
+    assert replay_repeats(40, 40, 0.0) == (0, 1, 0.0)
+    ke, kn, share = replay_repeats(16, 40, 0.5)
+    assert abs(share - 0.5) < 0.02 and ke > kn
+
+
+def test_progressive_stage_two_starts_from_stage_one_bit_exactly(tmp_path: Path, minilm_dir: Path) -> None:
+    recipe = load_recipe(_progressive(tmp_path, minilm_dir))
+    plans = plan_stages(recipe, tmp_path / "prog")
+    assert [p.modalities for p in plans] == [["imu"], ["imu", "acc"]]
+    assert plans[1].replay_share == pytest.approx(0.5)
+    assert [s.modality for s in plans[1].recipe.data.train] == ["imu", "acc"]  # equal sizes: one copy each
+    stage1 = build_model(plans[0].recipe)
+    with torch.no_grad():  # stand-in for stage 1's training: weights that no fresh init reproduces
+        for p in stage1.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    stage1.save_adapters(tmp_path / "prog/stage1/adapters")
+    stage2 = build_model(plans[1].recipe)
+    one, two = stage1.adapters["imu"].embed_head, stage2.adapters["imu"].embed_head
+    assert two is stage2.adapters["acc"].embed_head and two.modalities == ["imu", "acc"]
+    s1, s2 = one.state_dict(), two.state_dict()
+    assert set(s1) < set(s2) and all(torch.equal(s1[k], s2[k]) for k in s1)  # experts, imu router/tokens: exact
+    enc1, enc2 = stage1.adapters["imu"].encoder.state_dict(), stage2.adapters["imu"].encoder.state_dict()
+    assert all(torch.equal(enc1[k], enc2[k]) for k in enc1)  # the imu encoder continues too
+    stage1.eval(), stage2.eval()
+    x = _inputs(tmp_path, "imu")
+    with torch.no_grad():
+        assert torch.equal(stage1.adapters["imu"].embed(stage1.adapters["imu"].encode(x)),
+                           stage2.adapters["imu"].embed(stage2.adapters["imu"].encode(x)))
+
+
+@pytest.mark.slow
+def test_progressive_run_reports_every_modality_after_every_stage(tmp_path: Path, minilm_dir: Path) -> None:
+    report = train_progressive(load_recipe(_progressive(tmp_path, minilm_dir)), output_dir=tmp_path / "prog")
+    rows = report["stages"]
+    assert [r["modalities"] for r in rows] == [["imu"], ["imu", "acc"]]
+    assert "eval/imu/zeroshot_acc" in rows[0]["metrics"] and "eval/acc/zeroshot_acc" not in rows[0]["metrics"]
+    assert {"eval/imu/zeroshot_acc", "eval/acc/zeroshot_acc"} <= set(rows[1]["metrics"])  # forgetting is visible
+    assert json.loads((tmp_path / "prog/progressive.json").read_text())["stages"] == rows
+    assert (tmp_path / "prog/stage2/adapters/_shared/upm/anyalign_projector.json").is_file()

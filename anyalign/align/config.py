@@ -199,6 +199,37 @@ class TrainSpec:
 
 
 @dataclass
+class StageSpec:
+    """One progressive stage (align/progressive.py): the modalities it adds to the shared projector."""
+
+    add: list[str]
+    max_steps: int | None = None  # default: train.max_steps
+    replay: float | None = None  # default: progressive.replay
+
+
+@dataclass
+class ProgressiveSpec:
+    """OneLLM's progressive alignment: stages that add modalities one after another, each starting from the
+    previous stage's adapters and shared projectors; earlier modalities stay in the data mix at `replay` (their
+    share of the training items, 0 = left out)."""
+
+    stages: list[Any]
+    replay: float = 0.25
+
+    def __post_init__(self) -> None:
+        self.stages = [s if isinstance(s, StageSpec) else from_dict(StageSpec, s, source=f"progressive.stages[{i}]")
+                       for i, s in enumerate(self.stages)]
+        for i, s in enumerate(self.stages):
+            r = self.replay if s.replay is None else s.replay
+            if not 0 <= r < 1:
+                raise ConfigError(f"progressive.stages[{i}].replay: expected a share in [0, 1), got {r}")
+            if not s.add:
+                raise ConfigError(f"progressive.stages[{i}].add: list the modalities this stage adds")
+            if s.max_steps is not None and s.max_steps < 1:
+                raise ConfigError(f"progressive.stages[{i}].max_steps: must be >= 1, got {s.max_steps}")
+
+
+@dataclass
 class EvalSpec:
     every: int = 0  # evaluate every N steps (0: only at the end)
     at_start: bool = True  # also evaluate the untrained adapters (step 0) for a before/after comparison
@@ -224,6 +255,7 @@ class Recipe:
     #: projectors shared by several adapters (OneLLM's universal projection): name -> {name: <projector>, options,
     #: init_from: a saved `_shared/<name>` folder to continue from}; adapters use one by name
     projectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progressive: ProgressiveSpec | None = None  # stages adding modalities one after another (align/progressive.py)
     train: TrainSpec = field(default_factory=TrainSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
 
@@ -235,6 +267,11 @@ class Recipe:
         if not self.adapters:
             raise ConfigError("adapters: at least one modality adapter is required")
         self._check_shared_projectors()
+        if self.progressive is not None:
+            added = [m for s in self.progressive.stages for m in s.add]
+            if sorted(added) != sorted(self.adapters) or len(set(added)) != len(added):
+                raise ConfigError(f"progressive.stages: every adapter must be added exactly once; stages add "
+                                  f"{added}, adapters are {list(self.adapters)}")
         both = sorted(set(self.adapters) & set(self.anchors))
         if both:
             raise ConfigError(f"{both}: a modality is either trained (adapters) or a frozen anchor, not both")
@@ -327,5 +364,5 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 __all__ = ["AdapterSpec", "AnchorSpec", "AugmentSpec", "DataSource", "DataSpec", "EvalSpec", "LoraSpec", "ModelSpec",
-           "Recipe", "TASKS", "TrainSpec", "check_paths", "expand_env", "load_recipe", "parse_yaml",
-           "recipe_to_dict"]
+           "ProgressiveSpec", "Recipe", "StageSpec", "TASKS", "TrainSpec", "check_paths", "expand_env", "load_recipe",
+           "parse_yaml", "recipe_to_dict"]
