@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapter import CONFIG_NAME, WEIGHTS_NAME, ModalityAdapter, read_adapter_config
+from .adapter import CONFIG_NAME, WEIGHTS_NAME, ModalityAdapter, read_adapter_config, resolve_adapter
 from .encoders import Encoder, EncoderOutput
 from .encoders.spec import EncoderSpec, source_fingerprint
+from .hub import is_hub_id
 
 
 class Embedder:
@@ -43,7 +44,9 @@ class Embedder:
             raise ValueError("an Embedder needs an encoder or an adapter")
         self.encoder = encoder
         self.adapter = adapter
-        self.adapter_dir = str(Path(adapter_dir).resolve()) if adapter_dir is not None else None
+        # what records name: a local folder absolute, a Hub id (`org/name[@rev]`) as it is
+        self.adapter_dir = None if adapter_dir is None else str(adapter_dir) if is_hub_id(str(adapter_dir)) else \
+            str(Path(adapter_dir).resolve())
 
     # --- constructors ---------------------------------------------------------------------------------------
     @classmethod
@@ -132,8 +135,9 @@ class Embedder:
             enc = "in-adapter" if self.adapter.config.train_encoder else self.spec.fingerprint()
             if enc is None:
                 return None
-            return json.dumps(["adapter", source_fingerprint(Path(self.adapter_dir) / WEIGHTS_NAME),
-                               source_fingerprint(Path(self.adapter_dir) / CONFIG_NAME), enc])
+            folder = resolve_adapter(self.adapter_dir)
+            return json.dumps(["adapter", source_fingerprint(folder / WEIGHTS_NAME),
+                               source_fingerprint(folder / CONFIG_NAME), enc])
         return self.spec.fingerprint()
 
     @property

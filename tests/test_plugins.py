@@ -78,7 +78,8 @@ def test_plugin_encoder_through_every_command(tmp_path: Path, minilm_dir: Path, 
     adapter = tmp_path / "run" / "adapters" / "sensor"
     cfg = json.loads((adapter / "anyalign_adapter.json").read_text())
     assert cfg["encoder"]["name"] == "frames" and cfg["encoder"]["options"] == {"dim": 24, "frame": 5}
-    assert cfg["space"]["text"]["pretrained"] == str(minilm_dir)
+    assert cfg["space"]["text"]["pretrained"] == "sentence-transformers/all-MiniLM-L6-v2"  # the asset's Hub id
+    assert cfg["plugins"] == ["anyalign_frames"]  # the module that registers its encoder
 
     # embed the same jsonl with the adapter, index it, search by text with no --embedder, classify
     _run(capsys, "embed", data / "train.jsonl", "--adapter", adapter, "-o", tmp_path / "emb")

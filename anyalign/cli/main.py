@@ -33,7 +33,7 @@ def _global_options(
 
         load_plugins(list(plugin))
 
-_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data"]
+_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data", "share"]
 
 
 def _register_all() -> None:

@@ -144,7 +144,10 @@ class Retriever:
         """`embedders`: modality -> adapter / encoder / adapter folder / spec, on top of the recorded ones;
         `device`: torch device for query embedders; `use_gpu`: search on GPUs (default: when faiss has them);
         `metadata_memory`: RAM budget (bytes or '1G') per part for its metadata rows in memory (0: SQLite only)."""
-        self.index_dir = Path(index_dir)
+        from ..hub import resolve_artifact
+        from .index_safety import CONFIG_NAME as INDEX_CONFIG
+
+        self.index_dir = resolve_artifact(index_dir, marker=INDEX_CONFIG, what="index")  # a folder or a Hub id
         self.config, self.parts = open_parts(self.index_dir, use_gpu=use_gpu)
         self._ntotal = sum(int(p.index.ntotal) for p in self.parts)  # the parts are opened read-only
         budget = parse_memory(metadata_memory) or 0
