@@ -191,3 +191,131 @@ def test_unseen_classes_never_reach_the_trainer_and_the_report(tmp_path: Path, m
     cal = json.loads((tmp_path / "cal" / "zeroshot_report.json").read_text())["protocols"]["unseen"]
     assert cal["calibration"] == pytest.approx(gamma)
     assert cal["harmonic_mean"] == pytest.approx(u["oracle"]["harmonic_mean"], abs=1e-6)
+
+
+PHRASES = {"jumping": "jumping up and down", "running": "running fast", "standing": "standing still"}
+
+
+def test_rotated_calibration_pools_every_pseudo_unseen_rotation() -> None:
+    """gamma maximises the mean H over rotations (each rotation: other seen classes), not one rotation's H."""
+    from anyalign.zeroshot.protocols import tune_calibration_rotated
+
+    classes = ["a", "b", "c"]
+    y = [0, 0, 1, 1, 2, 2]
+    runs = []
+    for held in range(3):  # the held-out class's items score 0.2 below the best seen class: gamma 0.2 fixes it
+        s = torch.zeros(6, 3)
+        for i, t in enumerate(y):
+            s[i, t] = 0.5
+            if t == held:
+                s[i, (t + 1) % 3] = 0.7
+        runs.append((s, y, classes, [c for i, c in enumerate(classes) if i != held]))
+    r = tune_calibration_rotated(runs)
+    assert 0.0 < r["calibration"] < 0.5 and r["mean_harmonic_mean"] == pytest.approx(1.0)
+    assert r["mean_harmonic_mean_uncalibrated"] == 0.0 and len(r["rotations"]) == 3
+    assert [x["pseudo_unseen"] for x in r["rotations"]] == [["a"], ["b"], ["c"]]
+    one = tune_calibration_rotated(runs[:1])  # one rotation alone is tuned on its own curve
+    assert one["mean_harmonic_mean"] == pytest.approx(1.0)
+
+
+def test_seen_classes_from_a_recipe_are_named_as_its_captions_name_them(tmp_path: Path) -> None:
+    """An adapter saved before it recorded its seen classes: the run's recipe.yaml, mapped through label_text."""
+    from anyalign.zeroshot.protocols import recorded_zeroshot
+
+    run = tmp_path / "run"
+    (run / "adapters" / "imu").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"data": {"train": [
+        {"kind": "csv", "classes": ["walking_upstairs", "sitting"],
+         "label_text": {"walking_upstairs": "walking upstairs", "sitting": "sitting down"}}]}}))
+    rec = recorded_zeroshot(run / "adapters" / "imu")
+    assert rec["seen_classes"] == ["sitting down", "walking upstairs"]
+    assert recorded_seen_classes(run / "adapters" / "imu") == ["sitting down", "walking upstairs"]
+
+
+@pytest.mark.slow  # four small trainings (the adapter and three rotations): ~1 min on 2 cores
+def test_calibration_is_recorded_in_the_adapter_and_applied_alike_by_classify_eval_and_api(
+        tmp_path: Path, minilm_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """`data.validation` (held-out training items) tunes gamma over pseudo-unseen rotations of every seen class; the
+    saved adapter records seen classes as its captions named them (label_text), gamma and where it was tuned; the
+    Python API, `classify` and `eval zeroshot` apply that gamma to the same items alike, without --seen-classes."""
+    from anyalign.adapter import read_adapter_config
+    from anyalign.align import train
+
+    manifest, eval_dir = _windows(tmp_path, n=64)
+    src = {"kind": "jsonl", "path": str(manifest), "classes": SEEN, "label_text": PHRASES,
+           "caption_templates": ["a person {label}.", "someone is {label}."]}
+    recipe = {
+        "name": "cal", "seed": 0,
+        "adapters": {"imu": {"encoder": {"name": "imu", "options": {"dim": 32, "depth": 1, "heads": 2}},
+                             "train_encoder": True, "embed_projector": {"name": "mlp", "hidden_dim": 32}}},
+        "anchors": {"text": {"encoder": {"name": "text", "pretrained": str(minilm_dir)}}},
+        "data": {"train": [{**src, "holdout": 0.3, "split": "train"}],
+                 "validation": [{**src, "holdout": 0.3, "split": "eval"}]},
+        "train": {"batch_size": 8, "max_steps": 30, "lr": 2e-3, "save_every": 100, "log_every": 10,
+                  "tensorboard": False},
+        "eval": {"at_start": False, "calibration_steps": 30},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = train(load_recipe(path), output_dir=tmp_path / "run")
+    adapter = Path(result.adapters["imu"])
+    z = read_adapter_config(adapter).zeroshot
+    assert z["seen_classes"] == sorted(PHRASES.values()) and z["label_text"] == PHRASES  # not raw class names
+    src_ = z["calibration_source"]
+    assert sorted(p for rot in src_["rotations"] for p in rot) == sorted(PHRASES.values())  # each held out once
+    assert len(src_["per_rotation"]) == 3 and "data.validation" in src_["tuned_on"]
+    gamma = z["calibration"]
+    assert gamma > 0  # adapters favour the classes they were trained on: the tuned shift lowers them
+    assert src_["mean_harmonic_mean"] >= src_["mean_harmonic_mean_uncalibrated"]
+    _calibration_applied_alike(adapter, eval_dir, gamma, tmp_path, capsys)
+
+
+def _calibration_applied_alike(adapter: Path, eval_dir: Path, gamma: float, tmp_path: Path,
+                               capsys: pytest.CaptureFixture) -> None:
+    from anyalign.zeroshot import ZeroShotClassifier
+
+    capsys.readouterr()
+    out = tmp_path / "report"
+    main(["eval", "zeroshot", str(eval_dir), "--adapter", str(adapter), "-t", "a person {}.", "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert f"calibration: gamma {gamma:.4f}" in printed and "data.validation" in printed
+    report = json.loads((out / "zeroshot_report.json").read_text())
+    assert report["calibration"]["gamma"] == pytest.approx(gamma)
+    u = report["protocols"]["unseen"]  # seen classes from the adapter, matched to the data's names via label_text
+    assert u["seen_classes"] == SEEN and u["unseen_classes"] == ["walking"]
+    assert u["calibration"] == pytest.approx(gamma)
+
+    clf = ZeroShotClassifier.from_adapter(adapter, CLASSES, ["a person {}."], use_cache=False)
+    files = [p["path"] for p in report["predictions"]]
+    api = clf.classify(files, top_k=1)
+    assert [p.labels[0] for p in api] == [p["predicted"] for p in report["predictions"]]
+    emb = clf.embed(files).embeddings
+    raw = clf.raw_scores(emb)
+    offsets = torch.tensor([gamma if c in SEEN else 0.0 for c in CLASSES])
+    y = [CLASSES.index(p["label"]) for p in report["predictions"]]
+    calibrated = (raw - offsets).argmax(1)
+    assert report["metrics"]["top1"] == pytest.approx(float((calibrated == torch.tensor(y)).float().mean()))
+    cm = np.zeros((4, 4), dtype=int)
+    for t, pr in zip(y, calibrated.tolist()):
+        cm[t, pr] += 1
+    assert report["confusion_matrix"] == cm.tolist()  # the confusion matrix and per-class accuracy: calibrated too
+    per_class_unseen = report["per_class"]["walking"]["accuracy"]
+    assert per_class_unseen == pytest.approx(u["unseen_accuracy"])  # one class unseen: its mean is its accuracy
+    assert api[0].probs[0] == pytest.approx(float(torch.softmax((raw[0] - offsets) / 0.01, -1).max()), abs=1e-5)
+
+    capsys.readouterr()
+    main(["classify", *files, "--adapter", str(adapter), "-l", ",".join(CLASSES), "-t", "a person {}.",
+          "-k", "1", "--json"])
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["calibration"]["gamma"] == pytest.approx(gamma)
+    assert [r["predictions"][0]["label"] for r in cli["results"]] == [p.labels[0] for p in api]
+
+    main(["eval", "zeroshot", str(eval_dir), "--adapter", str(adapter), "-t", "a person {}.", "--no-calibration",
+          "-o", str(tmp_path / "raw")])
+    off = json.loads((tmp_path / "raw" / "zeroshot_report.json").read_text())
+    assert off["calibration"]["gamma"] == 0 and off["protocols"]["unseen"]["calibration"] == 0
+    assert [p["predicted"] for p in off["predictions"]] == [CLASSES[i] for i in raw.argmax(1).tolist()]
+    capsys.readouterr()
+    main(["classify", *files[:2], "--adapter", str(adapter), "-l", ",".join(CLASSES), "-t", "a person {}.",
+          "--calibration", "0.5", "--json"])
+    assert json.loads(capsys.readouterr().out)["calibration"]["gamma"] == 0.5  # an override

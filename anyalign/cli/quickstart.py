@@ -33,6 +33,8 @@ def quickstart_cmd(
     except AssetError as e:
         raise CLIError(f"{e}") from None
     m = result.metrics
-    typer.echo(f"zero-shot accuracy {m['zeroshot_accuracy']:.1%} (chance {m['chance']:.0%}, linear probe "
-               f"{m['linear_probe_accuracy']:.1%}); done in {m['seconds']:.0f} s")
+    imu, u = m["imu"], m["images"]["unseen_protocol"]
+    typer.echo(f"images, unseen classes: H {u['harmonic_mean']:.2f} (calibrated; chance {u['chance_all']:.2f}); "
+               f"IMU new wordings {imu['new_wordings_top1']:.1%}, closed set {imu['closed_set_top1']:.1%} (chance "
+               f"{imu['chance']:.0%}); done in {m['seconds']:.0f} s")
     typer.echo(f"report: {result.report.resolve()}")

@@ -27,10 +27,13 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
                      text_pretrained: str | None, encoder_args: list[str] | None, text_args: list[str] | None,
                      device: str | None, bf16: bool, batch_size: int, num_workers: int, temperature: float,
                      no_cache: bool, files: list[str] | None = None, encoder: str | None = None,
-                     pretrained: str | None = None) -> Any:
+                     pretrained: str | None = None, seen_classes: str | None = None,
+                     calibration: float | None = None, no_calibration: bool = False) -> Any:
     """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`). `--clap P` and
     `--clip P` are short for `--encoder clap-audio|clip-image --pretrained P` (CLIP's video path when all `files`
-    are videos); the text side is the one the query's space names, unless `--text-encoder` says otherwise."""
+    are videos); the text side is the one the query's space names, unless `--text-encoder` says otherwise.
+    Calibration: `--calibration G` overrides the gamma an adapter records, `--no-calibration` turns it off;
+    `--seen-classes` overrides the seen classes it records."""
     from ..encoders.spec import EncoderSpec
     from ..encoders.video import VIDEO_EXTENSIONS
     from ..zeroshot import ZeroShotClassifier
@@ -42,8 +45,12 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
         raise CLIError(f"choose the model with exactly one of --encoder NAME, --clap PRETRAINED, --clip PRETRAINED "
                        f"or --adapter DIR (got {', '.join(chosen) or 'none'})")
     autocast = "bf16" if bf16 else None
+    if no_calibration and calibration is not None:
+        raise CLIError("--calibration and --no-calibration contradict each other; give one")
+    seen = [c.strip() for c in seen_classes.split(",") if c.strip()] if seen_classes else None
     opts = {"batch_size": batch_size, "num_workers": num_workers, "temperature": temperature,
-            "use_cache": not no_cache, "device": device}
+            "use_cache": not no_cache, "device": device, "seen": seen,
+            "calibration": 0.0 if no_calibration else calibration}
     text = EncoderSpec.from_cli(text_encoder, text_pretrained, text_args, autocast) \
         if text_encoder and not (Path(text_encoder) / "anyalign_adapter.json").is_file() else text_encoder
     if text is None and (text_pretrained or text_args):
@@ -52,6 +59,8 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
         if encoder_args or pretrained:
             raise CLIError("--set/--pretrained do not apply to --adapter (the adapter records its encoder)")
         return ZeroShotClassifier.from_adapter(adapter, labels, templates, text=text, autocast=autocast, **opts)
+    if calibration is not None and seen is None:
+        raise CLIError("--calibration needs --seen-classes for this model (only an adapter records its seen classes)")
     if clap is not None:
         encoder, pretrained = "clap-audio", clap
     elif clip is not None:  # videos go through the same image tower, frame embeddings averaged (CLIP's space)
@@ -101,6 +110,13 @@ _TEMP = typer.Option(0.01, "--temperature", help="Softmax temperature of the rep
 _NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the class-embedding cache.")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")
 _BF16 = typer.Option(False, "--bf16", help="Run the encoders under bf16 autocast.")
+_SEEN = typer.Option(None, "--seen-classes", help="Comma-separated classes the model was trained on (default for "
+                     "--adapter: the seen classes it records, named as its training captions named them).")
+_CALIBRATION = typer.Option(None, "--calibration", help="Calibrated stacking: subtract this gamma from the seen "
+                            "classes' scores when the labels also hold unseen classes (default for --adapter: the "
+                            "gamma it records, tuned on its validation data at training). Applies to every score, "
+                            "probability, prediction and metric. Never tune it on a test split.")
+_NO_CALIBRATION = typer.Option(False, "--no-calibration", help="Raw cosine scores: ignore any recorded gamma.")
 
 
 def classify_cmd(
@@ -116,8 +132,10 @@ def classify_cmd(
     text_arg: list[str] = _TEXT_ARGS,
     batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
     device: str = _DEVICE, bf16: bool = _BF16,
+    seen_classes: str = _SEEN, calibration: float = _CALIBRATION, no_calibration: bool = _NO_CALIBRATION,
 ) -> None:
-    """Zero-shot classify files against text labels; prints the top-k labels with cosine scores per file.
+    """Zero-shot classify files against text labels; prints the top-k labels with scores per file (cosine, minus
+    the calibration gamma for seen classes when the labels mix seen and unseen classes).
 
     Files that cannot be read are reported and the rest classified (exit code 1 when any failed).
     """
@@ -131,12 +149,15 @@ def classify_cmd(
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
                            text_args=text_arg, encoder=encoder, pretrained=pretrained,
                            device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
-                           temperature=temperature, no_cache=no_cache, files=[str(f) for f in files])
+                           temperature=temperature, no_cache=no_cache, files=[str(f) for f in files],
+                           seen_classes=seen_classes, calibration=calibration, no_calibration=no_calibration)
     preds = clf.classify([str(f) for f in files], top_k=top_k)
+    info = clf.calibration_info()
     if as_json:
-        typer.echo(json.dumps({"labels": clf.labels, "templates": clf.templates,
+        typer.echo(json.dumps({"labels": clf.labels, "templates": clf.templates, "calibration": info,
                                "results": [p.to_dict() for p in preds]}, indent=2))
     else:
+        typer.echo(_calibration_line(info))
         width = max(len(lab) for lab in clf.labels)
         for p in preds:
             if not p.ok:
@@ -169,11 +190,7 @@ def eval_zeroshot_cmd(
     device: str = _DEVICE, bf16: bool = _BF16,
     labels_file: Path = typer.Option(None, "--labels-file", help="Other phrasings of the classes (YAML/JSON "
                                      "{set: {class: phrase or [phrases]}}): accuracy per set, ratio to closed set."),
-    seen_classes: str = typer.Option(None, "--seen-classes", help="Comma-separated classes seen in training: report "
-                                     "seen / unseen / harmonic mean (default for --adapter: its recipe's classes)."),
-    calibration: float = typer.Option(0.0, "--calibration", help="Unseen-class protocol: subtract this from the "
-                                      "seen classes' cosine scores (calibrated stacking); tune it on validation "
-                                      "data, never on the test split."),
+    seen_classes: str = _SEEN, calibration: float = _CALIBRATION, no_calibration: bool = _NO_CALIBRATION,
 ) -> None:
     """Zero-shot accuracy, top-5 and per-class accuracy on a labelled dataset; writes a json report and a
     confusion-matrix PNG (plus protocols.png with --labels-file or unseen classes)."""
@@ -186,36 +203,49 @@ def eval_zeroshot_cmd(
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
                            text_args=text_arg, encoder=encoder, pretrained=pretrained,
                            device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
-                           temperature=temperature, no_cache=no_cache, files=[str(p) for p in ds.paths])
+                           temperature=temperature, no_cache=no_cache, files=[str(p) for p in ds.paths],
+                           seen_classes=seen_classes, calibration=calibration, no_calibration=no_calibration)
     if ds.layout == "folders" and clf.query.extensions:
         # leave out stray files of other kinds
         ds = read_labelled(dataset, extensions=clf.query.extensions, modality=modality)
         if ds.classes != clf.labels:
             clf = clf.with_labels(ds.classes)
     clf.check_inputs([str(p) for p in ds.paths])
-    from ..zeroshot.protocols import CachedEmbeddings, resolve_seen, write_protocols
+    from ..zeroshot.protocols import CachedEmbeddings, write_protocols
 
-    seen = resolve_seen(seen_classes, adapter)
+    seen = clf.seen_labels  # --seen-classes, else what the adapter records (names or label_text phrases)
+    if seen is not None and len(seen) == len(ds.classes):
+        seen = None  # every class was seen: closed set, no unseen-class protocol
+    if clf.seen is not None and not clf.seen_labels:
+        from .main import CLIError
+
+        raise CLIError(f"seen classes {', '.join(clf.seen)} match none of the dataset's classes "
+                       f"({', '.join(ds.classes)}); pass --seen-classes with the dataset's class names")
     clf = CachedEmbeddings(clf) if labels_file or seen else clf  # protocols reuse the report's embeddings
     report = evaluate_zeroshot(clf, ds, eval_folds=fold or None, probe=probe, top_k=top_k)
     paths = write_report(report, output)
-    lines = write_protocols(clf, ds, report, output, labels_file=labels_file, seen=seen, eval_folds=fold or None,
-                            calibration=calibration) \
+    lines = write_protocols(clf, ds, report, output, labels_file=labels_file, seen=seen, eval_folds=fold or None) \
         if labels_file or seen else []
     m = report["metrics"]
     if as_json:
         typer.echo(json.dumps({"metrics": m, "per_class": report["per_class"], "probe": report["probe"],
+                               "calibration": report["calibration"],
                                "report": str(paths["json"]), "confusion_matrix": str(paths["png"]),
                                "protocols": report.get("protocols")}, indent=2))
         return
-    typer.echo(f"{ds.layout} dataset {dataset}: {m['n']} items, {len(ds.classes)} classes"
+    kind = ("closed set: every class was seen in training" if clf.seen_labels is not None and seen is None
+            else f"{len(seen)} seen + {len(ds.classes) - len(seen)} unseen classes" if seen
+            else "seen classes unknown")
+    typer.echo(f"{ds.layout} dataset {dataset}: {m['n']} items, {len(ds.classes)} classes ({kind})"
                + (f", folds {', '.join(fold)}" if fold else ""))
-    typer.echo(f"  top-1 accuracy         {m['top1']:.4f}")
-    typer.echo(f"  top-5 accuracy         {m['top5']:.4f}")
-    typer.echo(f"  mean per-class acc.    {m['mean_per_class_accuracy']:.4f}  (chance {m['chance']:.4f})")
+    typer.echo(_calibration_line(report["calibration"]))
+    typer.echo(f"  top-1 accuracy (per item)     {m['top1']:.4f}")
+    typer.echo(f"  top-5 accuracy (per item)     {m['top5']:.4f}")
+    typer.echo(f"  mean per-class accuracy       {m['mean_per_class_accuracy']:.4f}  (chance {m['chance']:.4f})")
     if report["probe"] is not None:
         pr = report["probe"]
-        typer.echo(f"  linear probe accuracy  {pr['accuracy']:.4f} ± {pr['std']:.4f}  ({pr['method']})")
+        typer.echo(f"  linear probe accuracy (per item, supervised) {pr['accuracy']:.4f} ± {pr['std']:.4f}  "
+                   f"({pr['method']})")
     width = max(len(c) for c in ds.classes)
     for c, v in report["per_class"].items():
         acc = "n/a" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
@@ -225,3 +255,13 @@ def eval_zeroshot_cmd(
     for line in lines:
         typer.echo(line)
     typer.echo(f"report: {paths['json']}\nconfusion matrix: {paths['png']}")
+
+
+def _calibration_line(info: dict[str, Any]) -> str:
+    """One line saying which calibration the printed scores carry and where its gamma was tuned."""
+    src = info.get("source") or {}
+    where = f", tuned on {src['tuned_on']}" if isinstance(src, dict) and src.get("tuned_on") else ""
+    if info["gamma"]:
+        return (f"calibration: gamma {info['gamma']:.4f} subtracted from the seen classes "
+                f"({', '.join(info['seen_labels'] or [])}){where}")
+    return f"calibration: {info['status']}"

@@ -10,11 +10,16 @@ of the *test* fold holding all ten classes, for every number. The unseen classes
 not their photos (absent from the training jsonl and its features), not their names or synonyms (the training
 recipe names only the seen classes' phrases), not as negatives.
 
-Evaluation (`evaluate_image_adapter`), all on the held-out test photos: zero-shot top-1 among all ten classes
-(chance 0.10), the generalised zero-shot numbers (`zeroshot.protocols.unseen_protocol`: seen / unseen mean
-per-class accuracy among all ten classes and their harmonic mean), other phrasings of the class names
-(`phrasing_protocol`, the sets of configs/data/fashion_mnist_phrasings.yaml), text -> image precision@k per class
-query (chance: the class's share of the gallery), free-text queries with their top hits and image -> text.
+Calibration: a quarter of the training photos (hash of the key) is set aside as validation data; after training,
+the calibration gamma is tuned there by pseudo-unseen rotations over the seen classes and recorded in the adapter
+(`anyalign.align.calibration`). The test photos and the real unseen classes play no part in choosing it.
+
+Evaluation (`evaluate_image_adapter`), all on the held-out test photos: closed set (seen classes' photos among the
+8 seen classes, chance 1/8), unseen classes (generalised zero-shot, `zeroshot.protocols.unseen_protocol`: seen /
+unseen mean per-class accuracy among all ten classes and their harmonic mean, at the recorded gamma and without it),
+top-1 per item among all ten (chance 0.10), new wordings of the class names (`phrasing_protocol`, the sets of
+configs/data/fashion_mnist_phrasings.yaml), text -> image precision@k per class query (chance: the class's share of
+the gallery), free-text queries with their top hits and image -> text.
 """
 
 from __future__ import annotations
@@ -138,16 +143,25 @@ anchors:
 data:
   train:
     - {{kind: features, path: "{train}", classes: {seen}, label_text: {label_text}, caption_templates: {templates},
-       captions: {{synonyms: {synonyms}}}}}
+       captions: {{synonyms: {synonyms}}}, holdout: {holdout}, split: train}}
+  validation:   # training photos held out of training: the calibration gamma is tuned here, never on the test photos
+    - {{kind: features, path: "{train}", label_text: {label_text}, caption_templates: {templates}, holdout: {holdout},
+       split: eval}}
 train: {{batch_size: {batch}, max_steps: {steps}, lr: 1.0e-3, weight_decay: 0.05, warmup_steps: {warmup},
         schedule: cosine, clip_grad: 1.0, save_every: {steps}, log_every: 20, tensorboard: false}}
+eval: {{calibration_folds: {folds}}}
 """
+VALIDATION = 0.25  #: fraction of the training photos set aside (hash of the key) to tune the calibration on
 
 
 def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *, seen: Sequence[str], steps: int = 300,
-                        seed: int = 0, root: str | os.PathLike | None = None) -> Path:
+                        seed: int = 0, root: str | os.PathLike | None = None,
+                        calibration_folds: int | None = None) -> Path:
     """Train the EfficientNet-Lite0 -> MiniLM head from cached `features["train"]` on the `seen` classes only (the
-    recipe names only their phrases and synonyms and has no eval source) into `output`; returns the adapter folder."""
+    recipe names only their phrases and synonyms and has no eval source) into `output`, a quarter of the training
+    photos set aside as validation data where the calibration gamma is tuned by pseudo-unseen rotations over the seen
+    classes (`calibration_folds` of them; None: every seen class alone) and recorded in the adapter; returns the
+    adapter folder."""
     import json
 
     from ..align.config import load_recipe
@@ -164,8 +178,9 @@ def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *,
         minilm=asset_path("minilm", root).as_posix(), train=Path(features["train"]).resolve().as_posix(),
         seen=json.dumps(seen), label_text=json.dumps({c: LABEL_TEXT[c] for c in seen}),
         synonyms=json.dumps({c: SYNONYMS[c] for c in seen}), templates=json.dumps(TEMPLATES),
-        steps=steps, warmup=max(2, steps // 15),
-        batch=min(64, int(read_manifest(features["train"])["count"]))))
+        steps=steps, warmup=max(2, steps // 15), holdout=VALIDATION,
+        folds="null" if calibration_folds is None else int(calibration_folds),
+        batch=min(64, int(int(read_manifest(features["train"])["count"]) * (1 - VALIDATION) * 0.5))))
     return Path(train(load_recipe(recipe), output_dir=out).adapters["image"])
 
 
@@ -191,7 +206,13 @@ def evaluate_image_adapter(adapter: str | os.PathLike, test_features: str | os.P
     from ..assets import asset_path
     from ..embedder import Embedder
     from ..features import collate_features, load_features
-    from ..zeroshot.protocols import phrase_class_embeddings, phrasing_protocol, top1, unseen_protocol
+    from ..zeroshot.protocols import (
+        phrase_class_embeddings,
+        phrasing_protocol,
+        recorded_zeroshot,
+        top1,
+        unseen_protocol,
+    )
 
     text = Embedder.from_encoder({"name": "text", "pretrained": str(asset_path("minilm", root))})
     image = Embedder.from_adapter(adapter, load_encoder=False)  # embeds the EfficientNet-Lite0 features cached
@@ -212,14 +233,20 @@ def evaluate_image_adapter(adapter: str | os.PathLike, test_features: str | os.P
     phrases = [*LABEL_TEXT.values(), *(p for s in PHRASINGS.values() for p in s.values())]
     embed_text([t.format(p) for p in phrases for t in templates] + [q for q, _ in queries])  # one pass, batched
     cls = phrase_class_embeddings(embed_text, templates, {c: [LABEL_TEXT[c]] for c in CLASSES}, CLASSES)  # [C, E]
-    scores = emb @ cls.t()  # [N, C]
-    closed = top1(scores, y)
+    scores = emb @ cls.t()  # [N, C] cosine
+    recorded = recorded_zeroshot(adapter) or {}
+    gamma = float(recorded.get("calibration") or 0.0)  # tuned at training on held-out training photos
     seen_ids = [CLASSES.index(c) for c in seen]
+    offsets = torch.tensor([gamma if c in seen else 0.0 for c in CLASSES])
     on_seen = np.isin(y, seen_ids)
     seen_only = top1(scores[torch.from_numpy(on_seen)][:, seen_ids], np.searchsorted(seen_ids, y[on_seen]))
-    gzsl = unseen_protocol(scores, y, CLASSES, list(seen))
+    gzsl_raw = unseen_protocol(scores, y, CLASSES, list(seen))
+    gzsl = unseen_protocol(scores, y, CLASSES, list(seen), calibration=gamma)
+    gzsl["calibration_source"] = recorded.get("calibration_source")
+    closed = top1(scores - offsets, y)  # all ten classes, per item, at the recorded calibration
     phrasings = phrasing_protocol(emb, y, CLASSES, embed_text, templates,
-                                  {n: {c: [p] for c, p in s.items()} for n, s in PHRASINGS.items()}, closed)
+                                  {n: {c: [p] for c, p in s.items()} for n, s in PHRASINGS.items()}, closed,
+                                  offsets=offsets)
     # text -> image: each class prompt ranks every test photo; precision@k against the class's share of the gallery
     order = torch.argsort(cls @ emb.t(), dim=1, descending=True).numpy()  # [C, N]
     per_class = {}
@@ -231,9 +258,9 @@ def evaluate_image_adapter(adapter: str | os.PathLike, test_features: str | os.P
               for group, flag in (("seen", True), ("unseen", False))}
     result: dict[str, Any] = {
         "n_test": len(recs), "classes": list(CLASSES), "seen": list(seen), "unseen": gzsl["unseen_classes"],
-        "zeroshot_top1": closed, "chance": 1.0 / len(CLASSES),
-        "zeroshot_top1_seen_photos_among_seen": seen_only, "chance_seen_among_seen": 1.0 / len(seen),
-        "unseen_protocol": gzsl, "phrasings": phrasings,
+        "all_classes_top1": closed, "chance": 1.0 / len(CLASSES), "calibration": gamma,
+        "closed_set_top1": seen_only, "chance_closed_set": 1.0 / len(seen),
+        "unseen_protocol": gzsl, "unseen_protocol_uncalibrated": gzsl_raw, "new_wordings": phrasings,
         "text_to_image": {"k": k, "per_class": per_class, "mean_P@k": float(np.mean([v["P@k"] for v in
                                                                                      per_class.values()])),
                           "mean_P@k_seen": p_at_k["seen"], "mean_P@k_unseen": p_at_k["unseen"],
@@ -259,7 +286,7 @@ def evaluate_image_adapter(adapter: str | os.PathLike, test_features: str | os.P
     to_text = []  # against the zero-shot class embeddings (each class's templates averaged), as top-1 above
     for c in SHOWN:
         j = int(np.flatnonzero(y == CLASSES.index(c))[0])  # the first test photo of the class
-        s = scores[j]
+        s = scores[j] - offsets  # as top-1 ranks them: at the recorded calibration
         top = torch.argsort(s, descending=True)[:3].tolist()
         to_text.append({**card(j), "seen": c in seen, "rank": int((s > s[CLASSES.index(c)]).sum()) + 1,
                         "hits": [{"caption": LABEL_TEXT[CLASSES[i]], "class": CLASSES[i], "score": float(s[i]),

@@ -41,7 +41,8 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class Prediction:
-    """Top-k classes of one input: cosine `scores` and softmax `probs` (at the classifier's temperature)."""
+    """Top-k classes of one input: `scores` (cosine, minus the calibration gamma for seen classes when the labels mix
+    seen and unseen classes) and softmax `probs` of those scores (at the classifier's temperature)."""
 
     source: str
     labels: list[str] = field(default_factory=list)
@@ -70,11 +71,18 @@ class ZeroShotClassifier:
         templates: prompt ensemble with `{}` for the label; default: the query modality's ensemble.
         temperature: softmax temperature of `probs` (CLIP's learned value is 0.01).
         cache_dir: where class embeddings are cached (None: `default_cache_dir()`); `use_cache=False` skips it.
+        seen: the classes the query side was trained on (names or their `label_text` phrases); with `calibration`
+            (gamma), their scores are lowered by gamma whenever the labels also hold unseen classes (calibrated
+            stacking, Chao et al. 2016), in every score, probability, top-1 and report.
+        label_text: class name -> the phrase the prompts use (an adapter's training captions); default the name.
+        calibration_source: where gamma comes from (recorded in `describe()`).
     """
 
     def __init__(self, query: Embedder, text: Embedder, labels: Sequence[str], templates: Sequence[str] | None = None,
                  *, temperature: float = 0.01, cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                 batch_size: int = 32, num_workers: int = 0, progress: bool | None = None) -> None:
+                 batch_size: int = 32, num_workers: int = 0, progress: bool | None = None,
+                 seen: Sequence[str] | None = None, calibration: float | None = None,
+                 label_text: dict[str, str] | None = None, calibration_source: Any = None) -> None:
         if text.modality != "text":
             raise ValueError(f"the label side must be a text encoder, got {text.name} ({text.modality})")
         if query.dim != text.dim:
@@ -89,8 +97,52 @@ class ZeroShotClassifier:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.use_cache = use_cache
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
+        self.label_text = dict(label_text or {})
+        self.seen = list(seen) if seen is not None else None
+        self.calibration_gamma = calibration
+        self.calibration_source = calibration_source
         self._weights: torch.Tensor | None = None
         self.cache_hit = False
+
+    # --- seen classes and calibration -----------------------------------------------------------------------
+    def prompt_label(self, label: str) -> str:
+        """The phrase a label's prompts use: its `label_text` phrase, else the label itself."""
+        return self.label_text.get(label, label)
+
+    def is_seen(self, label: str) -> bool:
+        """Whether a label is a class the query side was trained on (by name or by its phrase)."""
+        seen = set(self.seen or ())
+        return label in seen or self.prompt_label(label) in seen
+
+    @property
+    def seen_labels(self) -> list[str] | None:
+        """The labels that are seen classes (None when the seen classes are unknown)."""
+        return None if self.seen is None else [lab for lab in self.labels if self.is_seen(lab)]
+
+    @property
+    def calibration(self) -> float:
+        """The gamma applied to these labels: the given one when they mix seen and unseen classes, else 0."""
+        seen = self.seen_labels
+        if not self.calibration_gamma or not seen or len(seen) == len(self.labels):
+            return 0.0
+        return float(self.calibration_gamma)
+
+    def calibration_info(self) -> dict[str, Any]:
+        """What calibration these scores carry and why: gamma applied, the seen labels, where gamma was tuned."""
+        seen = self.seen_labels
+        if self.seen is None:
+            status = "none: the seen classes are unknown (closed-set scores)"
+        elif not seen:
+            status = "none: no label is a seen class"
+        elif len(seen) == len(self.labels):
+            status = "none needed: every label is a seen class (closed set)"
+        elif not self.calibration_gamma:
+            status = "off" if self.calibration_gamma == 0.0 else "none recorded: uncalibrated scores"
+        else:
+            status = "applied: seen classes' scores lowered by gamma"
+        return {"gamma": self.calibration, "status": status, "seen_labels": seen,
+                "unseen_labels": None if seen is None else [lab for lab in self.labels if lab not in seen],
+                "source": self.calibration_source}
 
     # --- constructors ---------------------------------------------------------------------------------------
     @classmethod
@@ -126,6 +178,7 @@ class ZeroShotClassifier:
         if text is None and recorded is None:
             raise ValueError(f"{adapter_dir}: no text anchor recorded in this adapter (saved before format v2, or "
                              f"trained without a text anchor); pass --text-encoder NAME [--text-pretrained PATH]")
+        options = {**adapter_zeroshot_options(adapter_dir), **{k: v for k, v in options.items() if v is not None}}
         return cls(query, _text_embedder(_text_spec(text, recorded, str(adapter_dir)), device), labels, templates,
                    **options)
 
@@ -133,15 +186,18 @@ class ZeroShotClassifier:
         """The same models with other labels (and templates; default: these)."""
         return ZeroShotClassifier(self.query, self.text, labels, templates or self.templates,
                                   temperature=self.temperature, cache_dir=self.cache_dir, use_cache=self.use_cache,
-                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=self.progress)
+                                  batch_size=self.batch_size, num_workers=self.num_workers, progress=self.progress,
+                                  seen=self.seen, calibration=self.calibration_gamma, label_text=self.label_text,
+                                  calibration_source=self.calibration_source)
 
     # --- class embeddings -----------------------------------------------------------------------------------
     def cache_key(self) -> str | None:
         """Hash of (text model identity, labels, templates); None when the text weights cannot be identified."""
         if self.text.model_id is None:
             return None
-        blob = json.dumps({"v": CACHE_VERSION, "text": self.text.model_id, "labels": self.labels,
-                           "templates": self.templates}, sort_keys=True)
+        blob = json.dumps({"v": CACHE_VERSION, "text": self.text.model_id,
+                           "labels": [self.prompt_label(lab) for lab in self.labels], "templates": self.templates},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     @property
@@ -163,7 +219,7 @@ class ZeroShotClassifier:
                     return cached.float()
             except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
                 logger.warning("%s: unreadable cache entry (%s); recomputing", path, e)
-        prompts = class_prompts(self.labels, self.templates)  # [C][K]
+        prompts = class_prompts([self.prompt_label(lab) for lab in self.labels], self.templates)  # [C][K]
         flat = [p for ps in prompts for p in ps]
         emb = torch.from_numpy(self.text.embed(flat, batch_size=max(self.batch_size, 64)))  # [C*K, E], normalised
         per_class = emb.view(len(self.labels), len(self.templates), -1).mean(1)  # [C, E]
@@ -198,9 +254,19 @@ class ZeroShotClassifier:
                             progress=self.progress if progress is None else progress, desc=desc)
 
     # --- classification -------------------------------------------------------------------------------------
-    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each embedding `[N, E]` to each class: `[N, C]`."""
+    def raw_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each embedding `[N, E]` to each class: `[N, C]` (no calibration)."""
         return embeddings.float() @ self.weights.to(embeddings.device)
+
+    def offsets(self) -> torch.Tensor:
+        """`[C]`: what calibration subtracts from each class's score (gamma for seen classes, else 0)."""
+        gamma = self.calibration
+        return torch.tensor([gamma if gamma and self.is_seen(lab) else 0.0 for lab in self.labels])
+
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The scores every prediction uses: cosine `[N, C]` minus the calibration offsets."""
+        raw = self.raw_scores(embeddings)
+        return raw - self.offsets().to(raw.device) if self.calibration else raw
 
     def predict(self, scores: torch.Tensor, sources: Sequence[str], top_k: int) -> list[Prediction]:
         k = max(1, min(top_k, len(self.labels)))
@@ -228,7 +294,20 @@ class ZeroShotClassifier:
 
     def describe(self) -> dict[str, Any]:
         return {"query": self.query.describe(), "text": self.text.describe(), "labels": self.labels,
-                "templates": self.templates, "temperature": self.temperature}
+                "prompt_labels": [self.prompt_label(lab) for lab in self.labels], "templates": self.templates,
+                "temperature": self.temperature, "calibration": self.calibration_info()}
+
+
+def adapter_zeroshot_options(adapter_dir: str | os.PathLike) -> dict[str, Any]:
+    """Classifier options an adapter records (`AdapterConfig.zeroshot`, else its run's recipe): seen classes,
+    label_text, calibration gamma and where it was tuned."""
+    from .protocols import recorded_zeroshot
+
+    rec = recorded_zeroshot(adapter_dir)
+    if not rec:
+        return {}
+    return {"seen": rec.get("seen_classes"), "label_text": rec.get("label_text") or {},
+            "calibration": rec.get("calibration"), "calibration_source": rec.get("calibration_source")}
 
 
 def _text_spec(given: EncoderSpec | str | None, default: EncoderSpec | None, owner: str) -> EncoderSpec | Path:

@@ -21,6 +21,9 @@ from .classifier import ZeroShotClassifier
 logger = logging.getLogger(__name__)
 
 REPORT_JSON = "zeroshot_report.json"
+#: what each accuracy averages over (written into every report)
+AVERAGING = ("top1 / top5: per item (fraction of items); mean_per_class_accuracy: per class (the mean of the "
+             "per_class accuracies, each class weighted equally)")
 CONFUSION_PNG = "confusion_matrix.png"
 
 
@@ -43,7 +46,8 @@ def classification_metrics(scores: np.ndarray, targets: Sequence[int], classes: 
                  for i, c in enumerate(classes)}
     present = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
     return {"top1": float(np.mean(pred == y)), "top5": top5, "mean_per_class_accuracy": float(np.mean(present)),
-            "n": int(len(y)), "chance": 1.0 / n_cls, "per_class": per_class, "confusion_matrix": cm.tolist()}
+            "n": int(len(y)), "chance": 1.0 / n_cls, "averaging": AVERAGING, "per_class": per_class,
+            "confusion_matrix": cm.tolist()}
 
 
 def linear_probe(emb: np.ndarray, targets: Sequence[int], folds: Sequence[str | None] | None = None, *,
@@ -154,7 +158,7 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, 
     if not ok:
         first = next(iter(res.errors.values()), "no items")
         raise ValueError(f"none of the {sum(evaluated)} items could be classified (first error: {first})")
-    scores = classifier.scores(emb).numpy()  # [M, C]
+    scores = classifier.scores(emb).numpy()  # [M, C], calibrated when the classifier says so (see describe())
     targets = [index[items[i].label] for i in ok]
     metrics = classification_metrics(scores, targets, dataset.classes)
     k = min(top_k, len(dataset.classes))
@@ -173,6 +177,7 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, 
         "dataset": {"path": str(dataset.root), "layout": dataset.layout, "classes": dataset.classes,
                     "folds_evaluated": folds or dataset.folds or None, "n_items": sum(evaluated)},
         "model": classifier.describe(),
+        "calibration": classifier.calibration_info(),  # applied to metrics, per_class, confusion and predictions
         "metrics": {key: metrics[key] for key in metrics if key not in ("per_class", "confusion_matrix")},
         "per_class": metrics["per_class"],
         "per_fold_top1": per_fold or None,

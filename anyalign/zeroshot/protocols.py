@@ -81,13 +81,17 @@ def top1(scores: torch.Tensor, targets: Sequence[int]) -> float:
 
 def phrasing_protocol(embeddings: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
                       embed_text: Callable[[list[str]], torch.Tensor], templates: Sequence[str],
-                      phrasings: dict[str, dict[str, list[str]]], closed_set_top1: float) -> dict[str, Any]:
-    """Accuracy per phrasing set and its ratio to the training phrasing (closed set, or the set `training`)."""
+                      phrasings: dict[str, dict[str, list[str]]], closed_set_top1: float, *,
+                      offsets: torch.Tensor | None = None) -> dict[str, Any]:
+    """Per-item accuracy per phrasing set and its ratio to the training phrasing (closed set, or the set
+    `training`); `offsets` `[C]` (calibration) are subtracted from the class scores as the classifier does."""
     emb = F.normalize(embeddings.float(), dim=-1)
     sets = {}
     for name, phrases in phrasings.items():
         cls = phrase_class_embeddings(embed_text, templates, phrases, classes)
         scores = emb @ cls.t()
+        if offsets is not None:
+            scores = scores - offsets.to(scores.device)
         per_class = {}
         y = np.asarray(targets)
         pred = scores.argmax(1).cpu().numpy()
@@ -177,6 +181,39 @@ def tune_calibration(scores: torch.Tensor, targets: Sequence[int], classes: Sequ
     return _best_point(seen_unseen_curve(scores, targets, classes, seen))[1]
 
 
+def _curve_at(curve: dict[str, Any], gammas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seen and unseen accuracy of a `seen_unseen_curve` at each of `gammas` (a step function of gamma)."""
+    k = np.searchsorted(curve["gamma"], gammas, side="right") - 1  # the last breakpoint <= gamma (-inf first)
+    k = np.clip(k, 0, len(curve["gamma"]) - 1)
+    return curve["seen"][k], curve["unseen"][k]
+
+
+def tune_calibration_rotated(runs: Sequence[tuple[torch.Tensor, Sequence[int], Sequence[str], Sequence[str]]]
+                             ) -> dict[str, Any]:
+    """One gamma for several pseudo-unseen rotations: each run is `(scores, targets, classes, seen)` of an adapter
+    trained without some of the seen classes, scored on validation items of all of them; gamma maximises the mean
+    harmonic mean over the runs. Returns gamma, the mean H there and at gamma 0, and each run's seen/unseen/H."""
+    curves = [seen_unseen_curve(*run) for run in runs]
+    if not curves:
+        raise ValueError("calibration: no pseudo-unseen rotation to tune on")
+    points = np.unique(np.concatenate([c["gamma"][1:] for c in curves]))
+    candidates = np.concatenate([[0.0], (points[1:] + points[:-1]) / 2 if len(points) > 1 else points,
+                                 [points[0] - 1e-3, points[-1] + 1e-3] if len(points) else []])
+    hs = np.stack([_harmonic(*_curve_at(c, candidates)) for c in curves])  # [runs, candidates]
+    mean_h = hs.mean(0)
+    ties = np.flatnonzero(mean_h >= mean_h.max() - 1e-12)
+    best = int(ties[np.argmin(np.abs(candidates[ties]))])  # of equal H, the smallest shift
+    gamma = float(candidates[best])
+    per_run = []
+    for c, run in zip(curves, runs):
+        s, u = _curve_at(c, np.array([gamma]))
+        per_run.append({"pseudo_unseen": [x for x in run[2] if x not in set(run[3])],
+                        "seen_accuracy": float(s[0]), "unseen_accuracy": float(u[0]),
+                        "harmonic_mean": float(_harmonic(s, u)[0])})
+    return {"calibration": gamma, "mean_harmonic_mean": float(mean_h[best]),
+            "mean_harmonic_mean_uncalibrated": float(mean_h[0]), "rotations": per_run}
+
+
 def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
                     seen: Sequence[str], *, calibration: float = 0.0) -> dict[str, Any]:
     """Generalised zero-shot metrics of `[N, C]` scores over all classes, given the classes seen in training;
@@ -197,6 +234,8 @@ def unseen_protocol(scores: torch.Tensor, targets: Sequence[int], classes: Seque
     keep = np.unique(np.linspace(0, len(curve["gamma"]) - 1, min(len(curve["gamma"]), 200)).round().astype(int))
     return {"seen_classes": [classes[i] for i in seen_ids], "unseen_classes": [classes[i] for i in unseen_ids],
             "seen_accuracy": acc_s, "unseen_accuracy": acc_u, "harmonic_mean": h, "calibration": float(calibration),
+            "averaging": "seen_accuracy / unseen_accuracy: mean per-class accuracy among all classes; "
+                         "unseen_only_top1: per item, unseen items among the unseen classes only",
             "unseen_items_predicted_unseen": float(np.isin(pred[on_unseen], unseen_ids).mean())
             if on_unseen.any() else None,
             "unseen_only_top1": zsl, "chance_all": 1.0 / len(classes), "chance_unseen_only": 1.0 / len(unseen_ids),
@@ -254,23 +293,45 @@ def plot_protocols(protocols: dict[str, Any], path: str | os.PathLike, *, title:
     return save_figure(fig, path)
 
 
-def recorded_seen_classes(adapter_dir: str | os.PathLike) -> list[str] | None:
-    """The classes an adapter was trained on, when its run's `recipe.yaml` restricts them (`data.train[*].classes`)."""
+def _recipe_zeroshot(recipe: Path) -> dict[str, Any] | None:
+    """Seen classes (mapped through `label_text`) of a run's `recipe.yaml` (adapters saved before they recorded it)."""
     import yaml
 
+    data = yaml.safe_load(recipe.read_text()) or {}
+    sources = [s for s in (data.get("data") or {}).get("train") or [] if isinstance(s, dict)]
+    lists = [s.get("classes") for s in sources]
+    if not (lists and all(isinstance(c, list) for c in lists)):
+        if any(isinstance(c, list) for c in lists):
+            logger.warning("%s: only some training sources restrict 'classes', so the classes this adapter saw "
+                           "are unknown; pass --seen-classes for the unseen-class protocol", recipe)
+        return None
+    label_text = {str(k): str(v) for s in sources for k, v in (s.get("label_text") or {}).items()}
+    seen = sorted({label_text.get(str(c), str(c)) for cs in lists for c in cs})
+    return {"seen_classes": seen, "label_text": label_text, "calibration": None,
+            "source": f"{recipe}: data.train[*].classes"}
+
+
+def recorded_zeroshot(adapter_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """What an adapter records for zero-shot use: `seen_classes` (as its captions named them, through the recipe's
+    `label_text`), `label_text`, `calibration` (gamma or None) and its provenance; read from the adapter's config
+    (`AdapterConfig.zeroshot`), else from its run's `recipe.yaml`; None when neither says."""
+    from ..adapter import CONFIG_NAME, read_adapter_config
+
     path = Path(adapter_dir).resolve()
+    if (path / CONFIG_NAME).is_file():
+        recorded = read_adapter_config(path).zeroshot
+        if recorded:
+            return dict(recorded)
     for recipe in (path.parent.parent / "recipe.yaml", path.parent / "recipe.yaml"):
         if recipe.is_file():
-            data = yaml.safe_load(recipe.read_text()) or {}
-            sources = (data.get("data") or {}).get("train") or []
-            lists = [s.get("classes") for s in sources if isinstance(s, dict)]
-            if lists and all(isinstance(c, list) for c in lists):
-                return sorted({c for cs in lists for c in cs})
-            if any(isinstance(c, list) for c in lists):
-                logger.warning("%s: only some training sources restrict 'classes', so the classes this adapter saw "
-                               "are unknown; pass --seen-classes for the unseen-class protocol", recipe)
-            return None
+            return _recipe_zeroshot(recipe)
     return None
+
+
+def recorded_seen_classes(adapter_dir: str | os.PathLike) -> list[str] | None:
+    """The classes an adapter was trained on (as its captions named them), when its training restricted them."""
+    rec = recorded_zeroshot(adapter_dir)
+    return list(rec["seen_classes"]) if rec and rec.get("seen_classes") else None
 
 
 class CachedEmbeddings:
@@ -292,27 +353,34 @@ class CachedEmbeddings:
 
 def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
                        labels_file: str | os.PathLike | None = None, seen: Sequence[str] | None = None,
-                       eval_folds: Sequence[str] | None = None, calibration: float = 0.0) -> dict[str, Any]:
-    """Add `report["protocols"]` (phrasings and/or unseen classes, the latter at `calibration`) for a
-    `ZeroShotClassifier` on a labelled dataset."""
+                       eval_folds: Sequence[str] | None = None, calibration: float | None = None) -> dict[str, Any]:
+    """Add `report["protocols"]` (phrasings and/or unseen classes) for a `ZeroShotClassifier` on a labelled dataset;
+    the unseen-class protocol at `calibration` (default: the classifier's own gamma, the one the report applies)."""
     folds = [str(f) for f in eval_folds] if eval_folds else None
     items = [it for it in dataset.items if folds is None or it.fold in folds]
     res = classifier.embed([str(it.path) for it in items])
     index = {c: i for i, c in enumerate(dataset.classes)}
     targets = [index[items[i].label] for i in res.index]
     emb = F.normalize(torch.as_tensor(res.embeddings).float(), dim=-1)
-    closed = top1(classifier.scores(emb), targets)
-    out: dict[str, Any] = {"closed_set_top1": closed, "chance": 1.0 / len(dataset.classes)}
+    gamma = float(getattr(classifier, "calibration", 0.0) or 0.0)
+    offsets = classifier.offsets() if gamma else None
+    closed = top1(classifier.scores(emb), targets)  # the classifier's own scores: calibrated as the report is
+    out: dict[str, Any] = {"closed_set_top1": closed, "chance": 1.0 / len(dataset.classes),
+                           "calibration": gamma}
     if labels_file is not None:
         phrasings = read_phrasings(labels_file, dataset.classes)
         out["phrasings"] = phrasing_protocol(emb, targets, dataset.classes,
                                              lambda texts: torch.as_tensor(np.asarray(classifier.text.embed(texts))),
                                              classifier.templates,
-                                             phrasings, closed)
+                                             phrasings, closed, offsets=offsets)
         out["phrasings"]["file"] = str(labels_file)
     if seen:
-        out["unseen"] = unseen_protocol(classifier.scores(emb), targets, dataset.classes, seen,
+        if calibration is None:
+            calibration = gamma if list(seen) == list(getattr(classifier, "seen_labels", None) or []) else 0.0
+        out["unseen"] = unseen_protocol(classifier.raw_scores(emb), targets, dataset.classes, seen,
                                         calibration=calibration)
+        out["unseen"]["calibration_source"] = getattr(classifier, "calibration_source", None) \
+            if calibration and calibration == gamma else None
     report["protocols"] = out
     return out
 
@@ -326,7 +394,7 @@ def resolve_seen(seen_classes: str | None, adapter: str | os.PathLike | None) ->
 
 def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_dir: str | os.PathLike, *,
                     labels_file: str | os.PathLike | None = None, seen: Sequence[str] | None = None,
-                    eval_folds: Sequence[str] | None = None, calibration: float = 0.0) -> list[str]:
+                    eval_folds: Sequence[str] | None = None, calibration: float | None = None) -> list[str]:
     """Run the protocols, add them to the report, rewrite `zeroshot_report.json` and write `protocols.png`;
     returns the summary lines the CLI prints."""
     from ..io import write_json
@@ -341,14 +409,19 @@ def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_d
     lines = []
     if "phrasings" in p:
         ph = p["phrasings"]
-        lines.append(f"  phrasings (vs {ph['baseline']} {ph['baseline_top1']:.4f}):")
+        lines.append(f"  new wordings (per-item top-1; vs {ph['baseline']} {ph['baseline_top1']:.4f}, chance "
+                     f"{ph['chance']:.4f}):")
         lines += [f"    {name:<20} top-1 {v['top1']:.4f}  ratio {v['ratio']:.3f}" for name, v in ph["sets"].items()]
     if "unseen" in p:
         u = p["unseen"]
-        lines.append(f"  unseen classes {', '.join(u['unseen_classes'])}: seen {u['seen_accuracy']:.4f}  unseen "
-                     f"{u['unseen_accuracy']:.4f}  H {u['harmonic_mean']:.4f}  (chance {u['chance_all']:.4f}"
-                     + (f", calibration {u['calibration']:g}" if u["calibration"] else "") + "); "
-                     f"among unseen only {u['unseen_only_top1']:.4f} (chance {u['chance_unseen_only']:.4f})")
+        src = u.get("calibration_source") or {}
+        where = f" tuned on {src['tuned_on']}" if isinstance(src, dict) and src.get("tuned_on") else ""
+        cal = (f"calibration gamma {u['calibration']:.4f}{where}" if u["calibration"] else "uncalibrated")
+        lines.append(f"  unseen classes {', '.join(u['unseen_classes'])} (generalised zero-shot, {cal}): "
+                     f"seen {u['seen_accuracy']:.4f}  unseen {u['unseen_accuracy']:.4f}  H {u['harmonic_mean']:.4f} "
+                     f"(mean per-class accuracy among all {len(dataset.classes)} classes, chance "
+                     f"{u['chance_all']:.4f}); unseen items among the unseen classes only {u['unseen_only_top1']:.4f} "
+                     f"per item (chance {u['chance_unseen_only']:.4f})")
         o = u["oracle"]
         lines.append(f"  seen-unseen curve: AUSUC {u['ausuc']:.4f}; best H {o['harmonic_mean']:.4f} at gamma "
                      f"{o['calibration']:.4f} (seen "
@@ -359,5 +432,5 @@ def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_d
 
 
 __all__ = ["CachedEmbeddings", "PROTOCOLS_PNG", "evaluate_protocols", "phrase_class_embeddings", "phrasing_protocol",
-           "plot_protocols", "read_phrasings", "recorded_seen_classes", "resolve_seen", "seen_unseen_curve",
-           "tune_calibration", "unseen_protocol", "write_protocols"]
+           "plot_protocols", "read_phrasings", "recorded_seen_classes", "recorded_zeroshot", "resolve_seen",
+           "seen_unseen_curve", "tune_calibration", "tune_calibration_rotated", "unseen_protocol", "write_protocols"]
