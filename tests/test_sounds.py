@@ -210,6 +210,11 @@ def test_real_sounds_train_and_are_found_by_what_they_sound_like(tmp_path: Path,
     n = seen["sounds"]
     assert n == len(corpus.seen) and seen["sound->text"]["chance_R@1"] == pytest.approx(1 / n)
     assert seen["sound->text"]["R@1"] > 5 / n and seen["text->sound"]["R@1"] > 5 / n, seen
-    held = res["heldout"]
-    assert held["sounds"] == len(corpus.heldout)
-    assert 0 <= held["category_zeroshot"]["accuracy"] <= 1 and held["category_zeroshot"]["chance"] == 1 / 16
+    held = res["heldout"]  # sounds never trained on in any form (4 here, seed 0; their stems too)
+    n_held = held["sounds"]
+    assert n_held == len(corpus.heldout) >= 3
+    t2s, cat = held["text->sound"], held["category_zeroshot"]
+    assert t2s["chance_R@1"] == pytest.approx(1 / n_held) and cat["chance"] == 1 / 16
+    # claims held above chance by a stated margin (measured: R@1 1.00 vs 0.25; category 0.75 vs 0.0625)
+    assert t2s["R@1"] >= t2s["chance_R@1"] + 0.25, held
+    assert cat["accuracy"] >= cat["chance"] + 0.3, held
