@@ -98,8 +98,8 @@ def check_replaceable(path: str | os.PathLike, *, marker: str, what: str, overwr
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
-    if path.is_dir() and not path.is_symlink() and (not any(path.iterdir()) or
-                                                     is_artifact(path, marker=marker, marker_keys=marker_keys, own=own)):
+    if path.is_dir() and not path.is_symlink() and (
+            not any(path.iterdir()) or is_artifact(path, marker=marker, marker_keys=marker_keys, own=own)):
         return
     if path.is_file() or path.is_symlink():
         kind = "a file"

@@ -177,8 +177,8 @@ def _pooled(folder: Path) -> dict[str, np.ndarray]:
 def test_extract_resume_reencodes_an_edited_text_line_only(tmp_path, capsys, bert) -> None:
     lines = tmp_path / "c.txt"
     lines.write_text("\n".join(LINES) + "\n")
-    args = ["extract", "-e", "text", "--pretrained", bert, "-i", lines, "--shard-size", "2", "--num-workers", "0",
-            "--no-progress"]
+    args = ["extract", "-e", "text", "--pretrained", bert, "-i", lines, "--shard-size", "2", "--workers", "0",
+            "--quiet"]
     assert run(capsys, *args, "-o", tmp_path / "f")[0] == 0
     before = _pooled(tmp_path / "f")
     lines.write_text("\n".join([LINES[0], "the white dog", *LINES[2:]]) + "\n")  # line 1 edited in place
@@ -195,7 +195,7 @@ def test_extract_resume_reencodes_an_edited_text_line_only(tmp_path, capsys, ber
 def test_extract_resume_reencodes_an_npy_overwritten_under_the_same_name(tmp_path, capsys) -> None:
     manifest = _imu_corpus(tmp_path / "imu", n=4)
     args = ["extract", "-e", "imu", "--set", "dim=16", "--set", "depth=1", "--set", "heads=2", "-i", manifest,
-            "--num-workers", "0", "--no-progress", "-o", tmp_path / "f"]
+            "--workers", "0", "--quiet", "-o", tmp_path / "f"]
     assert run(capsys, *args)[0] == 0
     before = _pooled(tmp_path / "f")
     np.save(tmp_path / "imu" / "w002.npy", np.ones((6, 32), np.float32))
@@ -245,3 +245,44 @@ def test_oversized_and_non_utf8_recipes_are_one_line(tmp_path, capsys) -> None:
     for path, why in ((big, "at most"), (bad, "not UTF-8")):
         code, _, err = run(capsys, "train", path)
         assert code == 2 and _one_line(err) and why in err, err
+
+
+# --- 5. writers: lock, factory strings, k, staging ----------------------------------------------------------
+@pytest.fixture
+def emb(tmp_path: Path) -> Path:
+    np.save(tmp_path / "x.npy", clustered(60, 16))
+    return tmp_path / "x.npy"
+
+
+@pytest.mark.parametrize("factory", ["HNSW0", "HNSW1", "PQ4x0", "RR0,Flat", "IVF4_HNSW0,Flat", "NSG0", "IVF0,Flat"])
+def test_factory_strings_that_crash_faiss_are_one_line(tmp_path, capsys, emb, factory: str) -> None:
+    code, _, err = run(capsys, "index", "build", emb, "-o", tmp_path / "idx", "--factory", factory)
+    assert code == 2 and _one_line(err) and factory in err, err
+    assert not (tmp_path / "idx").exists()
+
+
+def test_lock_that_cannot_be_created_is_one_line_not_a_hang(tmp_path, capsys, emb) -> None:
+    from anyalign.retrieval.index import lock_path
+
+    lock_path(tmp_path / "idx").mkdir()  # a folder where the lock file goes: it can never be created
+    t0 = time.perf_counter()
+    code, _, err = run(capsys, "index", "build", emb, "-o", tmp_path / "idx", "--factory", "Flat")
+    assert time.perf_counter() - t0 < 20 and code == 2 and _one_line(err) and "writer lock" in err, err
+
+
+def test_huge_k_and_negative_tune_queries(tmp_path, capsys, emb) -> None:
+    code, out, err = run(capsys, "index", "build", emb, "-o", tmp_path / "idx", "--factory", "Flat", "-k",
+                         "2000000000")
+    assert code == 0 and "recall@60" in out, err
+    code, _, err = run(capsys, "index", "build", emb, "-o", tmp_path / "idx2", "--tune-queries", "-5")
+    assert code == 2 and _one_line(err) and "tune_queries" in err, err
+
+
+def test_next_writer_removes_staging_of_a_killed_writer(tmp_path, capsys, emb) -> None:
+    assert run(capsys, "index", "build", emb, "-o", tmp_path / "idx", "--factory", "Flat")[0] == 0
+    staged = tmp_path / ".idx.k1ll3d.tmp"  # what atomic_path leaves when its writer is SIGKILLed
+    staged.mkdir()
+    (staged / "index.faiss").write_bytes(b"\0" * 4096)
+    (tmp_path / ".idx.old-999999").mkdir()
+    assert run(capsys, "index", "add", tmp_path / "idx", emb)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "x.npy"]

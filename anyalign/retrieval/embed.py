@@ -313,4 +313,5 @@ def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, b
         flush(batch)
 
 
-__all__ = ["EmbedItem", "EmbeddingWriter", "check_embed_output", "collect_inputs", "embed_to_folder", "launcher_world_size"]
+__all__ = ["EmbedItem", "EmbeddingWriter", "check_embed_output", "collect_inputs", "embed_to_folder",
+           "launcher_world_size"]

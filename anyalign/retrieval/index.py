@@ -26,40 +26,43 @@ On machines where faiss reports GPUs (`faiss-gpu` extra), training, adding and s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from filelock import FileLock
-from filelock import Timeout as LockTimeout
 from tqdm.auto import tqdm
 
 from ..config import read_saved, to_dict
-from ..io import atomic_path, check_not_input, is_artifact, write_json
+from ..io import atomic_path, check_not_input, write_json
 from ..version import FORMAT_VERSION, __version__
 from .autoindex import choose_index, format_bytes, is_compressed, training_size
+from .index_safety import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    IVFDATA_NAME,
+    IndexBusyError,
+    check_factory,
+    check_k,
+    check_output,
+    check_target_recall,
+    lock_path,
+    writer_lock,
+)
 from .metadata import METADATA_NAME, MetadataStore
-from .rawvectors import DTYPES, RAW_FILES, RawVectors, RawWriter, check_dtype, check_file
+from .rawvectors import DTYPES, RawVectors, RawWriter, check_dtype, check_file
 from .sources import EmbeddingSource, open_sources
 from .tuning import ExactNeighbours, _inner, ivf_of, query_side, sample_ranges, set_params, tune
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.faiss"
-CONFIG_NAME = "anyalign_index.json"
-IVFDATA_NAME = "index.ivfdata"
-# files an index folder may hold: only a folder made of these (or an empty one) is replaced without --overwrite
-OWN_FILES = frozenset({CONFIG_NAME, INDEX_NAME, IVFDATA_NAME, METADATA_NAME, f"{METADATA_NAME}-journal",
-                       f"{METADATA_NAME}-wal", f"{METADATA_NAME}-shm"}) | RAW_FILES
 MAX_SKIPPED_IDS = 20  # ids of skipped rows kept in the config (the count is exact)
 
 
@@ -91,26 +94,7 @@ class IndexConfig:
     anyalign_version: str = __version__
 
 
-class IndexBusyError(TimeoutError, ValueError):
-    """Another process is writing the index and did not finish within the lock timeout."""
-
-
 # --- input checks ------------------------------------------------------------------------------------------
-def check_k(k: int, what: str = "k") -> int:
-    """`k` as an int >= 1, else a one-line error."""
-    if isinstance(k, bool) or int(k) != k or int(k) < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {k!r}")
-    return int(k)
-
-
-def check_target_recall(target: float) -> float:
-    """A recall target in (0, 1], else a one-line error."""
-    t = float(target)
-    if not 0.0 < t <= 1.0 or t != t:
-        raise ValueError(f"target recall must be in (0, 1], got {target!r}")
-    return t
-
-
 def invalid_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Masks `[N]` of rows with a NaN/inf value and of (finite) rows with zero norm."""
     nonfinite = ~np.isfinite(x).all(axis=1)
@@ -149,61 +133,6 @@ class _Skipped:
                            "indexed", name, self.new, self.ids[:5])
 
 
-# --- writer lock and output safety -------------------------------------------------------------------------
-def lock_path(index_dir: str | os.PathLike) -> Path:
-    """The writer lock of an index folder: `.NAME.lock` beside it (the folder itself is swapped atomically)."""
-    p = Path(os.path.abspath(index_dir))
-    return p.parent / f".{p.name}.lock"
-
-
-@contextlib.contextmanager
-def writer_lock(index_dir: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
-    """Hold the writer lock of `index_dir`: wait for another writer (forever, or `timeout` seconds)."""
-    path = lock_path(index_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except LockTimeout:
-        logger.warning("%s: another process is writing this index; waiting%s", index_dir,
-                       "" if timeout is None else f" up to {timeout:g}s")
-        try:
-            lock.acquire(timeout=-1 if timeout is None else max(float(timeout), 0.0))
-        except LockTimeout:
-            raise IndexBusyError(f"{index_dir}: another process is writing this index (lock {path} held for more "
-                                 f"than {timeout:g}s); retry later or raise --lock-timeout") from None
-    try:
-        yield
-    finally:
-        # unlinked while still held, so nothing is left beside the index: a waiter that then gets the old inode
-        # sees it unlinked (filelock checks st_nlink) and retries on a fresh file
-        path.unlink(missing_ok=True)
-        lock.release()
-
-
-def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Refuse to replace `output` unless it is absent, an empty folder, or an index folder of our own files."""
-    output = Path(output)
-    if not output.exists() and not output.is_symlink():
-        return
-    if output.is_dir() and not output.is_symlink():
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir())
-        foreign = [e for e in entries if e not in OWN_FILES]
-        if not entries or (not foreign and is_artifact(output, marker=CONFIG_NAME, marker_keys=("dim", "factory"))):
-            return
-        if not foreign:
-            foreign = [f"{CONFIG_NAME} that is not an index's"]
-        what = f"holds files that are not an anyalign index's ({', '.join(foreign[:3])}" \
-               f"{', ...' if len(foreign) > 3 else ''})"
-    else:
-        what = "is a file, not an index folder"
-    if not overwrite:
-        raise ValueError(f"{output}: exists and {what}; refusing to overwrite it (pass --overwrite to replace it)")
-    logger.warning("%s: %s; replacing it (overwrite)", output, what)
-    if not output.is_dir() or output.is_symlink():
-        output.unlink()  # atomic_path swaps folders; a file in the way is removed first
-
-
 # --- GPU ---------------------------------------------------------------------------------------------------
 def gpu_count() -> int:
     """GPUs faiss can use (0 with faiss-cpu)."""
@@ -234,6 +163,7 @@ def _on_gpu(index: faiss.Index) -> bool:
 def new_index(factory: str, dim: int, ef_construction: int | None = None) -> faiss.Index:
     """An empty inner-product index from a factory string; types without native ids get an `IDMap2` wrapper.
     `ef_construction`: an HNSW graph's build-time beam (faiss's default 40; larger: better graphs, slower builds)."""
+    check_factory(factory, dim)
     try:
         index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
@@ -445,6 +375,9 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
         raise ValueError(f"{source.name}: empty corpus (0 vectors{' for this rank' if len(source) else ''}); "
                          "nothing to index")
     dim = source.dim
+    if k > n:  # recall@k over more neighbours than the corpus holds would only allocate [Q, k] for nothing
+        logger.warning("k of the tuning recall@k lowered from %d to the %d vectors indexed", k, n)
+        k = n
     gpu = gpu_count() > 0 if use_gpu is None else bool(use_gpu and gpu_count() > 0)
 
     base_cfg: IndexConfig | None = None
@@ -472,6 +405,8 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
         queries, query_name = _query_set(tune_queries, dim)
         nq = 0
     else:
+        if int(tune_queries) < 0:
+            raise ValueError(f"tune_queries must be >= 0 held-out queries or a query set, got {tune_queries}")
         nq = 0 if train_only else max(0, min(int(tune_queries), n // 10))
         query_name = "held-out corpus sample"
     n_train = 0 if index.is_trained else max(training_size(factory_str, n), min(n, 1000))
@@ -682,7 +617,7 @@ def delete_from_index(index_dir: str | os.PathLike, ids: Sequence[int] = (), *, 
     return config, removed
 
 
-__all__ = ["CONFIG_NAME", "INDEX_NAME", "IndexBusyError", "IndexConfig", "add_to_index", "build_index",
-           "check_k", "check_output", "check_target_recall", "delete_from_index", "gpu_count", "invalid_rows",
-           "load_index", "lock_path", "new_index", "read_config", "read_faiss", "supports_remove", "to_gpu",
-           "write_index_dir", "writer_lock"]
+__all__ = ["CONFIG_NAME", "INDEX_NAME", "IVFDATA_NAME", "IndexBusyError", "IndexConfig", "add_to_index",
+           "build_index", "check_factory", "check_k", "check_output", "check_target_recall", "delete_from_index",
+           "gpu_count", "invalid_rows", "load_index", "lock_path", "new_index", "read_config", "read_faiss",
+           "supports_remove", "to_gpu", "write_index_dir", "writer_lock"]
