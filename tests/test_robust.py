@@ -286,3 +286,30 @@ def test_next_writer_removes_staging_of_a_killed_writer(tmp_path, capsys, emb) -
     (tmp_path / ".idx.old-999999").mkdir()
     assert run(capsys, "index", "add", tmp_path / "idx", emb)[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "x.npy"]
+
+
+# --- 7. plugins --------------------------------------------------------------------------------------------
+@pytest.fixture
+def broken_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from anyalign import plugins
+
+    (tmp_path / "raises_runtime.py").write_text("raise RuntimeError('boom at import')\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_loaded", set())
+    monkeypatch.setattr(plugins, "_scanned", True)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, why", [("raises_runtime", "RuntimeError: boom at import"),
+                                       ("exits", "SystemExit"), ("./raises_runtime.py", "not a file path")])
+def test_plugin_raising_anything_is_one_line(capsys, broken_plugins, name: str, why: str) -> None:
+    code, _, err = run(capsys, "--plugin", name, "encoders")
+    assert code == 2 and _one_line(err) and f"plugin {name!r}" in err and why in err, err
+
+
+def test_broken_plugin_from_the_environment_disables_itself(capsys, broken_plugins, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("ANYALIGN_PLUGINS", "raises_runtime")
+    code, out, err = run(capsys, "encoders")
+    assert code == 0 and "imu" in out, err
+    assert "raises_runtime" in caplog.text and "disabled" in caplog.text
