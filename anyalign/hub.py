@@ -268,7 +268,7 @@ def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, evaluat
     if evaluation:
         body += ["Measured by anyalign at the end of training on the run's held-out data (see the recipe for the "
                  "split); `chance` rows give the chance level of the metric beside them.", "",
-                 _table({k: v for k, v in evaluation.items() if k not in ("world_size", "distributed", "fsdp")})]
+                 _table({k: v for k, v in evaluation.items() if k.startswith("eval/") or k == "step"})]
     else:
         body.append("No evaluation was saved with this adapter.")
     body += ["", "## Use", "", "```python", "from anyalign import ModalityAdapter", "",

@@ -158,7 +158,7 @@ class DataSpec:
 @dataclass
 class TrainSpec:
     batch_size: int = 32  # global batch per micro-step, split across processes
-    grad_accum: int = 1
+    grad_accum: int | None = None  # None: the launcher's (`accelerate launch` / `accelerate config`), else 1
     max_steps: int = 1000  # optimizer steps
     lr: float = 1e-3
     encoder_lr: float | None = None  # lr of trained encoders (default: lr)
@@ -167,14 +167,15 @@ class TrainSpec:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = 0
     clip_grad: float | None = 1.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None  # None: the launcher's, else "no"
     fsdp: bool = False  # shard with FSDP2 when multi-process (as does `accelerate launch --use_fsdp`)
     loss_weights: dict[str, float] = field(default_factory=dict)  # loss name (as logged) -> weight
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
     num_workers: int = 0
-    tensorboard: bool = True
+    report_to: str | list[str] = "tensorboard"  # accelerate trackers: wandb, mlflow, aim, comet_ml, all ... or none
+    tensorboard: bool = True  # false drops tensorboard from report_to (older recipes' switch)
     # streamed training data (align/stream.py): auto streams feature sources of more than 100k records
     stream: Literal["auto", "map", "stream"] = "auto"
     stream_buffer: int = 2048  # shuffle buffer per lane, in samples
@@ -182,7 +183,7 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accum", "max_steps", "save_every", "keep_checkpoints", "log_every"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"field {key!r} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"field 'lr' must be > 0, got {self.lr}")
@@ -196,6 +197,19 @@ class TrainSpec:
             raise ConfigError(f"field 'weight_decay' must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
+        from accelerate.utils import LoggerType
+
+        known = sorted(t.value for t in LoggerType)
+        bad = [n for n in self.trackers() if n not in known]
+        if bad:
+            raise ConfigError(f"field 'report_to': unknown tracker(s) {', '.join(bad)}; expected none or any of "
+                              f"{', '.join(known)}")
+
+    def trackers(self) -> list[str]:
+        """The accelerate trackers to log to (`report_to`, less tensorboard when `tensorboard` is false)."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+        names = [n for n in names if n and n != "none"]
+        return [n for n in names if self.tensorboard or n != "tensorboard"]
 
 
 @dataclass

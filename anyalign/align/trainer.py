@@ -68,10 +68,32 @@ class TrainResult:
     curves: Path | None = None
 
 
+def launcher_settings(recipe: Recipe) -> None:
+    """Fill the recipe's unset `train.mixed_precision` / `train.grad_accum` from the launcher (`accelerate launch
+    --mixed_precision bf16 --gradient_accumulation_steps 4`, or `accelerate config`, which set ACCELERATE_* variables);
+    a recipe value the launcher contradicts wins, with one warning line."""
+    t = recipe.train
+    for key, env, default, cast in (("mixed_precision", "ACCELERATE_MIXED_PRECISION", "no", str),
+                                    ("grad_accum", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS", 1, int)):
+        launcher = os.environ.get(env)
+        value = cast(launcher) if launcher else None
+        if getattr(t, key) is None:
+            setattr(t, key, value if value is not None else default)
+        elif value is not None and value != getattr(t, key):
+            logger.warning("train.%s=%s from the recipe overrides the launcher's %s=%s", key, getattr(t, key), env,
+                           launcher)
+
+
 def _make_accelerator(recipe: Recipe, output_dir: Path, find_unused: bool, fsdp: bool) -> Any:
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, GradientAccumulationPlugin
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DistributedDataParallelKwargs,
+        GradientAccumulationPlugin,
+        ProjectConfiguration,
+    )
 
+    launcher_settings(recipe)
     t = recipe.train
     # CPU-only multi-process runs (torchrun / accelerate launch --cpu) need cpu=True for accelerate to use gloo
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -85,8 +107,8 @@ def _make_accelerator(recipe: Recipe, output_dir: Path, find_unused: bool, fsdp:
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.grad_accum, sync_with_dataloader=False),
         dataloader_config=DataLoaderConfiguration(split_batches=True),  # batch_size is the global batch
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
-        log_with="tensorboard" if t.tensorboard else None,
-        project_dir=str(output_dir),
+        log_with=t.trackers() or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
     )
 
 
@@ -336,8 +358,10 @@ class Trainer:
                 tmp.write_text(yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
             if self.stream is None:  # streamed data: its captions are not all known up front
                 write_json(self.output_dir / "captions.json", captions_used(self.train_set, self.eval_sets))
-        if t.tensorboard:
-            acc.init_trackers("tensorboard")
+        if t.trackers():  # tensorboard: <output>/tensorboard/<name>; the others: the recipe's name as project
+            acc.init_trackers(self.recipe.name, config={"lr": t.lr, "batch_size": t.batch_size,
+                                                        "grad_accum": t.grad_accum, "max_steps": t.max_steps,
+                                                        "mixed_precision": t.mixed_precision})
         if resume:
             self._resume()
         if self.step == 0 and self.recipe.eval.at_start:
@@ -435,7 +459,10 @@ class Trainer:
             with atomic_path(self.output_dir / "mllm", is_dir=True) as tmp:
                 model.frozen.mllm.save_pretrained(tmp)
         write_json(self.output_dir / "eval.json", {"step": self.step, "world_size": self.accelerator.num_processes,
-                                                   "distributed": self.distributed, **self._fsdp_record(), **metrics})
+                                                   "distributed": self.distributed, **self._fsdp_record(),
+                                                   "mixed_precision": self.accelerator.mixed_precision,
+                                                   "grad_accum": self.accelerator.gradient_accumulation_steps,
+                                                   **metrics})
         return saved, plot_curves(self.metrics.read(), self.output_dir / "curves.png", title=self.recipe.name)
 
     def _fsdp_record(self) -> dict[str, Any]:
