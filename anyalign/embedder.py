@@ -267,17 +267,4 @@ def as_embedder(obj: Any, *, device: str | torch.device | None = None) -> Embedd
     raise TypeError(f"cannot use {type(obj).__name__} as an embedder (expected an adapter, encoder or path)")
 
 
-def parse_embedder_option(text: str) -> tuple[str | None, dict[str, Any]]:
-    """CLI `[MODALITY=]ADAPTER_DIR` or `[MODALITY=]encoder:NAME[@PRETRAINED]` -> (modality or None, record)."""
-    modality, _, value = text.partition("=") if "=" in text else (None, "", text)
-    if value.startswith("encoder:"):
-        name, _, pretrained = value[len("encoder:"):].partition("@")
-        return modality, {"encoder": EncoderSpec(name, pretrained or None).checked("--embedder").to_dict()}
-    path = Path(value)
-    if not (path / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{value}: not an adapter folder (missing {CONFIG_NAME}); "
-                                "use MODALITY=encoder:NAME[@PRETRAINED] for a bare encoder")
-    return modality, {"adapter": str(path.resolve())}
-
-
-__all__ = ["Embedder", "as_embedder", "find_record", "parse_embedder_option", "pool_windows"]
+__all__ = ["Embedder", "as_embedder", "find_record", "pool_windows"]

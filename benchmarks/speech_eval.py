@@ -77,13 +77,13 @@ def main() -> None:
     for name, src, v, h in [("commands", LISTS / "commands.jsonl", cv, ch), ("sentences", sentences, args.voices,
                                                                              args.heldout_voices),
                             ("questions", LISTS / "questions.jsonl", args.voices, args.heldout_voices)]:
-        sh("data", "speech", str(src), "-o", str(data / name), "--voices", v, "--heldout-voices", h, "--no-progress")
+        sh("data", "speech", str(src), "-o", str(data / name), "--voices", v, "--heldout-voices", h, "--quiet")
     # 2. features
     for name in ("commands", "sentences", "questions"):
         for fold in ("train", "test"):
             sh("extract", "--encoder", "whisper", "--pretrained", str(whisper), "--input",
                str(data / name / f"{fold}.jsonl"), "--output", str(data / "features" / f"{name}-{fold}"),
-               "--batch-size", "8", "--num-workers", "0", "--shard-size", "100", "--no-progress")
+               "--batch-size", "8", "--workers", "0", "--shard-size", "100", "--quiet")
     out["seconds_data"] = round(time.time() - t0, 1)
 
     # 3. speech -> text space

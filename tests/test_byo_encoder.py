@@ -50,7 +50,7 @@ def test_features_with_options_are_searched_with_the_same_options(tmp_path: Path
     texts = ["the quick brown fox jumps over the lazy dog near the river bank", "a cup of coffee", "rain on a roof"]
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
     _cli(capsys, "extract", "-e", "text", "--pretrained", minilm_dir, "--set", "max_length=6", "-i",
-         tmp_path / "t.txt", "-o", tmp_path / "feats", "--no-progress")
+         tmp_path / "t.txt", "-o", tmp_path / "feats", "--quiet")
     _cli(capsys, "index", "build", tmp_path / "feats", "-o", tmp_path / "idx")
     query = texts[0]
     got = Retriever(tmp_path / "idx").embed_text(query)

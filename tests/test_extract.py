@@ -62,7 +62,7 @@ def test_imu_extraction_counts_and_lists_failures(tmp_path: Path, imu_windows: P
                                                   capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "feats"
     args = ["--encoder", "imu", "--pretrained", str(imu_weights), "--input", str(imu_windows), "--output", str(out),
-            "--shard-size", "4", "--num-workers", "1", *IMU]
+            "--shard-size", "4", "--workers", "1", *IMU]
     _run(args)
     printed = capsys.readouterr()
     assert "14 extracted, 1 failed, 4 shards written" in printed.out and "corrupt.npy" in printed.err
@@ -88,7 +88,7 @@ def test_text_manifest_with_fields(tmp_path: Path, minilm_dir: Path) -> None:
     rows = [{"text": "a dog barking", "label": "dog"}, {"text": "a violin playing a melody", "label": "violin"}]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     _run(["--encoder", "text", "--pretrained", str(minilm_dir), "--input", str(manifest), "--output",
-          str(tmp_path / "f"), "--num-workers", "0"])
+          str(tmp_path / "f"), "--workers", "0"])
     recs = load_features(tmp_path / "f")
     assert [r.meta["label"] for r in recs] == ["dog", "violin"] and recs[1].meta["text"] == rows[1]["text"]
     ref = create_encoder("text", pretrained=str(minilm_dir))([r["text"] for r in rows])
@@ -107,7 +107,7 @@ def test_audio_folder_and_webdataset_shards(tmp_path: Path, assets: Path, capsys
         (folder / f"{n}.oga").write_bytes((assets / "audio" / "freedesktop" / f"{n}.oga").read_bytes())
     (folder / "broken.oga").write_bytes(b"OggS" + bytes(range(200)))  # right suffix, garbage content
     _run(["--encoder", "clap-audio", "--pretrained", str(clap), "--input", str(folder), "--output",
-          str(tmp_path / "f"), "--batch-size", "2", "--num-workers", "1"])
+          str(tmp_path / "f"), "--batch-size", "2", "--workers", "1"])
     assert "4 extracted, 1 failed" in capsys.readouterr().out
     recs = load_features(tmp_path / "f")
     assert sorted(r.key for r in recs) == sorted(f"{n}.oga" for n in names)
@@ -123,7 +123,7 @@ def test_audio_folder_and_webdataset_shards(tmp_path: Path, assets: Path, capsys
             meta.write_text(json.dumps({"label": n.upper()}))
             tf.add(meta, arcname=f"{n}.json")
     _run(["--encoder", "clap-audio", "--pretrained", str(clap), "--input", str(shard.parent), "--output",
-          str(tmp_path / "g"), "--batch-size", "3", "--num-workers", "0"])
+          str(tmp_path / "g"), "--batch-size", "3", "--workers", "0"])
     from_tar = {r.key: r for r in load_features(tmp_path / "g")}
     assert sorted(from_tar) == sorted(f"train-000/{n}" for n in names)
     for r in recs:
@@ -193,7 +193,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
     listing.write_text('{"path": "x.jpg"}\n')
     cases = [(["--encoder", "nope", "--input", str(tmp_path)], "unknown encoder 'nope'; expected one of"),
              (["--encoder", "imu", "--input", str(tmp_path / "missing")], "no such file or folder"),
-             (["--encoder", "timm-image", "--model", "resnet10t", "--input", str(tmp_path)],
+             (["--encoder", "timm-image", "--set", "model=resnet10t", "--input", str(tmp_path)],
               "no file this image encoder reads; expected .jpg"),
              (["--encoder", "clap-audio", "--input", str(listing)], "no listed file is one this audio encoder reads"),
              (["--encoder", "text", "--input", str(tmp_path)], "expected a .jsonl list with a 'text' field"),
@@ -216,7 +216,7 @@ def _free_port() -> int:
 
 def test_two_processes_under_accelerate_launch(tmp_path: Path, imu_windows: Path, imu_weights: Path) -> None:
     common = ["extract", "--encoder", "imu", "--pretrained", str(imu_weights), *IMU, "--input", str(imu_windows),
-              "--shard-size", "3", "--num-workers", "0", "--no-progress"]
+              "--shard-size", "3", "--workers", "0", "--quiet"]
     # accelerate's `--cpu` multi-process mode needs MPI; `--multi_gpu` is its torchrun launcher, which runs
     # CPU-only processes too (anyalign then joins them with gloo)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -61,8 +61,8 @@ def test_plugin_encoder_through_every_command(tmp_path: Path, minilm_dir: Path, 
 
     # extract with the plugin's own option (--plugin); train, embed and evaluate from the same jsonl file
     out = _run(capsys, "--plugin", "anyalign_frames", "extract", "-e", "frames", "--set", "dim=24", "--set",
-               "frame=5", "-i", data / "train.jsonl", "-o", tmp_path / "feats", "--num-workers", "0",
-               "--no-progress")
+               "frame=5", "-i", data / "train.jsonl", "-o", tmp_path / "feats", "--workers", "0",
+               "--quiet")
     assert "60 extracted" in out
     recipe = {"name": "frames", "adapters": {"sensor": {"encoder": {"name": "frames", "options": {"dim": 24,
                                                                                                   "frame": 5}},

@@ -72,7 +72,7 @@ def test_image_corpus_and_file_queries(tmp_path, capsys, bert) -> None:
     failures = json.loads((tmp_path / "emb" / "embeddings.json").read_text())["failures"]
     assert failures[0]["source"].endswith("broken.png")
     code, out, err = run(capsys, "index", "build", tmp_path / "emb", "-o", tmp_path / "idx",
-                         "--embedder", f"text=encoder:text@{bert}")
+                         "--text-encoder", "text", "--text-pretrained", bert)
     assert code == 0, err
     code, out, err = run(capsys, "search", tmp_path / "idx", "--file", tmp_path / "media" / "green.png", "--json")
     assert code == 0, err
@@ -88,7 +88,7 @@ def test_image_corpus_and_file_queries(tmp_path, capsys, bert) -> None:
     # an index of another width cannot be queried with these embedders
     np.save(tmp_path / "wide.npy", clustered(50, 48))
     run(capsys, "index", "build", tmp_path / "wide.npy", "-o", tmp_path / "wide")
-    code, _, err = run(capsys, "search", tmp_path / "wide", "--text", "x", "--embedder", f"text=encoder:text@{bert}")
+    code, _, err = run(capsys, "search", tmp_path / "wide", "--text", "x", "--text-encoder", "text", "--text-pretrained", bert)
     assert code == 2 and "dimension mismatch" in err
 
 

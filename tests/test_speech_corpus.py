@@ -99,7 +99,7 @@ def test_takes_differ_and_rerun_is_deterministic_and_resumes(corpus, lists: list
 def test_cli_and_one_line_errors(lists: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "c"
     assert _cli(["data", "speech", str(lists[0]), "-o", str(out), "--voices", "en-us", "--heldout-voices",
-                 "en-gb-x-rp", "--no-progress"]) == 0
+                 "en-gb-x-rp", "--quiet"]) == 0
     assert "4 recordings of 2 texts" in capsys.readouterr().out
     cases = [([str(tmp_path / "none.txt")], "sentence list not found"),
              ([str(lists[0]), "--voices", "en+nosuchvariant"], "no variant 'nosuchvariant'"),
@@ -116,7 +116,7 @@ def test_cli_and_one_line_errors(lists: list[Path], tmp_path: Path, capsys: pyte
     dup.write_text("Hello there.\nHello   there.\n")
     cases.append(([str(dup)], "repeats"))
     for args, msg in cases:
-        assert _cli(["data", "speech", *args, "-o", str(tmp_path / "x"), "--no-progress"]) == 2
+        assert _cli(["data", "speech", *args, "-o", str(tmp_path / "x"), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
 

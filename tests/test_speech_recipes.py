@@ -81,7 +81,7 @@ def speech_data(tmp_path_factory: pytest.TempPathFactory, models_dir: dict[str, 
         for fold in ("train", "test"):
             assert _cli(["extract", "--encoder", "whisper", "--pretrained", str(models_dir["whisper"]), "--input",
                          str(root / name / f"{fold}.jsonl"), "--output", str(root / "features" / f"{name}-{fold}"),
-                         "--num-workers", "0", "--no-progress"]) == 0
+                         "--workers", "0", "--quiet"]) == 0
     return root
 
 

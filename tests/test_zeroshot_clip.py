@@ -112,7 +112,7 @@ def test_modality_and_label_errors(clip_file: Path, images: list[Path], tmp_path
 def test_cli_classify_and_eval_images(clip_file: Path, images: list[Path], tmp_path: Path, capsys, assets: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANYALIGN_CACHE", str(tmp_path / "cache"))
-    model = ["--clip", str(clip_file), "--clip-model", TINY_CLIP]
+    model = ["--clip", str(clip_file), "--set", f"model={TINY_CLIP}"]
     main(["classify", *model, "--labels", ",".join(LABELS), "-k", "2", "--json", str(images[0]), str(images[1])])
     out = json.loads(capsys.readouterr().out)
     assert out["labels"] == LABELS and len(out["results"]) == 2

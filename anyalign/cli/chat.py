@@ -14,6 +14,8 @@ from typing import Any
 
 import typer
 
+from . import options as o
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("chat")(chat_cmd)
@@ -37,8 +39,6 @@ def load_model(llm: str | None, gguf_file: str | None, adapter: list[str] | None
                device: str | None, *, needs: list[tuple[str, str]] = ()) -> Any:
     """The MultimodalLM named by `--llm/--gguf-file/--adapter` or `--bundle` (shared by chat and eval
     transcription); `needs` lists (option text, modality) pairs that must have an adapter."""
-    import torch
-
     from ..llm import MultimodalLM
     from .main import CLIError
 
@@ -53,7 +53,7 @@ def load_model(llm: str | None, gguf_file: str | None, adapter: list[str] | None
     for what, modality in needs:
         if bundle is None and modality not in names:
             raise CLIError(f"{what}: no --adapter {modality}=DIR given")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = o.resolve_device(device)
     if bundle is not None:
         return MultimodalLM.from_pretrained(bundle, device=device)
     return MultimodalLM.from_pretrained(llm, dict(adapters), gguf_file=gguf_file, device=device)
@@ -79,7 +79,8 @@ def chat_cmd(
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they are generated."),
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template",
                                        help="Wrap the prompt in the tokenizer's chat template when it has one."),
-    device: str = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
+    device: str = o.DEVICE,
+    as_json: bool = o.JSON,
 ) -> None:
     """Generate an answer about media files with a causal LM and modality adapters."""
     from .main import CLIError
@@ -100,7 +101,10 @@ def chat_cmd(
     if temperature > 0:
         gen["temperature"] = temperature
     template = chat_template and model.use_chat_template
-    if stream:
+    if as_json:  # one document: no streaming
+        answer = model.generate([text], inputs=grouped, chat_template=template, **gen)[0]
+        o.echo_json({"prompt": text, "inputs": grouped, "answer": answer})
+    elif stream:
         for piece in model.stream(text, inputs=grouped, chat_template=template, **gen):
             typer.echo(piece, nl=False)
         typer.echo("")
@@ -123,8 +127,8 @@ def eval_transcription_cmd(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
     output: Path = typer.Option(None, "--output", "-o", help="Write the JSON report (with every transcript) here."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-    device: str = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
+    device: str = o.DEVICE,
+    as_json: bool = o.JSON,
 ) -> None:
     """Word error rate of the LLM's transcripts through a speech adapter (and of Whisper's own decoder on the
     same files), overall and per voice; prints one line per system."""
@@ -136,14 +140,17 @@ def eval_transcription_cmd(
     records = read_records(dataset, modalities=[modality])[:limit]
     model = load_model(llm, gguf_file, adapter, bundle, device, needs=[(f"--modality {modality}", modality)])
     report = evaluate_transcription(records, model, prompt=prompt, modality=modality, whisper=whisper,
-                                    batch_size=batch_size, max_new_tokens=max_new_tokens, quiet=quiet)
+                                    batch_size=batch_size, max_new_tokens=max_new_tokens, quiet=o.is_quiet())
     report["dataset"] = str(dataset)
     lines = [f"llm      WER {report['llm']['wer']:.3f}  exact {report['llm']['exact_match']:.3f}  (n={report['n']})"]
     if "whisper" in report:
         ratio = report["wer_ratio_llm_to_whisper"]
         lines.append(f"whisper  WER {report['whisper']['wer']:.3f}  exact {report['whisper']['exact_match']:.3f}"
                      + (f"  llm/whisper {ratio:.2f}x" if ratio is not None else ""))
-    typer.echo("\n".join(lines))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_json(output, report)
+    if as_json:
+        o.echo_json(report)
+    else:
+        typer.echo("\n".join(lines))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from . import options as o
+
 data_app = typer.Typer(help="Make datasets: synthesised speech corpora, caption paraphrases.", no_args_is_help=True)
 
 
@@ -41,7 +43,7 @@ def speech_cmd(
                                "or flite (Debian binary)."),
     takes: int = typer.Option(1, "--takes", min=1, help="Recordings per text and voice (.jsonl 'takes' wins)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the text split and per-recording rate, pitch, augmentation."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = o.JSON,
 ) -> None:
     """Synthesise (text, voice, wav) triples into a jsonl dataset split by text and voice family (see
     anyalign.demos.speech_corpus)."""
@@ -62,12 +64,17 @@ def speech_cmd(
                 sc.MIXED_TRAIN_VOICES, sc.MIXED_VAL_VOICES, sc.MIXED_TEST_VOICES))
     corpus = sc.synthesize_corpus(
         utts, output, voices=split(voices), heldout_voices=split(heldout_voices), val_voices=split(val_voices) or (),
-        engine=engine, seed=seed, progress=progress,
+        engine=engine, seed=seed, progress=not o.is_quiet(),
         heldout_texts=heldout_texts if heldout_texts is not None else 0.17 if many else 0.0,
         val_texts=val_texts if val_texts is not None else 0.06 if many and val_voices else 0.0,
         voices_per_text=voices_per_text if voices_per_text is not None else 1 if many else None,
         augment=sc.Augment() if (augment if augment is not None else many) else None)
     counts = {f: sum(r["fold"] == f for r in corpus.rows) for f in ("train", "val", "test")}
+    if as_json:
+        o.echo_json({"jsonl": str(corpus.jsonl), "recordings": len(corpus.rows), "texts": len(utts),
+                     "new": corpus.n_new, "kept": corpus.n_kept, "sample_rate": corpus.sample_rate, "folds": counts,
+                     "train_voices": list(corpus.train_voices), "test_voices": list(corpus.test_voices)})
+        return
     typer.echo(f"{corpus.jsonl}: {len(corpus.rows)} recordings of {len(utts)} texts ({corpus.n_new} new, "
                f"{corpus.n_kept} kept), {corpus.sample_rate} Hz; train {counts['train']} "
                f"({len(corpus.train_voices)} voices)" + (f", val {counts['val']}" if counts["val"] else "")
@@ -92,6 +99,7 @@ def paraphrase_cmd(
     eval_phrasings: Path = typer.Option(None, "--eval-phrasings", help="Phrasing file used in evaluation (as "
                                         "`eval zeroshot --labels-file`): rewrites repeating one of its phrases "
                                         "(any set but `training`) are dropped."),
+    as_json: bool = o.JSON,
 ) -> None:
     """Paraphrase a recipe's class phrases once with a frozen LLM, filter them in the anchor space, write the file
     the recipe's `captions.paraphrases` reads (kept and dropped rewrites, with their scores, for review)."""
@@ -106,6 +114,9 @@ def paraphrase_cmd(
     res = paraphrase_source(rec, out, index=source, llm=llm or assets_root() / "llm" / "SmolLM2-135M-Instruct",
                             gguf_file=gguf_file, n=n, seed=seed, margin=margin, min_own=min_own,
                             eval_phrasings=eval_phrasings)
+    if as_json:
+        o.echo_json(res)
+        return
     why = ", ".join(f"{k} {v}" for k, v in res["dropped_by_reason"].items()) or "none"
     per_class = ", ".join(f"{k} {v['kept']}" for k, v in res["per_class"].items())
     typer.echo(f"{res['output']}: kept {res['kept']}, dropped {res['dropped']} rewrites of {len(res['classes'])} "

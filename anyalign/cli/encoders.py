@@ -10,6 +10,8 @@ from typing import Any
 
 import typer
 
+from . import options as o
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("encoders")(list_encoders_cmd)
@@ -47,7 +49,7 @@ def _echo_json(items: list[dict[str, Any]]) -> None:
 def list_encoders_cmd(
     name: str = typer.Argument(None, help="Show only this encoder."),
     modality: str = typer.Option(None, help="Only encoders of this modality."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = o.JSON,
 ) -> None:
     """List registered encoders: modality, dims, default model, expected input and options (with defaults)."""
     from ..encoders import encoder_info, list_encoders
@@ -75,7 +77,7 @@ def list_encoders_cmd(
 
 def list_projectors_cmd(
     name: str = typer.Argument(None, help="Show only this projector."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = o.JSON,
 ) -> None:
     """List registered projectors: the design each follows and its options (with defaults)."""
     from ..projectors import PROJECTORS, list_projectors, projector_options

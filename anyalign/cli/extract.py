@@ -6,24 +6,23 @@ from pathlib import Path
 
 import typer
 
+from . import options as o
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("extract")(extract_cmd)
 
 
 def extract_cmd(
-    encoder: str = typer.Option(..., "--encoder", "-e", help="Registered encoder name (see `anyalign encoders`)."),
+    encoder: str = o.ENCODER,
     input: Path = typer.Option(..., "--input", "-i", help="Folder, .jsonl/.txt list, or webdataset .tar shards."),
     output: Path = typer.Option(..., "--output", "-o", help="Feature folder to write (resumes if it exists)."),
-    pretrained: str = typer.Option(None, help="Encoder weights: hub id, open_clip tag, local file or folder."),
-    model: str = typer.Option(None, help="Encoder architecture, e.g. a timm model name (same as --set model=NAME)."),
-    batch_size: int = typer.Option(32, min=1),
-    num_workers: int = typer.Option(2, min=0, help="DataLoader workers decoding and collating files."),
-    shard_size: int = typer.Option(1000, min=1, help="Samples per output shard."),
-    autocast: str = typer.Option(None, help="bf16 (or fp16) to run the encoder under autocast; default fp32."),
-    device: str = typer.Option(None, help="torch device (default: CPU, or this rank's GPU under accelerate)."),
-    set_: list[str] = typer.Option(None, "--set", help="Encoder option key=value (repeatable), e.g. window_seconds=5"),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    pretrained: str = o.PRETRAINED, set_: list[str] = o.SET, autocast: str = o.AUTOCAST,
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int = o.WORKERS,
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Samples per output shard."),
+    device: str = o.DEVICE,
+    as_json: bool = o.JSON,
 ) -> None:
     """Run a frozen encoder over inputs once and write token/pooled features + metadata shards, resumably.
 
@@ -33,19 +32,28 @@ def extract_cmd(
     """
     from ..encoders.extract import check_feature_output, extract, process_state
     from ..encoders.inputs import discover_inputs, encoder_class
-    from ..encoders.spec import EncoderSpec
     from ..features import read_manifest
+    from .main import CLIError
 
-    spec = EncoderSpec.from_cli(encoder, pretrained, list(set_ or []) + ([f"model={model}"] if model else []),
-                                autocast)  # unknown encoder or option: fail before anything loads
+    if encoder is None:
+        raise CLIError("extract needs --encoder NAME (see `anyalign encoders`)")
+    spec = o.encoder_spec(encoder, pretrained, set_, autocast)  # unknown encoder or option: fail before loading
     check_feature_output(output, input)  # before the inputs are listed or a model loads
     cls = encoder_class(encoder, declared_inputs=True)
     items = discover_inputs(input, cls) if cls is not None else None  # wrong inputs, too
     state = process_state()
-    enc = spec.build(device=device or (state.device if state.device.type == "cuda" else None))
-    summary = extract(enc, input, output, batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
-                      spec=spec, progress=progress, items=items)
+    enc = spec.build(device=device or (state.device if state.device.type == "cuda" else "cpu"))
+    summary = extract(enc, input, output, batch_size=batch_size, num_workers=workers, shard_size=shard_size,
+                      spec=spec, progress=not o.is_quiet(), items=items)
     who = f"rank {state.process_index}: " if state.num_processes > 1 else ""
+    if as_json:
+        if state.is_main_process:
+            manifest = read_manifest(output)
+            o.echo_json({"output": str(output), "rank": state.process_index, "extracted": summary.n_ok,
+                         "failed": summary.n_failed, "failures": summary.failures, "seconds": summary.seconds,
+                         "count": manifest["count"], "shards": len(manifest["shards"]),
+                         "complete": manifest["complete"]})
+        return
     typer.echo(f"{who}{summary.n_ok} extracted, {summary.n_failed} failed, {summary.shards_written} shards written, "
                f"{summary.shards_skipped} already done ({summary.n_new} new in {summary.seconds:.1f} s, "
                f"{summary.throughput:.1f} samples/s)")

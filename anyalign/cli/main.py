@@ -14,8 +14,10 @@ import sys
 
 import typer
 
+from .options import AnyalignGroup, version_callback
+
 app = typer.Typer(help="anyalign: adapter-based multimodal alignment toolkit.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+                  add_completion=False, pretty_exceptions_enable=False, cls=AnyalignGroup)
 eval_app = typer.Typer(help="Evaluate retrieval or zero-shot classification.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -26,6 +28,8 @@ def _global_options(
                                                             "projectors, tasks or data kinds (repeatable; also "
                                                             "ANYALIGN_PLUGINS and the 'anyalign.plugins' entry "
                                                             "points)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=version_callback,
+                                 help="Print the version and exit."),
 ) -> None:
     """anyalign: adapter-based multimodal alignment toolkit."""
     if plugin:
@@ -37,6 +41,8 @@ _COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "ch
 
 
 def _register_all() -> None:
+    if app.registered_commands:  # once per process (tests call `main` many times)
+        return
     for name in _COMMAND_MODULES:
         try:
             mod = importlib.import_module(f"{__package__}.{name}")

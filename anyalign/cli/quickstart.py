@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from . import options as o
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("quickstart")(quickstart_cmd)
@@ -19,6 +21,7 @@ def quickstart_cmd(
     caption_steps: int = typer.Option(20, help="LLM alignment steps."),
     speech_steps: int = typer.Option(150, help="Speech-text binding steps."),
     speech_llm_steps: int = typer.Option(40, help="Speech-to-LLM alignment steps."),
+    as_json: bool = o.JSON,
 ) -> None:
     """Train an IMU adapter on real data, classify zero-shot, search across modalities, ask an LLM; write a report."""
     from ..assets import AssetError
@@ -29,9 +32,12 @@ def quickstart_cmd(
                              caption_steps=caption_steps, speech_steps=speech_steps,
                              speech_llm_steps=speech_llm_steps)
     try:
-        result = run_quickstart(opts, say=typer.echo)
+        result = run_quickstart(opts, say=o.say if as_json or o.is_quiet() else typer.echo)
     except AssetError as e:
         raise CLIError(f"{e}") from None
+    if as_json:
+        o.echo_json({"report": str(result.report.resolve()), "metrics": result.metrics})
+        return
     m = result.metrics
     imu, u = m["imu"], m["images"]["unseen_protocol"]
     typer.echo(f"images, unseen classes: H {u['harmonic_mean']:.2f} (calibrated; chance {u['chance_all']:.2f}); "

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import typer
+
+from . import options as o
 
 index_app = typer.Typer(help="Build, inspect and update FAISS indexes over embeddings.", no_args_is_help=True)
 
@@ -20,21 +21,16 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("retrieval")(eval_retrieval_cmd)
 
 
-def _embedder_specs(options: list[str] | None) -> dict[str, dict]:
-    if not options:
-        return {}  # the embedder module imports torch: `search --vector` without --embedder needs none
-    from ..embedder import Embedder, parse_embedder_option
-
-    specs: dict[str, dict] = {}
-    for text in options or []:
-        modality, spec = parse_embedder_option(text)
-        if modality is None:
-            modality = Embedder.from_record(spec).modality
-        specs[modality] = spec
-    return specs
-
-
 LOCK_HELP = "Seconds to wait for another process writing this index (default: as long as it takes)."
+
+
+def _echo_config(cfg: object, output: Path, **extra: object) -> None:
+    """The `--json` result of a command that writes an index: its config (tuning trace left out) and where."""
+    from ..config import to_dict
+
+    data = to_dict(cfg)
+    data.get("tuning", {}).pop("trace", None)
+    o.echo_json({"index": str(output), **extra, **data})
 
 
 def _echo_skipped(skipped: dict) -> None:
@@ -44,24 +40,18 @@ def _echo_skipped(skipped: dict) -> None:
                    f"all-zero rows (not indexed{'; first ids ' + ', '.join(map(str, ids[:5])) if ids else ''})")
 
 
-EMBEDDER_HELP = "Query embedder MODALITY=ADAPTER_DIR or MODALITY=encoder:NAME[@PRETRAINED] (repeatable)."
-
-
 def embed_cmd(
     inputs: list[Path] = typer.Argument(..., help="Media files/folders, .jsonl/.txt/.csv lists, tar shards or "
                                                   "feature folders."),
     output: Path = typer.Option(..., "--output", "-o", help="Embeddings folder to write."),
-    adapter: Path = typer.Option(None, "--adapter", help="ModalityAdapter folder (save_pretrained output)."),
-    encoder: str = typer.Option(None, "--encoder", "-e", help="Bare encoder name (its pooled output is the space)."),
-    pretrained: str = typer.Option(None, "--pretrained", help="Weights for --encoder (folder, file or hub id)."),
-    set_: list[str] = typer.Option(None, "--set", help="Encoder option key=value for --encoder (repeatable)."),
-    autocast: str = typer.Option(None, "--autocast", help="auto, bf16 or fp32 (default) for the encoder."),
+    adapter: Path = o.ADAPTER, encoder: str = o.ENCODER, pretrained: str = o.PRETRAINED, set_: list[str] = o.SET,
+    autocast: str = o.AUTOCAST,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     shard_size: int = typer.Option(50_000, "--shard-size", min=1, help="Rows per embeddings-XXXXX.npy file."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader workers decoding inputs."),
-    device: str = typer.Option(None, "--device", help="torch device (default: CPU)."),
+    workers: int = o.WORKERS, device: str = o.DEVICE,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output that is not an "
                                                               "embeddings folder."),
+    as_json: bool = o.JSON,
 ) -> None:
     """Embed inputs into the shared space and write embedding shards for `anyalign index build`.
 
@@ -110,24 +100,33 @@ def build_cmd(
     trained: Path = typer.Option(None, "--trained", help="Trained empty index (`index train`) to fill."),
     rank: int = typer.Option(0, "--rank", min=0, help="This part's rank (sharded build)."),
     world_size: int = typer.Option(1, "--world-size", min=1, help="Number of parts (sharded build)."),
-    embedder: list[str] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
+    adapter: Path = o.ADAPTER, encoder: str = o.ENCODER, pretrained: str = o.PRETRAINED, set_: list[str] = o.SET,
+    autocast: str = o.AUTOCAST, text_encoder: str = o.TEXT_ENCODER, text_pretrained: str = o.TEXT_PRETRAINED,
+    text_set: list[str] = o.TEXT_SET, text_autocast: str = o.TEXT_AUTOCAST,
     gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="Default: use GPUs when faiss reports them."),
     batch_size: int = typer.Option(65536, "--batch-size", min=1, help="Vectors added per batch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
     lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
+    as_json: bool = o.JSON,
 ) -> None:
     """Build an index: auto-chosen (or given) type, trained on a sample, filled in batches, tuned, saved.
 
-    Rows with NaN/inf values or zero norm are skipped and counted (see `index info`)."""
+    The query embedders come from the embeddings' records; the encoder spec options (and --text-...) add or
+    replace one. Rows with NaN/inf values or zero norm are skipped and counted (see `index info`)."""
     from ..retrieval.autoindex import format_bytes
     from ..retrieval.index import build_index
 
     queries = int(tune_queries) if tune_queries.strip().lstrip("-").isdigit() else Path(tune_queries)
+    embedders = o.query_embedders(adapter, encoder, pretrained, set_, autocast, text_encoder, text_pretrained,
+                                  text_set, text_autocast)
     cfg = build_index(embeddings, output, factory=factory, memory=memory, target_recall=target_recall, k=k,
                       tune_queries=queries, trained=trained, rank=rank, world_size=world_size,
-                      embedders=_embedder_specs(embedder), use_gpu=gpu, batch_size=batch_size, overwrite=overwrite,
+                      embedders=embedders, use_gpu=gpu, batch_size=batch_size, overwrite=overwrite,
                       lock_timeout=lock_timeout, raw_vectors=raw_vectors, ef_construction=ef_construction)
     size = (output / "index.faiss").stat().st_size
+    if as_json:
+        _echo_config(cfg, output, bytes=size)
+        return
     typer.echo(f"built {cfg.factory} over {cfg.ntotal} vectors (dim {cfg.dim}) in {cfg.build_seconds:.1f}s "
                f"-> {output} ({format_bytes(size)}, {size / max(cfg.ntotal, 1):.1f} B/vector)")
     typer.echo(f"  why: {cfg.choice}")
@@ -149,12 +148,16 @@ def train_cmd(
     world_size: int = typer.Option(1, "--world-size", min=1, help="Parts planned (auto choice sizes one part)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
     lock_timeout: float = typer.Option(None, "--lock-timeout", help="Seconds to wait for another writer."),
+    as_json: bool = o.JSON,
 ) -> None:
     """Train an empty index once; parts built from it with --trained can be merged on disk."""
     from ..retrieval.index import build_index
 
     cfg = build_index(embeddings, output, factory=factory, memory=memory, train_only=True,
                       rank=0, world_size=world_size, overwrite=overwrite, lock_timeout=lock_timeout)
+    if as_json:
+        _echo_config(cfg, output)
+        return
     typer.echo(f"trained {cfg.factory} (dim {cfg.dim}) -> {output}")
 
 
@@ -165,16 +168,20 @@ def merge_cmd(
     ondisk: bool = typer.Option(False, "--ondisk", help="Merge IVF lists into one memory-mapped index.ivfdata."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
     lock_timeout: float = typer.Option(None, "--lock-timeout", help="Seconds to wait for another writer."),
+    as_json: bool = o.JSON,
 ) -> None:
     """Combine independently built parts: a searchable set, or (IVF) one on-disk index."""
     from ..retrieval.shards import combine_parts
 
     cfg = combine_parts(parts, output, ondisk=ondisk, overwrite=overwrite, lock_timeout=lock_timeout)
+    if as_json:
+        _echo_config(cfg, output, parts_in=[str(p) for p in parts])
+        return
     typer.echo(f"{'merged' if ondisk else 'combined'} {len(parts)} parts ({cfg.ntotal} vectors) -> {output}")
 
 
 @index_app.command("info")
-def info_cmd(index: Path = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+def info_cmd(index: Path = typer.Argument(...), as_json: bool = o.JSON) -> None:
     """Show an index's type, size, tuned parameters and query embedders."""
     from ..config import to_dict
     from ..retrieval.index import read_config
@@ -182,7 +189,7 @@ def info_cmd(index: Path = typer.Argument(...), as_json: bool = typer.Option(Fal
     data = to_dict(read_config(index))
     data.get("tuning", {}).pop("trace", None)
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        o.echo_json(data)
         return
     for key in ("kind", "factory", "dim", "ntotal", "modality", "search_params", "tuning", "skipped", "choice",
                 "embedders", "parts", "ondisk"):
@@ -195,14 +202,18 @@ def add_cmd(
     index: Path = typer.Argument(...),
     embeddings: list[Path] = typer.Argument(...),
     lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
+    as_json: bool = o.JSON,
 ) -> None:
     """Append embeddings to an index (new ids follow the existing ones; NaN/inf or zero rows are skipped)."""
     from ..retrieval.index import add_to_index, read_config
 
     before = read_config(index).skipped
     cfg = add_to_index(index, embeddings, lock_timeout=lock_timeout)
-    typer.echo(f"{index}: now {cfg.ntotal} vectors")
     new = {key: cfg.skipped.get(key, 0) - before.get(key, 0) for key in ("nonfinite", "zero")}
+    if as_json:
+        o.echo_json({"index": str(index), "ntotal": cfg.ntotal, "skipped": new})
+        return
+    typer.echo(f"{index}: now {cfg.ntotal} vectors")
     _echo_skipped(new if any(new.values()) else {})
 
 
@@ -212,6 +223,7 @@ def delete_cmd(
     ids: list[int] = typer.Option(None, "--id", help="Vector id to delete (repeatable)."),
     sources: list[str] = typer.Option(None, "--source", help="Delete items with this metadata source."),
     lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
+    as_json: bool = o.JSON,
 ) -> None:
     """Delete vectors by id or by source path."""
     from ..retrieval.index import delete_from_index
@@ -219,14 +231,17 @@ def delete_cmd(
 
     if not ids and not sources:
         raise CLIError("give --id and/or --source")
-    _, n = delete_from_index(index, ids or [], sources=sources or [], lock_timeout=lock_timeout)
+    cfg, n = delete_from_index(index, ids or [], sources=sources or [], lock_timeout=lock_timeout)
+    if as_json:
+        o.echo_json({"index": str(index), "deleted": n, "ntotal": cfg.ntotal})
+        return
     typer.echo(f"{index}: deleted {n} vectors")
 
 
-def _retriever(index: Path, embedder: list[str] | None, device: str | None):  # noqa: ANN202
+def _retriever(index: Path, embedders: dict[str, dict], device: str | None):  # noqa: ANN202
     from ..retrieval.retriever import Retriever
 
-    return Retriever(index, _embedder_specs(embedder), device=device)
+    return Retriever(index, embedders, device=o.resolve_device(device) if embedders or device else device)
 
 
 def search_cmd(
@@ -235,17 +250,20 @@ def search_cmd(
     file: Path = typer.Option(None, "--file", help="Media file query (image/audio/video/IMU ...)."),
     vector: Path = typer.Option(None, "--vector", help=".npy file holding one query vector [dim]."),
     k: int = typer.Option(10, "-k", help="Results to return (>= 1; more than the index holds returns them all)."),
-    as_json: bool = typer.Option(False, "--json"),
-    embedder: list[str] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
+    as_json: bool = o.JSON,
+    adapter: Path = o.ADAPTER, encoder: str = o.ENCODER, pretrained: str = o.PRETRAINED, set_: list[str] = o.SET,
+    autocast: str = o.AUTOCAST, text_encoder: str = o.TEXT_ENCODER, text_pretrained: str = o.TEXT_PRETRAINED,
+    text_set: list[str] = o.TEXT_SET, text_autocast: str = o.TEXT_AUTOCAST,
     nprobe: int = typer.Option(None, "--nprobe", min=1, help="Override the tuned nprobe (IVF)."),
     ef_search: int = typer.Option(None, "--ef-search", min=1, help="Override the tuned efSearch (HNSW)."),
     refine: int = typer.Option(None, "--refine", min=0,
                                help="Override the tuned re-ranking factor of compressed indexes: k x REFINE "
                                     "candidates re-scored exactly against the raw vectors on disk (0: none)."),
-    device: str = typer.Option(None, "--device"),
+    device: str = o.DEVICE,
     modality: str = typer.Option(None, "--modality", "-m", help="Only return items of this modality (e.g. imu)."),
 ) -> None:
-    """Search an index with a text, a media file or a vector (query embedders come from the index itself)."""
+    """Search an index with a text, a media file or a vector (query embedders come from the index itself; the
+    encoder spec options, and --text-..., add or replace one)."""
     import numpy as np
 
     from .main import CLIError
@@ -254,7 +272,8 @@ def search_cmd(
         raise CLIError("give exactly one of --text, --file or --vector")
     if k < 1:
         raise CLIError(f"-k must be >= 1, got {k}")
-    r = _retriever(index, embedder, device)
+    r = _retriever(index, o.query_embedders(adapter, encoder, pretrained, set_, autocast, text_encoder,
+                                            text_pretrained, text_set, text_autocast), device)
     params = {k_: v for k_, v in (("nprobe", nprobe), ("efSearch", ef_search), ("refine", refine)) if v is not None}
     if vector is not None:
         if not vector.is_file():
@@ -266,7 +285,7 @@ def search_cmd(
     else:
         results = r.search_file(file, k, modality=modality, **params)
     if as_json:
-        typer.echo(json.dumps([x.to_dict() for x in results], indent=2, default=str))
+        o.echo_json([x.to_dict() for x in results])
         return
     for rank, x in enumerate(results, 1):
         m = x.metadata
@@ -279,8 +298,10 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address; anything but loopback needs --token."),
     port: int = typer.Option(8000, "--port", help="TCP port (1..65535)."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Request size limit (MB, > 0)."),
-    embedder: list[str] = typer.Option(None, "--embedder", help=EMBEDDER_HELP),
-    device: str = typer.Option(None, "--device"),
+    adapter: Path = o.ADAPTER, encoder: str = o.ENCODER, pretrained: str = o.PRETRAINED, set_: list[str] = o.SET,
+    autocast: str = o.AUTOCAST, text_encoder: str = o.TEXT_ENCODER, text_pretrained: str = o.TEXT_PRETRAINED,
+    text_set: list[str] = o.TEXT_SET, text_autocast: str = o.TEXT_AUTOCAST,
+    device: str = o.DEVICE,
     token: str = typer.Option(None, "--token", envvar="ANYALIGN_SERVE_TOKEN", show_envvar=True,
                               help="Require 'Authorization: Bearer TOKEN' (the page: open it as /#token=TOKEN)."),
     allow_host: list[str] = typer.Option(None, "--allow-host",
@@ -288,11 +309,13 @@ def serve_cmd(
     media_root: list[Path] = typer.Option(None, "--media-root", help="Serve media only from under these folders "
                                           "(repeatable; default: the folders the indexed media lie in)."),
 ) -> None:
-    """Serve an HTTP search API and a web page with thumbnails and players."""
+    """Serve a web page, an HTTP search API and OpenAI-compatible embeddings (/v1/embeddings; API at /docs)."""
     from ..retrieval.server import check_serve_options, serve
 
     check_serve_options(host, port, max_upload_mb, token)  # before loading anything
-    serve(_retriever(index, embedder, device), host=host, port=port, max_upload_mb=max_upload_mb, token=token,
+    embedders = o.query_embedders(adapter, encoder, pretrained, set_, autocast, text_encoder, text_pretrained,
+                                  text_set, text_autocast)
+    serve(_retriever(index, embedders, device), host=host, port=port, max_upload_mb=max_upload_mb, token=token,
           allow_hosts=allow_host or (), media_roots=media_root or None)
 
 
@@ -301,7 +324,7 @@ def eval_retrieval_cmd(
     gallery: Path = typer.Argument(..., help="Gallery embeddings (exact search) or an index folder."),
     match: str = typer.Option("row", "--match", help="'row' (query i <-> item i) or a metadata field."),
     ks: str = typer.Option("1,5,10", "-k", help="Comma-separated K values."),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = o.JSON,
 ) -> None:
     """Recall@K and mAP of a paired test set."""
     from ..retrieval.evaluate import evaluate_retrieval
@@ -312,7 +335,7 @@ def eval_retrieval_cmd(
         raise ValueError(f"-k {ks!r}: expected comma-separated integers such as 1,5,10") from None
     out = evaluate_retrieval(queries, gallery, match=match, ks=kv)
     if as_json:
-        typer.echo(json.dumps(out, indent=2))
+        o.echo_json(out)
         return
     for key, value in out.items():
         if key == "median_rank" and value is None:

@@ -7,12 +7,13 @@ mean of its frames' image embeddings) or `--adapter DIR` (a trained adapter agai
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from . import options as o
 
 _MODEL_HELP = "Model: exactly one of --encoder, --clap, --clip or --adapter."
 
@@ -23,18 +24,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 
 def build_classifier(labels: list[str], templates: list[str] | None, *, clap: str | None, clip: str | None,
-                     clip_model: str | None, adapter: Path | None, text_encoder: str | None,
-                     text_pretrained: str | None, encoder_args: list[str] | None, text_args: list[str] | None,
-                     device: str | None, bf16: bool, batch_size: int, num_workers: int, temperature: float,
-                     no_cache: bool, files: list[str] | None = None, encoder: str | None = None,
-                     pretrained: str | None = None, seen_classes: str | None = None,
+                     adapter: Path | None, text_encoder: str | None, text_pretrained: str | None,
+                     encoder_args: list[str] | None, text_args: list[str] | None, device: str | None,
+                     autocast: str | None, text_autocast: str | None, batch_size: int, workers: int,
+                     temperature: float | None, no_cache: bool, files: list[str] | None = None,
+                     encoder: str | None = None, pretrained: str | None = None, seen_classes: str | None = None,
                      calibration: float | None = None, no_calibration: bool = False) -> Any:
     """The classifier chosen by the model options (shared by `classify` and `eval zeroshot`). `--clap P` and
     `--clip P` are short for `--encoder clap-audio|clip-image --pretrained P` (CLIP's video path when all `files`
     are videos); the text side is the one the query's space names, unless `--text-encoder` says otherwise.
     Calibration: `--calibration G` overrides the gamma an adapter records, `--no-calibration` turns it off;
     `--seen-classes` overrides the seen classes it records."""
-    from ..encoders.spec import EncoderSpec
     from ..encoders.video import VIDEO_EXTENSIONS
     from ..zeroshot import ZeroShotClassifier
     from .main import CLIError
@@ -44,17 +44,15 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
     if len(chosen) != 1:
         raise CLIError(f"choose the model with exactly one of --encoder NAME, --clap PRETRAINED, --clip PRETRAINED "
                        f"or --adapter DIR (got {', '.join(chosen) or 'none'})")
-    autocast = "bf16" if bf16 else None
     if no_calibration and calibration is not None:
         raise CLIError("--calibration and --no-calibration contradict each other; give one")
     seen = [c.strip() for c in seen_classes.split(",") if c.strip()] if seen_classes else None
-    opts = {"batch_size": batch_size, "num_workers": num_workers, "temperature": temperature,
-            "use_cache": not no_cache, "device": device, "seen": seen,
+    opts = {"batch_size": batch_size, "num_workers": workers, "use_cache": not no_cache,
+            "device": o.resolve_device(device), "seen": seen, **({} if temperature is None else
+                                                                  {"temperature": temperature}),
             "calibration": 0.0 if no_calibration else calibration}
-    text = EncoderSpec.from_cli(text_encoder, text_pretrained, text_args, autocast) \
-        if text_encoder and not (Path(text_encoder) / "anyalign_adapter.json").is_file() else text_encoder
-    if text is None and (text_pretrained or text_args):
-        raise CLIError("--text-pretrained/--text-set need --text-encoder NAME")
+    text = o.encoder_spec(text_encoder, text_pretrained, text_args, text_autocast, prefix="text-") \
+        if not (text_encoder and (Path(text_encoder) / "anyalign_adapter.json").is_file()) else text_encoder
     if adapter is not None:
         if encoder_args or pretrained:
             raise CLIError("--set/--pretrained do not apply to --adapter (the adapter records its encoder)")
@@ -66,10 +64,7 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
     elif clip is not None:  # videos go through the same image tower, frame embeddings averaged (CLIP's space)
         videos = files and all(Path(f).suffix.lower() in VIDEO_EXTENSIONS for f in files)
         encoder, pretrained = ("video" if videos else "clip-image"), clip
-        encoder_args = list(encoder_args or []) + ([f"model={clip_model}"] if clip_model else [])
-    elif clip_model:
-        raise CLIError("--clip-model goes with --clip")
-    query = EncoderSpec.from_cli(encoder, pretrained, encoder_args, autocast)
+    query = o.encoder_spec(encoder, pretrained, encoder_args, autocast)
     return ZeroShotClassifier.from_specs(query, labels, templates, text=text, **opts)
 
 
@@ -88,28 +83,14 @@ def _query_modality(clap: str | None, clip: str | None, adapter: Path | None, en
 # options shared by both commands
 _CLAP = typer.Option(None, "--clap", help="CLAP weights (folder or hub id): audio and text towers. " + _MODEL_HELP)
 _CLIP = typer.Option(None, "--clip", help="CLIP weights (open_clip tag, file, folder or hub id). " + _MODEL_HELP)
-_CLIP_MODEL = typer.Option(None, "--clip-model", help="open_clip architecture for --clip (default ViT-B-32).")
-_ADAPTER = typer.Option(None, "--adapter", help="A trained adapter folder (shared-space head). " + _MODEL_HELP)
-_TEXT_ENC = typer.Option(None, "--text-encoder",
-                         help="The text side (encoder name or text adapter folder); default: the anchor an "
-                              "adapter records, or the query encoder's partner tower.")
-_TEXT_PRE = typer.Option(None, "--text-pretrained", help="Weights of --text-encoder (folder or hub id).")
-_ENCODER = typer.Option(None, "--encoder", "-e", help="A registered encoder whose space names its text side "
-                                                   "(e.g. clap-audio, clip-image, video). " + _MODEL_HELP)
-_PRETRAINED = typer.Option(None, "--pretrained", help="Weights of --encoder (folder, file, tag or hub id).")
-_ENC_ARGS = typer.Option(None, "--set", help="Option key=value of the query encoder (repeatable), e.g. "
-                                             "num_frames=4 for videos.")
-_TEXT_ARGS = typer.Option(None, "--text-set", help="Option key=value of --text-encoder (repeatable), e.g. "
-                                                   "max_length=64.")
 _TEMPLATE = typer.Option(None, "--template", "-t",
                          help="Prompt template with {} for the label (repeatable: an averaged ensemble). Default: "
                               "a few templates for the input modality.")
 _BATCH = typer.Option(32, "--batch-size", min=1, help="Inputs per forward pass.")
-_WORKERS = typer.Option(0, "--num-workers", min=0, help="DataLoader workers decoding the files.")
-_TEMP = typer.Option(0.01, "--temperature", help="Softmax temperature of the reported probabilities.")
+_TEMP = typer.Option(None, "--temperature", help="Softmax temperature that turns scores into probabilities, "
+                     "calibrated on validation data: with it, probabilities are reported (default: cosine scores "
+                     "only; JSON probabilities at 0.01).")
 _NO_CACHE = typer.Option(False, "--no-cache", help="Do not read or write the class-embedding cache.")
-_DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")
-_BF16 = typer.Option(False, "--bf16", help="Run the encoders under bf16 autocast.")
 _SEEN = typer.Option(None, "--seen-classes", help="Comma-separated classes the model was trained on (default for "
                      "--adapter: the seen classes it records, named as its training captions named them).")
 _CALIBRATION = typer.Option(None, "--calibration", help="Calibrated stacking: subtract this gamma from the seen "
@@ -124,14 +105,15 @@ def classify_cmd(
     labels: str = typer.Option(None, "--labels", "-l", help="Comma-separated class labels."),
     labels_file: Path = typer.Option(None, "--labels-file", help="A file with one label per line."),
     template: list[str] = _TEMPLATE,
-    top_k: int = typer.Option(5, "-k", "--top-k", min=1, help="Labels to show per file."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (one JSON document)."),
-    clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
-    encoder: str = _ENCODER, pretrained: str = _PRETRAINED,
-    text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
-    text_arg: list[str] = _TEXT_ARGS,
-    batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
-    device: str = _DEVICE, bf16: bool = _BF16,
+    top_k: int = typer.Option(None, "-k", "--top-k", min=1, help="Labels to show per file (default: 5 when there "
+                                                                 "are more than 5 labels, else all of them)."),
+    as_json: bool = o.JSON,
+    clap: str = _CLAP, clip: str = _CLIP, adapter: Path = o.ADAPTER, encoder: str = o.ENCODER,
+    pretrained: str = o.PRETRAINED, encoder_arg: list[str] = o.SET, autocast: str = o.AUTOCAST,
+    text_encoder: str = o.TEXT_ENCODER, text_pretrained: str = o.TEXT_PRETRAINED, text_arg: list[str] = o.TEXT_SET,
+    text_autocast: str = o.TEXT_AUTOCAST,
+    batch_size: int = _BATCH, workers: int = o.WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
+    device: str = o.DEVICE,
     seen_classes: str = _SEEN, calibration: float = _CALIBRATION, no_calibration: bool = _NO_CALIBRATION,
 ) -> None:
     """Zero-shot classify files against text labels; prints the top-k labels with scores per file (cosine, minus
@@ -145,19 +127,23 @@ def classify_cmd(
     if labels is None and labels_file is None:
         raise CLIError("no labels: pass --labels 'dog barking,rain,siren' and/or --labels-file FILE")
     label_list = parse_labels(labels, labels_file)
-    clf = build_classifier(label_list, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
+    clf = build_classifier(label_list, template, clap=clap, clip=clip, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
-                           text_args=text_arg, encoder=encoder, pretrained=pretrained,
-                           device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
+                           text_args=text_arg, encoder=encoder, pretrained=pretrained, device=device,
+                           autocast=autocast, text_autocast=text_autocast, batch_size=batch_size, workers=workers,
                            temperature=temperature, no_cache=no_cache, files=[str(f) for f in files],
                            seen_classes=seen_classes, calibration=calibration, no_calibration=no_calibration)
-    preds = clf.classify([str(f) for f in files], top_k=top_k)
+    n = len(clf.labels)
+    shown = top_k or (5 if n > 5 else n)
+    preds = clf.classify([str(f) for f in files], top_k=shown)
     info = clf.calibration_info()
     if as_json:
-        typer.echo(json.dumps({"labels": clf.labels, "templates": clf.templates, "calibration": info,
-                               "results": [p.to_dict() for p in preds]}, indent=2))
+        o.echo_json({"labels": clf.labels, "templates": clf.templates, "calibration": info,
+                     "temperature": temperature, "results": [p.to_dict() for p in preds]})
     else:
         typer.echo(_calibration_line(info))
+        typer.echo(f"cosine scores, {f'top {shown} of {n}' if shown < n else f'all {n}'} labels per file"
+                   + (f"; p: softmax at temperature {temperature:g}" if temperature is not None else ""))
         width = max(len(lab) for lab in clf.labels)
         for p in preds:
             if not p.ok:
@@ -165,7 +151,7 @@ def classify_cmd(
                 continue
             typer.echo(p.source)
             for lab, s, pr in zip(p.labels, p.scores, p.probs):
-                typer.echo(f"  {lab:<{width}}  score {s:+.4f}  p {pr:.3f}")
+                typer.echo(f"  {lab:<{width}}  {s:+.4f}" + (f"  p {pr:.3f}" if temperature is not None else ""))
     failed = [p for p in preds if not p.ok]
     if failed:
         typer.echo(f"{len(failed)} of {len(preds)} file(s) could not be classified", err=True)
@@ -181,13 +167,13 @@ def eval_zeroshot_cmd(
     output: Path = typer.Option(Path("zeroshot-report"), "--output", "-o", help="Report folder (json + PNG)."),
     template: list[str] = _TEMPLATE,
     top_k: int = typer.Option(5, "-k", "--top-k", min=1, help="Labels kept per item in the report."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-    clap: str = _CLAP, clip: str = _CLIP, clip_model: str = _CLIP_MODEL, adapter: Path = _ADAPTER,
-    encoder: str = _ENCODER, pretrained: str = _PRETRAINED,
-    text_encoder: str = _TEXT_ENC, text_pretrained: str = _TEXT_PRE, encoder_arg: list[str] = _ENC_ARGS,
-    text_arg: list[str] = _TEXT_ARGS,
-    batch_size: int = _BATCH, num_workers: int = _WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
-    device: str = _DEVICE, bf16: bool = _BF16,
+    as_json: bool = o.JSON,
+    clap: str = _CLAP, clip: str = _CLIP, adapter: Path = o.ADAPTER, encoder: str = o.ENCODER,
+    pretrained: str = o.PRETRAINED, encoder_arg: list[str] = o.SET, autocast: str = o.AUTOCAST,
+    text_encoder: str = o.TEXT_ENCODER, text_pretrained: str = o.TEXT_PRETRAINED, text_arg: list[str] = o.TEXT_SET,
+    text_autocast: str = o.TEXT_AUTOCAST,
+    batch_size: int = _BATCH, workers: int = o.WORKERS, temperature: float = _TEMP, no_cache: bool = _NO_CACHE,
+    device: str = o.DEVICE,
     labels_file: Path = typer.Option(None, "--labels-file", help="Other phrasings of the classes (YAML/JSON "
                                      "{set: {class: phrase or [phrases]}}): accuracy per set, ratio to closed set."),
     seen_classes: str = _SEEN, calibration: float = _CALIBRATION, no_calibration: bool = _NO_CALIBRATION,
@@ -199,10 +185,10 @@ def eval_zeroshot_cmd(
 
     modality = _query_modality(clap, clip, adapter, encoder)
     ds = read_labelled(dataset, modality=modality)
-    clf = build_classifier(ds.classes, template, clap=clap, clip=clip, clip_model=clip_model, adapter=adapter,
+    clf = build_classifier(ds.classes, template, clap=clap, clip=clip, adapter=adapter,
                            text_encoder=text_encoder, text_pretrained=text_pretrained, encoder_args=encoder_arg,
-                           text_args=text_arg, encoder=encoder, pretrained=pretrained,
-                           device=device, bf16=bf16, batch_size=batch_size, num_workers=num_workers,
+                           text_args=text_arg, encoder=encoder, pretrained=pretrained, device=device,
+                           autocast=autocast, text_autocast=text_autocast, batch_size=batch_size, workers=workers,
                            temperature=temperature, no_cache=no_cache, files=[str(p) for p in ds.paths],
                            seen_classes=seen_classes, calibration=calibration, no_calibration=no_calibration)
     if ds.layout == "folders" and clf.query.extensions:
@@ -228,10 +214,9 @@ def eval_zeroshot_cmd(
         if labels_file or seen else []
     m = report["metrics"]
     if as_json:
-        typer.echo(json.dumps({"metrics": m, "per_class": report["per_class"], "probe": report["probe"],
-                               "calibration": report["calibration"],
-                               "report": str(paths["json"]), "confusion_matrix": str(paths["png"]),
-                               "protocols": report.get("protocols")}, indent=2))
+        o.echo_json({"metrics": m, "per_class": report["per_class"], "probe": report["probe"],
+                     "calibration": report["calibration"], "report": str(paths["json"]),
+                     "confusion_matrix": str(paths["png"]), "protocols": report.get("protocols")})
         return
     kind = ("closed set: every class was seen in training" if clf.seen_labels is not None and seen is None
             else f"{len(seen)} seen + {len(ds.classes) - len(seen)} unseen classes" if seen
@@ -240,7 +225,8 @@ def eval_zeroshot_cmd(
                + (f", folds {', '.join(fold)}" if fold else ""))
     typer.echo(_calibration_line(report["calibration"]))
     typer.echo(f"  top-1 accuracy (per item)     {m['top1']:.4f}")
-    typer.echo(f"  top-5 accuracy (per item)     {m['top5']:.4f}")
+    if len(ds.classes) > 5:  # with 5 classes or fewer top-5 is 1 by construction
+        typer.echo(f"  top-5 accuracy (per item)     {m['top5']:.4f}")
     typer.echo(f"  mean per-class accuracy       {m['mean_per_class_accuracy']:.4f}  (chance {m['chance']:.4f})")
     if report["probe"] is not None:
         pr = report["probe"]

@@ -187,8 +187,8 @@ class Retriever:
                 if record is None:
                     raise ValueError(f"no {modality} embedder for {self.index_dir} (it records: "
                                      f"{', '.join(sorted(self._specs)) or 'none'}, and none of them names a "
-                                     f"{modality} side); pass embedders={{'{modality}': ...}} or "
-                                     f"--embedder {modality}=ADAPTER_DIR")
+                                     f"{modality} side); pass embedders={{'{modality}': ...}} or, on the "
+                                     f"command line, --adapter DIR / --encoder NAME (--text-encoder for text)")
                 self.set_embedder(modality, Embedder.from_record(record, device=self.device))
             return self._embedders[modality]
 
