@@ -57,3 +57,32 @@ def test_bad_arguments_are_one_line_errors() -> None:
         correct_scores(np.zeros((2, 3)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="needs a bank"):
         exact_metrics(np.eye(3), np.eye(3), [np.array([i]) for i in range(3)], (1,), hubness=Hubness())
+
+
+@pytest.mark.slow  # imports open_clip (tens of seconds on a loaded machine)
+def test_zeroshot_scores_take_the_correction_and_speech_templates(tmp_path) -> None:
+    open_clip = pytest.importorskip("open_clip")
+    import torch
+
+    from anyalign.encoders.clip import register_model_configs
+    from anyalign.encoders.spec import EncoderSpec
+    from anyalign.io import save_weights
+    from anyalign.zeroshot import ZeroShotClassifier
+    from anyalign.zeroshot.prompts import SPEECH_TEMPLATES, default_templates
+
+    register_model_configs()
+    torch.manual_seed(0)
+    path = tmp_path / "tiny-clip.safetensors"
+    save_weights(path, open_clip.create_model("anyalign-tiny-vit").state_dict())
+    clf = ZeroShotClassifier.from_specs(EncoderSpec("clip-image", str(path), {"model": "anyalign-tiny-vit"}),
+                                        ["red", "green", "blue"], cache_dir=tmp_path / "cache", progress=False)
+    assert clf.templates[0] == "a photo of a {}."  # an image encoder keeps its templates
+    emb = torch.nn.functional.normalize(torch.randn(12, clf.text.dim), dim=-1)
+    raw = clf.raw_scores(emb).numpy()
+    bank = torch.nn.functional.normalize(torch.randn(50, clf.text.dim) + 3 * clf.weights[:, 0], dim=-1)
+    clf.hubness = (Hubness("is", 10.0), bank)
+    fixed = clf.raw_scores(emb).numpy()
+    expected = correct_scores(raw, (bank @ clf.weights).numpy(), method="is", beta=10.0)
+    assert np.allclose(fixed, expected, atol=1e-5) and not np.allclose(fixed, raw)
+    assert default_templates("audio", "whisper") == SPEECH_TEMPLATES and "{}" in SPEECH_TEMPLATES
+    assert default_templates("audio", "clap-audio")[0] == "the sound of {}."

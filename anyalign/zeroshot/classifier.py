@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..adapter import CONFIG_NAME
 from ..embedder import Embedder
 from ..encoders.spec import EncoderSpec
+from ..hubness import Hubness
 from ..io import atomic_path
 from .batching import EmbeddingResult, embed_inputs, input_name
 from .prompts import check_labels, check_templates, class_prompts, default_templates
@@ -92,7 +93,8 @@ class ZeroShotClassifier:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.query, self.text = query, text
         self.labels = check_labels(labels)
-        self.templates = check_templates(templates if templates else default_templates(query.modality))
+        self.templates = check_templates(templates if templates else default_templates(query.modality,
+                                                                                        query.spec.name))
         self.temperature = temperature
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.use_cache = use_cache
@@ -103,6 +105,7 @@ class ZeroShotClassifier:
         self.calibration_source = calibration_source
         self._weights: torch.Tensor | None = None
         self.cache_hit = False
+        self.hubness: tuple[Hubness, torch.Tensor] | None = None  # (correction, bank query embeddings [B, E])
 
     # --- seen classes and calibration -----------------------------------------------------------------------
     def prompt_label(self, label: str) -> str:
@@ -255,8 +258,14 @@ class ZeroShotClassifier:
 
     # --- classification -------------------------------------------------------------------------------------
     def raw_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each embedding `[N, E]` to each class: `[N, C]` (no calibration)."""
-        return embeddings.float() @ self.weights.to(embeddings.device)
+        """Cosine similarity of each embedding `[N, E]` to each class: `[N, C]` (no calibration), hubness-corrected
+        when `self.hubness` = (an `anyalign.hubness.Hubness`, reference query embeddings `[B, E]`) is set."""
+        sim = embeddings.float() @ self.weights.to(embeddings.device)
+        if self.hubness is not None:
+            hub, bank = self.hubness
+            bank_sim = (bank.float() @ self.weights.to(bank.device)).cpu().numpy()
+            sim = torch.from_numpy(hub.apply(sim.cpu().numpy(), bank_sim)).to(sim.device)
+        return sim
 
     def offsets(self) -> torch.Tensor:
         """`[C]`: what calibration subtracts from each class's score (gamma for seen classes, else 0)."""

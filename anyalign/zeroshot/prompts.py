@@ -18,11 +18,17 @@ DEFAULT_TEMPLATES: dict[str, list[str]] = {
     "video": ["a video of {}.", "a video of a person {}.", "a clip showing {}.", "footage of {}.", "{}"],
 }
 FALLBACK_TEMPLATES = ["{}"]
+#: audio encoders that hear speech: their adapters are bound to what was SAID, so the prompt is the words themselves
+SPEECH_ENCODERS = ("whisper",)
+SPEECH_TEMPLATES = ["{}", "{}."]
 
 
-def default_templates(modality: str) -> list[str]:
-    """The default prompt ensemble of a query modality (a bare `{}` for modalities without one). IMU uses the
+def default_templates(modality: str, encoder: str | None = None) -> list[str]:
+    """The default prompt ensemble of a query modality (a bare `{}` for modalities without one); a speech encoder's
+    audio (`encoder` in SPEECH_ENCODERS) gets the spoken words themselves, not "the sound of {}". IMU uses the
     caption templates adapters are trained with, so zero-shot prompts match training captions."""
+    if modality == "audio" and encoder in SPEECH_ENCODERS:
+        return list(SPEECH_TEMPLATES)
     if modality == "imu":
         from ..datasets.uea import DEFAULT_UEA_TEMPLATES
 
@@ -93,5 +99,5 @@ def class_prompts(labels: Sequence[str], templates: Sequence[str]) -> list[list[
     return [[t.replace("{}", label_phrase(label)) for t in templates] for label in labels]
 
 
-__all__ = ["DEFAULT_TEMPLATES", "check_labels", "check_templates", "class_prompts", "default_templates",
-           "label_phrase", "parse_labels"]
+__all__ = ["DEFAULT_TEMPLATES", "SPEECH_ENCODERS", "SPEECH_TEMPLATES", "check_labels", "check_templates",
+           "class_prompts", "default_templates", "label_phrase", "parse_labels"]

@@ -1,0 +1,374 @@
+"""Speech that generalises: held-out sentences spoken by held-out voice families, next to Whisper's own decoder.
+
+    python benchmarks/speech_generalise.py [--sentences 3600] [--conditions perceiver,qformer,...] [--steps 1500]
+
+The protocol (issue 22): a corpus of distinct short sentences from Debian `fortunes` (filtered by the `wamerican`
+word list; no digit or colour word in any sentence) is spoken by espeak-ng and flite voices with speed, pitch, noise
+and telephone-band augmentation (`anyalign.demos.speech_corpus`). Texts are split by a stable hash into train /
+val / test, and voices by FAMILY (synthesiser + base voice): each fold's texts are spoken only by its own families,
+so the test clips are new sentences in voices of families never heard in training. Everything is tuned on the val
+fold (step, hubness beta); the test fold is read once per condition at the end.
+
+Measured on the SAME test clips:
+- speech -> text R@1/5/10 among all distinct test sentences (chance k/N), for each adapter condition, with and
+  without hubness correction (`anyalign.hubness`, bank = training clips' embeddings);
+- the baseline: Whisper tiny.en's own decoder (`anyalign.llm.transcribe.whisper_transcripts`), then MiniLM on its
+  transcript, ranked against the same gallery;
+- zero-shot spoken words never trained (digits zero..nine, ten colour names; test voice families), top-1 against
+  the bare words (the speech templates), chance 1/10, adapter and baseline.
+
+Whisper features are extracted once per fold to `--work` (encoder spec padding=longest: the encoder runs on the
+clip's own frames) and reused; so are transcripts and text embeddings. Conditions (each trained from scratch on
+the same features, `--steps` AdamW steps, InfoNCE against the frozen MiniLM embeddings):
+  perceiver     the documented recipe's head (8 latents, dim 256, depth 2), targets = the spoken text
+  qformer       Q-Former-lite (32 queries, dim 256, depth 2)
+  distill       perceiver, targets = MiniLM of Whisper's OWN transcript of each training clip (no labels used;
+                `--distill-clips` training clips, transcripts cached)
+  text-tower    word order kept: an MLP projector (frame stacking: stride 4, 12.5 tokens/s) makes soft tokens that
+                the frozen MiniLM itself reads ([CLS] tokens [SEP] as input embeddings, mean-pooled like its
+                sentences), so the frozen text tower composes the words (the LLM path's recipe, with MiniLM as
+                the "LLM"); only the MLP trains
+Results go to `<work>/results.json` and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anyalign.assets import assets_root
+from anyalign.demos.speech_corpus import (
+    MIXED_TEST_VOICES,
+    MIXED_TRAIN_VOICES,
+    MIXED_VAL_VOICES,
+    Augment,
+    Utterance,
+    add_transcripts,
+    fortune_sentences,
+    synthesize_corpus,
+)
+from anyalign.hubness import Hubness, hub_occurrence
+from anyalign.io import iter_jsonl
+from anyalign.retrieval.evaluate import exact_metrics
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "brown", "pink"]
+PROJECTORS = {"perceiver": {"name": "perceiver", "num_latents": 8, "dim": 256, "depth": 2, "dropout": 0.1},
+              "qformer": {"name": "qformer", "num_queries": 32, "dim": 256, "depth": 2, "dropout": 0.1}}
+CONDITIONS = {"perceiver": ("perceiver", "text"), "qformer": ("qformer", "text"), "distill": ("perceiver", "whisper"),
+              "text-tower": ("mlp", "text")}
+TOWER_PROJECTOR = {"name": "mlp", "stride": 4, "hidden_dim": 1024}
+KS = (1, 5, 10)
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    return [r for _, r in iter_jsonl(path)]
+
+
+def make_corpora(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """The sentence corpus (train/val/test folds) and the zero-shot words corpus (test families only)."""
+    sentences = fortune_sentences(args.sentences, seed=args.seed)
+    aug = Augment()
+    synthesize_corpus(sentences, work / "corpus", voices=MIXED_TRAIN_VOICES, val_voices=MIXED_VAL_VOICES,
+                      heldout_voices=MIXED_TEST_VOICES, heldout_texts=args.heldout_texts, val_texts=args.val_texts,
+                      voices_per_text=1, augment=aug, seed=args.seed, progress=not args.quiet)
+    words = [Utterance(w, label=w) for w in DIGITS + COLOURS]
+    synthesize_corpus(words, work / "words", voices=[], heldout_voices=MIXED_TEST_VOICES, augment=aug, seed=args.seed,
+                      progress=False)
+    return work / "corpus", work / "words"
+
+
+def features(whisper: str, src: Path, out: Path, quiet: bool, pool: int = 1) -> dict[str, torch.Tensor]:
+    """Whisper tiny.en tokens of every clip of `src` (extracted once, padding=longest), by row key, each group of
+    `pool` consecutive frames averaged (frame stacking by mean: 50 / pool tokens per second)."""
+    from anyalign.encoders.extract import extract
+    from anyalign.encoders.spec import EncoderSpec
+    from anyalign.features import load_features
+
+    spec = EncoderSpec("whisper", whisper, options={"padding": "longest"})
+    extract(spec.build(frozen=True), src, out, batch_size=16, spec=spec, progress=not quiet)  # resumes
+    out_tokens = {}
+    for r in load_features(out, dtype=torch.float32):
+        t = r.tokens
+        if pool > 1:
+            t = torch.nn.functional.avg_pool1d(t.T[None], pool, pool, ceil_mode=True)[0].T
+        out_tokens[str(r.key)] = t.half()
+    return out_tokens
+
+
+def text_embedder(minilm: str) -> Any:
+    from anyalign.embedder import Embedder
+    from anyalign.encoders.spec import EncoderSpec
+
+    return Embedder.from_encoder(EncoderSpec("text", minilm))
+
+
+def cached(path: Path, make: Any) -> Any:
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    path.write_text(json.dumps(value))
+    return value
+
+
+def pad(tokens: list[torch.Tensor]) -> Any:
+    from anyalign.encoders import EncoderOutput
+    from anyalign.encoders.base import pad_sequences
+
+    t, m = pad_sequences([x.float() for x in tokens])
+    return EncoderOutput(t, m, (t * m[..., None]).sum(1) / m.sum(1, keepdim=True))
+
+
+class SpeechHead(torch.nn.Module):
+    """Shared-space embeddings of Whisper features: the adapter's embedding head, or (text-tower) its LLM-style soft
+    tokens read by the frozen MiniLM between its [CLS] and [SEP] embeddings, mean-pooled over the real positions."""
+
+    def __init__(self, adapter: Any, tower: Any = None, cls_sep: tuple[int, int] = (101, 102)) -> None:
+        super().__init__()
+        self.adapter, self.tower, self.cls_sep = adapter, tower, cls_sep
+
+    def forward(self, feats: Any) -> torch.Tensor:
+        if self.tower is None:
+            return self.adapter.embed_output(feats)[0]
+        out = self.adapter.soft_tokens(feats)
+        tok, mask = out.tokens, out.mask  # [B, N, 384], [B, N]
+        b, n, d = tok.shape
+        words = self.tower.embeddings.word_embeddings.weight
+        lens = mask.sum(1)
+        x = torch.zeros(b, n + 2, d, dtype=tok.dtype)
+        x[:, 0] = words[self.cls_sep[0]]
+        x[:, 1:n + 1] = tok * mask[..., None]
+        x[torch.arange(b), lens + 1] = words[self.cls_sep[1]]
+        att = (torch.arange(n + 2)[None] <= (lens + 1)[:, None]).long()  # [B, N+2]
+        h = self.tower(inputs_embeds=x, attention_mask=att).last_hidden_state
+        pooled = (h * att[..., None]).sum(1) / att.sum(1, keepdim=True)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+@torch.no_grad()
+def embed_clips(head: SpeechHead, tokens: list[torch.Tensor], bs: int = 128) -> np.ndarray:
+    head.eval()
+    order = np.argsort([len(t) for t in tokens])  # similar lengths per batch: less padding
+    out = np.zeros((len(tokens), 384), dtype=np.float32)
+    for lo in range(0, len(order), bs):
+        idx = order[lo:lo + bs]
+        out[idx] = head(pad([tokens[i] for i in idx])).numpy()
+    head.train()
+    if head.tower is not None:
+        head.tower.eval()
+    return out
+
+
+def retrieval(q: np.ndarray, texts: list[str], gallery_texts: list[str], gallery: np.ndarray,
+              hub: Hubness | None = None, bank: np.ndarray | None = None) -> dict[str, float]:
+    pos = {t: i for i, t in enumerate(gallery_texts)}
+    rel = [np.array([pos[t]]) for t in texts]
+    return exact_metrics(q, gallery, rel, KS, hubness=hub, bank=bank)
+
+
+def zeroshot(q: np.ndarray, labels: list[str], classes: list[str], class_emb: np.ndarray,
+             hub: Hubness | None = None, bank: np.ndarray | None = None) -> float:
+    s = q @ class_emb.T
+    if hub is not None:
+        s = hub.apply(s, bank @ class_emb.T)
+    return float(np.mean([classes[i] == lab for i, lab in zip(s.argmax(1), labels)]))
+
+
+def train_condition(name: str, args: argparse.Namespace, encoder: Any, train_tok: list[torch.Tensor],
+                    targets: np.ndarray, val: tuple[list[torch.Tensor], list[str], list[str], np.ndarray],
+                    bank_tok: list[torch.Tensor]) -> tuple[Any, dict[str, Any]]:
+    """Train one adapter; keep the weights of the best val R@1 (checked every `--eval-every` steps)."""
+    from anyalign.adapter import build_adapter
+    from anyalign.align.losses import InfoNCE
+
+    torch.manual_seed(args.seed)
+    if name == "text-tower":
+        from transformers import AutoModel
+
+        tower = AutoModel.from_pretrained(args.minilm, dtype=torch.float32).eval().requires_grad_(False)
+        adapter = build_adapter("audio", encoder, llm_dim=targets.shape[1], llm_projector=dict(TOWER_PROJECTOR))
+        head = SpeechHead(adapter, tower)
+    else:
+        proj = PROJECTORS[CONDITIONS[name][0]]
+        adapter = build_adapter("audio", encoder, embed_dim=targets.shape[1], embed_projector=dict(proj))
+        head = SpeechHead(adapter)
+    loss_fn = InfoNCE(0.05)
+    params = [p for p in adapter.parameters() if p.requires_grad] + list(loss_fn.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05)
+    warm = max(1, args.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    tgt = torch.from_numpy(targets)
+    rng = np.random.default_rng(args.seed)
+    best: tuple[float, int, dict[str, torch.Tensor]] = (-1.0, 0, {})
+    curve, t0 = [], time.perf_counter()
+    for step in range(1, args.steps + 1):
+        idx = rng.choice(len(train_tok), size=min(args.batch_size, len(train_tok)), replace=False)
+        loss = loss_fn(head(pad([train_tok[i] for i in idx])), tgt[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % args.eval_every == 0 or step == args.steps:
+            r = retrieval(embed_clips(head, val[0]), val[1], val[2], val[3])
+            curve.append({"step": step, "loss": loss.item(), "val_R@1": r["recall@1"], "val_R@10": r["recall@10"],
+                          "s": round(time.perf_counter() - t0)})
+            print(f"  [{name}] step {step} loss {loss.item():.3f} val R@1 {r['recall@1']:.3f} "
+                  f"R@10 {r['recall@10']:.3f} ({curve[-1]['s']} s)", flush=True)
+            if r["recall@1"] > best[0]:
+                best = (r["recall@1"], step, {k: v.clone() for k, v in adapter.state_dict().items()})
+    adapter.load_state_dict(best[2])  # the frozen text tower is not trained: only the adapter's weights change
+    # hubness: beta picked on the val fold (bank = training clips), never on the test fold
+    bank = embed_clips(head, bank_tok)
+    vq = embed_clips(head, val[0])
+    betas = {b: retrieval(vq, val[1], val[2], val[3], Hubness("qb-norm", b), bank)["recall@1"]
+             for b in (5.0, 10.0, 20.0, 40.0)}
+    beta = max(betas, key=betas.get)
+    return head, {"best_step": best[1], "val_R@1": best[0], "curve": curve, "train_s": curve[-1]["s"],
+                     "hubness_beta": beta, "val_R@1_qbnorm_by_beta": betas, "bank": bank}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("runs/speech_generalise"))
+    p.add_argument("--sentences", type=int, default=3600)
+    p.add_argument("--heldout-texts", type=float, default=0.17)
+    p.add_argument("--val-texts", type=float, default=0.06)
+    p.add_argument("--conditions", default="perceiver,qformer,distill")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--distill-clips", type=int, default=500, help="training clips Whisper transcribes for distill")
+    p.add_argument("--bank", type=int, default=1500, help="training clips in the hubness query bank")
+    p.add_argument("--pool", type=int, default=2, help="average this many Whisper frames per token at load")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="compute the Whisper baseline (--no-baseline: needs its cached transcripts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    args.minilm = str(assets_root() / "text" / "all-MiniLM-L6-v2")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    root = assets_root()
+    whisper, minilm = str(root / "audio-models" / "whisper-tiny.en"), str(root / "text" / "all-MiniLM-L6-v2")
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    corpus, words = make_corpora(args, work)
+    split = json.loads((corpus / "split.json").read_text())
+    print(f"corpus: {split['texts']} texts, families {split['families']} ({time.perf_counter() - t0:.0f} s)",
+          flush=True)
+    fold_rows = {f: rows(corpus / f"{f}.jsonl") for f in ("train", "val", "test")}
+    word_rows = rows(words / "test.jsonl")
+    feats = {f: features(whisper, corpus / f"{f}.jsonl", work / "features" / f, args.quiet, args.pool)
+             for f in fold_rows}
+    feats["words"] = features(whisper, words / "test.jsonl", work / "features" / "words", args.quiet, args.pool)
+    print(f"features ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+    tok = {f: [feats[f][r["key"]] for r in rs] for f, rs in fold_rows.items()}
+    tok["words"] = [feats["words"][r["key"]] for r in word_rows]
+    del feats
+
+    text = text_embedder(minilm)
+    gal_texts = {f: sorted({r["text"] for r in rs}) for f, rs in fold_rows.items()}
+    gal = {f: text.embed(ts) for f, ts in gal_texts.items()}
+    said = {f: [r["text"] for r in rs] for f, rs in fold_rows.items()}
+    target_of = dict(zip(gal_texts["train"], gal["train"]))
+    train_targets = np.stack([target_of[t] for t in said["train"]])
+    word_labels = [r["label"] for r in word_rows]
+    sets = {"digits": DIGITS, "colours": COLOURS}
+    class_emb = {k: text.embed(v) for k, v in sets.items()}  # speech templates: the bare words
+    word_idx = {k: [i for i, lab in enumerate(word_labels) if lab in v] for k, v in sets.items()}
+
+    # the baseline: Whisper's own decoder, then MiniLM on its transcript (same test clips, same gallery)
+    from anyalign.llm.transcribe import whisper_transcripts
+    from anyalign.metrics import wer
+
+    files = [str(corpus / r["audio"]) for r in fold_rows["test"]]
+    if not args.baseline and not (work / "whisper_test.json").is_file():
+        raise SystemExit("--no-baseline: no cached baseline transcripts yet (run once with the baseline)")
+    hyp = cached(work / "whisper_test.json", lambda: whisper_transcripts(whisper, files, quiet=args.quiet))
+    whyp = cached(work / "whisper_words.json", lambda: whisper_transcripts(
+        whisper, [str(words / r["audio"]) for r in word_rows], quiet=args.quiet))
+    base_q = text.embed([h or "." for h in hyp])
+    wq = text.embed([h or "." for h in whyp])
+    results: dict[str, Any] = {
+        "protocol": {"split": split["split"], "texts": split["texts"], "families": split["families"],
+                     "test_clips": len(files), "gallery": len(gal_texts["test"]),
+                     "chance": {f"R@{k}": k / len(gal_texts["test"]) for k in KS}, "zeroshot_chance": 0.1,
+                     "zeroshot_clips": {k: len(v) for k, v in word_idx.items()}},
+        "whisper_decoder_then_minilm": {
+            **retrieval(base_q, said["test"], gal_texts["test"], gal["test"]), "wer": wer(said["test"], hyp),
+            **{f"zeroshot_{k}": zeroshot(wq[v], [word_labels[i] for i in v], sets[k], class_emb[k])
+               for k, v in word_idx.items()}},
+        "conditions": {}}
+    old = work / "results.json"  # conditions of earlier runs on the same corpus are kept (one table)
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        if prev.get("protocol") == results["protocol"]:
+            results["conditions"] = prev.get("conditions", {})
+    print(f"baseline ready ({time.perf_counter() - t0:.0f} s): {results['whisper_decoder_then_minilm']}", flush=True)
+
+    from anyalign.encoders.spec import EncoderSpec
+
+    encoder = EncoderSpec("whisper", whisper, options={"padding": "longest"}).build(frozen=True)
+    rng = np.random.default_rng(args.seed)
+    bank_idx = rng.choice(len(tok["train"]), size=min(args.bank, len(tok["train"])), replace=False)
+    val = (tok["val"], said["val"], gal_texts["val"], gal["val"])
+    for name in [c for c in args.conditions.split(",") if c]:
+        if name not in CONDITIONS:
+            raise SystemExit(f"--conditions: unknown {name!r} (expected {', '.join(CONDITIONS)})")
+        train_tok, targets = tok["train"], train_targets
+        if CONDITIONS[name][1] == "whisper":  # distillation: Whisper's own transcript is the target
+            n = min(args.distill_clips, len(fold_rows["train"]))
+            path = add_transcripts(corpus, whisper, folds=["train"], limit=n, progress=not args.quiet)["train"]
+            heard = [r["text"] for r in rows(path)][:n]
+            train_tok, targets = tok["train"][:n], text.embed([h or "." for h in heard])
+            results["distill_teacher_wer"] = wer(said["train"][:n], heard)
+        adapter, info = train_condition(name, args, encoder, train_tok, targets, val,
+                                        [tok["train"][i] for i in bank_idx])
+        bank = info.pop("bank")
+        q = embed_clips(adapter, tok["test"])
+        hub = Hubness("qb-norm", info["hubness_beta"])
+        wqa = embed_clips(adapter, tok["words"])
+        info.update({"test": retrieval(q, said["test"], gal_texts["test"], gal["test"]),
+                     "test_qbnorm": retrieval(q, said["test"], gal_texts["test"], gal["test"], hub, bank),
+                     "test_hubs": hub_occurrence(q @ gal["test"].T),
+                     "train_clips": len(train_tok)})
+        for k, v in word_idx.items():
+            labs = [word_labels[i] for i in v]
+            info[f"zeroshot_{k}"] = zeroshot(wqa[v], labs, sets[k], class_emb[k])
+            info[f"zeroshot_{k}_qbnorm"] = zeroshot(wqa[v], labs, sets[k], class_emb[k], hub, bank)
+        results["conditions"][name] = info
+        print(f"[{name}] test {info['test']}\n  qb-norm {info['test_qbnorm']}\n  zero-shot "
+              f"{ {k: info[k] for k in info if k.startswith('zeroshot')} }", flush=True)
+        (work / "results.json").write_text(json.dumps(results, indent=1))
+    report(results)
+
+
+def report(res: dict[str, Any]) -> None:
+    pr = res["protocol"]
+    print(f"\nheld-out sentences x held-out voice families: {pr['test_clips']} test clips, gallery "
+          f"{pr['gallery']} sentences; families train {pr['families']['train']}, test {pr['families']['test']}")
+    print(f"{'system':38s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'digits':>7s} {'colours':>8s}")
+    b = res["whisper_decoder_then_minilm"]
+    print(f"{'Whisper decoder -> MiniLM (baseline)':38s} {b['recall@1']:6.3f} {b['recall@5']:6.3f} "
+          f"{b['recall@10']:6.3f} {b['zeroshot_digits']:7.3f} {b['zeroshot_colours']:8.3f}   WER {b['wer']:.3f}")
+    for name, c in res["conditions"].items():
+        for tag, m, z in (("", c["test"], ""), (" + qb-norm", c["test_qbnorm"], "_qbnorm")):
+            print(f"{'adapter ' + name + tag:38s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
+                  f"{c['zeroshot_digits' + z]:7.3f} {c['zeroshot_colours' + z]:8.3f}")
+    ch = pr["chance"]
+    print(f"{'chance':38s} {ch['R@1']:6.3f} {ch['R@5']:6.3f} {ch['R@10']:6.3f} {0.1:7.3f} {0.1:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
