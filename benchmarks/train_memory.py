@@ -122,11 +122,10 @@ def warm_text_cache(minilm: Path, cache: Path) -> None:
     """Encode the benchmark's 1000 captions into the text-anchor table once (not part of what is measured)."""
     from anyalign.align.config import AnchorSpec
     from anyalign.align.text_cache import table_for_anchor
-    from anyalign.config import from_dict, to_dict
+    from anyalign.config import from_dict
 
     spec = from_dict(AnchorSpec, {"encoder": {"name": "text", "pretrained": str(minilm)}}, source="anchor")
-    desc = {"encoder": to_dict(spec)["encoder"]}  # as the Trainer names the table
-    table = table_for_anchor(desc, spec.encoder.build(frozen=True), root=cache / "text-embeddings")
+    table = table_for_anchor(spec.encoder, spec.encoder.build(frozen=True), root=cache / "text-embeddings")
     table.add([f"a picture of {c}, variant {i}" for c in CLASSES for i in range(10)])
     table.close()
 
