@@ -75,7 +75,7 @@ def test_encoder_option_errors_are_one_line() -> None:
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith("--set nosuchopt=3: encoder 'text' has no option 'nosuchopt'; options: ")
-    assert "max_length (int, default 128)" in msg and "normalize (bool, default true)" in msg
+    assert "max_length (int | None, default null)" in msg and "normalize (bool, default true)" in msg
     with pytest.raises(ConfigError, match=r"option 'max_length' expects int, got str 'long'"):
         check_encoder_options("text", {"max_length": "long"}, source="recipe.yaml: anchors.text")
     with pytest.raises(ConfigError, match="'pretrained' is not an option of encoder 'text'"):
@@ -177,7 +177,7 @@ def test_listing_shows_options_untruncated_at_80_columns(monkeypatch: pytest.Mon
     out = _cli("encoders").stdout
     for name in list_encoders():
         assert f"\n{name}  (" in "\n" + out
-    assert "max_length  int = 128" in out and "vit_small_patch14_dinov2" in out
+    assert "max_length  int | None = null" in out and "vit_small_patch14_dinov2" in out
     assert "window_seconds  float | None = null" in out
     data = json.loads(_cli("encoders", "--json").stdout)
     imu = next(d for d in data if d["name"] == "imu")
