@@ -76,7 +76,7 @@ def test_encoder_option_errors_are_one_line() -> None:
     assert "\n" not in msg
     assert msg.startswith("--set nosuchopt=3: encoder 'text' has no option 'nosuchopt'; options: ")
     assert "max_length (int | None, default null)" in msg and "normalize (bool, default true)" in msg
-    with pytest.raises(ConfigError, match=r"option 'max_length' expects int, got str 'long'"):
+    with pytest.raises(ConfigError, match=r"option 'max_length' expects int \| None, got str 'long'"):
         check_encoder_options("text", {"max_length": "long"}, source="recipe.yaml: anchors.text")
     with pytest.raises(ConfigError, match="'pretrained' is not an option of encoder 'text'"):
         check_encoder_options("text", {"pretrained": "x"})
