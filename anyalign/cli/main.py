@@ -37,7 +37,8 @@ def _global_options(
 
         load_plugins(list(plugin))
 
-_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data", "share"]
+_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data", "share",
+                    "transcribe"]
 
 
 def _register_all() -> None:
@@ -74,7 +75,6 @@ def main(argv: list[str] | None = None) -> None:
     from ..config import ConfigError
     from ..plugins import PluginError
     from ..registry import UnknownNameError
-
     from .interrupts import Interrupted, interrupted_message, interrupts_raise
 
     # InputError and ConfigError are ValueErrors; listed classes come without importing torch (fast --help)

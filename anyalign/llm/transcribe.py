@@ -1,11 +1,13 @@
-"""Transcription evaluation: the word error rate of a causal LM's transcripts through a speech adapter
-(LLaSM / Qwen-Audio style), next to Whisper's own decoder on the same recordings.
+"""Transcription: Whisper's own decoder as the ASR baseline (`anyalign transcribe`), and the word error rate of a
+causal LM's transcripts through a speech adapter (LLaSM / Qwen-Audio style) next to it on the same recordings.
 
+    report = transcribe(["speech/test.jsonl"])  # Whisper tiny.en; WER against the rows' `text`
     report = evaluate_transcription(read_records("speech/test.jsonl", modalities=["audio"]), model,
                                     whisper="~/.cache/anyalign-assets/audio-models/whisper-tiny.en")
 
-Both systems see the same audio files; WER is the corpus rate (`metrics.wer`), also per speaker group (voice) so a
-held-out-voice split can be read off directly. `anyalign eval transcription` is the CLI.
+Both systems see the same audio files; WER is the corpus rate after Whisper's English normaliser (`metrics.wer`),
+also per speaker group (voice) so a held-out-voice split can be read off directly. `anyalign transcribe` and
+`anyalign eval transcription` are the CLI.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..datasets.records import Record
-from ..metrics.wer import wer, word_errors
+from ..metrics.wer import normalize_words, wer, word_errors
 
 if TYPE_CHECKING:
     from .model import MultimodalLM
@@ -46,30 +48,110 @@ def llm_transcripts(model: MultimodalLM, files: Sequence[Any], *, prompt: str = 
     return [t.strip() for t in out]
 
 
-def whisper_transcripts(whisper: str | os.PathLike, files: Sequence[Any], *, batch_size: int = 8,
-                        max_new_tokens: int = 96, device: str | torch.device = "cpu",
-                        quiet: bool = False) -> list[str]:
-    """Greedy transcripts of `files` by a Whisper checkpoint folder's own decoder (the reference system)."""
+def load_whisper(whisper: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """(processor, WhisperForConditionalGeneration in float32, eval) of a Whisper checkpoint folder; None: the
+    whisper-tiny.en asset (`python -m anyalign.assets whisper-tiny.en`)."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from ..encoders.audio_io import load_audio
+    if whisper is None:
+        from ..assets import asset_path
 
+        whisper = asset_path("whisper-tiny.en")
     folder = Path(whisper).expanduser()
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"--whisper {folder}: not a Whisper checkpoint folder (no config.json)")
+        raise FileNotFoundError(f"--whisper {folder}: not a Whisper checkpoint folder (no config.json; "
+                                f"`python -m anyalign.assets whisper-tiny.en` makes one)")
     processor = WhisperProcessor.from_pretrained(folder)
-    asr = WhisperForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32).to(device).eval()
-    rate = processor.feature_extractor.sampling_rate
+    asr = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+    return processor, asr
+
+
+def whisper_transcripts(whisper: str | os.PathLike | None, files: Sequence[Any], *, batch_size: int = 8,
+                        max_new_tokens: int = 160, device: str | torch.device = "cpu",
+                        quiet: bool = False) -> list[str]:
+    """Greedy transcripts of `files` by a Whisper checkpoint folder's own decoder (the reference system), batched.
+
+    Each clip is decoded in Whisper's 30 s windows (the last one as long as what is left, so nothing is dropped),
+    each padded to 30 s as Whisper was trained (its decoder loops on the encoder's unpadded output); the window
+    transcripts are joined with a space (a word cut by a window boundary may be misheard)."""
+    from ..encoders.audio_io import load_audio, split_windows
+
+    processor, asr = load_whisper(whisper, device)
+    fe = processor.feature_extractor
+    rate, size = int(fe.sampling_rate), int(fe.n_samples)
     out: list[str] = []
     with _progress(len(files), "whisper transcripts", quiet) as bar, torch.inference_mode():
         for i in range(0, len(files), batch_size):
             chunk = list(files[i:i + batch_size])
-            waves = [load_audio(f, rate) for f in chunk]
-            feats = processor.feature_extractor(waves, sampling_rate=rate, return_tensors="pt").input_features
-            ids = asr.generate(feats.to(device), max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
-            out += processor.batch_decode(ids, skip_special_tokens=True)
+            windows = [split_windows(load_audio(f, rate), size, min_fraction=0.0) for f in chunk]
+            flat = [w for ws in windows for w in ws]
+            said: list[str] = []
+            for j in range(0, len(flat), batch_size):
+                feats = fe(flat[j:j + batch_size], sampling_rate=rate, return_tensors="pt").input_features
+                ids = asr.generate(feats.to(device), max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+                said += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+            k = 0
+            for ws in windows:
+                out.append(" ".join(t for t in said[k:k + len(ws)] if t))
+                k += len(ws)
             bar.update(len(chunk))
-    return [t.strip() for t in out]
+    return out
+
+
+def audio_items(sources: Sequence[str | os.PathLike], *, reference: str | None = "text",
+                modality: str = "audio") -> list[dict[str, Any]]:
+    """The audio inputs of `sources` (audio files, folders, jsonl/csv/txt lists or globs, in order) as rows
+    `{key, audio, reference}`; `reference` names the record field holding the spoken text (None: no reference)."""
+    from ..datasets.records import read_records
+    from ..encoders.audio_io import AUDIO_EXTENSIONS
+
+    rows: list[dict[str, Any]] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS:
+            rows.append({"key": str(source), "audio": str(path.resolve()), "reference": None})
+            continue
+        if not path.exists() and not any(c in str(source) for c in "*?["):
+            raise FileNotFoundError(f"{source}: no such audio file, folder or list")
+        found = 0
+        for rec in read_records(source, modalities=[modality]):
+            value = rec.input(modality)
+            if value is None or (isinstance(value, (str, Path)) and Path(value).suffix.lower()
+                                 not in AUDIO_EXTENSIONS):
+                continue
+            ref = None
+            if reference is not None:
+                ref = rec.text if reference in ("text", "caption") else rec.meta.get(reference)
+            rows.append({"key": rec.key if len(sources) == 1 else f"{source}:{rec.key}",
+                         "audio": value if not isinstance(value, Path) else str(value),
+                         "reference": ref if isinstance(ref, str) and ref.strip() else None})
+            found += 1
+        if not found:
+            raise ValueError(f"{source}: found no audio input (expected files with one of "
+                             f"{', '.join(AUDIO_EXTENSIONS)}, or jsonl rows with an `{modality}` or `path` field)")
+    return rows
+
+
+def transcribe(sources: Sequence[str | os.PathLike], whisper: str | os.PathLike | None = None, *,
+               reference: str | None = "text", batch_size: int = 8, max_new_tokens: int = 160,
+               device: str | torch.device = "cpu", quiet: bool = False) -> dict[str, Any]:
+    """Whisper's own transcripts of every audio input of `sources`; with reference texts, the corpus WER (Whisper's
+    English normaliser + jiwer, `metrics.wer`) over the rows that have one."""
+    rows = audio_items(sources, reference=reference)
+    said = whisper_transcripts(whisper, [r["audio"] for r in rows], batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, device=device, quiet=quiet)
+    for row, text in zip(rows, said):
+        row["transcript"] = text
+    scored = [r for r in rows if r["reference"] is not None]
+    report: dict[str, Any] = {"whisper": str(whisper) if whisper is not None else "whisper-tiny.en", "n": len(rows),
+                              "n_scored": len(scored), "wer": None}
+    if scored:
+        refs, hyps = [r["reference"] for r in scored], [r["transcript"] for r in scored]
+        report["wer"] = wer(refs, hyps)
+        report["reference_words"] = sum(len(normalize_words(t)) for t in refs)
+        report["normaliser"] = "whisper-english"
+    report["rows"] = rows
+    return report
 
 
 def _summary(rows: list[dict[str, Any]], field: str) -> dict[str, Any]:
@@ -110,4 +192,5 @@ def evaluate_transcription(records: Sequence[Record], model: MultimodalLM, *, pr
     return report
 
 
-__all__ = ["DEFAULT_PROMPT", "evaluate_transcription", "llm_transcripts", "whisper_transcripts"]
+__all__ = ["DEFAULT_PROMPT", "audio_items", "evaluate_transcription", "llm_transcripts", "load_whisper",
+           "transcribe", "whisper_transcripts"]

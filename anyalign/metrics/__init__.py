@@ -1,5 +1,5 @@
 """Evaluation metrics that need no model: word error rate of transcripts."""
 
-from .wer import normalize_words, wer, word_errors
+from .wer import english_normalizer, normalize_text, normalize_words, wer, word_errors
 
-__all__ = ["normalize_words", "wer", "word_errors"]
+__all__ = ["english_normalizer", "normalize_text", "normalize_words", "wer", "word_errors"]

@@ -1,35 +1,57 @@
-"""Word error rate: word-level edit distance between reference and hypothesis transcripts, after normalisation.
+"""Word error rate as ASR papers report it: jiwer's word alignment after Whisper's English text normaliser.
 
-Normalisation (a simplified form of the usual ASR scoring): lower case; apostrophes inside words are kept
-("o'clock", "don't"); every other character that is not a letter or digit separates words.
+The normaliser is transformers' `EnglishTextNormalizer` (the one `WhisperTokenizer.normalize` uses) with OpenAI's
+British -> American spelling map (`english.json`, shipped by pip `whisper-normalizer`): lower case, punctuation and
+fillers ("uh", "hmm") removed, numbers written as digits ("twenty-one" -> "21"), contractions expanded
+("it's" -> "it is"), "colour" -> "color". So WER here compares with published Whisper numbers.
 WER over a corpus is the total number of substitutions + deletions + insertions divided by the total number of
 reference words (not the mean of per-utterance rates).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 
-_NON_WORD = re.compile(r"[^a-z0-9']+")
+
+@lru_cache(maxsize=1)
+def english_normalizer() -> Callable[[str], str]:
+    """Whisper's English text normaliser (transformers' `EnglishTextNormalizer` with OpenAI's spelling map)."""
+    from importlib.resources import files
+
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    try:
+        mapping = json.loads((files("whisper_normalizer") / "normalizers" / "english.json").read_text("utf-8"))
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise ModuleNotFoundError("WER needs OpenAI's English spelling map: pip install whisper-normalizer "
+                                  f"(a dependency of anyalign) ({e})") from None
+    return EnglishTextNormalizer(mapping)
+
+
+def normalize_text(text: str) -> str:
+    """`text` as Whisper's English normaliser writes it (words separated by single spaces)."""
+    return " ".join(english_normalizer()(text).split())
 
 
 def normalize_words(text: str) -> list[str]:
-    """Lower-cased words of `text` without punctuation (apostrophes inside words kept)."""
-    words = _NON_WORD.sub(" ", text.lower()).split()
-    return [w.strip("'") for w in words if w.strip("'")]
+    """The words of `text` after Whisper's English normaliser."""
+    return normalize_text(text).split()
+
+
+def _counts(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[int, int]:
+    import jiwer
+
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    out = jiwer.process_words(refs, hyps)
+    return out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance in words, number of reference words) of one utterance after normalisation."""
-    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
-    prev = list(range(len(hyp) + 1))  # Levenshtein distance, one row at a time
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1], len(ref)
+    """(word edits, number of reference words) of one utterance after normalisation."""
+    return _counts([reference], [hypothesis])
 
 
 def wer(references: Sequence[str] | str, hypotheses: Sequence[str] | str) -> float:
@@ -39,13 +61,12 @@ def wer(references: Sequence[str] | str, hypotheses: Sequence[str] | str) -> flo
     if isinstance(references, str) or isinstance(hypotheses, str) or len(references) != len(hypotheses):
         raise ValueError(f"wer: expected as many hypotheses as references (got {len(hypotheses)} and "
                          f"{len(references)})")
-    errors = total = 0
-    for ref, hyp in zip(references, hypotheses):
-        e, n = word_errors(ref, hyp)
-        errors, total = errors + e, total + n
+    if not references:
+        raise ValueError("wer: no references")
+    errors, total = _counts(references, hypotheses)
     if total == 0:
-        raise ValueError("wer: the references have no words")
+        raise ValueError("wer: the references have no words (after Whisper's English normaliser)")
     return errors / total
 
 
-__all__ = ["normalize_words", "wer", "word_errors"]
+__all__ = ["english_normalizer", "normalize_text", "normalize_words", "wer", "word_errors"]
