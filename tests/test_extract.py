@@ -179,9 +179,9 @@ def test_an_item_that_breaks_its_batch_costs_only_itself(tmp_path: Path) -> None
     enc = wrap_module(torch.nn.Sequential(net), modality="imu", token_dim=8, extensions=[".npy"],
                       load=lambda p: torch.from_numpy(np.load(p)), collate=torch.stack).freeze()
     enc.module[0].register_forward_hook(lambda m, i, o: o.transpose(1, 2))  # [B, 8, T'] -> tokens [B, T', 8]
-    summary = extract(enc, tmp_path, tmp_path / "out", batch_size=8, progress=False)
+    summary = extract(enc, tmp_path, tmp_path.with_name(tmp_path.name + "-out"), batch_size=8, progress=False)
     assert summary.n_ok == 3 and sorted(f["key"] for f in summary.failures) == ["c.npy", "d.npy"]
-    recs = {r.key: r for r in load_features(tmp_path / "out")}
+    recs = {r.key: r for r in load_features(tmp_path.with_name(tmp_path.name + "-out"))}
     assert sorted(recs) == ["a.npy", "b.npy", "e.npy"] and recs["e.npy"].tokens.shape == (20, 8)
     direct = enc([str(tmp_path / "a.npy")]).tokens[0]
     assert torch.allclose(recs["a.npy"].tokens, direct, atol=1e-2)
@@ -201,7 +201,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
              (["--encoder", "imu", "--autocast", "fp8", "--input", str(tmp_path)], "autocast='fp8'; expected one of")]
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:
-            main(["extract", *args, "--output", str(tmp_path / "o")])
+            main(["extract", *args, "--output", str(tmp_path.with_name(tmp_path.name + "-o"))])  # not in the input
         err = capsys.readouterr().err
         assert exc.value.code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: "), err
 

@@ -313,3 +313,55 @@ def test_broken_plugin_from_the_environment_disables_itself(capsys, broken_plugi
     code, out, err = run(capsys, "encoders")
     assert code == 0 and "imu" in out, err
     assert "raises_runtime" in caplog.text and "disabled" in caplog.text
+
+
+# --- 6. partial failures -----------------------------------------------------------------------------------
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+IMU = ["--set", "dim=16", "--set", "depth=1", "--set", "heads=2"]
+
+
+def test_tar_with_bad_members_extracts_the_rest_and_counts_them(tmp_path, capsys, bert) -> None:
+    shard = _tar(tmp_path / "s.tar", [("a.txt", b"a red dog"), ("b.txt", b"\xff\xfe not utf-8"),
+                                      ("c.txt", b"the blue cat"), ("d.json", b"{not json"), ("d.txt", b"x"),
+                                      ("e.txt", b"a green square")])
+    code, out, err = run(capsys, "extract", "-e", "text", "--pretrained", bert, "-i", shard, "-o", tmp_path / "f",
+                         "--workers", "0", "--quiet")
+    assert code == 0 and "3 extracted, 2 failed" in out, (out, err)
+    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    assert manifest["count"] == 3 and sorted(f["source"].rsplit(":", 1)[1] for f in manifest["failures"]) == ["b", "d"]
+    # a truncated shard: the members before the cut are extracted, the cut is one counted failure
+    (tmp_path / "t.tar").write_bytes(shard.read_bytes()[:512 * 5 + 100])
+    code, out, err = run(capsys, "extract", "-e", "text", "--pretrained", bert, "-i", tmp_path / "t.tar", "-o",
+                         tmp_path / "g", "--workers", "0", "--quiet")
+    assert code == 0 and "2 extracted, 2 failed" in out and "cannot read as a tar shard" in err, (out, err)
+
+
+def test_jsonl_and_csv_bad_rows_are_skipped_counted_and_listed(tmp_path, capsys) -> None:
+    root = tmp_path / "imu"
+    _imu_corpus(root, n=3)
+    (root / "notes.xyz").write_text("not a signal")
+    (root / "d.jsonl").write_text("\n".join([
+        json.dumps({"imu": "w000.npy"}), "{broken json", json.dumps({"imu": ["w001.npy", "w002.npy"]}),
+        json.dumps({"imu": "notes.xyz"}), json.dumps({"imu": "missing.npy"}), "[1, 2]"]) + "\n")
+    code, out, err = run(capsys, "extract", "-e", "imu", *IMU, "-i", root / "d.jsonl", "-o", tmp_path / "f",
+                         "--workers", "0", "--quiet")
+    assert code == 0 and "3 extracted, 4 failed" in out, (out, err)
+    failed = {f["source"] for f in json.loads((tmp_path / "f" / "manifest.json").read_text())["failures"]}
+    assert any(s.endswith("d.jsonl:2") for s in failed) and any(s.endswith("d.jsonl:6") for s in failed)
+    assert any(s.endswith("notes.xyz") for s in failed) and any(s.endswith("missing.npy") for s in failed)
+
+    (root / "d.csv").write_text("path,label\nw000.npy,walk\nw001.npy,run,extra\nw002.npy\n,run\nw001.npy,run\n")
+    code, out, err = run(capsys, "extract", "-e", "imu", *IMU, "-i", root / "d.csv", "-o", tmp_path / "g",
+                         "--workers", "0", "--quiet")
+    assert code == 0 and "2 extracted, 3 failed" in out, (out, err)

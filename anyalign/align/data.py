@@ -78,6 +78,8 @@ def _read_records(path: Path, src: DataSource, media_names: Sequence[str]) -> li
     records = []
     for rec in read_records(path, kind=src.kind, modalities=names):
         where = rec.where or f"{path} ({rec.key})"
+        if rec.error is not None:  # an unreadable row or member: skipped (read_records logs the count)
+            continue
         media = {m: rec.media[m] for m in media_names if m in rec.media}
         if not media and src.modality and "path" in rec.media:
             media = {src.modality: rec.media["path"]}

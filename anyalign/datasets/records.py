@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import glob as globlib
 import json
+import logging
 import os
 import tarfile
 from collections.abc import Callable, Iterable, Sequence
@@ -32,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import iter_jsonl
 from ..registry import Registry
 
 #: fields of a jsonl/csv row that are not media (everything else not named after a modality is kept as `meta`)
 TEXT_FIELDS = ("text", "caption")
+logger = logging.getLogger(__name__)
 _SPECIAL = {"text", "caption", "label", "key", "id", "fold", "group", "conversations", "messages", "path", "source"}
 
 
@@ -58,9 +59,21 @@ class TarMember:
         return f"{self.tar}:{self.name}"
 
 
+@dataclass(frozen=True)
+class BrokenInput:
+    """The input of a row or member that could not be read (bad JSON, wrong column count, non-UTF-8 text, a
+    truncated shard): loading it fails with `reason`, so the run skips, counts and lists it like a corrupt file."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.where
+
+
 @dataclass
 class Record:
-    """One sample of any dataset (see the module docstring)."""
+    """One sample of any dataset (see the module docstring); `error` marks a row that could not be read."""
 
     key: str
     media: dict[str, list[Any]] = field(default_factory=dict)  # modality (or "path": untyped) -> raw inputs
@@ -71,9 +84,12 @@ class Record:
     conversations: list[dict[str, Any]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     where: str = ""  # file:line, for error messages
+    error: str | None = None  # why the row could not be read (its input is then a BrokenInput)
 
     def inputs(self, modality: str) -> list[Any]:
         """The raw inputs of `modality`: its own field, else the untyped `path`; a text encoder reads `text`."""
+        if self.error is not None:
+            return [BrokenInput(self.where, self.error)]
         if modality in self.media:
             return self.media[modality]
         if modality == "text":
@@ -142,6 +158,10 @@ def read_records(path: str | os.PathLike, *, kind: str = "auto", modalities: Seq
     # resolved, so every record's media source is absolute (indexes and `serve` find them from any directory)
     target = Path(path).expanduser().resolve() if kind != "glob" else Path(path)
     records = reader(target, modalities=tuple(modalities))
+    broken = [r for r in records if r.error is not None]
+    if broken:
+        logger.warning("%s: %d unreadable row(s) or member(s) skipped (first: %s: %s)", path, len(broken),
+                       broken[0].where, broken[0].error)
     seen: dict[str, str] = {}
     for r in records:
         if r.key in seen:
@@ -189,8 +209,32 @@ def _row_record(row: dict[str, Any], base: Path, where: str, default_key: str,
 
 @register_data_kind("jsonl")
 def read_jsonl(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """One JSON object per line (see the module docstring)."""
-    return [_row_record(row, path.parent, f"{path}:{n}", str(n - 1), modalities) for n, row in iter_jsonl(path)]
+    """One JSON object per line (see the module docstring); a line that is not one becomes an error record."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: jsonl file not found")
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    out = []
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            out.append(_row_record(row, path.parent, where, str(n - 1), modalities))
+        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            reason = f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else \
+                str(e).replace(f"{where}: ", "")
+            out.append(_broken(f"line{n}", where, reason))
+    return out
+
+
+def _broken(key: str, where: str, reason: str) -> Record:
+    return Record(f"!{key}", meta={"source": where}, where=where, error=reason)
 
 
 @register_data_kind("txt")
@@ -211,16 +255,37 @@ def read_txt(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
 @register_data_kind("csv")
 def read_csv(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     """A header row `path,label[,fold][,text][,group]` (or ESC-50's own csv)."""
-    from .labelled import _manifest
+    from .labelled import _LABEL_COLUMNS, _PATH_COLUMNS, _manifest
 
-    ds = _manifest(path)  # checks the header; its errors name the expected columns
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
-    if len(rows) != len(ds.items):  # ESC-50's own csv: no extra columns to read
-        rows = [{} for _ in ds.items]
-    return [Record(_rel(it.path, path.parent), {"path": [str(it.path)]}, row.get("text") or None, it.label, it.fold,
-                   row.get("group") or None, meta={"source": str(it.path)}, where=f"{path}:{n}")
-            for n, (it, row) in enumerate(zip(ds.items, rows), 2)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            table = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read csv ({e})") from None
+    header = [h.strip() for h in table[0]] if table else []
+    if {"filename", "fold", "target", "category"} <= set(header) and path.parent.name == "meta":
+        return _labelled(_manifest(path), "esc50")  # the ESC-50 csv itself was given
+    path_col = next((c for c in _PATH_COLUMNS if c in header), None)
+    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
+    if path_col is None or label_col is None:
+        _manifest(path)  # raises the error that names the expected columns
+    out = []
+    for n, cells in enumerate(table[1:], 2):
+        where = f"{path}:{n}"
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            out.append(_broken(f"row{n}", where, f"{len(cells)} columns, the header has {len(header)}"))
+            continue
+        row = {h: c.strip() for h, c in zip(header, cells)}
+        if not row[path_col] or not row[label_col]:
+            out.append(_broken(f"row{n}", where, f"empty {path_col!r} or {label_col!r}"))
+            continue
+        file = Path(row[path_col]).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        out.append(Record(_rel(file, path.parent), {"path": [str(file)]}, row.get("text") or None, row[label_col],
+                          row.get("fold") or None, row.get("group") or None, meta={"source": str(file)}, where=where))
+    return out
 
 
 def _rel(file: Path, root: Path) -> str:
@@ -295,6 +360,7 @@ def read_webdataset(path: Path, *, modalities: Sequence[str] = ()) -> list[Recor
     out: list[Record] = []
     for tar in tars:
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+        size = tar.stat().st_size
         try:
             with tarfile.open(tar) as tf:
                 for m in tf:
@@ -302,26 +368,38 @@ def read_webdataset(path: Path, *, modalities: Sequence[str] = ()) -> list[Recor
                         folder, base = os.path.split(m.name)
                         stem, _, ext = base.partition(".")
                         samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = m
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise ValueError(f"{tar}: cannot read as a tar shard ({e})") from None
+        except (tarfile.TarError, OSError, EOFError) as e:  # a truncated or corrupt shard: keep what was read
+            out.append(_broken(f"{tar.stem}/#unreadable", str(tar), f"cannot read as a tar shard after "
+                               f"{sum(map(len, samples.values()))} members ({e})"))
         for key, members in samples.items():
             fields: dict[str, Any] = {}
             media = []
+            error = None
             for ext, m in sorted(members.items()):
                 member = TarMember(str(tar), m.name, m.offset_data, m.size)
-                if ext in _TAR_FIELDS and m.size <= 1 << 20:
+                if m.offset_data + m.size > size:
+                    error = f"member {m.name} is truncated ({m.size} bytes declared)"
+                elif ext in _TAR_FIELDS and m.size <= 1 << 20:
                     try:
                         raw = member.read().decode("utf-8")
                         value = json.loads(raw) if ext == "json" else raw.strip()
                     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                        raise ValueError(f"{tar}:{m.name}: expected UTF-8 {ext} ({e})") from None
+                        error = f"member {m.name}: expected UTF-8 {ext} ({e})"
+                        continue
                     fields.update(value if ext == "json" and isinstance(value, dict) else {ext: value})
                 else:
                     media.append(member)
+            if error is not None:
+                out.append(_broken(f"{tar.stem}/{key}", f"{tar}:{key}", error))
+                continue
             text = fields.pop("txt", None) or fields.pop("text", None) or fields.pop("caption", None)
             label = fields.pop("cls", None) or fields.pop("label", None)
-            rec = _row_record({k: v for k, v in fields.items() if k not in modalities}, tar.parent,
-                              f"{tar}:{key}", f"{tar.stem}/{key}", ())
+            try:
+                rec = _row_record({k: v for k, v in fields.items() if k not in modalities}, tar.parent,
+                                  f"{tar}:{key}", f"{tar.stem}/{key}", ())
+            except ValueError as e:
+                out.append(_broken(f"{tar.stem}/{key}", f"{tar}:{key}", str(e).replace(f"{tar}:{key}: ", "")))
+                continue
             rec.key = f"{tar.stem}/{key}"
             rec.media = {"path": media} if media else {}
             rec.text = text if isinstance(text, str) else rec.text
@@ -369,5 +447,5 @@ def labelled_subset(records: Iterable[Record], where: str) -> list[Record]:
     return out
 
 
-__all__ = ["DATA_KINDS", "Record", "TarMember", "TEXT_FIELDS", "detect_kind", "labelled_subset", "read_labelled",
-           "read_records", "register_data_kind"]
+__all__ = ["DATA_KINDS", "BrokenInput", "Record", "TarMember", "TEXT_FIELDS", "detect_kind", "labelled_subset",
+           "read_labelled", "read_records", "register_data_kind"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..datasets.records import TarMember
+from ..datasets.records import BrokenInput, TarMember
 from .base import Encoder, InputError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ class Item:
 
 def load_item(encoder: Encoder, value: Any) -> Any:
     """`encoder.load(value)`, unpacking a tar member to a temporary file first (decoders take paths)."""
+    if isinstance(value, BrokenInput):  # a row or member the input layer could not read: a counted failure
+        raise InputError(value.reason)
     if not isinstance(value, TarMember):
         return encoder.load(value)
     fd, tmp = tempfile.mkstemp(prefix="anyalign-member-", suffix=Path(value.name).suffix)
@@ -94,13 +96,24 @@ def discover_inputs(source: str | os.PathLike, encoder: Any) -> list[Item]:
     is_text = encoder.modality == "text" and not encoder.extensions
     items: list[Item] = []
     names: list[str] = []
+    wrong_type = 0
+    listed = suffix in (".jsonl", ".txt", ".csv")  # rows that name their files: one this encoder cannot read fails
     for rec in records:
         values = rec.inputs(encoder.modality)
-        names += [str(getattr(v, "name", v)) for v in values if not isinstance(v, str) or not is_text]
-        keep = values if is_text else [v for v in values if _accepts(encoder, str(getattr(v, "name", v)))]
-        for v in keep:
-            key = rec.key if len(keep) == 1 else f"{rec.key}.{Path(str(getattr(v, 'name', v))).suffix.lstrip('.')}"
+        names += [str(getattr(v, "name", v)) for v in values if not isinstance(v, (str, BrokenInput)) or not is_text]
+        keep = values if is_text else [v for v in values if isinstance(v, BrokenInput) or
+                                       _accepts(encoder, str(getattr(v, "name", v)))]
+        if listed and not is_text and values and not keep:
+            wrong_type += 1
+            keep = [BrokenInput(str(values[0]), f"not a file the {encoder.modality} encoder reads (expected "
+                                                f"{_wanted(encoder)})")]
+        suffixes = [Path(str(getattr(v, "name", v))).suffix.lstrip(".") for v in keep]
+        for j, (v, sfx) in enumerate(zip(keep, suffixes)):
+            key = rec.key if len(keep) == 1 else f"{rec.key}.{sfx}" if suffixes.count(sfx) == 1 else \
+                f"{rec.key}.{j}.{sfx}"  # two files of one type in a row: numbered, not a duplicate key
             items.append(Item(key, v, {**rec.metadata(), "source": rec.meta.get("source") if is_text else str(v)}))
+    if wrong_type == len(items):  # not one row names a file of this encoder's type: the wrong encoder or list
+        items = []
     if not items:
         if is_text:
             raise ValueError(f"--input {path}: found no text; expected {_wanted(encoder)}")

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..datasets.records import BrokenInput, read_records
 from ..embedder import Embedder
 from ..encoders import InputError
 from ..encoders.decoding import SafeDecode
@@ -46,8 +47,6 @@ def collect_inputs(paths: Sequence[str | os.PathLike], embedder: Embedder) -> tu
     """Expand input paths (any format of the input layer, `anyalign.datasets.records`) into items to embed, plus
     the extraction feature folders among them. A text embedder embeds each record's text, a media embedder the
     file of its modality; files of other types in a folder are left out."""
-    from ..datasets.records import read_records
-
     modality = embedder.modality
     items: list[EmbedItem] = []
     feature_dirs: list[Path] = []
@@ -63,6 +62,10 @@ def collect_inputs(paths: Sequence[str | os.PathLike], embedder: Embedder) -> tu
         found = 0
         for rec in read_records(p, modalities=[modality]):
             value = rec.input(modality)
+            if isinstance(value, BrokenInput):  # an unreadable row or member: fails at its turn, counted and listed
+                items.append(EmbedItem(value, {"source": value.where, "modality": modality, "key": rec.key}))
+                found += 1
+                continue
             is_file = isinstance(value, (str, os.PathLike)) or hasattr(value, "name")  # paths and tar members
             if value is None or (modality != "text" and is_file
                                  and not embedder.accepts_file(str(getattr(value, "name", value)))):
@@ -87,6 +90,8 @@ class _RawLoader:
         self.embedder = embedder
 
     def __call__(self, item: EmbedItem) -> Any:
+        if isinstance(item.raw, BrokenInput):
+            raise InputError(item.raw.reason)
         return self.embedder.load(item.raw)
 
 
