@@ -239,3 +239,13 @@ def test_joint_recipe_runs_offline_on_real_encoders(tmp_path: Path, assets: Path
     imu = load_file(joint.output_dir / "adapters/imu/anyalign_adapter.safetensors")
     first = load_file(Path(stage1.adapters["imu"]) / "anyalign_adapter.safetensors")
     assert set(imu) == {k for k in first if k.startswith("encoder.")}  # the stage-1 encoder, no private head
+
+
+@pytest.mark.parametrize("name", ["joint_instruct.yaml", "onellm_progressive.yaml"])
+def test_shipped_onellm_recipes_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANYALIGN_ASSETS", "/assets")
+    recipe = load_recipe(ROOT / "configs" / name, check=False)
+    assert recipe.shared_users("upm") == [("imu", "llm_projector"), ("audio", "llm_projector"),
+                                          ("image", "llm_projector")]
+    if recipe.progressive is not None:
+        assert [s.add for s in recipe.progressive.stages] == [["imu"], ["audio"], ["image"]]
