@@ -170,3 +170,47 @@ def test_fsdp_refuses_evaluation(tmp_path: Path, tiny_llm_dir: Path, minilm_dir:
     assert proc.returncode != 0
     assert "FSDP runs do not evaluate during training" in proc.stderr
     assert not (tmp_path / "fsdp" / "metrics.jsonl").exists()
+
+
+def _stage_recipe(tmp_path: Path, llm: Path, minilm: Path, stage: str) -> Path:
+    """The contrastive stage (adapter -> text space, no LLM) or the caption stage (adapter -> frozen LLM, no
+    LoRA), from the joint recipe's data and sizes."""
+    data = yaml.safe_load(joint_recipe(tmp_path, llm, minilm).read_text())
+    captions = data["data"]["train"][0]
+    if stage == "contrastive":
+        del data["model"]
+        data["adapters"]["imu"].pop("llm_projector")
+        data["data"]["train"] = [{"kind": "jsonl", "path": captions["path"]}]
+    else:  # as configs/imu_llm_caption.yaml: the LLM projector only (an unused embed projector breaks DDP)
+        del data["model"]["lora"]
+        data["adapters"]["imu"].pop("embed_projector")
+        data["data"]["train"] = [captions]
+    data["train"].update(grad_accum=2, clip_grad=0.5)
+    path = tmp_path / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, units", [("contrastive", 1), ("caption", 3)])
+def test_fsdp2_contrastive_and_caption_stages_match_ddp(tmp_path: Path, tiny_llm_dir: Path,  # noqa: F811
+                                                        minilm_dir: Path, stage: str, units: int) -> None:
+    """FSDP2 for every stage, not only the joint one: the contrastive stage (the adapters' root unit alone) and
+    the caption stage (frozen LLM layers + root, no LoRA) really shard (DTensor parameters recorded in eval.json),
+    train like DDP and save the same adapter weights."""
+    if not (Path(sys.executable).parent / "accelerate").is_file():
+        pytest.skip("the accelerate CLI is not installed in this environment")
+    recipe = _stage_recipe(tmp_path, tiny_llm_dir, minilm_dir, stage)
+    ddp = accelerate_launch(["train", str(recipe), "--output", str(tmp_path / "ddp")])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    fsdp = accelerate_launch(["train", str(recipe), "--output", str(tmp_path / "fsdp")], launcher="--use_fsdp",
+                             extra=FSDP)
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    record = json.loads((tmp_path / "fsdp" / "eval.json").read_text())
+    assert record["distributed"] == "fsdp2" and record["world_size"] == 2, record
+    assert record["fsdp"]["units"] == units and record["fsdp"]["sharded_trainable"] > 0, record["fsdp"]
+    assert record["fsdp"]["sharded_lora"] == 0
+    assert _losses(tmp_path / "fsdp") == pytest.approx(_losses(tmp_path / "ddp"), rel=1e-5)
+    name = "anyalign_adapter.safetensors"
+    _close(load_file(tmp_path / "fsdp" / "adapters" / "imu" / name),
+           load_file(tmp_path / "ddp" / "adapters" / "imu" / name), atol=1e-3)
