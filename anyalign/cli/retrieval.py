@@ -57,7 +57,6 @@ def embed_cmd(
 
     Under `accelerate launch` / `torchrun` each rank embeds its own slice of the inputs into one shared folder."""
     from ..embedder import Embedder
-    from ..encoders.spec import EncoderSpec
     from ..retrieval.embed import check_embed_output, embed_to_folder
     from .main import CLIError
 
@@ -66,12 +65,18 @@ def embed_cmd(
     if adapter is not None and (pretrained or set_):
         raise CLIError("--pretrained/--set are for --encoder; an adapter records its encoder")
     check_embed_output(output, inputs, overwrite=overwrite)  # before any model loads
+    device = o.resolve_device(device)
     embedder = Embedder.from_adapter(adapter, device=device, autocast=autocast) if adapter else \
-        Embedder.from_encoder(EncoderSpec.from_cli(encoder, pretrained, set_, autocast), device=device)
+        Embedder.from_encoder(o.encoder_spec(encoder, pretrained, set_, autocast), device=device)
     manifest = embed_to_folder(inputs, output, embedder, batch_size=batch_size, shard_size=shard_size,
                                num_workers=workers, overwrite=overwrite)
     if os.environ.get("RANK", "0") != "0":
         return  # under a launcher every rank returns the whole folder's manifest; rank 0 reports it
+    if as_json:
+        o.echo_json({"output": str(output), "count": manifest["count"], "dim": manifest["dim"],
+                     "modality": embedder.modality, "failures": manifest["failures"],
+                     "world_size": manifest.get("world_size", 1)})
+        return
     typer.echo(f"embedded {manifest['count']} {embedder.modality} inputs (dim {manifest['dim']}) -> {output}"
                + (f"; {len(manifest['failures'])} failed (see embeddings.json)" if manifest["failures"] else "")
                + (f" ({manifest['world_size']} ranks)" if manifest.get("world_size") else ""))
