@@ -47,12 +47,31 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             os.replace(tmp, path)
     except OSError as e:  # disk full, permission denied ...: the partial output goes, the error names the path
         _remove(tmp)
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        name = str(e.filename) if e.filename is not None else ""
+        if e.filename is None or str(tmp) in name:
+            if isinstance(e, shutil.Error) or e.strerror is None:  # copytree's list of failures: the first reason
+                reasons = e.args[0] if e.args and isinstance(e.args[0], list) else [(None, None, str(e))]
+                e = _errno_of(str(reasons[0][2]) if reasons else str(e))
+            raise OSError(e.errno, e.strerror or str(e), name.replace(str(tmp), str(path)) or str(path)) from None
+        raise
+    except ValueError as e:  # a reader's message about the staging copy names the output instead
+        _remove(tmp)
+        if str(tmp) in str(e):
+            raise type(e)(str(e).replace(str(tmp), str(path))) from None
         raise
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _errno_of(text: str) -> OSError:
+    """An OSError for a failure known only by its message (`[Errno 28] No space left on device: ...`)."""
+    import errno
+
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code))
+    return OSError(errno.EIO, text)
 
 
 def _remove(tmp: Path) -> None:

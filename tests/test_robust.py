@@ -365,3 +365,52 @@ def test_jsonl_and_csv_bad_rows_are_skipped_counted_and_listed(tmp_path, capsys)
     code, out, err = run(capsys, "extract", "-e", "imu", *IMU, "-i", root / "d.csv", "-o", tmp_path / "g",
                          "--workers", "0", "--quiet")
     assert code == 0 and "2 extracted, 3 failed" in out, (out, err)
+
+
+# --- 8. disk full ------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 3 MiB tmpfs (root can mount one), else None: the test then fakes ENOSPC in faiss's writer."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    ok = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                                              capture_output=True).returncode == 0
+    yield disk if ok else None
+    if ok:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_full_disk_is_one_line_and_keeps_the_existing_index(tmp_path, capsys, tiny_disk, monkeypatch, bert) -> None:
+    from anyalign.retrieval import Retriever
+
+    disk = tiny_disk or tmp_path / "disk"
+    np.save(tmp_path / "small.npy", clustered(100, 32))
+    np.save(tmp_path / "big.npy", clustered(20_000, 32, seed=1))
+    assert run(capsys, "index", "build", tmp_path / "small.npy", "-o", disk / "idx", "--factory", "Flat")[0] == 0
+    if tiny_disk is not None:
+        with open(disk / "filler", "wb") as f:  # fill what is left
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+    else:
+        import faiss
+
+        def full(*_a: object) -> None:
+            raise RuntimeError("Error in faiss::write_index: write error (No space left on device)")
+
+        monkeypatch.setattr(faiss, "write_index", full)
+    for args in (["index", "add", disk / "idx", tmp_path / "big.npy"],
+                 ["index", "build", tmp_path / "big.npy", "-o", disk / "idx2", "--factory", "Flat"]):
+        code, _, err = run(capsys, *args)
+        assert code != 0 and _one_line(err) and str(disk / "idx") in err and ".tmp" not in err, (args, err)
+    assert len(Retriever(disk / "idx")) == 100  # the existing index is intact and readable
+    assert sorted(p.name for p in disk.iterdir() if p.name != "filler") == ["idx"]  # no partial output left
+    if tiny_disk is not None:
+        (tmp_path / "l.txt").write_text("a red dog\nthe cat\n")
+        for args in (["embed", tmp_path / "l.txt", "--encoder", "text", "--pretrained", bert, "-o", disk / "emb"],
+                     ["extract", "-e", "text", "--pretrained", bert, "-i", tmp_path / "l.txt", "-o", disk / "f",
+                      "--quiet"]):
+            code, _, err = run(capsys, *args)
+            assert code == 1 and _one_line(err) and "No space left on device" in err, (args, err)
+        assert sorted(p.name for p in disk.iterdir() if p.name != "filler") == ["idx"]

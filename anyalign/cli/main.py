@@ -10,6 +10,7 @@ import errno
 import importlib
 import logging
 import os
+import sqlite3
 import sys
 
 import typer
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, read-only file system: the path and the reason
         typer.echo(f"error: {os_error_line(e)}", err=True)
+        sys.exit(1)
+    except sqlite3.Error as e:  # an index's metadata store (disk full, locked, corrupt)
+        typer.echo(f"error: metadata database: {' '.join(str(e).split())}", err=True)
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)

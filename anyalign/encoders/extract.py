@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -148,15 +149,31 @@ def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLi
                          f"{shard_size}, {num_workers}")
     t0 = time.perf_counter()
     state = process_state()
-    rank, world = state.process_index, state.num_processes
     output = Path(output)
     check_feature_output(output, source)
     items = discover_inputs(source, encoder) if items is None else items
     spec = spec or EncoderSpec.of(encoder)
     run_spec = {"encoder": spec.to_dict()}
+    created = not output.exists()
     if state.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
+    try:
+        return _extract(encoder, source, output, items, run_spec, batch_size, num_workers, shard_size, progress,
+                        state, t0)
+    except OSError as e:  # disk full, permission denied: name the folder; a folder this run made and left empty goes
+        if created and state.is_main_process and not finished_shards(output):
+            shutil.rmtree(output, ignore_errors=True)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(output)) from None
+        raise
+
+
+def _extract(encoder: Encoder, source: str | os.PathLike, output: Path, items: list[Item], run_spec: dict[str, Any],
+             batch_size: int, num_workers: int, shard_size: int, progress: bool, state: Any,
+             t0: float) -> ExtractSummary:
+    """The body of `extract` once the output folder exists."""
+    rank, world = state.process_index, state.num_processes
     with _writer_lock(output, rank):
         if state.is_main_process:
             for stale in output.glob(".features-r*.tmp"):  # half-written shards of a killed run

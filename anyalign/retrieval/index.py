@@ -247,8 +247,22 @@ def load_index(index_dir: str | os.PathLike, *, mmap: bool = False) -> tuple[fai
 
 def write_index_dir(folder: Path, index: faiss.Index, config: IndexConfig) -> None:
     config.ntotal = int(index.ntotal)
-    faiss.write_index(to_cpu(index), str(folder / INDEX_NAME))
+    try:
+        faiss.write_index(to_cpu(index), str(folder / INDEX_NAME))
+    except RuntimeError as e:  # faiss reports a failed write (disk full, permission) as a RuntimeError
+        raise faiss_write_error(e, folder / INDEX_NAME) from None
     write_json(folder / CONFIG_NAME, to_dict(config))
+
+
+def faiss_write_error(e: RuntimeError, path: Path) -> OSError:
+    """The OSError behind faiss's RuntimeError of a failed write (its errno when the message names one)."""
+    import errno as errno_
+
+    text = str(e)
+    for code in (errno_.ENOSPC, errno_.EDQUOT, errno_.EACCES, errno_.EROFS, errno_.EIO):
+        if os.strerror(code) in text:
+            return OSError(code, os.strerror(code), str(path))
+    return OSError(errno_.EIO, f"faiss could not write the index ({text.strip().splitlines()[-1][-200:]})", str(path))
 
 
 # --- build -------------------------------------------------------------------------------------------------
