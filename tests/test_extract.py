@@ -95,7 +95,7 @@ def test_text_manifest_with_fields(tmp_path: Path, minilm_dir: Path) -> None:
     assert torch.allclose(recs[0].pooled, ref.pooled[0], atol=1e-5)
     assert recs[1].tokens.shape == (int(ref.mask[1].sum()), 384)  # valid tokens only
     assert torch.allclose(recs[1].tokens, ref.tokens[1][ref.mask[1]], atol=1e-2)
-    assert read_manifest(tmp_path / "f")["encoder"]["pretrained"] == "sentence-transformers/all-MiniLM-L6-v2"  # portable
+    assert read_manifest(tmp_path / "f")["encoder"]["pretrained"] == "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def test_audio_folder_and_webdataset_shards(tmp_path: Path, assets: Path, capsys: pytest.CaptureFixture) -> None:
