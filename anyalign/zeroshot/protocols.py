@@ -315,9 +315,9 @@ def recorded_zeroshot(adapter_dir: str | os.PathLike) -> dict[str, Any] | None:
     """What an adapter records for zero-shot use: `seen_classes` (as its captions named them, through the recipe's
     `label_text`), `label_text`, `calibration` (gamma or None) and its provenance; read from the adapter's config
     (`AdapterConfig.zeroshot`), else from its run's `recipe.yaml`; None when neither says."""
-    from ..adapter import CONFIG_NAME, read_adapter_config
+    from ..adapter import CONFIG_NAME, read_adapter_config, resolve_adapter
 
-    path = Path(adapter_dir).resolve()
+    path = resolve_adapter(adapter_dir).resolve()  # a folder, or a Hub id's snapshot
     if (path / CONFIG_NAME).is_file():
         recorded = read_adapter_config(path).zeroshot
         if recorded:
