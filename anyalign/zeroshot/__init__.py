@@ -5,6 +5,7 @@
         print(p.source, p.labels, p.scores, p.error)
 
     clf = ZeroShotClassifier.from_adapter("runs/imu/adapters/imu", ["running", "walking"])  # text anchor from the run
+    clf.calibration_info()  # the gamma the adapter records (tuned on its validation data) when labels mix seen/unseen
     report = evaluate_zeroshot(clf, load_labelled("ESC-50-master"), probe=True)
 """
 

@@ -134,7 +134,7 @@ class ZeroShotClassifier:
         """What calibration these scores carry and why: gamma applied, the seen labels, where gamma was tuned."""
         seen = self.seen_labels
         if self.seen is None:
-            status = "none: the seen classes are unknown (closed-set scores)"
+            status = "none: the classes this model was trained on are unknown (raw cosine scores)"
         elif not seen:
             status = "none: no label is a seen class"
         elif len(seen) == len(self.labels):
