@@ -203,10 +203,9 @@ def eval_zeroshot_cmd(
     if seen is not None and len(seen) == len(ds.classes):
         seen = None  # every class was seen: closed set, no unseen-class protocol
     if clf.seen is not None and not clf.seen_labels:
-        from .main import CLIError
-
-        raise CLIError(f"seen classes {', '.join(clf.seen)} match none of the dataset's classes "
-                       f"({', '.join(ds.classes)}); pass --seen-classes with the dataset's class names")
+        typer.echo(f"note: none of the dataset's classes is one the model was trained on ({', '.join(clf.seen)}): "
+                   "every class is unseen (pass --seen-classes with the dataset's class names if that is wrong)",
+                   err=True)
     clf = CachedEmbeddings(clf) if labels_file or seen else clf  # protocols reuse the report's embeddings
     report = evaluate_zeroshot(clf, ds, eval_folds=fold or None, probe=probe, top_k=top_k)
     paths = write_report(report, output)
@@ -218,9 +217,10 @@ def eval_zeroshot_cmd(
                      "calibration": report["calibration"], "report": str(paths["json"]),
                      "confusion_matrix": str(paths["png"]), "protocols": report.get("protocols")})
         return
-    kind = ("closed set: every class was seen in training" if clf.seen_labels is not None and seen is None
-            else f"{len(seen)} seen + {len(ds.classes) - len(seen)} unseen classes" if seen
-            else "seen classes unknown")
+    kind = (f"{len(seen)} seen + {len(ds.classes) - len(seen)} unseen classes" if seen
+            else "seen classes unknown" if clf.seen_labels is None
+            else "closed set: every class was seen in training" if clf.seen_labels
+            else "every class unseen by the model")
     typer.echo(f"{ds.layout} dataset {dataset}: {m['n']} items, {len(ds.classes)} classes ({kind})"
                + (f", folds {', '.join(fold)}" if fold else ""))
     typer.echo(_calibration_line(report["calibration"]))
