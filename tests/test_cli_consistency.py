@@ -124,3 +124,44 @@ def test_version_and_replaced_flags(capsys: pytest.CaptureFixture) -> None:
                            (["data", "speech", "--no-progress"], "--quiet")):
         code, out, err = run_captured(capsys, *args)
         assert code == 2 and err.count("\n") == 1 and fragment in err and "replaced" in err, (args, err)
+
+
+@pytest.mark.slow
+def test_json_results_parse(tmp_path, capsys: pytest.CaptureFixture, assets) -> None:
+    """--json of the retrieval and zero-shot commands prints one parseable document (progress stays on stderr);
+    `embed` reads a UEA archive folder (the input layer's `uea` kind) into IMU embeddings with signal previews."""
+    import json
+
+    from _retrieval_helpers import image_corpus, tiny_bert, tiny_image_adapter
+    from _served_space import tiny_imu_adapter
+
+    def run(*args: object) -> Any:
+        code, out, err = run_captured(capsys, *args, "--json")
+        assert code == 0, (args, err[-2000:])
+        return json.loads(out)
+
+    corpus = image_corpus(tmp_path / "media")
+    adapter, bert = tiny_image_adapter(tmp_path / "img"), tiny_bert(tmp_path / "bert")
+    emb = run("embed", corpus, "--adapter", adapter, "-o", tmp_path / "emb", "--quiet")
+    assert emb["count"] == 6 and emb["dim"] == 32 and emb["modality"] == "image"
+    built = run("index", "build", tmp_path / "emb", "-o", tmp_path / "idx", "--text-encoder", "text",
+                "--text-pretrained", bert)
+    assert built["ntotal"] == 6 and set(built["embedders"]) == {"image", "text"}
+    assert run("index", "info", tmp_path / "idx")["ntotal"] == 6
+    hits = run("search", tmp_path / "idx", "--text", "a red square", "-k", "3")
+    assert len(hits) == 3 and {h["modality"] for h in hits} == {"image"}
+    assert run("index", "add", tmp_path / "idx", tmp_path / "emb")["ntotal"] == 12
+    assert run("index", "delete", tmp_path / "idx", "--id", "0")["deleted"] == 1
+    assert run("eval", "retrieval", tmp_path / "emb", tmp_path / "emb")["recall@1"] == pytest.approx(1.0)
+    preds = run("classify", corpus.parent / "red.png", corpus.parent / "blue.png", "--adapter", adapter,
+                "--text-encoder", "text", "--text-pretrained", bert, "-l", "red,blue,green")
+    assert [len(r["predictions"]) for r in preds["results"]] == [3, 3]
+    feats = run("extract", "-e", "timm-image", "--pretrained", tmp_path / "img" / "encoder.safetensors", "--set",
+                "model=test_efficientnet", "-i", corpus, "-o", tmp_path / "feats", "--quiet")
+    assert feats["count"] == 6 and feats["complete"]
+    assert {e["name"] for e in run("encoders")} >= {"imu", "text", "timm-image"}
+    imu = tiny_imu_adapter(tmp_path / "imu", bert)
+    uea = run("embed", assets / "imu" / "BasicMotions", "--adapter", imu, "-o", tmp_path / "emb-imu", "--quiet")
+    assert uea["count"] == 80 and uea["modality"] == "imu"  # BasicMotions: 40 train + 40 test windows
+    row = json.loads((tmp_path / "emb-imu" / "metadata-00000.jsonl").open().readline())
+    assert row["label"] and len(row["signal"]) == 6 and row["source"].startswith("BasicMotions/")

@@ -113,7 +113,11 @@ def test_cli_label_and_modality_errors(clap_dir: Path, sounds: list[Path], tmp_p
     assert e.value.code == 2 and "photo.jpg: clap-audio classifies audio files" in capsys.readouterr().err
     main([*base, "--labels", "rain,siren", "-t", "the sound of {}", "-t", "{}", str(sounds[0])])
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == str(sounds[0]) and len(out) == 3 and "score" in out[1]
+    assert out[0].startswith("calibration:") and out[1] == "cosine scores, all 2 labels per file"  # no p 1.000
+    assert out[2] == str(sounds[0]) and len(out) == 5 and " p " not in out[3]
+    main([*base, "--labels", "rain,siren", "--temperature", "0.05", str(sounds[0])])  # a calibrated temperature
+    out = capsys.readouterr().out.splitlines()
+    assert "softmax at temperature 0.05" in out[1] and " p " in out[3]
 
 
 def test_esc50_miniature_eval_report(clap_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
