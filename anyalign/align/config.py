@@ -21,7 +21,7 @@ from ..io import WEIGHT_SUFFIXES
 from ..registry import Registry
 from .captions import CaptionSpec
 
-TASKS = ("contrastive", "caption", "instruct")  # the built-in training tasks (align/tasks.py)
+TASKS = ("contrastive", "caption", "instruct", "distill")  # the built-in training tasks (align/tasks.py, distill.py)
 #: every registered training task class by name: the built-ins (align/tasks.py) and plugins' (`register_task`);
 #: it lives here, below the tasks, so that reading a recipe can check task names without importing them
 TASK_REGISTRY: Registry[Any] = Registry("training task")
@@ -296,7 +296,7 @@ class Recipe:
                               f"{', '.join(known)}")
         if "contrastive" in tasks and not self.anchors:
             raise ConfigError("anchors: contrastive data needs at least one anchor (e.g. anchors.text)")
-        if tasks & {"caption", "instruct"}:
+        if tasks & {"caption", "instruct", "distill"}:
             if not self.model.llm:
                 raise ConfigError("model.llm: caption/instruct data needs a causal LM")
             if not any(a.llm_projector for a in self.adapters.values()):

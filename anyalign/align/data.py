@@ -180,7 +180,7 @@ class PairedDataset(Dataset):
     @staticmethod
     def _check(src: DataSource, rec: dict[str, Any]) -> None:
         where = rec.get("where", f"{src.path} ({rec['key']})")
-        if src.task == "caption":
+        if src.task in ("caption", "distill"):
             for p in src.prompts:
                 if src.modality and "<{modality}>" not in p and f"<{src.modality}>" not in p:
                     raise ValueError(f"{src.path}: caption prompt {p!r} lacks the <{src.modality}> placeholder")
@@ -293,11 +293,11 @@ class PairedDataset(Dataset):
             media[m] = out
         caption = self.caption(si, rec, draw[0] if draw is not None else None)
         prompt = target = None
-        if src.task == "caption":
+        if src.task == "caption" or (src.task == "distill" and not rec.get("conversation")):
             m = src.modality or next(iter(media))
             p = src.prompts[draw[1] % len(src.prompts)] if draw is not None else src.prompts[0]
             prompt, target = p.format(modality=m), caption
-        elif src.task == "instruct":
+        elif src.task in ("instruct", "distill"):
             prompt, target = _conversation_to_pair(rec["conversation"], rec.get("where", rec["key"]))
         return {"task": src.task, "media": media, "caption": caption, "prompt": prompt, "target": target,
                 "label": rec.get("label"), "key": rec["key"]}

@@ -111,7 +111,7 @@ def list_projectors() -> list[str]:
 
 
 # Built-in projectors: each module registers itself on import. A new projector is one file plus one name here.
-_BUILTIN = ["linear", "mlp", "perceiver", "qformer", "universal", "rvq"]
+_BUILTIN = ["linear", "mlp", "perceiver", "qformer", "universal", "rvq", "stack_gated"]
 _imported = False
 
 
