@@ -181,7 +181,11 @@ class ZeroShotClassifier:
         if text is None and recorded is None:
             raise ValueError(f"{adapter_dir}: no text anchor recorded in this adapter (saved before format v2, or "
                              f"trained without a text anchor); pass --text-encoder NAME [--text-pretrained PATH]")
-        options = {**adapter_zeroshot_options(adapter_dir), **{k: v for k, v in options.items() if v is not None}}
+        given = {k: v for k, v in options.items() if v is not None}
+        if "calibration" in given and "calibration_source" not in given:  # an override is not the recorded tuning
+            given["calibration_source"] = {"tuned_on": "given by the caller (not the adapter's recorded gamma)"} \
+                if given["calibration"] else None
+        options = {**adapter_zeroshot_options(adapter_dir), **given}
         return cls(query, _text_embedder(_text_spec(text, recorded, str(adapter_dir)), device), labels, templates,
                    **options)
 
