@@ -164,7 +164,6 @@ def encoder_spec(encoder: str | None, pretrained: str | None, sets: list[str] | 
                  prefix: str = "") -> Any:
     """The `EncoderSpec` of `--{prefix}encoder/--{prefix}pretrained/--{prefix}set/--{prefix}autocast` (None when no
     encoder is named; one-line errors for options given without it)."""
-    from ..encoders.spec import EncoderSpec
     from .main import CLIError
 
     if encoder is None:
@@ -173,6 +172,8 @@ def encoder_spec(encoder: str | None, pretrained: str | None, sets: list[str] | 
         if given:
             raise CLIError(f"{'/'.join(given)} need --{prefix}encoder NAME")
         return None
+    from ..encoders.spec import EncoderSpec  # imports torch: only when an encoder is named
+
     return EncoderSpec.from_cli(encoder, pretrained, list(sets or []), autocast)
 
 
