@@ -165,3 +165,13 @@ def test_json_results_parse(tmp_path, capsys: pytest.CaptureFixture, assets) -> 
     assert uea["count"] == 80 and uea["modality"] == "imu"  # BasicMotions: 40 train + 40 test windows
     row = json.loads((tmp_path / "emb-imu" / "metadata-00000.jsonl").open().readline())
     assert row["label"] and len(row["signal"]) == 6 and row["source"].startswith("BasicMotions/")
+
+
+def test_quiet_lasts_one_invocation(capsys: pytest.CaptureFixture) -> None:
+    import os
+
+    from anyalign.cli import options
+
+    code, out, err = run_captured(capsys, "projectors", "linear", "--quiet")
+    assert code == 0 and out.startswith("linear") and not err
+    assert not options.is_quiet() and "TQDM_DISABLE" not in os.environ

@@ -53,6 +53,8 @@ REPLACED = {  # flag -> what replaced it
     "--no-progress": "--quiet",
 }
 _quiet = False
+QUIET_ENV = ("TQDM_DISABLE", "ANYALIGN_QUIET")  # tqdm reads TQDM_DISABLE itself
+QUIET_LOGGERS = ("", "transformers", "huggingface_hub", "accelerate")  # "": the root logger
 
 
 def replaced_flag(args: list[str]) -> str | None:
@@ -76,11 +78,10 @@ def set_quiet(ctx: Any, param: Any, value: bool) -> bool:
     global _quiet
     if value:
         _quiet = True
-        os.environ["TQDM_DISABLE"] = "1"
-        os.environ["ANYALIGN_QUIET"] = "1"
-        logging.getLogger().setLevel(logging.ERROR)
-        for name in ("transformers", "huggingface_hub", "accelerate"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for k in QUIET_ENV:
+            os.environ[k] = "1"
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name or None).setLevel(logging.ERROR)
     return value
 
 
@@ -131,12 +132,25 @@ class AnyalignGroup(TyperGroup):
                 cmd.params.append(_quiet_option())
 
     def main(self, args: Any = None, *a: Any, **kw: Any) -> Any:
+        global _quiet
         message = replaced_flag(list(sys.argv[1:] if args is None else args))
         if message:
             from .main import CLIError
 
             raise CLIError(message)
-        return super().main(args, *a, **kw)
+        env = {k: os.environ.get(k) for k in QUIET_ENV}
+        levels = {n: logging.getLogger(n or None).level for n in QUIET_LOGGERS}
+        try:
+            return super().main(args, *a, **kw)
+        finally:  # `--quiet` lasts one invocation (tests run many in one process)
+            _quiet = False
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            for n, level in levels.items():
+                logging.getLogger(n or None).setLevel(level)
 
 
 def version_callback(value: bool) -> None:
