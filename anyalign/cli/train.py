@@ -36,7 +36,10 @@ def train_cmd(
             report = train_progressive(recipe, output_dir=output, resume=resume)
         except TrainingError as e:
             raise CLIError(str(e)) from None
-        typer.echo(format_table(report["stages"]))
+        if as_json:
+            o.echo_json(report)
+        else:
+            typer.echo(format_table(report["stages"]))
         return
     try:
         result = train(recipe, output_dir=output, resume=resume)
