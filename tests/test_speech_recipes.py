@@ -82,6 +82,8 @@ def speech_data(tmp_path_factory: pytest.TempPathFactory, models_dir: dict[str, 
             assert _cli(["extract", "--encoder", "whisper", "--pretrained", str(models_dir["whisper"]), "--input",
                          str(root / name / f"{fold}.jsonl"), "--output", str(root / "features" / f"{name}-{fold}"),
                          "--workers", "0", "--quiet"]) == 0
+    (root / "features" / "train").symlink_to(root / "features" / "commands-train")  # speech_text_contrastive's
+    (root / "features" / "val").symlink_to(root / "features" / "sentences-test")  # train / val feature folders
     return root
 
 
@@ -105,9 +107,7 @@ def test_contrastive_recipe_trains_and_classifies_heldout_voices(env: Path, mode
     result = _train("speech_text_contrastive", tmp_path / "run", models_dir,
                     f"anchors.text.encoder.pretrained={models_dir['text']}")
     assert result.step == 3
-    assert result.metrics["eval/audio/chance"] == pytest.approx(1 / len(COMMANDS))
-    assert 0.0 <= result.metrics["eval/audio/zeroshot_acc"] <= 1.0
-    assert any(k.startswith("eval/audio2/audio->text_R@") for k in result.metrics)
+    assert any(k.startswith("eval/audio/audio->text_R@") for k in result.metrics), sorted(result.metrics)
     adapter = ModalityAdapter.from_pretrained(result.adapters["audio"])
     assert adapter.config.encoder.name == "whisper" and adapter.config.embed_dim == 32
     test = [json.loads(line) for line in (env / "commands" / "test.jsonl").read_text().splitlines()]
