@@ -28,7 +28,9 @@ the same features, `--steps` AdamW steps, InfoNCE against the frozen MiniLM embe
                 the frozen MiniLM itself reads ([CLS] tokens [SEP] as input embeddings, mean-pooled like its
                 sentences), so the frozen text tower composes the words (the LLM path's recipe, with MiniLM as
                 the "LLM"); only the MLP trains
-Results go to `<work>/results.json` and a table on stdout.
+Results go to `<work>/results/` (protocol.json, baseline.json, <condition>.json: parts may run in parallel
+processes, e.g. `--conditions ""` for the baseline beside `--no-baseline --conditions text-tower`) and a table of
+every part so far on stdout (`--report` prints it alone).
 """
 
 from __future__ import annotations
@@ -255,7 +257,11 @@ def main() -> None:
                    help="compute the Whisper baseline (--no-baseline: needs its cached transcripts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--report", action="store_true", help="print the table of the parts written so far")
     args = p.parse_args()
+    if args.report:
+        report(args.work / "results")
+        return
     args.minilm = str(assets_root() / "text" / "all-MiniLM-L6-v2")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = assets_root()
@@ -293,29 +299,25 @@ def main() -> None:
     from anyalign.metrics import wer
 
     files = [str(corpus / r["audio"]) for r in fold_rows["test"]]
-    if not args.baseline and not (work / "whisper_test.json").is_file():
-        raise SystemExit("--no-baseline: no cached baseline transcripts yet (run once with the baseline)")
-    hyp = cached(work / "whisper_test.json", lambda: whisper_transcripts(whisper, files, quiet=args.quiet))
-    whyp = cached(work / "whisper_words.json", lambda: whisper_transcripts(
-        whisper, [str(words / r["audio"]) for r in word_rows], quiet=args.quiet))
-    base_q = text.embed([h or "." for h in hyp])
-    wq = text.embed([h or "." for h in whyp])
-    results: dict[str, Any] = {
-        "protocol": {"split": split["split"], "texts": split["texts"], "families": split["families"],
-                     "test_clips": len(files), "gallery": len(gal_texts["test"]),
-                     "chance": {f"R@{k}": k / len(gal_texts["test"]) for k in KS}, "zeroshot_chance": 0.1,
-                     "zeroshot_clips": {k: len(v) for k, v in word_idx.items()}},
-        "whisper_decoder_then_minilm": {
-            **retrieval(base_q, said["test"], gal_texts["test"], gal["test"]), "wer": wer(said["test"], hyp),
-            **{f"zeroshot_{k}": zeroshot(wq[v], [word_labels[i] for i in v], sets[k], class_emb[k])
-               for k, v in word_idx.items()}},
-        "conditions": {}}
-    old = work / "results.json"  # conditions of earlier runs on the same corpus are kept (one table)
-    if old.is_file():
-        prev = json.loads(old.read_text())
-        if prev.get("protocol") == results["protocol"]:
-            results["conditions"] = prev.get("conditions", {})
-    print(f"baseline ready ({time.perf_counter() - t0:.0f} s): {results['whisper_decoder_then_minilm']}", flush=True)
+    res_dir = work / "results"  # one file per part, so parts can run in parallel processes and merge in one table
+    res_dir.mkdir(exist_ok=True)
+    protocol = {"split": split["split"], "texts": split["texts"], "families": split["families"],
+                "test_clips": len(files), "gallery": len(gal_texts["test"]),
+                "chance": {f"R@{k}": k / len(gal_texts["test"]) for k in KS}, "zeroshot_chance": 0.1,
+                "zeroshot_clips": {k: len(v) for k, v in word_idx.items()}}
+    (res_dir / "protocol.json").write_text(json.dumps(protocol, indent=1))
+    if args.baseline:
+        hyp = cached(work / "whisper_test.json", lambda: whisper_transcripts(whisper, files, quiet=args.quiet))
+        whyp = cached(work / "whisper_words.json", lambda: whisper_transcripts(
+            whisper, [str(words / r["audio"]) for r in word_rows], quiet=args.quiet))
+        base_q = text.embed([h or "." for h in hyp])
+        wq = text.embed([h or "." for h in whyp])
+        base = {**retrieval(base_q, said["test"], gal_texts["test"], gal["test"]), "wer": wer(said["test"], hyp),
+                "test_hubs": hub_occurrence(base_q @ gal["test"].T),
+                **{f"zeroshot_{k}": zeroshot(wq[v], [word_labels[i] for i in v], sets[k], class_emb[k])
+                   for k, v in word_idx.items()}}
+        (res_dir / "baseline.json").write_text(json.dumps(base, indent=1))
+        print(f"baseline ready ({time.perf_counter() - t0:.0f} s): {base}", flush=True)
 
     from anyalign.encoders.spec import EncoderSpec
 
@@ -326,13 +328,13 @@ def main() -> None:
     for name in [c for c in args.conditions.split(",") if c]:
         if name not in CONDITIONS:
             raise SystemExit(f"--conditions: unknown {name!r} (expected {', '.join(CONDITIONS)})")
-        train_tok, targets = tok["train"], train_targets
+        train_tok, targets, teacher_wer = tok["train"], train_targets, None
         if CONDITIONS[name][1] == "whisper":  # distillation: Whisper's own transcript is the target
             n = min(args.distill_clips, len(fold_rows["train"]))
             path = add_transcripts(corpus, whisper, folds=["train"], limit=n, progress=not args.quiet)["train"]
             heard = [r["text"] for r in rows(path)][:n]
             train_tok, targets = tok["train"][:n], text.embed([h or "." for h in heard])
-            results["distill_teacher_wer"] = wer(said["train"][:n], heard)
+            teacher_wer = wer(said["train"][:n], heard)
         adapter, info = train_condition(name, args, encoder, train_tok, targets, val,
                                         [tok["train"][i] for i in bank_idx])
         bank = info.pop("bank")
@@ -342,26 +344,31 @@ def main() -> None:
         info.update({"test": retrieval(q, said["test"], gal_texts["test"], gal["test"]),
                      "test_qbnorm": retrieval(q, said["test"], gal_texts["test"], gal["test"], hub, bank),
                      "test_hubs": hub_occurrence(q @ gal["test"].T),
-                     "train_clips": len(train_tok)})
+                     "train_clips": len(train_tok), "teacher_wer": teacher_wer, "args": {
+                         k: getattr(args, k) for k in ("steps", "batch_size", "lr", "pool", "seed")}})
         for k, v in word_idx.items():
             labs = [word_labels[i] for i in v]
             info[f"zeroshot_{k}"] = zeroshot(wqa[v], labs, sets[k], class_emb[k])
             info[f"zeroshot_{k}_qbnorm"] = zeroshot(wqa[v], labs, sets[k], class_emb[k], hub, bank)
-        results["conditions"][name] = info
         print(f"[{name}] test {info['test']}\n  qb-norm {info['test_qbnorm']}\n  zero-shot "
               f"{ {k: info[k] for k in info if k.startswith('zeroshot')} }", flush=True)
-        (work / "results.json").write_text(json.dumps(results, indent=1))
-    report(results)
+        (res_dir / f"{name}.json").write_text(json.dumps(info, indent=1))
+    report(res_dir)
 
 
-def report(res: dict[str, Any]) -> None:
-    pr = res["protocol"]
+def report(res_dir: Path) -> None:
+    """The table of every part written so far under `res_dir` (protocol, baseline, conditions)."""
+    pr = json.loads((res_dir / "protocol.json").read_text())
+    parts = {p.stem: json.loads(p.read_text()) for p in sorted(res_dir.glob("*.json"))}
+    res = {"whisper_decoder_then_minilm": parts.get("baseline"),
+           "conditions": {k: v for k, v in parts.items() if k in CONDITIONS}}
     print(f"\nheld-out sentences x held-out voice families: {pr['test_clips']} test clips, gallery "
           f"{pr['gallery']} sentences; families train {pr['families']['train']}, test {pr['families']['test']}")
     print(f"{'system':38s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'digits':>7s} {'colours':>8s}")
     b = res["whisper_decoder_then_minilm"]
-    print(f"{'Whisper decoder -> MiniLM (baseline)':38s} {b['recall@1']:6.3f} {b['recall@5']:6.3f} "
-          f"{b['recall@10']:6.3f} {b['zeroshot_digits']:7.3f} {b['zeroshot_colours']:8.3f}   WER {b['wer']:.3f}")
+    if b is not None:
+        print(f"{'Whisper decoder -> MiniLM (baseline)':38s} {b['recall@1']:6.3f} {b['recall@5']:6.3f} "
+              f"{b['recall@10']:6.3f} {b['zeroshot_digits']:7.3f} {b['zeroshot_colours']:8.3f}   WER {b['wer']:.3f}")
     for name, c in res["conditions"].items():
         for tag, m, z in (("", c["test"], ""), (" + qb-norm", c["test_qbnorm"], "_qbnorm")):
             print(f"{'adapter ' + name + tag:38s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
