@@ -386,4 +386,5 @@ def test_smollm2_zero_adapter_generate_and_soft_tokens(smollm: MultimodalLM, tmp
     smollm.save_pretrained(tmp_path / "b")
     cfg = json.loads((tmp_path / "b" / BUNDLE_CONFIG).read_text())
     assert cfg["llm"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and not cfg["llm_saved"]
+    assert cfg["llm"]["name_or_path"] == "asset:smollm2"  # portable: this machine's asset path is not recorded
     assert not (tmp_path / "b" / "llm").exists()

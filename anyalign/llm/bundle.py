@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..adapter import ModalityAdapter
+from ..hub import local_source, portable_source
 from ..io import atomic_path, load_weights, read_json, save_weights, write_json
 from ..version import FORMAT_VERSION, __version__
 
@@ -69,7 +70,7 @@ def load_llm(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, d
     """Load an unmodified `AutoModelForCausalLM` (+ its tokenizer) from a hub id, a folder or a GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    text = str(name_or_path)
+    text = local_source(str(name_or_path), what="llm")  # asset:<name>, an asset's Hub id, ANYALIGN_WEIGHTS
     path = Path(text).expanduser()
     local = path.exists() or text.startswith((".", "/", "~"))
     if local and not path.is_dir():
@@ -155,7 +156,8 @@ def save_bundle(model: MultimodalLM, directory: str | os.PathLike, *, save_llm: 
     model._sync_code_rows()
     config: dict[str, Any] = {
         "format": _FORMAT, "format_version": FORMAT_VERSION, "anyalign_version": __version__,
-        "llm": None if save_llm else asdict(source), "llm_saved": bool(save_llm),
+        "llm": None if save_llm else {**asdict(source), "name_or_path": portable_source(source.name_or_path)},
+        "llm_saved": bool(save_llm),
         "adapters": {m: f"adapters/{m}" for m in sorted(model.adapters)},
         "lora": model.has_lora, "lora_merged": model.lora_merged or model.lora_merged_in_place,
         "base_vocab_size": model.base_vocab_size, "code_offsets": dict(model.code_offsets),
