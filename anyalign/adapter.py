@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -363,6 +364,12 @@ def stage_adapter(folder: str | os.PathLike, dest: str | os.PathLike, *, repo_id
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     dest = stage_folder(folder, dest, [CONFIG_NAME, WEIGHTS_NAME])
     config_dict = {**to_dict(config), **_portable_fields(config, folder)}
+    for spec in (config_dict["encoder"], *config_dict["space"].values()):  # weights inside the folder go along
+        inner = spec.get("pretrained") or ""
+        if inner.startswith("./") and not (dest / inner).exists():
+            copy = shutil.copytree if (folder / inner).is_dir() else shutil.copy2
+            (dest / inner).parent.mkdir(parents=True, exist_ok=True)
+            copy(folder / inner, dest / inner)
     write_json(dest / CONFIG_NAME, {**read_json(folder / CONFIG_NAME), **{k: config_dict[k] for k in
                                                                           ("encoder", "space", "plugins")}})
     (dest / "README.md").write_text(model_card(config_dict, repo_id=repo_id, evaluation=evaluation, recipe=recipe))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from _retrieval_helpers import image_corpus, tiny_bert, tiny_image_adapter
 
-from anyalign.adapter import CONFIG_NAME, ModalityAdapter, build_adapter
+from anyalign.adapter import CONFIG_NAME, ModalityAdapter, build_adapter, stage_adapter
 from anyalign.embedder import Embedder
 from anyalign.encoders.spec import EncoderSpec
 from anyalign.hub import local_source, portable_source
@@ -90,6 +90,10 @@ def test_weights_inside_the_folder_travel_with_it(minilm_dir: Path, tmp_path: Pa
     loaded = ModalityAdapter.from_pretrained(moved)
     assert loaded.config.encoder.pretrained == str(Path(moved, "encoder").resolve())
     np.testing.assert_allclose(Embedder(loaded.encoder, loaded).embed(TEXTS), ref, atol=1e-6)
+    staged = stage_adapter(moved, tmp_path / "upload")  # a Hub upload carries the weights that live inside
+    assert (staged / "encoder" / "model.safetensors").is_file()
+    again = ModalityAdapter.from_pretrained(staged)
+    np.testing.assert_allclose(Embedder(again.encoder, again).embed(TEXTS), ref, atol=1e-6)
 
 
 _OFFLINE_SCRIPT = textwrap.dedent("""
