@@ -199,10 +199,18 @@ def check_options(kind: str, name: str, cls: type, options: dict[str, Any], *, s
             raise ConfigError(f"{where}: {kind} {name!r} option {key!r} expects {type_label(tp)}, got "
                               f"{type(value).__name__} {_show(value)}; options: {describe_options(cls)}")
         out[key] = _coerce(value, tp)
+        low = fields[key].metadata.get("min")
+        if low is not None and isinstance(out[key], (int, float)) and out[key] < low:
+            raise ConfigError(f"{where}: {kind} {name!r} option {key!r} must be >= {low}")
     missing = [o for o in option_fields(cls) if o.required and o.name not in out]
     if missing:
         raise ConfigError(f"{source}: {kind} {name!r} needs option {missing[0].name!r} ({missing[0].type}); "
                           f"options: {describe_options(cls)}")
+    if hasattr(cls, "__post_init__") and not missing:  # the dataclass's own cross-field checks
+        try:
+            cls(**{**_defaults(cls), **out})
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{source}: {kind} {name!r}: {e}") from None
     if extra:
         check_extra = getattr(cls, "check_extra", None)
         if check_extra is not None:

@@ -414,3 +414,41 @@ def test_full_disk_is_one_line_and_keeps_the_existing_index(tmp_path, capsys, ti
             code, _, err = run(capsys, *args)
             assert code == 1 and _one_line(err) and "No space left on device" in err, (args, err)
         assert sorted(p.name for p in disk.iterdir() if p.name != "filler") == ["idx"]
+
+
+# --- 10. the remaining tracebacks --------------------------------------------------------------------------
+@pytest.fixture
+def imu_files(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "w.npy", rng.normal(size=(6, 32)).astype(np.float32))
+    np.save(tmp_path / "wc.npy", (rng.normal(size=(6, 32)) + 1j).astype(np.complex64))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, why", [
+    (["embed", "{txt}", "--encoder", "text", "--pretrained", "{bert}", "--device", "bogus"], "not a torch device"),
+    (["extract", "-e", "text", "--pretrained", "{bert}", "-i", "{txt}", "--device", "bogus"], "not a torch device"),
+    (["embed", "{txt}", "--encoder", "text", "--pretrained", "{bert}", "--set", "max_length=-1"], "must be >= 1"),
+    (["embed", "{w}", "--encoder", "imu", "--set", "dim=-1"], "'dim' must be >= 1"),
+    (["embed", "{w}", "--encoder", "imu", "--set", "dim=16", "--set", "heads=7"], "divisible by heads 7"),
+    (["embed", "/dev/null", "--encoder", "text", "--pretrained", "{bert}"], "not a regular file or folder"),
+    (["embed", "{wc}", "--encoder", "imu", "--set", "dim=16", "--set", "heads=2"], "nothing embedded"),
+])
+def test_former_tracebacks_are_one_line_errors(tmp_path, capsys, caplog, bert, imu_files, args, why) -> None:
+    (tmp_path / "l.txt").write_text("a red dog\n")
+    values = {"txt": tmp_path / "l.txt", "bert": bert, "w": imu_files / "w.npy", "wc": imu_files / "wc.npy"}
+    args = [a.format(**values) for a in args] + ["-o", tmp_path / "out"]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and _one_line(err) and why in err, err
+    if "wc.npy" in str(args):
+        assert "complex values" in caplog.text  # the warning that names the skipped input
+
+
+def test_bad_projector_option_and_resume_with_another_architecture(tmp_path, capsys, bert) -> None:
+    recipe = _recipe(tmp_path, bert)
+    code, _, err = run(capsys, "train", recipe, "adapters.imu.embed_projector.hidden_dim=-3", "-o", tmp_path / "r")
+    assert code == 2 and _one_line(err) and "'hidden_dim' must be >= 1" in err, err
+    assert run(capsys, "train", recipe, "-o", tmp_path / "run")[0] == 0
+    code, _, err = run(capsys, "train", recipe, "adapters.imu.encoder.options.dim=32", "train.max_steps=8", "-o",
+                       tmp_path / "run", "--resume")
+    assert code == 2 and _one_line(err) and "written for another architecture" in err, err

@@ -293,7 +293,15 @@ class Trainer:
         if diff:
             logger.warning("%s was written with different settings %s (saved, now): resume will not be exact",
                            ckpt, diff)
-        self._state_io().load_state(str(ckpt))
+        try:
+            self._state_io().load_state(str(ckpt))
+        except RuntimeError as e:  # the recipe's architecture changed since the checkpoint was written
+            lines = [ln.strip() for ln in str(e).splitlines() if "mismatch" in ln or "key(s)" in ln]
+            if not lines:
+                raise
+            raise TrainingError(f"--resume: {ckpt} was written for another architecture ({lines[0].rstrip('.')}"
+                                f"{f'; {len(lines) - 1} more' if len(lines) > 1 else ''}); resume with the recipe "
+                                "it was written with, or train into a new --output") from None
         self.metrics.truncate_after(self.step)
         logger.info("resumed from %s (step %d)", ckpt, self.step)
 

@@ -132,6 +132,9 @@ def detect_kind(path: str | os.PathLike) -> str:
         return "glob"
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such dataset file or folder")
+    if not p.is_file() and not p.is_dir():
+        raise ValueError(f"{p}: not a regular file or folder (a device, pipe or socket); expected a dataset file "
+                         "or folder")
     if p.is_file():
         suffix = p.suffix.lower()
         kinds = {".jsonl": "jsonl", ".txt": "txt", ".csv": "csv", ".tar": "webdataset"}

@@ -126,8 +126,13 @@ class IMUEncoder(Encoder):
         else:
             arr, where = item, "IMU input"
         try:
-            arr = np.asarray(arr.detach().cpu() if torch.is_tensor(arr) else arr, dtype=np.float32)
-        except (TypeError, ValueError):
+            raw = np.asarray(arr.detach().cpu() if torch.is_tensor(arr) else arr)
+            if np.iscomplexobj(raw):  # a cast to float32 would silently drop the imaginary part
+                raise InputError(f"{where}: complex values ({raw.dtype}); expected real sensor readings")
+            arr = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, InputError):
+                raise
             raise InputError(f"{where}: expected a numeric array or a .npy/.csv path, got {type(arr).__name__}: "
                              f"{arr!r:.80}") from None
         if arr.ndim != 2 or self.channels not in arr.shape:
@@ -217,15 +222,16 @@ def _read_file(path: Path) -> np.ndarray:
 class IMUOptions:
     """Options of the "imu" encoder (the arguments of `IMUEncoder`)."""
 
-    channels: int = field(default=6, metadata={"help": "sensor channels (accel xyz + gyro xyz)"})
-    dim: int = field(default=256, metadata={"help": "token width"})
-    depth: int = field(default=2, metadata={"help": "transformer layers"})
-    heads: int = field(default=4, metadata={"help": "attention heads"})
+    channels: int = field(default=6, metadata={"help": "sensor channels (accel xyz + gyro xyz)", "min": 1})
+    dim: int = field(default=256, metadata={"help": "token width", "min": 1})
+    depth: int = field(default=2, metadata={"help": "transformer layers", "min": 1})
+    heads: int = field(default=4, metadata={"help": "attention heads", "min": 1})
     stride: int = field(default=4, metadata={"help": "time downsampling of the conv stem: 1, 2, 4 or 8"})
     dropout: float = field(default=0.1, metadata={"help": "transformer dropout"})
     sample_rate: float | None = field(default=None, metadata={"help": "the input's rate in Hz"})
     target_rate: float | None = field(default=None, metadata={"help": "resample to this rate in Hz"})
-    max_tokens: int = field(default=1024, metadata={"help": "longest token sequence (position table size)"})
+    max_tokens: int = field(default=1024, metadata={"help": "longest token sequence (position table size)",
+                                                    "min": 1})
     window_seconds: float | None = field(default=None, metadata={
         "help": "cut longer streams into windows of this length (needs sample_rate)"})
     hop_seconds: float | None = field(default=None, metadata={"help": "window hop (default: window_seconds)"})
@@ -233,6 +239,12 @@ class IMUOptions:
         "help": "per-channel normalisation: none, window (z-score), stats (channel_mean/std)"})
     channel_mean: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel means"})
     channel_std: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel stds"})
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.stride not in (1, 2, 4, 8):
+            raise ValueError(f"stride must be 1, 2, 4 or 8, got {self.stride}")
 
 
 @register_encoder("imu", modality="imu", token_dim=256, pooled_dim=256, input_spec=IMU_INPUT_SPEC,

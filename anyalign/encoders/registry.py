@@ -76,6 +76,14 @@ def check_encoder_options(name: str, options: dict[str, Any], *, source: str = "
     return check_options("encoder", name, encoder_options(name), options, source=source)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, else a one-line error (torch's own lists twenty device types)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device!s}: not a torch device; expected cpu, cuda, cuda:N or mps") from None
+
+
 def create_encoder(
     name: str,
     pretrained: str | None = None,
@@ -100,7 +108,7 @@ def create_encoder(
         overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`), checked against
             its options dataclass (`encoder_options(name)`): an unknown or mistyped one is a `ConfigError`.
     """
-    if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+    if device is not None and check_device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!s}: no CUDA GPU is available on this machine (use cpu)")
     overrides = check_encoder_options(name, overrides, source="options")
     enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)

@@ -147,7 +147,8 @@ class TextOptions:
     sentence-transformers configuration."""
 
     max_length: int | None = field(default=None, metadata={
-        "help": "tokens per sentence, longer ones truncated (default: the model's max_seq_length, else 128)"})
+        "help": "tokens per sentence, longer ones truncated (default: the model's max_seq_length, else 128)",
+        "min": 1})
     normalize: bool = field(default=True, metadata={"help": "L2-normalise the pooled embedding"})
     pooling: str | None = field(default=None, metadata={
         "help": f"one of {', '.join(POOLING_MODES)} (default: the model's pooling, else mean)"})

@@ -16,7 +16,7 @@ class MLPOptions:
     """Options of the "mlp" projector."""
 
     depth: int = field(default=2, metadata={"help": "linear layers (GELU between them); 2 = LLaVA-1.5"})
-    hidden_dim: int | None = field(default=None, metadata={"help": "hidden width (None = out_dim)"})
+    hidden_dim: int | None = field(default=None, metadata={"help": "hidden width (None = out_dim)", "min": 1})
     stride: int = field(default=1, metadata={"help": "average-pool groups of this many tokens first (1 = off)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden GELU"})
 
