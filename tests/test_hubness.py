@@ -86,3 +86,22 @@ def test_zeroshot_scores_take_the_correction_and_speech_templates(tmp_path) -> N
     assert np.allclose(fixed, expected, atol=1e-5) and not np.allclose(fixed, raw)
     assert default_templates("audio", "whisper") == SPEECH_TEMPLATES and "{}" in SPEECH_TEMPLATES
     assert default_templates("audio", "clap-audio")[0] == "the sound of {}."
+
+
+def test_eval_retrieval_cli_hubness_option(tmp_path, capsys) -> None:
+    import json
+
+    from tests._cli import run_cli
+
+    q, idx, g, bank = _hub_space()
+    np.save(tmp_path / "q.npy", q.astype(np.float32))
+    np.save(tmp_path / "g.npy", g[idx].astype(np.float32))  # row i of the gallery is query i's item
+    np.save(tmp_path / "bank.npy", bank.astype(np.float32))
+    base = [str(tmp_path / "q.npy"), str(tmp_path / "g.npy"), "--json"]
+    assert run_cli(["eval", "retrieval", *base]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert run_cli(["eval", "retrieval", *base, "--hubness", "qb-norm", "--bank", str(tmp_path / "bank.npy")]) == 0
+    fixed = json.loads(capsys.readouterr().out)
+    assert fixed["queries"] == raw["queries"] == len(q)
+    assert run_cli(["eval", "retrieval", *base, "--hubness", "qb-norm"]) == 2
+    assert "needs a bank" in capsys.readouterr().err

@@ -329,16 +329,23 @@ def eval_retrieval_cmd(
     gallery: Path = typer.Argument(..., help="Gallery embeddings (exact search) or an index folder."),
     match: str = typer.Option("row", "--match", help="'row' (query i <-> item i) or a metadata field."),
     ks: str = typer.Option("1,5,10", "-k", help="Comma-separated K values."),
+    hubness: str = typer.Option("none", "--hubness", help="Hub correction: none, is (inverted softmax) or qb-norm "
+                                "(anyalign.hubness); needs --bank."),
+    bank: Path = typer.Option(None, "--bank", help="Reference query embeddings for --hubness (e.g. training "
+                              "queries; never the evaluated ones)."),
+    beta: float = typer.Option(20.0, "--hubness-beta", help="Inverse temperature of the hubness correction."),
     as_json: bool = o.JSON,
 ) -> None:
     """Recall@K and mAP of a paired test set."""
+    from ..hubness import Hubness
     from ..retrieval.evaluate import evaluate_retrieval
 
     try:
         kv = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"-k {ks!r}: expected comma-separated integers such as 1,5,10") from None
-    out = evaluate_retrieval(queries, gallery, match=match, ks=kv)
+    out = evaluate_retrieval(queries, gallery, match=match, ks=kv, hubness=Hubness(hubness, beta),
+                             bank=bank)
     if as_json:
         o.echo_json(out)
         return
