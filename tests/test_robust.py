@@ -452,3 +452,61 @@ def test_bad_projector_option_and_resume_with_another_architecture(tmp_path, cap
     code, _, err = run(capsys, "train", recipe, "adapters.imu.encoder.options.dim=32", "train.max_steps=8", "-o",
                        tmp_path / "run", "--resume")
     assert code == 2 and _one_line(err) and "written for another architecture" in err, err
+
+
+# --- 9. the service ----------------------------------------------------------------------------------------
+def test_host_parsing_is_strict_and_errors_hide_temp_paths(tmp_path) -> None:
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from anyalign.retrieval import ArraySource, Retriever, build_index
+    from anyalign.retrieval.server import create_app, error_body
+
+    build_index(ArraySource(clustered(40, 16)), tmp_path / "idx", factory="Flat")
+    client = TestClient(create_app(Retriever(tmp_path / "idx")))
+    for host in ("localhost:80@evil.com", "localhost:evil", "localhost:99999", "local host", "[::1"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 400, host
+    for host in ("localhost", "localhost:8000", "127.0.0.1:80", "[::1]:8000"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+    scratch = f"{tempfile.gettempdir()}/anyalign-query-x1y2/query.png"
+    body = error_body(400, f"{scratch}: cannot decode image (truncated)")
+    assert tempfile.gettempdir() not in json.dumps(body) and "cannot decode image" in body["error"]
+
+
+@pytest.mark.slow
+def test_half_open_connections_of_one_peer_do_not_starve_others(tmp_path) -> None:
+    import socket
+    import threading
+
+    import httpx
+
+    from anyalign.retrieval import ArraySource, Retriever, build_index
+    from anyalign.retrieval.server import create_app, uvicorn_server
+
+    build_index(ArraySource(clustered(40, 16)), tmp_path / "idx", factory="Flat")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn_server(create_app(Retriever(tmp_path / "idx")), host="127.0.0.1", port=port,
+                            header_timeout=30.0, log_level="warning")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    socks = []
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        for _ in range(520):  # more than uvicorn's global limit of 512, each stuck in its headers
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"GET /api/info HT")
+            socks.append(c)
+        time.sleep(0.5)
+        codes = [httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=10).status_code for _ in range(5)]
+        assert codes == [200] * 5
+    finally:
+        for c in socks:
+            c.close()
+        server.should_exit = True
+        thread.join(timeout=10)

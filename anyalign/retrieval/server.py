@@ -48,6 +48,7 @@ from .page import docs_html
 from .retriever import Retriever
 from .search_api import add_search_routes
 from .served import ServedIndex, derive_media_roots, media_file
+from .server_limits import header_timeout_protocol, parse_host, scrub_paths
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def _one_line(text: Any, limit: int = 500) -> str:
 
 def error_body(status: int, message: Any, path: str = "") -> dict[str, Any]:
     """The one error shape `{"error": "one line"}`; under `/v1` (the OpenAI-compatible routes) OpenAI's shape."""
+    message = scrub_paths(str(message))  # never the server's own temporary paths
     if path.startswith("/v1/"):
         return error_payload(status, _one_line(message))
     return {"error": _one_line(message)}
@@ -144,12 +146,9 @@ class _Abort(Exception):
     pass
 
 
-def _host_of(value: str) -> str:
-    """`Host` header -> lower-case host name without port ('[::1]:80' -> '::1')."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
-    return (value.rsplit(":", 1)[0] if value.count(":") == 1 else value).rstrip(".")
+def _host_of(value: str | None) -> str | None:
+    """`Host` header -> lower-case host name without port ('[::1]:80' -> '::1'); None when malformed."""
+    return parse_host(value)
 
 
 class _Guard:
@@ -158,7 +157,7 @@ class _Guard:
     def __init__(self, app: Any, hosts: Sequence[str], token: str | None) -> None:
         self.app, self.token = app, token
         self.any_host = "*" in hosts
-        self.hosts = {_host_of(h) for h in hosts if h != "*"}
+        self.hosts = {name for h in hosts if h != "*" and (name := _host_of(h)) is not None}
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         given = ""
@@ -276,49 +275,6 @@ def check_serve_options(host: str, port: int, max_upload_mb: float, token: str |
     if not token and not is_loopback(host):
         raise ValueError(f"--host {host} is not a loopback address: serving beyond this machine needs --token "
                          f"(or {TOKEN_ENV})")
-
-
-def header_timeout_protocol(timeout: float) -> type:
-    """uvicorn's h11 protocol, closing connections whose request headers are not complete within `timeout` s."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeaderTimeoutH11(H11Protocol):
-        _guard: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # headers complete: the body has its own idle timeout
-                self._disarm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._arm()  # the next request on this connection gets the same deadline
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._disarm()
-            self._guard = self.loop.call_later(timeout, self._expire)
-
-        def _disarm(self) -> None:
-            if self._guard is not None:
-                self._guard.cancel()
-                self._guard = None
-
-        def _expire(self) -> None:
-            self._guard = None
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self.transport.close()
-
-    return HeaderTimeoutH11
 
 
 def uvicorn_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, header_timeout: float = 10.0,
