@@ -84,7 +84,7 @@ train(load_recipe({recipe!r}), output_dir={out!r}, callbacks=[KillAt()])
 """
 
 
-def test_resume_after_sigkill_is_bit_exact(tmp_path: Path, minilm_dir: Path) -> None:
+def test_resume_after_sigkill_is_bit_exact(tmp_path: Path, minilm_dir: Path, capsys: pytest.CaptureFixture) -> None:
     recipe = _recipe(tmp_path, _windows(tmp_path / "data"), minilm_dir,
                      grad_accum=2)  # accumulation and a mid-epoch kill: the hardest resume case
     full = train(load_recipe(recipe), output_dir=tmp_path / "full")
@@ -98,7 +98,10 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path, minilm_dir: Path) -> 
     with pytest.raises(SystemExit) as e:
         main(["train", str(recipe), "--output", str(killed)])  # refuses to overwrite without --resume
     assert e.value.code == 2
-    main(["train", str(recipe), "--output", str(killed), "--resume"])
+    capsys.readouterr()
+    main(["train", str(recipe), "--output", str(killed), "--resume", "--json"])
+    done = json.loads(capsys.readouterr().out)  # --json: one document on stdout, progress elsewhere
+    assert done["step"] == 12 and list(done["adapters"]) == ["imu"] and done["output_dir"] == str(killed)
     a, b = load_file(full.output_dir / WEIGHTS), load_file(killed / WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
