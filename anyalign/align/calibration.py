@@ -112,10 +112,27 @@ def _check_disjoint(trainer: Any) -> None:
                              f"split: eval, or other folds/users)")
 
 
+def _rotation_trainer(recipe: Recipe, out: Path) -> Any:
+    """A trainer for one rotation; with fewer training examples than the batch (a class held out of a small data
+    set), the batch shrinks to what there is."""
+    import re
+
+    from .trainer import Trainer, TrainingError
+
+    try:
+        return Trainer(recipe, output_dir=out)
+    except TrainingError as e:
+        small = re.search(r"larger than the (\d+) training examples", str(e))
+        if not small or int(small.group(1)) < 2:
+            raise
+        logger.warning("calibration rotation %s: batch size %d -> %s (fewer training examples without the held-out "
+                       "classes)", out.name, recipe.train.batch_size, small.group(1))
+        recipe.train.batch_size = int(small.group(1))
+        return Trainer(recipe, output_dir=out)
+
+
 def tune_rotated(recipe: Recipe, run_dir: Path, modality: str) -> dict[str, Any]:
     """Train one adapter per pseudo-unseen rotation and tune gamma on the validation data (see module docstring)."""
-    from .trainer import Trainer
-
     sources = _labelled_sources(run_dir, recipe)
     seen = sorted({c for _, _, classes in sources for c in classes})
     if len(seen) < 2:
@@ -145,7 +162,7 @@ def tune_rotated(recipe: Recipe, run_dir: Path, modality: str) -> dict[str, Any]
         r.train.warmup_steps = min(r.train.warmup_steps, steps // 5)
         r.train.tensorboard = False
         r.eval.at_start, r.eval.every = False, 0
-        trainer = Trainer(r, output_dir=run_dir / "calibration" / f"rotation-{k}")
+        trainer = _rotation_trainer(r, run_dir / "calibration" / f"rotation-{k}")
         _check_disjoint(trainer)
         trainer.fit()
         prompts = {}  # the training captions' own class prompts (phrase x templates), the held-out classes' too
