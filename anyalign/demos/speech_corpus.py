@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -303,14 +304,25 @@ def fortune_sentences(n: int | None = None, *, root: str | os.PathLike = FORTUNE
     (Debian `fortunes`): plain punctuation, every word in the word list `words` (Debian `wamerican`; None: no
     check), no capital after the first word but "I" (no names), none of `exclude_words`; a seeded shuffle picks
     which when there are more (in text-id order)."""
+    if min_words < 1 or max_words < min_words:
+        raise ValueError(f"word range {min_words}-{max_words}: expected 1 <= min_words <= max_words")
+    out = list(_fortune_pool(str(root), min_words, max_words, None if words is None else str(words),
+                             tuple(sorted({w.casefold() for w in exclude_words}))))
+    if n is not None and n < len(out):
+        pick = np.random.default_rng(seed).permutation(len(out))[:n]
+        out = [out[i] for i in sorted(pick)]
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _fortune_pool(root: str, min_words: int, max_words: int, words: str | None,
+                  banned: tuple[str, ...]) -> tuple[Utterance, ...]:
+    """Every sentence `fortune_sentences` accepts, in text-id order (parsed once per process)."""
     folder = Path(root)
     files = sorted(p for p in folder.glob("*") if p.is_file() and not p.suffix) if folder.is_dir() else []
     if not files:
         raise FileNotFoundError(f"{folder}: no fortune files (Debian: apt-get install fortunes)")
-    if min_words < 1 or max_words < min_words:
-        raise ValueError(f"word range {min_words}-{max_words}: expected 1 <= min_words <= max_words")
     vocab = _word_set(Path(words)) if words is not None else None
-    banned = {w.casefold() for w in exclude_words}
     seen: set[str] = set()
     out: list[Utterance] = []
     for f in files:
@@ -325,18 +337,14 @@ def fortune_sentences(n: int | None = None, *, root: str | os.PathLike = FORTUNE
                 if any(t[0].isupper() and t.split("'")[0] != "I" for t in toks[1:]):
                     continue  # names and verse capitals
                 low = [t.casefold() for t in toks]
-                if banned.intersection(low) or (vocab is not None and not all(
+                if set(banned).intersection(low) or (vocab is not None and not all(
                         t in vocab or t.removesuffix("'s") in vocab for t in low)):
                     continue
                 key = " ".join(low)
                 if key not in seen:
                     seen.add(key)
                     out.append(Utterance(sent))
-    out.sort(key=lambda u: u.text_id)
-    if n is not None and n < len(out):
-        pick = np.random.default_rng(seed).permutation(len(out))[:n]
-        out = [out[i] for i in sorted(pick)]
-    return out
+    return tuple(sorted(out, key=lambda u: u.text_id))
 
 
 # --- augmentation ------------------------------------------------------------------------------------------------
