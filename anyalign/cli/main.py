@@ -10,6 +10,7 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sqlite3
 import sys
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as e:
         if not isinstance(e, Interrupted):
-            e = Interrupted(2)  # SIGINT before the handler was installed
+            e = Interrupted(signal.SIGINT)  # before the handler was installed
         typer.echo(interrupted_message(e, args), err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, read-only file system: the path and the reason
