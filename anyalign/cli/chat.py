@@ -23,7 +23,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 
 def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
-    from .main import CLIError
+    from .options import CLIError
 
     out = []
     for value in values or []:
@@ -40,7 +40,7 @@ def load_model(llm: str | None, gguf_file: str | None, adapter: list[str] | None
     """The MultimodalLM named by `--llm/--gguf-file/--adapter` or `--bundle` (shared by chat and eval
     transcription); `needs` lists (option text, modality) pairs that must have an adapter."""
     from ..llm import MultimodalLM
-    from .main import CLIError
+    from .options import CLIError
 
     adapters = _pairs(adapter, "--adapter")
     if bundle is not None and (llm or adapters):
@@ -83,7 +83,7 @@ def chat_cmd(
     as_json: bool = o.JSON,
 ) -> None:
     """Generate an answer about media files with a causal LM and modality adapters."""
-    from .main import CLIError
+    from .options import CLIError
 
     media = _pairs(inputs, "--input")
     names = [m for m, _ in _pairs(adapter, "--adapter")]

@@ -33,7 +33,7 @@ def extract_cmd(
     from ..encoders.extract import check_feature_output, extract, process_state
     from ..encoders.inputs import discover_inputs, encoder_class
     from ..features import read_manifest
-    from .main import CLIError
+    from .options import CLIError
 
     if encoder is None:
         raise CLIError("extract needs --encoder NAME (see `anyalign encoders`)")

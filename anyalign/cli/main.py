@@ -16,7 +16,7 @@ import sys
 
 import typer
 
-from .options import AnyalignGroup, version_callback
+from .options import AnyalignGroup, CLIError, version_callback
 
 app = typer.Typer(help="anyalign: adapter-based multimodal alignment toolkit.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False, cls=AnyalignGroup)
@@ -54,10 +54,6 @@ def _register_all() -> None:
                 continue  # command group not written yet
             raise
         mod.register(app, eval_app)
-
-
-class CLIError(Exception):
-    """An error the CLI reports as one line, without a traceback."""
 
 
 def os_error_line(e: OSError) -> str:

@@ -20,6 +20,10 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+
+class CLIError(Exception):
+    """An error the CLI reports as one line, without a traceback."""
+
 ENCODER = typer.Option(None, "--encoder", "-e", help="Encoder spec: a registered encoder (see `anyalign encoders`).")
 PRETRAINED = typer.Option(None, "--pretrained", help="Encoder spec: weights of --encoder (folder, file, tag or hub "
                                                      "id; default: the encoder's own).")
@@ -135,8 +139,6 @@ class AnyalignGroup(TyperGroup):
         global _quiet
         message = replaced_flag(list(sys.argv[1:] if args is None else args))
         if message:
-            from .main import CLIError
-
             raise CLIError(message)
         env = {k: os.environ.get(k) for k in QUIET_ENV}
         levels = {n: logging.getLogger(n or None).level for n in QUIET_LOGGERS}
@@ -178,8 +180,6 @@ def encoder_spec(encoder: str | None, pretrained: str | None, sets: list[str] | 
                  prefix: str = "") -> Any:
     """The `EncoderSpec` of `--{prefix}encoder/--{prefix}pretrained/--{prefix}set/--{prefix}autocast` (None when no
     encoder is named; one-line errors for options given without it)."""
-    from .main import CLIError
-
     if encoder is None:
         given = [f"--{prefix}{n}" for n, v in (("pretrained", pretrained), ("set", sets), ("autocast", autocast))
                  if v]
@@ -196,8 +196,6 @@ def query_embedders(adapter: Path | None, encoder: str | None, pretrained: str |
                     text_sets: list[str] | None = None, text_autocast: str | None = None) -> dict[str, dict]:
     """Query embedder records by modality from the encoder spec group and its text variant (for an index's
     queries: `search`, `serve`, `index build`); empty when none is given (the index's own records are used)."""
-    from .main import CLIError
-
     out: dict[str, dict] = {}
     if adapter is not None:
         if encoder is not None or pretrained or sets:
