@@ -40,7 +40,7 @@ def parse_host(value: str | None) -> str | None:
     return host[1:-1] if host.startswith("[") else host.rstrip(".")
 
 
-_TMP = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/[^\s'\"]*")
+_TMP = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/[^\s'\":]*")
 
 
 def scrub_paths(text: str) -> str:
