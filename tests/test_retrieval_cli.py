@@ -88,7 +88,8 @@ def test_image_corpus_and_file_queries(tmp_path, capsys, bert) -> None:
     # an index of another width cannot be queried with these embedders
     np.save(tmp_path / "wide.npy", clustered(50, 48))
     run(capsys, "index", "build", tmp_path / "wide.npy", "-o", tmp_path / "wide")
-    code, _, err = run(capsys, "search", tmp_path / "wide", "--text", "x", "--text-encoder", "text", "--text-pretrained", bert)
+    code, _, err = run(capsys, "search", tmp_path / "wide", "--text", "x", "--text-encoder", "text",
+                       "--text-pretrained", bert)
     assert code == 2 and "dimension mismatch" in err
 
 

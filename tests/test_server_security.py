@@ -24,7 +24,7 @@ from PIL import Image
 
 from anyalign.retrieval import Retriever, build_index
 from anyalign.retrieval.embed import EmbeddingWriter
-from anyalign.retrieval.index import add_to_index, delete_from_index
+from anyalign.retrieval.index_update import add_to_index, delete_from_index
 from anyalign.retrieval.server import check_serve_options, create_app, uvicorn_server
 
 LOCAL = "http://127.0.0.1"

@@ -58,7 +58,7 @@ def embed_cmd(
     Under `accelerate launch` / `torchrun` each rank embeds its own slice of the inputs into one shared folder."""
     from ..embedder import Embedder
     from ..retrieval.embed import check_embed_output, embed_to_folder
-    from .main import CLIError
+    from .options import CLIError
 
     if (adapter is None) == (encoder is None):
         raise CLIError("give exactly one of --adapter DIR or --encoder NAME")
@@ -210,7 +210,8 @@ def add_cmd(
     as_json: bool = o.JSON,
 ) -> None:
     """Append embeddings to an index (new ids follow the existing ones; NaN/inf or zero rows are skipped)."""
-    from ..retrieval.index import add_to_index, read_config
+    from ..retrieval.index import read_config
+    from ..retrieval.index_update import add_to_index
 
     before = read_config(index).skipped
     cfg = add_to_index(index, embeddings, lock_timeout=lock_timeout)
@@ -231,8 +232,8 @@ def delete_cmd(
     as_json: bool = o.JSON,
 ) -> None:
     """Delete vectors by id or by source path."""
-    from ..retrieval.index import delete_from_index
-    from .main import CLIError
+    from ..retrieval.index_update import delete_from_index
+    from .options import CLIError
 
     if not ids and not sources:
         raise CLIError("give --id and/or --source")
@@ -271,7 +272,7 @@ def search_cmd(
     encoder spec options, and --text-..., add or replace one)."""
     import numpy as np
 
-    from .main import CLIError
+    from .options import CLIError
 
     if sum(x is not None for x in (text, file, vector)) != 1:
         raise CLIError("give exactly one of --text, --file or --vector")

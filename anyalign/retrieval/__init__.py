@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from .autoindex import IndexChoice, choose_index, parse_memory
     from .embed import embed_to_folder
     from .evaluate import evaluate_retrieval, exact_metrics, ranked_metrics
-    from .index import IndexConfig, add_to_index, build_index, delete_from_index, gpu_count, load_index, read_config
+    from .index import IndexConfig, build_index, gpu_count, load_index, read_config
+    from .index_update import add_to_index, delete_from_index
     from .metadata import MetadataStore
     from .retriever import Retriever, SearchResult, SearchResults
     from .shards import build_parts, combine_parts
@@ -30,7 +31,8 @@ _LAZY = {
     "IndexChoice": ".autoindex", "choose_index": ".autoindex", "parse_memory": ".autoindex",
     "embed_to_folder": ".embed",
     "evaluate_retrieval": ".evaluate", "exact_metrics": ".evaluate", "ranked_metrics": ".evaluate",
-    "IndexConfig": ".index", "add_to_index": ".index", "build_index": ".index", "delete_from_index": ".index",
+    "IndexConfig": ".index", "build_index": ".index",
+    "add_to_index": ".index_update", "delete_from_index": ".index_update",
     "gpu_count": ".index", "load_index": ".index", "read_config": ".index",
     "MetadataStore": ".metadata",
     "Retriever": ".retriever", "SearchResult": ".retriever", "SearchResults": ".retriever",

@@ -540,10 +540,8 @@ def _add_rows(index: faiss.Index, meta: MetadataStore, ids: np.ndarray, vectors:
     meta.add(ids, rows)
 
 
-# updates (add, delete) live in index_update.py; re-exported here, where callers have always found them
-from .index_update import add_to_index, delete_from_index  # noqa: E402
 
-__all__ = ["CONFIG_NAME", "INDEX_NAME", "IVFDATA_NAME", "IndexBusyError", "IndexConfig", "add_to_index",
-           "build_index", "check_factory", "check_k", "check_output", "check_target_recall", "delete_from_index",
+__all__ = ["CONFIG_NAME", "INDEX_NAME", "IVFDATA_NAME", "IndexBusyError", "IndexConfig",
+           "build_index", "check_factory", "check_k", "check_output", "check_target_recall",
            "gpu_count", "invalid_rows", "load_index", "lock_path", "new_index", "read_config", "read_faiss",
            "supports_remove", "to_gpu", "write_index_dir", "writer_lock"]
