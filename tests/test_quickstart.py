@@ -44,7 +44,7 @@ def test_quickstart_fast_writes_a_sane_report(tmp_path: Path, assets: Path, caps
     for needle in ("closed set", "new wordings", "unseen classes: H (calibrated)",
                    "Cross-modal retrieval", "imu -&gt; text", "Assistant:",
                    "text -&gt; audio: a dog barking", "Sounds: the pretrained aisfx CNN", "Speech: Whisper tiny.en",
-                   "spoken: What do bees make?", "Transcripts of the held-out voice",
+                   "spoken: What do bees make?", "Transcripts of held-out sentences",
                    "Images: EfficientNet-Lite0 bound to the MiniLM space", "text -&gt; image: &quot;a sandal&quot;",
                    "never seen", "image -&gt; text: held-out photos", "harmonic mean H"):
         assert needle in page, needle
