@@ -25,6 +25,7 @@ from ..encoders import Encoder, EncoderOutput
 from ..encoders.spec import EncoderSpec
 from ..io import load_weights
 from ..projectors import Projector
+from . import distill as _distill  # noqa: F401 - registers the 'distill' task (its own module)
 from .config import AdapterSpec, Recipe
 from .data import Batch, MediaBatch
 from .shared import SharedProjectors

@@ -249,5 +249,3 @@ LLM_TASKS = ("caption", "instruct", "distill")  # tasks that need the LLM (disti
 
 __all__ = ["AUX", "LLM_TASKS", "TASKS", "CaptionTask", "ContrastiveTask", "InstructTask", "LMTask", "LossTerms",
            "Task", "TermKey", "parse_loss_weights", "register_task", "term_name"]
-
-from . import distill as _distill  # noqa: E402,F401 - registers the "distill" task (its own module)
