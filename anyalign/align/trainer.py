@@ -147,6 +147,28 @@ def _optimizer(model: AlignmentModel, recipe: Recipe, *, sharded: bool = False) 
         return torch.optim.AdamW(param_groups, lr=t.lr, betas=tuple(t.betas))
 
 
+def check_run_folder(output_dir: Path) -> None:
+    """Refuse a run folder whose `adapters/` or `mllm/` anyalign did not write: a finished run replaces them, and no
+    command deletes what it did not write (a folder of saved adapters, `_shared/` parts or an LLM bundle is ours)."""
+    from ..adapter import CONFIG_NAME
+    from ..llm.bundle import is_bundle
+    from ..projectors.shared import SHARED_DIR
+
+    adapters, mllm = output_dir / "adapters", output_dir / "mllm"
+    if adapters.is_symlink() or adapters.is_file():
+        raise TrainingError(f"{adapters}: not a folder of saved adapters; choose another train.output_dir")
+    if adapters.is_dir():
+        foreign = sorted(p.name for p in adapters.iterdir()
+                         if not (p.is_dir() and (p.name == SHARED_DIR or (p / CONFIG_NAME).is_file())))
+        if foreign:
+            raise TrainingError(f"{adapters}: holds {', '.join(foreign[:3])} that anyalign did not write; a finished "
+                                f"run would replace the folder: move them or choose another train.output_dir")
+    if (mllm.exists() or mllm.is_symlink()) and not (mllm.is_dir() and not mllm.is_symlink() and
+                                                      (not any(mllm.iterdir()) or is_bundle(mllm))):
+        raise TrainingError(f"{mllm}: not an LLM bundle written by anyalign; a finished run would replace it: move it "
+                            f"or choose another train.output_dir")
+
+
 class Trainer:
     """Builds model, data, optimizer and accelerator from a recipe; `fit()` trains, evaluates and saves."""
 
@@ -156,6 +178,7 @@ class Trainer:
 
         self.recipe = recipe
         self.output_dir = Path(output_dir) if output_dir is not None else recipe.output_path
+        check_run_folder(self.output_dir)  # before anything is built: finishing replaces adapters/ and mllm/
         self.callbacks = list(callbacks or [])
         t = recipe.train
         tasks = {s.task for s in recipe.data.train}
