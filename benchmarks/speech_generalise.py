@@ -260,6 +260,7 @@ def main() -> None:
     p.add_argument("--baseline-words", default="digits,colours", help="zero-shot word sets the baseline hears")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tag", default="", help="suffix of the result files, e.g. @600 (one row per run)")
     p.add_argument("--report", action="store_true", help="print the table of the parts written so far")
     args = p.parse_args()
     if args.report:
@@ -362,7 +363,7 @@ def main() -> None:
             info[f"zeroshot_{k}_qbnorm"] = zeroshot(wqa[v], labs, sets[k], class_emb[k], hub, bank)
         print(f"[{name}] test {info['test']}\n  qb-norm {info['test_qbnorm']}\n  zero-shot "
               f"{ {k: info[k] for k in info if k.startswith('zeroshot')} }", flush=True)
-        (res_dir / f"{name}.json").write_text(json.dumps(info, indent=1))
+        (res_dir / f"{name}{args.tag}.json").write_text(json.dumps(info, indent=1))
     report(res_dir)
 
 
@@ -371,7 +372,7 @@ def report(res_dir: Path) -> None:
     pr = json.loads((res_dir / "protocol.json").read_text())
     parts = {p.stem: json.loads(p.read_text()) for p in sorted(res_dir.glob("*.json"))}
     res = {"whisper_decoder_then_minilm": parts.get("baseline"),
-           "conditions": {k: v for k, v in parts.items() if k in CONDITIONS}}
+           "conditions": {k: v for k, v in parts.items() if k.split("@")[0] in CONDITIONS}}
     print(f"\nheld-out sentences x held-out voice families: {pr['test_clips']} test clips, gallery "
           f"{pr['gallery']} sentences; families train {pr['families']['train']}, test {pr['families']['test']}")
     print(f"{'system':44s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s} {'digits':>7s} {'colours':>8s}")
