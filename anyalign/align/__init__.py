@@ -10,7 +10,8 @@ from __future__ import annotations
 from .config import Recipe, load_recipe
 from .losses import InfoNCE, gather_with_grad, info_nce
 from .model import AlignmentModel, build_model
-from .trainer import Trainer, TrainingError, TrainResult, train
+from .run import train
+from .trainer import Trainer, TrainingError, TrainResult
 
 __all__ = ["AlignmentModel", "InfoNCE", "Recipe", "TrainResult", "Trainer", "TrainingError", "build_model",
            "gather_with_grad", "info_nce", "load_recipe", "train"]

@@ -548,15 +548,4 @@ def checkpoint_dir_of(output_dir: Path) -> Path:
     return checkpoint_dir(output_dir)
 
 
-def train(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,
-          callbacks: list[Callback] | None = None) -> TrainResult:
-    """Train one recipe end to end (see `Trainer`); the saved adapters then record their seen classes and, with
-    `data.validation`, the zero-shot calibration tuned there (align/calibration.py)."""
-    from .calibration import record_zeroshot
-
-    result = Trainer(recipe, output_dir=output_dir, callbacks=callbacks).fit(resume=resume)
-    record_zeroshot(recipe, result.output_dir, result.adapters)
-    return result
-
-
-__all__ = ["Callback", "TrainResult", "Trainer", "TrainingError", "train"]
+__all__ = ["Callback", "TrainResult", "Trainer", "TrainingError"]

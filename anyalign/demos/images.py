@@ -165,7 +165,7 @@ def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *,
     import json
 
     from ..align.config import load_recipe
-    from ..align.trainer import train
+    from ..align.run import train
     from ..assets import asset_path
     from ..features import read_manifest
 

@@ -395,7 +395,7 @@ def train_sound_adapter(features: str | os.PathLike, output: str | os.PathLike, 
     """Train the aisfx -> MiniLM head (configs/sound_text_contrastive.yaml) from `features/{train,test}` into
     `output`; returns the saved adapter folder. Batches of 64 (fewer on a small corpus)."""
     from ..align.config import load_recipe
-    from ..align.trainer import train
+    from ..align.run import train
     from ..assets import asset_path
     from ..features import read_manifest
 

@@ -17,10 +17,10 @@ import torch
 from ..datasets.labelled import LabelledDataset
 from ..io import save_figure, write_json
 from .classifier import ZeroShotClassifier
+from .protocols import REPORT_JSON
 
 logger = logging.getLogger(__name__)
 
-REPORT_JSON = "zeroshot_report.json"
 #: what each accuracy averages over (written into every report)
 AVERAGING = ("top1 / top5: per item (fraction of items); mean_per_class_accuracy: per class (the mean of the "
              "per_class accuracies, each class weighted equally)")

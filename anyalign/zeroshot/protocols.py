@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..io import save_figure
 
 PROTOCOLS_PNG = "protocols.png"
+REPORT_JSON = "zeroshot_report.json"  # one report file, written by `eval zeroshot` and its protocols
 logger = logging.getLogger(__name__)
 
 
@@ -398,7 +399,6 @@ def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_d
     """Run the protocols, add them to the report, rewrite `zeroshot_report.json` and write `protocols.png`;
     returns the summary lines the CLI prints."""
     from ..io import write_json
-    from .evaluate import REPORT_JSON
 
     p = evaluate_protocols(classifier, dataset, report, labels_file=labels_file, seen=seen, eval_folds=eval_folds,
                            calibration=calibration)
@@ -431,6 +431,7 @@ def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_d
     return lines
 
 
-__all__ = ["CachedEmbeddings", "PROTOCOLS_PNG", "evaluate_protocols", "phrase_class_embeddings", "phrasing_protocol",
-           "plot_protocols", "read_phrasings", "recorded_seen_classes", "recorded_zeroshot", "resolve_seen",
-           "seen_unseen_curve", "tune_calibration", "tune_calibration_rotated", "unseen_protocol", "write_protocols"]
+__all__ = ["CachedEmbeddings", "PROTOCOLS_PNG", "REPORT_JSON", "evaluate_protocols", "phrase_class_embeddings",
+           "phrasing_protocol", "plot_protocols", "read_phrasings", "recorded_seen_classes", "recorded_zeroshot",
+           "resolve_seen", "seen_unseen_curve", "tune_calibration", "tune_calibration_rotated", "unseen_protocol",
+           "write_protocols"]
