@@ -151,6 +151,11 @@ def test_recorded_path_gone_weights_from_hub_cache(saved: tuple[Path, np.ndarray
 def test_adapter_records_and_imports_its_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plugin_dir = ROOT / "examples" / "frames-plugin"
     monkeypatch.syspath_prepend(str(plugin_dir))
+    from anyalign.encoders import registry
+
+    monkeypatch.delitem(sys.modules, "anyalign_frames", raising=False)  # as in a fresh process (other tests load it)
+    for table in (registry.ENCODERS._items, registry.ENCODER_INFO, registry.ENCODER_OPTIONS):
+        monkeypatch.delitem(table, "frames", raising=False)
     import anyalign_frames  # noqa: F401 - registers the "frames" encoder
 
     adapter = build_adapter("sensor", EncoderSpec("frames", options={"dim": 24, "frame": 5}), embed_dim=16,
