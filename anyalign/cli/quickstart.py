@@ -26,7 +26,7 @@ def quickstart_cmd(
     """Train an IMU adapter on real data, classify zero-shot, search across modalities, ask an LLM; write a report."""
     from ..assets import AssetError
     from ..demos.quickstart import QuickstartOptions, run_quickstart
-    from .main import CLIError
+    from .options import CLIError
 
     opts = QuickstartOptions(output=output, assets=assets, fast=fast, contrastive_steps=contrastive_steps,
                              caption_steps=caption_steps, speech_steps=speech_steps,

@@ -26,7 +26,7 @@ def train_cmd(
 ) -> None:
     """Train adapters from paired data: contrastive binding, LLM caption alignment or joint instruction tuning."""
     from ..align import TrainingError, load_recipe, train
-    from .main import CLIError
+    from .options import CLIError
 
     recipe = load_recipe(config, list(overrides or []))
     if recipe.progressive is not None:  # OneLLM's stages, one after another (align/progressive.py)

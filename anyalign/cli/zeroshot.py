@@ -37,7 +37,7 @@ def build_classifier(labels: list[str], templates: list[str] | None, *, clap: st
     `--seen-classes` overrides the seen classes it records."""
     from ..encoders.video import VIDEO_EXTENSIONS
     from ..zeroshot import ZeroShotClassifier
-    from .main import CLIError
+    from .options import CLIError
 
     chosen = [name for name, v in (("--encoder", encoder), ("--clap", clap), ("--clip", clip),
                                    ("--adapter", adapter)) if v is not None]
@@ -122,7 +122,7 @@ def classify_cmd(
     Files that cannot be read are reported and the rest classified (exit code 1 when any failed).
     """
     from ..zeroshot import parse_labels
-    from .main import CLIError
+    from .options import CLIError
 
     if labels is None and labels_file is None:
         raise CLIError("no labels: pass --labels 'dog barking,rain,siren' and/or --labels-file FILE")
