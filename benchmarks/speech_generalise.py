@@ -36,6 +36,8 @@ test 5 voices in 3 families; Whisper baseline on a seeded 120 of the 591 test cl
     perceiver, 250 steps x 64 (val-best)      591 clips:       R@1 0.142 R@5 0.333 R@10 0.437  digits 0.18
                                               same 120 clips:  R@1 0.175 R@5 0.358 R@10 0.467
        + QB-Norm (beta 20 tuned on val, bank = 500 training clips): R@1 0.146 R@5 0.342 R@10 0.460
+    perceiver, 600 x 128 (train loss 0.003: memorised)        R@1 0.142 R@5 0.306 R@10 0.394  digits 0.12
+                                              same 120 clips:  R@1 0.150;  + QB-Norm: R@1 0.149 R@10 0.409
     qformer, 250 x 64                                          R@1 0.125 R@5 0.316 R@10 0.415  digits 0.18
     text-tower, 300 x 32 (still rising; 120 steps: 0.005)      R@1 0.034 R@5 0.112 R@10 0.183  digits 0.18
     distill, 300 transcribed clips (teacher WER 0.42)        R@1 0.014 R@5 0.041 R@10 0.095  digits 0.16
