@@ -27,4 +27,13 @@ def source_fingerprint(source: str | os.PathLike | None, *, max_files: int = 200
     return h.hexdigest()
 
 
-__all__ = ["source_fingerprint"]
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (checkpoint manifests, shared projector references)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+__all__ = ["file_sha256", "source_fingerprint"]

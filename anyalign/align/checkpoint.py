@@ -9,7 +9,6 @@ checkpoint damaged later (a truncated RNG state, a disk error, a partial copy) i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -17,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..fingerprint import file_sha256
 from ..io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -49,20 +49,12 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     return read_json(Path(path) / STATE_NAME)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """Record size and sha256 of every file of a checkpoint folder in its manifest (written last)."""
     path = Path(path)
     files = {}
     for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
-        files[f.relative_to(path).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+        files[f.relative_to(path).as_posix()] = {"size": f.stat().st_size, "sha256": file_sha256(f)}
     manifest = {"format": 1, "files": files}
     write_json(path / MANIFEST_NAME, manifest)
     return manifest
@@ -89,7 +81,7 @@ def verify_checkpoint(path: str | os.PathLike, *, need: list[str] | None = None)
         size = f.stat().st_size
         if size != info.get("size"):
             return f"{name} has {size} bytes, {info.get('size')} were written (truncated or altered)"
-        if _sha256(f) != info.get("sha256"):
+        if file_sha256(f) != info.get("sha256"):
             return f"{name} does not match its sha256 (corrupt)"
     return None
 

@@ -19,23 +19,23 @@ from typing import Any
 import numpy as np
 
 from ..datasets.records import TarMember
+from ..fingerprint import source_fingerprint
 from ..io import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 
 
 def input_fingerprint(value: Any) -> str:
-    """Content identity of one input: size + mtime (ns) of a file or of a tar member's shard, a hash of a text row
-    or of an array's bytes."""
+    """Content identity of one input: a file's `source_fingerprint` (size, mtime, inode), a tar member's shard size
+    and mtime, a hash of a text row or of an array's bytes."""
     if isinstance(value, TarMember):
         st = os.stat(value.tar)
         return f"tar:{value.name}:{value.offset}:{value.size}:{st.st_size}:{st.st_mtime_ns}"
     if isinstance(value, (str, os.PathLike)):
         try:
-            st = os.stat(value)
             if Path(value).is_file():
-                return f"file:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-        except (OSError, ValueError):  # a sentence, not a path (too long, NUL bytes, no such file)
+                return f"file:{source_fingerprint(value)}"  # the project's one file identity
+        except (OSError, ValueError):  # a sentence, not a path (too long, NUL bytes)
             pass
         return "text:" + hashlib.sha1(os.fspath(value).encode("utf-8", "surrogatepass")).hexdigest()
     if isinstance(value, np.ndarray):

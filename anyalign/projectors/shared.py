@@ -13,13 +13,13 @@ its config's `shared` field and leaves those weights out of its own file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fingerprint import file_sha256
 from ..io import load_weights, read_json, save_weights, write_json
 from ..version import __version__
 from .base import Projector, create_projector
@@ -28,14 +28,6 @@ SHARED_DIR = "_shared"
 SHARED_CONFIG = "anyalign_projector.json"
 SHARED_WEIGHTS = "anyalign_projector.safetensors"
 SHARED_FORMAT_VERSION = 1  # 1: spec + users in JSON, weights in safetensors, referenced by sha256
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_projector_from_spec(spec: dict[str, Any]) -> Projector:
@@ -54,7 +46,7 @@ def save_shared_projector(directory: str | os.PathLike, name: str, projector: Pr
                                                          "format_version": str(SHARED_FORMAT_VERSION)})
     write_json(path / SHARED_CONFIG, {"name": name, "projector": projector.spec(), "users": list(users),
                                       "format_version": SHARED_FORMAT_VERSION, "anyalign_version": __version__})
-    return {"name": name, "sha256": _sha256(path / SHARED_WEIGHTS), "format_version": SHARED_FORMAT_VERSION}
+    return {"name": name, "sha256": file_sha256(path / SHARED_WEIGHTS), "format_version": SHARED_FORMAT_VERSION}
 
 
 def read_shared_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -77,7 +69,7 @@ def load_shared_state(directory: str | os.PathLike, *, sha256: str | None = None
     path = Path(directory) / SHARED_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shared projector weights missing")
-    if sha256 is not None and _sha256(path) != sha256:
+    if sha256 is not None and file_sha256(path) != sha256:
         raise ValueError(f"{path}: this shared projector was rewritten after the adapter using it was saved "
                          f"(sha256 differs from the adapter's record); save the adapters again together")
     return load_weights(path)
