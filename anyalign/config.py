@@ -306,6 +306,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+#: the recipes shipped with the package (package data: `anyalign/configs`, the checkout's `configs/`)
+RECIPES_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the shipped recipes (`load_recipe(name)` reads them)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_file(name: str | os.PathLike) -> Path:
+    """A recipe's YAML file: `name` itself when it is a path, else the shipped recipe of that name."""
+    path = Path(name)
+    if path.suffix or len(path.parts) > 1 or path.exists():
+        return path
+    shipped = RECIPES_DIR / f"{path.name}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"{name}: no such recipe file or shipped recipe; shipped: {', '.join(shipped_recipes())}")
+    return shipped
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML/JSON mapping with errors naming the file."""
     path = Path(path)

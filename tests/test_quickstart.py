@@ -121,7 +121,7 @@ def _image_numbers_are_sane(im: dict, work: Path) -> None:
     feats = sorted((work / "images" / "features").iterdir())
     train_feats = [f for f in feats if f.name.startswith("train-")]
     assert len(train_feats) == 1 and {r.meta["label"] for r in load_features(train_feats[0])} == set(seen)
-    recipe = __import__("yaml").safe_load((work / "image_text.yaml").read_text())
+    recipe = __import__("yaml").safe_load((work / "image_text" / "recipe.yaml").read_text())
     (src,) = recipe["data"]["train"]
     assert sorted(src["classes"]) == sorted(seen) and not recipe["data"].get("eval")
     assert not set(UNSEEN) & (set(src["label_text"]) | set(src["captions"]["synonyms"]))

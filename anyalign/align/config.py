@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError, expand_env, from_dict, load_config, parse_yaml, to_dict
+from ..config import ConfigError, expand_env, from_dict, load_config, parse_yaml, recipe_file, to_dict
 from ..encoders.spec import EncoderSpec
 from ..io import WEIGHT_SUFFIXES
 from ..registry import Registry
@@ -364,8 +364,9 @@ def check_paths(recipe: Recipe, source: str) -> None:
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, *, check: bool = True) -> Recipe:
-    """Read a recipe strictly: YAML, then `key=value` overrides, then `${VAR}` expansion, then path checks."""
-    path = Path(path)
+    """Read a recipe strictly: YAML, then `key=value` overrides, then `${VAR}` expansion, then path checks. `path` is
+    a YAML file or the name of a shipped recipe (`load_recipe("imu_text_contrastive", ["train.max_steps=200"])`)."""
+    path = recipe_file(path)
     recipe = load_config(Recipe, path, overrides, variables={"RECIPE_DIR": str(path.resolve().parent)})
     if check:
         check_paths(recipe, str(path))

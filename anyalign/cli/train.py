@@ -18,7 +18,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 
 def train_cmd(
-    config: Path = typer.Argument(..., help="Recipe YAML (e.g. configs/imu_text_contrastive.yaml)."),
+    config: Path = typer.Argument(..., help="Recipe YAML, or a shipped recipe by name (e.g. imu_text_contrastive)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.max_steps=200 train.lr=3e-4"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output folder."),
     output: Path = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output_dir)."),

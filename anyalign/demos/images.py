@@ -32,33 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from ..config import RECIPES_DIR, load_yaml
 from .fashion_mnist import CLASSES
 
-UNSEEN = ("Sandal", "Shirt")  #: never trained on in any form (configs/image_text_contrastive.yaml)
-#: the class phrase of each class (the recipe's `label_text`): what the zero-shot class prompts say
-LABEL_TEXT = {"T-shirt/top": "t-shirt", "Trouser": "pair of trousers", "Pullover": "pullover sweater",
-              "Dress": "dress", "Coat": "coat", "Sandal": "sandal", "Shirt": "shirt", "Sneaker": "sneaker",
-              "Bag": "bag", "Ankle boot": "ankle boot"}
-TEMPLATES = ["a photo of a {label}.", "a picture of a {label}.", "an image of the {label}.",
-             "a close-up photo of a {label}."]
-#: more phrases per class for training captions (the recipe's `captions.synonyms`; only seen classes' are used)
-SYNONYMS = {"T-shirt/top": ["tee", "short-sleeved top"], "Trouser": ["pair of pants", "slacks"],
-            "Pullover": ["jumper", "knitted sweater"], "Dress": ["gown", "frock"], "Coat": ["jacket", "overcoat"],
-            "Sandal": ["flip-flop", "open-toed shoe"], "Shirt": ["button-up shirt", "blouse"],
-            "Sneaker": ["trainer", "running shoe"], "Bag": ["handbag", "purse"],
-            "Ankle boot": ["short boot", "bootie"]}
-#: other phrasings of every class, none of them a training caption (configs/data/fashion_mnist_phrasings.yaml)
-PHRASINGS = {
-    "everyday": {"T-shirt/top": "tee shirt", "Trouser": "pair of jeans", "Pullover": "woolly sweater",
-                 "Dress": "summer dress", "Coat": "winter coat", "Sandal": "strappy summer sandal",
-                 "Shirt": "collared shirt", "Sneaker": "athletic shoe", "Bag": "tote bag",
-                 "Ankle boot": "leather boot"},
-    "descriptive": {"T-shirt/top": "casual cotton top", "Trouser": "long pants", "Pullover": "warm knitwear",
-                    "Dress": "one-piece frock for women", "Coat": "outerwear for cold weather",
-                    "Sandal": "open summer shoe with straps", "Shirt": "shirt with buttons and a collar",
-                    "Sneaker": "sports shoe with laces", "Bag": "shoulder bag",
-                    "Ankle boot": "boot that covers the ankle"},
-}
+RECIPE = "image_text_contrastive"  #: the shipped recipe this demo trains (at a small size, through overrides)
+_SOURCE = load_yaml(RECIPES_DIR / f"{RECIPE}.yaml")["data"]["train"][0]
+UNSEEN = tuple(c for c in CLASSES if c not in _SOURCE["classes"])  #: never trained on in any form (the recipe's)
+LABEL_TEXT: dict[str, str] = _SOURCE["label_text"]  #: the class phrase of each class: what zero-shot prompts say
+TEMPLATES: list[str] = _SOURCE["caption_templates"]
+SYNONYMS: dict[str, list[str]] = _SOURCE["captions"]["synonyms"]  #: more phrases per class for training captions
+#: other phrasings of every class, none of them a training caption (`training` is the recipe's own label_text)
+_PHRASINGS_FILE = RECIPES_DIR / "data" / "fashion_mnist_phrasings.yaml"
+PHRASINGS: dict[str, dict[str, str]] = {n: s for n, s in load_yaml(_PHRASINGS_FILE).items() if n != "training"}
 #: free-text queries of the retrieval gallery: (query, the class a right hit belongs to)
 QUERIES = [("a sandal", "Sandal"), ("a pair of running shoes", "Sneaker"), ("a pair of jeans", "Trouser"),
            ("a shirt with buttons and a collar", "Shirt")]
@@ -126,62 +111,50 @@ def extract_image_features(split: ImageSplit, features: str | os.PathLike, *, ro
     return out
 
 
-RECIPE = """\
-name: image_text_contrastive_quickstart
-seed: {seed}
-output_dir: {output}
-adapters:
-  image:
-    encoder: {encoder}
-    feature: pooled
-    embed_projector: {{name: mlp, hidden_dim: 512, dropout: 0.1}}
-anchors:
-  text:
-    encoder: {{name: text, pretrained: "{minilm}"}}
-    temperature: 0.07
-    positives: label
-data:
-  train:
-    - {{kind: features, path: "{train}", classes: {seen}, label_text: {label_text}, caption_templates: {templates},
-       captions: {{synonyms: {synonyms}}}, holdout: {holdout}, split: train}}
-  validation:   # training photos held out of training: the calibration gamma is tuned here, never on the test photos
-    - {{kind: features, path: "{train}", label_text: {label_text}, caption_templates: {templates}, holdout: {holdout},
-       split: eval}}
-train: {{batch_size: {batch}, max_steps: {steps}, lr: 1.0e-3, weight_decay: 0.05, warmup_steps: {warmup},
-        schedule: cosine, clip_grad: 1.0, save_every: {steps}, log_every: 20, tensorboard: false}}
-eval: {{calibration_folds: {folds}}}
-"""
-VALIDATION = 0.25  #: fraction of the training photos set aside (hash of the key) to tune the calibration on
+VALIDATION = float(_SOURCE["holdout"])  #: share of the training photos set aside (hash of the key) for calibration
+
+
+def image_recipe(train_features: str | os.PathLike, output: str | os.PathLike, *, seen: Sequence[str],
+                 steps: int = 300, seed: int = 0, root: str | os.PathLike | None = None,
+                 calibration_folds: int | None = None) -> Any:
+    """The shipped recipe at the demo's size: the seen classes' photos (only their phrases and synonyms, no
+    paraphrases, no eval source), the held-out quarter of them as validation data, the assets under `root`."""
+    import json
+
+    from ..align.config import load_recipe
+    from ..assets import asset_path
+    from ..features import read_manifest
+
+    seen, path = list(seen), json.dumps(Path(train_features).resolve().as_posix())
+    batch = min(64, int(int(read_manifest(train_features)["count"]) * (1 - VALIDATION) * 0.5))
+    t = "data.train.0"  # the training photos of the seen classes; data.validation.0: their held-out quarter
+    return load_recipe(RECIPE, [
+        f"name={RECIPE}_quickstart", f"seed={seed}", f"output_dir={json.dumps(Path(output).as_posix())}",
+        f"adapters.image.encoder={json.dumps(_encoder_spec(root).to_dict())}",
+        f"anchors.text.encoder.pretrained={json.dumps(asset_path('minilm', root).as_posix())}",
+        "data.eval=[]",  # the test photos play no part in training or in choosing the calibration
+        f"{t}.path={path}", f"{t}.classes={json.dumps(seen)}",
+        f"{t}.label_text={json.dumps({c: LABEL_TEXT[c] for c in seen})}",  # only the seen classes' names
+        f"{t}.captions={json.dumps({'synonyms': {c: SYNONYMS[c] for c in seen}})}",
+        f"data.validation.0.path={path}", f"train.batch_size={batch}", f"train.max_steps={steps}",
+        f"train.warmup_steps={max(2, steps // 15)}", f"train.save_every={steps}",
+        f"eval.calibration_folds={'null' if calibration_folds is None else int(calibration_folds)}"])
 
 
 def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *, seen: Sequence[str], steps: int = 300,
                         seed: int = 0, root: str | os.PathLike | None = None,
                         calibration_folds: int | None = None) -> Path:
-    """Train the EfficientNet-Lite0 -> MiniLM head from cached `features["train"]` on the `seen` classes only (the
-    recipe names only their phrases and synonyms and has no eval source) into `output`, a quarter of the training
-    photos set aside as validation data where the calibration gamma is tuned by pseudo-unseen rotations over the seen
-    classes (`calibration_folds` of them; None: every seen class alone) and recorded in the adapter; returns the
-    adapter folder."""
-    import json
-
-    from ..align.config import load_recipe
+    """Train the EfficientNet-Lite0 -> MiniLM head (`image_recipe`) from cached `features["train"]` on the `seen`
+    classes only into `output`, the calibration gamma tuned on the training photos set aside by pseudo-unseen
+    rotations over the seen classes (`calibration_folds` of them; None: every seen class alone) and recorded in the
+    adapter; returns the adapter folder."""
     from ..align.run import train
-    from ..assets import asset_path
-    from ..features import read_manifest
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    seen = list(seen)
-    recipe = out.parent / f"{out.name}.yaml"
-    recipe.write_text(RECIPE.format(
-        seed=seed, output=out.as_posix(), encoder=json.dumps(_encoder_spec(root).to_dict()),
-        minilm=asset_path("minilm", root).as_posix(), train=Path(features["train"]).resolve().as_posix(),
-        seen=json.dumps(seen), label_text=json.dumps({c: LABEL_TEXT[c] for c in seen}),
-        synonyms=json.dumps({c: SYNONYMS[c] for c in seen}), templates=json.dumps(TEMPLATES),
-        steps=steps, warmup=max(2, steps // 15), holdout=VALIDATION,
-        folds="null" if calibration_folds is None else int(calibration_folds),
-        batch=min(64, int(int(read_manifest(features["train"])["count"]) * (1 - VALIDATION) * 0.5))))
-    return Path(train(load_recipe(recipe), output_dir=out).adapters["image"])
+    recipe = image_recipe(features["train"], out, seen=seen, steps=steps, seed=seed, root=root,
+                          calibration_folds=calibration_folds)
+    return Path(train(recipe, output_dir=out).adapters["image"])
 
 
 def _thumbnail(src: str | os.PathLike, out: Path, scale: int = 4) -> Path:

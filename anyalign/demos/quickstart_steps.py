@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import RECIPES_DIR
+
 logger = logging.getLogger(__name__)
 
 
@@ -342,7 +344,7 @@ def speech_sentences(fast: bool) -> list[str]:
     n = 80 if fast else 400
     if FORTUNES_DIR.is_dir():
         return [u.text for u in fortune_sentences(n)]
-    shipped = Path(__file__).resolve().parents[2] / "configs" / "data" / "speech" / "sentences.txt"
+    shipped = RECIPES_DIR / "data" / "speech" / "sentences.txt"
     lines = [ln.split("#", 1)[0].strip() for ln in shipped.read_text(encoding="utf-8").splitlines()]
     digits = set(SPEECH_DIGITS)
     keep = [ln for ln in lines if ln and not digits & {w.strip(",.?!;:'").lower() for w in ln.split()}]

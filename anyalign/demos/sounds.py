@@ -350,26 +350,7 @@ def _write_outputs(corpus: SoundCorpus) -> None:
 
 
 # --- features, training and evaluation (what the quickstart and benchmarks/sound_eval.py call) ------------------
-RECIPE = """\
-name: sound_text_contrastive
-seed: {seed}
-output_dir: {output}
-adapters:
-  audio:
-    encoder: {{name: aisfx, pretrained: "{aisfx}"}}
-    embed_projector: {{name: mlp, hidden_dim: 512, dropout: 0.1}}
-anchors:
-  text:
-    encoder: {{name: text, pretrained: "{minilm}"}}
-    temperature: 0.05
-    positives: label
-data:
-  train: [{{kind: features, path: "{features}/train"}}]
-  eval: [{{kind: features, path: "{features}/test"}}]
-train: {{batch_size: {batch}, max_steps: {steps}, lr: 2.0e-3, weight_decay: 0.05, warmup_steps: {warmup},
-        schedule: cosine, clip_grad: 1.0, save_every: {steps}, log_every: 50}}
-eval: {{every: {steps}, batch_size: 256}}
-"""
+RECIPE = "sound_text_contrastive"  #: the shipped recipe the sound demo trains (through overrides)
 
 
 def extract_sound_features(corpus: str | os.PathLike, features: str | os.PathLike, *,
@@ -390,24 +371,37 @@ def extract_sound_features(corpus: str | os.PathLike, features: str | os.PathLik
     return out
 
 
-def train_sound_adapter(features: str | os.PathLike, output: str | os.PathLike, *, steps: int = 300, seed: int = 0,
-                        root: str | os.PathLike | None = None) -> Path:
-    """Train the aisfx -> MiniLM head (configs/sound_text_contrastive.yaml) from `features/{train,test}` into
-    `output`; returns the saved adapter folder. Batches of 64 (fewer on a small corpus)."""
+def sound_recipe(features: str | os.PathLike, output: str | os.PathLike, *, steps: int = 300, seed: int = 0,
+                 root: str | os.PathLike | None = None) -> Any:
+    """The shipped recipe on `features/{train,test}` at `steps`, the assets under `root`; batches of 64 (fewer on a
+    small corpus)."""
+    import json
+
     from ..align.config import load_recipe
-    from ..align.run import train
     from ..assets import asset_path
     from ..features import read_manifest
 
+    feats = Path(features).resolve()
+    return load_recipe(RECIPE, [
+        f"seed={seed}", f"output_dir={json.dumps(Path(output).as_posix())}",
+        f"adapters.audio.encoder.pretrained={json.dumps(asset_path('aisfx', root).as_posix())}",
+        f"anchors.text.encoder.pretrained={json.dumps(asset_path('minilm', root).as_posix())}",
+        f"data.train.0.path={json.dumps((feats / 'train').as_posix())}",
+        f"data.eval.0.path={json.dumps((feats / 'test').as_posix())}",
+        f"train.batch_size={min(64, int(read_manifest(feats / 'train')['count']))}", f"train.max_steps={steps}",
+        f"train.warmup_steps={max(2, steps // 15)}", f"train.save_every={steps}", f"eval.every={steps}"])
+
+
+def train_sound_adapter(features: str | os.PathLike, output: str | os.PathLike, *, steps: int = 300, seed: int = 0,
+                        root: str | os.PathLike | None = None) -> Path:
+    """Train the aisfx -> MiniLM head (`sound_recipe`) from `features/{train,test}` into `output`; returns the saved
+    adapter folder."""
+    from ..align.run import train
+
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = out.parent / f"{out.name}.yaml"
-    recipe.write_text(RECIPE.format(seed=seed, output=out.as_posix(), aisfx=asset_path("aisfx", root).as_posix(),
-                                    minilm=asset_path("minilm", root).as_posix(),
-                                    features=Path(features).resolve().as_posix(), steps=steps,
-                                    warmup=max(2, steps // 15),
-                                    batch=min(64, int(read_manifest(Path(features) / "train")["count"]))))
-    return Path(train(load_recipe(recipe), output_dir=out).adapters["audio"])
+    recipe = sound_recipe(features, out, steps=steps, seed=seed, root=root)
+    return Path(train(recipe, output_dir=out).adapters["audio"])
 
 
 def name_text(sound: str) -> str:
