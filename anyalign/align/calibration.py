@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..adapter import CONFIG_NAME
 from ..io import read_json, write_json
-from ..zeroshot.protocols import tune_calibration_rotated
+from ..metrics.gzsl import tune_calibration_rotated
 from .config import DataSource, Recipe
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Evaluation metrics that need no model: word error rate of transcripts."""
+"""Evaluation metrics that need no model: word error rate of transcripts (`wer`), generalised zero-shot metrics and
+calibration (`gzsl`)."""
 
 from .wer import english_normalizer, normalize_text, normalize_words, wer, word_errors
 
