@@ -104,8 +104,8 @@ def paraphrase_cmd(
     """Paraphrase a recipe's class phrases once with a frozen LLM, filter them in the anchor space, write the file
     the recipe's `captions.paraphrases` reads (kept and dropped rewrites, with their scores, for review)."""
     from ..align.config import load_recipe
-    from ..align.paraphrase import paraphrase_source
     from ..assets import assets_root
+    from ..demos.paraphrases import paraphrase_source
 
     rec = load_recipe(recipe, override or [], check=False)
     src = rec.data.train[source] if source < len(rec.data.train) else None

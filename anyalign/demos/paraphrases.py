@@ -1,13 +1,15 @@
-"""`anyalign data paraphrase`: write the LLM paraphrase file of one data source of a recipe (see captions.py)."""
+"""`anyalign data paraphrase`: write the LLM paraphrase file of one data source of a recipe (read back by
+`anyalign.align.captions`). A data recipe of the demos: it drives a recipe's data (align), the evaluation phrasings
+(zeroshot) and a generator LLM (datasets/paraphrase.py), so it sits above them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from ..align.captions import CaptionPool, CaptionSpec
+from ..align.data import read_source
 from ..datasets.uea import DEFAULT_UEA_TEMPLATES
-from .captions import CaptionPool, CaptionSpec
-from .data import read_source
 
 #: how much nearer (cosine) a rewrite must be to its own class than to any other class to be kept
 DEFAULT_MARGIN = 0.05
