@@ -30,3 +30,15 @@ def test_no_import_cycles_between_modules() -> None:
                                         for a, b in zip(back, back[1:])):
                 cycles.append(" -> ".join((module, *back)))
     assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles))[:20])
+
+
+def test_readme_layer_list_equals_the_contract() -> None:
+    import re
+    import tomllib
+
+    layers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
+    contract = [layer.replace("anyalign.", "") for layer in layers]
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"The layer order, top to bottom.*?```text\n(.*?)```", readme, re.S)
+    assert block is not None, "README: the layer list (```text block after 'The layer order, top to bottom') is gone"
+    assert block.group(1).splitlines() == contract

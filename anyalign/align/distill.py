@@ -26,7 +26,7 @@ DEFAULT_DISTILL_PROMPT = "<{modality}>\nWhat was said?"
 
 def teacher_prompt(prompt: str, transcript: str, modalities: Sequence[str]) -> str:
     """`prompt` with every `<modality>` placeholder replaced by the transcript (the text the media says)."""
-    from ..llm.prompt import placeholder_pattern
+    from ..language_model import placeholder_pattern
 
     return placeholder_pattern(modalities).sub(lambda _: transcript, prompt)
 

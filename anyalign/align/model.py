@@ -24,6 +24,7 @@ from ..adapter import HEAD_ATTRS, WEIGHTS_NAME, AdapterConfig, ModalityAdapter, 
 from ..encoders import Encoder, EncoderOutput
 from ..encoders.spec import EncoderSpec
 from ..io import load_weights
+from ..language_model import llm_backend
 from ..projectors import Projector
 from . import distill as _distill  # noqa: F401 - registers the 'distill' task (its own module)
 from .config import AdapterSpec, Recipe
@@ -386,10 +387,9 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
     llm = tokenizer = source = None
     llm_dim = None
     if need_llm and recipe.model.llm:
-        from ..llm import load_llm
-
-        llm, tokenizer, source = load_llm(recipe.model.llm, gguf_file=recipe.model.gguf_file,
-                                          dtype=recipe.model.llm_dtype)
+        backend = llm_backend()
+        llm, tokenizer, source = backend.load(recipe.model.llm, gguf_file=recipe.model.gguf_file,
+                                              dtype=recipe.model.llm_dtype)
         llm_dim = int(llm.get_input_embeddings().embedding_dim)
     adapters, frozen = {}, {}
     shared = SharedProjectors(recipe.projectors, seed=recipe.seed)
@@ -404,9 +404,7 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
     frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None and e is not None}
     mllm = None
     if llm is not None:
-        from ..llm import MultimodalLM
-
-        mllm = MultimodalLM(llm, tokenizer, {m: a for m, a in adapters.items() if a.llm_head is not None},
+        mllm = backend.wrap(llm, tokenizer, {m: a for m, a in adapters.items() if a.llm_head is not None},
                             source=source)
         if recipe.model.lora is not None:
             lo = recipe.model.lora

@@ -151,7 +151,7 @@ def check_run_folder(output_dir: Path) -> None:
     """Refuse a run folder whose `adapters/` or `mllm/` anyalign did not write: a finished run replaces them, and no
     command deletes what it did not write (a folder of saved adapters, `_shared/` parts or an LLM bundle is ours)."""
     from ..adapter import CONFIG_NAME
-    from ..llm.bundle import is_bundle
+    from ..language_model import llm_backend
     from ..projectors.shared import SHARED_DIR
 
     adapters, mllm = output_dir / "adapters", output_dir / "mllm"
@@ -164,7 +164,7 @@ def check_run_folder(output_dir: Path) -> None:
             raise TrainingError(f"{adapters}: holds {', '.join(foreign[:3])} that anyalign did not write; a finished "
                                 f"run would replace the folder: move them or choose another train.output_dir")
     if (mllm.exists() or mllm.is_symlink()) and not (mllm.is_dir() and not mllm.is_symlink() and
-                                                      (not any(mllm.iterdir()) or is_bundle(mllm))):
+                                                      (not any(mllm.iterdir()) or llm_backend().is_bundle(mllm))):
         raise TrainingError(f"{mllm}: not an LLM bundle written by anyalign; a finished run would replace it: move it "
                             f"or choose another train.output_dir")
 

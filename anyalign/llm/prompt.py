@@ -10,13 +10,11 @@ will mark the text right after a placeholder as a word start; byte-level BPE tok
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: placeholders recognised even without a matching adapter, so that a typo-free `<image>` never passes as text
-DEFAULT_MODALITIES = ("image", "audio", "video", "imu")
+from ..language_model import DEFAULT_MODALITIES, placeholder_pattern  # the syntax training shares
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,6 @@ class PromptPlan:
             n = sum(len(p) for p in row if isinstance(p, list))
             out.append(n + (len(self.targets[i]) if self.targets else 0))
         return out
-
-
-def placeholder_pattern(modalities: Iterable[str]) -> re.Pattern[str]:
-    """Regex matching `<m>` for each modality name (longest names first)."""
-    names = sorted(set(modalities) | set(DEFAULT_MODALITIES), key=len, reverse=True)
-    return re.compile("<(" + "|".join(re.escape(n) for n in names) + ")>")
 
 
 def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
