@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anyalign.align import load_recipe  # noqa: E402
-from anyalign.align.data import Collator  # noqa: E402
+from anyalign.align.data import Batch, Collator  # noqa: E402
 from anyalign.align.progressive import train_progressive  # noqa: E402
 from anyalign.align.trainer import Trainer  # noqa: E402
 from anyalign.assets import assets_root  # noqa: E402
@@ -183,10 +183,77 @@ def run_shared(steps: int, out: Path, assets: Path, progressive: bool) -> dict:
     return res
 
 
+# --- part 3: one run, both products vs the two trained apart -------------------------------------------------------
+@torch.no_grad()
+def _caption_choice(trainer: Trainer, index: int, modality: str) -> float:
+    """Closed-set answer of the LLM: the class caption with the lowest summed next-token loss, top-1 vs the label."""
+    model = trainer.unwrapped.eval()
+    ds = trainer.eval_sets[index]
+    candidates = [ps[0] for ps in ds.class_prompts().values()]  # "The person is playing badminton." per class
+    right = total = 0
+    for batch in DataLoader(ds, batch_size=20, collate_fn=Collator(trainer.collate_fns, ds.labels)):
+        batch = batch.to(model.device)
+        feats = {modality: model.features(modality, batch.media[modality])}
+        for r in range(len(batch)):
+            nll = []
+            for cand in candidates:
+                b = Batch(batch.tasks, batch.media, batch.captions, batch.prompts, [cand] * len(batch),
+                          batch.labels, batch.keys)
+                nll.append(float(model.llm_loss(b, feats, [r], lm_only=True)) * model.target_tokens([cand]))
+            right += int(int(np.argmin(nll)) == int(batch.labels[r]))
+            total += 1
+    return right / total
+
+
+def _metric(out: Path, key: str, step: int) -> float:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return next(r[key] for r in rows if r.get("step") == step and key in r)
+
+
+def _step_time(out: Path) -> float:
+    """Mean training time per step from the run's own log (evaluations excluded)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    times = [recipe["train"]["batch_size"] / r["samples_per_s"] for r in rows if r.get("samples_per_s")]
+    return round(float(np.mean(times)), 3)
+
+
+def run_both(steps: int, out: Path) -> dict:
+    """configs/imu_text_and_llm.yaml (one run) vs imu_text_contrastive.yaml then imu_llm_caption.yaml."""
+    quick = [f"train.max_steps={steps}", "train.save_every=100000", "train.tensorboard=false", "eval.every=0",
+             "eval.at_start=true"]
+    res: dict = {}
+    one, _ = _fit(load_recipe(ROOT / "configs/imu_text_and_llm.yaml", quick), out / "one_run")
+    emb, ys, cls_names, templates, scores = _scores(one, 0, "imu")
+    res["one_run"] = {"closed_set_top1": top1(scores, ys), "caption_choice_top1": _caption_choice(one, 1, "imu"),
+                      "caption_loss_before": _metric(out / "one_run", "eval/imu2/caption_loss", 0),
+                      "caption_loss": _metric(out / "one_run", "eval/imu2/caption_loss", steps),
+                      "trainable_params": _trainable(one), "steps": steps, "s_per_step": _step_time(out / "one_run")}
+    res["one_run"]["new_wordings_top1"] = phrasing_protocol(
+        emb, ys, cls_names, lambda t, m=one.unwrapped: m.anchor_texts("text", t).cpu(), templates,
+        read_phrasings(PHRASINGS, cls_names), res["one_run"]["closed_set_top1"])["mean_top1"]
+    print("one_run", json.dumps(res["one_run"]), flush=True)
+    con, _ = _fit(load_recipe(RECIPE, quick), out / "apart_contrastive")
+    emb, ys, cls_names, templates, scores = _scores(con, 0, "imu")
+    closed = top1(scores, ys)
+    wordings = phrasing_protocol(emb, ys, cls_names, lambda t, m=con.unwrapped: m.anchor_texts("text", t).cpu(),
+                                 templates, read_phrasings(PHRASINGS, cls_names), closed)["mean_top1"]
+    os.environ["IMU_ADAPTER"] = str(out / "apart_contrastive/adapters/imu")
+    cap, _ = _fit(load_recipe(ROOT / "configs/imu_llm_caption.yaml", quick), out / "apart_caption")
+    res["apart"] = {"closed_set_top1": closed, "new_wordings_top1": wordings,
+                    "caption_choice_top1": _caption_choice(cap, 0, "imu"),
+                    "caption_loss_before": _metric(out / "apart_caption", "eval/imu/caption_loss", 0),
+                    "caption_loss": _metric(out / "apart_caption", "eval/imu/caption_loss", steps),
+                    "trainable_params": _trainable(con) + _trainable(cap), "steps": f"{steps} + {steps}",
+                    "s_per_step": [_step_time(out / "apart_contrastive"), _step_time(out / "apart_caption")]}
+    print("apart", json.dumps(res["apart"]), flush=True)
+    return {**res, "n_test": 40, "chance": 0.25}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--only", choices=["trunk", "shared"])
+    ap.add_argument("--only", choices=["trunk", "shared", "both"])
     ap.add_argument("--progressive", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -201,6 +268,8 @@ def main() -> None:
             report["trunk_vs_scratch"] = run_trunk(args.steps, Path(tmp) / "trunk", assets)
         if args.only in (None, "shared"):
             report["shared_vs_private"] = run_shared(args.steps, Path(tmp) / "shared", assets, args.progressive)
+        if args.only in (None, "both"):
+            report["one_run_vs_apart"] = run_both(args.steps, Path(tmp) / "both")
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
