@@ -4,11 +4,20 @@ A new component is one decorated function (timm style)::
 
     @ENCODERS.register("my-encoder")
     def my_encoder(pretrained=None, **overrides) -> Encoder: ...
+
+The decorator is the only registration. A registry given its `package` and decorator name finds the built-ins by
+reading their decorators (`@register_encoder("text", ...)`) in the package's modules without importing them, so
+asking for one component imports only the module that declares it; listing imports every declaring module.
+Out-of-tree components register the same way from an entry-point plugin (`anyalign.plugins`).
 """
 
 from __future__ import annotations
 
+import importlib
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,9 +33,11 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """Maps names to factories (functions or classes) of one kind of component."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, package: str | None = None, decorator: str | None = None) -> None:
         self.kind = kind
+        self.package, self.decorator = package, decorator  # where the built-ins are declared, and how
         self._items: dict[str, Callable[..., T]] = {}
+        self._declared: dict[str, str] | None = None  # built-in name -> its module (read, not imported)
 
     def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering a factory under `name` (default: the function's name, `_` -> `-`)."""
@@ -40,17 +51,39 @@ class Registry(Generic[T]):
 
         return wrap
 
-    def get(self, name: str) -> Callable[..., T]:
-        """Return the factory registered as `name` (importing plugins first when it is unknown), or raise
-        naming the known ones."""
-        if name not in self._items:
-            from .plugins import load_plugins
+    def declared(self) -> dict[str, str]:
+        """Built-in name -> module, from the `@<decorator>("name", ...)` lines of the package's modules."""
+        if self._declared is None:
+            self._declared = {}
+            if self.package and self.decorator:
+                for folder in getattr(sys.modules[self.package], "__path__", []):
+                    for path in sorted(Path(folder).glob("*.py")):
+                        self._declared.update(dict.fromkeys(_decorated(path, self.decorator),
+                                                            f"{self.package}.{path.stem}"))
+        return self._declared
 
+    def _load(self, name: str | None = None) -> None:
+        """Import the built-in module declaring `name` (every declaring module for None), then the plugins when
+        `name` is still unknown."""
+        from .plugins import load_plugins
+
+        if name is None:
+            for module in dict.fromkeys(self.declared().values()):
+                importlib.import_module(module)
+        elif name not in self._items and name in self.declared():
+            importlib.import_module(self.declared()[name])
+        if name is None or name not in self._items:
             load_plugins()
+
+    def get(self, name: str) -> Callable[..., T]:
+        """Return the factory registered as `name` (importing its built-in module or the plugins first when it is
+        not registered yet), or raise naming the known ones."""
+        if name not in self._items:
+            self._load(name)
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items)) or "(none)"
+            known = ", ".join(self.names()) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; expected one of: {known}") from None
 
     def create(self, name: str, **kwargs: Any) -> T:
@@ -58,18 +91,20 @@ class Registry(Generic[T]):
         return self.get(name)(**kwargs)
 
     def names(self) -> list[str]:
-        """Registered names (plugins included), sorted."""
-        from .plugins import load_plugins
-
-        load_plugins()
+        """Registered names (built-ins and plugins), sorted."""
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        if name not in self._items:
-            from .plugins import load_plugins
-
-            load_plugins()
+        if isinstance(name, str) and name not in self._items:
+            self._load(name)
         return name in self._items
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _decorated(path: Path, decorator: str) -> list[str]:
+    """The names a module registers with `@decorator("name", ...)`, read from its source (a name must be a literal)."""
+    pattern = re.compile(rf"^\s*@{re.escape(decorator)}\(\s*([\"'])([^\"']+)\1", re.MULTILINE)
+    return [m.group(2) for m in pattern.finditer(path.read_text(encoding="utf-8"))]

@@ -14,6 +14,43 @@ from anyalign.io import atomic_path, load_weights, resolve_pretrained, save_weig
 from anyalign.registry import Registry, UnknownNameError
 
 
+def test_registry_finds_a_package_builtins_by_their_decorator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A component is one decorated module: asking for it imports only that module; listing imports every one."""
+    pkg = tmp_path / "widgets_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from anyalign.registry import Registry\n"
+                                     "WIDGETS = Registry('widget', package=__name__, decorator='register_widget')\n"
+                                     "register_widget = WIDGETS.register\n")
+    for mod, names in (("small", ["a"]), ("pair", ["b", "c"])):
+        body = "".join(f"\n@register_widget('{n}')\ndef w_{n}():\n    return {n!r}\n" for n in names)
+        (pkg / f"{mod}.py").write_text(f"from . import register_widget\n{body}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    import sys
+
+    widgets = importlib.import_module("widgets_pkg").WIDGETS
+    assert widgets.declared() == {"a": "widgets_pkg.small", "b": "widgets_pkg.pair", "c": "widgets_pkg.pair"}
+    assert widgets.create("c") == "c" and "widgets_pkg.pair" in sys.modules and "widgets_pkg.small" not in sys.modules
+    assert "a" in widgets and "widgets_pkg.small" in sys.modules
+    assert widgets.names() == ["a", "b", "c"]
+    with pytest.raises(UnknownNameError, match="unknown widget 'd'; expected one of: a, b, c"):
+        widgets.get("d")
+
+
+@pytest.mark.parametrize("package", ["anyalign.encoders", "anyalign.projectors"])
+def test_builtins_read_from_decorators_are_what_the_modules_register(package: str) -> None:
+    """The decorator is the only registration: what the scan reads equals what importing each module registers."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    registry = pkg.ENCODERS if package.endswith("encoders") else pkg.PROJECTORS
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{package}.{info.name}")
+    registered = {n: f.__module__ for n, f in registry._items.items() if f.__module__.startswith(package + ".")}
+    assert registry.declared() == registered and len(registered) >= 7
+
+
 def test_registry_lists_names_in_error() -> None:
     reg: Registry[int] = Registry("widget")
 

@@ -57,9 +57,8 @@ def encoder_class(name: str, *, declared_inputs: bool = False) -> type[Encoder] 
     be checked before any weights load."""
     import typing
 
-    from .registry import ENCODERS, _import_builtin
+    from .registry import ENCODERS
 
-    _import_builtin(name)
     try:
         cls = typing.get_type_hints(ENCODERS.get(name)).get("return")
     except Exception:  # noqa: BLE001 - unresolvable annotations: check after loading instead

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from .base import Encoder
 
 logger = logging.getLogger(__name__)
 
-ENCODERS: Registry[Encoder] = Registry("encoder")
+#: every module of this package that registers with `@register_encoder("name", ...)` is found by that line alone
+ENCODERS: Registry[Encoder] = Registry("encoder", package=__package__, decorator="register_encoder")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ def register_encoder(
 
 def encoder_options(name: str) -> type:
     """The options dataclass of encoder `name` (declared at registration or derived from its factory)."""
-    _import_builtin(name)
     fn = ENCODERS.get(name)  # raises a clear error for unknown names
     if name not in ENCODER_OPTIONS:  # registered straight through ENCODERS.register
         ENCODER_OPTIONS[name] = options_from_signature(fn, name=f"{getattr(fn, '__name__', name)}_options")
@@ -131,7 +130,6 @@ def create_encoder(
 
 def list_encoders(modality: str | None = None) -> list[str]:
     """Registered encoder names, optionally only those of one modality."""
-    _import_builtin()
     names = ENCODERS.names()
     if modality is not None:
         names = [n for n in names if n in ENCODER_INFO and ENCODER_INFO[n].modality == modality]
@@ -140,7 +138,6 @@ def list_encoders(modality: str | None = None) -> list[str]:
 
 def encoder_info(name: str) -> EncoderInfo:
     """Listing facts of a registered encoder."""
-    _import_builtin(name)
     ENCODERS.get(name)  # raises a clear error for unknown names
     return ENCODER_INFO[name]
 
@@ -167,38 +164,3 @@ def _parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     if value.lower() not in table:
         raise ValueError(f"autocast={value!r}: expected one of bf16, fp16, fp32/none")
     return table[value.lower()]
-
-
-# Built-in encoder families: module -> the names it registers. One line per family. Creating an encoder imports
-# only its family (importing all of them costs seconds); listing imports every family.
-_BUILTIN = {
-    "text": ["text"],
-    "clip": ["clip-image", "clip-text"],
-    "dinov2": ["dinov2"],
-    "timm_image": ["timm-image"],
-    "clap": ["clap-audio", "clap-text"],
-    "whisper": ["whisper"],
-    "aisfx": ["aisfx"],
-    "imu": ["imu"],
-    "video": ["video"],
-    "label_bridge": ["label-bridge"],
-    "trunk": ["trunk"],
-}
-_imported = False
-
-
-def _import_builtin(name: str | None = None) -> None:
-    """Import the family that registers `name` (when known and not yet registered), else every family."""
-    global _imported
-    if name is not None:
-        if name in ENCODERS:
-            return
-        for mod, names in _BUILTIN.items():
-            if name in names:
-                importlib.import_module(f"{__package__}.{mod}")
-                return
-    if _imported:
-        return
-    _imported = True
-    for mod in _BUILTIN:
-        importlib.import_module(f"{__package__}.{mod}")

@@ -8,7 +8,6 @@ space (its output tokens are spliced into `inputs_embeds` as soft tokens).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +52,8 @@ class Projector(nn.Module):
         return {"name": self.name, "in_dim": self.in_dim, "out_dim": self.out_dim, **self.config}
 
 
-PROJECTORS: Registry[Projector] = Registry("projector")
+#: every module of this package that registers with `@register_projector("name", ...)` is found by that line alone
+PROJECTORS: Registry[Projector] = Registry("projector", package=__package__, decorator="register_projector")
 PROJECTOR_OPTIONS: dict[str, type] = {}  # name -> options dataclass (declared, or derived from `__init__`)
 _DIMS = ("in_dim", "out_dim")  # filled in by the adapter, not options
 
@@ -78,7 +78,6 @@ def register_projector(name: str, *, options: type | None = None) -> Callable[[t
 
 def projector_options(name: str) -> type:
     """The options dataclass of projector `name`."""
-    _import_builtin()
     cls = PROJECTORS.get(name)  # raises a clear error for unknown names
     if name not in PROJECTOR_OPTIONS:  # registered straight through PROJECTORS.register
         PROJECTOR_OPTIONS[name] = options_from_signature(cls, skip=_DIMS, name=f"{cls.__name__}Options")
@@ -106,22 +105,7 @@ def create_projector(name: str, *, in_dim: int, out_dim: int, **config: Any) -> 
 
 def list_projectors() -> list[str]:
     """Registered projector names."""
-    _import_builtin()
     return PROJECTORS.names()
-
-
-# Built-in projectors: each module registers itself on import. A new projector is one file plus one name here.
-_BUILTIN = ["linear", "mlp", "perceiver", "qformer", "universal", "rvq", "stack_gated"]
-_imported = False
-
-
-def _import_builtin() -> None:
-    global _imported
-    if _imported:
-        return
-    _imported = True
-    for mod in _BUILTIN:
-        importlib.import_module(f"{__package__}.{mod}")
 
 
 def full_mask(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
