@@ -14,7 +14,7 @@ import yaml
 from test_align_train import _env, _recipe, _windows
 
 from anyalign.align import load_recipe
-from anyalign.align.trainer import launcher_settings
+from anyalign.align.launch import launcher_settings
 from anyalign.config import ConfigError
 
 

@@ -12,7 +12,7 @@ from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from torch.utils.data import DataLoader, Dataset
 
 from anyalign.align.data import EpochSampler
-from anyalign.align.trainer import epoch_batches
+from anyalign.align.run_data import epoch_batches
 
 
 class _Keys(Dataset):  # the sampler's (epoch, index) keys, as PairedDataset receives them

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from anyalign.align import TrainingError, load_recipe, train
-from anyalign.align.trainer import check_run_folder
+from anyalign.align.launch import check_run_folder
 from tests.test_stream import _recipe, feature_folder
 
 

@@ -11,8 +11,9 @@ FSDP2 reduce-scatters the gradients of a unit over the parameters that received 
 unit the same number of times in the same order: ranks without rows of an LM task run the LLM on one token
 (`idle_llm`, weighted 0), and every trainable root parameter joins the graph with weight 0.
 
-State is always gathered to full tensors: checkpoints (`model.safetensors`, `optimizer.bin`) and saved adapters/LoRA
-have the same format and keys as a DDP run's, so either kind of run resumes from the other's checkpoints.
+State is always gathered to full tensors (align/fsdp_state.py): checkpoints (`model.safetensors`, `optimizer.bin`)
+and saved adapters/LoRA have the same format and keys as a DDP run's, so either kind of run resumes from the other's
+checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,8 +29,6 @@ import torch.distributed as dist
 from torch import nn
 
 LLM_NAME = "fsdp_llm"
-MODEL_FILE = "model.safetensors"  # accelerate's names, so DDP and FSDP checkpoints read the same
-OPTIMIZER_FILE = "optimizer.bin"
 
 
 def fsdp_requested(recipe: Any) -> bool:
@@ -240,24 +238,4 @@ def _touch_trainable(module: nn.Module, args: Any, output: Any) -> Any:
     return {**output, key: output[key] + zero.to(output[key].dtype)}
 
 
-def save_checkpoint_files(state: FSDPState, optimizer: torch.optim.Optimizer, directory: Path, is_main: bool) -> None:
-    """Model and optimizer state, gathered, in the files and key layout of a DDP checkpoint."""
-    from safetensors.torch import save_file
-
-    model_sd = {k: v.contiguous() for k, v in state.full_state_dict().items()}
-    optim_sd = state.full_optimizer_state(optimizer)
-    if is_main:
-        save_file(model_sd, str(directory / MODEL_FILE), metadata={"format": "pt"})
-        torch.save(optim_sd, directory / OPTIMIZER_FILE)
-
-
-def load_checkpoint_files(state: FSDPState, optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    state.load_full_state_dict(load_file(str(directory / MODEL_FILE)))
-    state.load_full_optimizer_state(optimizer, torch.load(directory / OPTIMIZER_FILE, map_location="cpu",
-                                                          weights_only=True))
-
-
-__all__ = ["FSDPState", "decoder_layers", "fsdp_requested", "load_checkpoint_files", "save_checkpoint_files",
-           "shard_model"]
+__all__ = ["FSDPState", "decoder_layers", "fsdp_requested", "shard_model"]
