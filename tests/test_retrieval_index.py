@@ -27,7 +27,7 @@ from anyalign.retrieval import (
     ranked_metrics,
     read_config,
 )
-from anyalign.retrieval.index import rank_range
+from anyalign.retrieval.index_build import rank_range
 
 N, D = 5000, 32
 
@@ -255,7 +255,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, corpus) -> None:
 def test_failed_build_keeps_previous_index(tmp_path, corpus, monkeypatch) -> None:
     build_index(ArraySource(corpus), tmp_path / "idx", factory="Flat")
     before = (tmp_path / "idx" / "index.faiss").read_bytes()
-    import anyalign.retrieval.index as index_mod
+    import anyalign.retrieval.index_build as index_mod
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

@@ -34,7 +34,7 @@ def test_imu_index_without_text_rows_warns_and_names_tune_queries(tmp_path, capl
 
 
 def test_index_holding_text_rows_tunes_on_them(tmp_path, monkeypatch) -> None:
-    import anyalign.retrieval.index as index_mod
+    import anyalign.retrieval.index_build as index_mod
 
     seen: list[np.ndarray] = []
     real = index_mod.ExactNeighbours

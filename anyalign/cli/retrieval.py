@@ -119,7 +119,7 @@ def build_cmd(
     The query embedders come from the embeddings' records; the encoder spec options (and --text-...) add or
     replace one. Rows with NaN/inf values or zero norm are skipped and counted (see `index info`)."""
     from ..retrieval.autoindex import format_bytes
-    from ..retrieval.index import build_index
+    from ..retrieval.index_build import build_index
 
     queries = int(tune_queries) if tune_queries.strip().lstrip("-").isdigit() else Path(tune_queries)
     embedders = o.query_embedders(adapter, encoder, pretrained, set_, autocast, text_encoder, text_pretrained,
@@ -156,7 +156,7 @@ def train_cmd(
     as_json: bool = o.JSON,
 ) -> None:
     """Train an empty index once; parts built from it with --trained can be merged on disk."""
-    from ..retrieval.index import build_index
+    from ..retrieval.index_build import build_index
 
     cfg = build_index(embeddings, output, factory=factory, memory=memory, train_only=True,
                       rank=0, world_size=world_size, overwrite=overwrite, lock_timeout=lock_timeout)

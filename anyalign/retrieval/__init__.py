@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from .autoindex import IndexChoice, choose_index, parse_memory
     from .embed import embed_to_folder
     from .evaluate import evaluate_retrieval, exact_metrics, ranked_metrics
-    from .index import IndexConfig, build_index, gpu_count, load_index, read_config
+    from .index import IndexConfig, gpu_count, load_index, read_config
+    from .index_build import build_index
     from .index_update import add_to_index, delete_from_index
     from .metadata import MetadataStore
     from .retriever import Retriever, SearchResult, SearchResults
@@ -31,7 +32,7 @@ _LAZY = {
     "IndexChoice": ".autoindex", "choose_index": ".autoindex", "parse_memory": ".autoindex",
     "embed_to_folder": ".embed",
     "evaluate_retrieval": ".evaluate", "exact_metrics": ".evaluate", "ranked_metrics": ".evaluate",
-    "IndexConfig": ".index", "build_index": ".index",
+    "IndexConfig": ".index", "build_index": ".index_build",
     "add_to_index": ".index_update", "delete_from_index": ".index_update",
     "gpu_count": ".index", "load_index": ".index", "read_config": ".index",
     "MetadataStore": ".metadata",

@@ -12,7 +12,7 @@ Rules, in order (n vectors of dimension d, inner product on normalised vectors):
     The budget counts what the index holds in memory: a compressed index also keeps the normalised vectors on
     disk (float16 by default) to re-rank its candidates exactly; that file is memory-mapped, read through the page
     cache (its pages count in RSS as shared, reclaimable file pages, not anonymous memory), and not part of the
-    budget (see `index.build_index(raw_vectors=...)`).
+    budget (see `index_build.build_index(raw_vectors=...)`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from .index import (
     INDEX_NAME,
     IVFDATA_NAME,
     IndexConfig,
-    build_index,
     check_output,
     gpu_count,
     load_index,
@@ -37,6 +36,7 @@ from .index import (
     to_gpu,
     writer_lock,
 )
+from .index_build import build_index
 from .metadata import METADATA_NAME, MetadataStore
 from .rawvectors import RawVectors, RawWriter, refine_factor, refined_search
 from .tuning import ivf_of, knob, set_params
