@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from anyalign.align import text_cache
+from anyalign.align import text_cache, text_store
 from anyalign.align.text_cache import TextEmbeddingTable
 
 E = 8
@@ -88,8 +88,14 @@ def test_parts_fill_and_continue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert all(torch.equal(v, _normed(t)) for t, v in zip(texts, reopened.get(texts)))
 
 
+def _collide(monkeypatch: pytest.MonkeyPatch, key: bytes) -> None:
+    """Every caption gets the same hash key (in the store's batch hashing and the table's one-by-one lookups)."""
+    monkeypatch.setattr(text_store, "caption_hash", lambda caption: key)
+    monkeypatch.setattr(text_cache, "caption_hash", lambda caption: key)
+
+
 def test_hash_collision_returns_the_right_vectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(text_cache, "_caption_hash", lambda caption: b"\0" * 8)  # every caption collides
+    _collide(monkeypatch, b"\0" * 8)  # every caption collides
     texts = [f"caption {i}" for i in range(50)]
     table = TextEmbeddingTable(tmp_path, Encoder(), batch_size=16)
     table.add(texts[:30])
@@ -155,7 +161,7 @@ def test_two_processes_adding_at_once_store_one_value_per_caption(tmp_path: Path
 def test_few_and_many_caption_lookups_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool) -> None:
     """A batch's few captions are probed in plain Python, many by the vectorised walk: both find the same rows."""
     if collide:
-        monkeypatch.setattr(text_cache, "_caption_hash", lambda caption: b"\1" * 8)
+        _collide(monkeypatch, b"\1" * 8)
     texts = [f"caption {i} ✓" for i in range(300)]
     table = TextEmbeddingTable(tmp_path, Encoder())
     table.add(texts)

@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import mmap
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from ..encoders.spec import EncoderSpec
+from .text_store import ROW_BITS, ROW_MASK, HashIndex, Part, caption_hash, caption_hashes, utf8
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,8 @@ _FORMAT = 1
 _PART_ROWS = 1 << 20
 #: rows encoded between two writes (bounds memory while adding millions of captions)
 _WRITE_ROWS = 8192
-_ROW_BITS = 32
 #: captions up to this many are looked up probe by probe in plain Python, more by the vectorised walk
 _FEW = 64
-_ROW_MASK = (1 << _ROW_BITS) - 1
 
 
 def text_cache_root() -> Path:
@@ -60,105 +58,6 @@ def anchor_fingerprint(spec: EncoderSpec) -> str:
     (`EncoderSpec.fingerprint`), so a text model replaced at the same path gets a new table."""
     ident = spec.fingerprint() or hashlib.sha1(f"random|{spec.key()}".encode()).hexdigest()
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
-
-
-def _caption_hash(caption: bytes) -> bytes:
-    """The 8-byte key of a UTF-8 caption (collisions are caught by comparing the stored text)."""
-    return hashlib.blake2b(caption, digest_size=8).digest()
-
-
-def _hashes(captions: Sequence[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(map(_caption_hash, captions)), dtype="<u8").astype(np.uint64)
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
-class _Part:
-    """One part's committed rows: embeddings read with `pread`, caption texts and offsets memory-mapped."""
-
-    def __init__(self, stem: Path, dim: int) -> None:
-        self.stem, self.row_bytes = stem, dim * 4
-        self.rows = self.text_bytes = 0
-        # pread, not mmap: a random row of a big file costs one syscall, not a page fault (each mapping tens of
-        # pages) on its first touch, so a lookup costs the same at 1k or 1M rows from the first epoch on
-        self.fd = os.open(stem.with_suffix(".emb"), os.O_RDONLY)
-        self._maps: list[mmap.mmap | bytes] = []
-        self.off, self.txt = np.zeros(1, dtype="<u8"), b""
-
-    def grow(self, rows: int, text_bytes: int) -> None:
-        """Map the rows committed now (the files only ever grow)."""
-        if os.fstat(self.fd).st_size < rows * self.row_bytes:
-            raise RuntimeError(f"{self.stem}.emb: shorter than the text table's manifest says (lost on a crash?)")
-        maps = [self._map(self.stem.with_suffix(".off"), (rows + 1) * 8),
-                self._map(self.stem.with_suffix(".txt"), text_bytes)]
-        self._close_maps()
-        self._maps, self.rows, self.text_bytes = maps, rows, text_bytes
-        self.off, self.txt = np.frombuffer(maps[0], dtype="<u8"), maps[1]  # plain arrays: np.memmap is slower
-
-    @staticmethod
-    def _map(path: Path, size: int) -> mmap.mmap | bytes:
-        if not size:
-            return b""
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size < size:
-                raise RuntimeError(f"{path}: shorter than the text table's manifest says (lost on a crash?)")
-            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-
-    def read(self, rows: list[int], out: np.ndarray) -> None:
-        """Rows `rows` of the embeddings into `out` (`[len(rows), E]`, C-contiguous)."""
-        for j, r in enumerate(rows):
-            if os.preadv(self.fd, [out[j]], r * self.row_bytes) != self.row_bytes:
-                raise RuntimeError(f"{self.stem}.emb: short read at row {r}")
-
-    def _close_maps(self) -> None:
-        self.off, self.txt = np.zeros(1, dtype="<u8"), b""
-        for m in self._maps:
-            if isinstance(m, mmap.mmap):
-                try:
-                    m.close()
-                except BufferError:  # an array still views it: the map goes with that array
-                    pass
-
-    def close(self) -> None:
-        self._close_maps()
-        os.close(self.fd)
-
-
-class _Index:
-    """64-bit caption hash -> location (`part << 32 | row`): an open-addressing hash table in one numpy array.
-
-    One probe (rarely a few, in the same cache line) per caption, where a binary search over a million sorted hashes
-    takes 20 dependent cache misses: lookups cost the same at any table size. 16 bytes a slot, load <= 0.7."""
-
-    def __init__(self) -> None:
-        self.slots = np.full((1024, 2), -1, dtype=np.int64)  # [hash, location]; location -1: empty
-        self.n = 0
-
-    def insert(self, keys: np.ndarray, loc: np.ndarray) -> None:
-        if self.n + len(keys) > 0.7 * len(self.slots):
-            used = self.slots[self.slots[:, 1] >= 0]
-            cap = 1 << max(10, int(1.5 * (self.n + len(keys))).bit_length())  # load 1/3-2/3
-            self.slots = np.full((cap, 2), -1, dtype=np.int64)
-            self._place(used[:, 0], used[:, 1])
-        self._place(keys, loc)
-        self.n += len(keys)
-
-    def _place(self, keys: np.ndarray, loc: np.ndarray) -> None:
-        mask = len(self.slots) - 1
-        pos = keys & mask
-        todo = np.arange(len(keys))
-        while todo.size:  # linear probing, vectorised: where several want one free slot, the first gets it
-            p = pos[todo]
-            free = np.flatnonzero(self.slots[p, 1] < 0)
-            _, first = np.unique(p[free], return_index=True)
-            win = todo[free[first]]
-            self.slots[pos[win], 0], self.slots[pos[win], 1] = keys[win], loc[win]
-            placed = np.zeros(len(keys), dtype=bool)
-            placed[win] = True
-            todo = todo[~placed[todo]]
-            pos[todo] = (pos[todo] + 1) & mask
 
 
 class TextEmbeddingTable:
@@ -176,8 +75,8 @@ class TextEmbeddingTable:
         self._mutex = threading.RLock()  # flock does not exclude threads sharing one descriptor
         self._lock_fd: int | None = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._man: dict[str, Any] = self._empty()
-        self._parts: list[_Part] = []
-        self._index = _Index()
+        self._parts: list[Part] = []
+        self._index = HashIndex()
         self._refresh()
 
     # --- public ---------------------------------------------------------------------------------------------
@@ -190,7 +89,7 @@ class TextEmbeddingTable:
         """Embeddings of those `texts` the table holds (missing ones are absent from the result)."""
         with self._mutex:
             keys = list(dict.fromkeys(texts))
-            loc = self._find_fresh([_utf8(t) for t in keys])
+            loc = self._find_fresh([utf8(t) for t in keys])
             hit = np.flatnonzero(loc >= 0)
             vec = torch.from_numpy(self._vectors(loc[hit]))
             return {keys[i]: vec[j] for j, i in enumerate(hit.tolist())}
@@ -202,7 +101,7 @@ class TextEmbeddingTable:
             return torch.zeros(0, self.dim or 0)
         with self._mutex:
             keys = list(dict.fromkeys(texts))
-            enc = [_utf8(t) for t in keys]
+            enc = [utf8(t) for t in keys]
             loc = self._find_fresh(enc)
             miss = np.flatnonzero(loc < 0)
             if miss.size:
@@ -225,7 +124,7 @@ class TextEmbeddingTable:
         def flush() -> int:
             keys = list(buf)
             with self._mutex:
-                loc = self._find_fresh([_utf8(t) for t in keys])
+                loc = self._find_fresh([utf8(t) for t in keys])
                 todo = [keys[i] for i in np.flatnonzero(loc < 0).tolist()]
                 if todo:
                     self._encode_and_store(todo, bar=bar)
@@ -245,7 +144,7 @@ class TextEmbeddingTable:
         with self._mutex:
             for p in self._parts:
                 p.close()
-            self._parts, self._index = [], _Index()
+            self._parts, self._index = [], HashIndex()
             self._man = self._empty()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
@@ -274,7 +173,7 @@ class TextEmbeddingTable:
             raise RuntimeError(f"{self.folder}: the text table lost parts (manifest edited by hand?)")
         for k, p in enumerate(man["parts"]):
             if k == len(self._parts):
-                self._parts.append(_Part(self._stem(k), man["dim"]))
+                self._parts.append(Part(self._stem(k), man["dim"]))
             part, have = self._parts[k], self._parts[k].rows
             if p["rows"] == have:
                 continue
@@ -282,7 +181,7 @@ class TextEmbeddingTable:
                 raise RuntimeError(f"{self.folder}: part {k} of the text table shrank (manifest edited by hand?)")
             part.grow(p["rows"], p["text_bytes"])
             keys = np.fromfile(part.stem.with_suffix(".hash"), dtype="<u8", count=p["rows"] - have, offset=8 * have)
-            self._index.insert(keys.view(np.int64), (k << _ROW_BITS) | np.arange(have, p["rows"], dtype=np.int64))
+            self._index.insert(keys.view(np.int64), (k << ROW_BITS) | np.arange(have, p["rows"], dtype=np.int64))
         self._man, self.dim = man, man["dim"]
 
     def _find(self, enc: Sequence[bytes]) -> np.ndarray:
@@ -295,7 +194,7 @@ class TextEmbeddingTable:
             return loc
         slots = self._index.slots
         mask = len(slots) - 1
-        keys = _hashes(enc).view(np.int64)
+        keys = caption_hashes(enc).view(np.int64)
         pos = keys & mask
         todo = np.arange(len(enc))
         while todo.size:  # walk each caption's probe sequence up to an empty slot
@@ -316,11 +215,11 @@ class TextEmbeddingTable:
         offs = [memoryview(p.off).cast("B").cast("Q") for p in self._parts]
         out = []
         for e in enc:
-            key = int.from_bytes(_caption_hash(e), "little", signed=True)  # as the int64 view of the stored hash
+            key = int.from_bytes(caption_hash(e), "little", signed=True)  # as the int64 view of the stored hash
             pos, found = key & mask, -1
             while (c := slots[2 * pos + 1]) >= 0:
                 if slots[2 * pos] == key:  # the hash matches: the stored text must too
-                    k, r = c >> _ROW_BITS, c & _ROW_MASK
+                    k, r = c >> ROW_BITS, c & ROW_MASK
                     if self._parts[k].txt[offs[k][r]:offs[k][r + 1]] == e:
                         found = c
                         break
@@ -330,7 +229,7 @@ class TextEmbeddingTable:
 
     def _check_text(self, idx: np.ndarray, cand: np.ndarray, enc: Sequence[bytes], loc: np.ndarray) -> None:
         """Set `loc[i] = c` for each candidate location `c` whose stored caption is `enc[i]`."""
-        parts, rows = cand >> _ROW_BITS, cand & _ROW_MASK
+        parts, rows = cand >> ROW_BITS, cand & ROW_MASK
         for k, m in self._by_part(parts):
             part, r = self._parts[k], rows[m]
             starts, ends = part.off[r].tolist(), part.off[r + 1].tolist()
@@ -352,7 +251,7 @@ class TextEmbeddingTable:
     def _vectors(self, loc: np.ndarray) -> np.ndarray:
         """`[n, E]` float32 rows at `loc` (all present)."""
         out = np.empty((len(loc), self.dim or 0), dtype=np.float32)
-        parts, rows = loc >> _ROW_BITS, loc & _ROW_MASK
+        parts, rows = loc >> ROW_BITS, loc & ROW_MASK
         for k, m in self._by_part(parts):
             if isinstance(m, slice):
                 self._parts[k].read(rows.tolist(), out)
@@ -400,7 +299,7 @@ class TextEmbeddingTable:
                 bar.update(len(part))
         if pend_t:
             self._store(pend_t, np.concatenate(pend_v))
-        loc = self._find([_utf8(t) for t in texts])  # what the table holds (another process may have written first)
+        loc = self._find([utf8(t) for t in texts])  # what the table holds (another process may have written first)
         if (loc < 0).any():
             raise RuntimeError(f"{self.folder}: stored captions not found again")
         return loc
@@ -411,7 +310,7 @@ class TextEmbeddingTable:
 
     def _append(self, texts: list[str], vecs: np.ndarray) -> None:
         """Append the captions the table does not hold yet (call under the lock, caught up)."""
-        enc = [_utf8(t) for t in texts]
+        enc = [utf8(t) for t in texts]
         keep = np.flatnonzero(self._find(enc) < 0)
         if keep.size < len(enc):  # another process stored some first: theirs stay (values never change)
             enc, vecs = [enc[i] for i in keep.tolist()], vecs[keep]
@@ -424,7 +323,7 @@ class TextEmbeddingTable:
             man["dim"] = dim
         elif man["dim"] != dim:
             raise ValueError(f"{self.folder}: the encoder gave {dim}-d embeddings, the table holds {man['dim']}-d")
-        hashes = _hashes(enc)
+        hashes = caption_hashes(enc)
         i = 0
         while i < len(enc):
             if not man["parts"] or man["parts"][-1]["rows"] >= _PART_ROWS:
