@@ -37,14 +37,17 @@ def test_registry_finds_a_package_builtins_by_their_decorator(tmp_path: Path, mo
         widgets.get("d")
 
 
-@pytest.mark.parametrize("package", ["anyalign.encoders", "anyalign.projectors"])
-def test_builtins_read_from_decorators_are_what_the_modules_register(package: str) -> None:
+@pytest.mark.parametrize("package, registry", [("anyalign.encoders", "ENCODERS"),
+                                               ("anyalign.projectors", "PROJECTORS"),
+                                               ("anyalign.datasets.records", "DATA_KINDS")])
+def test_builtins_read_from_decorators_are_what_the_modules_register(package: str, registry: str) -> None:
     """The decorator is the only registration: what the scan reads equals what importing each module registers."""
     import importlib
     import pkgutil
 
+    registry = getattr(importlib.import_module(package), registry)
+    package = registry.package
     pkg = importlib.import_module(package)
-    registry = pkg.ENCODERS if package.endswith("encoders") else pkg.PROJECTORS
     for info in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"{package}.{info.name}")
     registered = {n: f.__module__ for n, f in registry._items.items() if f.__module__.startswith(package + ".")}

@@ -16,18 +16,15 @@ a `fold`, a `group` (what belongs together: a recording, a speaker), a unique `k
 | `uea` | a UEA time-series archive folder (`*_TRAIN.arff` / `.ts`): `[C, T]` windows, fold train/test |
 | `webdataset` | `.tar` shards (or a folder of them): one sample per key, `.json`/`.txt`/`.cls` members as fields |
 
-A new kind is one reader function decorated with `@register_data_kind(name)` (plugins register the same way).
+A new kind is one reader function decorated with `@register_data_kind(name)` in a module of this package
+(`readers.py`, `webdataset.py`) or of a plugin.
 Text is never taken for a path: `Record.input(modality)` gives a text encoder the `text`, a media encoder its path.
 """
 
 from __future__ import annotations
 
-import csv
-import glob as globlib
-import json
 import logging
 import os
-import tarfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +32,8 @@ from typing import Any
 
 from ..registry import Registry
 
-#: fields of a jsonl/csv row that are not media (everything else not named after a modality is kept as `meta`)
-TEXT_FIELDS = ("text", "caption")
+TEXT_FIELDS = ("text", "caption")  #: the fields a row's paired text may be in
 logger = logging.getLogger(__name__)
-_SPECIAL = {"text", "caption", "label", "key", "id", "fold", "group", "conversations", "messages", "path", "source"}
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,8 @@ class Record:
         return out
 
 
-DATA_KINDS: Registry[list[Record]] = Registry("data kind")
+#: the built-in kinds are the `@register_data_kind` readers of `readers.py` and `webdataset.py` (found by that line)
+DATA_KINDS: Registry[list[Record]] = Registry("data kind", package=__package__, decorator="register_data_kind")
 _Reader = Callable[..., list[Record]]
 
 
@@ -155,7 +151,6 @@ def detect_kind(path: str | os.PathLike) -> str:
 
 def read_records(path: str | os.PathLike, *, kind: str = "auto", modalities: Sequence[str] = ()) -> list[Record]:
     """All records of a dataset. `modalities`: field names that hold media in jsonl/csv rows (besides `path`)."""
-    _load_plugin_kinds()
     kind = detect_kind(path) if kind == "auto" else kind
     reader = DATA_KINDS.get(kind)
     # resolved, so every record's media source is absolute (indexes and `serve` find them from any directory)
@@ -171,245 +166,6 @@ def read_records(path: str | os.PathLike, *, kind: str = "auto", modalities: Seq
             raise ValueError(f"{r.where or path}: key {r.key!r} repeats {seen[r.key]}; keys must be unique")
         seen[r.key] = r.where or r.key
     return records
-
-
-def _load_plugin_kinds() -> None:
-    from ..plugins import load_plugins
-
-    load_plugins()
-
-
-def _resolve(base: Path, value: str) -> str:
-    p = Path(os.path.expandvars(value)).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def _row_record(row: dict[str, Any], base: Path, where: str, default_key: str,
-                modalities: Sequence[str]) -> Record:
-    media: dict[str, list[Any]] = {}
-    for name in (*modalities, "path"):
-        if name in row and name != "text" and row[name] is not None:
-            values = row[name] if isinstance(row[name], list) else [row[name]]
-            if not all(isinstance(v, str) for v in values):
-                raise ValueError(f"{where}: field {name!r}: expected a file path (or a list of them)")
-            media[name] = [_resolve(base, v) for v in values]
-    text = row.get("text", row.get("caption"))
-    if text is not None and not isinstance(text, str):
-        raise ValueError(f"{where}: field 'text': expected a string, got {text!r}")
-    conv = row.get("conversations") or row.get("messages")
-    meta = {k: v for k, v in row.items() if k not in _SPECIAL and k not in media}
-    if "caption" in row and "text" in row:
-        meta["caption"] = row["caption"]
-    source = media[next(iter(media))][0] if media else where
-    meta.setdefault("source", row.get("source", source))
-
-    def opt(name: str) -> str | None:
-        return None if row.get(name) is None else str(row[name])
-
-    return Record(str(row.get("key", row.get("id", default_key))), media, text, opt("label"), opt("fold"),
-                  opt("group"), conv, meta, where)
-
-
-@register_data_kind("jsonl")
-def read_jsonl(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """One JSON object per line (see the module docstring); a line that is not one becomes an error record."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: jsonl file not found")
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
-    out = []
-    for n, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(raw.decode("utf-8"))
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-            out.append(_row_record(row, path.parent, where, str(n - 1), modalities))
-        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-            reason = f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else \
-                str(e).replace(f"{where}: ", "")
-            out.append(_broken(f"line{n}", where, reason))
-    return out
-
-
-def _broken(key: str, where: str, reason: str) -> Record:
-    return Record(f"!{key}", meta={"source": where}, where=where, error=reason)
-
-
-@register_data_kind("txt")
-def read_txt(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """One item per non-empty line: `text` for text encoders, `path` (relative to the file) for media encoders."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read as UTF-8 text ({e})") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if line.strip():
-            out.append(Record(str(len(out)), {"path": [_resolve(path.parent, line.strip())]}, line.strip(),
-                              meta={"source": f"{path}:{n}"}, where=f"{path}:{n}"))
-    return out
-
-
-@register_data_kind("csv")
-def read_csv(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """A header row `path,label[,fold][,text][,group]` (or ESC-50's own csv)."""
-    from .labelled import _LABEL_COLUMNS, _PATH_COLUMNS, _manifest
-
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            table = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read csv ({e})") from None
-    header = [h.strip() for h in table[0]] if table else []
-    if {"filename", "fold", "target", "category"} <= set(header) and path.parent.name == "meta":
-        return _labelled(_manifest(path), "esc50")  # the ESC-50 csv itself was given
-    path_col = next((c for c in _PATH_COLUMNS if c in header), None)
-    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
-    if path_col is None or label_col is None:
-        _manifest(path)  # raises the error that names the expected columns
-    out = []
-    for n, cells in enumerate(table[1:], 2):
-        where = f"{path}:{n}"
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) != len(header):
-            out.append(_broken(f"row{n}", where, f"{len(cells)} columns, the header has {len(header)}"))
-            continue
-        row = {h: c.strip() for h, c in zip(header, cells)}
-        if not row[path_col] or not row[label_col]:
-            out.append(_broken(f"row{n}", where, f"empty {path_col!r} or {label_col!r}"))
-            continue
-        file = Path(row[path_col]).expanduser()
-        file = file if file.is_absolute() else path.parent / file
-        out.append(Record(_rel(file, path.parent), {"path": [str(file)]}, row.get("text") or None, row[label_col],
-                          row.get("fold") or None, row.get("group") or None, meta={"source": str(file)}, where=where))
-    return out
-
-
-def _rel(file: Path, root: Path) -> str:
-    return Path(file).relative_to(root).as_posix() if Path(file).is_relative_to(root) else str(file)
-
-
-def _labelled(ds: Any, kind: str) -> list[Record]:
-    return [Record(_rel(it.path, ds.root), {"path": [str(it.path)]}, None, it.label, it.fold,
-                   meta={"source": str(it.path)}, where=f"{ds.root} ({kind})") for it in ds.items]
-
-
-@register_data_kind("esc50")
-def read_esc50(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """ESC-50: `meta/esc50.csv` + `audio/`, five folds."""
-    from .labelled import _esc50
-
-    return _labelled(_esc50(path), "esc50")
-
-
-@register_data_kind("urbansound8k")
-def read_urbansound8k(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """UrbanSound8K: `metadata/UrbanSound8K.csv` + `audio/fold<N>/`, ten folds."""
-    from .labelled import _urbansound8k
-
-    return _labelled(_urbansound8k(path), "urbansound8k")
-
-
-@register_data_kind("folder")
-def read_folder(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """Every file below `path` (hidden ones skipped); files in class folders `path/<class>/...` get that label."""
-    files = sorted(f for f in path.rglob("*") if f.is_file() and not any(p.startswith(".") for p in
-                                                                            f.relative_to(path).parts))
-    classed = bool(files) and all(len(f.relative_to(path).parts) > 1 for f in files)
-    return [Record(f.relative_to(path).as_posix(), {"path": [str(f)]},
-                   label=f.relative_to(path).parts[0] if classed else None,
-                   meta={"source": str(f)}, where=str(f)) for f in files]
-
-
-@register_data_kind("glob")
-def read_glob(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """Files matching a pattern (`**` recurses)."""
-    files = sorted(Path(p) for p in globlib.glob(os.path.expanduser(str(path)), recursive=True) if Path(p).is_file())
-    if not files:
-        raise ValueError(f"{path}: the pattern matches no file")
-    return [Record(str(f), {"path": [str(f.resolve())]}, meta={"source": str(f.resolve())}, where=str(f))
-            for f in files]
-
-
-@register_data_kind("uea")
-def read_uea(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """A UEA archive: both splits as records of `[C, T]` float32 windows (fold = train/test)."""
-    from .uea import load_uea
-
-    modality = modalities[0] if modalities else "imu"
-    out = []
-    for split in ("train", "test"):
-        ds = load_uea(path, split=split)
-        out += [Record(f"{path.name}/{split}/{i}", {modality: [ds.x[i]]}, label=str(ds.labels[i]), fold=split,
-                       meta={"source": f"{path.name}/{split}/{i}"}, where=f"{path} ({split} {i})")
-                for i in range(len(ds.labels))]
-    return out
-
-
-_TAR_FIELDS = ("json", "txt", "text", "caption", "cls", "label")
-
-
-@register_data_kind("webdataset")
-def read_webdataset(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """webdataset shards: members sharing a key form one sample; media members go under `path` (several:
-    `path` lists them), `.json` members are merged into the fields, `.txt`/`.caption` is the text, `.cls` the label."""
-    tars = [path] if path.is_file() else sorted(path.glob("*.tar"))
-    out: list[Record] = []
-    for tar in tars:
-        samples: dict[str, dict[str, tarfile.TarInfo]] = {}
-        size = tar.stat().st_size
-        try:
-            with tarfile.open(tar) as tf:
-                for m in tf:
-                    if m.isfile():
-                        folder, base = os.path.split(m.name)
-                        stem, _, ext = base.partition(".")
-                        samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = m
-        except (tarfile.TarError, OSError, EOFError) as e:  # a truncated or corrupt shard: keep what was read
-            out.append(_broken(f"{tar.stem}/#unreadable", str(tar), f"cannot read as a tar shard after "
-                               f"{sum(map(len, samples.values()))} members ({e})"))
-        for key, members in samples.items():
-            fields: dict[str, Any] = {}
-            media = []
-            error = None
-            for ext, m in sorted(members.items()):
-                member = TarMember(str(tar), m.name, m.offset_data, m.size)
-                if m.offset_data + m.size > size:
-                    error = f"member {m.name} is truncated ({m.size} bytes declared)"
-                elif ext in _TAR_FIELDS and m.size <= 1 << 20:
-                    try:
-                        raw = member.read().decode("utf-8")
-                        value = json.loads(raw) if ext == "json" else raw.strip()
-                    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                        error = f"member {m.name}: expected UTF-8 {ext} ({e})"
-                        continue
-                    fields.update(value if ext == "json" and isinstance(value, dict) else {ext: value})
-                else:
-                    media.append(member)
-            if error is not None:
-                out.append(_broken(f"{tar.stem}/{key}", f"{tar}:{key}", error))
-                continue
-            text = fields.pop("txt", None) or fields.pop("text", None) or fields.pop("caption", None)
-            label = fields.pop("cls", None) or fields.pop("label", None)
-            try:
-                rec = _row_record({k: v for k, v in fields.items() if k not in modalities}, tar.parent,
-                                  f"{tar}:{key}", f"{tar.stem}/{key}", ())
-            except ValueError as e:
-                out.append(_broken(f"{tar.stem}/{key}", f"{tar}:{key}", str(e).replace(f"{tar}:{key}: ", "")))
-                continue
-            rec.key = f"{tar.stem}/{key}"
-            rec.media = {"path": media} if media else {}
-            rec.text = text if isinstance(text, str) else rec.text
-            rec.label = str(label) if label is not None else rec.label
-            rec.meta["source"] = f"{tar}:{key}"
-            out.append(rec)
-    return out
 
 
 def _from_records(path: Path, modality: str | None) -> Any:

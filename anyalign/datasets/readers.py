@@ -1,0 +1,193 @@
+"""The built-in readers of the input layer (one `@register_data_kind` function per format; see `records.py`):
+line files (jsonl, txt), csv manifests, folders and globs, ESC-50, UrbanSound8K and UEA archives."""
+
+from __future__ import annotations
+
+import csv
+import glob as globlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .records import Record, register_data_kind
+
+#: fields of a jsonl/csv row that are not media (everything else not named after a modality is kept as `meta`)
+_SPECIAL = {"text", "caption", "label", "key", "id", "fold", "group", "conversations", "messages", "path", "source"}
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(os.path.expandvars(value)).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def row_record(row: dict[str, Any], base: Path, where: str, default_key: str,
+               modalities: Sequence[str]) -> Record:
+    """One jsonl row (or a tar sample's fields) as a record; media paths resolved against `base`."""
+    media: dict[str, list[Any]] = {}
+    for name in (*modalities, "path"):
+        if name in row and name != "text" and row[name] is not None:
+            values = row[name] if isinstance(row[name], list) else [row[name]]
+            if not all(isinstance(v, str) for v in values):
+                raise ValueError(f"{where}: field {name!r}: expected a file path (or a list of them)")
+            media[name] = [_resolve(base, v) for v in values]
+    text = row.get("text", row.get("caption"))
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"{where}: field 'text': expected a string, got {text!r}")
+    conv = row.get("conversations") or row.get("messages")
+    meta = {k: v for k, v in row.items() if k not in _SPECIAL and k not in media}
+    if "caption" in row and "text" in row:
+        meta["caption"] = row["caption"]
+    source = media[next(iter(media))][0] if media else where
+    meta.setdefault("source", row.get("source", source))
+
+    def opt(name: str) -> str | None:
+        return None if row.get(name) is None else str(row[name])
+
+    return Record(str(row.get("key", row.get("id", default_key))), media, text, opt("label"), opt("fold"),
+                  opt("group"), conv, meta, where)
+
+
+@register_data_kind("jsonl")
+def read_jsonl(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """One JSON object per line (see the module docstring); a line that is not one becomes an error record."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: jsonl file not found")
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    out = []
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            out.append(row_record(row, path.parent, where, str(n - 1), modalities))
+        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            reason = f"not valid JSON ({e})" if isinstance(e, json.JSONDecodeError) else \
+                str(e).replace(f"{where}: ", "")
+            out.append(broken(f"line{n}", where, reason))
+    return out
+
+
+def broken(key: str, where: str, reason: str) -> Record:
+    """A record standing for an unreadable row or member (read_records counts and logs them)."""
+    return Record(f"!{key}", meta={"source": where}, where=where, error=reason)
+
+
+@register_data_kind("txt")
+def read_txt(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """One item per non-empty line: `text` for text encoders, `path` (relative to the file) for media encoders."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read as UTF-8 text ({e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            out.append(Record(str(len(out)), {"path": [_resolve(path.parent, line.strip())]}, line.strip(),
+                              meta={"source": f"{path}:{n}"}, where=f"{path}:{n}"))
+    return out
+
+
+@register_data_kind("csv")
+def read_csv(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """A header row `path,label[,fold][,text][,group]` (or ESC-50's own csv)."""
+    from .labelled import _LABEL_COLUMNS, _PATH_COLUMNS, _manifest
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            table = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read csv ({e})") from None
+    header = [h.strip() for h in table[0]] if table else []
+    if {"filename", "fold", "target", "category"} <= set(header) and path.parent.name == "meta":
+        return _labelled(_manifest(path), "esc50")  # the ESC-50 csv itself was given
+    path_col = next((c for c in _PATH_COLUMNS if c in header), None)
+    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
+    if path_col is None or label_col is None:
+        _manifest(path)  # raises the error that names the expected columns
+    out = []
+    for n, cells in enumerate(table[1:], 2):
+        where = f"{path}:{n}"
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            out.append(broken(f"row{n}", where, f"{len(cells)} columns, the header has {len(header)}"))
+            continue
+        row = {h: c.strip() for h, c in zip(header, cells)}
+        if not row[path_col] or not row[label_col]:
+            out.append(broken(f"row{n}", where, f"empty {path_col!r} or {label_col!r}"))
+            continue
+        file = Path(row[path_col]).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        out.append(Record(_rel(file, path.parent), {"path": [str(file)]}, row.get("text") or None, row[label_col],
+                          row.get("fold") or None, row.get("group") or None, meta={"source": str(file)}, where=where))
+    return out
+
+
+def _rel(file: Path, root: Path) -> str:
+    return Path(file).relative_to(root).as_posix() if Path(file).is_relative_to(root) else str(file)
+
+
+def _labelled(ds: Any, kind: str) -> list[Record]:
+    return [Record(_rel(it.path, ds.root), {"path": [str(it.path)]}, None, it.label, it.fold,
+                   meta={"source": str(it.path)}, where=f"{ds.root} ({kind})") for it in ds.items]
+
+
+@register_data_kind("esc50")
+def read_esc50(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """ESC-50: `meta/esc50.csv` + `audio/`, five folds."""
+    from .labelled import _esc50
+
+    return _labelled(_esc50(path), "esc50")
+
+
+@register_data_kind("urbansound8k")
+def read_urbansound8k(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """UrbanSound8K: `metadata/UrbanSound8K.csv` + `audio/fold<N>/`, ten folds."""
+    from .labelled import _urbansound8k
+
+    return _labelled(_urbansound8k(path), "urbansound8k")
+
+
+@register_data_kind("folder")
+def read_folder(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """Every file below `path` (hidden ones skipped); files in class folders `path/<class>/...` get that label."""
+    files = sorted(f for f in path.rglob("*") if f.is_file() and not any(p.startswith(".") for p in
+                                                                            f.relative_to(path).parts))
+    classed = bool(files) and all(len(f.relative_to(path).parts) > 1 for f in files)
+    return [Record(f.relative_to(path).as_posix(), {"path": [str(f)]},
+                   label=f.relative_to(path).parts[0] if classed else None,
+                   meta={"source": str(f)}, where=str(f)) for f in files]
+
+
+@register_data_kind("glob")
+def read_glob(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """Files matching a pattern (`**` recurses)."""
+    files = sorted(Path(p) for p in globlib.glob(os.path.expanduser(str(path)), recursive=True) if Path(p).is_file())
+    if not files:
+        raise ValueError(f"{path}: the pattern matches no file")
+    return [Record(str(f), {"path": [str(f.resolve())]}, meta={"source": str(f.resolve())}, where=str(f))
+            for f in files]
+
+
+@register_data_kind("uea")
+def read_uea(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
+    """A UEA archive: both splits as records of `[C, T]` float32 windows (fold = train/test)."""
+    from .uea import load_uea
+
+    modality = modalities[0] if modalities else "imu"
+    out = []
+    for split in ("train", "test"):
+        ds = load_uea(path, split=split)
+        out += [Record(f"{path.name}/{split}/{i}", {modality: [ds.x[i]]}, label=str(ds.labels[i]), fold=split,
+                       meta={"source": f"{path.name}/{split}/{i}"}, where=f"{path} ({split} {i})")
+                for i in range(len(ds.labels))]
+    return out
+
