@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from anyalign.adapter import ModalityAdapter
 from anyalign.align import load_recipe, train
+from anyalign.align.build import build_model
 from anyalign.align.checkpoint import list_checkpoints
-from anyalign.align.model import build_model
 from anyalign.align.progressive import plan_stages, replay_repeats, train_progressive
 from anyalign.align.trainer import Trainer
 from anyalign.config import ConfigError

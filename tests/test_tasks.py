@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import yaml
 
 from anyalign.align import Trainer, load_recipe
-from anyalign.align.model import AlignmentModel, build_model
+from anyalign.align.build import build_model
+from anyalign.align.model import AlignmentModel
 from anyalign.align.tasks import TASKS, Task, parse_loss_weights, register_task, term_name
 from anyalign.config import ConfigError
 

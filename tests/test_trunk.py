@@ -16,8 +16,8 @@ from transformers import BertConfig, BertModel
 
 from anyalign.adapter import ModalityAdapter
 from anyalign.align import load_recipe, train
+from anyalign.align.build import build_model
 from anyalign.align.checkpoint import list_checkpoints
-from anyalign.align.model import build_model
 from anyalign.encoders import create_encoder
 from anyalign.encoders.base import InputError
 

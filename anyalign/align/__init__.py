@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+from .build import build_model
 from .config import Recipe, load_recipe
 from .losses import InfoNCE, gather_with_grad, info_nce
-from .model import AlignmentModel, build_model
+from .model import AlignmentModel
 from .run import train
 from .trainer import Trainer, TrainingError, TrainResult
 

@@ -5,13 +5,12 @@ temperatures, LoRA weights), so `state_dict()`, DDP and checkpoints hold just th
 anchors and the LLM live beside them (moved along by `.to()`) and run under `no_grad`.
 `training_forward(batch)` returns one loss per term of its registered tasks (align/tasks.py), keyed by tuples:
 `("contrastive", modality, anchor)` (binding), `("caption",)` and `("instruct",)` (next-token loss on the target
-text of a frozen causal LM), `("aux", modality, name)` (projector auxiliary losses).
+text of a frozen causal LM), `("aux", modality, name)` (projector auxiliary losses). `build_model(recipe)`
+(align/build.py) builds it from a recipe.
 """
 
 from __future__ import annotations
 
-import logging
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,19 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapter import HEAD_ATTRS, WEIGHTS_NAME, AdapterConfig, ModalityAdapter, read_adapter_config
+from ..adapter import HEAD_ATTRS, ModalityAdapter
 from ..encoders import Encoder, EncoderOutput
-from ..encoders.spec import EncoderSpec
-from ..io import load_weights
-from ..language_model import llm_backend
 from ..projectors import Projector
 from . import distill as _distill  # noqa: F401 - registers the 'distill' task (its own module)
-from .config import AdapterSpec, Recipe
 from .data import Batch, MediaBatch
-from .shared import SharedProjectors
-from .tasks import LLM_TASKS, TASKS, ContrastiveTask, LossTerms, Task, TermKey, parse_loss_weights
-
-logger = logging.getLogger(__name__)
+from .tasks import LLM_TASKS, TASKS, ContrastiveTask, LossTerms, Task, TermKey
 
 
 class _Frozen:
@@ -243,178 +235,4 @@ class AlignmentModel(nn.Module):
         return out
 
 
-# --- building from a recipe ------------------------------------------------------------------------------------
-def _embed_dim(recipe: Recipe, anchors: dict[str, Encoder]) -> int | None:
-    if recipe.model.embed_dim is not None:
-        return recipe.model.embed_dim
-    dims = {a: e.pooled_dim for a, e in anchors.items()}
-    if len(set(dims.values())) > 1:
-        raise ValueError(f"anchors have different widths {dims}; set model.embed_dim and give anchors a common space")
-    return next(iter(dims.values()), None)
-
-
-def _feature_dims(modality: str, sources: Sequence[Any]) -> tuple[int, int] | None:
-    """(token_dim, pooled_dim) when every source with `modality` is cached features; None otherwise."""
-    from ..features import read_manifest
-
-    manifests = {s.path: read_manifest(s.path) for s in sources if s.kind == "features"}
-
-    def source_modality(s: Any) -> str | None:
-        if s.kind == "uea":
-            return s.modality or "imu"
-        if s.kind == "features":
-            return s.modality or manifests[s.path].get("modality")
-        return s.modality
-
-    if any(s.kind == "jsonl" or (s.kind != "features" and source_modality(s) == modality) for s in sources):
-        return None  # raw inputs of this modality (a jsonl manifest may hold any modality)
-    dims = {(int(manifests[s.path]["token_dim"]), int(manifests[s.path]["pooled_dim"])) for s in sources
-            if s.kind == "features" and source_modality(s) == modality}
-    if len(dims) > 1:
-        _raise(f"adapters.{modality}: feature shards of different widths {sorted(dims)}")
-    return dims.pop() if dims else None
-
-
-def _raise(msg: str) -> Any:
-    raise ValueError(msg)
-
-
-def _check_projectors(modality: str, spec: AdapterSpec) -> None:
-    """A recipe's projector options against the projector's options dataclass (one-line errors naming the field)."""
-    from ..config import ConfigError
-    from ..projectors import check_projector_options
-
-    for head in ("embed_projector", "llm_projector"):
-        proj = getattr(spec, head)
-        if proj is None or isinstance(proj, str):  # a shared projector: checked once (SharedProjectors)
-            continue
-        where = f"adapters.{modality}.{head}"
-        if not isinstance(proj, dict) or not isinstance(proj.get("name"), str):
-            raise ConfigError(f"{where}: expected a mapping with a projector name, e.g. {{name: mlp}}, got {proj!r}")
-        opts = {k: v for k, v in proj.items() if k not in ("name", "in_dim", "out_dim")}
-        check_projector_options(proj["name"], opts, source=where)
-
-
-def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None,
-                            feature_dims: tuple[int, int] | None = None, seed: int = 0,
-                            space: dict[str, EncoderSpec] | None = None, llm: dict[str, Any] | None = None,
-                            shared: SharedProjectors | None = None) -> tuple[ModalityAdapter, Encoder | None]:
-    """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved).
-
-    `space` (the anchors' encoder specs) and `llm` are recorded in the adapter's config; an `init_from` adapter's
-    recorded space is kept when this stage has no anchors of its own (e.g. LLM alignment after binding).
-
-    With `feature_dims` (all its data are cached features) and a frozen encoder, the encoder is not built at all.
-    Random initialisation is seeded from `seed` alone, so it does not depend on what was built before (the
-    cached-feature and live-encoder runs of a recipe start from the same projector weights). A head named by a
-    string is the shared projector of that name in `shared`.
-    """
-    _check_projectors(modality, spec)
-    encoder = None
-    torch.manual_seed(seed)  # a trained-from-scratch encoder's init
-    if feature_dims is None or spec.train_encoder:
-        encoder = spec.encoder.build(frozen=not spec.train_encoder)
-        in_dim = encoder.pooled_dim if spec.feature == "pooled" else encoder.token_dim
-    else:
-        in_dim = feature_dims[1] if spec.feature == "pooled" else feature_dims[0]
-    init_state: dict[str, torch.Tensor] = {}
-    space = dict(space or {})
-    if spec.init_from:
-        from pathlib import Path
-
-        init_state = load_weights(Path(spec.init_from) / WEIGHTS_NAME)
-        previous = read_adapter_config(spec.init_from)
-        space = {**previous.space, **space}
-        llm = llm or previous.llm
-    carries_encoder = spec.train_encoder or any(k.startswith("encoder.") for k in init_state)
-    if carries_encoder and encoder is None:
-        encoder = spec.encoder.build(frozen=True)
-    dims = {"embed_projector": embed_dim, "llm_projector": llm_dim}
-    shared_heads: dict[str, Projector] = {}
-    for key in ("embed_projector", "llm_projector"):
-        ref = getattr(spec, key)
-        if isinstance(ref, str) and dims[key] is not None:
-            if shared is None:
-                raise ValueError(f"adapters.{modality}.{key}: {ref!r} names a shared projector; build the model "
-                                 f"from a recipe that declares it under projectors")
-            shared_heads[key] = shared.attach(ref, modality, in_dim=in_dim, out_dim=dims[key])
-    heads = {key: {"name": shared_heads[key].name} if key in shared_heads else getattr(spec, key)
-             for key in ("embed_projector", "llm_projector")}
-    config = AdapterConfig(modality=modality, encoder=spec.encoder, in_dim=in_dim, space=space,
-                           llm=llm if spec.llm_projector is not None else None, feature=spec.feature,
-                           embed_dim=embed_dim if spec.embed_projector is not None else None,
-                           embed_projector=heads["embed_projector"],
-                           llm_dim=llm_dim if spec.llm_projector is not None else None,
-                           llm_projector=heads["llm_projector"], train_encoder=carries_encoder,
-                           shared={key: {"name": getattr(spec, key)} for key in shared_heads})
-    if config.embed_dim is None and config.llm_dim is None:
-        raise ValueError(f"adapters.{modality}: give an embed_projector (shared space) and/or an llm_projector")
-    torch.manual_seed(seed + 1)  # the projector heads' init
-    adapter = ModalityAdapter(config, encoder if carries_encoder else None, shared_heads=shared_heads)
-    if init_state:
-        heads = {name for name in ("embed_head", "llm_head") if getattr(adapter, name) is None}
-        heads |= {HEAD_ATTRS[key] for key in shared_heads}  # a shared head comes from projectors.<name>.init_from
-        dropped = sorted({k.split(".")[0] for k in init_state if k.split(".")[0] in heads})
-        init_state = {k: v for k, v in init_state.items() if k.split(".")[0] not in heads}
-        try:
-            missing, unexpected = adapter.load_state_dict(init_state, strict=False)
-        except RuntimeError as e:  # shape mismatch: other encoder options or projector sizes
-            raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter's "
-                             f"encoder options/projectors ({str(e).splitlines()[-1].strip()})") from None
-        if unexpected:
-            raise ValueError(f"adapters.{modality}.init_from={spec.init_from}: weights do not fit this adapter "
-                             f"(unexpected: {unexpected[:5]})")
-        logger.info("%s: initialised from %s (%d new tensors%s)", modality, spec.init_from, len(missing),
-                    f"; not used: {', '.join(dropped)}" if dropped else "")
-    if encoder is not None and not spec.train_encoder:
-        encoder.freeze()
-    return adapter, encoder
-
-
-def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentModel:
-    """Everything a recipe trains and the frozen parts it trains against."""
-    for m, spec in recipe.adapters.items():  # before anything is built: a typo fails in a second
-        spec.encoder.checked(f"adapters.{m}.encoder.options")
-        _check_projectors(m, spec)
-    for a, spec in recipe.anchors.items():
-        spec.encoder.checked(f"anchors.{a}.encoder.options")
-    anchors = {a: s.encoder.build(frozen=True) for a, s in recipe.anchors.items()}
-    space = {a: s.encoder for a, s in recipe.anchors.items()}
-    llm_record = {"name_or_path": recipe.model.llm, "gguf_file": recipe.model.gguf_file} if recipe.model.llm else None
-    embed_dim = _embed_dim(recipe, anchors)
-    tasks = {s.task for s in recipe.data.train + recipe.data.eval}
-    need_llm = bool(tasks & set(LLM_TASKS)) if need_llm is None else need_llm
-    llm = tokenizer = source = None
-    llm_dim = None
-    if need_llm and recipe.model.llm:
-        backend = llm_backend()
-        llm, tokenizer, source = backend.load(recipe.model.llm, gguf_file=recipe.model.gguf_file,
-                                              dtype=recipe.model.llm_dtype)
-        llm_dim = int(llm.get_input_embeddings().embedding_dim)
-    adapters, frozen = {}, {}
-    shared = SharedProjectors(recipe.projectors, seed=recipe.seed)
-    for m, spec in recipe.adapters.items():
-        if spec.llm_projector is not None and llm_dim is None and need_llm:
-            raise ValueError(f"adapters.{m}: llm_projector needs model.llm")
-        dims = _feature_dims(m, recipe.data.train + recipe.data.eval)
-        adapters[m], frozen[m] = build_adapter_from_spec(m, spec, embed_dim=embed_dim,
-                                                         llm_dim=llm_dim if need_llm else None, feature_dims=dims,
-                                                         seed=recipe.seed * 7919 + zlib.crc32(m.encode()) % 7919,
-                                                         space=space, llm=llm_record, shared=shared)
-    frozen = {m: e for m, e in frozen.items() if adapters[m].encoder is None and e is not None}
-    mllm = None
-    if llm is not None:
-        mllm = backend.wrap(llm, tokenizer, {m: a for m, a in adapters.items() if a.llm_head is not None},
-                            source=source)
-        if recipe.model.lora is not None:
-            lo = recipe.model.lora
-            mllm.add_lora(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
-    order = [t for t in ("contrastive", *LLM_TASKS) if t in tasks] + sorted(tasks - {"contrastive", *LLM_TASKS})
-    built = [TASKS.get(t).from_recipe(recipe, adapters=adapters, anchors=anchors, mllm=mllm) for t in order]
-    built = [t for t in built if t is not None]
-    weights = parse_loss_weights(recipe.train.loss_weights, [k for t in built for k in t.terms()], list(adapters))
-    return AlignmentModel(adapters, anchors=anchors, frozen_encoders=frozen, mllm=mllm, tasks=built,
-                          loss_weights=weights)
-
-
-__all__ = ["AlignmentModel", "LLM_TASKS", "SharedProjectors", "build_adapter_from_spec", "build_model"]
+__all__ = ["AlignmentModel", "LLM_TASKS"]

@@ -28,6 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..io import atomic_path, write_json
+from .build import build_model
 from .captions import captions_used
 from .checkpoint import latest_checkpoint, list_checkpoints
 from .config import Recipe, recipe_to_dict
@@ -36,7 +37,7 @@ from .fsdp import FSDPState, fsdp_requested, shard_model
 from .fsdp_state import state_io
 from .launch import TrainingError, check_run_folder, make_accelerator, make_optimizer, make_schedule
 from .metrics_log import MetricsLog, plot_curves
-from .model import AlignmentModel, build_model
+from .model import AlignmentModel
 from .resume import resume_run, save_run_checkpoint
 from .run_data import build_run_data, fill_text_table
 from .tasks import term_name
