@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from .index_build import build_index
     from .index_update import add_to_index, delete_from_index
     from .metadata import MetadataStore
-    from .retriever import Retriever, SearchResult, SearchResults
+    from .results import SearchResult, SearchResults
+    from .retriever import Retriever
     from .shards import build_parts, combine_parts
     from .sources import ArraySource, EmbeddingSource, open_source, open_sources
 
@@ -36,7 +37,7 @@ _LAZY = {
     "add_to_index": ".index_update", "delete_from_index": ".index_update",
     "gpu_count": ".index", "load_index": ".index", "read_config": ".index",
     "MetadataStore": ".metadata",
-    "Retriever": ".retriever", "SearchResult": ".retriever", "SearchResults": ".retriever",
+    "Retriever": ".retriever", "SearchResult": ".results", "SearchResults": ".results",
     "build_parts": ".shards", "combine_parts": ".shards",
     "ArraySource": ".sources", "EmbeddingSource": ".sources", "open_source": ".sources", "open_sources": ".sources",
 }

@@ -25,7 +25,8 @@ from starlette.concurrency import run_in_threadpool
 from ..encoders import InputError
 from .page import csp, page_html
 from .preview import file_preview
-from .retriever import Retriever, SearchResult
+from .results import SearchResult
+from .retriever import Retriever
 from .served import MEDIA_CONTENT_TYPES, MEDIA_TYPES, ServedState, media_file
 
 logger = logging.getLogger(__name__)
