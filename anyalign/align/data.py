@@ -10,12 +10,8 @@ counter-based hashes drawn for a whole batch at once (`item_draws`), augmentatio
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,102 +19,15 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..datasets.uea import DEFAULT_UEA_TEMPLATES
-from ..encoders import EncoderOutput
 from ..features import FeatureRecord
 from .augment import augment_series
-from .captions import CaptionPool, keep_classes
+from .batch import Batch, Collator, MediaBatch, pad_features  # noqa: F401 - re-exported (their home before)
+from .captions import CaptionPool
 from .config import DataSource
+from .sources import read_source
 
 logger = logging.getLogger(__name__)
 
-
-
-# --- reading sources ---------------------------------------------------------------------------------------
-def _split_part(key: str, holdout: float, split: str) -> bool:
-    """Deterministic train/eval split by a hash of the key."""
-    if holdout <= 0:
-        return True
-    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return (h < holdout) == (split == "eval")
-
-
-def _stem_caption(path: Path) -> str:
-    return re.sub(r"[-_.]+", " ", path.stem).strip()
-
-
-def read_source(src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Records of one source: `{"media": {m: [item]}, "caption", "label", "key", "conversation"}`."""
-    path = Path(src.path).expanduser()
-    if src.kind == "files":
-        if not src.modality:
-            raise ValueError(f"data source {path}: kind 'files' needs a modality")
-        files = sorted(p for p in path.glob(src.glob) if p.is_file())
-        records = [{"media": {src.modality: [str(p)]}, "caption": _stem_caption(p), "label": None, "key": p.name}
-                   for p in files if _split_part(p.name, src.holdout, src.split)]
-    elif src.kind == "features":
-        records = _read_features(path, src)
-    else:
-        records = _read_records(path, src, media_names)
-    if src.classes is not None:  # the unseen-class protocol trains on a subset of the classes
-        records = keep_classes(records, src.classes, f"data source {path} ({src.kind}, split {src.split})")
-    if src.limit is not None:
-        records = records[: src.limit]
-    if not records:
-        raise ValueError(f"data source {path} ({src.kind}, split {src.split}): no examples")
-    return records
-
-
-def _read_records(path: Path, src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
-    """Examples from any input-layer format (jsonl, csv, folders, tar shards, UEA ...): media per modality (an
-    untyped `path` counts for `src.modality`), a caption (`text`) or label, or a LLaVA-style `conversations` list
-    with `<modality>` placeholders. UEA archives keep `split` as their fold; `folds` keeps only those folds."""
-    from ..datasets.records import read_records
-
-    names = [src.modality] if src.kind == "uea" and src.modality else list(media_names)
-    records = []
-    for rec in read_records(path, kind=src.kind, modalities=names):
-        where = rec.where or f"{path} ({rec.key})"
-        if rec.error is not None:  # an unreadable row or member: skipped (read_records logs the count)
-            continue
-        media = {m: rec.media[m] for m in media_names if m in rec.media}
-        if not media and src.modality and "path" in rec.media:
-            media = {src.modality: rec.media["path"]}
-        if src.kind == "uea" and rec.fold != ("test" if src.split in ("test", "eval") else "train"):
-            continue
-        if src.folds is not None and rec.fold not in src.folds:
-            continue
-        if not media:
-            raise ValueError(f"{where}: no media field (expected one of {', '.join(media_names)}"
-                             + (", or 'path' with the source's modality)" if not src.modality else ")"))
-        if src.task == "instruct" and not rec.conversations:
-            raise ValueError(f"{where}: instruct data needs a 'conversations' list")
-        caption = rec.meta.get("caption", rec.text)
-        if src.task != "instruct" and caption is None and rec.label is None:
-            raise ValueError(f"{where}: expected a 'text'/'caption' (or 'label') field")
-        if src.kind == "uea" or _split_part(rec.key, src.holdout, src.split):
-            records.append({"media": media, "caption": caption, "label": rec.label, "key": rec.key,
-                            "conversation": rec.conversations, "where": where, "group": rec.group})
-    return records
-
-
-def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
-    from ..features import load_features, read_manifest
-
-    manifest = read_manifest(path)
-    m = manifest.get("modality")
-    if src.modality and m and src.modality != m:
-        raise ValueError(f"{path}: features of modality {m!r}, but the data source says {src.modality!r}")
-    m = src.modality or m
-    records = []
-    for r in load_features(path, dtype=None):  # float16 as stored: half the memory, made float32 once per batch
-        meta = r.meta or {}
-        key = str(r.key)
-        if _split_part(key, src.holdout, src.split):
-            records.append({"media": {m: [r]},
-                            "caption": meta.get("caption", meta.get("text")),  # as jsonl rows: caption or text
-                            "label": meta.get("label"), "key": key,
-                            "conversation": meta.get("conversations") or meta.get("messages")})
-    return records
 
 
 # --- per-item randomness ---------------------------------------------------------------------------------------
@@ -326,91 +235,6 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.n
-
-
-# --- batches -----------------------------------------------------------------------------------------------
-@dataclass
-class MediaBatch:
-    """All items of one modality in a batch: raw (collated encoder inputs) or cached features."""
-
-    rows: torch.Tensor  # [N] long: the example each item belongs to (reading order)
-    inputs: dict[str, torch.Tensor] | None = None
-    features: EncoderOutput | None = None
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> MediaBatch:
-        inputs = None if self.inputs is None else {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v)
-                                                   else v for k, v in self.inputs.items()}
-        return MediaBatch(self.rows.to(device), inputs, None if self.features is None else self.features.to(device))
-
-
-@dataclass
-class Batch:
-    tasks: list[str]
-    media: dict[str, MediaBatch]
-    captions: list[str | None]
-    prompts: list[str | None]
-    targets: list[str | None]
-    labels: torch.Tensor  # [B] long, -1 where unlabelled
-    keys: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(self.tasks, {m: mb.to(device, non_blocking) for m, mb in self.media.items()}, self.captions,
-                     self.prompts, self.targets, self.labels.to(device), self.keys)
-
-
-def pad_features(records: Sequence[FeatureRecord]) -> EncoderOutput:
-    """Cached records -> float32 `EncoderOutput`, as the streamed path builds its batches: tokens padded in their
-    stored dtype by plain per-item copies (numpy, no thread-pool round per item), then made float32 by one op over
-    the whole `[N, T_max, D]` batch; padding zeroed, mask from the lengths."""
-    lengths = [int(r.tokens.shape[0]) for r in records]
-    t_max = max(lengths)
-    stored = [r.tokens.numpy() for r in records]
-    dtype = np.result_type(*{a.dtype for a in stored})
-    buf = np.empty((len(records), t_max, stored[0].shape[1]), dtype=dtype)  # [N, T, D]
-    for j, (a, n) in enumerate(zip(stored, lengths)):
-        buf[j, :n] = a
-        if n < t_max:
-            buf[j, n:] = 0
-    tokens = torch.from_numpy(buf).float()  # one conversion (none when stored as float32)
-    mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]  # [N, T]
-    pooled = torch.stack([r.pooled for r in records]).float()  # [N, P]
-    return EncoderOutput(tokens, mask, pooled)
-
-
-class Collator:
-    """Examples -> `Batch`; raw media go through each encoder's `collate`, cached ones are padded."""
-
-    def __init__(self, collators: dict[str, Callable[[list[Any]], dict[str, torch.Tensor]]],
-                 label_vocab: Sequence[str]) -> None:
-        self.collators = collators
-        self.label_ids = {label: i for i, label in enumerate(label_vocab)}
-
-    def __call__(self, examples: list[dict[str, Any]]) -> Batch:
-        per_mod: dict[str, tuple[list[int], list[Any]]] = {}
-        for row, ex in enumerate(examples):
-            for m, items in ex["media"].items():
-                rows, its = per_mod.setdefault(m, ([], []))
-                rows.extend([row] * len(items))
-                its.extend(items)
-        media = {}
-        for m, (rows, items) in per_mod.items():
-            cached = [isinstance(x, FeatureRecord) for x in items]
-            if all(cached):
-                media[m] = MediaBatch(torch.tensor(rows), features=pad_features(items))
-            elif any(cached):
-                raise ValueError(f"{m}: a batch mixes cached features and raw inputs; use one kind per modality")
-            else:
-                if m not in self.collators:
-                    raise ValueError(f"{m}: raw inputs but no encoder to collate them")
-                media[m] = MediaBatch(torch.tensor(rows), inputs=self.collators[m](items))
-        labels = torch.tensor([self.label_ids.get(ex["label"], -1) if ex["label"] is not None else -1
-                               for ex in examples], dtype=torch.long)
-        return Batch([ex["task"] for ex in examples], media, [ex["caption"] for ex in examples],
-                     [ex["prompt"] for ex in examples], [ex["target"] for ex in examples], labels,
-                     [ex["key"] for ex in examples])
 
 
 __all__ = ["Batch", "Collator", "DEFAULT_UEA_TEMPLATES", "EpochSampler", "MediaBatch", "PairedDataset",

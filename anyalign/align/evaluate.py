@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import Collator, PairedDataset
+from .batch import Collator
+from .data import PairedDataset
 from .model import LLM_TASKS, AlignmentModel
 
 logger = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ class StagePlan:
 
 def plan_stages(recipe: Recipe, output_dir: str | os.PathLike) -> list[StagePlan]:
     """The ordinary recipes of a progressive recipe's stages (stage k reads stage k-1's saved outputs)."""
-    from .data import read_source
+    from .sources import read_source
 
     if recipe.progressive is None:
         raise ValueError("plan_stages: the recipe has no progressive section")

@@ -29,8 +29,8 @@ from torch import nn
 
 from ..config import ConfigError
 from ..encoders import EncoderOutput
+from .batch import Batch
 from .config import TASK_REGISTRY
-from .data import Batch
 from .losses import contrastive_loss, global_size
 
 AlignmentModel = nn.Module  # annotations only: the model passes itself in (importing model.py here would be a cycle)
@@ -139,8 +139,9 @@ class ContrastiveTask(Task):
     @classmethod
     def from_recipe(cls, recipe: Any, *, adapters: Mapping[str, Any], anchors: Mapping[str, Any],
                     mllm: Any) -> ContrastiveTask | None:
-        pairs = [(m, a) for m in adapters for a in anchors
-                 if adapters[m].embed_head is not None or adapters[m].config.embed_dim is not None]
+        pairs = [(m, a) for m in adapters for a in anchors  # a words head (ctc.py) learns by its own task
+                 if (adapters[m].embed_head is not None or adapters[m].config.embed_dim is not None)
+                 and not hasattr(adapters[m].embed_head, "ctc_loss")]
         opts = {a: {"temperature": s.temperature, "learn_temperature": s.learn_temperature, "weight": s.weight,
                     "positives": s.positives, "loss": s.loss, "soft_temperature": s.soft_temperature}
                 for a, s in recipe.anchors.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..align.captions import CaptionPool, CaptionSpec
-from ..align.data import read_source
+from ..align.sources import read_source
 from ..datasets.uea import DEFAULT_UEA_TEMPLATES
 
 #: how much nearer (cosine) a rewrite must be to its own class than to any other class to be kept
