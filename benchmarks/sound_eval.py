@@ -21,12 +21,8 @@ import json
 import time
 from pathlib import Path
 
-from anyalign.demos.sounds import (
-    build_sound_corpus,
-    evaluate_sound_adapter,
-    extract_sound_features,
-    train_sound_adapter,
-)
+from anyalign.demos.sound_adapter import evaluate_sound_adapter, extract_sound_features, train_sound_adapter
+from anyalign.demos.sounds import build_sound_corpus
 
 
 def main() -> None:

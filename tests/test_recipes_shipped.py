@@ -53,7 +53,7 @@ def test_recipes_and_their_data_are_package_data() -> None:
 
 
 def test_sound_demo_recipe_is_the_shipped_recipe_with_overrides(assets: Path, tmp_path: Path) -> None:
-    from anyalign.demos.sounds import RECIPE, sound_recipe
+    from anyalign.demos.sound_adapter import RECIPE, sound_recipe
 
     (tmp_path / "f" / "train").mkdir(parents=True)
     (tmp_path / "f" / "test").mkdir()

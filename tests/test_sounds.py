@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from anyalign import assets
+from anyalign.demos.sound_adapter import name_text
 from anyalign.demos.sounds import (
     CATEGORIES,
     build_sound_corpus,
@@ -22,7 +23,6 @@ from anyalign.demos.sounds import (
     category_for,
     find_sounds,
     is_heldout,
-    name_text,
     perturb,
 )
 
@@ -198,7 +198,7 @@ def real_assets() -> Path:
 def test_real_sounds_train_and_are_found_by_what_they_sound_like(tmp_path: Path, real_assets: Path) -> None:
     """35 real freedesktop sounds, 20% held out: after a short training run the strongly perturbed test copies
     of the seen sounds find their own caption far above chance (1/#seen), in both directions."""
-    from anyalign.demos.sounds import evaluate_sound_adapter, extract_sound_features, train_sound_adapter
+    from anyalign.demos.sound_adapter import evaluate_sound_adapter, extract_sound_features, train_sound_adapter
 
     corpus = build_sound_corpus(tmp_path / "c", root=real_assets, sets=("freedesktop",), heldout_fraction=0.2,
                                 train_variants=1, max_seconds=2.0)

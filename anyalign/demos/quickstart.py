@@ -157,15 +157,9 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
     adapter_dir = Path(stage1.adapters["imu"])
 
     say("[3/9] activity classification of the held-out windows: closed set and new wordings")
-    from .quickstart_steps import (
-        image_demo,
-        llm_exchange,
-        retrieval_demo,
-        sound_demo,
-        speech_demo,
-        write_report,
-        zero_shot,
-    )
+    from .quickstart_media import image_demo, sound_demo
+    from .quickstart_speech import speech_demo
+    from .quickstart_steps import llm_exchange, retrieval_demo, write_report, zero_shot
 
     zs = zero_shot(adapter_dir, paths, work)
     say(f"      new wordings {zs['new_wordings']['mean_top1']:.3f}; closed set {zs['accuracy']:.3f} (per item, "
