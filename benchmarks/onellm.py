@@ -297,10 +297,108 @@ def run_series(steps: int, out: Path, assets: Path) -> dict:
             "chance": round(1 / len(counts), 4), "majority": round(float(counts.max() / counts.sum()), 4)}
 
 
+# --- part 5: joint vs separate per modality (IMU and images into SmolLM2) -----------------------------------------
+FASHION_SEEN = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sneaker", "Bag", "Ankle boot"]
+IMAGE_TEMPLATES = ["a photo of a {label}.", "a picture of a {label}.", "a product photo of a {label}."]
+
+
+def _write(recipe: dict, out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, "seed": 0, **recipe}, sort_keys=False))
+    return out / f"{name}.yaml"
+
+
+def _caption_losses(out: Path, step: int) -> dict[str, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {k.split("/")[1]: v for r in rows if r.get("step") == step for k, v in r.items()
+            if k.endswith("/caption_loss")}
+
+
+def _of(losses: dict[str, float], modality: str) -> float:
+    """The caption loss of `modality`'s eval source (tags are the modality plus the source's number)."""
+    return next(v for k, v in losses.items() if k.rstrip("0123456789") == modality)
+
+
+def _zeroshot(trainer: Trainer, index: int, modality: str) -> float:
+    scored = _scores(trainer, index, modality)
+    return top1(scored[4], scored[1])
+
+
+def run_joint(steps: int, out: Path, assets: Path) -> dict:
+    """Stage 1 (shared space), then the LLM side trained per modality apart or jointly (one universal projector +
+    LoRA, contrastive rows kept in the mix), from the same stage-1 adapters; held-out caption loss and zero-shot."""
+    base = yaml.safe_load(RECIPE.read_text())
+    fm = assets / "image/fashion-mnist"
+    llm = {"llm": str(assets / "llm/SmolLM2-135M-Instruct"), "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    quick = {"max_steps": steps, "save_every": 100000, "tensorboard": False, "log_every": 5}
+    image_enc = {"encoder": {"name": "timm-image", "pretrained": str(assets / "image/efficientnet-lite0.pth")},
+                 "feature": "pooled"}
+    head = base["adapters"]["imu"]["embed_projector"]
+    img = {"kind": "jsonl", "modality": "image"}
+    img_con = {"train": {**img, "path": str(fm / "train-6pc-8cls.jsonl"), "caption_templates": IMAGE_TEMPLATES},
+               "eval": {**img, "path": str(fm / "test-6pc.jsonl"), "classes": FASHION_SEEN,
+                        "caption_templates": IMAGE_TEMPLATES}}
+    cap = {"task": "caption", "caption_templates": ["A photo of a {label}."],
+           "prompts": ["<image>\nWhat is in this picture?"]}
+    img_cap = {k: {**v, **cap} for k, v in img_con.items()}
+    imu_cap = yaml.safe_load((ROOT / "configs/imu_llm_caption.yaml").read_text())["data"]
+    imu_con = {k: base["data"][k][0] for k in ("train", "eval")}
+    res: dict = {"steps": steps}
+
+    # stage 1: each modality bound to the text space on its own
+    s1_imu, _ = _fit(load_recipe(RECIPE, [f"train.max_steps={steps}", "train.save_every=100000",
+                                          "train.tensorboard=false", "eval.every=0", "eval.at_start=false"]),
+                     out / "s1_imu")
+    s1_img, _ = _fit(load_recipe(_write({
+        "adapters": {"image": {**image_enc, "embed_projector": head}}, "anchors": base["anchors"],
+        "data": {k: [img_con[k]] for k in ("train", "eval")},
+        "train": {**base["train"], "batch_size": 16, **quick}, "eval": {"at_start": False, "every": 0}},
+        out, "s1_image")), out / "s1_image")
+    res["stage1_zeroshot"] = {"imu": _zeroshot(s1_imu, 0, "imu"), "image": _zeroshot(s1_img, 0, "image")}
+    print("stage1", json.dumps(res["stage1_zeroshot"]), flush=True)
+    ad_imu, ad_img = str(out / "s1_imu/adapters/imu"), str(out / "s1_image/adapters/image")
+
+    # separate: a private MLP projector per modality into the frozen LLM (no LoRA)
+    train = {"batch_size": 8, "lr": 1.0e-3, "warmup_steps": 5, **quick}
+    separate = {}
+    for m, adapter, data in (
+            ("imu", {"encoder": "imu", "init_from": ad_imu}, {k: [imu_cap[k][0]] for k in ("train", "eval")}),
+            ("image", {**image_enc, "init_from": ad_img}, {k: [img_cap[k]] for k in ("train", "eval")})):
+        name = f"separate_{m}"
+        _fit(load_recipe(_write({"model": llm, "adapters": {m: {**adapter, "llm_projector": {"name": "mlp"}}},
+                                 "data": data, "train": train, "eval": {"at_start": True, "every": 0}}, out, name)),
+             out / name)
+        separate[m] = {"caption_loss_before": _of(_caption_losses(out / name, 0), m),
+                       "caption_loss_after": _of(_caption_losses(out / name, steps), m),
+                       "s_per_step": _step_time(out / name)}
+    res["separate"] = separate
+    print("separate", json.dumps(separate), flush=True)
+
+    # joint: one universal projector shared by both modalities + LoRA; contrastive rows keep the heads in the mix
+    joint = _write({
+        "model": {**llm, "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}},
+        "projectors": {"upm": {"name": "universal", "num_experts": 3, "num_modality_tokens": 8, "dim": 256,
+                               "heads": 4}},
+        "adapters": {"imu": {"encoder": "imu", "init_from": ad_imu, "embed_projector": head, "llm_projector": "upm"},
+                     "image": {**image_enc, "init_from": ad_img, "embed_projector": head, "llm_projector": "upm"}},
+        "anchors": base["anchors"],
+        "data": {k: [imu_con[k], imu_cap[k][0], img_con[k], img_cap[k]] for k in ("train", "eval")},
+        "train": {**train, "batch_size": 16, "lr": 5.0e-4}, "eval": {"at_start": True, "every": 0}}, out, "joint")
+    trainer, _ = _fit(load_recipe(joint), out / "joint")
+    before, after = _caption_losses(out / "joint", 0), _caption_losses(out / "joint", steps)
+    res["joint"] = {m: {"caption_loss_before": _of(before, m), "caption_loss_after": _of(after, m),
+                        "zeroshot_after": _zeroshot(trainer, i, m)} for m, i in (("imu", 0), ("image", 2))}
+    res["joint"]["s_per_step"] = _step_time(out / "joint")
+    res.update(n_test={"imu": 40, "image": 48}, chance={"imu": 0.25, "image": 0.125},
+               split="BasicMotions test split; Fashion-MNIST test-6pc, its 8 training classes (closed set)")
+    print("joint", json.dumps(res["joint"]), flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--only", choices=["trunk", "shared", "both", "series"])
+    ap.add_argument("--only", choices=["trunk", "shared", "both", "series", "joint"])
     ap.add_argument("--progressive", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -319,6 +417,8 @@ def main() -> None:
             report["one_run_vs_apart"] = run_both(args.steps, Path(tmp) / "both")
         if args.only in (None, "series"):
             report["japanese_vowels"] = run_series(args.steps, Path(tmp) / "series", assets)
+        if args.only in (None, "joint"):
+            report["joint_vs_separate"] = run_joint(args.steps, Path(tmp) / "joint", assets)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
