@@ -144,3 +144,25 @@ def test_resolve_pretrained(tmp_path: Path) -> None:
     assert resolve_pretrained("laion2b_s34b_b79k").kind == "tag"
     with pytest.raises(FileNotFoundError, match="no such file"):
         resolve_pretrained("./nope.safetensors")
+
+
+def test_readme_component_table_names_real_files_and_decorators() -> None:
+    """README's "where a new component goes": every path exists and every decorator is a registry's (no lists)."""
+    import importlib
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    section = text.split("Where a new component goes", 1)[1].split("\n## ", 1)[0]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| new ...")]
+    assert len(rows) >= 5 and "_BUILTIN" not in section
+    paths = re.findall(r"`(anyalign/[^`]+|examples/[^`]+)`", section)
+    for p in paths:
+        target = root / re.sub(r"/?<[a-z]+>\.py$", "", p)
+        assert target.exists(), p
+    owners = {"register_encoder": "anyalign.encoders", "register_projector": "anyalign.projectors",
+              "register_task": "anyalign.align.tasks", "register_data_kind": "anyalign.datasets.records"}
+    decorators = set(re.findall(r"@(\w+)\(", section))
+    assert decorators == set(owners)
+    for name, module in owners.items():
+        assert callable(getattr(importlib.import_module(module), name))

@@ -7,14 +7,11 @@ import contextlib
 import gc
 from collections.abc import Iterator, Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .metadata import field_values, row_dict
-
-if TYPE_CHECKING:
-    from .retriever import Retriever
 
 SMALL_GATHER = 64  # hits from which columns are gathered with numpy (fewer: read from the rows in plain Python)
 _GC_PAUSE_FROM = 512  # hits of one query from which the garbage collector is paused while they are made
@@ -59,7 +56,7 @@ class SearchResults(Sequence[list[SearchResult]]):
     arrays (-1 where fewer than k were found); `column(name)` gives one metadata field of every hit as a `[Q, k]`
     object array, with no Python object per hit (the fast way to read a large batch's metadata)."""
 
-    def __init__(self, ids: np.ndarray, scores: np.ndarray, retriever: Retriever) -> None:
+    def __init__(self, ids: np.ndarray, scores: np.ndarray, retriever: Any) -> None:  # the `Retriever` searched
         self.ids = ids
         self.scores = scores
         self._retriever = retriever
