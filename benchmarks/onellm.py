@@ -118,12 +118,26 @@ def run_trunk(steps: int, out: Path, assets: Path) -> dict:
 
 
 # --- part 2: shared vs private universal projection ------------------------------------------------------------
-def _split_data(assets: Path, root: Path) -> dict[str, dict[str, Path]]:
-    """BasicMotions as two modalities: accelerometer (channels 0-2) and gyroscope (3-5) windows, per split."""
+def _two_modality_set(name: str) -> dict:
+    """A data set cut into two modalities by channels: BasicMotions' accelerometer (channels 0-2) and gyroscope
+    (3-5); JapaneseVowels' first and last six LPC cepstrum coefficients (an artificial split: two halves of one
+    signal), with their captions."""
+    if name == "basicmotions":
+        src = yaml.safe_load(RECIPE.read_text())["data"]["train"][0]
+        return {"path": "imu/BasicMotions", "channels": {"acc": (0, 3), "gyro": (3, 6)},
+                "label_text": src["label_text"], "caption_templates": src["caption_templates"],
+                "augment": src["augment"]}
+    return {"path": "timeseries/JapaneseVowels", "channels": {"lpc_low": (0, 6), "lpc_high": (6, 12)},
+            "label_text": VOWEL_SPEAKERS, "caption_templates": VOWEL_TEMPLATES, "augment": VOWEL_AUGMENT}
+
+
+def _split_data(assets: Path, root: Path, spec: dict) -> dict[str, dict[str, Path]]:
+    """The set's windows cut into its two modalities (channel ranges), per split, as .npy files + jsonl."""
     paths: dict[str, dict[str, Path]] = {}
     for split in ("train", "test"):
-        ds = load_uea(assets / "imu/BasicMotions", split)
-        for m, ch in (("acc", slice(0, 3)), ("gyro", slice(3, 6))):
+        ds = load_uea(assets / spec["path"], split)
+        for m, (a, b) in spec["channels"].items():
+            ch = slice(a, b)
             d = root / split / m
             d.mkdir(parents=True, exist_ok=True)
             lines = []
@@ -135,16 +149,17 @@ def _split_data(assets: Path, root: Path) -> dict[str, dict[str, Path]]:
     return paths
 
 
-def _two_modality_recipe(paths: dict, shared: bool, steps: int, out: Path, name: str,
+def _two_modality_recipe(paths: dict, shared: bool, steps: int, out: Path, name: str, spec: dict,
                          progressive: bool = False) -> Path:
     base = yaml.safe_load(RECIPE.read_text())
-    src = base["data"]["train"][0]
-    mods = ("acc", "gyro")
+    src = spec
+    mods = tuple(spec["channels"])
     head = "upm" if shared else None
     recipe = {
         "name": name, "seed": 0,
-        "adapters": {m: {"encoder": {"name": "imu", "options": {"channels": 3, **IMU_SMALL}}, "train_encoder": True,
-                         "embed_projector": head or {**UPM, "modalities": [m]}} for m in mods},
+        "adapters": {m: {"encoder": {"name": "imu", "options": {"channels": b - a, **IMU_SMALL}},
+                         "train_encoder": True, "embed_projector": head or {**UPM, "modalities": [m]}}
+                     for m, (a, b) in spec["channels"].items()},
         "anchors": base["anchors"],
         "data": {part: [{"kind": "jsonl", "path": str(paths[split][m]), "modality": m,
                          "label_text": src["label_text"], "caption_templates": src["caption_templates"],
@@ -156,25 +171,27 @@ def _two_modality_recipe(paths: dict, shared: bool, steps: int, out: Path, name:
     if shared:
         recipe["projectors"] = {"upm": {k: v for k, v in UPM.items()}}
     if progressive:
-        recipe["progressive"] = {"replay": 0.25, "stages": [{"add": ["acc"], "max_steps": steps // 2},
-                                                            {"add": ["gyro"], "max_steps": steps - steps // 2}]}
+        recipe["progressive"] = {"replay": 0.25, "stages": [{"add": [mods[0]], "max_steps": steps // 2},
+                                                            {"add": [mods[1]], "max_steps": steps - steps // 2}]}
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
 
-def run_shared(steps: int, out: Path, assets: Path, progressive: bool) -> dict:
-    paths = _split_data(assets, out / "data")
-    res = {}
+def run_shared(steps: int, out: Path, assets: Path, progressive: bool, dataset: str = "basicmotions") -> dict:
+    spec = _two_modality_set(dataset)
+    paths = _split_data(assets, out / "data", spec)
+    test = load_uea(assets / spec["path"], "test")
+    res: dict = {"data": dataset, "n_test_per_modality": len(test), "chance": round(1 / len(test.classes), 4)}
     for name, shared in (("private", False), ("shared", True)):
-        trainer, per_step = _fit(load_recipe(_two_modality_recipe(paths, shared, steps, out, name)), out / name)
-        scored = {m: _scores(trainer, i, m) for i, m in enumerate(("acc", "gyro"))}
+        trainer, per_step = _fit(load_recipe(_two_modality_recipe(paths, shared, steps, out, name, spec)), out / name)
+        scored = {m: _scores(trainer, i, m) for i, m in enumerate(spec["channels"])}
         row = {m: top1(sc[4], sc[1]) for m, sc in scored.items()}
         res[name] = {"closed_set_top1": row, "trainable_params": _trainable(trainer),
-                     "s_per_step": round(per_step, 4), "n_test_per_modality": 40, "chance": 0.25}
+                     "s_per_step": _step_time(out / name)}
         print(name, json.dumps(res[name]), flush=True)
     if progressive:
-        recipe = load_recipe(_two_modality_recipe(paths, True, steps, out, "progressive", progressive=True))
+        recipe = load_recipe(_two_modality_recipe(paths, True, steps, out, "progressive", spec, progressive=True))
         report = train_progressive(recipe, output_dir=out / "progressive")
         res["progressive"] = [{"stage": r["stage"], "modalities": r["modalities"], "replay_share": r["replay_share"],
                                **{k: v for k, v in r["metrics"].items() if k.endswith("zeroshot_acc")}}
@@ -256,18 +273,20 @@ def run_both(steps: int, out: Path) -> dict:
 #: prompts 0.75 on average, against 0.90 for "speaker one" ... "speaker nine")
 VOWEL_SPEAKERS = dict(zip("123456789", ["Hiroshi", "Kenji", "Takeshi", "Yuki", "Daisuke", "Satoshi", "Makoto",
                                         "Akira", "Taro"]))
+VOWEL_TEMPLATES = ["a Japanese vowel spoken by {label}.", "{label} says the vowel ae.",
+                   "a recording of {label} speaking."]
+VOWEL_AUGMENT = {"shift": 0.1, "scale": 0.1, "jitter": 0.05}
 
 
 def _series_recipe(path: Path, encoder: dict, steps: int, out: Path, name: str) -> Path:
     base = yaml.safe_load(RECIPE.read_text())
     src = {"kind": "uea", "path": str(path), "modality": "vowels", "label_text": VOWEL_SPEAKERS,
-           "caption_templates": ["a Japanese vowel spoken by {label}.", "{label} says the vowel ae.",
-                                 "a recording of {label} speaking."]}
+           "caption_templates": VOWEL_TEMPLATES}
     recipe = {"name": name, "seed": 0,
               "adapters": {"vowels": {"encoder": encoder, "train_encoder": True,
                                       "embed_projector": base["adapters"]["imu"]["embed_projector"]}},
               "anchors": base["anchors"],
-              "data": {"train": [{**src, "split": "train", "augment": {"shift": 0.1, "scale": 0.1, "jitter": 0.05}}],
+              "data": {"train": [{**src, "split": "train", "augment": VOWEL_AUGMENT}],
                        "eval": [{**src, "split": "test"}]},
               "train": {**base["train"], "max_steps": steps, "save_every": 100000, "tensorboard": False,
                         "log_every": 5},
@@ -400,6 +419,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--only", choices=["trunk", "shared", "both", "series", "joint"])
     ap.add_argument("--progressive", action="store_true")
+    ap.add_argument("--data", choices=["basicmotions", "japanesevowels"], default="basicmotions",
+                    help="the set `shared` (and --progressive) cuts into two modalities")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     assets = assets_root()
@@ -412,7 +433,8 @@ def main() -> None:
         if args.only in (None, "trunk"):
             report["trunk_vs_scratch"] = run_trunk(args.steps, Path(tmp) / "trunk", assets)
         if args.only in (None, "shared"):
-            report["shared_vs_private"] = run_shared(args.steps, Path(tmp) / "shared", assets, args.progressive)
+            report["shared_vs_private"] = run_shared(args.steps, Path(tmp) / "shared", assets, args.progressive,
+                                                     args.data)
         if args.only in (None, "both"):
             report["one_run_vs_apart"] = run_both(args.steps, Path(tmp) / "both")
         if args.only in (None, "series"):
