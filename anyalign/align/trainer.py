@@ -10,6 +10,10 @@ hashes; `--resume` falls back to the newest intact one.
 Multi-process runs use DDP, or FSDP2 (`train.fsdp: true` or `accelerate launch --use_fsdp`): the trainer then
 shards the model itself with torch's `fully_shard` (align/fsdp.py), on CPU (gloo) as on GPUs; checkpoints and saved
 adapters hold full tensors in the same files as a DDP run's.
+
+Where the parts live: the accelerator, optimizer and schedule in `launch.py`, the run's data in `run_data.py`,
+checkpoints and resume in `resume.py`, FSDP state I/O in `fsdp_state.py`, the model from a recipe in `build.py`;
+this module is the loop.
 """
 
 from __future__ import annotations
