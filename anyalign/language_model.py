@@ -2,17 +2,17 @@
 
 `anyalign.align` (training) and `anyalign.llm` (a frozen causal LM with adapters' heads) are independent siblings:
 neither imports the other. Training meets the LLM through two things defined here: the `<modality>` placeholder
-syntax of prompts, and the registry of frozen-LLM backends. `anyalign.llm.training` registers the built-in backend
-(Hugging Face causal LMs, GGUF included); `llm_backend()` imports it by name the first time a recipe needs an LLM,
-the way plugins are imported (`anyalign.plugins`), and an out-of-tree backend registers the same way.
+syntax of prompts, and the registry of frozen-LLM backends. `anyalign/llm/training.py` declares the built-in backend
+(Hugging Face causal LMs, GGUF included) with `@register_llm_backend("transformers")`; like every registry's
+built-ins (`anyalign.registry`), it is found by that line and its module imported the first time a recipe needs an
+LLM, and an out-of-tree backend registers the same way from a plugin.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,18 +41,17 @@ class LLMBackend:
     is_bundle: Callable[[str | os.PathLike], bool]
 
 
-LLM_BACKENDS: Registry[LLMBackend] = Registry("LLM backend")
+#: built-in backends are declared by `@register_llm_backend("name")` in anyalign/llm/ (found there by reading, the
+#: module imported on first use: align cannot import llm); out-of-tree ones register the same way from a plugin
+LLM_BACKENDS: Registry[LLMBackend] = Registry("LLM backend", package="anyalign.llm", decorator="register_llm_backend")
+register_llm_backend = LLM_BACKENDS.register
 DEFAULT_BACKEND = "transformers"
-#: built-in backend -> the module that registers it (imported on first use; align cannot import llm)
-_BUILTIN: Mapping[str, str] = {DEFAULT_BACKEND: "anyalign.llm.training"}
 
 
 def llm_backend(name: str = DEFAULT_BACKEND) -> LLMBackend:
-    """The frozen-LLM backend registered as `name` (importing the built-in one first)."""
-    if name in _BUILTIN:
-        importlib.import_module(_BUILTIN[name])
+    """The frozen-LLM backend registered as `name` (importing the module that declares a built-in one first)."""
     return LLM_BACKENDS.create(name)
 
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_MODALITIES", "LLMBackend", "LLM_BACKENDS", "llm_backend",
-           "placeholder_pattern"]
+           "placeholder_pattern", "register_llm_backend"]

@@ -14,8 +14,8 @@ Out-of-tree components register the same way from an entry-point plugin (`anyali
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -56,7 +56,8 @@ class Registry(Generic[T]):
         if self._declared is None:
             self._declared = {}
             if self.package and self.decorator:
-                for folder in getattr(sys.modules[self.package], "__path__", []):
+                spec = importlib.util.find_spec(self.package)  # the package's folder, its __init__ not run
+                for folder in (spec.submodule_search_locations or []) if spec else []:
                     for path in sorted(Path(folder).glob("*.py")):
                         self._declared.update(dict.fromkeys(_decorated(path, self.decorator),
                                                             f"{self.package}.{path.stem}"))

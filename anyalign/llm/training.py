@@ -6,12 +6,12 @@ siblings in the layer order, so training never imports this package.
 
 from __future__ import annotations
 
-from ..language_model import DEFAULT_BACKEND, LLM_BACKENDS, LLMBackend
+from ..language_model import LLMBackend, register_llm_backend
 from .bundle import is_bundle, load_llm
 from .model import MultimodalLM
 
 
-@LLM_BACKENDS.register(DEFAULT_BACKEND)
+@register_llm_backend("transformers")
 def transformers_backend() -> LLMBackend:
     """`load_llm`, `MultimodalLM` and the bundle check."""
     return LLMBackend(load=load_llm, wrap=MultimodalLM, is_bundle=is_bundle)
