@@ -97,7 +97,7 @@ def test_misspelt_projector_option_is_one_line(tmp_path: Path, minilm_dir: Path,
 
 def test_unknown_task_in_a_recipe(tmp_path: Path, minilm_dir: Path) -> None:
     with pytest.raises(ConfigError, match="task 'contrastiv' is not a registered training task; expected one of: "
-                                          "caption, contrastive, distill, instruct"):
+                                          "caption, contrastive, ctc, distill, instruct"):
         load_recipe(_recipe(tmp_path, minilm_dir, "imu", task="contrastiv"))
 
 

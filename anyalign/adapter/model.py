@@ -59,6 +59,9 @@ class ModalityAdapter(nn.Module):
                                                                              config.embed_dim)
         self.llm_head = shared_heads.get("llm_projector") or _build_head(config.llm_projector, config.in_dim,
                                                                          config.llm_dim)
+        for head in (self.embed_head, self.llm_head):
+            if hasattr(head, "bind_space"):  # heads that read the space's other side (projectors/ctc.py)
+                head.bind_space(config.space)
         if config.embed_dim is not None and self.embed_head is None and config.embed_dim != config.in_dim:
             raise ValueError(f"identity shared-space head needs embed_dim == in_dim ({config.in_dim}), "
                              f"got embed_dim={config.embed_dim}; add an embed_projector")

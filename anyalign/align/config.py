@@ -21,7 +21,7 @@ from ..io import WEIGHT_SUFFIXES
 from ..registry import Registry
 from .captions import CaptionSpec
 
-TASKS = ("contrastive", "caption", "instruct", "distill")  # the built-in training tasks (align/tasks.py, distill.py)
+TASKS = ("contrastive", "caption", "instruct", "distill", "ctc")  # built-in tasks (tasks.py, distill.py, ctc.py)
 #: every registered training task class by name: the built-ins (align/tasks.py) and plugins' (`register_task`);
 #: it lives here, below the tasks, so that reading a recipe can check task names without importing them
 TASK_REGISTRY: Registry[Any] = Registry("training task")

@@ -1,0 +1,166 @@
+"""A words head: frame features -> characters (CTC), embedded by the space's frozen text encoder.
+
+Why: a pooled projector trained contrastively on a few thousand sentences learns to recognise those sentences, not
+words (issue 22: R@1 0.14 on new sentences). A CTC character head is local in time, so what it learns (sounds ->
+letters) carries over to sentences and words it never heard; the shared-space embedding of a clip is then the frozen
+text encoder's embedding of what the head heard, which lands exactly where the space's text side puts that text.
+Trained by the `ctc` task (`align/ctc.py`) on the rows' transcripts; `score()` ranks candidate texts by their CTC
+likelihood (zero-shot words, re-ranking), `transcribe()` returns the greedy transcript.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Projector, ProjectorOutput, full_mask, register_projector
+from .pooling import pool_tokens
+
+BLANK = 0  # CTC blank is class 0; the alphabet's characters are classes 1..len(alphabet)
+
+
+@dataclass
+class CTCOptions:
+    """Options of the "ctc" projector."""
+
+    alphabet: str = field(default=" 'abcdefghijklmnopqrstuvwxyz", metadata={
+        "help": "the characters the head writes (text is lower-cased, accents and other characters dropped)"})
+    hidden_dim: int = field(default=256, metadata={"help": "width of the two temporal convolutions"})
+    kernel: int = field(default=3, metadata={"help": "temporal kernel size of the convolutions (frames)"})
+    stride: int = field(default=2, metadata={"help": "frames averaged per output step (Whisper 50 Hz / 2 = 25 Hz)"})
+    dropout: float = field(default=0.15, metadata={"help": "dropout on the input and hidden activations"})
+    text_encoder: dict[str, Any] | None = field(default=None, metadata={
+        "help": "the frozen text encoder that embeds transcripts (an encoder spec); None = the adapter's space "
+                "text side (AdapterConfig.space['text'])"})
+
+
+def normalize_text(text: str, alphabet: str) -> str:
+    """`text` as the head writes it: lower case, ASCII, hyphens as spaces, only `alphabet`, single spaces."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().replace("-", " ")
+    text = "".join(c if c in alphabet else " " for c in text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@register_projector("ctc", options=CTCOptions)
+class CTCProjector(Projector):
+    """Two temporal convolutions (residual) over `stride`-pooled frames -> per-step character log-probabilities.
+
+    The shared-space output is the text encoder's embedding of the greedy transcript (one token `[B, 1, E]`); it is
+    not differentiable: the head learns through `ctc_loss` (the `ctc` task), never through a contrastive loss.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, alphabet: str = CTCOptions.alphabet, hidden_dim: int = 256,
+                 kernel: int = 3, stride: int = 2, dropout: float = 0.15,
+                 text_encoder: dict[str, Any] | None = None) -> None:
+        if len(set(alphabet)) != len(alphabet) or not alphabet:
+            raise ValueError(f"ctc projector: alphabet must be distinct characters, got {alphabet!r}")
+        if stride < 1 or kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"ctc projector: stride >= 1 and an odd kernel expected, got {stride}, {kernel}")
+        super().__init__(in_dim, out_dim, alphabet=alphabet, hidden_dim=hidden_dim, kernel=kernel, stride=stride,
+                         dropout=dropout, text_encoder=text_encoder)
+        self.alphabet, self.stride = alphabet, stride
+        self.norm = nn.LayerNorm(in_dim)
+        self.conv1 = nn.Conv1d(in_dim, hidden_dim, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv1d(hidden_dim, hidden_dim, kernel, padding=kernel // 2)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim, len(alphabet) + 1)
+        self._tower: list[Any] = []  # the frozen text encoder, built on first use; a list keeps it out of the state
+
+    # --- the space's text side ---------------------------------------------------------------------------------
+    def bind_space(self, space: Mapping[str, Any]) -> None:
+        """Use the adapter's text anchor to embed transcripts when no `text_encoder` option is given."""
+        if self.config.get("text_encoder") is None and "text" in space:
+            spec = space["text"]
+            self.config["text_encoder"] = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+
+    def _text_encoder(self) -> Any:
+        if not self._tower:
+            from ..encoders.spec import EncoderSpec
+
+            spec = self.config.get("text_encoder")
+            if spec is None:
+                raise ValueError("ctc projector: no text encoder to embed transcripts; set its text_encoder option "
+                                 "or align the adapter to a text anchor")
+            self._tower.append(EncoderSpec.from_dict(spec, source="ctc.text_encoder").build(frozen=True))
+        return self._tower[0]
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text-encoder embeddings `[N, E]` of `texts` (the space's text side)."""
+        with torch.no_grad():
+            out = self._text_encoder()(list(texts))
+        return F.normalize(out.pooled.float(), dim=-1)
+
+    # --- characters --------------------------------------------------------------------------------------------
+    def log_probs(self, tokens: torch.Tensor, mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step log-probabilities `[B, S, 1 + len(alphabet)]` (class 0 = blank) and valid lengths `[B]`."""
+        mask = full_mask(tokens, mask)
+        x = self.drop(self.norm(tokens.float())) * mask.unsqueeze(-1)
+        x, mask = pool_tokens(x, mask, self.stride)
+        h = F.gelu(self.conv1(x.transpose(1, 2)))
+        h = F.gelu(self.conv2(self.drop(h))) + h  # [B, H, S]
+        logits = self.out(self.drop(h.transpose(1, 2)))
+        return logits.log_softmax(-1), mask.sum(1)
+
+    def targets(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenated character ids of `texts` and their lengths (an empty text becomes one space)."""
+        ids = [[self.alphabet.index(c) + 1 for c in (normalize_text(t, self.alphabet) or " ")] for t in texts]
+        return torch.tensor([i for seq in ids for i in seq], dtype=torch.long), torch.tensor([len(s) for s in ids])
+
+    def ctc_loss(self, tokens: torch.Tensor, mask: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
+        """Mean CTC loss per target character of `texts` given the frames (the `ctc` task's objective)."""
+        lp, lengths = self.log_probs(tokens, mask)
+        tg, tl = self.targets(texts)
+        loss = F.ctc_loss(lp.transpose(0, 1), tg.to(lp.device), lengths, tl, blank=BLANK, reduction="sum",
+                          zero_infinity=True)
+        return loss / tl.sum().clamp_min(1).to(loss.device)
+
+    def decode(self, lp: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy CTC decoding: best class per step, repeats merged, blanks dropped."""
+        best = lp.argmax(-1).tolist()
+        out = []
+        for row, n in zip(best, lengths.tolist()):
+            chars, prev = [], BLANK
+            for c in row[:n]:
+                if c != prev and c != BLANK:
+                    chars.append(self.alphabet[c - 1])
+                prev = c
+            out.append(re.sub(r"\s+", " ", "".join(chars)).strip())
+        return out
+
+    @torch.no_grad()
+    def transcribe(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> list[str]:
+        """The greedy transcript of each clip."""
+        return self.decode(*self.log_probs(tokens, mask))
+
+    @torch.no_grad()
+    def score(self, tokens: torch.Tensor, mask: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
+        """`[B, K]` log-likelihood per character of each candidate text given each clip (higher = more likely);
+        a candidate longer than a clip allows gets -inf."""
+        lp, lengths = self.log_probs(tokens, mask)
+        tg, tl = self.targets(texts)
+        k = len(texts)
+        out = torch.empty(lp.shape[0], k)
+        for b in range(lp.shape[0]):
+            n = int(lengths[b])
+            nll = F.ctc_loss(lp[b, :n, None, :].expand(n, k, lp.shape[-1]), tg.to(lp.device),
+                             torch.full((k,), n, dtype=torch.long), tl, blank=BLANK, reduction="none",
+                             zero_infinity=False)
+            out[b] = -nll.cpu() / tl
+        return out.nan_to_num(nan=float("-inf"), posinf=float("-inf"))
+
+    # --- the shared-space output -------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                modality: str | None = None) -> ProjectorOutput:
+        if self.training and torch.is_grad_enabled():
+            raise RuntimeError("ctc projector: its shared-space output is a text embedding of the transcript, not "
+                               "differentiable; train it with the 'ctc' task (data.<source>.task: ctc)")
+        emb = self.embed_texts(self.transcribe(tokens, mask)).to(tokens.device)
+        return ProjectorOutput(emb[:, None, :], torch.ones(emb.shape[0], 1, dtype=torch.bool, device=tokens.device))
