@@ -33,7 +33,6 @@ from typing import Any
 
 from ..assets import ensure_assets
 from .fashion_mnist import ensure_fashion_mnist
-from .quickstart_steps import ACTIVITY_TEXT, TEMPLATES
 
 logger = logging.getLogger(__name__)
 
@@ -43,44 +42,6 @@ TEXT_QUERIES = [("text", "image", "a rabbit in the grass"), ("text", "image", "a
                 ("text", "image", "people riding bicycles"), ("text", "imu", "a person running"),
                 ("text", "imu", "someone playing badminton"), ("text", "audio", "a phone ringing"),
                 ("text", "audio", "a dog barking"), ("text", "audio", "a cowbell")]
-
-_STAGE1 = """name: quickstart_imu_text
-seed: 0
-adapters:
-  imu:
-    encoder: imu
-    train_encoder: true
-    embed_projector: {{name: mlp, hidden_dim: 512, dropout: 0.1}}
-anchors:
-  text: {{encoder: {{name: text, pretrained: {minilm}}}, temperature: 0.07, positives: label}}
-data:
-  train:
-    - {{kind: uea, path: {imu}, split: train, label_text: {labels}, caption_templates: {templates},
-       augment: {{crop: 0.8, shift: 0.1, scale: 0.1, jitter: 0.05}}}}
-  eval:
-    - {{kind: uea, path: {imu}, split: test, label_text: {labels}, caption_templates: {templates}}}
-train: {{batch_size: 20, max_steps: {steps}, lr: 1.0e-3, weight_decay: 0.05, warmup_steps: {warmup},
-        save_every: {save_every}, log_every: 10}}
-eval: {{every: {eval_every}}}
-"""
-
-_STAGE2 = """name: quickstart_imu_llm
-seed: 0
-model: {{llm: {llm}, gguf_file: {gguf}}}
-adapters:
-  imu: {{encoder: imu, init_from: {init}, train_encoder: false, llm_projector: {{name: mlp}}}}
-data:
-  train:
-    - {{kind: uea, path: {imu}, split: train, task: caption, label_text: {labels},
-       caption_templates: ["The person is {{label}}.", "They are {{label}}."],
-       prompts: ["<imu>\\nWhat is the person doing?"], augment: {{crop: 0.8, shift: 0.1, scale: 0.1, jitter: 0.05}}}}
-  eval:
-    - {{kind: uea, path: {imu}, split: test, task: caption, label_text: {labels},
-       caption_templates: ["The person is {{label}}."], prompts: ["<imu>\\nWhat is the person doing?"]}}
-train: {{batch_size: 8, max_steps: {steps}, lr: 1.0e-3, warmup_steps: 3, save_every: {steps}, log_every: 5}}
-eval: {{every: {steps}, at_start: true, batch_size: 20}}
-"""
-
 
 @dataclass
 class QuickstartOptions:
@@ -115,16 +76,11 @@ class QuickstartResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _yaml_list(items: list[str]) -> str:
-    return json.dumps(items)
-
-
-def _train_stage(template: str, path: Path, out: Path, **values: Any) -> Any:
+def _train_stage(recipe: str, out: Path, overrides: list[str]) -> Any:
+    """Train the shipped recipe `recipe` at the quickstart's size (`overrides`) into `out`."""
     from ..align import load_recipe, train
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(template.format(**values))
-    return train(load_recipe(path), output_dir=out)
+    return train(load_recipe(recipe, overrides), output_dir=out)
 
 
 def _caption_losses(log: Path) -> dict[str, float | None]:
@@ -145,15 +101,14 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
     root = paths["minilm"].parents[1]
     os.environ.setdefault("ANYALIGN_ASSETS", str(root))
     paths["fashion-mnist"] = ensure_fashion_mnist(root / "image" / "fashion-mnist")  # PNGs + jsonl, made once
-    labels = json.dumps(ACTIVITY_TEXT)
-    common = {"minilm": paths["minilm"], "imu": paths["basicmotions"], "labels": labels,
-              "templates": _yaml_list(TEMPLATES)}
+    imu = [f"data.{part}.0.path={json.dumps(str(paths['basicmotions']))}" for part in ("train", "eval")]
 
     say(f"[2/9] training the IMU adapter into the MiniLM text space ({options.contrastive_steps} steps)")
     steps = options.contrastive_steps
-    stage1 = _train_stage(_STAGE1, work / "recipes" / "imu_text.yaml", work / "imu_text", steps=steps,
-                          warmup=max(2, steps // 15), save_every=max(10, steps // 3),
-                          eval_every=max(10, steps // 6), **common)
+    stage1 = _train_stage("imu_text_contrastive", work / "imu_text", [
+        "name=quickstart_imu_text", f"anchors.text.encoder.pretrained={json.dumps(str(paths['minilm']))}", *imu,
+        f"train.max_steps={steps}", f"train.warmup_steps={max(2, steps // 15)}",
+        f"train.save_every={max(10, steps // 3)}", f"eval.every={max(10, steps // 6)}"])
     adapter_dir = Path(stage1.adapters["imu"])
 
     say("[3/9] activity classification of the held-out windows: closed set and new wordings")
@@ -185,8 +140,11 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
 
     say(f"[7/9] aligning the adapter to SmolLM2-135M ({options.caption_steps} steps) and asking about a window")
     gguf = next(paths["smollm2"].glob("*.gguf"))
-    stage2 = _train_stage(_STAGE2, work / "recipes" / "imu_llm.yaml", work / "imu_llm", llm=paths["smollm2"],
-                          gguf=gguf.name, init=adapter_dir, steps=options.caption_steps, **common)
+    steps = options.caption_steps
+    stage2 = _train_stage("imu_llm_caption", work / "imu_llm", [
+        "name=quickstart_imu_llm", f"model.llm={json.dumps(str(paths['smollm2']))}",
+        f"model.gguf_file={json.dumps(gguf.name)}", f"adapters.imu.init_from={json.dumps(str(adapter_dir))}", *imu,
+        f"train.max_steps={steps}", "train.warmup_steps=3", f"train.save_every={steps}", f"eval.every={steps}"])
     chat = llm_exchange(Path(stage2.adapters["imu"]), paths, gguf.name)
 
     say(f"[8/9] speech: Whisper tiny.en -> MiniLM space ({options.speech_steps} steps) and -> SmolLM2 "

@@ -10,19 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from ..config import RECIPES_DIR, load_yaml
 from .quickstart_media import image_section, sound_section
 from .quickstart_speech import speech_section
 
-ACTIVITY_TEXT = {"Badminton": "playing badminton", "Running": "running", "Standing": "standing still",
-                 "Walking": "walking"}
-TEMPLATES = ["a person {label}.", "someone is {label}.", "a recording of a person {label}.",
-             "wearable sensor data of somebody {label}.", "a person who is {label}."]
-#: new wordings of the activities: never a training caption (configs/data/basicmotions_phrasings.yaml)
-ACTIVITY_WORDINGS = {
-    "other_words": {"Badminton": "playing a racket sport", "Running": "going for a run",
-                    "Standing": "staying in one place", "Walking": "going on foot"},
-    "short": {"Badminton": "badminton", "Running": "a run", "Standing": "on my feet", "Walking": "a walk"},
-}
+_IMU = load_yaml(RECIPES_DIR / "imu_text_contrastive.yaml")["data"]["train"][0]  # the shipped IMU recipe's captions
+ACTIVITY_TEXT: dict[str, str] = _IMU["label_text"]
+TEMPLATES: list[str] = _IMU["caption_templates"]
+#: new wordings of the activities, never a training caption (`training` there is the recipe's own label_text)
+ACTIVITY_WORDINGS = {n: s for n, s in load_yaml(RECIPES_DIR / "data" / "basicmotions_phrasings.yaml").items()
+                     if n != "training"}
 
 
 def zero_shot(adapter_dir: Path, paths: dict[str, Path], work: Path) -> dict[str, Any]:
