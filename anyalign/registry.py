@@ -106,6 +106,7 @@ class Registry(Generic[T]):
 
 
 def _decorated(path: Path, decorator: str) -> list[str]:
-    """The names a module registers with `@decorator("name", ...)`, read from its source (a name must be a literal)."""
-    pattern = re.compile(rf"^\s*@{re.escape(decorator)}\(\s*([\"'])([^\"']+)\1", re.MULTILINE)
+    """The names a module registers with `@decorator("name", ...)` at module level (not indented, so examples in
+    docstrings are not read), read from its source (a name must be a literal)."""
+    pattern = re.compile(rf"^@{re.escape(decorator)}\(\s*([\"'])([^\"']+)\1", re.MULTILINE)
     return [m.group(2) for m in pattern.finditer(path.read_text(encoding="utf-8"))]

@@ -21,10 +21,10 @@ from ..io import WEIGHT_SUFFIXES
 from ..registry import Registry
 from .captions import CaptionSpec
 
-TASKS = ("contrastive", "caption", "instruct", "distill", "ctc")  # built-in tasks (tasks.py, distill.py, ctc.py)
-#: every registered training task class by name: the built-ins (align/tasks.py) and plugins' (`register_task`);
-#: it lives here, below the tasks, so that reading a recipe can check task names without importing them
-TASK_REGISTRY: Registry[Any] = Registry("training task")
+#: every training task class by name: the built-ins are found by their `@register_task("name")` line in
+#: anyalign/align/*.py (tasks.py, distill.py, ctc.py, ...) and plugins register the same way; it lives here, below
+#: the tasks, so that reading a recipe checks task names without importing them
+TASK_REGISTRY: Registry[Any] = Registry("training task", package="anyalign.align", decorator="register_task")
 
 
 @dataclass
@@ -290,8 +290,8 @@ class Recipe:
         if both:
             raise ConfigError(f"{both}: a modality is either trained (adapters) or a frozen anchor, not both")
         tasks = {s.task for s in self.data.train + self.data.eval}
-        known = sorted(set(TASKS) | set(TASK_REGISTRY.names()))
-        for t in sorted(tasks - set(known)):
+        for t in sorted(t for t in tasks if t not in TASK_REGISTRY.declared() and t not in TASK_REGISTRY):
+            known = sorted(set(TASK_REGISTRY.declared()) | set(TASK_REGISTRY.names()))
             raise ConfigError(f"data: task {t!r} is not a registered training task; expected one of: "
                               f"{', '.join(known)}")
         if "contrastive" in tasks and not self.anchors:
@@ -379,5 +379,5 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 __all__ = ["AdapterSpec", "AnchorSpec", "AugmentSpec", "DataSource", "DataSpec", "EvalSpec", "LoraSpec", "ModelSpec",
-           "ProgressiveSpec", "Recipe", "StageSpec", "TASKS", "TrainSpec", "check_paths", "expand_env", "load_recipe",
-           "parse_yaml", "recipe_to_dict"]
+           "ProgressiveSpec", "Recipe", "StageSpec", "TASK_REGISTRY", "TrainSpec", "check_paths", "expand_env",
+           "load_recipe", "parse_yaml", "recipe_to_dict"]

@@ -22,8 +22,6 @@ from torch import nn
 from ..adapter import HEAD_ATTRS, ModalityAdapter
 from ..encoders import Encoder, EncoderOutput
 from ..projectors import Projector
-from . import distill as _distill  # noqa: F401 - registers the 'distill' task (its own module)
-from . import ctc as _ctc  # noqa: F401 - registers the 'ctc' task (its own module)
 from .batch import Batch, MediaBatch
 from .tasks import LLM_TASKS, TASKS, ContrastiveTask, LossTerms, Task, TermKey
 
