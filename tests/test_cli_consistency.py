@@ -175,3 +175,19 @@ def test_quiet_lasts_one_invocation(capsys: pytest.CaptureFixture) -> None:
     code, out, err = run_captured(capsys, "projectors", "linear", "--quiet")
     assert code == 0 and out.startswith("linear") and not err
     assert not options.is_quiet() and "TQDM_DISABLE" not in os.environ
+
+
+def test_command_groups_are_found_by_their_register_function_in_help_order(capsys: pytest.CaptureFixture) -> None:
+    """A command group is one module with `register(app, eval_app)` and `HELP_ORDER`: no list names the modules."""
+    import importlib
+
+    names = cli_main.command_modules()
+    assert names == ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data", "share",
+                     "transcribe"]
+    orders = [importlib.import_module(f"anyalign.cli.{n}").HELP_ORDER for n in names]
+    assert orders == sorted(set(orders))  # distinct, so `anyalign --help` has one order
+    code, out, _ = run_captured(capsys, "--help")
+    listed = [ln.split()[1] for ln in out.splitlines() if ln.startswith("│ ") and ln[2:3].isalpha()]
+    first = ["encoders", "projectors", "extract", "train", "embed", "search", "serve", "classify", "chat",
+             "quickstart", "push", "transcribe"]
+    assert code == 0 and listed[:len(first)] == first

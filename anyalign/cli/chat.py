@@ -16,6 +16,8 @@ import typer
 
 from . import options as o
 
+HELP_ORDER = 60  # place of this module's commands in `anyalign --help`
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("chat")(chat_cmd)

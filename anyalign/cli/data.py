@@ -14,6 +14,9 @@ from . import options as o
 data_app = typer.Typer(help="Make datasets: synthesised speech corpora, caption paraphrases.", no_args_is_help=True)
 
 
+HELP_ORDER = 80  # place of this module's commands in `anyalign --help`
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
 

@@ -12,6 +12,8 @@ import typer
 
 from . import options as o
 
+HELP_ORDER = 10  # place of this module's commands in `anyalign --help`
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("encoders")(list_encoders_cmd)

@@ -8,6 +8,8 @@ import typer
 
 from . import options as o
 
+HELP_ORDER = 20  # place of this module's commands in `anyalign --help`
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("extract")(extract_cmd)

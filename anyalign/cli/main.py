@@ -1,7 +1,7 @@
 """`anyalign` console script: a thin layer over the Python API, one module per command group.
 
-Each command module exposes `register(app, eval_app)` and adds its commands; a new group is one module plus
-one name in `_COMMAND_MODULES`.
+Each command module defines `register(app, eval_app)`, which adds its commands, and `HELP_ORDER` (its place in
+`anyalign --help`); a new group is one module, found by its `def register` line.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import errno
 import importlib
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
+from pathlib import Path
 
 import typer
 
@@ -39,21 +41,24 @@ def _global_options(
 
         load_plugins(list(plugin))
 
-_COMMAND_MODULES = ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data", "share",
-                    "transcribe"]
+
+def command_modules() -> list[str]:
+    """This package's command modules: those defining `register(app, eval_app)` at module level (read from their
+    source), in `--help` order: their `HELP_ORDER` (modules without one come last), then their name."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if re.search(r"^def register\(", source, re.MULTILINE):
+            order = re.search(r"^HELP_ORDER\s*=\s*(\d+)", source, re.MULTILINE)
+            found.append((int(order.group(1)) if order else 1_000_000, path.stem))
+    return [name for _, name in sorted(found)]
 
 
 def _register_all() -> None:
     if app.registered_commands:  # once per process (tests call `main` many times)
         return
-    for name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{name}":
-                continue  # command group not written yet
-            raise
-        mod.register(app, eval_app)
+    for name in command_modules():
+        importlib.import_module(f"{__package__}.{name}").register(app, eval_app)
 
 
 def os_error_line(e: OSError) -> str:

@@ -13,6 +13,9 @@ from . import options as o
 index_app = typer.Typer(help="Build, inspect and update FAISS indexes over embeddings.", no_args_is_help=True)
 
 
+HELP_ORDER = 40  # place of this module's commands in `anyalign --help`
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("embed")(embed_cmd)
     app.add_typer(index_app, name="index")

@@ -16,6 +16,9 @@ import typer
 export_app = typer.Typer(help="Export a trained space to another library's format.", no_args_is_help=True)
 
 
+HELP_ORDER = 90  # place of this module's commands in `anyalign --help`
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("push")(push_cmd)
     export_app.command("st")(export_st_cmd)

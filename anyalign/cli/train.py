@@ -12,6 +12,8 @@ import typer
 
 from . import options as o
 
+HELP_ORDER = 30  # place of this module's commands in `anyalign --help`
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("train")(train_cmd)

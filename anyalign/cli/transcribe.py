@@ -15,6 +15,8 @@ import typer
 
 from . import options as o
 
+HELP_ORDER = 100  # place of this module's commands in `anyalign --help`
+
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("transcribe")(transcribe_cmd)

@@ -18,6 +18,9 @@ from . import options as o
 _MODEL_HELP = "Model: exactly one of --encoder, --clap, --clip or --adapter."
 
 
+HELP_ORDER = 50  # place of this module's commands in `anyalign --help`
+
+
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.command("classify")(classify_cmd)
     eval_app.command("zeroshot")(eval_zeroshot_cmd)
