@@ -22,8 +22,8 @@ from pathlib import Path
 
 ESC50_CSV = Path("meta") / "esc50.csv"
 US8K_CSV = Path("metadata") / "UrbanSound8K.csv"
-_PATH_COLUMNS = ("path", "file", "filename", "filepath")
-_LABEL_COLUMNS = ("label", "class", "category")
+PATH_COLUMNS = ("path", "file", "filename", "filepath")
+LABEL_COLUMNS = ("label", "class", "category")
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ def _by_id(path: Path, rows: list[dict[str, str]], id_col: str, name_col: str) -
     return [names[i] for i in sorted(names)]
 
 
-def _esc50(root: Path) -> LabelledDataset:
+def esc50_dataset(root: Path) -> LabelledDataset:
+    """ESC-50 from `root/meta/esc50.csv` (classes by their `target` id, five folds)."""
     meta = root / ESC50_CSV
     header, rows = _read_csv(meta)
     _need(meta, header, ("filename", "fold", "target", "category"), "ESC-50")
@@ -119,7 +120,8 @@ def _esc50(root: Path) -> LabelledDataset:
     return LabelledDataset(root, items, _by_id(meta, rows, "target", "category"), "esc50")
 
 
-def _urbansound8k(root: Path) -> LabelledDataset:
+def urbansound8k_dataset(root: Path) -> LabelledDataset:
+    """UrbanSound8K from `root/metadata/UrbanSound8K.csv` (classes by their `classID`, ten folds)."""
     meta = root / US8K_CSV
     header, rows = _read_csv(meta)
     _need(meta, header, ("slice_file_name", "fold", "classID", "class"), "UrbanSound8K")
@@ -128,15 +130,16 @@ def _urbansound8k(root: Path) -> LabelledDataset:
     return LabelledDataset(root, items, _by_id(meta, rows, "classID", "class"), "urbansound8k")
 
 
-def _manifest(path: Path) -> LabelledDataset:
+def manifest_dataset(path: Path) -> LabelledDataset:
+    """A csv manifest `path,label[,fold]` (or ESC-50's own csv); an error names the columns it needs."""
     header, rows = _read_csv(path)
     if {"filename", "fold", "target", "category"} <= set(header) and path.parent.name == "meta":
-        return _esc50(path.parent.parent)  # the ESC-50 csv itself was given
-    path_col = next((c for c in _PATH_COLUMNS if c in header), None)
-    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
+        return esc50_dataset(path.parent.parent)  # the ESC-50 csv itself was given
+    path_col = next((c for c in PATH_COLUMNS if c in header), None)
+    label_col = next((c for c in LABEL_COLUMNS if c in header), None)
     if path_col is None or label_col is None:
-        raise ValueError(f"{path}: a csv manifest needs a header with a path column ({'/'.join(_PATH_COLUMNS)}) "
-                         f"and a label column ({'/'.join(_LABEL_COLUMNS)}), optionally 'fold'; "
+        raise ValueError(f"{path}: a csv manifest needs a header with a path column ({'/'.join(PATH_COLUMNS)}) "
+                         f"and a label column ({'/'.join(LABEL_COLUMNS)}), optionally 'fold'; "
                          f"got {', '.join(header) or 'no header'}")
     items = []
     for n, row in enumerate(rows, 2):
@@ -184,11 +187,11 @@ def load_labelled(path: str | os.PathLike, *, extensions: Sequence[str] | None =
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise ValueError(f"{path}: expected a csv manifest (path,label[,fold]) or a dataset folder")
-        ds = _manifest(path)
+        ds = manifest_dataset(path)
     elif (path / ESC50_CSV).is_file():
-        ds = _esc50(path)
+        ds = esc50_dataset(path)
     elif (path / US8K_CSV).is_file():
-        ds = _urbansound8k(path)
+        ds = urbansound8k_dataset(path)
     else:
         ds = _folders(path, [e.lower() for e in extensions] if extensions is not None else None)
     if not ds.items:
@@ -202,4 +205,5 @@ def load_labelled(path: str | os.PathLike, *, extensions: Sequence[str] | None =
     return ds
 
 
-__all__ = ["ESC50_CSV", "US8K_CSV", "LabelledDataset", "LabelledItem", "load_labelled"]
+__all__ = ["ESC50_CSV", "LABEL_COLUMNS", "PATH_COLUMNS", "US8K_CSV", "LabelledDataset", "LabelledItem",
+           "esc50_dataset", "load_labelled", "manifest_dataset", "urbansound8k_dataset"]

@@ -11,6 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .labelled import (
+    LABEL_COLUMNS,
+    PATH_COLUMNS,
+    LabelledDataset,
+    esc50_dataset,
+    manifest_dataset,
+    urbansound8k_dataset,
+)
 from .records import Record, register_data_kind
 
 #: fields of a jsonl/csv row that are not media (everything else not named after a modality is kept as `meta`)
@@ -98,8 +106,6 @@ def read_txt(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
 @register_data_kind("csv")
 def read_csv(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     """A header row `path,label[,fold][,text][,group]` (or ESC-50's own csv)."""
-    from .labelled import _LABEL_COLUMNS, _PATH_COLUMNS, _manifest
-
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             table = list(csv.reader(f))
@@ -107,11 +113,11 @@ def read_csv(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
         raise ValueError(f"{path}: cannot read csv ({e})") from None
     header = [h.strip() for h in table[0]] if table else []
     if {"filename", "fold", "target", "category"} <= set(header) and path.parent.name == "meta":
-        return _labelled(_manifest(path), "esc50")  # the ESC-50 csv itself was given
-    path_col = next((c for c in _PATH_COLUMNS if c in header), None)
-    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
+        return _labelled(manifest_dataset(path), "esc50")  # the ESC-50 csv itself was given
+    path_col = next((c for c in PATH_COLUMNS if c in header), None)
+    label_col = next((c for c in LABEL_COLUMNS if c in header), None)
     if path_col is None or label_col is None:
-        _manifest(path)  # raises the error that names the expected columns
+        manifest_dataset(path)  # raises the error that names the expected columns
     out = []
     for n, cells in enumerate(table[1:], 2):
         where = f"{path}:{n}"
@@ -135,7 +141,7 @@ def _rel(file: Path, root: Path) -> str:
     return Path(file).relative_to(root).as_posix() if Path(file).is_relative_to(root) else str(file)
 
 
-def _labelled(ds: Any, kind: str) -> list[Record]:
+def _labelled(ds: LabelledDataset, kind: str) -> list[Record]:
     return [Record(_rel(it.path, ds.root), {"path": [str(it.path)]}, None, it.label, it.fold,
                    meta={"source": str(it.path)}, where=f"{ds.root} ({kind})") for it in ds.items]
 
@@ -143,17 +149,13 @@ def _labelled(ds: Any, kind: str) -> list[Record]:
 @register_data_kind("esc50")
 def read_esc50(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     """ESC-50: `meta/esc50.csv` + `audio/`, five folds."""
-    from .labelled import _esc50
-
-    return _labelled(_esc50(path), "esc50")
+    return _labelled(esc50_dataset(path), "esc50")
 
 
 @register_data_kind("urbansound8k")
 def read_urbansound8k(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     """UrbanSound8K: `metadata/UrbanSound8K.csv` + `audio/fold<N>/`, ten folds."""
-    from .labelled import _urbansound8k
-
-    return _labelled(_urbansound8k(path), "urbansound8k")
+    return _labelled(urbansound8k_dataset(path), "urbansound8k")
 
 
 @register_data_kind("folder")

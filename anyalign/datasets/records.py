@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
+from .labelled import LabelledDataset, LabelledItem, load_labelled
 
 TEXT_FIELDS = ("text", "caption")  #: the fields a row's paired text may be in
 logger = logging.getLogger(__name__)
@@ -168,10 +169,8 @@ def read_records(path: str | os.PathLike, *, kind: str = "auto", modalities: Seq
     return records
 
 
-def _from_records(path: Path, modality: str | None) -> Any:
+def _from_records(path: Path, modality: str | None) -> LabelledDataset:
     """A labelled dataset from any other input-layer format (jsonl, tar shards, a glob) by the records' labels."""
-    from .labelled import LabelledDataset, LabelledItem
-
     items = []
     for rec in read_records(path, modalities=[modality] if modality else ()):
         value = rec.input(modality) if modality else (rec.inputs("path") or [None])[0]
@@ -182,12 +181,10 @@ def _from_records(path: Path, modality: str | None) -> Any:
 
 
 def read_labelled(path: str | os.PathLike, *, modality: str | None = None, extensions: Sequence[str] | None = None,
-                  folds: Iterable[str | int] | None = None) -> Any:
+                  folds: Iterable[str | int] | None = None) -> LabelledDataset:
     """A `LabelledDataset` (files, labels, folds) from any labelled format: class folders, csv, ESC-50 and
     UrbanSound8K (`labelled.load_labelled`), or jsonl / tar shards by their records' labels. `modality` names the
     media field of jsonl rows (e.g. "imu" for `{"imu": "w.npy", "label": ...}`)."""
-    from .labelled import load_labelled
-
     path = Path(path).expanduser()
     if path.suffix.lower() in (".jsonl", ".tar") or (path.is_dir() and detect_kind(path) == "webdataset"):
         ds = _from_records(path, modality)
