@@ -281,6 +281,8 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files, e.g. @600 (one row per run)")
     p.add_argument("--report", action="store_true", help="print the table of the parts written so far")
+    p.add_argument("--words-adapter", type=Path, default=None, help="also score a saved words-head adapter (a 'ctc' "
+                   "projector, trained by `anyalign train configs/speech_text_ctc.yaml` on this corpus's train fold)")
     args = p.parse_args()
     if args.report:
         report(args.work / "results")
@@ -348,6 +350,16 @@ def main() -> None:
         (res_dir / "baseline.json").write_text(json.dumps(base, indent=1))
         print(f"baseline ready ({time.perf_counter() - t0:.0f} s): {base}", flush=True)
 
+    if args.words_adapter is not None:
+        raw = {f: features(whisper, src, work / "features" / f, True) for f, src in
+               (("test", corpus / "test.jsonl"), ("words", words / "test.jsonl"))}  # 50 Hz: the head pools itself
+        info = score_words_adapter(args.words_adapter, [raw["test"][r["key"]] for r in fold_rows["test"]],
+                                   said["test"], gal_texts["test"], gal["test"], sub,
+                                   [raw["words"][r["key"]] for r in word_rows], word_labels, word_idx, sets,
+                                   class_emb)
+        (res_dir / f"words-ctc{args.tag}.json").write_text(json.dumps(info, indent=1))
+        print(f"[words-ctc] {info}", flush=True)
+
     from anyalign.encoders.spec import EncoderSpec
 
     encoder = EncoderSpec("whisper", whisper, options={"padding": "longest"}).build(frozen=True)
@@ -386,6 +398,47 @@ def main() -> None:
     report(res_dir)
 
 
+def score_words_adapter(path: Path, test_tok: list[torch.Tensor], said: list[str], gallery_texts: list[str],
+                        gallery: np.ndarray, sub: list[int], word_tok: list[torch.Tensor], word_labels: list[str],
+                        word_idx: dict[str, list[int]], sets: dict[str, list[str]],
+                        class_emb: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A saved words-head adapter on the test clips: free transcripts (embedded by MiniLM: the FAISS-able space),
+    the lexicon-constrained embedding (candidates = the gallery sentences / the class words, CTC-scored), its WER."""
+    from anyalign.adapter import ModalityAdapter
+    from anyalign.metrics import wer
+
+    adapter = ModalityAdapter.from_pretrained(path, load_encoder=False).eval()
+    head = adapter.embed_head
+    t0 = time.perf_counter()
+    heard = [t for i in range(0, len(test_tok), 64) for t in head.transcribe(*_padded(test_tok[i:i + 64]))]
+    free = embed_clips(SpeechHead(adapter), test_tok)
+    head.constrain(gallery_texts)
+    lex = embed_clips(SpeechHead(adapter), test_tok)
+    info: dict[str, Any] = {
+        "adapter": str(path), "wer": wer(said, heard), "examples": list(zip(said[:5], heard[:5])),
+        "test_free_transcript": retrieval(free, said, gallery_texts, gallery),
+        "test": retrieval(lex, said, gallery_texts, gallery),
+        "test_baseline_queries": retrieval(lex[sub], [said[i] for i in sub], gallery_texts, gallery),
+        "test_free_baseline_queries": retrieval(free[sub], [said[i] for i in sub], gallery_texts, gallery),
+        "wer_baseline_queries": wer([said[i] for i in sub], [heard[i] for i in sub]),
+        "test_hubs": hub_occurrence(lex @ gallery.T)}
+    for k, v in word_idx.items():
+        head.constrain(sets[k])
+        q = embed_clips(SpeechHead(adapter), [word_tok[i] for i in v])
+        labs = [word_labels[i] for i in v]
+        info[f"zeroshot_{k}"] = zeroshot(q, labs, sets[k], class_emb[k])
+        head.constrain(None)
+        info[f"zeroshot_{k}_free"] = zeroshot(embed_clips(SpeechHead(adapter), [word_tok[i] for i in v]), labs,
+                                              sets[k], class_emb[k])
+    info["s"] = round(time.perf_counter() - t0)
+    return info
+
+
+def _padded(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = pad(tokens)
+    return out.tokens, out.mask
+
+
 def report(res_dir: Path) -> None:
     """The table of every part written so far under `res_dir` (protocol, baseline, conditions)."""
     pr = json.loads((res_dir / "protocol.json").read_text())
@@ -412,6 +465,14 @@ def report(res_dir: Path) -> None:
         for tag, m, zz in rows_:
             print(f"{'adapter ' + name + tag:44s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
                   f"{z(c, 'zeroshot_digits' + zz):>7s} {z(c, 'zeroshot_colours' + zz):>8s}")
+    for name, c in parts.items():
+        if name.startswith("words-ctc"):
+            for tag, m, zz in (("lexicon = gallery", c["test"], ""), ("free transcript", c["test_free_transcript"],
+                                                                       "_free"),
+                               ("lexicon [sub]", c["test_baseline_queries"], "")):
+                print(f"{'words head (ctc), ' + tag:44s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} "
+                      f"{m['recall@10']:6.3f} {z(c, 'zeroshot_digits' + zz):>7s} {z(c, 'zeroshot_colours' + zz):>8s}"
+                      + (f"   WER {c['wer']:.3f}" if tag == "free transcript" else ""))
     ch = pr["chance"]
     print(f"{'chance':44s} {ch['R@1']:6.3f} {ch['R@5']:6.3f} {ch['R@10']:6.3f} {0.1:7.3f} {0.1:8.3f}")
 

@@ -100,3 +100,20 @@ def test_ctc_adapter_embeds_what_it_heard_with_its_space_text_side(tmp_path: Pat
     assert again.embed_head.transcribe(feats) == heard
     assert torch.allclose(again.embed(out), emb, atol=1e-6)
     assert set(WORDS) and again.embed_head.config["text_encoder"]["pretrained"] == str(text_dir)
+
+
+def test_ctc_lexicon_embeds_each_clip_as_its_most_likely_candidate(tmp_path: Path) -> None:
+    text = EncoderSpec("text", str(tiny_bert(tmp_path / "bert")))
+    head = create_projector("ctc", in_dim=16, out_dim=32, hidden_dim=16)
+    head.bind_space({"text": text})
+    head.eval()
+    torch.manual_seed(1)
+    feats = torch.randn(4, 30, 16)
+    lexicon = ["a red dog", "a cat", "the big red bag"]
+    scores = head.score(feats, None, lexicon)
+    head.constrain(lexicon, temperature=0.01)
+    emb = head(feats).tokens[:, 0]  # [4, E]
+    nearest = (emb @ head.embed_texts(lexicon).T).argmax(1)
+    assert nearest.tolist() == scores.argmax(1).tolist()
+    head.constrain(None)
+    assert torch.allclose(head(feats).tokens[:, 0], head.embed_texts(head.transcribe(feats)), atol=1e-6)

@@ -120,6 +120,30 @@ def test_contrastive_recipe_trains_and_classifies_heldout_voices(env: Path, mode
                                                    for r in out["results"])
 
 
+def test_words_head_recipe_trains_with_ctc_and_classifies_by_lexicon(env: Path, models_dir: dict[str, Path],
+                                                                     tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from anyalign.zeroshot import ZeroShotClassifier
+
+    result = _train("speech_text_ctc", tmp_path / "run", models_dir,
+                    f"anchors.text.encoder.pretrained={models_dir['text']}")
+    logged = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    ctc = [r["loss/ctc-audio"] for r in logged if "loss/ctc-audio" in r]
+    assert result.step == 3 and len(ctc) == 3 and ctc[-1] < ctc[0]  # the CTC term is what trains
+    adapter = ModalityAdapter.from_pretrained(result.adapters["audio"], load_encoder=False)
+    assert adapter.config.embed_projector["name"] == "ctc" and adapter.embed_head.config["text_encoder"]
+    test = [json.loads(line) for line in (env / "commands" / "test.jsonl").read_text().splitlines()]
+    wavs = [str(env / "commands" / r["audio"]) for r in test]
+    clf = ZeroShotClassifier.from_adapter(result.adapters["audio"], COMMANDS, use_cache=False)
+    assert clf.constrain_query() and clf.query.adapter.embed_head.lexicon == COMMANDS  # speech templates: the words
+    capsys.readouterr()
+    assert _cli(["classify", "--adapter", result.adapters["audio"], "--labels", ",".join(COMMANDS), "--json",
+                 "--no-cache", *wavs]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["results"]) == len(wavs) and all(r["predictions"][0]["label"] in COMMANDS
+                                                   for r in out["results"])
+
+
 def test_llm_caption_then_instruct_then_chat_with_speech(env: Path, models_dir: dict[str, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     llm = [f"model.llm={models_dir['llm']}", "model.gguf_file=null"]

@@ -72,6 +72,9 @@ class CTCProjector(Projector):
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, len(alphabet) + 1)
         self._tower: list[Any] = []  # the frozen text encoder, built on first use; a list keeps it out of the state
+        self.lexicon: list[str] | None = None  # candidate texts the output is constrained to (`constrain`)
+        self._lexicon_emb: torch.Tensor | None = None
+        self.lexicon_temperature = 0.05
 
     # --- the space's text side ---------------------------------------------------------------------------------
     def bind_space(self, space: Mapping[str, Any]) -> None:
@@ -157,10 +160,22 @@ class CTCProjector(Projector):
         return out.nan_to_num(nan=float("-inf"), posinf=float("-inf"))
 
     # --- the shared-space output -------------------------------------------------------------------------------
+    def constrain(self, texts: Sequence[str] | None, temperature: float = 0.05) -> None:
+        """Constrain the output to a lexicon (zero-shot labels, a retrieval gallery): a clip's embedding becomes the
+        mixture of the candidates' text embeddings weighted by softmax(CTC score / `temperature`), so the nearest
+        candidate is the one the head finds most likely to have been said; None goes back to free transcripts."""
+        self.lexicon = list(texts) if texts is not None else None
+        self._lexicon_emb = self.embed_texts(self.lexicon) if self.lexicon else None
+        self.lexicon_temperature = float(temperature)
+
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:
         if self.training and torch.is_grad_enabled():
             raise RuntimeError("ctc projector: its shared-space output is a text embedding of the transcript, not "
                                "differentiable; train it with the 'ctc' task (data.<source>.task: ctc)")
-        emb = self.embed_texts(self.transcribe(tokens, mask)).to(tokens.device)
+        if self.lexicon:
+            weights = torch.softmax(self.score(tokens, mask, self.lexicon) / self.lexicon_temperature, dim=-1)
+            emb = F.normalize(weights.nan_to_num(0.0) @ self._lexicon_emb, dim=-1).to(tokens.device)
+        else:
+            emb = self.embed_texts(self.transcribe(tokens, mask)).to(tokens.device)
         return ProjectorOutput(emb[:, None, :], torch.ones(emb.shape[0], 1, dtype=torch.bool, device=tokens.device))

@@ -255,12 +255,24 @@ class ZeroShotClassifier:
 
     def embed(self, inputs: Sequence[Any], *, batch_size: int | None = None, num_workers: int | None = None,
               progress: bool | None = None, desc: str = "embed") -> EmbeddingResult:
-        """Embed inputs in batches (windows pooled); failures are collected, not raised."""
+        """Embed inputs in batches (windows pooled); failures are collected, not raised. A words-head query
+        embeds against this classifier's labels (`constrain_query`)."""
+        self.constrain_query()
         return embed_inputs(self.query, inputs, batch_size=batch_size or self.batch_size,
                             num_workers=self.num_workers if num_workers is None else num_workers,
                             progress=self.progress if progress is None else progress, desc=desc)
 
     # --- classification -------------------------------------------------------------------------------------
+    def constrain_query(self) -> bool:
+        """Give a query words head (`projectors/ctc.py`) the labels' phrases as its lexicon, so a clip embeds as the
+        class it most likely says (CTC scores), not as a free transcript; True when the query has such a head."""
+        head = getattr(getattr(self.query, "adapter", None), "embed_head", None)
+        if not hasattr(head, "constrain"):
+            return False
+        prompts = class_prompts([self.prompt_label(lab) for lab in self.labels], self.templates[:1])
+        head.constrain([ps[0] for ps in prompts])
+        return True
+
     def raw_scores(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each embedding `[N, E]` to each class: `[N, C]` (no calibration), hubness-corrected
         when `self.hubness` = (an `anyalign.hubness.Hubness`, reference query embeddings `[B, E]`) is set."""
