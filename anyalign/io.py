@@ -215,10 +215,6 @@ class PretrainedSource:
     kind: str  # "file" | "dir" | "hub" | "tag"
     location: str
 
-    @property
-    def is_local(self) -> bool:
-        return self.kind in ("file", "dir")
-
 
 def resolve_pretrained(source: str | os.PathLike) -> PretrainedSource:
     """Classify a `pretrained=` argument.

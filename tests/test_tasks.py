@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 import yaml
 
 from anyalign.align import Trainer, load_recipe
 from anyalign.align.build import build_model
-from anyalign.align.model import AlignmentModel
 from anyalign.align.tasks import TASKS, Task, parse_loss_weights, register_task, term_name
 from anyalign.config import ConfigError
 
@@ -140,21 +138,6 @@ def test_a_new_task_is_one_class_plus_one_registration(tmp_path: Path, minilm_di
         assert len(losses) == 3 and all(0.0 < v < 2.0 for v in losses)
     finally:
         TASKS._items.pop("test-cosine", None)
-
-
-def test_old_checkpoint_temperatures_load_into_the_task() -> None:
-    from anyalign.adapter import AdapterConfig, ModalityAdapter
-
-    cfg = AdapterConfig(modality="ir-depth", encoder="features", in_dim=8, embed_dim=8,
-                        embed_projector={"name": "linear"})
-    model = AlignmentModel({"ir-depth": ModalityAdapter(cfg)}, contrastive_pairs=[("ir-depth", "text")])
-    state = model.state_dict()
-    key = "tasks.contrastive.temperatures.ir-depth.text.logit_scale"
-    assert key in state
-    old = {("contrastive.ir-depth-text.logit_scale" if k == key else k): v for k, v in state.items()}
-    old["contrastive.ir-depth-text.logit_scale"] = torch.tensor(1.5)
-    model.load_state_dict(old)  # strict: every key maps
-    assert float(model.contrastive_losses()[("contrastive", "ir-depth", "text")].logit_scale) == 1.5
 
 
 def test_misspelt_encoder_option_in_a_recipe_names_the_field(tmp_path: Path, minilm_dir: Path) -> None:

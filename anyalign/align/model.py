@@ -61,7 +61,6 @@ class AlignmentModel(nn.Module):
             tasks += [TASKS.get(t)() for t in llm_tasks] if mllm is not None else []
         self.tasks = nn.ModuleDict({t.name: t for t in tasks})  # fixed order: every rank runs the same collectives
         self.loss_weights: dict[TermKey, float] = dict(loss_weights or {})
-        self._register_load_state_dict_pre_hook(self._upgrade_state)
         self.frozen = _Frozen()
         self.frozen.encoders = dict(frozen_encoders or {})
         self.frozen.anchors = dict(anchors or {})
@@ -105,13 +104,6 @@ class AlignmentModel(nn.Module):
         """The binding losses (with their learnable temperatures) by term key `("contrastive", modality, anchor)`."""
         task = self.tasks["contrastive"] if "contrastive" in self.tasks else None
         return {key: task.loss_module(key[1], key[2]) for key in task.terms()} if task is not None else {}
-
-    def _upgrade_state(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
-        """Checkpoints written before tasks were modules kept the temperatures at `contrastive.<m>-<a>.*`."""
-        for (_, m, a), _mod in self.contrastive_losses().items():
-            old = f"{prefix}contrastive.{m}-{a}."
-            for k in [k for k in state if k.startswith(old)]:
-                state[f"{prefix}tasks.contrastive.temperatures.{m}.{a}.{k[len(old):]}"] = state.pop(k)
 
     # --- features and embeddings --------------------------------------------------------------------------
     def has_encoder(self, modality: str) -> bool:
@@ -159,15 +151,6 @@ class AlignmentModel(nn.Module):
         if not texts:
             return torch.zeros(0, enc.pooled_dim, device=self.device)
         return torch.stack([self._text_cache[(anchor, t)] for t in texts]).to(self.device)
-
-    @torch.no_grad()
-    def precompute_texts(self, anchor: str, texts: set[str] | Sequence[str], batch_size: int = 128) -> None:
-        """Embed a known set of anchor sentences in a fixed order and chunking, so cached values do not depend
-        on which batch first met a sentence (bit-exact resume)."""
-        ordered = sorted(set(texts))
-        self._text_cache_size = max(self._text_cache_size, len(ordered))
-        for i in range(0, len(ordered), batch_size):
-            self.anchor_texts(anchor, ordered[i:i + batch_size])
 
     # --- training -----------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> LossTerms:

@@ -299,15 +299,8 @@ def add_transcripts(corpus_dir: str | os.PathLike, whisper: str | os.PathLike, *
     return out
 
 
-def corpus_summary(corpus: SpeechCorpus) -> dict[str, Any]:
-    """A short JSON-able description of a corpus (what the CLI prints)."""
-    return {"path": str(corpus.path), "recordings": len(corpus.rows), "new": corpus.n_new, "kept": corpus.n_kept,
-            "sample_rate": corpus.sample_rate, "train_voices": corpus.train_voices,
-            "test_voices": corpus.test_voices}
-
-
 __all__ = ["DEFAULT_FLITE_VOICES", "DEFAULT_TEST_VOICES", "DEFAULT_TRAIN_VOICES", "ENGINES", "FORTUNES_DIR",
            "MIXED_TEST_VOICES", "MIXED_TRAIN_VOICES", "MIXED_VAL_VOICES", "PITCH_RANGE", "RATE_RANGE", "WORD_LIST",
            "ZEROSHOT_WORDS", "Augment", "EspeakEngine", "FliteEngine", "SpeechCorpus", "Utterance", "add_transcripts",
-           "corpus_summary", "fortune_sentences", "get_engine", "parse_voice", "read_utterances", "synthesize_corpus",
+           "fortune_sentences", "get_engine", "parse_voice", "read_utterances", "synthesize_corpus",
            "text_fold", "voice_family"]
