@@ -34,6 +34,7 @@ def test_no_import_cycles_between_modules() -> None:
 
 def test_readme_layer_list_equals_the_contract() -> None:
     import re
+
     import tomllib
 
     layers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
