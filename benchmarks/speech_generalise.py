@@ -281,6 +281,9 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files, e.g. @600 (one row per run)")
     p.add_argument("--report", action="store_true", help="print the table of the parts written so far")
+    p.add_argument("--whisper-lexicon-clips", type=int, default=0, help="also score Whisper's decoder with the "
+                   "lexicon (teacher-forced likelihood of every gallery sentence) on this many of the [sub] test "
+                   "clips, and on every digit/colour clip: the baseline beside the words head's lexicon numbers")
     p.add_argument("--words-adapter", type=Path, default=None, help="also score a saved words-head adapter (a 'ctc' "
                    "projector, trained by `anyalign train configs/speech_text_ctc.yaml` on this corpus's train fold)")
     args = p.parse_args()
@@ -350,6 +353,18 @@ def main() -> None:
         (res_dir / "baseline.json").write_text(json.dumps(base, indent=1))
         print(f"baseline ready ({time.perf_counter() - t0:.0f} s): {base}", flush=True)
 
+    if args.whisper_lexicon_clips:
+        from anyalign.llm.transcribe import whisper_scores
+
+        lex_sub = sub[:args.whisper_lexicon_clips]
+        sc = whisper_scores(whisper, [files[i] for i in lex_sub], gal_texts["test"], quiet=args.quiet).numpy()
+        lex = {"clips": len(lex_sub), "gallery": len(gal_texts["test"]),
+               "test": retrieval(sc, [said["test"][i] for i in lex_sub], gal_texts["test"], np.eye(len(sc[0])))}
+        for k, v in word_idx.items():
+            ws = whisper_scores(whisper, [str(words / word_rows[i]["audio"]) for i in v], sets[k], quiet=True)
+            lex[f"zeroshot_{k}"] = float(np.mean([sets[k][j] == word_labels[i] for i, j in zip(v, ws.argmax(1))]))
+        (res_dir / "whisper-lexicon.json").write_text(json.dumps(lex, indent=1))
+        print(f"[whisper lexicon] {lex}", flush=True)
     if args.words_adapter is not None:
         raw = {f: features(whisper, src, work / "features" / f, True) for f, src in
                (("test", corpus / "test.jsonl"), ("words", words / "test.jsonl"))}  # 50 Hz: the head pools itself
@@ -465,6 +480,12 @@ def report(res_dir: Path) -> None:
         for tag, m, zz in rows_:
             print(f"{'adapter ' + name + tag:44s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
                   f"{z(c, 'zeroshot_digits' + zz):>7s} {z(c, 'zeroshot_colours' + zz):>8s}")
+    if "whisper-lexicon" in parts:
+        c = parts["whisper-lexicon"]
+        m = c["test"]
+        print(f"{'Whisper decoder, lexicon [first ' + str(c['clips']) + ' of sub]':44s} {m['recall@1']:6.3f} "
+              f"{m['recall@5']:6.3f} {m['recall@10']:6.3f} {z(c, 'zeroshot_digits'):>7s} "
+              f"{z(c, 'zeroshot_colours'):>8s}")
     for name, c in parts.items():
         if name.startswith("words-ctc"):
             for tag, m, zz in (("lexicon = gallery", c["test"], ""), ("free transcript", c["test_free_transcript"],

@@ -191,3 +191,8 @@ def test_real_whisper_transcribes_synthesised_speech(assets: Path, tmp_path: Pat
                           progress=False)
     hyp = whisper_transcripts(folder, [str(tmp_path / r["audio"]) for r in c.rows], max_new_tokens=30, quiet=True)
     assert wer([r["text"] for r in c.rows], hyp) < 0.35, hyp
+    from anyalign.llm.transcribe import whisper_scores
+
+    files = [str(tmp_path / r["audio"]) for r in c.rows]
+    scores = whisper_scores(folder, files, [r["text"] for r in c.rows] + ["Seven green parrots."], quiet=True)
+    assert scores.shape == (2, 3) and scores.argmax(1).tolist() == [0, 1]  # the lexicon baseline picks what was said

@@ -66,6 +66,38 @@ def load_whisper(whisper: str | os.PathLike | None = None, device: str | torch.d
     return processor, asr
 
 
+def whisper_scores(whisper: str | os.PathLike | None, files: Sequence[Any], candidates: Sequence[str], *,
+                   device: str | torch.device = "cpu", chunk: int = 256, quiet: bool = False) -> torch.Tensor:
+    """`[N, K]`: Whisper's own decoder scoring each candidate transcript of each clip (teacher-forced log-likelihood
+    per token, the first 30 s window): the ASR baseline for a lexicon (zero-shot words, a gallery of sentences),
+    beside a words head's CTC scores."""
+    from ..encoders.audio_io import load_audio
+
+    processor, asr = load_whisper(whisper, device)
+    fe, tok = processor.feature_extractor, processor.tokenizer
+    prefix = tok("", add_special_tokens=True).input_ids[:-1]  # <|startoftranscript|><|notimestamps|> (.en models)
+    ids = [prefix + tok(" " + c.strip(), add_special_tokens=False).input_ids + [tok.eos_token_id] for c in candidates]
+    width = max(len(i) for i in ids)
+    labels = torch.full((len(ids), width), -100, dtype=torch.long)
+    for k, row in enumerate(ids):
+        labels[k, :len(row)] = torch.tensor(row)
+    inputs, targets = labels[:, :-1].clamp_min(0), labels[:, 1:]
+    counted = (targets != -100) & (torch.arange(1, width)[None] >= len(prefix))  # the candidate's tokens and EOS
+    out = torch.empty(len(files), len(ids))
+    with _progress(len(files), "whisper scores", quiet) as bar, torch.inference_mode():
+        for n, f in enumerate(files):
+            feats = fe([load_audio(f, int(fe.sampling_rate))[: int(fe.n_samples)]], sampling_rate=fe.sampling_rate,
+                       return_tensors="pt").input_features.to(device)
+            enc = asr.model.encoder(feats).last_hidden_state  # [1, 1500, D]
+            for lo in range(0, len(ids), chunk):
+                x, y, m = inputs[lo:lo + chunk].to(device), targets[lo:lo + chunk].to(device), counted[lo:lo + chunk]
+                logits = asr(encoder_outputs=(enc.expand(len(x), -1, -1),), decoder_input_ids=x).logits
+                lp = logits.float().log_softmax(-1).gather(-1, y.clamp_min(0)[..., None])[..., 0].cpu()
+                out[n, lo:lo + chunk] = (lp * m).sum(1) / m.sum(1)
+            bar.update(1)
+    return out
+
+
 def whisper_transcripts(whisper: str | os.PathLike | None, files: Sequence[Any], *, batch_size: int = 8,
                         max_new_tokens: int = 160, device: str | torch.device = "cpu",
                         quiet: bool = False) -> list[str]:
