@@ -117,3 +117,14 @@ def test_ctc_lexicon_embeds_each_clip_as_its_most_likely_candidate(tmp_path: Pat
     assert nearest.tolist() == scores.argmax(1).tolist()
     head.constrain(None)
     assert torch.allclose(head(feats).tokens[:, 0], head.embed_texts(head.transcribe(feats)), atol=1e-6)
+
+
+def test_ctc_padding_does_not_change_valid_steps() -> None:
+    torch.manual_seed(0)
+    head = create_projector("ctc", in_dim=8, out_dim=16, hidden_dim=16).eval()
+    x = torch.randn(1, 10, 8)
+    padded = torch.cat([x, 100 * torch.randn(1, 6, 8)], 1)
+    mask = torch.arange(16)[None] < 10
+    lp, n = head.log_probs(x)
+    lp_pad, n_pad = head.log_probs(padded, mask)
+    assert int(n) == int(n_pad) == 5 and torch.allclose(lp[0, :5], lp_pad[0, :5], atol=1e-5)

@@ -28,7 +28,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
                   "num_experts": 2},
     "rvq": {"num_quantizers": 3, "codebook_size": 16, "code_dim": 8, "stride": 2},
 }
-NAMES = list_projectors()
+ALL_NAMES = list_projectors()
+# projectors whose output gradients flow through (the CTC words head, which embeds its transcript as text and
+# trains through the ctc task, is tested in test_ctc.py)
+NAMES = [n for n in ALL_NAMES if PROJECTORS.get(n).differentiable]
 
 
 def make(name: str, **extra: Any) -> Projector:
@@ -47,7 +50,7 @@ def test_all_designs_registered() -> None:
     assert {"linear", "mlp", "perceiver", "qformer", "universal", "rvq"} <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_docstring_names_design_with_citation(name: str) -> None:
     first = (PROJECTORS.get(name).__doc__ or "").strip().splitlines()[0]
     assert re.search(r"\(.*(19|20)\d\d.*\)", first), f"{name}: first docstring line lacks '(paper, year)': {first}"

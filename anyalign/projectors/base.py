@@ -34,6 +34,9 @@ class Projector(nn.Module):
     `self.config` (a JSON-able dict) so that `create_projector(name, in_dim, out_dim, **config)` rebuilds them."""
 
     name: str = ""
+    #: False for heads whose output is not a function of their weights that gradients flow through (the CTC words
+    #: head embeds its transcript as text); they train through their own task instead
+    differentiable: bool = True
 
     def __init__(self, in_dim: int, out_dim: int, **config: Any) -> None:
         super().__init__()

@@ -50,11 +50,13 @@ def normalize_text(text: str, alphabet: str) -> str:
 
 @register_projector("ctc", options=CTCOptions)
 class CTCProjector(Projector):
-    """Two temporal convolutions (residual) over `stride`-pooled frames -> per-step character log-probabilities.
+    """A CTC character head (Graves et al., 2006): two temporal convolutions over pooled frames -> letters.
 
     The shared-space output is the text encoder's embedding of the greedy transcript (one token `[B, 1, E]`); it is
     not differentiable: the head learns through `ctc_loss` (the `ctc` task), never through a contrastive loss.
     """
+
+    differentiable = False
 
     def __init__(self, in_dim: int, out_dim: int, *, alphabet: str = CTCOptions.alphabet, hidden_dim: int = 256,
                  kernel: int = 3, stride: int = 2, dropout: float = 0.15,
@@ -107,7 +109,7 @@ class CTCProjector(Projector):
         mask = full_mask(tokens, mask)
         x = self.drop(self.norm(tokens.float())) * mask.unsqueeze(-1)
         x, mask = pool_tokens(x, mask, self.stride)
-        h = F.gelu(self.conv1(x.transpose(1, 2)))
+        h = F.gelu(self.conv1(x.transpose(1, 2))) * mask[:, None, :].to(x.dtype)  # padding stays zero for conv2
         h = F.gelu(self.conv2(self.drop(h))) + h  # [B, H, S]
         logits = self.out(self.drop(h.transpose(1, 2)))
         return logits.log_softmax(-1), mask.sum(1)
