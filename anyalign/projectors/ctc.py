@@ -100,6 +100,9 @@ class CTCProjector(Projector):
         """L2-normalised text-encoder embeddings `[N, E]` of `texts` (the space's text side)."""
         with torch.no_grad():
             out = self._text_encoder()(list(texts))
+        if out.pooled.shape[-1] != self.out_dim:
+            raise ValueError(f"ctc projector: its text encoder embeds into {out.pooled.shape[-1]} dims but the head "
+                             f"was built for {self.out_dim} (embed_dim); use the space's width")
         return F.normalize(out.pooled.float(), dim=-1)
 
     # --- characters --------------------------------------------------------------------------------------------
