@@ -48,8 +48,8 @@ Measured 2026-12-06 (session 7), same corpus and split; the baseline now on ALL 
     baseline: Whisper tiny.en decoder -> MiniLM [591 clips]   R@1 0.668 R@5 0.734 R@10 0.773  digits 0.54 colours 0.42
                                                               WER 0.614
     words head (ctc projector + ctc task, `anyalign train configs/speech_text_ctc.yaml`, 1500 x 32), 591 clips:
-       lexicon (candidates = the 591 sentences / the 10 words)  R@1 0.995 R@5 0.995 R@10 0.995  digits 0.88 colours 0.90
-       free transcript -> MiniLM (WER 0.738)                    R@1 0.293 R@5 0.413 R@10 0.482  digits 0.18 colours 0.20
+       lexicon (candidates = the 591 sentences / 10 words)  R@1 0.995 R@5 0.995 R@10 0.995  digits 0.88 colours 0.90
+       free transcript -> MiniLM (WER 0.738)                 R@1 0.293 R@5 0.413 R@10 0.482  digits 0.18 colours 0.20
 
   python benchmarks/speech_generalise.py --conditions "" --baseline-clips 0      # the baseline on every test clip
   python benchmarks/speech_generalise.py --no-baseline --conditions "" --baseline-clips 0 \
