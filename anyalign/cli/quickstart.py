@@ -21,7 +21,7 @@ def quickstart_cmd(
     fast: bool = typer.Option(False, "--fast", help="Reduced mode: a few training steps (for smoke tests)."),
     contrastive_steps: int = typer.Option(300, help="IMU-text binding steps."),
     caption_steps: int = typer.Option(20, help="LLM alignment steps."),
-    speech_steps: int = typer.Option(150, help="Speech-text binding steps."),
+    speech_steps: int = typer.Option(150, help="Speech words-head (CTC) training steps."),
     speech_llm_steps: int = typer.Option(40, help="Speech-to-LLM alignment steps."),
     as_json: bool = o.JSON,
 ) -> None:

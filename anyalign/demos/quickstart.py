@@ -53,7 +53,7 @@ class QuickstartOptions:
     contrastive_steps: int = 300
     caption_steps: int = 20
     sound_steps: int = 150
-    speech_steps: int = 600
+    speech_steps: int = 150
     speech_llm_steps: int = 40
     image_steps: int = 100
     seed: int = 0
