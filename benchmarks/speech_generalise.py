@@ -50,6 +50,9 @@ Measured 2026-12-06 (session 7), same corpus and split; the baseline now on ALL 
     words head (ctc projector + ctc task, `anyalign train configs/speech_text_ctc.yaml`, 1500 x 32), 591 clips:
        lexicon (candidates = the 591 sentences / 10 words)  R@1 0.995 R@5 0.995 R@10 0.995  digits 0.88 colours 0.90
        free transcript -> MiniLM (WER 0.738)                 R@1 0.293 R@5 0.413 R@10 0.482  digits 0.18 colours 0.20
+    like for like on the first 40 test clips (Whisper's decoder scoring the 591 candidates, `whisper_scores`):
+       Whisper decoder, lexicon      R@1 0.825 R@5 0.900 R@10 0.925;  digits 0.88 colours 0.98 (all 50 + 50 clips)
+       words head, lexicon           R@1 1.000 R@5 1.000 R@10 1.000
 
   python benchmarks/speech_generalise.py --conditions "" --baseline-clips 0      # the baseline on every test clip
   python benchmarks/speech_generalise.py --no-baseline --conditions "" --baseline-clips 0 \
