@@ -440,7 +440,7 @@ def score_words_adapter(path: Path, test_tok: list[torch.Tensor], said: list[str
     head = adapter.embed_head
     t0 = time.perf_counter()
     heard = [t for i in range(0, len(test_tok), 64) for t in head.transcribe(*_padded(test_tok[i:i + 64]))]
-    free = embed_clips(SpeechHead(adapter), test_tok)
+    free = head.embed_texts(heard).numpy()  # the free-transcript embedding, from the transcripts just made
     head.constrain(gallery_texts)
     lex = embed_clips(SpeechHead(adapter), test_tok)
     info: dict[str, Any] = {

@@ -139,9 +139,9 @@ class ContrastiveTask(Task):
     @classmethod
     def from_recipe(cls, recipe: Any, *, adapters: Mapping[str, Any], anchors: Mapping[str, Any],
                     mllm: Any) -> ContrastiveTask | None:
-        pairs = [(m, a) for m in adapters for a in anchors  # a words head (ctc.py) learns by its own task
+        pairs = [(m, a) for m in adapters for a in anchors  # a head gradients cannot reach learns by its own task
                  if (adapters[m].embed_head is not None or adapters[m].config.embed_dim is not None)
-                 and not hasattr(adapters[m].embed_head, "ctc_loss")]
+                 and getattr(adapters[m].embed_head, "differentiable", True)]
         opts = {a: {"temperature": s.temperature, "learn_temperature": s.learn_temperature, "weight": s.weight,
                     "positives": s.positives, "loss": s.loss, "soft_temperature": s.soft_temperature}
                 for a, s in recipe.anchors.items()}

@@ -138,9 +138,11 @@ def speech_demo(paths: dict[str, Path], work: Path, *, fast: bool, contrastive_s
     held = {n: read_records(corpora[n] / "test.jsonl", modalities=["audio"]) for n in ("sentences", "digits",
                                                                                        "questions")}
 
+    held_feats = {n: load_features(feats / f"{n}-test") for n in ("sentences", "digits")}  # read once
+
     def held_embeddings(name: str) -> np.ndarray:
         """Speech embeddings of the held-out recordings of list `name`, in `held[name]` order."""
-        recs = load_features(feats / f"{name}-test")
+        recs = held_feats[name]
         emb = dict(zip((str(r.key) for r in recs), speech.embed_features(collate_features(recs))))
         return np.stack([emb[r.key] for r in held[name]])
 

@@ -169,9 +169,10 @@ class CTCProjector(Projector):
         """Constrain the output to a lexicon (zero-shot labels, a retrieval gallery): a clip's embedding becomes the
         mixture of the candidates' text embeddings weighted by softmax(CTC score / `temperature`), so the nearest
         candidate is the one the head finds most likely to have been said; None goes back to free transcripts."""
-        self.lexicon = list(texts) if texts is not None else None
-        self._lexicon_emb = self.embed_texts(self.lexicon) if self.lexicon else None
-        self.lexicon_temperature = float(temperature)
+        lexicon = list(texts) if texts is not None else None
+        if lexicon != self.lexicon:  # the classifier re-states its labels on every embed call: embed them once
+            self._lexicon_emb = self.embed_texts(lexicon) if lexicon else None
+        self.lexicon, self.lexicon_temperature = lexicon, float(temperature)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:
