@@ -1,6 +1,6 @@
 """The frozen universal trunk with trainable modality tokenizers (Meta-Transformer): loading a pretrained trunk from a
-folder (a tiny random BertModel this test saves, and the real MiniLM when present), what trains, what is saved, and
-exact resume."""
+folder (a tiny random BertModel and a tiny random WhisperEncoder this test saves, the real MiniLM and Whisper tiny.en
+when present), what trains, what is saved, and exact resume."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from anyalign.adapter import ModalityAdapter
 from anyalign.align import load_recipe, train
@@ -32,6 +33,18 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      max_position_embeddings=64, vocab_size=30)
     path = tmp_path_factory.mktemp("bert")
     BertModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised WhisperEncoder of the real architecture (1500 positions), saved alone."""
+    torch.manual_seed(0)
+    cfg = WhisperConfig(vocab_size=64, num_mel_bins=80, d_model=32, encoder_layers=2, encoder_attention_heads=2,
+                        encoder_ffn_dim=64, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    path = tmp_path_factory.mktemp("whisper")
+    WhisperEncoder(cfg).save_pretrained(path)
     return path
 
 
@@ -56,6 +69,42 @@ def test_trunk_loads_saved_checkpoint_and_tokenizes(tiny_bert: Path) -> None:
         enc([np.zeros((5, 40), np.float32)])
     with pytest.raises(ValueError, match="pretrained= must name a local transformer folder"):
         create_encoder("trunk")
+
+
+def test_whisper_trunk_replaces_the_mel_front_end(tiny_whisper: Path) -> None:
+    """A Whisper trunk: its layers, positions and final norm come from the checkpoint, its convolutions (the mel
+    front end the tokenizer replaces) are dropped; padded tokens are masked out of attention, so a window gives the
+    same tokens alone or padded in a batch."""
+    enc = create_encoder("trunk", str(tiny_whisper), channels=6, patch=8, frozen=False)
+    saved = load_file(tiny_whisper / "model.safetensors")
+    trunk = enc.trunk.state_dict()
+    assert set(saved) - set(trunk) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}
+    assert all(torch.equal(trunk[k], saved[k]) for k in trunk)
+    assert not any(p.requires_grad for p in enc.trunk.parameters()) and enc.max_tokens == 1500
+    assert set(enc.trained_state_dict()) == {"tokenizer.proj.weight", "tokenizer.proj.bias"}
+    enc.eval()
+    short, long = np.random.randn(6, 30).astype(np.float32), np.random.randn(6, 64).astype(np.float32)
+    with torch.no_grad():
+        alone, batch = enc([short]), enc([short, long])
+    assert batch.tokens.shape == (2, 8, 32) and batch.mask.sum(1).tolist() == [4, 8]
+    torch.testing.assert_close(batch.tokens[0, :4], alone.tokens[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(batch.pooled[0], alone.pooled[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(batch.pooled[0], batch.pooled[1], atol=1e-3)
+    assert len(create_encoder("trunk", str(tiny_whisper), layers=1).trunk.layers) == 1
+
+
+def test_trunk_on_real_whisper(assets: Path) -> None:
+    """Whisper tiny.en's encoder (a WhisperForConditionalGeneration checkpoint) as the trunk."""
+    path = assets / "audio-models" / "whisper-tiny.en"
+    if not path.is_dir():
+        pytest.skip(f"{path} missing: run `python -m anyalign.assets whisper-tiny.en`")
+    enc = create_encoder("trunk", str(path), channels=12, patch=5)
+    saved = load_file(path / "model.safetensors")
+    layer0 = enc.trunk.layers[0].fc1.weight
+    assert torch.equal(layer0, saved["model.encoder.layers.0.fc1.weight"].float())
+    out = enc([np.random.randn(12, 25).astype(np.float32)])
+    assert out.tokens.shape == (1, 5, 384) and torch.isfinite(out.pooled).all()
+    assert len(enc.trunk.layers) == 4 and not any(p.requires_grad for p in enc.parameters())
 
 
 def test_trunk_on_real_minilm(minilm_dir: Path) -> None:
@@ -98,10 +147,12 @@ class _StopAt:
 
 
 @pytest.mark.slow
-def test_trunk_trains_only_the_tokenizer_and_resumes_exactly(tmp_path: Path, tiny_bert: Path,
-                                                             minilm_dir: Path) -> None:
-    recipe = _recipe(tmp_path, tiny_bert, minilm_dir)
-    before = create_encoder("trunk", str(tiny_bert), patch=8)
+@pytest.mark.parametrize("trunk", ["tiny_bert", "tiny_whisper"])
+def test_trunk_trains_only_the_tokenizer_and_resumes_exactly(tmp_path: Path, trunk: str, minilm_dir: Path,
+                                                             request: pytest.FixtureRequest) -> None:
+    folder = request.getfixturevalue(trunk)
+    recipe = _recipe(tmp_path, folder, minilm_dir)
+    before = create_encoder("trunk", str(folder), patch=8)
     init = build_model(load_recipe(recipe)).adapters["imu"].encoder.tokenizer.proj.weight.detach().clone()
     full = train(load_recipe(recipe), output_dir=tmp_path / "full")
     saved = load_file(full.output_dir / "adapters/imu/anyalign_adapter.safetensors")

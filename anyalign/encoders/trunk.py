@@ -1,17 +1,24 @@
 """A frozen universal trunk with trainable modality tokenizers (Meta-Transformer; OneLLM's universal encoder).
 
 Meta-Transformer (Zhang et al., 2023) feeds every modality, after a light per-modality tokenizer, through one
-frozen pretrained transformer; OneLLM (Han et al., 2024) does the same with a frozen CLIP ViT. Here the trunk is any
-local Hugging Face encoder-only model that takes `inputs_embeds` (e.g. the BERT layers of all-MiniLM-L6-v2); the
-tokenizer is the only part that trains:
+frozen pretrained transformer; OneLLM (Han et al., 2024) does the same with a frozen CLIP ViT. Here the trunk is a
+local Hugging Face model folder of one of two kinds, and the tokenizer is the only part that trains:
+
+- an encoder-only model that takes `inputs_embeds` (e.g. the BERT layers of all-MiniLM-L6-v2): the tokens go
+  through its own embedding block (pretrained positions and LayerNorm) and its layers;
+- a Whisper checkpoint (WhisperModel / WhisperForConditionalGeneration, or a saved WhisperEncoder alone, e.g.
+  Whisper tiny.en): the tokenizer takes the place of Whisper's mel front end (its two convolutions, dropped), and
+  the tokens get Whisper's sinusoidal positions and go through its encoder layers (padded tokens masked out of
+  attention, as in the "whisper" encoder's `padding: longest`) and final LayerNorm.
+
+Tokenizers:
 
 - `patch1d` (sensor streams `[C, T]`): non-overlapping patches of `patch` time steps, each flattened and
   projected linearly to the trunk's width (a window of 100 steps with `patch: 10` -> 10 tokens);
 - `patch2d` (spectrograms or images `[C, H, W]` or `[H, W]`): a `patch` x `patch` strided convolution (ViT's patch
   embedding); inputs in a batch are padded on the right (the last axis, time for a spectrogram).
 
-The tokens go through the trunk's own embedding block (its pretrained positions and LayerNorm) and its layers
-(the first `layers` of them, default all); tokens = the trunk's last hidden states, pooled = their masked mean.
+The trunk runs its first `layers` layers (default all); tokens = its last hidden states, pooled = their masked mean.
 
 Where it sits: an encoder is the frozen part of an adapter and a projector its trainable head, but here the
 trainable tokenizer runs *before* frozen layers. It lives inside this encoder, with `train_encoder: true` meaning
@@ -95,8 +102,15 @@ class TrunkEncoder(Encoder):
                 raise ValueError(f"trunk: layers must be in 1..{len(blocks)} for this trunk, got {layers}")
             del blocks[layers:]
         self.kind, self.channels, self.patch, self.normalize = tokenizer, channels, patch, normalize
+        self.whisper = getattr(trunk.config, "model_type", None) == "whisper"
         width = int(trunk.config.hidden_size)
-        self.max_tokens = int(getattr(trunk.config, "max_position_embeddings", 512))
+        if self.whisper:  # the tokenizer replaces the mel front end
+            self.max_tokens = int(trunk.config.max_source_positions)
+            for front in ("conv1", "conv2"):
+                if hasattr(trunk, front):
+                    delattr(trunk, front)
+        else:
+            self.max_tokens = int(getattr(trunk.config, "max_position_embeddings", 512))
         self.tokenizer = (Patch1d if tokenizer == "patch1d" else Patch2d)(channels, patch, width)
         self.trunk = trunk.requires_grad_(False).eval()
         self.token_dim = self.pooled_dim = width
@@ -158,8 +172,22 @@ class TrunkEncoder(Encoder):
         if tokens.shape[1] > self.max_tokens:
             raise InputError(f"trunk: {tokens.shape[1]} tokens > the trunk's {self.max_tokens} positions; use a "
                              f"larger patch or shorter inputs")
-        hidden = self.trunk(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state  # [B, N, D]
+        if self.whisper:
+            hidden = _whisper_layers(self.trunk, tokens, mask)  # [B, N, D]
+        else:
+            hidden = self.trunk(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state  # [B, N, D]
         return EncoderOutput(hidden, mask, masked_mean(hidden.float(), mask))
+
+
+def _whisper_layers(encoder: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A WhisperEncoder's forward after its convolutions: sinusoidal positions, layers, final LayerNorm."""
+    from .whisper import key_padding_mask
+
+    x = tokens + encoder.embed_positions.weight[:tokens.shape[1]]  # [B, N, D]
+    attention = key_padding_mask(mask, encoder.config._attn_implementation)
+    for layer in encoder.layers:
+        x = layer(x, attention)
+    return encoder.layer_norm(x)
 
 
 def _layer_list(trunk: nn.Module) -> nn.ModuleList:
@@ -171,6 +199,45 @@ def _layer_list(trunk: nn.Module) -> nn.ModuleList:
         if isinstance(mod, nn.ModuleList):
             return mod
     raise ValueError(f"trunk: {type(trunk).__name__} has no list of layers (encoder.layer / layers)")
+
+
+def _load_trunk(path: Path) -> nn.Module:
+    """The transformer in a local folder: an encoder-only AutoModel, or a Whisper checkpoint's encoder."""
+    from transformers import AutoConfig, AutoModel
+
+    if AutoConfig.from_pretrained(str(path), local_files_only=True).model_type != "whisper":
+        return AutoModel.from_pretrained(str(path), local_files_only=True)
+    from transformers import WhisperModel
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    if _weight_names(path) & {"conv1.weight", "layer_norm.weight"}:  # a WhisperEncoder saved alone
+        encoder, info = WhisperEncoder.from_pretrained(str(path), local_files_only=True, output_loading_info=True,
+                                                       dtype=torch.float32)
+        missing = list(info.get("missing_keys") or [])
+    else:
+        model, info = WhisperModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True,
+                                                   dtype=torch.float32)
+        missing = [k for k in info.get("missing_keys") or [] if k.startswith("encoder.")]
+        encoder = model.get_encoder()
+        del model  # keep only the encoder
+    if missing:
+        raise ValueError(f"{path}: no weights for {sorted(missing)[:3]} ({len(missing)} encoder weights missing): "
+                         f"not a Whisper checkpoint of this size")
+    return encoder
+
+
+def _weight_names(path: Path) -> set[str]:
+    """The tensor names of a folder's safetensors checkpoint (single file or sharded index); empty if neither."""
+    import json
+
+    from safetensors import safe_open
+
+    if (path / "model.safetensors").is_file():
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            return set(f.keys())
+    if (path / "model.safetensors.index.json").is_file():
+        return set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"])
+    return set()
 
 
 def _read(path: Path) -> np.ndarray:
@@ -199,20 +266,19 @@ class TrunkOptions:
 
 
 @register_encoder("trunk", modality="any", token_dim=384, pooled_dim=384, input_spec=TRUNK_INPUT_SPEC,
-                  default_model="a local encoder-only transformer folder, e.g. all-MiniLM-L6-v2 (required)",
+                  default_model="a local encoder-only transformer or Whisper folder, e.g. all-MiniLM-L6-v2 "
+                                "(required)",
                   options=TrunkOptions)
 def trunk_encoder(pretrained: str | None = None, **options: Any) -> TrunkEncoder:
-    """A modality tokenizer + the frozen layers of a local Hugging Face transformer folder (`pretrained`)."""
+    """A modality tokenizer + the frozen layers of a local transformer or Whisper model folder (`pretrained`)."""
     if pretrained is None:
         raise ValueError("trunk encoder: pretrained= must name a local transformer folder (e.g. "
                          "${ANYALIGN_ASSETS}/text/all-MiniLM-L6-v2); the trunk is never trained from scratch")
-    from transformers import AutoModel
-
     path = Path(str(pretrained)).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"trunk encoder: pretrained={pretrained!r} is not a local model folder")
     try:
-        trunk = AutoModel.from_pretrained(str(path), local_files_only=True)
+        trunk = _load_trunk(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"trunk encoder: cannot load {path} as a transformer: {str(e).splitlines()[0]}") from None
     return TrunkEncoder(trunk, **options)

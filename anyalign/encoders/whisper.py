@@ -46,6 +46,17 @@ DEFAULT_WHISPER_MODEL = "openai/whisper-base"
 PADDINGS = ("window", "longest")
 
 
+def key_padding_mask(mask: torch.Tensor, attn_implementation: str | None) -> torch.Tensor | None:
+    """`[B, T]` valid-token mask -> the key-padding mask `[B, 1, 1, T]` a Whisper encoder layer takes (None when
+    nothing is padded)."""
+    if bool(mask.all()):
+        return None
+    keys = mask[:, None, None, :]
+    if attn_implementation == "sdpa":
+        return keys  # bool: True = attend
+    return torch.zeros(keys.shape, device=mask.device).masked_fill(~keys, torch.finfo(torch.float32).min)
+
+
 class WhisperAudioEncoder(Encoder):
     """Whisper encoder: tokens `[B, T, D]` masked to the real audio (T = 1500 when padded to the window), pooled =
     masked mean `[B, D]`."""
@@ -103,15 +114,6 @@ class WhisperAudioEncoder(Encoder):
             "windows": torch.tensor([len(ws) for ws in windows]),  # [B]
         }
 
-    def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """Key-padding mask `[W, 1, 1, T]` in the form the encoder's attention takes (None when nothing is padded)."""
-        if bool(mask.all()):
-            return None
-        keys = mask[:, None, None, :]
-        if self.encoder.config._attn_implementation == "sdpa":
-            return keys  # bool: True = attend
-        return torch.zeros(keys.shape, device=mask.device).masked_fill(~keys, torch.finfo(torch.float32).min)
-
     def _encode_clip_length(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """WhisperEncoder's forward on the valid length: positions sliced, padded frames masked. `[W, T, D]`."""
         enc = self.encoder
@@ -120,7 +122,7 @@ class WhisperAudioEncoder(Encoder):
         x = F.gelu(enc.conv2(x))[:, :, :steps].permute(0, 2, 1)  # [W, T, D]
         x = x + enc.embed_positions.weight[:steps]
         mask = torch.arange(steps, device=x.device)[None] < valid.to(x.device)[:, None]  # [W, T]
-        attention = self._attention_mask(mask)
+        attention = key_padding_mask(mask, enc.config._attn_implementation)
         for layer in enc.layers:
             x = layer(x, attention)
         return enc.layer_norm(x)
