@@ -48,6 +48,21 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if _is_dtensor(t) else t).detach().cpu()
 
 
+def saved_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The keys a DDP checkpoint holds: a tensor reachable under several names (a projector shared by several
+    adapters) is kept under its first name only, as accelerate does (`clean_state_dict_for_safetensors`)."""
+    from accelerate.utils import id_tensor_storage
+
+    seen: set[Any] = set()
+    keys = []
+    for k, v in state.items():
+        ident = id_tensor_storage(v)
+        if ident not in seen:
+            seen.add(ident)
+            keys.append(k)
+    return keys
+
+
 def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a (peft-wrapped) Hugging Face causal LM: `_no_split_modules` classes, else the
     longest ModuleList."""
@@ -67,7 +82,7 @@ class FSDPState:
                  layers: int) -> None:
         self.model = model
         self.mesh = mesh
-        self.state_keys = state_keys  # the keys of the unsharded model's state_dict (what DDP saves)
+        self.state_keys = state_keys  # the keys of the unsharded model's state_dict, shared tensors once (as DDP)
         self.replicated = replicated  # trainable parameters FSDP does not manage (scalars)
         self.layers = layers
         params = dict(model.named_parameters())
@@ -189,7 +204,7 @@ def shard_model(model: Any, device: torch.device) -> FSDPState:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    state_keys = list(model.state_dict())
+    state_keys = saved_keys(model.state_dict())
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     mllm = model.frozen.mllm
     layers: list[nn.Module] = []
@@ -238,4 +253,4 @@ def _touch_trainable(module: nn.Module, args: Any, output: Any) -> Any:
     return {**output, key: output[key] + zero.to(output[key].dtype)}
 
 
-__all__ = ["FSDPState", "decoder_layers", "fsdp_requested", "shard_model"]
+__all__ = ["FSDPState", "decoder_layers", "fsdp_requested", "saved_keys", "shard_model"]
