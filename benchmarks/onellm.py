@@ -126,10 +126,14 @@ def _fit(recipe: object, out: Path) -> tuple[Trainer, float]:
 
 
 # --- part 1: frozen trunk vs IMU encoder from scratch ------------------------------------------------------------
+WHISPER = "audio-models/whisper-tiny.en"  # the other trunk: Whisper tiny.en's 4 encoder layers (same width, 384)
+
+
 def run_trunk(steps: int, out: Path, assets: Path) -> dict:
-    minilm = assets / "text/all-MiniLM-L6-v2"
+    minilm, whisper = assets / "text/all-MiniLM-L6-v2", assets / WHISPER
     encoders = {"imu_scratch": "imu",
-                "trunk_minilm": json.dumps({"name": "trunk", "pretrained": str(minilm), "options": {"patch": 10}})}
+                "trunk_minilm": json.dumps({"name": "trunk", "pretrained": str(minilm), "options": {"patch": 10}}),
+                "trunk_whisper": json.dumps({"name": "trunk", "pretrained": str(whisper), "options": {"patch": 10}})}
     base = [f"train.max_steps={steps}", "eval.at_start=false", "eval.every=0", "train.tensorboard=false",
             "train.save_every=100000"]
     res = {}
@@ -344,7 +348,9 @@ def run_series(steps: int, out: Path, assets: Path) -> dict:
     counts = np.bincount(test.targets)
     encoders = {"scratch": {"name": "imu", "options": {"channels": 12}},
                 "trunk_minilm": {"name": "trunk", "pretrained": str(assets / "text/all-MiniLM-L6-v2"),
-                                 "options": {"channels": 12, "patch": 5}}}
+                                 "options": {"channels": 12, "patch": 5}},
+                "trunk_whisper": {"name": "trunk", "pretrained": str(assets / WHISPER),
+                                  "options": {"channels": 12, "patch": 5}}}
     res: dict = {}
     for name, enc in encoders.items():
         trainer, _ = _fit(load_recipe(_series_recipe(path, enc, steps, out, name)), out / name)
