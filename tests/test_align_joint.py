@@ -1,4 +1,6 @@
-"""Stage 2 end to end with tiny real models: mixed tasks and modalities, LoRA, `init_from` a stage-1 adapter."""
+"""Stage 2 end to end with tiny real models: mixed tasks and modalities, LoRA, `init_from` a stage-1 adapter; a
+feature source renaming its modality (speech from audio features); and configs/joint_instruct.yaml as shipped on the
+real assets (IMU, speech, sounds, images into SmolLM2 through one universal projector, from cached features)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from anyalign.align import load_recipe, train
+from anyalign.align.build import _feature_dims
+from anyalign.align.config import DataSource
+from anyalign.align.sources import read_source
+from anyalign.features import FeatureWriter, write_manifest
 from anyalign.llm import MultimodalLM
+from tests._cli import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ACTIVITIES = ["walking", "running", "standing"]
 
@@ -93,3 +102,104 @@ def test_stage1_then_joint_stage_with_lora(tmp_path: Path, tiny_llm_dir: Path, m
     mm = MultimodalLM.from_pretrained(tmp_path / "s2" / "mllm")  # bundle: adapters + LoRA + base LLM name
     lora = {n: p for n, p in mm.llm.named_parameters() if "lora_B" in n}
     assert lora and any(p.abs().sum() > 0 for p in lora.values())  # LoRA B starts at zero; it was trained
+
+
+# --- a feature source names the modality it feeds --------------------------------------------------------------
+def _audio_features(folder: Path) -> Path:
+    """Two fake Whisper-feature rows of modality `audio`, one a spoken question with an `<audio>` conversation."""
+    folder.mkdir(parents=True)
+    conv = [{"from": "human", "value": "<audio>\nAnswer the spoken question."}, {"from": "gpt", "value": "Paris."}]
+    with FeatureWriter(folder / "features-r00-00000.tar") as w:
+        w.add("q1", np.zeros((5, 4), np.float32), np.zeros(4, np.float32),
+              {"text": "What is the capital of France?", "conversations": conv})
+        w.add("s1", np.ones((3, 4), np.float32), np.ones(4, np.float32), {"text": "Good morning."})
+    write_manifest(folder, {"encoder": {"name": "whisper", "pretrained": "w", "options": {}}, "modality": "audio",
+                            "token_dim": 4, "pooled_dim": 4, "dtype": "float16",
+                            "shards": [{"name": "features-r00-00000.tar", "count": 2}]})
+    return folder
+
+
+def test_feature_source_renames_its_modality_and_placeholders(tmp_path: Path) -> None:
+    feats = _audio_features(tmp_path / "f")
+    src = DataSource(kind="features", path=str(feats), modality="speech", task="instruct")
+    recs = read_source(src, ["speech"])
+    assert [list(r["media"]) for r in recs] == [["speech"], ["speech"]]
+    assert recs[0]["conversation"][0]["value"] == "<speech>\nAnswer the spoken question."
+    assert recs[0]["conversation"][1]["value"] == "Paris." and recs[1]["caption"] == "Good morning."
+    same = read_source(DataSource(kind="features", path=str(feats)), ["audio"])  # no rename: as stored
+    assert same[0]["conversation"][0]["value"].startswith("<audio>") and list(same[0]["media"]) == ["audio"]
+    assert _feature_dims("speech", [src], "whisper") == (4, 4)
+    with pytest.raises(ValueError, match=r"features of modality 'audio' \(encoder 'whisper'\).*uses encoder 'aisfx'"):
+        _feature_dims("speech", [src], "aisfx")  # a rename is only allowed from the adapter's own encoder
+
+
+# --- configs/joint_instruct.yaml as shipped, on the real assets ----------------------------------------------------
+JOINT_SENTENCES = ["Please turn on the kitchen light.", "Where did you put my keys?",
+                   "The coffee is too hot to drink.", "It is going to rain this afternoon.",
+                   "The museum opens at ten in the morning.",
+                   "We need two loaves of bread and some milk."]
+JOINT_QUESTIONS = [("What is the capital of France?", "The capital of France is Paris."),
+                   ("What do bees make?", "Bees make honey."),
+                   ("How many legs does a spider have?", "A spider has eight legs."),
+                   ("How many days are there in a week?", "There are seven days in a week."),
+                   ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
+                   ("What is frozen water called?", "Frozen water is called ice.")]  # the last two: test fold
+
+
+def _joint_data(root: Path, assets: Path) -> None:
+    """The recipe header's data steps, in process, on short lists: speech corpora (held-out voices and texts), then
+    `anyalign extract` of Whisper (speech), aisfx (sounds) and EfficientNet-Lite0 (images) features."""
+    (root / "lists").mkdir(parents=True)
+    (root / "lists/sentences.txt").write_text("\n".join(JOINT_SENTENCES) + "\n")
+    (root / "lists/questions.jsonl").write_text("".join(json.dumps({"text": q, "answer": a}) + "\n"
+                                                        for q, a in JOINT_QUESTIONS))
+    voices = ["--voices", "en-us+m1,en-us+f1", "--heldout-voices", "en-us-nyc+m5", "--heldout-texts", "0.5", "--quiet"]
+    for name, lst in (("sentences", "sentences.txt"), ("questions", "questions.jsonl")):
+        assert run_cli(["data", "speech", str(root / "lists" / lst), *voices, "-o", str(root / name)]) == 0
+        for fold in ("train", "test"):
+            assert run_cli(["extract", "--encoder", "whisper", "--pretrained",
+                            str(assets / "audio-models/whisper-tiny.en"), "--set", "padding=longest", "--input",
+                            str(root / name / f"{fold}.jsonl"), "--output", str(root / f"features/{name}-{fold}"),
+                            "--workers", "0", "--quiet"]) == 0
+    assert run_cli(["extract", "--encoder", "aisfx", "--pretrained", str(assets / "audio-models/aisfx"), "--input",
+                    str(ROOT / "configs/data/joint_sounds.jsonl"), "--output", str(root / "features/sounds"),
+                    "--workers", "0", "--quiet"]) == 0
+    for split in ("train-6pc-8cls", "test-6pc"):
+        assert run_cli(["extract", "--encoder", "timm-image", "--pretrained",
+                        str(assets / "image/efficientnet-lite0.pth"), "--input",
+                        str(assets / f"image/fashion-mnist/{split}.jsonl"), "--output",
+                        str(root / f"features/images-{split}"), "--workers", "0", "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_joint_recipe_with_speech_runs_offline_from_cached_features(tmp_path: Path, assets: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/joint_instruct.yaml as shipped (IMU from a stage-1 run; speech, sounds and images from cached
+    features; SmolLM2 + LoRA; one shared universal projector) at a small step count, after its data steps."""
+    pytest.importorskip("espeakng_loader", reason="pip espeakng-loader (libespeak-ng) is not installed")
+    for need in ("llm/SmolLM2-135M-Instruct", "audio-models/aisfx", "audio-models/whisper-tiny.en",
+                 "image/efficientnet-lite0.pth", "image/fashion-mnist/train-6pc-8cls.jsonl"):
+        if not (assets / need).exists():
+            pytest.skip(f"{assets / need} missing")
+    monkeypatch.setenv("ANYALIGN_ASSETS", str(assets))
+    monkeypatch.setenv("JOINT_DATA", str(tmp_path / "data"))
+    _joint_data(tmp_path / "data", assets)
+    quick = ["train.max_steps=2", "train.save_every=1000", "train.tensorboard=false", "eval.at_start=false",
+             "eval.max_samples=4"]
+    stage1 = train(load_recipe(ROOT / "configs/imu_text_contrastive.yaml", quick), output_dir=tmp_path / "stage1")
+    monkeypatch.setenv("IMU_ADAPTER", stage1.adapters["imu"])
+    joint = train(load_recipe(ROOT / "configs/joint_instruct.yaml", quick), output_dir=tmp_path / "joint")
+    shared = json.loads((joint.output_dir / "adapters/_shared/upm/anyalign_projector.json").read_text())
+    assert shared["users"] == ["imu", "speech", "audio", "image"] and shared["projector"]["name"] == "universal"
+    for key in ("imu/caption_loss", "speech/caption_loss", "speech2/instruct_loss", "audio/caption_loss",
+                "image/caption_loss"):  # the spoken questions are read as <speech> conversations
+        assert np.isfinite(joint.metrics[f"eval/{key}"]), sorted(joint.metrics)
+    for m in ("speech", "audio", "image"):  # from cached features: no encoder weights anywhere in the run
+        assert not any(k.startswith("encoder.") for k in load_file(joint.output_dir / f"adapters/{m}/"
+                                                                   "anyalign_adapter.safetensors"))
+    imu = load_file(joint.output_dir / "adapters/imu/anyalign_adapter.safetensors")
+    first = load_file(Path(stage1.adapters["imu"]) / "anyalign_adapter.safetensors")
+    assert set(imu) == {k for k in first if k.startswith("encoder.")}  # the stage-1 encoder, no private head
+    test = [json.loads(line) for line in (tmp_path / "data/questions/test.jsonl").read_text().splitlines()]
+    train_q = {json.loads(line)["text"] for line in (tmp_path / "data/questions/train.jsonl").read_text().splitlines()}
+    assert test and not {r["text"] for r in test} & train_q and {r["voice"] for r in test} == {"en-us-nyc+m5"}

@@ -216,36 +216,13 @@ def test_progressive_run_reports_every_modality_after_every_stage(tmp_path: Path
     assert (tmp_path / "prog/stage2/adapters/_shared/upm/anyalign_projector.json").is_file()
 
 
-# --- the joint recipe on real encoders ---------------------------------------------------------------------------
-@pytest.mark.slow
-def test_joint_recipe_runs_offline_on_real_encoders(tmp_path: Path, assets: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """configs/joint_instruct.yaml as shipped (IMU from a stage-1 run, aisfx, EfficientNet-Lite0, SmolLM2 + LoRA,
-    one shared universal projector), at a small step count."""
-    for need in ("llm/SmolLM2-135M-Instruct", "audio-models/aisfx", "image/efficientnet-lite0.pth",
-                 "image/fashion-mnist/train-6pc-8cls.jsonl"):
-        if not (assets / need).exists():
-            pytest.skip(f"{assets / need} missing")
-    monkeypatch.setenv("ANYALIGN_ASSETS", str(assets))
-    quick = ["train.max_steps=2", "train.save_every=1000", "train.tensorboard=false", "eval.at_start=false",
-             "eval.max_samples=4"]
-    stage1 = train(load_recipe(ROOT / "configs/imu_text_contrastive.yaml", quick), output_dir=tmp_path / "stage1")
-    monkeypatch.setenv("IMU_ADAPTER", stage1.adapters["imu"])
-    joint = train(load_recipe(ROOT / "configs/joint_instruct.yaml", quick), output_dir=tmp_path / "joint")
-    shared = json.loads((joint.output_dir / "adapters/_shared/upm/anyalign_projector.json").read_text())
-    assert shared["users"] == ["imu", "audio", "image"] and shared["projector"]["name"] == "universal"
-    for m in ("imu", "audio", "image"):
-        assert f"eval/{m}/caption_loss" in joint.metrics and np.isfinite(joint.metrics[f"eval/{m}/caption_loss"])
-    imu = load_file(joint.output_dir / "adapters/imu/anyalign_adapter.safetensors")
-    first = load_file(Path(stage1.adapters["imu"]) / "anyalign_adapter.safetensors")
-    assert set(imu) == {k for k in first if k.startswith("encoder.")}  # the stage-1 encoder, no private head
-
-
+# the joint recipe on real encoders (with speech, from cached features): tests/test_align_joint.py
 @pytest.mark.parametrize("name", ["joint_instruct.yaml", "onellm_progressive.yaml"])
 def test_shipped_onellm_recipes_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANYALIGN_ASSETS", "/assets")
     recipe = load_recipe(ROOT / "configs" / name, check=False)
-    assert recipe.shared_users("upm") == [("imu", "llm_projector"), ("audio", "llm_projector"),
+    speech = [("speech", "llm_projector")] if name == "joint_instruct.yaml" else []
+    assert recipe.shared_users("upm") == [("imu", "llm_projector"), *speech, ("audio", "llm_projector"),
                                           ("image", "llm_projector")]
     if recipe.progressive is not None:
         assert [s.add for s in recipe.progressive.stages] == [["imu"], ["audio"], ["image"]]

@@ -34,8 +34,9 @@ def _embed_dim(recipe: Recipe, anchors: dict[str, Encoder]) -> int | None:
     return next(iter(dims.values()), None)
 
 
-def _feature_dims(modality: str, sources: Sequence[Any]) -> tuple[int, int] | None:
-    """(token_dim, pooled_dim) when every source with `modality` is cached features; None otherwise."""
+def _feature_dims(modality: str, sources: Sequence[Any], encoder: str | None = None) -> tuple[int, int] | None:
+    """(token_dim, pooled_dim) when every source with `modality` is cached features; None otherwise. With `encoder`
+    (the adapter's encoder name), a source that renames the features' modality must have them from that encoder."""
     from ..features import read_manifest
 
     manifests = {s.path: read_manifest(s.path) for s in sources if s.kind == "features"}
@@ -47,6 +48,14 @@ def _feature_dims(modality: str, sources: Sequence[Any]) -> tuple[int, int] | No
             return s.modality or manifests[s.path].get("modality")
         return s.modality
 
+    for s in sources:  # a source may rename the features' modality (speech for audio) if the encoder matches
+        stored = manifests[s.path].get("modality") if s.kind == "features" else None
+        if encoder and s.modality == modality and stored and stored != modality:
+            made_by = manifests[s.path].get("encoder")
+            made_by = made_by.get("name") if isinstance(made_by, dict) else made_by
+            if made_by != encoder:
+                _raise(f"{s.path}: features of modality {stored!r} (encoder {made_by!r}), but the data source says "
+                       f"{modality!r}, whose adapter uses encoder {encoder!r}")
     if any(s.kind == "jsonl" or (s.kind != "features" and source_modality(s) == modality) for s in sources):
         return None  # raw inputs of this modality (a jsonl manifest may hold any modality)
     dims = {(int(manifests[s.path]["token_dim"]), int(manifests[s.path]["pooled_dim"])) for s in sources
@@ -177,7 +186,7 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
     for m, spec in recipe.adapters.items():
         if spec.llm_projector is not None and llm_dim is None and need_llm:
             raise ValueError(f"adapters.{m}: llm_projector needs model.llm")
-        dims = _feature_dims(m, recipe.data.train + recipe.data.eval)
+        dims = _feature_dims(m, recipe.data.train + recipe.data.eval, spec.encoder.name)
         adapters[m], frozen[m] = build_adapter_from_spec(m, spec, embed_dim=embed_dim,
                                                          llm_dim=llm_dim if need_llm else None, feature_dims=dims,
                                                          seed=recipe.seed * 7919 + zlib.crc32(m.encode()) % 7919,

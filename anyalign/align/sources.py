@@ -82,23 +82,34 @@ def _read_records(path: Path, src: DataSource, media_names: Sequence[str]) -> li
 
 
 def _read_features(path: Path, src: DataSource) -> list[dict[str, Any]]:
+    """Records of a feature folder. The source's `modality` names the adapter the features feed and may differ from
+    the encoder's input kind in the manifest (`modality: speech` over Whisper features of `audio`): the items and the
+    conversations' `<audio>` placeholders are then renamed to `<speech>`. build.py checks the encoder matches."""
     from ..features import load_features, read_manifest
 
     manifest = read_manifest(path)
-    m = manifest.get("modality")
-    if src.modality and m and src.modality != m:
-        raise ValueError(f"{path}: features of modality {m!r}, but the data source says {src.modality!r}")
-    m = src.modality or m
+    stored = manifest.get("modality")
+    m = src.modality or stored
     records = []
     for r in load_features(path, dtype=None):  # float16 as stored: half the memory, made float32 once per batch
         meta = r.meta or {}
         key = str(r.key)
         if _split_part(key, src.holdout, src.split):
+            conv = meta.get("conversations") or meta.get("messages")
+            if conv and stored and m != stored:
+                conv = [_rename_placeholder(t, stored, m) for t in conv]
             records.append({"media": {m: [r]},
                             "caption": meta.get("caption", meta.get("text")),  # as jsonl rows: caption or text
-                            "label": meta.get("label"), "key": key,
-                            "conversation": meta.get("conversations") or meta.get("messages")})
+                            "label": meta.get("label"), "key": key, "conversation": conv})
     return records
+
+
+def _rename_placeholder(turn: Any, old: str, new: str) -> Any:
+    """A conversation turn with `<old>` placeholders written `<new>` (other turns and fields unchanged)."""
+    if not isinstance(turn, dict):
+        return turn
+    return {k: v.replace(f"<{old}>", f"<{new}>") if k in ("value", "content") and isinstance(v, str) else v
+            for k, v in turn.items()}
 
 
 __all__ = ["read_source"]
