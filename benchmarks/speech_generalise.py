@@ -78,6 +78,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from anyalign.assets import assets_root
 from anyalign.demos.speech_corpus import (
@@ -300,6 +301,9 @@ def main() -> None:
                    "clips, and on every digit/colour clip: the baseline beside the words head's lexicon numbers")
     p.add_argument("--words-adapter", type=Path, default=None, help="also score a saved words-head adapter (a 'ctc' "
                    "projector, trained by `anyalign train configs/speech_text_ctc.yaml` on this corpus's train fold)")
+    p.add_argument("--llm-bundle", type=Path, default=None, help="also measure speech -> LLM: a saved MultimodalLM "
+                   "bundle (e.g. runs/speech_llm_words/mllm) answers '<audio>\\nWhat was said?' for every test clip "
+                   "(greedy); its WER next to Whisper's decoder on the same clips")
     args = p.parse_args()
     if args.report:
         report(args.work / "results")
@@ -389,6 +393,14 @@ def main() -> None:
         (res_dir / f"words-ctc{args.tag}.json").write_text(json.dumps(info, indent=1))
         print(f"[words-ctc] {info}", flush=True)
 
+    if args.llm_bundle is not None:
+        raw = features(whisper, corpus / "test.jsonl", work / "features" / "test", True)
+        info = score_llm_bundle(args.llm_bundle, [raw[r["key"]] for r in fold_rows["test"]], said["test"], sub,
+                                cached(work / f"whisper_test_{len(sub)}.json", lambda: whisper_transcripts(
+                                    whisper, [files[i] for i in sub], quiet=args.quiet)))
+        (res_dir / f"llm{args.tag}.json").write_text(json.dumps(info, indent=1))
+        print(f"[llm] {info}", flush=True)
+
     from anyalign.encoders.spec import EncoderSpec
 
     encoder = EncoderSpec("whisper", whisper, options={"padding": "longest"}).build(frozen=True)
@@ -463,6 +475,29 @@ def score_words_adapter(path: Path, test_tok: list[torch.Tensor], said: list[str
     return info
 
 
+def score_llm_bundle(path: Path, test_tok: list[torch.Tensor], said: list[str], sub: list[int],
+                     whisper_hyp: list[str], batch: int = 8) -> dict[str, Any]:
+    """A saved speech -> LLM bundle on the test clips: the LLM's greedy answer to "What was said?" for each clip,
+    its corpus WER on all clips and on the clips Whisper's decoder transcribed (`sub`), beside Whisper's WER there."""
+    from anyalign.llm import MultimodalLM
+    from anyalign.metrics import wer
+
+    mllm = MultimodalLM.from_pretrained(path, load_encoders=False).eval()
+    modality = next(iter(mllm.adapters))
+    t0 = time.perf_counter()
+    out: list[str] = []
+    for i in tqdm(range(0, len(test_tok), batch), desc="llm", leave=False):
+        feats = pad(test_tok[i:i + batch])
+        out += [t.strip() for t in mllm.generate([f"<{modality}>\nWhat was said?"] * len(feats.tokens),
+                                                 features={modality: feats}, max_new_tokens=48, do_sample=False)]
+    llm_sub, said_sub = [out[i] for i in sub], [said[i] for i in sub]
+    info = {"bundle": str(path), "clips": len(said), "wer": wer(said, out), "baseline_clips": len(sub),
+            "wer_baseline_clips": wer(said_sub, llm_sub), "whisper_wer_baseline_clips": wer(said_sub, whisper_hyp),
+            "examples": list(zip(said[:8], out[:8])), "s": round(time.perf_counter() - t0)}
+    info["ratio_to_whisper"] = info["wer_baseline_clips"] / max(info["whisper_wer_baseline_clips"], 1e-9)
+    return info
+
+
 def _padded(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     out = pad(tokens)
     return out.tokens, out.mask
@@ -508,6 +543,10 @@ def report(res_dir: Path) -> None:
                 print(f"{'words head (ctc), ' + tag:44s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} "
                       f"{m['recall@10']:6.3f} {z(c, 'zeroshot_digits' + zz):>7s} {z(c, 'zeroshot_colours' + zz):>8s}"
                       + (f"   WER {c['wer']:.3f}" if tag == "free transcript" else ""))
+    for name, c in parts.items():
+        if name.startswith("llm"):
+            print(f"speech -> LLM ({c['bundle']}), {c['baseline_clips']} clips: WER {c['wer_baseline_clips']:.3f} vs "
+                  f"Whisper's decoder {c['whisper_wer_baseline_clips']:.3f} ({c['ratio_to_whisper']:.2f}x)")
     ch = pr["chance"]
     print(f"{'chance':44s} {ch['R@1']:6.3f} {ch['R@5']:6.3f} {ch['R@10']:6.3f} {0.1:7.3f} {0.1:8.3f}")
 

@@ -41,24 +41,37 @@ def batch(texts: list[str], table: torch.Tensor, gen: torch.Generator) -> tuple[
     return pad_sequences([toy_frames(t, table, gen) for t in texts])
 
 
-def test_ctc_head_spells_words_it_never_heard() -> None:
+HEAD = {"hidden_dim": 64, "stride": 1, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def spelling() -> tuple[dict[str, torch.Tensor], torch.Tensor, list[float]]:
+    """A ctc head (in 24, out 32) trained on TRAIN_WORDS: its weights, the letter table, the first/last loss."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     table = torch.randn(len(LETTERS), 24)
-    head = create_projector("ctc", in_dim=24, out_dim=32, hidden_dim=64, stride=1, dropout=0.0)
+    head = create_projector("ctc", in_dim=24, out_dim=32, **HEAD)
     opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
     rng = random.Random(0)
-    first = None
+    losses = []
     for _ in range(250):
         texts = rng.sample(TRAIN_WORDS, 8)
         tokens, mask = batch(texts, table, gen)
         loss = head.ctc_loss(tokens, mask, texts)
-        first = first if first is not None else float(loss.detach())
+        losses.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss.detach()) < 0.2 * first
+    return head.state_dict(), table, losses
+
+
+def test_ctc_head_spells_words_it_never_heard(spelling) -> None:
+    state, table, losses = spelling
+    assert losses[-1] < 0.2 * losses[0]
+    head = create_projector("ctc", in_dim=24, out_dim=32, **HEAD)
+    head.load_state_dict(state)
     head.eval()
+    gen = torch.Generator().manual_seed(1)
     tokens, mask = batch(NEW_WORDS, table, gen)
     assert head.transcribe(tokens, mask) == NEW_WORDS
     scores = head.score(tokens, mask, NEW_WORDS + ["zzz qqq"])  # [4, 5]: the spoken text is the most likely
@@ -128,3 +141,52 @@ def test_ctc_padding_does_not_change_valid_steps() -> None:
     lp, n = head.log_probs(x)
     lp_pad, n_pad = head.log_probs(padded, mask)
     assert int(n) == int(n_pad) == 5 and torch.allclose(lp[0, :5], lp_pad[0, :5], atol=1e-5)
+
+
+def _tiny_causal_lm() -> tuple[object, object]:
+    """A real (tiny, random) Llama and a byte-level BPE tokenizer trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TRAIN_WORDS * 3 + ["what was said?"], trainers.BpeTrainer(
+        vocab_size=120, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(cfg).eval(), fast
+
+
+def test_heard_llm_head_hands_the_llm_the_transcript_as_text(tmp_path: Path, spelling) -> None:
+    from anyalign.encoders import EncoderOutput
+    from anyalign.llm import MultimodalLM
+
+    text = EncoderSpec("text", str(tiny_bert(tmp_path / "bert")))
+    cfg = dict(modality="speech", encoder="features", in_dim=24, embed_dim=32, llm_dim=32, space={"text": text},
+               embed_projector={"name": "ctc", **HEAD})
+    with pytest.raises(ValueError, match="embed_projector: {name: ctc}"):
+        ModalityAdapter(AdapterConfig(**{**cfg, "embed_projector": {"name": "linear"}},
+                                      llm_projector={"name": "heard"}))
+    adapter = ModalityAdapter(AdapterConfig(**cfg, llm_projector={"name": "heard", "template": '"{}"'}))
+    state, table, _ = spelling
+    adapter.embed_head.load_state_dict(state)  # a head that spells, so the transcript is known
+    adapter.eval()
+    gen = torch.Generator().manual_seed(1)
+    tokens, mask = batch(NEW_WORDS[:2], table, gen)
+    feats = EncoderOutput(tokens, mask, tokens.mean(1))
+    assert adapter.transcribe(feats) == NEW_WORDS[:2]
+    llm, tok = _tiny_causal_lm()
+    mllm = MultimodalLM(llm, tok, {"speech": adapter})
+    prep = mllm.prepare(["<speech>\nwhat was said?"] * 2, features={"speech": feats}, chat_template=False)
+    for row, heard in zip(prep.layout.input_ids.tolist(), NEW_WORDS[:2]):
+        want = tok(f'"{heard}"\nwhat was said?', add_special_tokens=False)["input_ids"]
+        assert row[-len(want):] == want  # the LLM reads what was heard, as the same words typed
+    assert not prep.layout.soft_mask.any()
+    assert len(mllm.generate(["<speech>\nwhat was said?"], features={"speech": feats[:1]}, max_new_tokens=3,
+                             do_sample=False)) == 1
+    adapter.save_pretrained(tmp_path / "adapter")
+    again = ModalityAdapter.from_pretrained(tmp_path / "adapter", load_encoder=False).eval()
+    assert again.llm_head.text("hi") == '"hi"' and again.transcribe(feats) == NEW_WORDS[:2]

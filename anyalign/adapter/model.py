@@ -19,6 +19,7 @@ from ..encoders import Encoder, EncoderOutput, masked_mean
 from ..encoders.spec import EncoderSpec
 from ..io import load_weights, save_weights, write_json
 from ..projectors import Projector, ProjectorOutput, create_projector
+from ..projectors.heard import reads_transcript
 from ..projectors.shared import (
     SHARED_DIR,
     build_projector_from_spec,
@@ -62,6 +63,9 @@ class ModalityAdapter(nn.Module):
         for head in (self.embed_head, self.llm_head):
             if hasattr(head, "bind_space"):  # heads that read the space's other side (projectors/ctc.py)
                 head.bind_space(config.space)
+        if reads_transcript(self.llm_head) and self.words_head is None:
+            raise ValueError(f"{config.modality}: llm_projector 'heard' hands the LLM what the words head heard; "
+                             f"set embed_projector: {{name: ctc}}")
         if config.embed_dim is not None and self.embed_head is None and config.embed_dim != config.in_dim:
             raise ValueError(f"identity shared-space head needs embed_dim == in_dim ({config.in_dim}), "
                              f"got embed_dim={config.embed_dim}; add an embed_projector")
@@ -103,6 +107,18 @@ class ModalityAdapter(nn.Module):
             raise RuntimeError(f"{self.modality} adapter has no LLM head (llm_dim is None)")
         tokens, mask = self._features(feats)
         return self.llm_head(tokens, mask, modality=self.modality)
+
+    @property
+    def words_head(self) -> Projector | None:
+        """The CTC words head (`projectors/ctc.py`) when the shared-space head is one, else None."""
+        return self.embed_head if hasattr(self.embed_head, "ctc_loss") else None
+
+    @torch.no_grad()
+    def transcribe(self, feats: EncoderOutput) -> list[str]:
+        """What the words head heard in each clip (greedy CTC transcript)."""
+        if self.words_head is None:
+            raise RuntimeError(f"{self.modality} adapter has no words head (embed_projector: ctc) to transcribe")
+        return self.words_head.transcribe(*self._features(feats))
 
     @torch.no_grad()
     def embed_inputs(self, inputs: Sequence[Any]) -> torch.Tensor:

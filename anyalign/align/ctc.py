@@ -19,8 +19,7 @@ from .tasks import AlignmentModel, LossTerms, Task, TermKey, register_task
 
 def words_head(adapter: Any) -> Any | None:
     """The adapter's CTC words head (its shared-space projector when that is a `ctc` projector), else None."""
-    head = getattr(adapter, "embed_head", None)
-    return head if head is not None and hasattr(head, "ctc_loss") else None
+    return getattr(adapter, "words_head", None)
 
 
 @register_task("ctc")

@@ -4,6 +4,7 @@ The LLM class is never subclassed: prompts are planned and tokenized here (`prom
 spliced into `inputs_embeds` (`splice.py`), and the stock `forward` / `generate` of the LLM run on the result.
 Discrete adapters (the `rvq` projector) instead extend the vocabulary: their codes become token ids past the
 LLM's original vocabulary, embedded by a small trainable table that is mirrored into the resized embedding matrix.
+A `heard` LLM head hands the LLM its adapter's words-head transcript as ordinary text ids (projectors/heard.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..adapter import ModalityAdapter
 from ..encoders import EncoderOutput
+from ..projectors.heard import reads_transcript
+from .lora import LoraMixin
 from .prompt import check_media, plan_prompts
 from .splice import Layout, MediaTokens, layout_batch, row_lengths, soft_pool, splice
 
@@ -65,7 +68,7 @@ def context_length(config: Any) -> int | None:
     return None
 
 
-class MultimodalLM(nn.Module):
+class MultimodalLM(LoraMixin, nn.Module):
     """A frozen causal LM plus per-modality adapters; prompts carry `<modality>` placeholders for media."""
 
     def __init__(self, llm: nn.Module, tokenizer: Any, adapters: Mapping[str, ModalityAdapter] | None = None, *,
@@ -102,7 +105,8 @@ class MultimodalLM(nn.Module):
             raise ValueError(f"adapters[{modality!r}]: the adapter is for modality {adapter.modality!r}")
         if adapter.llm_head is None:
             raise ValueError(f"{modality} adapter has no LLM head (llm_dim/llm_projector unset); it can only embed")
-        if not is_discrete(adapter) and adapter.llm_head.out_dim != self.hidden_size:
+        if not is_discrete(adapter) and not reads_transcript(adapter.llm_head) \
+                and adapter.llm_head.out_dim != self.hidden_size:
             raise ValueError(f"{modality} adapter: output width llm_dim={adapter.llm_head.out_dim} does not match "
                              f"the LLM hidden size {self.hidden_size} "
                              f"({getattr(self.llm, 'name_or_path', '') or type(self.llm).__name__})")
@@ -162,55 +166,7 @@ class MultimodalLM(nn.Module):
     def device(self) -> torch.device:
         return self.llm.get_input_embeddings().weight.device
 
-    # --- LoRA and training ----------------------------------------------------------------------------
-    @property
-    def has_lora(self) -> bool:
-        return hasattr(self.llm, "peft_config")
-
-    def add_lora(self, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-                 target_modules: Sequence[str] | str | None = None, **lora_kwargs: Any) -> None:
-        """Attach fresh LoRA weights to the LLM (peft; target modules default to peft's per-architecture list)."""
-        from peft import LoraConfig, get_peft_model
-
-        if self.has_lora:
-            raise ValueError("the LLM already has LoRA weights attached")
-        config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                            target_modules=list(target_modules) if isinstance(target_modules, (list, tuple))
-                            else target_modules, **lora_kwargs)
-        self.llm = get_peft_model(self.llm, config)
-
-    def load_lora(self, path: str | os.PathLike, *, is_trainable: bool = False) -> None:
-        """Attach LoRA weights saved by peft (`save_pretrained` of a PeftModel, or a bundle's `lora/` folder)."""
-        from peft import PeftModel
-
-        if self.has_lora:
-            raise ValueError("the LLM already has LoRA weights attached")
-        if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json"))):
-            raise FileNotFoundError(f"{path}: not a peft LoRA folder (missing adapter_config.json)")
-        self.llm = PeftModel.from_pretrained(self.llm, str(path), is_trainable=is_trainable)
-
-    def merge_lora(self, *, unload: bool = False) -> None:
-        """Fold the LoRA weights into the LLM weights for inference.
-
-        By default in place (peft `merge_adapter`): the LoRA weights stay attached, so the bundle still saves
-        them separately and `unmerge_lora()` undoes the merge. `unload=True` removes them (`merge_and_unload`);
-        the bundle must then save the merged LLM itself, which GGUF-loaded models cannot do.
-        """
-        if not self.has_lora:
-            raise ValueError("the LLM has no LoRA weights to merge")
-        if unload:  # already merged in place: only drop the LoRA modules
-            self.llm = self.llm.unload() if self.lora_merged_in_place else self.llm.merge_and_unload()
-            self.lora_merged, self.lora_merged_in_place = True, False
-        elif not self.lora_merged_in_place:
-            self.llm.merge_adapter()
-            self.lora_merged_in_place = True
-
-    def unmerge_lora(self) -> None:
-        """Undo an in-place `merge_lora()` (e.g. to train the LoRA weights further)."""
-        if self.has_lora and self.lora_merged_in_place:
-            self.llm.unmerge_adapter()
-            self.lora_merged_in_place = False
-
+    # --- training ------------------------------------------------------------------------------------
     def set_trainable(self, *, adapters: bool = True, lora: bool = True, codes: bool = True) -> list[nn.Parameter]:
         """Choose what the caption loss trains (LLM base weights always stay frozen); returns those parameters."""
         for name, p in self.llm.named_parameters():
@@ -265,6 +221,10 @@ class MultimodalLM(nn.Module):
         for modality in sorted(m for m, n in counts.items() if n):
             adapter = self.adapters[modality]
             feats = features[modality] if modality in features else adapter.encode(list(inputs[modality]))
+            if reads_transcript(adapter.llm_head):  # the words head's transcript, as ordinary text tokens
+                ids = adapter.llm_head.token_ids(adapter.transcribe(feats.to(self.device)), self.tokenizer)
+                media[modality] = MediaTokens([len(x) for x in ids], ids=ids)
+                continue
             out = adapter.soft_tokens(feats.to(self.device))
             aux.update({f"{modality}.{k}": v for k, v in out.losses.items()})
             mask = out.mask.bool()  # [M, N]

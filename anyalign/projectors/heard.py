@@ -1,0 +1,61 @@
+"""The LLM reads what the words head heard: a clip's LLM input is its transcript as ordinary text tokens.
+
+Why: soft tokens from a small projector, trained on a few thousand synthetic sentences, teach a frozen 135M LLM to
+write sentences like its training captions, not what was said (issue 22: LLM WER 3.97x Whisper's decoder on new
+sentences). The CTC words head (`projectors/ctc.py`) spells sentences it never heard; handing its transcript to the
+LLM as text keeps that, and the LLM answers about speech exactly as it answers the same words typed, so spoken
+questions and instructions work without instruction data. A LoRA on the LLM (the `caption` task, transcript as the
+target) can then learn to correct the head's spelling. The head has no weights of its own: the adapter's words
+head (its `ctc` shared-space projector) does the hearing, and `MultimodalLM` tokenizes what it heard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .base import Projector, ProjectorOutput, register_projector
+
+
+@dataclass
+class HeardOptions:
+    """Options of the "heard" LLM head."""
+
+    template: str = field(default="{}", metadata={
+        "help": "how the transcript appears to the LLM; '{}' is replaced by it, e.g. '\"{}\"' quotes it"})
+
+
+@register_projector("heard", options=HeardOptions)
+class HeardTextProjector(Projector):
+    """LLM head that passes the adapter's words-head transcript to the LLM as text (ids of the LLM's tokenizer)."""
+
+    differentiable = False
+
+    def __init__(self, in_dim: int, out_dim: int, *, template: str = "{}") -> None:
+        if template.count("{}") != 1:
+            raise ValueError(f"heard projector: template must contain '{{}}' once, got {template!r}")
+        super().__init__(in_dim, out_dim, template=template)
+        self.template = template
+
+    def text(self, transcript: str) -> str:
+        """What the LLM reads for one clip."""
+        return self.template.replace("{}", transcript)
+
+    def token_ids(self, transcripts: list[str], tokenizer: Any) -> list[list[int]]:
+        """The LLM tokenizer's ids of what the LLM reads for each clip (no special tokens)."""
+        return [tokenizer(self.text(t), add_special_tokens=False)["input_ids"] for t in transcripts]
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                modality: str | None = None) -> ProjectorOutput:
+        raise RuntimeError("heard projector: it makes text, not soft tokens; MultimodalLM reads "
+                           "ModalityAdapter.transcribe() through it")
+
+
+def reads_transcript(head: object) -> bool:
+    """True for an LLM head that hands the LLM the words head's transcript as text."""
+    return isinstance(head, HeardTextProjector)
+
+
+__all__ = ["HeardTextProjector", "HeardOptions", "reads_transcript"]
