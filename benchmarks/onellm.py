@@ -33,20 +33,29 @@ vs the IMU-style encoder from scratch (12 channels), each with the MLP head; the
 captioned with an
 arbitrary distinct name each (the text is only a class code), so only the closed-set top-1 means anything.
 
-Part `joint` -- joint vs separate per modality, IMU (BasicMotions) and images (EfficientNet-Lite0, Fashion-MNIST
-train-6pc-8cls: 48 photos of 8 classes). Stage 1 binds each to the text space alone; then the LLM side is trained
-from those adapters with one recipe (LoRA on SmolLM2, a universal projector, contrastive and caption rows in every
-batch of 16), either per modality apart (its own projector and LoRA) or jointly (one projector and LoRA for both, so
-each modality gets about half the rows of a batch). Reported per modality: held-out caption loss before and
-after (BasicMotions test split, N=40; Fashion-MNIST test-6pc restricted to the 8 training classes, N=48) and
-zero-shot through the shared space after stage 1 and after the joint stage (closed set; chance 0.25 and 0.125).
+Part `joint` -- joint vs separate per modality: IMU (BasicMotions), speech (Whisper tiny.en), sounds (aisfx) and
+images (EfficientNet-Lite0, Fashion-MNIST train-6pc-8cls: 48 photos of 8 classes); speech, sounds and images from
+cached features made by configs/joint_instruct.yaml's own data steps (`joint_data`: `anyalign data speech`, then
+`anyalign extract`), whose speech and sound sources it uses as shipped. Stage 1 binds IMU and images to the text
+space alone (speech and sounds get no shared-space head here); then the LLM side is trained from those adapters with
+one recipe (LoRA on SmolLM2, a universal projector, contrastive rows kept for IMU and images, batches of 16), either
+per modality apart (its own projector and LoRA) or jointly (one projector and LoRA for all four, so each modality
+gets a share of the rows of a batch; also at 4x the steps: as many rows per modality as apart). Reported per
+modality: held-out caption loss before and after (BasicMotions test split, N=40; Fashion-MNIST test-6pc restricted
+to the 8 training classes, N=48; the held-out 30% of the sounds; speech: "What was said?" on 50 clips of held-out
+sentences spoken only by held-out voice families); for speech also the LLM's transcripts (WER) and its answers to
+26 held-out spoken questions (13 questions x 2 held-out voices; none of them, and no voice family, seen in
+training): WER and exact match of the greedy answer, and the closed-set answer choice (the one of the 13 held-out
+reference answers with the lowest summed loss; chance 1/13), next to the same questions typed as text (the plain
+LLM before, the LLM with the run's LoRA after); zero-shot through the shared space after stage 1 and after the
+LLM stage (IMU and images, closed set; chance 0.25 and 0.125).
 
 One run per condition, seed 0; no tuning on the test split (steps and settings are the recipe's).
 
     export ANYALIGN_ASSETS=~/.cache/anyalign-assets
     python -m anyalign.assets japanesevowels       # once, for --data japanesevowels and part `series`
     python benchmarks/onellm.py [--steps 200] [--only trunk|shared|both|series|joint] [--progressive]
-        [--data basicmotions|japanesevowels] [--json out.json]
+        [--data basicmotions|japanesevowels] [--no-equal-rows] [--json out.json]
 
 Measured on a shared, loaded 2-core CPU (s/step are rough), seed 0, one run each:
 - both, 30 steps: one run closed set 1.00, new wordings 1.00, LLM caption choice 0.75, caption loss 2.20 -> 0.42
@@ -369,10 +378,47 @@ def run_series(steps: int, out: Path, assets: Path) -> dict:
             "chance": round(1 / len(counts), 4), "majority": round(float(counts.max() / counts.sum()), 4)}
 
 
-# --- part 5: joint vs separate per modality (IMU and images into SmolLM2) -----------------------------------------
+# --- part 5: joint vs separate per modality (IMU, speech, sounds, images into SmolLM2) -----------------------------
 FASHION_SEEN = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_TEMPLATES = ["a photo of a {label}.", "a picture of a {label}.", "a product photo of a {label}."]
 JOINT_UPM = {"name": "universal", "num_experts": 3, "num_modality_tokens": 8, "dim": 256, "heads": 4}
+JOINT_RECIPE = ROOT / "configs/joint_instruct.yaml"
+#: configs/joint_instruct.yaml's data steps (its header): the speech corpora, split by voice family and text
+SPEECH_VOICES = ["--voices", "en-us+m1,en-us+f1,en+m2,en-gb-x-rp+f3", "--heldout-voices", "en-us-nyc+m5,en-029+f1"]
+SPEECH_LISTS = {"sentences": ("sentences.txt", ["--heldout-texts", "0.25", "--voices-per-text", "1"]),
+                "questions": ("questions.jsonl", ["--heldout-texts", "0.3", "--voices-per-text", "2"])}
+WHAT_WAS_SAID = "<speech>\nWhat was said?"
+
+
+def _cli(args: list[str]) -> None:
+    from anyalign.cli.main import main as cli_main
+
+    try:
+        cli_main([*args, "--quiet"])
+    except SystemExit as e:
+        if e.code:
+            raise RuntimeError(f"anyalign {' '.join(args)} exited with {e.code}") from None
+
+
+def joint_data(root: Path, assets: Path) -> Path:
+    """configs/joint_instruct.yaml's data steps, in process: the speech corpora, then Whisper (speech), aisfx (sounds)
+    and EfficientNet-Lite0 (images) features under `root/features` (what $JOINT_DATA holds); reruns keep them."""
+    feats = root / "features"
+    for name, (lst, opts) in SPEECH_LISTS.items():
+        if not (root / name / "test.jsonl").is_file():
+            _cli(["data", "speech", str(ROOT / "configs/data/speech" / lst), *SPEECH_VOICES, *opts,
+                  "-o", str(root / name)])
+        for fold in ("train", "test"):
+            _cli(["extract", "--encoder", "whisper", "--pretrained", str(assets / "audio-models/whisper-tiny.en"),
+                  "--set", "padding=longest", "--input", str(root / name / f"{fold}.jsonl"),
+                  "--output", str(feats / f"{name}-{fold}"), "--workers", "0"])
+    _cli(["extract", "--encoder", "aisfx", "--pretrained", str(assets / "audio-models/aisfx"), "--input",
+          str(ROOT / "configs/data/joint_sounds.jsonl"), "--output", str(feats / "sounds"), "--workers", "0"])
+    for split in ("train-6pc-8cls", "test-6pc"):
+        _cli(["extract", "--encoder", "timm-image", "--pretrained", str(assets / "image/efficientnet-lite0.pth"),
+              "--input", str(assets / f"image/fashion-mnist/{split}.jsonl"), "--output",
+              str(feats / f"images-{split}"), "--workers", "0"])
+    return root
 
 
 def _write(recipe: dict, out: Path, name: str) -> Path:
@@ -381,15 +427,17 @@ def _write(recipe: dict, out: Path, name: str) -> Path:
     return out / f"{name}.yaml"
 
 
-def _caption_losses(out: Path, step: int) -> dict[str, float]:
+def _eval_losses(out: Path, step: int) -> dict[str, float]:
+    """Eval losses logged at `step`, keyed `<tag>/<task>_loss` (a tag is the modality plus the source's number)."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {k.split("/")[1]: v for r in rows if r.get("step") == step for k, v in r.items()
-            if k.endswith("/caption_loss")}
+    return {k.split("/", 1)[1]: v for r in rows if r.get("step") == step for k, v in r.items()
+            if k.startswith("eval/") and k.endswith("_loss")}
 
 
-def _of(losses: dict[str, float], modality: str) -> float:
-    """The caption loss of `modality`'s eval source (tags are the modality plus the source's number)."""
-    return next(v for k, v in losses.items() if k.rstrip("0123456789") == modality)
+def _of(losses: dict[str, float], modality: str, task: str = "caption") -> float:
+    """The `task` loss of `modality`'s first eval source of that task."""
+    return next(v for k, v in losses.items() if k.split("/")[0].rstrip("0123456789") == modality
+                and k.endswith(f"/{task}_loss"))
 
 
 def _zeroshot(trainer: Trainer, index: int, modality: str) -> float:
@@ -397,33 +445,103 @@ def _zeroshot(trainer: Trainer, index: int, modality: str) -> float:
     return top1(scored[4], scored[1])
 
 
-def run_joint(steps: int, out: Path, assets: Path) -> dict:
-    """Stage 1 (shared space), then the LLM side trained per modality apart or jointly (one universal projector +
-    LoRA, contrastive rows kept in the mix), from the same stage-1 adapters; held-out caption loss and zero-shot."""
+@torch.no_grad()
+def _answer_nll(mllm: object, prompts: list[str], targets: list[str], features: dict | None) -> list[float]:
+    """Summed next-token loss of each target after its prompt (and media), one value per row."""
+    prep = mllm.prepare(prompts, targets, features=features or {})
+    lay = prep.layout
+    logits = mllm.llm(inputs_embeds=prep.embeds, attention_mask=lay.attention_mask, position_ids=lay.position_ids,
+                      use_cache=False).logits[:, :-1].float()
+    labels = lay.labels[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none") * (labels >= 0)
+    return nll.sum(1).tolist()
+
+
+@torch.no_grad()
+def _speech_answers(trainer: Trainer, index: int, *, choice: bool, text_prompt: str | None = None,
+                    max_new_tokens: int = 20) -> dict:
+    """Eval source `index` (speech rows with a prompt and a reference target): the LLM's greedy answers vs the
+    references (WER; exact match after Whisper's normaliser) and with `choice`, among the source's distinct
+    references, the one with the lowest summed loss (closed-set, chance 1/K). With `text_prompt` ("{text}" is what
+    was said) the text is typed instead of spoken: what the same LLM (and LoRA) does when it hears perfectly."""
+    from anyalign.metrics.wer import normalize_text, wer
+
+    model = trainer.unwrapped.eval()
+    mllm = model.frozen.mllm
+    ds = trainer.eval_sets[index]
+    texts = iter([rec["caption"] for _, rec in ds.records])  # what was said (the DataLoader keeps the order)
+    batches = []
+    for batch in DataLoader(ds, batch_size=16, collate_fn=Collator(trainer.collate_fns, ds.labels)):
+        batch = batch.to(model.device)
+        feats = model.features("speech", batch.media["speech"])
+        if text_prompt is None:
+            batches.append((list(batch.prompts), list(batch.targets), feats))
+        else:
+            batches.append(([text_prompt.format(text=next(texts)) for _ in batch.prompts], list(batch.targets), None))
+    candidates = sorted({t for _, targets, _ in batches for t in targets})
+    refs, hyps, right = [], [], []
+    for prompts, targets, feats in batches:
+        refs += targets
+        hyps += mllm.generate(prompts, features={"speech": feats} if feats is not None else None,
+                              max_new_tokens=max_new_tokens, do_sample=False)
+        for r in range(len(prompts)) if choice else ():
+            f = None if feats is None else {"speech": feats[torch.full((len(candidates),), r, dtype=torch.long)]}
+            nll = _answer_nll(mllm, [prompts[r]] * len(candidates), candidates, f)
+            right.append(candidates[int(np.argmin(nll))] == targets[r])
+    out = {"n": len(refs), "wer": round(wer(refs, hyps), 4),
+           "exact": round(float(np.mean([normalize_text(h) == normalize_text(r) for h, r in zip(hyps, refs)])), 4),
+           "examples": [[r, h] for r, h in zip(refs, hyps)][:2]}
+    if choice:
+        out.update(distinct=len(candidates), choice_top1=round(float(np.mean(right)), 4),
+                   choice_chance=round(1 / len(candidates), 4))
+    return out
+
+
+def _speech_metrics(trainer: Trainer, sentences: int, questions: int, typed: bool = True) -> dict:
+    """Transcripts of held-out sentences, spoken-question answers, and (`typed`) the questions typed instead."""
+    out = {"transcripts": _speech_answers(trainer, sentences, choice=False),
+           "spoken_questions": _speech_answers(trainer, questions, choice=True)}
+    if typed:
+        out["typed_questions"] = _speech_answers(trainer, questions, choice=True,
+                                                 text_prompt="{text}\nAnswer the question.")
+    return out
+
+
+def run_joint(steps: int, out: Path, assets: Path, equal_rows: bool = True) -> dict:
+    """Stage 1 (shared space, IMU and images), then the LLM side trained per modality apart or jointly (one universal
+    projector + LoRA, contrastive rows kept in the mix); speech, sounds and images from cached features. Held-out
+    caption loss before/after, spoken-question answers before/after, zero-shot after stage 1 and after."""
+    data = joint_data(out / "data", assets)
+    os.environ["JOINT_DATA"] = str(data)
+    feats = data / "features"
+    shipped = load_recipe(JOINT_RECIPE, check=False)
     base = yaml.safe_load(RECIPE.read_text())
-    fm = assets / "image/fashion-mnist"
     llm = {"llm": str(assets / "llm/SmolLM2-135M-Instruct"), "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
     quick = {"max_steps": steps, "save_every": 100000, "tensorboard": False, "log_every": 5}
-    image_enc = {"encoder": {"name": "timm-image", "pretrained": str(assets / "image/efficientnet-lite0.pth")},
-                 "feature": "pooled"}
+    image_enc = {"encoder": {"name": "timm-image", "pretrained": str(assets / "image/efficientnet-lite0.pth")}}
     head = base["adapters"]["imu"]["embed_projector"]
-    img = {"kind": "jsonl", "modality": "image"}
-    img_con = {"train": {**img, "path": str(fm / "train-6pc-8cls.jsonl"), "caption_templates": IMAGE_TEMPLATES},
-               "eval": {**img, "path": str(fm / "test-6pc.jsonl"), "classes": FASHION_SEEN,
+    img = {"kind": "features", "modality": "image"}
+    img_con = {"train": {**img, "path": str(feats / "images-train-6pc-8cls"), "caption_templates": IMAGE_TEMPLATES},
+               "eval": {**img, "path": str(feats / "images-test-6pc"), "classes": FASHION_SEEN,
                         "caption_templates": IMAGE_TEMPLATES}}
     cap = {"task": "caption", "caption_templates": ["A photo of a {label}."],
            "prompts": ["<image>\nWhat is in this picture?"]}
     img_cap = {k: {**v, **cap} for k, v in img_con.items()}
     imu_cap = yaml.safe_load((ROOT / "configs/imu_llm_caption.yaml").read_text())["data"]
     imu_con = {k: base["data"][k][0] for k in ("train", "eval")}
+
+    def shipped_sources(m: str, split: str) -> list[dict]:  # the joint recipe's own speech and sound sources
+        return [{k: v for k, v in vars(s).items() if v is not None and k not in ("captions", "augment")}
+                for s in getattr(shipped.data, split) if s.modality == m]
+
     res: dict = {"steps": steps}
 
-    # stage 1: each modality bound to the text space on its own
+    # stage 1: IMU and images each bound to the text space on their own (speech and sounds get no shared-space head)
     s1_imu, _ = _fit(load_recipe(RECIPE, [f"train.max_steps={steps}", "train.save_every=100000",
                                           "train.tensorboard=false", "eval.every=0", "eval.at_start=false"]),
                      out / "s1_imu")
     s1_img, _ = _fit(load_recipe(_write({
-        "adapters": {"image": {**image_enc, "embed_projector": head}}, "anchors": base["anchors"],
+        "adapters": {"image": {**image_enc, "feature": "pooled", "embed_projector": head}}, "anchors": base["anchors"],
         "data": {k: [img_con[k]] for k in ("train", "eval")},
         "train": {**base["train"], "batch_size": 16, **quick}, "eval": {"at_start": False, "every": 0}},
         out, "s1_image")), out / "s1_image")
@@ -432,36 +550,65 @@ def run_joint(steps: int, out: Path, assets: Path) -> dict:
     ad_imu, ad_img = str(out / "s1_imu/adapters/imu"), str(out / "s1_image/adapters/image")
 
     # separate: each modality alone with the joint stage's recipe (LoRA, its own universal projector, the same
-    # contrastive + caption rows); joint: one universal projector shared by both modalities
+    # rows); joint: one universal projector shared by all four
     train = {"batch_size": 16, "lr": 5.0e-4, "warmup_steps": 5, **quick}
     adapters = {"imu": {"encoder": "imu", "init_from": ad_imu, "embed_projector": head},
-                "image": {**image_enc, "init_from": ad_img, "embed_projector": head}}
-    sources = {"imu": (imu_con, {k: v[0] for k, v in imu_cap.items()}), "image": (img_con, img_cap)}
+                "speech": {"encoder": shipped.adapters["speech"].encoder.to_dict()},
+                "audio": {"encoder": shipped.adapters["audio"].encoder.to_dict()},
+                "image": {**image_enc, "feature": "pooled", "init_from": ad_img, "embed_projector": head}}
+    sources = {"imu": {k: [imu_con[k], imu_cap[k][0]] for k in ("train", "eval")},
+               "image": {k: [img_con[k], img_cap[k]] for k in ("train", "eval")},
+               **{m: {k: shipped_sources(m, k) for k in ("train", "eval")} for m in ("speech", "audio")}}
+    shared_space = ("imu", "image")
 
     def stage(mods: tuple[str, ...], name: str, n: int = steps) -> dict:
         shared = len(mods) > 1
+        evals = [(m, s) for m in mods for s in sources[m]["eval"]]
         recipe = _write({
             "model": {**llm, "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}},
             **({"projectors": {"upm": JOINT_UPM}} if shared else {}),
             "adapters": {m: {**adapters[m], "llm_projector": "upm" if shared else {**JOINT_UPM, "modalities": [m]}}
                          for m in mods},
             "anchors": base["anchors"],
-            "data": {k: [src[k] for m in mods for src in sources[m]] for k in ("train", "eval")},
+            "data": {"train": [s for m in mods for s in sources[m]["train"]], "eval": [s for _, s in evals]},
             "train": {**train, "max_steps": n}, "eval": {"at_start": True, "every": 0}}, out, name)
-        trainer, _ = _fit(load_recipe(recipe), out / name)
-        before, after = _caption_losses(out / name, 0), _caption_losses(out / name, n)
+        trainer = Trainer(load_recipe(recipe), output_dir=out / name)
+        at = {m: [i for i, (mm, _) in enumerate(evals) if mm == m] for m in mods}
+        speech_idx = None
+        if "speech" in mods:  # the held-out sentences (caption) and spoken questions (instruct)
+            speech_idx = (at["speech"][0], next(i for i in at["speech"] if evals[i][1]["task"] == "instruct"))
+            # typed questions before training: the plain LLM (LoRA starts at zero), the same for every run
+            speech_before = _speech_metrics(trainer, *speech_idx, typed="typed_questions_base_llm" not in res)
+            if "typed_questions" in speech_before:
+                res["typed_questions_base_llm"] = speech_before.pop("typed_questions")
+        trainer.fit()
+        before, after = _eval_losses(out / name, 0), _eval_losses(out / name, n)
         row: dict = {m: {"caption_loss_before": _of(before, m), "caption_loss_after": _of(after, m),
-                         "zeroshot_after": _zeroshot(trainer, 2 * i, m)} for i, m in enumerate(mods)}
+                         "n_caption_eval": len(trainer.eval_sets[next(i for i in at[m] if evals[i][1].get("task")
+                                                                      == "caption")])} for m in mods}
+        for m in shared_space:
+            if m in mods:
+                row[m]["zeroshot_after"] = _zeroshot(trainer, at[m][0], m)
+        if speech_idx is not None:
+            row["speech"].update(question_loss_before=_of(before, "speech", "instruct"),
+                                 question_loss_after=_of(after, "speech", "instruct"),
+                                 before=speech_before, after=_speech_metrics(trainer, *speech_idx))
         return {**row, "steps": n, "trainable_params": _trainable(trainer), "s_per_step": _step_time(out / name)}
 
-    res["separate"] = {m: stage((m,), f"separate_{m}") for m in ("imu", "image")}
-    print("separate", json.dumps(res["separate"]), flush=True)
-    res["joint"] = stage(("imu", "image"), "joint")
+    mods = ("imu", "speech", "audio", "image")
+    res["separate"] = {}
+    for m in mods:
+        res["separate"][m] = stage((m,), f"separate_{m}")
+        print("separate", m, json.dumps(res["separate"][m]), flush=True)
+    res["joint"] = stage(mods, "joint")
     print("joint", json.dumps(res["joint"]), flush=True)
-    res["joint_equal_rows"] = stage(("imu", "image"), "joint2", 2 * steps)  # as many rows per modality as apart
-    res.update(n_test={"imu": 40, "image": 48}, chance={"imu": 0.25, "image": 0.125},
-               split="BasicMotions test split; Fashion-MNIST test-6pc, its 8 training classes (closed set)")
-    print("joint_equal_rows", json.dumps(res["joint_equal_rows"]), flush=True)
+    if equal_rows:  # as many rows per modality as apart (4x the steps)
+        res["joint_equal_rows"] = stage(mods, "joint_equal", len(mods) * steps)
+        print("joint_equal_rows", json.dumps(res["joint_equal_rows"]), flush=True)
+    res.update(chance={"imu": 0.25, "image": 0.125},
+               split="BasicMotions test split; Fashion-MNIST test-6pc, its 8 training classes (closed set); speech: "
+                     "held-out voices (en-us-nyc+m5, en-029+f1) speaking held-out sentences and questions only; "
+                     "sounds: 30% of the freedesktop sounds by file-name hash")
     return res
 
 
@@ -472,6 +619,8 @@ def main() -> None:
     ap.add_argument("--progressive", action="store_true")
     ap.add_argument("--data", choices=["basicmotions", "japanesevowels"], default="basicmotions",
                     help="the set `shared` (and --progressive) cuts into two modalities")
+    ap.add_argument("--no-equal-rows", dest="equal_rows", action="store_false",
+                    help="part joint: skip the joint run at 4x the steps (as many rows per modality as apart)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     assets = assets_root()
@@ -491,7 +640,7 @@ def main() -> None:
         if args.only in (None, "series"):
             report["japanese_vowels"] = run_series(args.steps, Path(tmp) / "series", assets)
         if args.only in (None, "joint"):
-            report["joint_vs_separate"] = run_joint(args.steps, Path(tmp) / "joint", assets)
+            report["joint_vs_separate"] = run_joint(args.steps, Path(tmp) / "joint", assets, args.equal_rows)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
