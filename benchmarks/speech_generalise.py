@@ -54,9 +54,17 @@ Measured 2026-12-06 (session 7), same corpus and split; the baseline now on ALL 
        Whisper decoder, lexicon      R@1 0.825 R@5 0.900 R@10 0.925;  digits 0.88 colours 0.98 (all 50 + 50 clips)
        words head, lexicon           R@1 1.000 R@5 1.000 R@10 1.000
 
+Measured 2026-12-06 (session 8), same clips: speech -> LLM through words (`configs/speech_llm_words.yaml`: SmolLM2
+reads the words head's transcript, LoRA r 8 on q/v, 200 steps x 8 training clips, `--llm-bundle`):
+
+    LLM's answer to "What was said?", 591 clips   WER 0.843   (Whisper tiny.en decoder 0.614 on the same clips: 1.37x;
+                                                               the words head's own transcript 0.738)
+
   python benchmarks/speech_generalise.py --conditions "" --baseline-clips 0      # the baseline on every test clip
   python benchmarks/speech_generalise.py --no-baseline --conditions "" --baseline-clips 0 \
       --words-adapter runs/speech_text_ctc/adapters/audio --whisper-lexicon-clips 40
+  python benchmarks/speech_generalise.py --no-baseline --conditions "" --baseline-clips 0 \
+      --llm-bundle runs/speech_llm_words/mllm
   python benchmarks/speech_generalise.py --conditions "" --baseline-clips 120 --baseline-words digits
   python benchmarks/speech_generalise.py --no-baseline --conditions perceiver --steps 250 --batch-size 64 \
       --eval-every 50 --bank 500 --baseline-clips 120 --baseline-words digits --tag @250x64
