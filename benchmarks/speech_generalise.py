@@ -312,6 +312,9 @@ def main() -> None:
     p.add_argument("--llm-bundle", type=Path, default=None, help="also measure speech -> LLM: a saved MultimodalLM "
                    "bundle (e.g. runs/speech_llm_words/mllm) answers '<audio>\\nWhat was said?' for every test clip "
                    "(greedy); its WER next to Whisper's decoder on the same clips")
+    p.add_argument("--spell", action="store_true", help="spell the words head's free transcripts with a word list "
+                   "(the ctc projector's `vocabulary`): Debian's wamerican words, counted in the TRAINING fold's "
+                   "transcripts (written to <work>/vocabulary.txt); applies to --words-adapter and --llm-bundle")
     args = p.parse_args()
     if args.report:
         report(args.work / "results")
@@ -391,13 +394,14 @@ def main() -> None:
             lex[f"zeroshot_{k}"] = float(np.mean([sets[k][j] == word_labels[i] for i, j in zip(v, ws.argmax(1))]))
         (res_dir / "whisper-lexicon.json").write_text(json.dumps(lex, indent=1))
         print(f"[whisper lexicon] {lex}", flush=True)
+    vocabulary = write_vocabulary(work / "vocabulary.txt", said["train"]) if args.spell else None
     if args.words_adapter is not None:
         raw = {f: features(whisper, src, work / "features" / f, True) for f, src in
                (("test", corpus / "test.jsonl"), ("words", words / "test.jsonl"))}  # 50 Hz: the head pools itself
         info = score_words_adapter(args.words_adapter, [raw["test"][r["key"]] for r in fold_rows["test"]],
                                    said["test"], gal_texts["test"], gal["test"], sub,
                                    [raw["words"][r["key"]] for r in word_rows], word_labels, word_idx, sets,
-                                   class_emb)
+                                   class_emb, vocabulary)
         (res_dir / f"words-ctc{args.tag}.json").write_text(json.dumps(info, indent=1))
         print(f"[words-ctc] {info}", flush=True)
 
@@ -405,7 +409,7 @@ def main() -> None:
         raw = features(whisper, corpus / "test.jsonl", work / "features" / "test", True)
         info = score_llm_bundle(args.llm_bundle, [raw[r["key"]] for r in fold_rows["test"]], said["test"], sub,
                                 cached(work / f"whisper_test_{len(sub)}.json", lambda: whisper_transcripts(
-                                    whisper, [files[i] for i in sub], quiet=args.quiet)))
+                                    whisper, [files[i] for i in sub], quiet=args.quiet)), vocabulary)
         (res_dir / f"llm{args.tag}.json").write_text(json.dumps(info, indent=1))
         print(f"[llm] {info}", flush=True)
 
@@ -450,7 +454,7 @@ def main() -> None:
 def score_words_adapter(path: Path, test_tok: list[torch.Tensor], said: list[str], gallery_texts: list[str],
                         gallery: np.ndarray, sub: list[int], word_tok: list[torch.Tensor], word_labels: list[str],
                         word_idx: dict[str, list[int]], sets: dict[str, list[str]],
-                        class_emb: dict[str, np.ndarray]) -> dict[str, Any]:
+                        class_emb: dict[str, np.ndarray], vocabulary: Path | None = None) -> dict[str, Any]:
     """A saved words-head adapter on the test clips: free transcripts (embedded by MiniLM: the FAISS-able space),
     the lexicon-constrained embedding (candidates = the gallery sentences / the class words, CTC-scored), its WER."""
     from anyalign.adapter import ModalityAdapter
@@ -458,6 +462,7 @@ def score_words_adapter(path: Path, test_tok: list[torch.Tensor], said: list[str
 
     adapter = ModalityAdapter.from_pretrained(path, load_encoder=False).eval()
     head = adapter.embed_head
+    head.config["vocabulary"] = None if vocabulary is None else str(vocabulary)
     t0 = time.perf_counter()
     heard = [t for i in range(0, len(test_tok), 64) for t in head.transcribe(*_padded(test_tok[i:i + 64]))]
     free = head.embed_texts(heard).numpy()  # the free-transcript embedding, from the transcripts just made
@@ -484,7 +489,7 @@ def score_words_adapter(path: Path, test_tok: list[torch.Tensor], said: list[str
 
 
 def score_llm_bundle(path: Path, test_tok: list[torch.Tensor], said: list[str], sub: list[int],
-                     whisper_hyp: list[str], batch: int = 8) -> dict[str, Any]:
+                     whisper_hyp: list[str], vocabulary: Path | None = None, batch: int = 8) -> dict[str, Any]:
     """A saved speech -> LLM bundle on the test clips: the LLM's greedy answer to "What was said?" for each clip,
     its corpus WER on all clips and on the clips Whisper's decoder transcribed (`sub`), beside Whisper's WER there."""
     from anyalign.llm import MultimodalLM
@@ -492,6 +497,7 @@ def score_llm_bundle(path: Path, test_tok: list[torch.Tensor], said: list[str], 
 
     mllm = MultimodalLM.from_pretrained(path, load_encoders=False).eval()
     modality = next(iter(mllm.adapters))
+    mllm.adapters[modality].words_head.config["vocabulary"] = None if vocabulary is None else str(vocabulary)
     t0 = time.perf_counter()
     out: list[str] = []
     for i in tqdm(range(0, len(test_tok), batch), desc="llm", leave=False):
@@ -504,6 +510,19 @@ def score_llm_bundle(path: Path, test_tok: list[torch.Tensor], said: list[str], 
             "examples": list(zip(said[:8], out[:8])), "s": round(time.perf_counter() - t0)}
     info["ratio_to_whisper"] = info["wer_baseline_clips"] / max(info["whisper_wer_baseline_clips"], 1e-9)
     return info
+
+
+def write_vocabulary(path: Path, train_texts: list[str]) -> Path:
+    """Debian's wamerican word list with each word's count in the training transcripts (`word count` lines)."""
+    from anyalign.demos.speech_texts import WORD_LIST
+    from anyalign.projectors.ctc import CTCOptions, normalize_text
+
+    counts = dict.fromkeys(Path(WORD_LIST).read_text(encoding="utf-8", errors="ignore").split(), 0)
+    for text in train_texts:
+        for w in normalize_text(text, CTCOptions.alphabet).split():
+            counts[w] = counts.get(w, 0) + 1
+    path.write_text("".join(f"{w} {c}\n" for w, c in sorted(counts.items())))
+    return path
 
 
 def _padded(tokens: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -190,3 +190,28 @@ def test_heard_llm_head_hands_the_llm_the_transcript_as_text(tmp_path: Path, spe
     adapter.save_pretrained(tmp_path / "adapter")
     again = ModalityAdapter.from_pretrained(tmp_path / "adapter", load_encoder=False).eval()
     assert again.llm_head.text("hi") == '"hi"' and again.transcribe(feats) == NEW_WORDS[:2]
+
+
+def test_word_speller_picks_the_likeliest_list_word_near_each_heard_word(tmp_path: Path, spelling) -> None:
+    from anyalign.projectors.spelling import WordSpeller
+
+    speller = WordSpeller({"red": 5, "bed": 0, "cup": 1, "sun": 0})
+    assert speller.near("rad") == ["bed", "rad", "red"]  # within 2 edits, and the heard spelling itself
+    flat = lambda texts: torch.zeros(len(texts))  # noqa: E731  (acoustics undecided: the counts choose)
+    assert speller.spell("rad cup", flat) == "red cup"
+    bed = lambda texts: torch.tensor([10.0 if t.startswith("bed") else 0.0 for t in texts])  # noqa: E731
+    assert speller.spell("rad cup", bed) == "bed cup"  # the acoustics outweigh the prior
+    (tmp_path / "bad.txt").write_text("red 3\ncup many\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: expected 'word' or 'word count'"):
+        WordSpeller.from_file(tmp_path / "bad.txt", LETTERS)
+    # through the head: a word list of the training words spells new phrases made of them, as the letters did
+    (tmp_path / "words.txt").write_text("\n".join(sorted({w for t in TRAIN_WORDS for w in t.split()})) + "\n")
+    state, table, _ = spelling
+    head = create_projector("ctc", in_dim=24, out_dim=32, **HEAD, vocabulary=str(tmp_path / "words.txt"))
+    head.load_state_dict(state)
+    head.eval()
+    tokens, mask = batch(NEW_WORDS, table, torch.Generator().manual_seed(1))
+    assert head.transcribe(tokens, mask) == NEW_WORDS
+    missing = create_projector("ctc", in_dim=24, out_dim=32, vocabulary=str(tmp_path / "none.txt"))
+    with pytest.raises(FileNotFoundError, match="none.txt: word list not found"):
+        missing.transcribe(tokens, mask)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .base import Projector, ProjectorOutput, full_mask, register_projector
 from .pooling import pool_tokens
+from .spelling import WordSpeller
 
 BLANK = 0  # CTC blank is class 0; the alphabet's characters are classes 1..len(alphabet)
 
@@ -36,6 +37,10 @@ class CTCOptions:
     kernel: int = field(default=3, metadata={"help": "temporal kernel size of the convolutions (frames)"})
     stride: int = field(default=2, metadata={"help": "frames averaged per output step (Whisper 50 Hz / 2 = 25 Hz)"})
     dropout: float = field(default=0.15, metadata={"help": "dropout on the input and hidden activations"})
+    vocabulary: str | None = field(default=None, metadata={
+        "help": "a word list file (one word per line, optionally followed by its count, e.g. /usr/share/dict/words): "
+                "free transcripts are spelled with its words, each heard word replaced by the list word within edit "
+                "distance 2 that the CTC scores and the counts find most likely; None = the greedy letters"})
     text_encoder: dict[str, Any] | None = field(default=None, metadata={
         "help": "the frozen text encoder that embeds transcripts (an encoder spec); None = the adapter's space "
                 "text side (AdapterConfig.space['text'])"})
@@ -59,14 +64,14 @@ class CTCProjector(Projector):
     differentiable = False
 
     def __init__(self, in_dim: int, out_dim: int, *, alphabet: str = CTCOptions.alphabet, hidden_dim: int = 256,
-                 kernel: int = 3, stride: int = 2, dropout: float = 0.15,
+                 kernel: int = 3, stride: int = 2, dropout: float = 0.15, vocabulary: str | None = None,
                  text_encoder: dict[str, Any] | None = None) -> None:
         if len(set(alphabet)) != len(alphabet) or not alphabet:
             raise ValueError(f"ctc projector: alphabet must be distinct characters, got {alphabet!r}")
         if stride < 1 or kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"ctc projector: stride >= 1 and an odd kernel expected, got {stride}, {kernel}")
         super().__init__(in_dim, out_dim, alphabet=alphabet, hidden_dim=hidden_dim, kernel=kernel, stride=stride,
-                         dropout=dropout, text_encoder=text_encoder)
+                         dropout=dropout, vocabulary=vocabulary, text_encoder=text_encoder)
         self.alphabet, self.stride = alphabet, stride
         self.norm = nn.LayerNorm(in_dim)
         self.conv1 = nn.Conv1d(in_dim, hidden_dim, kernel, padding=kernel // 2)
@@ -74,6 +79,7 @@ class CTCProjector(Projector):
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, len(alphabet) + 1)
         self._tower: list[Any] = []  # the frozen text encoder, built on first use; a list keeps it out of the state
+        self._speller: WordSpeller | None = None  # the `vocabulary` word list, read on first use
         self.lexicon: list[str] | None = None  # candidate texts the output is constrained to (`constrain`)
         self._lexicon_emb: torch.Tensor | None = None
         self.lexicon_temperature = 0.05
@@ -145,23 +151,32 @@ class CTCProjector(Projector):
 
     @torch.no_grad()
     def transcribe(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> list[str]:
-        """The greedy transcript of each clip."""
-        return self.decode(*self.log_probs(tokens, mask))
+        """The transcript of each clip: greedy letters, spelled with the `vocabulary` words when one is set."""
+        lp, lengths = self.log_probs(tokens, mask)
+        heard = self.decode(lp, lengths)
+        if self.config.get("vocabulary") is None:
+            return heard
+        if self._speller is None:
+            self._speller = WordSpeller.from_file(self.config["vocabulary"], self.alphabet)
+        return [self._speller.spell(heard[b], lambda texts, b=b: self._log_likelihood(lp[b], int(lengths[b]), texts))
+                for b in range(len(heard))]
+
+    def _log_likelihood(self, lp: torch.Tensor, n: int, texts: Sequence[str]) -> torch.Tensor:
+        """`[K]` CTC log-likelihood of each text given one clip's first `n` steps of log-probabilities `lp`."""
+        tg, tl = self.targets(texts)
+        k = len(texts)
+        nll = F.ctc_loss(lp[:n, None, :].expand(n, k, lp.shape[-1]), tg.to(lp.device),
+                         torch.full((k,), n, dtype=torch.long), tl, blank=BLANK, reduction="none", zero_infinity=False)
+        return -nll.cpu()
 
     @torch.no_grad()
     def score(self, tokens: torch.Tensor, mask: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         """`[B, K]` log-likelihood per character of each candidate text given each clip (higher = more likely);
         a candidate longer than a clip allows gets -inf."""
         lp, lengths = self.log_probs(tokens, mask)
-        tg, tl = self.targets(texts)
-        k = len(texts)
-        out = torch.empty(lp.shape[0], k)
-        for b in range(lp.shape[0]):
-            n = int(lengths[b])
-            nll = F.ctc_loss(lp[b, :n, None, :].expand(n, k, lp.shape[-1]), tg.to(lp.device),
-                             torch.full((k,), n, dtype=torch.long), tl, blank=BLANK, reduction="none",
-                             zero_infinity=False)
-            out[b] = -nll.cpu() / tl
+        per_char = self.targets(texts)[1]
+        out = torch.stack([self._log_likelihood(lp[b], int(lengths[b]), texts) / per_char
+                           for b in range(lp.shape[0])])
         return out.nan_to_num(nan=float("-inf"), posinf=float("-inf"))
 
     # --- the shared-space output -------------------------------------------------------------------------------
