@@ -55,7 +55,7 @@ One run per condition, seed 0; no tuning on the test split (steps and settings a
     export ANYALIGN_ASSETS=~/.cache/anyalign-assets
     python -m anyalign.assets japanesevowels       # once, for --data japanesevowels and part `series`
     python benchmarks/onellm.py [--steps 200] [--only trunk|shared|both|series|joint] [--progressive]
-        [--data basicmotions|japanesevowels] [--no-equal-rows] [--json out.json]
+        [--data basicmotions|japanesevowels] [--no-equal-rows] [--modalities imu,speech,audio,image] [--json out.json]
 
 Measured on a shared, loaded 2-core CPU (s/step are rough), seed 0, one run each:
 - both, 30 steps: one run closed set 1.00, new wordings 1.00, LLM caption choice 0.75, caption loss 2.20 -> 0.42
@@ -513,7 +513,8 @@ def _speech_metrics(trainer: Trainer, sentences: int, questions: int, typed: boo
     return out
 
 
-def run_joint(steps: int, out: Path, assets: Path, equal_rows: bool = True) -> dict:
+def run_joint(steps: int, out: Path, assets: Path, equal_rows: bool = True,
+              modalities: tuple[str, ...] = ("imu", "speech", "audio", "image")) -> dict:
     """Stage 1 (shared space, IMU and images), then the LLM side trained per modality apart or jointly (one universal
     projector + LoRA, contrastive rows kept in the mix); speech, sounds and images from cached features. Held-out
     caption loss before/after, spoken-question answers before/after, zero-shot after stage 1 and after."""
@@ -601,11 +602,13 @@ def run_joint(steps: int, out: Path, assets: Path, equal_rows: bool = True) -> d
                                  before=speech_before, after=_speech_metrics(trainer, *speech_idx))
         return {**row, "steps": n, "trainable_params": _trainable(trainer), "s_per_step": _step_time(out / name)}
 
-    mods = ("imu", "speech", "audio", "image")
+    mods = tuple(m for m in ("imu", "speech", "audio", "image") if m in modalities)
     res["separate"] = {}
     for m in mods:
         res["separate"][m] = stage((m,), f"separate_{m}")
         print("separate", m, json.dumps(res["separate"][m]), flush=True)
+    if len(mods) < 2:
+        return res
     res["joint"] = stage(mods, "joint")
     print("joint", json.dumps(res["joint"]), flush=True)
     if equal_rows:  # as many rows per modality as apart (4x the steps)
@@ -627,6 +630,8 @@ def main() -> None:
                     help="the set `shared` (and --progressive) cuts into two modalities")
     ap.add_argument("--no-equal-rows", dest="equal_rows", action="store_false",
                     help="part joint: skip the joint run at 4x the steps (as many rows per modality as apart)")
+    ap.add_argument("--modalities", default="imu,speech,audio,image",
+                    help="part joint: the modalities (one alone: only its separate run)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     assets = assets_root()
@@ -646,7 +651,8 @@ def main() -> None:
         if args.only in (None, "series"):
             report["japanese_vowels"] = run_series(args.steps, Path(tmp) / "series", assets)
         if args.only in (None, "joint"):
-            report["joint_vs_separate"] = run_joint(args.steps, Path(tmp) / "joint", assets, args.equal_rows)
+            report["joint_vs_separate"] = run_joint(args.steps, Path(tmp) / "joint", assets, args.equal_rows,
+                                                    tuple(args.modalities.split(",")))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
