@@ -59,12 +59,16 @@ reads the words head's transcript, LoRA r 8 on q/v, 200 steps x 8 training clips
 
     LLM's answer to "What was said?", 591 clips   WER 0.843   (Whisper tiny.en decoder 0.614 on the same clips: 1.37x;
                                                                the words head's own transcript 0.738)
+    --spell (the head's `vocabulary`: wamerican counted on the training fold; prior weight 1 chosen on val among
+    0.5 / 1 / 2, val free R@1 0.613 / 0.644 / 0.631, greedy 0.401), test read once:
+       words head, free transcript spelled -> MiniLM (WER 0.596)  R@1 0.506 R@5 0.636 R@10 0.679  digits 0.18
+       LLM's answer, the same LoRA, spelled input     WER 0.654   (1.06x Whisper's decoder)
 
   python benchmarks/speech_generalise.py --conditions "" --baseline-clips 0      # the baseline on every test clip
   python benchmarks/speech_generalise.py --no-baseline --conditions "" --baseline-clips 0 \
       --words-adapter runs/speech_text_ctc/adapters/audio --whisper-lexicon-clips 40
   python benchmarks/speech_generalise.py --no-baseline --conditions "" --baseline-clips 0 \
-      --llm-bundle runs/speech_llm_words/mllm
+      --llm-bundle runs/speech_llm_words/mllm [--spell --tag @spelled]
   python benchmarks/speech_generalise.py --conditions "" --baseline-clips 120 --baseline-words digits
   python benchmarks/speech_generalise.py --no-baseline --conditions perceiver --steps 250 --batch-size 64 \
       --eval-every 50 --bank 500 --baseline-clips 120 --baseline-words digits --tag @250x64
@@ -567,12 +571,14 @@ def report(res_dir: Path) -> None:
             for tag, m, zz in (("lexicon = gallery", c["test"], ""), ("free transcript", c["test_free_transcript"],
                                                                        "_free"),
                                ("lexicon [sub]", c["test_baseline_queries"], "")):
-                print(f"{'words head (ctc), ' + tag:44s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} "
-                      f"{m['recall@10']:6.3f} {z(c, 'zeroshot_digits' + zz):>7s} {z(c, 'zeroshot_colours' + zz):>8s}"
+                label = name.replace("words-ctc", "words head (ctc)") + ", " + tag
+                print(f"{label:44s} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f}"
+                      f" {z(c, 'zeroshot_digits' + zz):>7s} {z(c, 'zeroshot_colours' + zz):>8s}"
                       + (f"   WER {c['wer']:.3f}" if tag == "free transcript" else ""))
     for name, c in parts.items():
         if name.startswith("llm"):
-            print(f"speech -> LLM ({c['bundle']}), {c['baseline_clips']} clips: WER {c['wer_baseline_clips']:.3f} vs "
+            print(f"speech -> LLM ({c['bundle']}{name[3:]}), {c['baseline_clips']} clips: WER "
+                  f"{c['wer_baseline_clips']:.3f} vs "
                   f"Whisper's decoder {c['whisper_wer_baseline_clips']:.3f} ({c['ratio_to_whisper']:.2f}x)")
     ch = pr["chance"]
     print(f"{'chance':44s} {ch['R@1']:6.3f} {ch['R@5']:6.3f} {ch['R@10']:6.3f} {0.1:7.3f} {0.1:8.3f}")
