@@ -25,14 +25,20 @@ def _saved(run: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.slow
-def test_shared_projector_ddp_resumes_exactly(tmp_path: Path, minilm_dir: Path) -> None:
+def checkpointed_recipe(tmp_path: Path, minilm_dir: Path) -> Path:
+    """The shared-projector recipe at 4 steps, checkpointed every 2 (skips without the accelerate CLI)."""
     if not (Path(sys.executable).parent / "accelerate").is_file():
         pytest.skip("the accelerate CLI is not installed in this environment")
     recipe = _recipe(tmp_path, minilm_dir, max_steps=4)
     data = yaml.safe_load(recipe.read_text())
     data["train"].update(save_every=2, log_every=1)
     recipe.write_text(yaml.safe_dump(data))
+    return recipe
+
+
+@pytest.mark.slow
+def test_shared_projector_ddp_resumes_exactly(tmp_path: Path, minilm_dir: Path) -> None:
+    recipe = checkpointed_recipe(tmp_path, minilm_dir)
 
     full = accelerate_launch(["train", str(recipe), "--output", str(tmp_path / "ddp")])
     assert full.returncode == 0, full.stderr[-3000:]

@@ -5,28 +5,20 @@ from its checkpoint continues exactly as the uninterrupted one."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from tests.test_fsdp import FSDP, _resume_from
 from tests.test_launch import _losses, accelerate_launch
-from tests.test_onellm import _recipe
-from tests.test_onellm_ddp import _saved
+from tests.test_onellm_ddp import _saved, checkpointed_recipe
 
 
 @pytest.mark.slow
 def test_shared_projector_fsdp_resumes_exactly(tmp_path: Path, minilm_dir: Path) -> None:
-    if not (Path(sys.executable).parent / "accelerate").is_file():
-        pytest.skip("the accelerate CLI is not installed in this environment")
-    recipe = _recipe(tmp_path, minilm_dir, max_steps=4)
-    data = yaml.safe_load(recipe.read_text())
-    data["train"].update(save_every=2, log_every=1)
-    recipe.write_text(yaml.safe_dump(data))
+    recipe = checkpointed_recipe(tmp_path, minilm_dir)
 
     full = accelerate_launch(["train", str(recipe), "--output", str(tmp_path / "fsdp")], launcher="--use_fsdp",
                              extra=FSDP)
