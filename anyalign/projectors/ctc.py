@@ -11,7 +11,6 @@ likelihood (zero-shot words, re-ranking), `transcribe()` returns the greedy tran
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from torch import nn
 
 from .base import Projector, ProjectorOutput, full_mask, register_projector
 from .pooling import pool_tokens
-from .spelling import WordSpeller
+from .spelling import WordSpeller, normalize_text
 
 BLANK = 0  # CTC blank is class 0; the alphabet's characters are classes 1..len(alphabet)
 
@@ -44,13 +43,6 @@ class CTCOptions:
     text_encoder: dict[str, Any] | None = field(default=None, metadata={
         "help": "the frozen text encoder that embeds transcripts (an encoder spec); None = the adapter's space "
                 "text side (AdapterConfig.space['text'])"})
-
-
-def normalize_text(text: str, alphabet: str) -> str:
-    """`text` as the head writes it: lower case, ASCII, hyphens as spaces, only `alphabet`, single spaces."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().replace("-", " ")
-    text = "".join(c if c in alphabet else " " for c in text)
-    return re.sub(r"\s+", " ", text).strip()
 
 
 @register_projector("ctc", options=CTCOptions)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +21,13 @@ import torch
 
 OUT_OF_LIST_PENALTY = 5.0  # log-prior below an unseen list word for keeping a spelling that is not in the list
 MAX_EDITS = 2
+
+
+def normalize_text(text: str, alphabet: str) -> str:
+    """`text` as the head writes it: lower case, ASCII, hyphens as spaces, only `alphabet`, single spaces."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().replace("-", " ")
+    text = "".join(c if c in alphabet else " " for c in text)
+    return re.sub(r"\s+", " ", text).strip()
 
 
 class WordSpeller:
@@ -38,8 +47,6 @@ class WordSpeller:
     @classmethod
     def from_file(cls, path: str | os.PathLike, alphabet: str) -> WordSpeller:
         """Read `path` (one word per line, optionally `word count`); words are normalised to `alphabet`."""
-        from .ctc import normalize_text
-
         file = Path(path).expanduser()
         if not file.is_file():
             raise FileNotFoundError(f"{file}: word list not found (ctc projector option 'vocabulary')")
@@ -85,4 +92,4 @@ class WordSpeller:
         return " ".join(words)
 
 
-__all__ = ["WordSpeller"]
+__all__ = ["WordSpeller", "normalize_text"]
