@@ -29,7 +29,9 @@ class HeardOptions:
 
 @register_projector("heard", options=HeardOptions)
 class HeardTextProjector(Projector):
-    """LLM head that passes the adapter's words-head transcript to the LLM as text (ids of the LLM's tokenizer)."""
+    """The words head's transcript as the LLM's text input, ASR then LLM (a cascade, as AudioGPT, Huang et al., 2023).
+
+    The LLM reads it as ids of its own tokenizer, inside one adapter."""
 
     differentiable = False
 
