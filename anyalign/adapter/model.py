@@ -115,7 +115,7 @@ class ModalityAdapter(nn.Module):
 
     @torch.no_grad()
     def transcribe(self, feats: EncoderOutput) -> list[str]:
-        """What the words head heard in each clip (greedy CTC transcript)."""
+        """What the words head heard in each clip (spelled with its `vocabulary` word list when one is set)."""
         if self.words_head is None:
             raise RuntimeError(f"{self.modality} adapter has no words head (embed_projector: ctc) to transcribe")
         return self.words_head.transcribe(*self._features(feats))
