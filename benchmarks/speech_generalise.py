@@ -399,19 +399,19 @@ def main() -> None:
         (res_dir / "whisper-lexicon.json").write_text(json.dumps(lex, indent=1))
         print(f"[whisper lexicon] {lex}", flush=True)
     vocabulary = write_vocabulary(work / "vocabulary.txt", said["train"]) if args.spell else None
+    if args.words_adapter is not None or args.llm_bundle is not None:  # 50 Hz (unpooled): the heads pool themselves
+        raw = features(whisper, corpus / "test.jsonl", work / "features" / "test", True)
+        raw_test = [raw[r["key"]] for r in fold_rows["test"]]
     if args.words_adapter is not None:
-        raw = {f: features(whisper, src, work / "features" / f, True) for f, src in
-               (("test", corpus / "test.jsonl"), ("words", words / "test.jsonl"))}  # 50 Hz: the head pools itself
-        info = score_words_adapter(args.words_adapter, [raw["test"][r["key"]] for r in fold_rows["test"]],
-                                   said["test"], gal_texts["test"], gal["test"], sub,
-                                   [raw["words"][r["key"]] for r in word_rows], word_labels, word_idx, sets,
-                                   class_emb, vocabulary)
+        raw = features(whisper, words / "test.jsonl", work / "features" / "words", True)
+        info = score_words_adapter(args.words_adapter, raw_test, said["test"], gal_texts["test"], gal["test"], sub,
+                                   [raw[r["key"]] for r in word_rows], word_labels, word_idx, sets, class_emb,
+                                   vocabulary)
         (res_dir / f"words-ctc{args.tag}.json").write_text(json.dumps(info, indent=1))
         print(f"[words-ctc] {info}", flush=True)
 
     if args.llm_bundle is not None:
-        raw = features(whisper, corpus / "test.jsonl", work / "features" / "test", True)
-        info = score_llm_bundle(args.llm_bundle, [raw[r["key"]] for r in fold_rows["test"]], said["test"], sub,
+        info = score_llm_bundle(args.llm_bundle, raw_test, said["test"], sub,
                                 cached(work / f"whisper_test_{len(sub)}.json", lambda: whisper_transcripts(
                                     whisper, [files[i] for i in sub], quiet=args.quiet)), vocabulary)
         (res_dir / f"llm{args.tag}.json").write_text(json.dumps(info, indent=1))

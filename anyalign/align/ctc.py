@@ -17,11 +17,6 @@ from .data import Batch
 from .tasks import AlignmentModel, LossTerms, Task, TermKey, register_task
 
 
-def words_head(adapter: Any) -> Any | None:
-    """The adapter's CTC words head (its shared-space projector when that is a `ctc` projector), else None."""
-    return getattr(adapter, "words_head", None)
-
-
 @register_task("ctc")
 class CTCTask(Task):
     """CTC on the transcript (Graves et al., 2006) for every adapter whose shared-space head is a `ctc` projector."""
@@ -33,7 +28,7 @@ class CTCTask(Task):
     @classmethod
     def from_recipe(cls, recipe: Any, *, adapters: Mapping[str, Any], anchors: Mapping[str, Any],
                     mllm: Any) -> CTCTask | None:
-        mods = [m for m, a in adapters.items() if words_head(a) is not None]
+        mods = [m for m, a in adapters.items() if a.words_head is not None]
         return cls(mods) if mods else None
 
     def terms(self) -> list[TermKey]:
@@ -55,10 +50,10 @@ class CTCTask(Task):
                 continue
             sub = feats[m][torch.tensor(idx, device=feats[m].tokens.device)]
             texts = [batch.captions[int(mb.rows[j])] for j in idx]
-            head = words_head(model.adapters[m])
+            head = model.adapters[m].words_head
             tokens, mask = model.adapters[m]._features(sub)
             out[(self.name, m)] = head.ctc_loss(tokens, mask, texts)
         return out
 
 
-__all__ = ["CTCTask", "words_head"]
+__all__ = ["CTCTask"]

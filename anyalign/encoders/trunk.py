@@ -173,21 +173,12 @@ class TrunkEncoder(Encoder):
             raise InputError(f"trunk: {tokens.shape[1]} tokens > the trunk's {self.max_tokens} positions; use a "
                              f"larger patch or shorter inputs")
         if self.whisper:
-            hidden = _whisper_layers(self.trunk, tokens, mask)  # [B, N, D]
+            from .whisper import encoder_layers
+
+            hidden = encoder_layers(self.trunk, tokens, mask)  # [B, N, D]
         else:
             hidden = self.trunk(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state  # [B, N, D]
         return EncoderOutput(hidden, mask, masked_mean(hidden.float(), mask))
-
-
-def _whisper_layers(encoder: nn.Module, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A WhisperEncoder's forward after its convolutions: sinusoidal positions, layers, final LayerNorm."""
-    from .whisper import key_padding_mask
-
-    x = tokens + encoder.embed_positions.weight[:tokens.shape[1]]  # [B, N, D]
-    attention = key_padding_mask(mask, encoder.config._attn_implementation)
-    for layer in encoder.layers:
-        x = layer(x, attention)
-    return encoder.layer_norm(x)
 
 
 def _layer_list(trunk: nn.Module) -> nn.ModuleList:

@@ -57,6 +57,16 @@ def key_padding_mask(mask: torch.Tensor, attn_implementation: str | None) -> tor
     return torch.zeros(keys.shape, device=mask.device).masked_fill(~keys, torch.finfo(torch.float32).min)
 
 
+def encoder_layers(encoder: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A WhisperEncoder's forward after its convolutions, on `x` `[B, T, D]` of any T up to its positions:
+    sinusoidal positions sliced to T, the layers with padded tokens (`mask` False) masked out, final LayerNorm."""
+    x = x + encoder.embed_positions.weight[:x.shape[1]]
+    attention = key_padding_mask(mask, encoder.config._attn_implementation)
+    for layer in encoder.layers:
+        x = layer(x, attention)
+    return encoder.layer_norm(x)
+
+
 class WhisperAudioEncoder(Encoder):
     """Whisper encoder: tokens `[B, T, D]` masked to the real audio (T = 1500 when padded to the window), pooled =
     masked mean `[B, D]`."""
@@ -120,12 +130,8 @@ class WhisperAudioEncoder(Encoder):
         steps = int(valid.max())
         x = F.gelu(enc.conv1(feats))
         x = F.gelu(enc.conv2(x))[:, :, :steps].permute(0, 2, 1)  # [W, T, D]
-        x = x + enc.embed_positions.weight[:steps]
         mask = torch.arange(steps, device=x.device)[None] < valid.to(x.device)[:, None]  # [W, T]
-        attention = key_padding_mask(mask, enc.config._attn_implementation)
-        for layer in enc.layers:
-            x = layer(x, attention)
-        return enc.layer_norm(x)
+        return encoder_layers(enc, x, mask)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         feats = batch["input_features"].to(self.encoder.conv1.weight.dtype)  # the weights' dtype (autocast aside)
