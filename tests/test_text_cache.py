@@ -1,4 +1,4 @@
-"""The text-anchor caption table: exact values across reopen, processes, hash collisions and the SQLite upgrade."""
+"""The text-anchor caption table: exact values across reopen, processes, hash collisions and crashed writers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from anyalign.align import text_cache, text_store
+from anyalign.align import text_cache
 from anyalign.align.text_cache import TextEmbeddingTable
 
 E = 8
@@ -76,21 +76,19 @@ def test_a_miss_sees_what_another_table_just_stored(tmp_path: Path) -> None:
     assert len(reader) == 3
 
 
-def test_parts_fill_and_continue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(text_cache, "_PART_ROWS", 7)
+def test_many_writes_and_reopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(text_cache, "_WRITE_ROWS", 5)
     texts = [f"t{i}" for i in range(40)]
     table = TextEmbeddingTable(tmp_path, Encoder(), batch_size=3)
     table.add(texts[:23])
     table.get(texts[20:])
-    assert len(list(tmp_path.glob("part-*.emb"))) == 6
+    assert len(table) == 40
     reopened = TextEmbeddingTable(tmp_path, Encoder(salt=1.0))
     assert all(torch.equal(v, _normed(t)) for t, v in zip(texts, reopened.get(texts)))
 
 
 def _collide(monkeypatch: pytest.MonkeyPatch, key: bytes) -> None:
-    """Every caption gets the same hash key (in the store's batch hashing and the table's one-by-one lookups)."""
-    monkeypatch.setattr(text_store, "caption_hash", lambda caption: key)
+    """Every caption gets the same hash key."""
     monkeypatch.setattr(text_cache, "caption_hash", lambda caption: key)
 
 
@@ -110,8 +108,8 @@ def test_hash_collision_returns_the_right_vectors(tmp_path: Path, monkeypatch: p
 def test_leftovers_of_a_crashed_writer_are_never_read(tmp_path: Path) -> None:
     table = TextEmbeddingTable(tmp_path, Encoder())
     table.get(["a", "b"])
-    for ext in (".emb", ".off", ".txt", ".hash"):  # a writer killed after appending, before the manifest
-        with open(tmp_path / f"part-00000{ext}", "ab") as f:
+    for name in ("vectors.f32", "ends.u64", "texts.bin"):  # a writer killed after appending, before table.json
+        with open(tmp_path / name, "ab") as f:
             f.write(b"\x07" * 40)
     assert TextEmbeddingTable(tmp_path, Encoder()).lookup(["c"]) == {}
     table.get(["c"])
@@ -158,16 +156,15 @@ def test_two_processes_adding_at_once_store_one_value_per_caption(tmp_path: Path
 
 
 @pytest.mark.parametrize("collide", [False, True])
-def test_few_and_many_caption_lookups_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collide: bool) -> None:
-    """A batch's few captions are probed in plain Python, many by the vectorised walk: both find the same rows."""
+def test_lookups_find_exactly_the_stored_captions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  collide: bool) -> None:
+    """One caption or hundreds at once, with or without hash collisions: each stored caption's own vector."""
     if collide:
         _collide(monkeypatch, b"\1" * 8)
     texts = [f"caption {i} ✓" for i in range(300)]
     table = TextEmbeddingTable(tmp_path, Encoder())
     table.add(texts)
-    enc = [t.encode() for t in [*texts, "absent"]]
-    many = table._find(enc)
-    few = np.concatenate([table._find(enc[i:i + 7]) for i in range(0, len(enc), 7)])
-    assert len(enc) > text_cache._FEW >= 7
-    assert np.array_equal(many, few) and many[-1] == -1 and (many[:-1] >= 0).all()
-    assert len(set(many[:-1].tolist())) == len(texts)
+    many = table.lookup([*texts, "absent"])
+    few = {t: v for i in range(0, len(texts), 7) for t, v in table.lookup(texts[i:i + 7] + ["absent"]).items()}
+    assert set(many) == set(few) == set(texts)
+    assert all(torch.equal(many[t], _normed(t)) and torch.equal(few[t], _normed(t)) for t in texts)
