@@ -13,16 +13,15 @@ import torch
 from anyalign.align.captions import CaptionPool, CaptionSpec, keep_classes
 from anyalign.align.config import DataSource
 from anyalign.align.data import PairedDataset
-from anyalign.datasets.paraphrase import (
+from anyalign.datasets.paraphrase import read_paraphrase_file, read_paraphrases
+from anyalign.demos.paraphrases import (
     clean,
     filter_paraphrases,
     generate_paraphrases,
-    load_generator,
     paraphrase_classes,
-    read_paraphrase_file,
-    read_paraphrases,
     write_paraphrases,
 )
+from anyalign.llm.bundle import load_llm
 
 WORDS = "a person running walking jogging strolling playing badminton standing still photo of sneaker boot".split()
 
@@ -123,7 +122,7 @@ def test_filter_drops_rewrites_repeating_an_evaluation_phrasing() -> None:
 
 
 def test_filter_summary_counts_reasons(tmp_path: Path) -> None:
-    from anyalign.datasets.paraphrase import filter_summary
+    from anyalign.demos.paraphrases import filter_summary
 
     table = {"running": [1, 0, 0], "walking": [0, 1, 0], "jogging": [0.9, 0.3, 0], "strolling": [0.4, 0.9, 0],
              "running fast": [1, 0.1, 0], "sneaker": [0.1, 0, 1], "a walk": [0.5, 0.5, 0]}
@@ -153,7 +152,7 @@ def test_filter_with_the_real_anchor(minilm_dir: Path) -> None:
 
 
 def test_generation_with_a_tiny_llama_and_file_round_trip(tmp_path: Path) -> None:
-    model, tok = load_generator(_tiny_llama(tmp_path))
+    model, tok, _ = load_llm(_tiny_llama(tmp_path))
     sources = {"Running": ["running", "jogging"], "Walking": ["walking"]}
     a = generate_paraphrases(model, tok, ["running", "walking"], n=3, seed=1, max_new_tokens=6)
     b = generate_paraphrases(model, tok, ["running", "walking"], n=3, seed=1, max_new_tokens=6)
@@ -229,7 +228,7 @@ def test_real_smollm2_paraphrases_class_names(assets: Path, minilm_dir: Path) ->
     llm = assets / "llm" / "SmolLM2-135M-Instruct"
     if not any(llm.glob("*.gguf")):
         pytest.skip(f"{llm}: no GGUF file")
-    model, tok = load_generator(llm)
+    model, tok, _ = load_llm(llm, gguf_file=next(llm.glob("*.gguf")).name)
     enc = create_encoder("text", pretrained=str(minilm_dir))
     kept, dropped = paraphrase_classes(model, tok, {"Running": ["running"], "Walking": ["walking"],
                                                     "Badminton": ["playing badminton"]},

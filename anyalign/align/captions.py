@@ -4,7 +4,7 @@ A data source's `captions:` section fills the pool from
 (a) `templates` (`{label}` / `{caption}` placeholders; default: the source's `caption_templates`),
 (b) `synonyms`: other phrases per class (`{Running: [jogging, going for a run]}`), each put through the templates,
 (c) `paraphrases`: written once, offline, by a frozen LLM and filtered (`anyalign data paraphrase`,
-    `anyalign.datasets.paraphrase`: kept only if nearer its own class than any other in the anchor space by a
+    `anyalign.demos.paraphrases`: kept only if nearer its own class than any other in the anchor space by a
     margin, naming no other class and repeating no evaluation phrasing; the file counts the drops per reason):
     entries keyed by a class name hold other phrases for the class (put through the templates like synonyms);
     entries keyed by an original caption hold whole sentences.
