@@ -105,16 +105,21 @@ def auto_autocast_dtype(device: torch.device | str = "cpu") -> torch.dtype | Non
     return None
 
 
-def resolve_autocast(value: str | None, device: torch.device | str = "cpu") -> torch.dtype | None:
-    """An encoder's `autocast` setting (None/"no"/"fp32", "bf16", "fp16", "auto") as a dtype (None: fp32)."""
-    if value in (None, "", "no", "none", "fp32", "float32"):
-        return None
-    if value == "auto":
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+           "fp32": None, "float32": None, "none": None, "no": None, "": None}
+AUTOCAST_NAMES = ("auto", *_DTYPES)
+
+
+def resolve_autocast(value: str | torch.dtype | None, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """An `autocast` or `weights_dtype` setting (None, a dtype, "bf16", "fp16", "fp32"/"no", "auto") as a dtype
+    (None: fp32)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value.lower() == "auto":
         return auto_autocast_dtype(device)
-    named = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if value not in named:
+    if value.lower() not in _DTYPES:
         raise ValueError(f"autocast: expected auto, bf16, fp16 or no, got {value!r}")
-    return named[value]
+    return _DTYPES[value.lower()]
 
 
-__all__ = ["MIN_SPEEDUP", "auto_autocast_dtype", "cpu_flags", "probe_cpu_bf16", "resolve_autocast"]
+__all__ = ["AUTOCAST_NAMES", "MIN_SPEEDUP", "auto_autocast_dtype", "cpu_flags", "probe_cpu_bf16", "resolve_autocast"]

@@ -10,7 +10,7 @@ Calling the encoder on raw inputs does all three under `no_grad` (and bf16 autoc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -135,15 +135,6 @@ class Encoder(nn.Module):
         """True when `path` has one of this encoder's file suffixes."""
         return Path(path).suffix.lower() in self.extensions
 
-    def describe(self) -> dict[str, Any]:
-        """Modality, dims and input spec, for listings and saved adapter configs."""
-        return {
-            "modality": self.modality,
-            "token_dim": self.token_dim,
-            "pooled_dim": self.pooled_dim,
-            "input_spec": self.input_spec,
-        }
-
 
 def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad `[T_i, ...]` tensors to `[B, T_max, ...]` and return them with a `[B, T_max]` bool mask."""
@@ -158,5 +149,3 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w = mask.to(tokens.dtype).unsqueeze(-1)
     return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
 
-
-LoadFn = Callable[[Any], Any]

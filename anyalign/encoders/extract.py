@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,7 @@ from tqdm.auto import tqdm
 from ..features import MANIFEST, SHARD_PATTERN, FeatureWriter, write_manifest
 from ..io import check_not_input, is_artifact, read_json, write_json
 from .base import Encoder, EncoderOutput
-from .decoding import SafeDecode
-from .inputs import Item, discover_inputs, load_item
+from .inputs import Item, SafeDecode, discover_inputs, load_item
 from .resume import drop_changed, input_fingerprint
 from .spec import EncoderSpec
 
@@ -56,8 +56,6 @@ class ExtractSummary:
     def throughput(self) -> float:
         """Samples extracted per second by this run (resumed shards excluded)."""
         return self.n_new / self.seconds if self.seconds else 0.0
-
-    samples_per_second = throughput
 
 
 def process_state() -> Any:
@@ -88,16 +86,6 @@ class _Batch:
 
 def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
-
-
-class _Decode:
-    """Picklable per-item decoder for workers (tar members are unpacked to a scratch file first)."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        self.encoder = encoder
-
-    def __call__(self, item: Item) -> Any:
-        return load_item(self.encoder, item.value)
 
 
 class _Collate:
@@ -287,8 +275,9 @@ def _run(encoder: Encoder, items: list[Item], chunks: dict[int, list[int]], todo
     chunk_of = {n: index for index in todo for n in chunks[index]}
     batches = [chunks[index][lo: lo + batch_size]  # batches never cross a shard boundary
                for index in todo for lo in range(0, len(chunks[index]), batch_size)]
-    loader = DataLoader(SafeDecode(items, _Decode(encoder)), batch_sampler=batches, num_workers=num_workers,
-                        collate_fn=_Collate(encoder), pin_memory=encoder.device.type == "cuda")
+    decode = SafeDecode([it.value for it in items], partial(load_item, encoder))  # tar members via a scratch file
+    loader = DataLoader(decode, batch_sampler=batches, num_workers=num_workers, collate_fn=_Collate(encoder),
+                        pin_memory=encoder.device.type == "cuda")
     shard: _Shard | None = None
     pool = ThreadPoolExecutor(1, thread_name_prefix="anyalign-shard-writer")  # writes overlap the next forward
     try:

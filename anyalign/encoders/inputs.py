@@ -12,14 +12,18 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from torch.utils.data import Dataset
 
 from ..datasets.records import BrokenInput, TarMember
 from .base import Encoder, InputError
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Item:
@@ -121,3 +125,22 @@ def discover_inputs(source: str | os.PathLike, encoder: Any) -> list[Item]:
                          f"{_wanted(encoder)} (found {_suffix_summary(names)})")
     return items
 
+
+class SafeDecode(Dataset):
+    """`load(values[i])` per item, returned as `(i, decoded, None)` or `(i, None, "reason")`, so a long run never dies
+    on one corrupt file: the caller counts and lists the failures."""
+
+    def __init__(self, values: Sequence[Any], load: Callable[[Any], Any],
+                 errors: tuple[type[BaseException], ...] = (Exception,),
+                 describe: Callable[[int, BaseException], str] | None = None) -> None:
+        """`describe(i, error)` words a failure (default: `"Type: message"`); it must be picklable for workers."""
+        self.values, self.load, self.errors, self.describe = values, load, errors, describe
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        try:
+            return i, self.load(self.values[i]), None
+        except self.errors as e:
+            return i, None, self.describe(i, e) if self.describe is not None else f"{type(e).__name__}: {e}"

@@ -12,6 +12,7 @@ import torch
 
 from ..options import check_options, options_from_signature
 from ..registry import Registry
+from .autocast import resolve_autocast
 from .base import Encoder
 
 logger = logging.getLogger(__name__)
@@ -117,12 +118,7 @@ def create_encoder(
                       "autocast": autocast if isinstance(autocast, str) else None}  # `EncoderSpec.of(enc)`
     if device is not None:
         enc = enc.to(device)
-    if isinstance(autocast, str) and autocast.lower() == "auto":  # bf16 only where this machine runs it faster
-        from .autocast import resolve_autocast
-
-        enc.autocast_dtype = resolve_autocast("auto", enc.device)
-    else:
-        enc.autocast_dtype = _parse_dtype(autocast)
+    enc.autocast_dtype = resolve_autocast(autocast, enc.device)  # "auto": bf16 only where this machine is faster
     if frozen:
         enc.freeze()
     return enc
@@ -145,7 +141,7 @@ def encoder_info(name: str) -> EncoderInfo:
 def _to_weights_dtype(enc: Encoder, name: str, weights_dtype: str | torch.dtype | None,
                       device: str | torch.device | None) -> Encoder:
     """Cast floating parameters and buffers to one compute dtype (float32 unless half is asked for on CUDA)."""
-    dtype = _parse_dtype(weights_dtype) or torch.float32
+    dtype = resolve_autocast(weights_dtype) or torch.float32
     if dtype != torch.float32 and torch.device(device or "cpu").type != "cuda":
         raise ValueError(f"encoder {name!r}: weights_dtype={weights_dtype!r} needs device='cuda'; on CPU weights "
                          f"stay float32 (use autocast='bf16' for speed)")
@@ -155,12 +151,3 @@ def _to_weights_dtype(enc: Encoder, name: str, weights_dtype: str | torch.dtype 
         enc = enc.to(dtype)
     return enc
 
-
-def _parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "none": None, "fp32": None, "float32": None}
-    if value.lower() not in table:
-        raise ValueError(f"autocast={value!r}: expected one of bf16, fp16, fp32/none")
-    return table[value.lower()]

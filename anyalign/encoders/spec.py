@@ -21,12 +21,12 @@ import torch
 from ..config import ConfigError, parse_scalar
 from ..fingerprint import source_fingerprint
 from ..hub import local_source, portable_source, rebase_source
+from .autocast import AUTOCAST_NAMES
 from .base import Encoder
 from .inputs import encoder_class
 from .registry import check_encoder_options, create_encoder, encoder_info
 
 _KEYS = ("name", "pretrained", "options", "autocast")
-_AUTOCAST = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32", "none")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class EncoderSpec:
             raise ConfigError(f"encoder {self.name!r}: pretrained must be a string, got {self.pretrained!r}")
         if not isinstance(self.options, dict):
             raise ConfigError(f"encoder {self.name!r}: options must be a mapping, got {self.options!r}")
-        if self.autocast is not None and str(self.autocast).lower() not in _AUTOCAST:
+        if self.autocast is not None and str(self.autocast).lower() not in AUTOCAST_NAMES:
             raise ConfigError(f"encoder {self.name!r}: autocast={self.autocast!r}; expected one of auto, bf16, fp32")
         if self.pretrained:  # one spelling per weights: an asset copy is its Hub id, a user's path is absolute
             object.__setattr__(self, "pretrained", portable_source(self.pretrained))
@@ -160,8 +160,4 @@ class EncoderSpec:
         return f"{self.name}" + (f" @ {self.pretrained}" if self.pretrained else "") + (f" ({opts})" if opts else "")
 
 
-def _is_absolute(text: str) -> bool:
-    return os.path.isabs(os.path.expanduser(text))
-
-
-__all__ = ["EncoderSpec", "source_fingerprint"]
+__all__ = ["EncoderSpec"]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..datasets.records import BrokenInput, read_records
 from ..embedder import Embedder
 from ..encoders import InputError
-from ..encoders.decoding import SafeDecode
+from ..encoders.inputs import SafeDecode
 from ..io import atomic_path, check_not_input, check_replaceable, read_json, replace_dir, write_json
 from .preview import signal_preview
 from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..embedder import Embedder, pool_windows
-from ..encoders.decoding import SafeDecode
+from ..encoders.inputs import SafeDecode
 
 logger = logging.getLogger(__name__)
 
