@@ -2,7 +2,7 @@
 
 `anyalign.align` (training) and `anyalign.llm` (a frozen causal LM with adapters' heads) are independent siblings:
 neither imports the other. Training meets the LLM through two things defined here: the `<modality>` placeholder
-syntax of prompts, and the registry of frozen-LLM backends. `anyalign/llm/training.py` declares the built-in backend
+syntax of prompts, and the registry of frozen-LLM backends. `anyalign/llm/model.py` declares the built-in backend
 (Hugging Face causal LMs, GGUF included) with `@register_llm_backend("transformers")`; like every registry's
 built-ins (`anyalign.registry`), it is found by that line and its module imported the first time a recipe needs an
 LLM, and an out-of-tree backend registers the same way from a plugin.

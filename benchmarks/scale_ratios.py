@@ -18,7 +18,7 @@ Parts (each in a fresh child process, its own RSS; the machine's 1-minute load i
     `python -c "import torch"` (child processes, median, interleaved) and which heavy modules each imports
   7 text batching: `Embedder.embed` on real sentences of mixed length vs the same encoder batched in input order
     and length-sorted (padded tokens computed and wall time, interleaved)
-  8 GGUF LLM: first load (GGUF -> safetensors cache, anyalign/llm/gguf_cache.py) into an empty cache vs the
+  8 GGUF LLM: first load (GGUF -> safetensors cache, anyalign/llm/bundle.py) into an empty cache vs the
     second load from the cache, each a fresh process
   9 bf16 vs fp32 on this CPU: GEMM and MiniLM under bf16 autocast vs fp32, the CPU's bf16 flags, and what
     `autocast: auto` (anyalign/encoders/autocast.py) picks here; auto must never be slower than fp32

@@ -13,7 +13,7 @@ from _retrieval_helpers import tiny_bert
 from anyalign.align.text_cache import anchor_fingerprint, table_for_anchor
 from anyalign.encoders.spec import EncoderSpec
 from anyalign.fingerprint import source_fingerprint
-from anyalign.llm.gguf_cache import gguf_fingerprint
+from anyalign.llm.bundle import gguf_fingerprint
 
 
 def _replace_weights(folder: Path, seed: int) -> None:

@@ -1,4 +1,4 @@
-"""The GGUF LLM is converted once into a safetensors folder and loaded from there afterwards (llm/gguf_cache.py)."""
+"""The GGUF LLM is converted once into a safetensors folder and loaded from there afterwards (llm/bundle.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anyalign.llm.bundle import load_llm
-from anyalign.llm.gguf_cache import DONE, cached_gguf_folder
+from anyalign.llm.bundle import GGUF_DONE, cached_gguf_folder, load_llm
 
 
 @pytest.mark.slow
@@ -24,7 +23,7 @@ def test_second_gguf_load_comes_from_the_safetensors_cache(assets: Path, tmp_pat
     first, tok, source = load_llm(folder, gguf_file=name)
     t1 = time.perf_counter()
     cache = cached_gguf_folder(folder, name)
-    assert (cache / DONE).is_file() and (cache / "model.safetensors").is_file()
+    assert (cache / GGUF_DONE).is_file() and (cache / "model.safetensors").is_file()
     assert source.gguf_file == name  # the recorded source stays the GGUF file
     second, tok2, _ = load_llm(folder, gguf_file=name)
     t2 = time.perf_counter()

@@ -6,7 +6,8 @@ Bundle layout:
     lora/                         peft LoRA weights (when attached and not merged)
     code_embeddings.safetensors   rows of the extended vocabulary (discrete adapters only)
     llm/                          the LLM itself, only when it cannot be referenced (merged LoRA, in-memory model)
-The base LLM is referenced, not copied: GGUF checkpoints cannot be re-serialised with `save_pretrained`.
+The base LLM is referenced, not copied: GGUF checkpoints cannot be re-serialised with `save_pretrained`; a GGUF
+file is converted once into a safetensors folder (`cached_gguf_folder`, ~19 s of GGUF parsing saved per load).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ..adapter import ModalityAdapter
+from ..fingerprint import source_fingerprint
 from ..hub import local_source, portable_source
 from ..io import atomic_path, load_weights, read_json, save_weights, write_json
 from ..version import FORMAT_VERSION, __version__
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_CONFIG = "anyalign_mmlm.json"
 CODES_NAME = "code_embeddings.safetensors"
 _FORMAT = "anyalign-mmlm"
+GGUF_DONE = "anyalign_gguf_converted.json"
 
 
 @dataclass
@@ -65,6 +68,43 @@ def _dtype(name: str | torch.dtype) -> torch.dtype:
     return value
 
 
+def gguf_fingerprint(path: str | os.PathLike) -> str:
+    """The converted folder's name: the GGUF file's content identity (`source_fingerprint`), shortened."""
+    return str(source_fingerprint(path))[:16]
+
+
+def cached_gguf_folder(folder: str | os.PathLike, gguf_file: str, *, root: str | os.PathLike | None = None) -> Path:
+    """`folder/gguf_file` as a safetensors model folder in `$ANYALIGN_CACHE/llm-gguf/<fingerprint>/`, converted on
+    the first call. transformers refuses `save_pretrained` on a GGUF-loaded model, so safetensors writes the state."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(folder).expanduser() / gguf_file
+    if not src.is_file():
+        raise FileNotFoundError(f"gguf_file={gguf_file!r}: not found in {folder}")
+    if root is None:
+        root = Path(os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign") / "llm-gguf"
+    target = Path(root) / gguf_fingerprint(src)
+    if (target / GGUF_DONE).is_file():
+        return target
+    logger.info("converting %s to safetensors once (%s)", src, target)
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=gguf_file)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied: rebuilt from the input embeddings on load
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / GGUF_DONE, {"source": str(src.resolve()), "gguf_file": gguf_file})
+    return target
+
+
 def load_llm(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, dtype: str | torch.dtype = "float32",
              tokenizer: Any = None) -> tuple[nn.Module, Any, LLMSource]:
     """Load an unmodified `AutoModelForCausalLM` (+ its tokenizer) from a hub id, a folder or a GGUF file."""
@@ -85,9 +125,7 @@ def load_llm(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, d
             raise FileNotFoundError(f"llm={text!r}: no config.json in the folder{hint}")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     load_from = text
-    if local and gguf_file:  # converted to safetensors on the first load, read from there afterwards (llm/gguf_cache)
-        from .gguf_cache import cached_gguf_folder
-
+    if local and gguf_file:  # converted to safetensors on the first load, read from there afterwards
         load_from, kwargs = str(cached_gguf_folder(path, gguf_file)), {}
     torch_dtype = _dtype(dtype)
     try:
@@ -226,5 +264,5 @@ def load_bundle(cls: type[MultimodalLM], directory: str | os.PathLike, *, load_e
     return model
 
 
-__all__ = ["BUNDLE_CONFIG", "CODES_NAME", "LLMSource", "is_bundle", "load_bundle", "load_llm", "load_multimodal",
-           "save_bundle"]
+__all__ = ["BUNDLE_CONFIG", "CODES_NAME", "GGUF_DONE", "LLMSource", "cached_gguf_folder", "gguf_fingerprint",
+           "is_bundle", "load_bundle", "load_llm", "load_multimodal", "save_bundle"]

@@ -22,6 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..adapter import ModalityAdapter
 from ..encoders import EncoderOutput
+from ..language_model import LLMBackend, register_llm_backend
 from ..projectors.heard import reads_transcript
 from .lora import LoraMixin
 from .prompt import check_media, plan_prompts
@@ -349,6 +350,14 @@ class MultimodalLM(LoraMixin, nn.Module):
         return _drain(streamer, thread, errors)
 
 
+@register_llm_backend("transformers")
+def transformers_backend() -> LLMBackend:
+    """The built-in frozen-LLM backend of alignment training: `load_llm`, `MultimodalLM` and the bundle check."""
+    from .bundle import is_bundle, load_llm
+
+    return LLMBackend(load=load_llm, wrap=MultimodalLM, is_bundle=is_bundle)
+
+
 def _drain(streamer: Any, thread: threading.Thread, errors: list[BaseException]) -> Iterator[str]:
     yield from streamer
     thread.join()
@@ -356,4 +365,4 @@ def _drain(streamer: Any, thread: threading.Thread, errors: list[BaseException])
         raise errors[0]
 
 
-__all__ = ["MultimodalLM", "MultimodalLMOutput", "Prepared", "context_length", "is_discrete"]
+__all__ = ["MultimodalLM", "MultimodalLMOutput", "Prepared", "context_length", "is_discrete", "transformers_backend"]
