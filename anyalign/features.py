@@ -141,17 +141,11 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def manifest_encoder(manifest: dict[str, Any], source: str = MANIFEST) -> Any:
-    """The `EncoderSpec` a feature folder was extracted with (None when not recorded). Older manifests spell it
-    `encoder` (name) + `pretrained` + `encoder_kwargs`."""
+    """The `EncoderSpec` a feature folder was extracted with (None when not recorded)."""
     from .encoders.spec import EncoderSpec
 
     enc = manifest.get("encoder")
-    if enc is None:
-        return None
-    if isinstance(enc, str):
-        enc = {"name": enc, "pretrained": manifest.get("pretrained"), "options": manifest.get("encoder_kwargs") or {},
-               "autocast": manifest.get("autocast")}
-    return EncoderSpec.from_dict(enc, source=f"{source}: encoder")
+    return None if enc is None else EncoderSpec.from_dict(enc, source=f"{source}: encoder")
 
 
 def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:

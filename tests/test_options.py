@@ -25,9 +25,6 @@ from anyalign.projectors import (
 )
 from anyalign.projectors.linear import LinearProjector
 
-# encoders whose factory hands **options on to a class: compare the dataclass with that class instead
-_TARGETS = {"imu": ("anyalign.encoders.imu", "IMUEncoder")}
-
 
 def _params(fn: object) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(fn).parameters)
@@ -38,9 +35,6 @@ def test_encoder_options_match_the_factory(name: str) -> None:
     cls = encoder_options(name)
     assert dataclasses.is_dataclass(cls)
     fn = ENCODERS.get(name)
-    if name in _TARGETS:
-        mod, attr = _TARGETS[name]
-        fn = getattr(__import__(mod, fromlist=[attr]), attr)
     params = _params(fn)
     takes_more = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for opt in option_fields(cls):

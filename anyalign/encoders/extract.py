@@ -247,9 +247,6 @@ def _plan(items: list[Item], done: dict[int, tuple[Path, dict[str, Any]]], run_s
             raise ValueError(f"{shard}: written with encoder {was}, but this run uses "
                              f"{EncoderSpec.from_dict(run_spec['encoder']).describe()}; use the same settings, or "
                              f"a new --output folder")
-        if "keys" not in side:
-            raise ValueError(f"{shard}: written by an older anyalign without its input keys; extract into a new "
-                             f"--output folder")
     position = {it.key: n for n, it in enumerate(items)}
     if len(position) != len(items):
         dup = next(k for k in position if sum(it.key == k for it in items) > 1)

@@ -69,6 +69,46 @@ def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return flat.mean(1).tolist(), flat.std(1).tolist()
 
 
+@dataclass
+class IMUOptions:
+    """Options of the "imu" encoder (the arguments of `IMUEncoder`)."""
+
+    channels: int = field(default=6, metadata={"help": "sensor channels (accel xyz + gyro xyz)", "min": 1})
+    dim: int = field(default=256, metadata={"help": "token width", "min": 1})
+    depth: int = field(default=2, metadata={"help": "transformer layers", "min": 1})
+    heads: int = field(default=4, metadata={"help": "attention heads", "min": 1})
+    stride: int = field(default=4, metadata={"help": "time downsampling of the conv stem: 1, 2, 4 or 8"})
+    dropout: float = field(default=0.1, metadata={"help": "transformer dropout"})
+    sample_rate: float | None = field(default=None, metadata={"help": "the input's rate in Hz"})
+    target_rate: float | None = field(default=None, metadata={"help": "resample to this rate in Hz"})
+    max_tokens: int = field(default=1024, metadata={"help": "longest token sequence (position table size)",
+                                                    "min": 1})
+    window_seconds: float | None = field(default=None, metadata={
+        "help": "cut longer streams into windows of this length (needs sample_rate)"})
+    hop_seconds: float | None = field(default=None, metadata={"help": "window hop (default: window_seconds)"})
+    normalize: Literal["none", "window", "stats"] = field(default="none", metadata={
+        "help": "per-channel normalisation: none, window (z-score), stats (channel_mean/std)"})
+    channel_mean: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel means"})
+    channel_std: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel stds"})
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.stride not in (1, 2, 4, 8):
+            raise ValueError(f"imu encoder: stride must be 1, 2, 4 or 8, got {self.stride}")
+        if self.window_seconds is not None and not (self.target_rate or self.sample_rate):
+            raise ValueError("imu encoder: window_seconds needs sample_rate (the input's rate in Hz)")
+        if any(v is not None and v <= 0 for v in (self.window_seconds, self.hop_seconds)):
+            raise ValueError(f"imu encoder: window_seconds/hop_seconds must be positive, got {self.window_seconds}/"
+                             f"{self.hop_seconds}")
+        if self.normalize == "stats":
+            if self.channel_mean is None or self.channel_std is None:
+                raise ValueError("imu encoder: normalize='stats' needs channel_mean and channel_std (channel_stats)")
+            if len(self.channel_mean) != self.channels or len(self.channel_std) != self.channels:
+                raise ValueError(f"imu encoder: channel_mean/channel_std need {self.channels} values each, got "
+                                 f"{len(self.channel_mean)}/{len(self.channel_std)}")
+
+
 class IMUEncoder(Encoder):
     """1-D conv stem + Transformer over IMU windows; trainable from scratch, frozen by default."""
 
@@ -76,48 +116,25 @@ class IMUEncoder(Encoder):
     extensions = (".npy", ".csv")
     input_spec = IMU_INPUT_SPEC
 
-    def __init__(self, *, channels: int = 6, dim: int = 256, depth: int = 2, heads: int = 4, stride: int = 4,
-                 dropout: float = 0.1, sample_rate: float | None = None, target_rate: float | None = None,
-                 max_tokens: int = 1024, window_seconds: float | None = None, hop_seconds: float | None = None,
-                 normalize: str = "none", channel_mean: Sequence[float] | None = None,
-                 channel_std: Sequence[float] | None = None) -> None:
+    def __init__(self, opts: IMUOptions | None = None) -> None:
         super().__init__()
-        if stride not in (1, 2, 4, 8):
-            raise ValueError(f"imu encoder: stride must be 1, 2, 4 or 8, got {stride}")
-        self.channels, self.stride = channels, stride
-        self.sample_rate, self.target_rate = sample_rate, target_rate
-        self.rate = target_rate or sample_rate  # Hz of the arrays the network sees
-        if window_seconds is not None and not self.rate:
-            raise ValueError("imu encoder: window_seconds needs sample_rate (the input's rate in Hz)")
-        if (window_seconds is not None and window_seconds <= 0) or (hop_seconds is not None and hop_seconds <= 0):
-            raise ValueError(f"imu encoder: window_seconds/hop_seconds must be positive, got {window_seconds}/"
-                             f"{hop_seconds}")
-        self.window_seconds, self.hop_seconds = window_seconds, hop_seconds
-        if normalize not in ("none", "window", "stats"):
-            raise ValueError(f"imu encoder: normalize must be 'none', 'window' or 'stats', got {normalize!r}")
-        self.normalize = normalize
-        self.channel_mean = self.channel_std = None
-        if normalize == "stats":
-            if channel_mean is None or channel_std is None:
-                raise ValueError("imu encoder: normalize='stats' needs channel_mean and channel_std "
-                                 "(see channel_stats)")
-            mean, std = np.asarray(channel_mean, np.float32), np.asarray(channel_std, np.float32)
-            if mean.shape != (channels,) or std.shape != (channels,):
-                raise ValueError(f"imu encoder: channel_mean/channel_std need {channels} values each, got "
-                                 f"shapes {mean.shape}/{std.shape}")
-            self.channel_mean, self.channel_std = mean[:, None], np.maximum(std, 1e-6)[:, None]  # [C, 1]
-        self.token_dim = self.pooled_dim = dim
-        self.n_down = int(math.log2(stride))  # stride-2 convolutions in the stem
+        self.opts = o = opts or IMUOptions()
+        self.channels, self.rate = o.channels, o.target_rate or o.sample_rate  # Hz of the arrays the network sees
+        if o.normalize == "stats":
+            self.channel_mean = np.asarray(o.channel_mean, np.float32)[:, None]  # [C, 1]
+            self.channel_std = np.maximum(np.asarray(o.channel_std, np.float32), 1e-6)[:, None]
+        self.token_dim = self.pooled_dim = o.dim
+        n_down = int(math.log2(o.stride))  # stride-2 convolutions in the stem
         self.stem = nn.ModuleList(
-            nn.Conv1d(channels if i == 0 else dim, dim, kernel_size=5, stride=2 if self.n_down else 1, padding=2)
-            for i in range(max(self.n_down, 1)))
+            nn.Conv1d(o.channels if i == 0 else o.dim, o.dim, kernel_size=5, stride=2 if n_down else 1, padding=2)
+            for i in range(max(n_down, 1)))
         self.act = nn.GELU()
-        self.pos = nn.Parameter(torch.zeros(1, max_tokens, dim))
+        self.pos = nn.Parameter(torch.zeros(1, o.max_tokens, o.dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
+        block = nn.TransformerEncoderLayer(o.dim, o.heads, dim_feedforward=4 * o.dim, dropout=o.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(block, o.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(o.dim)
 
     def load(self, item: Any) -> np.ndarray:
         if isinstance(item, (str, Path)):
@@ -142,11 +159,11 @@ class IMUEncoder(Encoder):
             arr = arr.T
         if not np.isfinite(arr).all():
             raise InputError(f"{where}: contains NaN or inf")
-        if self.sample_rate and self.target_rate:
-            arr = resample(arr, self.sample_rate, self.target_rate)
+        if self.opts.sample_rate and self.opts.target_rate:
+            arr = resample(arr, self.opts.sample_rate, self.opts.target_rate)
         if arr.shape[1] < 2:  # an empty window would become a NaN embedding that nothing can retrieve
             raise InputError(f"{where}: IMU window has {arr.shape[1]} time steps; expected at least 2")
-        if self.window_seconds is None and arr.shape[1] > self.max_steps:
+        if self.opts.window_seconds is None and arr.shape[1] > self.max_steps:
             raise InputError(f"{where}: IMU window too long: {arr.shape[1]} steps > {self.max_steps} (max_tokens "
                              f"{self.pos.shape[1]}); set the encoder option window_seconds to window long streams")
         return arr  # [C, T]
@@ -159,13 +176,11 @@ class IMUEncoder(Encoder):
 
     def windows(self, x: np.ndarray) -> list[np.ndarray]:
         """One loaded stream `[C, T]` -> its normalised windows `[C, W]` (just itself without `window_seconds`)."""
-        if self.window_seconds is None:
-            parts = [x]
-        else:
-            parts = list(window_stream(x, self.rate, self.window_seconds, self.hop_seconds))
-        if self.normalize == "window":
+        o = self.opts
+        parts = [x] if o.window_seconds is None else list(window_stream(x, self.rate, o.window_seconds, o.hop_seconds))
+        if o.normalize == "window":
             parts = [(p - p.mean(1, keepdims=True)) / np.maximum(p.std(1, keepdims=True), 1e-6) for p in parts]
-        elif self.normalize == "stats":
+        elif o.normalize == "stats":
             parts = [(p - self.channel_mean) / self.channel_std for p in parts]
         return [p.astype(np.float32, copy=False) for p in parts]
 
@@ -218,40 +233,11 @@ def _read_file(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot read IMU data ({type(e).__name__}: {e})") from None
 
 
-@dataclass
-class IMUOptions:
-    """Options of the "imu" encoder (the arguments of `IMUEncoder`)."""
-
-    channels: int = field(default=6, metadata={"help": "sensor channels (accel xyz + gyro xyz)", "min": 1})
-    dim: int = field(default=256, metadata={"help": "token width", "min": 1})
-    depth: int = field(default=2, metadata={"help": "transformer layers", "min": 1})
-    heads: int = field(default=4, metadata={"help": "attention heads", "min": 1})
-    stride: int = field(default=4, metadata={"help": "time downsampling of the conv stem: 1, 2, 4 or 8"})
-    dropout: float = field(default=0.1, metadata={"help": "transformer dropout"})
-    sample_rate: float | None = field(default=None, metadata={"help": "the input's rate in Hz"})
-    target_rate: float | None = field(default=None, metadata={"help": "resample to this rate in Hz"})
-    max_tokens: int = field(default=1024, metadata={"help": "longest token sequence (position table size)",
-                                                    "min": 1})
-    window_seconds: float | None = field(default=None, metadata={
-        "help": "cut longer streams into windows of this length (needs sample_rate)"})
-    hop_seconds: float | None = field(default=None, metadata={"help": "window hop (default: window_seconds)"})
-    normalize: Literal["none", "window", "stats"] = field(default="none", metadata={
-        "help": "per-channel normalisation: none, window (z-score), stats (channel_mean/std)"})
-    channel_mean: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel means"})
-    channel_std: list[float] | None = field(default=None, metadata={"help": "normalize=stats: channel stds"})
-
-    def __post_init__(self) -> None:
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        if self.stride not in (1, 2, 4, 8):
-            raise ValueError(f"stride must be 1, 2, 4 or 8, got {self.stride}")
-
-
 @register_encoder("imu", modality="imu", token_dim=256, pooled_dim=256, input_spec=IMU_INPUT_SPEC,
                   default_model="imu-conv-transformer (train from scratch)", options=IMUOptions)
 def imu_encoder(pretrained: str | None = None, **options: Any) -> IMUEncoder:
     """IMU encoder; `pretrained=` a local safetensors/.pt state dict of this architecture."""
-    enc = IMUEncoder(**options)
+    enc = IMUEncoder(IMUOptions(**options))
     if pretrained is not None:
         src = resolve_pretrained(pretrained)
         if src.kind != "file":

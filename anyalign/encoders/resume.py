@@ -47,21 +47,14 @@ def input_fingerprint(value: Any) -> str:
 def drop_changed(done: dict[int, tuple[Path, dict[str, Any]]], fingerprints: dict[str, str]
                  ) -> dict[int, tuple[Path, dict[str, Any]]]:
     """Remove from each finished shard the inputs whose fingerprint (key -> fingerprint of this run) changed;
-    returns the updated `done`. Sidecars without fingerprints (older runs) are kept as they are, with a warning."""
-    unverified = 0
+    returns the updated `done`."""
     for index, (shard, side) in list(done.items()):
-        old = side.get("fingerprints")
-        if old is None:
-            unverified += 1
-            continue
-        changed = {k for k, fp in zip(side["keys"], old) if k in fingerprints and fingerprints[k] != fp}
+        old = zip(side["keys"], side["fingerprints"])
+        changed = {k for k, fp in old if k in fingerprints and fingerprints[k] != fp}
         if changed:
             logger.warning("%s: %d input(s) changed since it was written (e.g. %s); extracting them again",
                            shard.name, len(changed), sorted(changed)[0])
             done[index] = (shard, _rewrite_without(shard, side, changed))
-    if unverified:
-        logger.warning("%d finished shard(s) were written without input fingerprints; their inputs are trusted "
-                       "unchanged", unverified)
     return done
 
 
