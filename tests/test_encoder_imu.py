@@ -182,7 +182,7 @@ def test_imu_csv_files(tmp_path: Path) -> None:
     (tmp_path / "broken.csv").write_text("ax,ay\n1,2\nthree,4\n")
     with pytest.raises(InputError, match="broken.csv: cannot read IMU data"):
         enc.load(tmp_path / "broken.csv")
-    with pytest.raises(InputError, match="gone.npy: IMU file not found"):
+    with pytest.raises(InputError, match="gone.npy: file not found"):
         enc.load(tmp_path / "gone.npy")
     with pytest.raises(InputError, match="expected a numeric array"):
         enc.load({"ax": 1})

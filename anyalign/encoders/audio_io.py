@@ -7,8 +7,8 @@ averaged to mono and resampled with a polyphase filter (`scipy.signal.resample_p
 
 from __future__ import annotations
 
-import math
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +59,12 @@ def load_audio(item: Any, target_rate: int) -> np.ndarray:
     return resample(wave, float(rate), target_rate)
 
 
-def resample(wave: np.ndarray, rate: float, target_rate: int) -> np.ndarray:
-    """Polyphase resampling of a 1-D waveform from `rate` to `target_rate` Hz (float32 out)."""
+def resample(wave: np.ndarray, rate: float, target_rate: float) -> np.ndarray:
+    """Polyphase resampling along the last axis from `rate` to `target_rate` Hz (float32 out)."""
     if rate == target_rate:
         return wave.astype(np.float32, copy=False)
-    if float(rate).is_integer():
-        g = math.gcd(int(rate), int(target_rate))
-        up, down = int(target_rate) // g, int(rate) // g
-    else:  # fractional rates: a close rational approximation is plenty for audio
-        from fractions import Fraction
-
-        frac = Fraction(target_rate / rate).limit_denominator(10_000)
-        up, down = frac.numerator, frac.denominator
-    return resample_poly(wave, up, down).astype(np.float32)
+    frac = Fraction(target_rate / rate).limit_denominator(10_000)  # exact for the usual integer rates
+    return resample_poly(wave, frac.numerator, frac.denominator, axis=-1).astype(np.float32)
 
 
 def split_windows(wave: np.ndarray, size: int, *, min_fraction: float = 0.5) -> list[np.ndarray]:

@@ -21,28 +21,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.signal import resample_poly
 from torch import nn
 
 from ..io import load_weights, resolve_pretrained
+from .audio_io import resample
 from .base import Encoder, EncoderOutput, InputError, masked_mean, pad_sequences
 from .registry import register_encoder
 
 IMU_INPUT_SPEC = "array [6, T] or [T, 6] (accel xyz + gyro xyz), or a .npy/.csv file of one"
-
-
-def resample(x: np.ndarray, sample_rate: float, target_rate: float) -> np.ndarray:
-    """Polyphase resampling of `[C, T]` along time from `sample_rate` to `target_rate` Hz."""
-    if sample_rate == target_rate:
-        return x
-    ratio = Fraction(target_rate / sample_rate).limit_denominator(1000)
-    return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1).astype(np.float32)
 
 
 def window_stream(x: np.ndarray, sample_rate: float, window_seconds: float,
@@ -137,28 +128,8 @@ class IMUEncoder(Encoder):
         self.norm = nn.LayerNorm(o.dim)
 
     def load(self, item: Any) -> np.ndarray:
-        if isinstance(item, (str, Path)):
-            path = Path(item)
-            arr, where = _read_file(path), str(path)
-        else:
-            arr, where = item, "IMU input"
-        try:
-            raw = np.asarray(arr.detach().cpu() if torch.is_tensor(arr) else arr)
-            if np.iscomplexobj(raw):  # a cast to float32 would silently drop the imaginary part
-                raise InputError(f"{where}: complex values ({raw.dtype}); expected real sensor readings")
-            arr = np.asarray(raw, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, InputError):
-                raise
-            raise InputError(f"{where}: expected a numeric array or a .npy/.csv path, got {type(arr).__name__}: "
-                             f"{arr!r:.80}") from None
-        if arr.ndim != 2 or self.channels not in arr.shape:
-            raise InputError(f"{where}: expected a 2-D array with {self.channels} channels ([C, T] or [T, C]), "
-                             f"got shape {arr.shape}")
-        if arr.shape[0] != self.channels:
-            arr = arr.T
-        if not np.isfinite(arr).all():
-            raise InputError(f"{where}: contains NaN or inf")
+        where = str(item) if isinstance(item, (str, Path)) else "IMU input"
+        arr = channels_first(read_array(item, where), self.channels, where)
         if self.opts.sample_rate and self.opts.target_rate:
             arr = resample(arr, self.opts.sample_rate, self.opts.target_rate)
         if arr.shape[1] < 2:  # an empty window would become a NaN embedding that nothing can retrieve
@@ -218,10 +189,37 @@ class IMUEncoder(Encoder):
         return h, tmask
 
 
+def read_array(item: Any, where: str) -> np.ndarray:
+    """`item` (an array, a tensor, or a `.npy`/`.csv` path: one row per time step, an optional header row) as a
+    finite float32 array; an `InputError` naming the input otherwise."""
+    if isinstance(item, (str, Path)):
+        item = _read_file(Path(item))
+    try:
+        raw = np.asarray(item.detach().cpu() if torch.is_tensor(item) else item)
+        if np.iscomplexobj(raw):  # a cast to float32 would silently drop the imaginary part
+            raise InputError(f"{where}: complex values ({raw.dtype}); expected real sensor readings")
+        arr = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{where}: expected a numeric array or a .npy/.csv path, got {type(item).__name__}: "
+                         f"{item!r:.80}") from None
+    if not np.isfinite(arr).all():
+        raise InputError(f"{where}: contains NaN or inf")
+    return arr
+
+
+def channels_first(arr: np.ndarray, channels: int, where: str) -> np.ndarray:
+    """A `[C, T]` or `[T, C]` array as `[C, T]` (`[C, C]` is read as `[C, T]`)."""
+    if arr.ndim != 2 or channels not in arr.shape:
+        raise InputError(f"{where}: expected a 2-D array with {channels} channels ([C, T] or [T, C]), got shape "
+                         f"{arr.shape}")
+    return arr if arr.shape[0] == channels else arr.T
+
+
 def _read_file(path: Path) -> np.ndarray:
-    """A `.npy` array or a `.csv` table (one row per time step, optional header row); errors name the file."""
     if not path.is_file():
-        raise InputError(f"{path}: IMU file not found")
+        raise InputError(f"{path}: file not found")
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Encoder, EncoderOutput, InputError, masked_mean
+from .imu import channels_first, read_array
 from .registry import register_encoder
 
 Tokenizer = Literal["patch1d", "patch2d"]
@@ -133,24 +134,14 @@ class TrunkEncoder(Encoder):
     # --- load / collate / encode ------------------------------------------------------------------------------
     def load(self, item: Any) -> np.ndarray:
         where = str(item) if isinstance(item, (str, Path)) else "trunk input"
-        if isinstance(item, (str, Path)):
-            item = _read(Path(item))
-        try:
-            arr = np.asarray(item.detach().cpu() if torch.is_tensor(item) else item, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise InputError(f"{where}: expected a numeric array or a .npy/.csv path, got {type(item).__name__}") \
-                from None
+        arr = read_array(item, where)
         if self.kind == "patch1d":
-            if arr.ndim != 2 or self.channels not in arr.shape:
-                raise InputError(f"{where}: expected [C, T] or [T, C] with {self.channels} channels, got {arr.shape}")
-            arr = arr if arr.shape[0] == self.channels else arr.T
+            arr = channels_first(arr, self.channels, where)
         else:
             arr = arr[None] if arr.ndim == 2 and self.channels == 1 else arr
             if arr.ndim != 3 or arr.shape[0] != self.channels:
                 raise InputError(f"{where}: expected [{self.channels}, H, W]"
                                  f"{' or [H, W]' if self.channels == 1 else ''}, got {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise InputError(f"{where}: contains NaN or inf")
         if self.normalize == "window":  # per-channel z-score (sensor offset and gain removed)
             axes = tuple(range(1, arr.ndim))
             arr = (arr - arr.mean(axes, keepdims=True)) / (arr.std(axes, keepdims=True) + 1e-6)
@@ -229,18 +220,6 @@ def _weight_names(path: Path) -> set[str]:
     if (path / "model.safetensors.index.json").is_file():
         return set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"])
     return set()
-
-
-def _read(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.suffix.lower() == ".csv":
-        from .imu import _read_file
-
-        return _read_file(path)
-    raise InputError(f"{path}: expected a .npy or .csv file")
 
 
 @dataclass
