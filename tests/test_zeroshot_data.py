@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from anyalign.datasets.labelled import load_labelled
+from anyalign.datasets import read_labelled
 from anyalign.zeroshot import (
     check_templates,
     classification_metrics,
@@ -45,26 +45,26 @@ def make_esc50(root: Path, per_fold: int = 1, folds: int = 3, rate: int = 8000) 
 
 def test_esc50_layout_and_folds(tmp_path: Path) -> None:
     root = make_esc50(tmp_path / "ESC-50-master", per_fold=2)
-    ds = load_labelled(root)
+    ds = read_labelled(root)
     assert ds.layout == "esc50" and ds.classes == ["dog", "rooster", "chirping_birds"]  # ordered by target id
     assert len(ds) == 18 and ds.folds == ["1", "2", "3"]
     assert all(p.is_file() and p.parent == root / "audio" for p in ds.paths)
     assert ds.targets[:2] == [0, 0] and sorted(set(ds.targets)) == [0, 1, 2]
-    two = load_labelled(root, folds=[2])
+    two = read_labelled(root, folds=[2])
     assert len(two) == 6 and {it.fold for it in two.items} == {"2"} and two.classes == ds.classes
-    assert load_labelled(root / "meta" / "esc50.csv").layout == "esc50"  # the csv itself also works
+    assert read_labelled(root / "meta" / "esc50.csv").classes == ds.classes  # the csv itself also works
     with pytest.raises(ValueError, match="no fold 7"):
-        load_labelled(root, folds=[7])
+        read_labelled(root, folds=[7])
 
 
 def test_esc50_bad_metadata_names_file_and_columns(tmp_path: Path) -> None:
     root = make_esc50(tmp_path / "esc")
     (root / "meta" / "esc50.csv").write_text("filename,fold,category\na.wav,1,dog\n")
     with pytest.raises(ValueError, match=r"esc50.csv.*missing column\(s\) target"):
-        load_labelled(root)
+        read_labelled(root)
     (root / "meta" / "esc50.csv").write_text("filename,fold,target,category\na.wav,1,0,dog\nb.wav,1,0,cat\n")
     with pytest.raises(ValueError, match="class id 0 is both 'dog' and 'cat'"):
-        load_labelled(root)
+        read_labelled(root)
 
 
 def test_urbansound8k_layout(tmp_path: Path) -> None:
@@ -77,35 +77,35 @@ def test_urbansound8k_layout(tmp_path: Path) -> None:
         sf.write(root / "audio" / f"fold{fold}" / f"{i}-{cid}-0-0.wav", np.zeros(800, np.float32), 8000)
         rows.append(f"{i}-{cid}-0-0.wav,{i},0,1,1,{fold},{cid},{cls}")
     (root / "metadata" / "UrbanSound8K.csv").write_text("\n".join(rows) + "\n")
-    ds = load_labelled(root)
+    ds = read_labelled(root)
     assert ds.layout == "urbansound8k" and ds.classes == ["air_conditioner", "dog_bark", "siren"]
     assert all(p.is_file() for p in ds.paths) and ds.paths[1].parent.name == "fold2"
-    assert [it.label for it in load_labelled(root, folds=["2"]).items] == ["air_conditioner", "siren"]
+    assert [it.label for it in read_labelled(root, folds=["2"]).items] == ["air_conditioner", "siren"]
 
 
 def test_csv_manifest_and_class_folders(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "list.csv").write_text("path,label,fold\na.wav,rain,1\nsub/b.wav,siren,2\n/abs/c.wav,rain,2\n")
-    ds = load_labelled(tmp_path / "m" / "list.csv")
+    ds = read_labelled(tmp_path / "m" / "list.csv")
     assert ds.layout == "csv" and ds.classes == ["rain", "siren"] and ds.folds == ["1", "2"]
     assert ds.paths == [tmp_path / "m" / "a.wav", tmp_path / "m" / "sub" / "b.wav", Path("/abs/c.wav")]
     (tmp_path / "m" / "bad.csv").write_text("file_name,cls\na.wav,rain\n")
     with pytest.raises(ValueError, match="bad.csv: a csv manifest needs a header"):
-        load_labelled(tmp_path / "m" / "bad.csv")
+        read_labelled(tmp_path / "m" / "bad.csv")
     for cls in ("cat", "dog"):
         (tmp_path / "f" / cls / "deeper").mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(tmp_path / "f" / cls / "1.png")
         Image.new("RGB", (4, 4)).save(tmp_path / "f" / cls / "deeper" / "2.PNG")
         (tmp_path / "f" / cls / "notes.txt").write_text("x")
-    ds = load_labelled(tmp_path / "f", extensions=[".png"])
-    assert ds.layout == "folders" and ds.classes == ["cat", "dog"] and len(ds) == 4
+    ds = read_labelled(tmp_path / "f", extensions=[".png"])
+    assert ds.layout == "folder" and ds.classes == ["cat", "dog"] and len(ds) == 4
     assert len(ds.skipped) == 2 and ds.folds == []
     with pytest.raises(ValueError, match="has no folds"):
         ds.select_folds(["1"])
     with pytest.raises(ValueError, match="no labelled files found with suffix .wav"):
-        load_labelled(tmp_path / "f", extensions=[".wav"])
+        read_labelled(tmp_path / "f", extensions=[".wav"])
     with pytest.raises(FileNotFoundError, match="dataset not found"):
-        load_labelled(tmp_path / "missing")
+        read_labelled(tmp_path / "missing")
 
 
 def test_labels_and_templates(tmp_path: Path) -> None:

@@ -194,7 +194,7 @@ def eval_zeroshot_cmd(
                            autocast=autocast, text_autocast=text_autocast, batch_size=batch_size, workers=workers,
                            temperature=temperature, no_cache=no_cache, files=[str(p) for p in ds.paths],
                            seen_classes=seen_classes, calibration=calibration, no_calibration=no_calibration)
-    if ds.layout == "folders" and clf.query.extensions:
+    if ds.layout == "folder" and clf.query.extensions:
         # leave out stray files of other kinds
         ds = read_labelled(dataset, extensions=clf.query.extensions, modality=modality)
         if ds.classes != clf.labels:

@@ -1,6 +1,6 @@
-"""Readers for real labelled data sets: UEA time series (IMU), class folders, csv manifests, ESC-50, UrbanSound8K."""
+"""The input layer: every dataset file or folder becomes `Record`s (`records.py`); readers of real data sets."""
 
-from .labelled import LabelledDataset, LabelledItem, load_labelled
+from .records import LabelledDataset, Record, read_labelled, read_records
 from .uea import UEADataset, load_uea
 
-__all__ = ["LabelledDataset", "LabelledItem", "UEADataset", "load_labelled", "load_uea"]
+__all__ = ["LabelledDataset", "Record", "UEADataset", "read_labelled", "read_records", "load_uea"]

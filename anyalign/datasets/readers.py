@@ -7,19 +7,14 @@ import csv
 import glob as globlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .labelled import (
-    LABEL_COLUMNS,
-    PATH_COLUMNS,
-    LabelledDataset,
-    esc50_dataset,
-    manifest_dataset,
-    urbansound8k_dataset,
-)
 from .records import Record, register_data_kind
+
+PATH_COLUMNS = ("path", "file", "filename", "filepath")
+LABEL_COLUMNS = ("label", "class", "category")
 
 #: fields of a jsonl/csv row that are not media (everything else not named after a modality is kept as `meta`)
 _SPECIAL = {"text", "caption", "label", "key", "id", "fold", "group", "conversations", "messages", "path", "source"}
@@ -103,30 +98,37 @@ def read_txt(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     return out
 
 
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of a csv file (cells stripped), with an error naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            table = [[c.strip() for c in row] for row in csv.reader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read csv ({e})") from None
+    return (table[0] if table else []), table[1:]
+
+
 @register_data_kind("csv")
 def read_csv(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     """A header row `path,label[,fold][,text][,group]` (or ESC-50's own csv)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            table = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read csv ({e})") from None
-    header = [h.strip() for h in table[0]] if table else []
+    header, rows = _read_csv(path)
     if {"filename", "fold", "target", "category"} <= set(header) and path.parent.name == "meta":
-        return _labelled(manifest_dataset(path), "esc50")  # the ESC-50 csv itself was given
+        return read_esc50(path.parent.parent)  # the ESC-50 csv itself was given
     path_col = next((c for c in PATH_COLUMNS if c in header), None)
     label_col = next((c for c in LABEL_COLUMNS if c in header), None)
     if path_col is None or label_col is None:
-        manifest_dataset(path)  # raises the error that names the expected columns
+        raise ValueError(f"{path}: a csv manifest needs a header with a path column ({'/'.join(PATH_COLUMNS)}) "
+                         f"and a label column ({'/'.join(LABEL_COLUMNS)}), optionally 'fold'; "
+                         f"got {', '.join(header) or 'no header'}")
     out = []
-    for n, cells in enumerate(table[1:], 2):
+    for n, cells in enumerate(rows, 2):
         where = f"{path}:{n}"
-        if not any(c.strip() for c in cells):
+        if not any(cells):
             continue
         if len(cells) != len(header):
             out.append(broken(f"row{n}", where, f"{len(cells)} columns, the header has {len(header)}"))
             continue
-        row = {h: c.strip() for h, c in zip(header, cells)}
+        row = dict(zip(header, cells))
         if not row[path_col] or not row[label_col]:
             out.append(broken(f"row{n}", where, f"empty {path_col!r} or {label_col!r}"))
             continue
@@ -141,31 +143,55 @@ def _rel(file: Path, root: Path) -> str:
     return Path(file).relative_to(root).as_posix() if Path(file).is_relative_to(root) else str(file)
 
 
-def _labelled(ds: LabelledDataset, kind: str) -> list[Record]:
-    return [Record(_rel(it.path, ds.root), {"path": [str(it.path)]}, None, it.label, it.fold,
-                   meta={"source": str(it.path)}, where=f"{ds.root} ({kind})") for it in ds.items]
+def _metadata(root: Path, meta: Path, need: tuple[str, str, str, str], file: Callable[[dict[str, str]], Path],
+              kind: str) -> list[Record]:
+    """The clips of a benchmark's metadata csv (columns `need`: file name, fold, class id, class name), each record
+    holding its `class_id` (the classes' canonical order), checking that each id names one class."""
+    table = root / meta
+    header, rows = _read_csv(table)
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ValueError(f"{table}: not an {kind} metadata file: missing column(s) {', '.join(missing)} "
+                         f"(header: {', '.join(header) or 'empty'})")
+    _, fold_col, id_col, name_col = need
+    names: dict[int, str] = {}
+    out = []
+    for n, cells in enumerate(rows, 2):
+        row = dict(zip(header, [*cells, *[""] * (len(header) - len(cells))]))
+        try:
+            cid = int(row[id_col])
+        except ValueError:
+            raise ValueError(f"{table}:{n}: column {id_col!r}: expected an integer, got {row[id_col]!r}") from None
+        if names.setdefault(cid, row[name_col]) != row[name_col]:
+            raise ValueError(f"{table}:{n}: class id {cid} is both {names[cid]!r} and {row[name_col]!r}")
+        f = file(row)
+        out.append(Record(_rel(f, root), {"path": [str(f)]}, None, row[name_col], row[fold_col],
+                          meta={"source": str(f), "class_id": cid}, where=f"{root} ({kind})"))
+    return out
 
 
 @register_data_kind("esc50")
 def read_esc50(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     """ESC-50: `meta/esc50.csv` + `audio/`, five folds."""
-    return _labelled(esc50_dataset(path), "esc50")
+    return _metadata(path, Path("meta") / "esc50.csv", ("filename", "fold", "target", "category"),
+                     lambda r: path / "audio" / r["filename"], "ESC-50")
 
 
 @register_data_kind("urbansound8k")
 def read_urbansound8k(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
     """UrbanSound8K: `metadata/UrbanSound8K.csv` + `audio/fold<N>/`, ten folds."""
-    return _labelled(urbansound8k_dataset(path), "urbansound8k")
+    return _metadata(path, Path("metadata") / "UrbanSound8K.csv", ("slice_file_name", "fold", "classID", "class"),
+                     lambda r: path / "audio" / f"fold{r['fold']}" / r["slice_file_name"], "UrbanSound8K")
 
 
 @register_data_kind("folder")
 def read_folder(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """Every file below `path` (hidden ones skipped); files in class folders `path/<class>/...` get that label."""
+    """Every file below `path` (hidden ones skipped); files in class folders `path/<class>/...` get that label, files
+    at the top level none."""
     files = sorted(f for f in path.rglob("*") if f.is_file() and not any(p.startswith(".") for p in
                                                                             f.relative_to(path).parts))
-    classed = bool(files) and all(len(f.relative_to(path).parts) > 1 for f in files)
     return [Record(f.relative_to(path).as_posix(), {"path": [str(f)]},
-                   label=f.relative_to(path).parts[0] if classed else None,
+                   label=f.relative_to(path).parts[0] if f.parent != path else None,
                    meta={"source": str(f)}, where=str(f)) for f in files]
 
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..registry import Registry
-from .labelled import LabelledDataset, LabelledItem, load_labelled
 
 TEXT_FIELDS = ("text", "caption")  #: the fields a row's paired text may be in
 logger = logging.getLogger(__name__)
@@ -169,29 +169,81 @@ def read_records(path: str | os.PathLike, *, kind: str = "auto", modalities: Seq
     return records
 
 
-def _from_records(path: Path, modality: str | None) -> LabelledDataset:
-    """A labelled dataset from any other input-layer format (jsonl, tar shards, a glob) by the records' labels."""
-    items = []
-    for rec in read_records(path, modalities=[modality] if modality else ()):
-        value = rec.input(modality) if modality else (rec.inputs("path") or [None])[0]
-        if rec.label is not None and isinstance(value, str):
-            items.append(LabelledItem(Path(value), rec.label, rec.fold, rec.group))
-    return LabelledDataset(path if path.is_dir() else path.parent, items, sorted({it.label for it in items}),
-                           path.suffix.lstrip(".") or "records")
+@dataclass
+class LabelledDataset:
+    """The labelled records of a dataset, one media file each (`media["path"]`), and the class names in their
+    canonical order (ESC-50 / UrbanSound8K: by class id; otherwise sorted), which defines the label ids."""
+
+    root: Path
+    items: list[Record]
+    classes: list[str]
+    layout: str  # the data kind it was read as
+    skipped: list[str] = field(default_factory=list)  # files left out by extension, for the report
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def folds(self) -> list[str]:
+        """The folds present, in natural order (empty when the layout has none)."""
+        return sorted({it.fold for it in self.items if it.fold is not None},
+                      key=lambda f: tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", f)))
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(it.input("path")) for it in self.items]
+
+    @property
+    def targets(self) -> list[int]:
+        """Label ids (indices into `classes`)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return [index[it.label] for it in self.items]
+
+    def select_folds(self, folds: Iterable[str | int]) -> LabelledDataset:
+        """Only the items of the given folds (classes keep their order and ids)."""
+        wanted = [str(f) for f in folds]
+        if not self.folds:
+            raise ValueError(f"{self.root}: the {self.layout} layout has no folds; drop --fold")
+        unknown = [f for f in wanted if f not in self.folds]
+        if unknown:
+            raise ValueError(f"{self.root}: no fold {', '.join(unknown)} (folds: {', '.join(self.folds)})")
+        return replace(self, items=[it for it in self.items if it.fold in wanted])
 
 
 def read_labelled(path: str | os.PathLike, *, modality: str | None = None, extensions: Sequence[str] | None = None,
                   folds: Iterable[str | int] | None = None) -> LabelledDataset:
-    """A `LabelledDataset` (files, labels, folds) from any labelled format: class folders, csv, ESC-50 and
-    UrbanSound8K (`labelled.load_labelled`), or jsonl / tar shards by their records' labels. `modality` names the
-    media field of jsonl rows (e.g. "imu" for `{"imu": "w.npy", "label": ...}`)."""
+    """The labelled files of any dataset `read_records` reads (class folders, csv, ESC-50, UrbanSound8K, jsonl, tar
+    shards ...), strictly: an unreadable row is an error. `modality` names the media field of jsonl rows (e.g. "imu"
+    for `{"imu": "w.npy", "label": ...}`); `extensions` keeps files with these suffixes (others go to `skipped`)."""
     path = Path(path).expanduser()
-    if path.suffix.lower() in (".jsonl", ".tar") or (path.is_dir() and detect_kind(path) == "webdataset"):
-        ds = _from_records(path, modality)
-        if not ds.items:
-            raise ValueError(f"{path}: no record with a label and a {modality or 'media'} file")
-        return ds.select_folds(folds) if folds is not None else ds
-    return load_labelled(path, extensions=extensions, folds=folds)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: dataset not found (expected a folder of class folders, a csv manifest, "
+                                f"an ESC-50 / UrbanSound8K folder or a labelled jsonl / tar dataset)")
+    kind = detect_kind(path)
+    records = read_records(path, kind=kind, modalities=[modality] if modality else ())
+    bad = next((r for r in records if r.error is not None), None)
+    if bad is not None:
+        raise ValueError(f"{bad.where}: {bad.error}")
+    wanted = [e.lower() for e in extensions] if extensions is not None else None
+    items, skipped, ids = [], [], {}
+    for r in records:
+        value = r.input(modality) if modality else r.input("path")
+        if r.label is None or not isinstance(value, str):
+            continue
+        if wanted is not None and Path(value).suffix.lower() not in wanted:
+            skipped.append(value)
+            continue
+        items.append(replace(r, media={"path": [value]}))
+        ids.setdefault(r.label, r.meta.get("class_id", 0))
+    if not items:
+        hint = f" with suffix {', '.join(extensions)}" if extensions else ""
+        raise ValueError(f"{path}: no labelled files found{hint} ({kind} layout: expected "
+                         f"{'<class>/<file>' if kind == 'folder' else 'rows with a label and a media file'})")
+    classes = sorted(ids, key=lambda c: (ids[c], c))
+    if len(classes) < 2:
+        raise ValueError(f"{path}: found only one class ({classes[0]!r}); classification needs at least two")
+    ds = LabelledDataset(path if path.is_dir() else path.parent, items, classes, kind, skipped)
+    return ds.select_folds(folds) if folds is not None else ds
 
 
 def labelled_subset(records: Iterable[Record], where: str) -> list[Record]:
@@ -203,5 +255,5 @@ def labelled_subset(records: Iterable[Record], where: str) -> list[Record]:
     return out
 
 
-__all__ = ["DATA_KINDS", "BrokenInput", "Record", "TarMember", "TEXT_FIELDS", "detect_kind", "labelled_subset",
-           "read_labelled", "read_records", "register_data_kind"]
+__all__ = ["DATA_KINDS", "BrokenInput", "LabelledDataset", "Record", "TarMember", "TEXT_FIELDS", "detect_kind",
+           "labelled_subset", "read_labelled", "read_records", "register_data_kind"]

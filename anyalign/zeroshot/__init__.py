@@ -6,7 +6,7 @@
 
     clf = ZeroShotClassifier.from_adapter("runs/imu/adapters/imu", ["running", "walking"])  # text anchor from the run
     clf.calibration_info()  # the gamma the adapter records (tuned on its validation data) when labels mix seen/unseen
-    report = evaluate_zeroshot(clf, load_labelled("ESC-50-master"), probe=True)
+    report = evaluate_zeroshot(clf, read_labelled("ESC-50-master"), probe=True)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..datasets.labelled import LabelledDataset
+from ..datasets.records import LabelledDataset
 from ..io import save_figure, write_json
 from .classifier import ZeroShotClassifier
 from .protocols import REPORT_JSON
@@ -149,7 +149,7 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, 
     t0 = time.perf_counter()
     _ = classifier.weights
     t_text = time.perf_counter() - t0
-    res = classifier.embed([str(it.path) for it in items], **embed_options)
+    res = classifier.embed([it.input("path") for it in items], **embed_options)
     t_embed = time.perf_counter() - t_text - t0
     index = {c: i for i, c in enumerate(dataset.classes)}
     ok = [i for i in res.index if evaluated[i]]
@@ -165,7 +165,7 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, 
     predictions = []
     for row, i in enumerate(ok):
         top = np.argsort(-scores[row])[:k]
-        predictions.append({"path": str(items[i].path), "label": items[i].label, "fold": items[i].fold,
+        predictions.append({"path": items[i].input("path"), "label": items[i].label, "fold": items[i].fold,
                             "predicted": dataset.classes[int(top[0])],
                             "top": [{"label": dataset.classes[int(c)], "score": round(float(scores[row, c]), 6)}
                                     for c in top]})
@@ -183,7 +183,8 @@ def evaluate_zeroshot(classifier: ZeroShotClassifier, dataset: LabelledDataset, 
         "per_fold_top1": per_fold or None,
         "confusion_matrix": metrics["confusion_matrix"],
         "probe": None,
-        "errors": [{"path": str(items[i].path), "error": e} for i, e in sorted(res.errors.items()) if evaluated[i]],
+        "errors": [{"path": items[i].input("path"), "error": e} for i, e in sorted(res.errors.items())
+                   if evaluated[i]],
         "predictions": predictions,
         "timing": {"class_embeddings_s": round(t_text, 3), "embed_s": round(t_embed, 3),
                    "items_per_s": round(len(items) / max(t_embed, 1e-9), 2),

@@ -229,7 +229,7 @@ def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
     the unseen-class protocol at `calibration` (default: the classifier's own gamma, the one the report applies)."""
     folds = [str(f) for f in eval_folds] if eval_folds else None
     items = [it for it in dataset.items if folds is None or it.fold in folds]
-    res = classifier.embed([str(it.path) for it in items])
+    res = classifier.embed([it.input("path") for it in items])
     index = {c: i for i, c in enumerate(dataset.classes)}
     targets = [index[items[i].label] for i in res.index]
     emb = F.normalize(torch.as_tensor(res.embeddings).float(), dim=-1)
