@@ -20,9 +20,8 @@ text embedding, in the same space as the audio one (zero-shot audio classificati
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,34 +54,23 @@ def hf_source(pretrained: str | None, family: str, default: str) -> str:
                             f"save_pretrained) or a hub id such as {default!r}")
 
 
-@contextlib.contextmanager
-def quiet_tower_load() -> Iterator[None]:
-    """Hide transformers' load report while loading one tower of a two-tower checkpoint: the other tower's
-    weights are expected to be unused. Missing weights are checked by the caller instead."""
+def load_tower(cls: type, source: str, family: str, *, prefix: str = "") -> Any:
+    """`cls.from_pretrained(source)` in float32 and eval mode; every weight whose name starts with `prefix` must be
+    in the checkpoint (transformers' load report, which lists a two-tower checkpoint's other tower, is hidden)."""
     log = logging.getLogger("transformers.modeling_utils")
-
-    def drop_report(record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in str(record.msg)
-
+    drop_report = lambda record: "LOAD REPORT" not in str(record.msg)  # noqa: E731
     log.addFilter(drop_report)
     try:
-        yield
+        model, info = cls.from_pretrained(source, output_loading_info=True, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise FileNotFoundError(f"{family}: cannot load {source!r} (expected a {cls.__name__} model folder or a "
+                                f"reachable hub id): {e}") from None
     finally:
         log.removeFilter(drop_report)
-
-
-def load_tower(cls: type, source: str, family: str) -> Any:
-    """`cls.from_pretrained(source)` in eval mode; every weight of the tower must be in the checkpoint."""
-    try:
-        with quiet_tower_load():
-            model, info = cls.from_pretrained(source, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise FileNotFoundError(f"{family}: cannot load {source!r} (expected a CLAP model folder or a reachable "
-                                f"hub id): {e}") from None
-    missing = sorted(info.get("missing_keys") or [])
+    missing = sorted(k for k in info.get("missing_keys") or [] if k.startswith(prefix))
     if missing:
-        raise ValueError(f"{family}: {source!r} is not a CLAP checkpoint with this tower: missing {missing[:5]} "
-                         f"(of {len(missing)})")
+        raise ValueError(f"{family}: {source!r} has no weights for {missing[:5]} (of {len(missing)} missing): not a "
+                         f"{cls.__name__} checkpoint of this size")
     return model.eval()
 
 

@@ -192,20 +192,11 @@ def _load_trunk(path: Path) -> nn.Module:
     from transformers import WhisperModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+    from .clap import load_tower
+
     if _weight_names(path) & {"conv1.weight", "layer_norm.weight"}:  # a WhisperEncoder saved alone
-        encoder, info = WhisperEncoder.from_pretrained(str(path), local_files_only=True, output_loading_info=True,
-                                                       dtype=torch.float32)
-        missing = list(info.get("missing_keys") or [])
-    else:
-        model, info = WhisperModel.from_pretrained(str(path), local_files_only=True, output_loading_info=True,
-                                                   dtype=torch.float32)
-        missing = [k for k in info.get("missing_keys") or [] if k.startswith("encoder.")]
-        encoder = model.get_encoder()
-        del model  # keep only the encoder
-    if missing:
-        raise ValueError(f"{path}: no weights for {sorted(missing)[:3]} ({len(missing)} encoder weights missing): "
-                         f"not a Whisper checkpoint of this size")
-    return encoder
+        return load_tower(WhisperEncoder, str(path), "trunk")
+    return load_tower(WhisperModel, str(path), "trunk", prefix="encoder.").get_encoder()
 
 
 def _weight_names(path: Path) -> set[str]:

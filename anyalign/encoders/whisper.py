@@ -39,7 +39,7 @@ from transformers import WhisperFeatureExtractor, WhisperModel
 
 from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
 from .base import Encoder, EncoderOutput, masked_mean, pad_sequences
-from .clap import hf_source
+from .clap import hf_source, load_tower
 from .registry import register_encoder
 
 DEFAULT_WHISPER_MODEL = "openai/whisper-base"
@@ -172,16 +172,9 @@ def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | No
                     padding: str = "window") -> WhisperAudioEncoder:
     """Whisper's encoder from a hub id or local folder (default openai/whisper-base)."""
     source = hf_source(pretrained, "whisper", DEFAULT_WHISPER_MODEL)
+    encoder = load_tower(WhisperModel, source, "whisper", prefix="encoder.").get_encoder()  # the decoder is dropped
     try:
-        model, info = WhisperModel.from_pretrained(source, output_loading_info=True, dtype=torch.float32)
         extractor = WhisperFeatureExtractor.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"whisper: cannot load {source!r} (expected a Whisper model folder with its feature "
-                                f"extractor config, or a reachable hub id): {e}") from None
-    missing = [k for k in info.get("missing_keys") or [] if k.startswith("encoder.")]
-    if missing:
-        raise ValueError(f"whisper: {source!r} has no weights for {missing[:5]} (of {len(missing)} encoder weights "
-                         f"missing): not a Whisper checkpoint of this size")
-    encoder = model.get_encoder().eval()
-    del model  # keep only the encoder
+    except OSError as e:
+        raise FileNotFoundError(f"whisper: no feature extractor config in {source!r}: {e}") from None
     return WhisperAudioEncoder(encoder, extractor, window_seconds=window_seconds, padding=padding)
