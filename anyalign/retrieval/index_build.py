@@ -247,7 +247,7 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
                           "through the page cache, outside the memory budget)")
     with atomic_path(output, is_dir=True) as tmp:
         if not train_only:
-            exact = ExactNeighbours(queries, np.full(len(queries), -1, dtype=np.int64), k)
+            exact = ExactNeighbours(queries, k)
             held_meta: list[dict[str, Any]] = [{} for _ in held_ids]
             writer = RawWriter(tmp, raw_vectors, dim=dim) if keep_raw else None
             with MetadataStore(tmp / METADATA_NAME) as meta:
@@ -271,8 +271,7 @@ def _build(source: EmbeddingSource, output: Path, *, factory: str, memory: str |
                     config.raw = writer.close()
                     raw = RawVectors(tmp, config.raw)
                 t_tune = time.perf_counter()
-                result = tune(index, queries, np.full(len(queries), -1, dtype=np.int64), exact.result(), k=k,
-                              target=target_recall, raw=raw)
+                result = tune(index, queries, exact.result(), k=k, target=target_recall, raw=raw)
                 t_tune = time.perf_counter() - t_tune
                 del raw
                 if len(held_ids):  # the held-out queries join the index once tuning is done

@@ -4,10 +4,9 @@ Tuning queries are held out of the index while tuning and added back after (or a
 added), so the recall they measure is the one new queries get when new queries look like them. An index whose
 queries come from another modality than its corpus (its space's text side, e.g. text into an IMU index:
 `query_side`) tunes on that side's rows where the index holds them; otherwise the build warns and names
-`--tune-queries`, as corpus rows are another distribution than the queries. A query id >= 0 marks a query that
-is itself in the corpus: its own id is then dropped from both the exact and the approximate neighbour lists. The
-knob chosen is the smallest whose recall@k reaches the target with 95% confidence (the lower one-sided bound over
-the queries), so a fresh query set meets it too.
+`--tune-queries`, as corpus rows are another distribution than the queries. The knob chosen is the smallest whose
+recall@k reaches the target with 95% confidence (the lower one-sided bound over the queries), so a fresh query set
+meets it too.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ NPROBE_VALUES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 76
                  32768, 65536)
 EF_VALUES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048)
 REFINE_VALUES = (1, 2, 4, 8, 16, 32, 64)  # candidates fetched per result for exact re-ranking (1: none)
-OUR_PARAMS = frozenset({"refine"})  # search parameters faiss does not know (see rawvectors.py)
 
 
 @dataclass
@@ -86,32 +84,22 @@ def describe_tuning(t: dict[str, Any]) -> str:
 class ExactNeighbours:
     """Streaming exact top-k (inner product) of fixed queries over corpus batches, via faiss's `ResultHeap`."""
 
-    def __init__(self, queries: np.ndarray, query_ids: np.ndarray, k: int) -> None:
+    def __init__(self, queries: np.ndarray, k: int) -> None:
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)  # [Q, E]
-        self.query_ids = np.asarray(query_ids, dtype=np.int64)  # [Q]
         self.k = k
-        self.heap = faiss.ResultHeap(len(queries), k + 1, keep_max=True)
+        self.heap = faiss.ResultHeap(len(queries), k, keep_max=True)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(self.queries) == 0 or len(ids) == 0:
             return
-        kk = min(self.k + 1, len(ids))
+        kk = min(self.k, len(ids))
         scores, idx = faiss.knn(self.queries, vectors, kk, metric=faiss.METRIC_INNER_PRODUCT)  # [Q, kk]
         self.heap.add_result(scores, np.where(idx >= 0, np.asarray(ids)[np.maximum(idx, 0)], -1))
 
     def result(self) -> np.ndarray:
-        """Exact neighbour ids `[Q, k]` without each query's own id (-1 where the corpus is too small)."""
+        """Exact neighbour ids `[Q, k]` (-1 where the corpus is too small)."""
         self.heap.finalize()
-        return drop_self(self.heap.I, self.query_ids, self.k)
-
-
-def drop_self(ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
-    """Remove each row's own id from `[Q, k+1]` neighbour lists, keeping the first `k` others."""
-    out = np.full((len(ids), k), -1, dtype=np.int64)
-    for r, (row, q) in enumerate(zip(ids, query_ids)):
-        keep = row[(row != q) & (row >= 0)][:k]
-        out[r, : len(keep)] = keep
-    return out
+        return self.heap.I
 
 
 def per_query_recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -126,12 +114,6 @@ def per_query_recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     hit = (truth[:, :, None] == found[:, None, :]).any(-1) & valid  # [Q, k]
     n = valid.sum(1)
     return hit.sum(1)[n > 0] / n[n > 0]
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each row's true neighbours present in `found` (1.0 when there are none)."""
-    r = per_query_recall(found, truth)
-    return float(r.mean()) if len(r) else 1.0
 
 
 def lower_bound(per_query: np.ndarray, z: float = 1.645) -> float:
@@ -168,7 +150,7 @@ def knob(index: faiss.Index) -> tuple[str | None, list[int]]:
 def set_params(index: faiss.Index, params: dict[str, Any]) -> None:
     """Apply search parameters (nprobe, efSearch, ...) through faiss's `ParameterSpace` (GPU-aware); `refine` is
     ours (applied by `shards.search_parts`), not faiss's, and is left out."""
-    params = {k: v for k, v in (params or {}).items() if k not in OUR_PARAMS}
+    params = {k: v for k, v in (params or {}).items() if k != "refine"}
     if not params:
         return
     gpu = "Gpu" in type(faiss.downcast_index(index)).__name__ or hasattr(index, "getDevice")
@@ -188,11 +170,6 @@ def params_for(index: faiss.Index, name: str | None, value: int | None) -> dict[
     return params
 
 
-def search_without_self(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
-    _, found = index.search(queries, k + 1)
-    return drop_self(found, query_ids, k)
-
-
 @dataclass
 class TuneResult:
     params: dict[str, int] = field(default_factory=dict)
@@ -202,113 +179,72 @@ class TuneResult:
     lower: float = 1.0  # one-sided 95% lower bound of `recall`
 
 
-def tune(index: faiss.Index, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, *, k: int = 10,
-         target: float = 0.95, raw: Any = None) -> TuneResult:
-    """Smallest nprobe/efSearch whose recall@k (vs exact search) reaches `target` with 95% confidence; else the
-    best one found. With `raw` vectors (`rawvectors.RawVectors`) the re-ranking factor `refine` is tuned with it:
-    the setting of least measured time per query that reaches the target."""
+def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, *, k: int = 10, target: float = 0.95,
+         raw: Any = None) -> TuneResult:
+    """Smallest nprobe/efSearch whose recall@k (vs the exact neighbours `truth`) reaches `target` with 95%
+    confidence; else the best one found. With `raw` vectors (`rawvectors.RawVectors`) the re-ranking factor `refine`
+    is swept at each knob value too (re-ranking prefixes of one faiss search for the most candidates any factor
+    needs) and the setting of least measured time per query that reaches the target wins."""
     name, values = knob(index)
-    if raw is not None and len(queries) and index.ntotal > k + 1:
-        return _tune_refined(index, name, values, queries, query_ids, truth, k, target, raw)
-    if name is None or len(queries) == 0:
-        r = per_query_recall(search_without_self(index, queries, query_ids, k), truth) if len(queries) else \
-            np.ones(0)
-        rec = float(r.mean()) if len(r) else 1.0
-        return TuneResult({}, rec, [], lower_bound(r) >= target or name is None, lower_bound(r))
-    trace: list[dict[str, float]] = []
-    best: tuple[float, float, int] | None = None
-    for v in values:
-        if name == "efSearch" and v < k + 1:
-            continue
-        set_params(index, params_for(index, name, v))
-        t0 = time.perf_counter()
-        per = per_query_recall(search_without_self(index, queries, query_ids, k), truth)
-        ms = 1e3 * (time.perf_counter() - t0) / len(queries)
-        r, lo = (float(per.mean()), lower_bound(per)) if len(per) else (1.0, 1.0)
-        trace.append({name: v, "recall": round(r, 4), "lower": round(lo, 4), "ms_per_query": round(ms, 4)})
-        logger.info("tune %s=%d: recall@%d=%.4f (lower bound %.4f)", name, v, k, r, lo)
-        if best is None or r > best[0] + 0.002:
-            best = (r, lo, v)
-        if lo >= target:
-            return TuneResult(params_for(index, name, v), r, trace, True, lo)
-        if len(trace) >= 3 and max(t["recall"] for t in trace[-3:]) - trace[-3]["recall"] < 0.001:
-            break  # recall has plateaued (compression limits it); more probes only cost time
-    assert best is not None
-    set_params(index, params_for(index, name, best[2]))
-    why = ("the graph limits recall: rebuild with a larger ef_construction (--ef-construction, e.g. 120)"
-           if name == "efSearch" else "compressed codes limit recall: allow more memory or use a Flat/IVF-Flat index")
-    logger.warning("target recall@%d=%.3f not reached; best %.4f at %s=%d (%s)", k, target, best[0], name, best[2],
-                   why)
-    return TuneResult(params_for(index, name, best[2]), best[0], trace, False, best[1])
-
-
-def _tune_refined(index: faiss.Index, name: str | None, values: list[int], queries: np.ndarray,
-                  query_ids: np.ndarray, truth: np.ndarray, k: int, target: float, raw: Any) -> TuneResult:
-    """Sweep the knob upwards; at each value one faiss search for the most candidates any factor needs, each
-    factor re-ranking a prefix of them (faiss's candidates are sorted, so a prefix is what the smaller search
-    returns). Cost = faiss's time (at k+1 results without refine, at the most candidates with it) + re-ranking's;
-    at each knob value only the smallest factor reaching the target is a candidate. Stops once faiss alone is
-    slower than the cheapest setting that reached the target, or recall plateaus."""
-    kq = k + 1 if (np.asarray(query_ids) >= 0).any() else k  # results a search asks for (+ the query itself)
-    factors = [f for f in REFINE_VALUES if f == 1 or kq * f // 2 < index.ntotal]
-    kmax = min(kq * factors[-1], int(index.ntotal))
-    nq = len(queries)
+    if len(queries) == 0:
+        return TuneResult()
+    refined = raw is not None and index.ntotal > k + 1
+    factors = [f for f in REFINE_VALUES if f == 1 or k * f // 2 < index.ntotal] if refined else [1]
+    kmax = min(k * factors[-1], int(index.ntotal))
     trace: list[dict[str, float]] = []
     reached: tuple[float, dict[str, int], float, float] | None = None  # (ms, params, recall, lower)
-    best: tuple[float, float, float, dict[str, int]] | None = None  # (recall, ms, lower, params)
+    best: tuple[float, float, dict[str, int]] | None = None  # (recall, lower, params)
     top: list[float] = []  # best recall over factors at each knob value
     for v in values or [None]:
-        if name == "efSearch" and v is not None and v < k + 1:
+        if name == "efSearch" and v < k + 1:  # type: ignore[operator]
             continue
         base = params_for(index, name, v)
         set_params(index, base)
         t0 = time.perf_counter()
-        _, plain = index.search(queries, k + 1)
+        _, plain = index.search(queries, k)
         t_plain = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _, cand = index.search(queries, kmax)
-        t_cand = time.perf_counter() - t0
+        if refined:
+            t0 = time.perf_counter()
+            _, cand = index.search(queries, kmax)
+            t_cand = time.perf_counter() - t0
         recalls = []
         for f in factors:
-            if f == 1:
-                found, secs = plain, t_plain
-            else:
+            found, secs = plain, t_plain
+            if f > 1:
                 t0 = time.perf_counter()
-                _, found = raw.rerank(queries, cand[:, : min(kq * f, kmax)], kq)
+                _, found = raw.rerank(queries, cand[:, : min(k * f, kmax)], k)
                 secs = t_cand + time.perf_counter() - t0
-            per = per_query_recall(drop_self(found, query_ids, k), truth)
+            per = per_query_recall(found, truth)
             r, lo = (float(per.mean()), lower_bound(per)) if len(per) else (1.0, 1.0)
-            ms = 1e3 * secs / nq
+            ms = 1e3 * secs / len(queries)
             params = {**base, **({"refine": f} if f > 1 else {})}
-            entry = {**({name: v} if name else {}), "refine": f, "recall": round(r, 4), "lower": round(lo, 4),
-                     "ms_per_query": round(ms, 4)}
-            trace.append(entry)
+            trace.append({**({name: v} if name else {}), **({"refine": f} if refined else {}), "recall": round(r, 4),
+                          "lower": round(lo, 4), "ms_per_query": round(ms, 4)})
             recalls.append(r)
-            logger.info("tune %s refine=%d: recall@%d=%.4f (lower bound %.4f), %.3f ms/query",
-                        ", ".join(f"{a}={b}" for a, b in base.items()) or "-", f, k, r, lo, ms)
+            logger.info("tune %s: recall@%d=%.4f (lower bound %.4f), %.3f ms/query", params or "-", k, r, lo, ms)
             if best is None or r > best[0] + 0.002:
-                best = (r, ms, lo, params)
+                best = (r, lo, params)
             if lo >= target:
                 if reached is None or ms < reached[0]:
                     reached = (ms, params, r, lo)
                 break  # more re-ranking at this knob value only costs more (whatever a noisy timing says)
         top.append(max(recalls))
-        if reached is not None and 1e3 * t_plain / nq > reached[0]:
-            break  # faiss alone now costs more than the cheapest setting found
+        if reached is not None and (not refined or 1e3 * t_plain / len(queries) > reached[0]):
+            break  # the smallest knob value reached it, or faiss alone now costs more than the cheapest setting found
         if reached is None and len(top) >= 3 and max(top[-3:]) - top[-3] < 0.001:
-            break  # recall has plateaued even with the most re-ranking
+            break  # recall has plateaued (compression limits it); more probes only cost time
     if reached is not None:
-        ms, params, r, lo = reached
+        _, params, r, lo = reached
         set_params(index, params)
         return TuneResult(params, r, trace, True, lo)
     assert best is not None
-    r, _, lo, params = best
+    r, lo, params = best
     set_params(index, params)
-    logger.warning("target recall@%d=%.3f not reached; best %.4f at %s (compressed codes limit recall even with "
-                   "re-ranking %d candidates per result: allow more memory or use a Flat/IVF-Flat index)", k, target,
-                   r, params, factors[-1])
+    why = ("the graph limits recall: rebuild with a larger ef_construction (--ef-construction, e.g. 120)"
+           if name == "efSearch" else "compressed codes limit recall: allow more memory or use a Flat/IVF-Flat index")
+    logger.warning("target recall@%d=%.3f not reached; best %.4f at %s (%s)", k, target, r, params, why)
     return TuneResult(params, r, trace, False, lo)
 
 
-__all__ = ["OUR_PARAMS", "REFINE_VALUES", "ExactNeighbours", "TuneResult", "drop_self", "ivf_of", "knob",
-           "lower_bound", "params_for", "per_query_recall", "recall_at_k", "search_without_self", "set_params", "tune"]
+__all__ = ["REFINE_VALUES", "ExactNeighbours", "TuneResult", "ivf_of", "knob", "lower_bound", "params_for",
+           "per_query_recall", "set_params", "tune"]
