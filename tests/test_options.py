@@ -52,15 +52,22 @@ def test_encoder_options_match_the_factory(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list_projectors())
-def test_projector_options_match_the_class(name: str) -> None:
+def test_projector_options_are_declared_once(name: str) -> None:
+    """Each built-in projector reads its options as one dataclass (`self.opts`): declared once, with help texts,
+    recorded whole in `spec()`, and given whole or as keywords alike."""
     cls = projector_options(name)
-    params = {n: p for n, p in _params(PROJECTORS.get(name).__init__).items() if n not in ("self", "in_dim",
-                                                                                             "out_dim")}
-    fields = {o.name: o for o in option_fields(cls)}
-    assert set(fields) == set(params), name
-    for n, opt in fields.items():
-        assert opt.help, f"{name}.{n} has no help text"
-        assert opt.default == params[n].default or (opt.required and params[n].default is inspect.Parameter.empty)
+    assert PROJECTORS.get(name).options is cls
+    fields = option_fields(cls)
+    assert all(o.help for o in fields), f"{name}: an option without help text"
+    required = {"universal": {"modalities": ["imu"]}}.get(name, {})
+    proj = create_projector(name, in_dim=8, out_dim=16, **required)
+    assert isinstance(proj.opts, cls)
+    assert set(proj.spec()) == {"name", "in_dim", "out_dim", *(o.name for o in fields)}
+    for o in fields:
+        if not o.required and o.name not in ("in_dims",):
+            assert proj.config[o.name] == o.default, (name, o.name)
+    again = PROJECTORS.get(name)(8, 16, cls(**required))
+    assert again.spec() == proj.spec()
 
 
 def test_encoder_option_errors_are_one_line() -> None:

@@ -30,20 +30,25 @@ class ProjectorOutput:
 
 
 class Projector(nn.Module):
-    """Base class. Subclasses take `in_dim`, `out_dim` and keyword-only options, and record the options in
-    `self.config` (a JSON-able dict) so that `create_projector(name, in_dim, out_dim, **config)` rebuilds them."""
+    """Base class: `in_dim`, `out_dim` and the options, one dataclass (`options`, given whole or as keywords) read
+    as `self.opts`; `self.config` (a JSON-able dict) is what `create_projector(name, in_dim, out_dim, **config)`
+    rebuilds from. A projector without an options dataclass (a plugin) records its keywords as they come."""
 
     name: str = ""
+    options: type | None = None  # the options dataclass, set by `register_projector(name, options=...)`
     #: False for heads whose output is not a function of their weights that gradients flow through (the CTC words
     #: head embeds its transcript as text); they train through their own task instead
     differentiable: bool = True
 
-    def __init__(self, in_dim: int, out_dim: int, **config: Any) -> None:
+    def __init__(self, in_dim: int, out_dim: int, opts: Any = None, **config: Any) -> None:
         super().__init__()
         if in_dim <= 0 or out_dim <= 0:
             raise ValueError(f"{type(self).__name__}: in_dim and out_dim must be positive, got {in_dim}, {out_dim}")
         self.in_dim = in_dim
         self.out_dim = out_dim
+        if self.options is not None:
+            self.opts = opts if opts is not None else self.options(**config)  # validated in its __post_init__
+            config = dataclasses.asdict(self.opts)
         self.config: dict[str, Any] = dict(config)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
@@ -62,16 +67,16 @@ _DIMS = ("in_dim", "out_dim")  # filled in by the adapter, not options
 
 
 def register_projector(name: str, *, options: type | None = None) -> Callable[[type[Projector]], type[Projector]]:
-    """Class decorator registering a projector under `name` with its options dataclass.
-
-    `options` has one field (default and `metadata={"help": ...}`) per keyword argument of the class after
-    `in_dim`, `out_dim`; without it one is derived from the class's `__init__` signature.
-    """
+    """Class decorator registering a projector under `name` with `options`, the dataclass it reads as `self.opts`
+    (a field per option: default, `metadata={"help": ...}`, checks in `__post_init__`); without one (a plugin)
+    the options are derived from the class's `__init__` keywords."""
     if options is not None and not dataclasses.is_dataclass(options):
         raise TypeError(f"register_projector({name!r}): options must be a dataclass, got {options!r}")
 
     def wrap(cls: type[Projector]) -> type[Projector]:
         cls.name = name
+        if options is not None:
+            cls.options = options
         registered = PROJECTORS.register(name)(cls)
         PROJECTOR_OPTIONS[name] = options or options_from_signature(cls, skip=_DIMS, name=f"{cls.__name__}Options")
         return registered

@@ -44,6 +44,13 @@ class CTCOptions:
         "help": "the frozen text encoder that embeds transcripts (an encoder spec); None = the adapter's space "
                 "text side (AdapterConfig.space['text'])"})
 
+    def __post_init__(self) -> None:
+        if len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet:
+            raise ValueError(f"ctc projector: alphabet must be distinct characters, got {self.alphabet!r}")
+        if self.stride < 1 or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"ctc projector: stride >= 1 and an odd kernel expected, got {self.stride}, "
+                             f"{self.kernel}")
+
 
 @register_projector("ctc", options=CTCOptions)
 class CTCProjector(Projector):
@@ -55,21 +62,15 @@ class CTCProjector(Projector):
 
     differentiable = False
 
-    def __init__(self, in_dim: int, out_dim: int, *, alphabet: str = CTCOptions.alphabet, hidden_dim: int = 256,
-                 kernel: int = 3, stride: int = 2, dropout: float = 0.15, vocabulary: str | None = None,
-                 text_encoder: dict[str, Any] | None = None) -> None:
-        if len(set(alphabet)) != len(alphabet) or not alphabet:
-            raise ValueError(f"ctc projector: alphabet must be distinct characters, got {alphabet!r}")
-        if stride < 1 or kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"ctc projector: stride >= 1 and an odd kernel expected, got {stride}, {kernel}")
-        super().__init__(in_dim, out_dim, alphabet=alphabet, hidden_dim=hidden_dim, kernel=kernel, stride=stride,
-                         dropout=dropout, vocabulary=vocabulary, text_encoder=text_encoder)
-        self.alphabet, self.stride = alphabet, stride
+    def __init__(self, in_dim: int, out_dim: int, opts: CTCOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        o = self.opts
+        self.alphabet, self.stride = o.alphabet, o.stride
         self.norm = nn.LayerNorm(in_dim)
-        self.conv1 = nn.Conv1d(in_dim, hidden_dim, kernel, padding=kernel // 2)
-        self.conv2 = nn.Conv1d(hidden_dim, hidden_dim, kernel, padding=kernel // 2)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_dim, len(alphabet) + 1)
+        self.conv1 = nn.Conv1d(in_dim, o.hidden_dim, o.kernel, padding=o.kernel // 2)
+        self.conv2 = nn.Conv1d(o.hidden_dim, o.hidden_dim, o.kernel, padding=o.kernel // 2)
+        self.drop = nn.Dropout(o.dropout)
+        self.out = nn.Linear(o.hidden_dim, len(o.alphabet) + 1)
         self._tower: list[Any] = []  # the frozen text encoder, built on first use; a list keeps it out of the state
         self._speller: WordSpeller | None = None  # the `vocabulary` word list, read on first use
         self.lexicon: list[str] | None = None  # candidate texts the output is constrained to (`constrain`)

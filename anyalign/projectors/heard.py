@@ -26,6 +26,10 @@ class HeardOptions:
     template: str = field(default="{}", metadata={
         "help": "how the transcript appears to the LLM; '{}' is replaced by it, e.g. '\"{}\"' quotes it"})
 
+    def __post_init__(self) -> None:
+        if self.template.count("{}") != 1:
+            raise ValueError(f"heard projector: template must contain '{{}}' once, got {self.template!r}")
+
 
 @register_projector("heard", options=HeardOptions)
 class HeardTextProjector(Projector):
@@ -35,15 +39,9 @@ class HeardTextProjector(Projector):
 
     differentiable = False
 
-    def __init__(self, in_dim: int, out_dim: int, *, template: str = "{}") -> None:
-        if template.count("{}") != 1:
-            raise ValueError(f"heard projector: template must contain '{{}}' once, got {template!r}")
-        super().__init__(in_dim, out_dim, template=template)
-        self.template = template
-
     def text(self, transcript: str) -> str:
         """What the LLM reads for one clip."""
-        return self.template.replace("{}", transcript)
+        return self.opts.template.replace("{}", transcript)
 
     def token_ids(self, transcripts: list[str], tokenizer: Any) -> list[list[int]]:
         """The LLM tokenizer's ids of what the LLM reads for each clip (no special tokens)."""

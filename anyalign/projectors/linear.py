@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,12 +27,11 @@ class LinearProjector(Projector):
     `stride` > 1 average-pools groups of tokens first (fewer soft tokens).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, stride: int = 1, bias: bool = True) -> None:
-        super().__init__(in_dim, out_dim, stride=stride, bias=bias)
-        self.stride = stride
-        self.proj = nn.Linear(in_dim, out_dim, bias=bias)
+    def __init__(self, in_dim: int, out_dim: int, opts: LinearOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        self.proj = nn.Linear(in_dim, out_dim, bias=self.opts.bias)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:
-        tokens, mask = pool_tokens(tokens, full_mask(tokens, mask), self.stride)
+        tokens, mask = pool_tokens(tokens, full_mask(tokens, mask), self.opts.stride)
         return ProjectorOutput(self.proj(tokens), mask)

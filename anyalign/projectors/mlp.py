@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,10 @@ class MLPOptions:
     stride: int = field(default=1, metadata={"help": "average-pool groups of this many tokens first (1 = off)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout after each hidden GELU"})
 
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ValueError(f"mlp projector: depth must be >= 1, got {self.depth}")
+
 
 @register_projector("mlp", options=MLPOptions)
 class MLPProjector(Projector):
@@ -28,22 +33,18 @@ class MLPProjector(Projector):
     `depth` linear layers with GELU between them, after optional stride pooling.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, depth: int = 2, hidden_dim: int | None = None,
-                 stride: int = 1, dropout: float = 0.0) -> None:
-        if depth < 1:
-            raise ValueError(f"mlp projector: depth must be >= 1, got {depth}")
-        super().__init__(in_dim, out_dim, depth=depth, hidden_dim=hidden_dim, stride=stride, dropout=dropout)
-        hidden = hidden_dim or out_dim
-        dims = [in_dim] + [hidden] * (depth - 1) + [out_dim]
+    def __init__(self, in_dim: int, out_dim: int, opts: MLPOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        o = self.opts
+        dims = [in_dim] + [o.hidden_dim or out_dim] * (o.depth - 1) + [out_dim]
         layers: list[nn.Module] = []
-        for i in range(depth):
+        for i in range(o.depth):
             if i:
-                layers += [nn.GELU(), nn.Dropout(dropout)]
+                layers += [nn.GELU(), nn.Dropout(o.dropout)]
             layers.append(nn.Linear(dims[i], dims[i + 1]))
         self.net = nn.Sequential(*layers)
-        self.stride = stride
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:
-        tokens, mask = pool_tokens(tokens, full_mask(tokens, mask), self.stride)
+        tokens, mask = pool_tokens(tokens, full_mask(tokens, mask), self.opts.stride)
         return ProjectorOutput(self.net(tokens), mask)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +48,19 @@ class PerceiverOptions:
     num_prefix_tokens: int | None = field(default=None, metadata={"help": "rope_2d: tokens before the grid (CLS)"})
     rope_theta: float = field(default=10000.0, metadata={"help": "rope_2d frequency base"})
 
+    def __post_init__(self) -> None:
+        if self.num_latents < 1 or self.depth < 1:
+            raise ValueError(f"perceiver: num_latents and depth must be >= 1, got {self.num_latents}, {self.depth}")
+        if self.rope_2d and (self.dim // self.heads) % 4:
+            raise ValueError(f"perceiver: rope_2d needs dim / heads divisible by 4, got {self.dim} / {self.heads}")
+        grid = self.grid_size
+        if grid is not None:
+            grid = [grid, grid] if isinstance(grid, int) else list(grid)
+            if len(grid) != 2 or not all(isinstance(g, int) and g >= 1 for g in grid):
+                raise ValueError(f"perceiver: grid_size must be an int or [rows, cols] of positive ints, got "
+                                 f"{self.grid_size!r}")
+            self.grid_size = grid
+
 
 @register_projector("perceiver", options=PerceiverOptions)
 class PerceiverProjector(Projector):
@@ -68,38 +81,23 @@ class PerceiverProjector(Projector):
       (or exactly `num_prefix_tokens`). Valid tokens are numbered in order, so right padding does not move them.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, num_latents: int = 64, dim: int = 256, depth: int = 2,
-                 heads: int = 4, ff_mult: int = 4, dropout: float = 0.0, qk_norm: bool = False,
-                 cosine_attention: bool = False, rope_2d: bool = False,
-                 grid_size: int | Sequence[int] | None = None, num_prefix_tokens: int | None = None,
-                 rope_theta: float = 10000.0) -> None:
-        if num_latents < 1 or depth < 1:
-            raise ValueError(f"perceiver: num_latents and depth must be >= 1, got {num_latents}, {depth}")
-        grid = _parse_grid(grid_size)
-        if rope_2d and (dim // heads) % 4:
-            raise ValueError(f"perceiver: rope_2d needs dim / heads divisible by 4, got {dim} / {heads}")
-        super().__init__(in_dim, out_dim, num_latents=num_latents, dim=dim, depth=depth, heads=heads,
-                         ff_mult=ff_mult, dropout=dropout, qk_norm=qk_norm, cosine_attention=cosine_attention,
-                         rope_2d=rope_2d, grid_size=list(grid) if grid else None,
-                         num_prefix_tokens=num_prefix_tokens, rope_theta=rope_theta)
-        self.grid_size = grid
-        self.num_prefix_tokens = num_prefix_tokens
-        self.use_rope = rope_2d
-        self.rope_theta = rope_theta
-        self.dim_head = dim // heads
-        self.proj_in = nn.Linear(in_dim, dim)
-        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)  # [L, dim]
-        self.layers = nn.ModuleList(_PerceiverLayer(dim, heads, ff_mult, dropout, qk_norm, cosine_attention)
-                                    for _ in range(depth))
-        self.norm_out = nn.LayerNorm(dim)
-        self.proj_out = nn.Linear(dim, out_dim)
+    def __init__(self, in_dim: int, out_dim: int, opts: PerceiverOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        o = self.opts
+        self.proj_in = nn.Linear(in_dim, o.dim)
+        self.latents = nn.Parameter(torch.randn(o.num_latents, o.dim) * 0.02)  # [L, dim]
+        self.layers = nn.ModuleList(_PerceiverLayer(o.dim, o.heads, o.ff_mult, o.dropout, o.qk_norm,
+                                                    o.cosine_attention) for _ in range(o.depth))
+        self.norm_out = nn.LayerNorm(o.dim)
+        self.proj_out = nn.Linear(o.dim, out_dim)
 
     def _rope(self, mask: torch.Tensor, num_latents: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if not self.use_rope:
+        o = self.opts
+        if not o.rope_2d:
             return None
-        rows, cols = grid_positions(mask, grid_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens)
+        rows, cols = grid_positions(mask, grid_size=o.grid_size, num_prefix_tokens=o.num_prefix_tokens)
         pad = rows.new_zeros(rows.shape[0], num_latents)  # latent keys: position 0, no rotation
-        return rope_2d(torch.cat([rows, pad], 1), torch.cat([cols, pad], 1), self.dim_head, self.rope_theta)
+        return rope_2d(torch.cat([rows, pad], 1), torch.cat([cols, pad], 1), o.dim // o.heads, o.rope_theta)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:
@@ -115,13 +113,3 @@ class PerceiverProjector(Projector):
         out = self.proj_out(self.norm_out(latents))  # [B, L, out_dim]
         return ProjectorOutput(out, mask.new_ones(b, n_lat))
 
-
-def _parse_grid(grid_size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if grid_size is None:
-        return None
-    if isinstance(grid_size, int):
-        grid_size = (grid_size, grid_size)
-    grid = tuple(int(g) for g in grid_size)
-    if len(grid) != 2 or min(grid) < 1:
-        raise ValueError(f"perceiver: grid_size must be an int or [rows, cols] of positive ints, got {grid_size!r}")
-    return grid  # type: ignore[return-value]

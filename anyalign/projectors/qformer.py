@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,11 @@ class QFormerOptions:
     cross_attention_every: int = field(default=1, metadata={"help": "cross-attention in every n-th block (BLIP-2: 2)"})
     dropout: float = field(default=0.0, metadata={"help": "attention and MLP dropout"})
 
+    def __post_init__(self) -> None:
+        if self.num_queries < 1 or self.depth < 1 or self.cross_attention_every < 1:
+            raise ValueError(f"qformer: num_queries, depth and cross_attention_every must be >= 1, got "
+                             f"{self.num_queries}, {self.depth}, {self.cross_attention_every}")
+
 
 @register_projector("qformer", options=QFormerOptions)
 class QFormerProjector(Projector):
@@ -59,20 +65,15 @@ class QFormerProjector(Projector):
     tokens of width `out_dim`; padded encoder tokens are masked out of every cross-attention.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, num_queries: int = 32, dim: int = 256, depth: int = 2,
-                 heads: int = 4, ff_mult: int = 4, cross_attention_every: int = 1, dropout: float = 0.0) -> None:
-        if num_queries < 1 or depth < 1 or cross_attention_every < 1:
-            raise ValueError(f"qformer: num_queries, depth and cross_attention_every must be >= 1, got "
-                             f"{num_queries}, {depth}, {cross_attention_every}")
-        super().__init__(in_dim, out_dim, num_queries=num_queries, dim=dim, depth=depth, heads=heads,
-                         ff_mult=ff_mult, cross_attention_every=cross_attention_every, dropout=dropout)
-        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)  # [N, dim]
+    def __init__(self, in_dim: int, out_dim: int, opts: QFormerOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        o = self.opts
+        self.queries = nn.Parameter(torch.randn(o.num_queries, o.dim) * 0.02)  # [N, dim]
         self.norm_media = nn.LayerNorm(in_dim)
-        self.blocks = nn.ModuleList(
-            _QFormerBlock(dim, in_dim, heads, ff_mult, dropout, cross=i % cross_attention_every == 0)
-            for i in range(depth))
-        self.norm_out = nn.LayerNorm(dim)
-        self.proj_out = nn.Linear(dim, out_dim)
+        self.blocks = nn.ModuleList(_QFormerBlock(o.dim, in_dim, o.heads, o.ff_mult, o.dropout,
+                                                  cross=i % o.cross_attention_every == 0) for i in range(o.depth))
+        self.norm_out = nn.LayerNorm(o.dim)
+        self.proj_out = nn.Linear(o.dim, out_dim)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:

@@ -62,6 +62,15 @@ class RVQOptions:
     kmeans_init: bool = field(default=True, metadata={"help": "k-means initialisation on the first batch"})
     kmeans_iters: int = field(default=10, metadata={"help": "k-means iterations"})
 
+    def __post_init__(self) -> None:
+        if self.num_quantizers < 1 or self.codebook_size < 2 or self.code_dim < 1:
+            raise ValueError(f"rvq: need num_quantizers >= 1, codebook_size >= 2, code_dim >= 1, got "
+                             f"{self.num_quantizers}, {self.codebook_size}, {self.code_dim}")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"rvq: decay must be in [0, 1), got {self.decay}")
+        if self.dead_code_steps < 0:
+            raise ValueError(f"rvq: dead_code_steps must be >= 0 (0 = no restarts), got {self.dead_code_steps}")
+
 
 @register_projector("rvq", options=RVQOptions)
 class ResidualVQProjector(Projector):
@@ -81,38 +90,23 @@ class ResidualVQProjector(Projector):
     are all-reduced and initialisations/restarts are broadcast from rank 0.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, num_quantizers: int = 4, codebook_size: int = 256,
-                 code_dim: int = 64, stride: int = 1, commitment_weight: float = 0.25, codebook_weight: float = 1.0,
-                 ema: bool = True, decay: float = 0.99, eps: float = 1e-5, dead_code_steps: int = 50,
-                 kmeans_init: bool = True, kmeans_iters: int = 10) -> None:
-        if num_quantizers < 1 or codebook_size < 2 or code_dim < 1:
-            raise ValueError(f"rvq: need num_quantizers >= 1, codebook_size >= 2, code_dim >= 1, got "
-                             f"{num_quantizers}, {codebook_size}, {code_dim}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"rvq: decay must be in [0, 1), got {decay}")
-        if dead_code_steps < 0:
-            raise ValueError(f"rvq: dead_code_steps must be >= 0 (0 = no restarts), got {dead_code_steps}")
-        super().__init__(in_dim, out_dim, num_quantizers=num_quantizers, codebook_size=codebook_size,
-                         code_dim=code_dim, stride=stride, commitment_weight=commitment_weight,
-                         codebook_weight=codebook_weight, ema=ema, decay=decay, eps=eps,
-                         dead_code_steps=dead_code_steps, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters)
-        self.num_quantizers = num_quantizers
-        self.codebook_size = codebook_size
-        self.code_dim = code_dim
-        self.stride = stride
-        self.ema = ema
-        self.proj_in = nn.Linear(in_dim, code_dim)
-        self.proj_out = nn.Linear(code_dim, out_dim)
-        init = torch.randn(num_quantizers, codebook_size, code_dim)  # [Q, K, C]
-        if ema:
+    def __init__(self, in_dim: int, out_dim: int, opts: RVQOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        o = self.opts
+        q, k = o.num_quantizers, o.codebook_size
+        self.num_quantizers, self.codebook_size, self.code_dim, self.ema = q, k, o.code_dim, o.ema
+        self.proj_in = nn.Linear(in_dim, o.code_dim)
+        self.proj_out = nn.Linear(o.code_dim, out_dim)
+        init = torch.randn(q, k, o.code_dim)  # [Q, K, C]
+        if o.ema:
             self.register_buffer("codebooks", init)
-            self.register_buffer("ema_cluster_size", torch.ones(num_quantizers, codebook_size))  # [Q, K]
+            self.register_buffer("ema_cluster_size", torch.ones(q, k))  # [Q, K]
             self.register_buffer("ema_embed_sum", init.clone())  # [Q, K, C]; codebook = sum / size
         else:
             self.codebooks = nn.Parameter(init)
-        self.register_buffer("unused_steps", torch.zeros(num_quantizers, codebook_size, dtype=torch.long))
-        self.register_buffer("initialized", torch.tensor(not kmeans_init))
-        self.register_buffer("usage_counts", torch.zeros(num_quantizers, codebook_size), persistent=False)
+        self.register_buffer("unused_steps", torch.zeros(q, k, dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(not o.kmeans_init))
+        self.register_buffer("usage_counts", torch.zeros(q, k), persistent=False)
 
     @property
     def vocab_size_needed(self) -> int:
@@ -122,7 +116,7 @@ class ResidualVQProjector(Projector):
     # --- quantisation ----------------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:
-        tokens, mask = pool_tokens(tokens, full_mask(tokens, mask), self.stride)  # [B, N, D_in], [B, N]
+        tokens, mask = pool_tokens(tokens, full_mask(tokens, mask), self.opts.stride)  # [B, N, D_in], [B, N]
         z = self.proj_in(tokens).float()  # [B, N, C]
         with torch.autocast(z.device.type, enabled=False):
             if self.training and not bool(self.initialized):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,10 @@ class StackGatedOptions:
     norm: bool = field(default=True, metadata={"help": "RMSNorm on the stacked input and on the output tokens"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the gated hidden layer"})
 
+    def __post_init__(self) -> None:
+        if self.stack < 1:
+            raise ValueError(f"stack_gated projector: stack must be >= 1, got {self.stack}")
+
 
 @register_projector("stack_gated", options=StackGatedOptions)
 class StackGatedProjector(Projector):
@@ -32,18 +37,15 @@ class StackGatedProjector(Projector):
     token is valid when any of its frames is; order is kept, so an LLM reads the words in sequence.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, stack: int = 8, hidden_dim: int | None = None,
-                 norm: bool = True, dropout: float = 0.0) -> None:
-        if stack < 1:
-            raise ValueError(f"stack_gated projector: stack must be >= 1, got {stack}")
-        super().__init__(in_dim, out_dim, stack=stack, hidden_dim=hidden_dim, norm=norm, dropout=dropout)
-        hidden = hidden_dim or 2 * out_dim
-        self.stack = stack
-        self.norm_in = nn.RMSNorm(stack * in_dim) if norm else nn.Identity()
-        self.gate_up = nn.Linear(stack * in_dim, 2 * hidden, bias=False)  # both halves in one matmul
-        self.drop = nn.Dropout(dropout)
+    def __init__(self, in_dim: int, out_dim: int, opts: StackGatedOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        o = self.opts
+        hidden, self.stack = o.hidden_dim or 2 * out_dim, o.stack
+        self.norm_in = nn.RMSNorm(o.stack * in_dim) if o.norm else nn.Identity()
+        self.gate_up = nn.Linear(o.stack * in_dim, 2 * hidden, bias=False)  # both halves in one matmul
+        self.drop = nn.Dropout(o.dropout)
         self.down = nn.Linear(hidden, out_dim, bias=False)
-        self.norm_out = nn.RMSNorm(out_dim) if norm else nn.Identity()
+        self.norm_out = nn.RMSNorm(out_dim) if o.norm else nn.Identity()
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
                 modality: str | None = None) -> ProjectorOutput:

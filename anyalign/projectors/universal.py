@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -45,6 +44,20 @@ class UniversalOptions:
     router: Router = field(default="token", metadata={"help": "token (content-dependent) or static expert weights"})
     dropout: float = field(default=0.0, metadata={"help": "attention and MLP dropout"})
 
+    def __post_init__(self) -> None:
+        m = self.modalities
+        if isinstance(m, str) or not m:
+            raise ValueError(f"universal: modalities must be a non-empty list of names, got {m!r}")
+        if len(set(m)) != len(m):
+            raise ValueError(f"universal: duplicate names in modalities {list(m)}")
+        if self.router not in ("token", "static"):
+            raise ValueError(f"universal: router must be 'token' or 'static', got {self.router!r}")
+        if self.num_experts < 1 or self.num_modality_tokens < 1 or self.expert_depth < 1:
+            raise ValueError("universal: num_experts, num_modality_tokens and expert_depth must be >= 1")
+        unknown = sorted(set(self.in_dims or {}) - set(m))
+        if unknown:
+            raise ValueError(f"universal: in_dims names {unknown}, which are not in modalities {list(m)}")
+
 
 @register_projector("universal", options=UniversalOptions)
 class UniversalProjector(Projector):
@@ -68,36 +81,19 @@ class UniversalProjector(Projector):
     new parts on the new modality's data. Equivalently list it in `modalities` when building the projector.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, modalities: Sequence[str],
-                 in_dims: Mapping[str, int] | None = None,
-                 num_experts: int = 3, num_modality_tokens: int = 30, dim: int = 256, expert_depth: int = 1,
-                 heads: int = 4, ff_mult: int = 4, router: Router = "token", dropout: float = 0.0) -> None:
-        if isinstance(modalities, str) or not modalities:
-            raise ValueError(f"universal: modalities must be a non-empty list of names, got {modalities!r}")
-        if len(set(modalities)) != len(modalities):
-            raise ValueError(f"universal: duplicate names in modalities {list(modalities)}")
-        if router not in ("token", "static"):
-            raise ValueError(f"universal: router must be 'token' or 'static', got {router!r}")
-        if num_experts < 1 or num_modality_tokens < 1 or expert_depth < 1:
-            raise ValueError("universal: num_experts, num_modality_tokens and expert_depth must be >= 1")
-        unknown = sorted(set(in_dims or {}) - set(modalities))
-        if unknown:
-            raise ValueError(f"universal: in_dims names {unknown}, which are not in modalities {list(modalities)}")
-        super().__init__(in_dim, out_dim, modalities=[], in_dims={}, num_experts=num_experts,
-                         num_modality_tokens=num_modality_tokens, dim=dim, expert_depth=expert_depth, heads=heads,
-                         ff_mult=ff_mult, router=router, dropout=dropout)
-        self.dim = dim
-        self.num_experts = num_experts
-        self.num_modality_tokens = num_modality_tokens
-        self.router_kind = router
-        self.experts = nn.ModuleList(_Expert(dim, expert_depth, heads, ff_mult, dropout) for _ in range(num_experts))
+    def __init__(self, in_dim: int, out_dim: int, opts: UniversalOptions | None = None, **options: Any) -> None:
+        super().__init__(in_dim, out_dim, opts, **options)
+        o = self.opts
+        self.config.update(modalities=[], in_dims={})  # filled in by add_modality
+        self.experts = nn.ModuleList(_Expert(o.dim, o.expert_depth, o.heads, o.ff_mult, o.dropout)
+                                     for _ in range(o.num_experts))
         self.inputs = nn.ModuleDict()
         self.modality_tokens = nn.ParameterDict()
-        self.routers = nn.ModuleDict() if router == "token" else nn.ParameterDict()
-        self.norm_out = nn.LayerNorm(dim)
-        self.proj_out = nn.Linear(dim, out_dim)
-        for m in modalities:
-            self.add_modality(m, in_dim=(in_dims or {}).get(m))
+        self.routers = nn.ModuleDict() if o.router == "token" else nn.ParameterDict()
+        self.norm_out = nn.LayerNorm(o.dim)
+        self.proj_out = nn.Linear(o.dim, out_dim)
+        for m in o.modalities:
+            self.add_modality(m, in_dim=(o.in_dims or {}).get(m))
 
     @property
     def modalities(self) -> list[str]:
@@ -109,16 +105,16 @@ class UniversalProjector(Projector):
             raise ValueError(f"universal: a modality name must be a non-empty string, got {name!r}")
         if name in self.inputs:
             raise ValueError(f"universal: modality {name!r} already exists ({self.modalities})")
-        width = in_dim or self.in_dim
+        width, o = in_dim or self.in_dim, self.opts
         ref = self.proj_out.weight
-        self.inputs[name] = nn.Linear(width, self.dim).to(ref.device, ref.dtype)
+        self.inputs[name] = nn.Linear(width, o.dim).to(ref.device, ref.dtype)
         self.modality_tokens[name] = nn.Parameter(
-            torch.randn(self.num_modality_tokens, self.dim, device=ref.device, dtype=ref.dtype) * 0.02)
-        if self.router_kind == "token":
-            self.routers[name] = nn.Sequential(nn.LayerNorm(self.dim), nn.Linear(self.dim, self.dim), nn.GELU(),
-                                               nn.Linear(self.dim, self.num_experts)).to(ref.device, ref.dtype)
+            torch.randn(o.num_modality_tokens, o.dim, device=ref.device, dtype=ref.dtype) * 0.02)
+        if o.router == "token":
+            self.routers[name] = nn.Sequential(nn.LayerNorm(o.dim), nn.Linear(o.dim, o.dim), nn.GELU(),
+                                               nn.Linear(o.dim, o.num_experts)).to(ref.device, ref.dtype)
         else:
-            self.routers[name] = nn.Parameter(torch.zeros(self.num_experts, device=ref.device, dtype=ref.dtype))
+            self.routers[name] = nn.Parameter(torch.zeros(o.num_experts, device=ref.device, dtype=ref.dtype))
         self.config["modalities"].append(name)
         if width != self.in_dim:
             self.config["in_dims"][name] = width
@@ -136,8 +132,8 @@ class UniversalProjector(Projector):
     def router_weights(self, x: torch.Tensor, mask: torch.Tensor, modality: str) -> torch.Tensor:
         """Soft expert weights `[B, N, E]` for the N modality tokens, from projected input tokens `x` [B, T, dim]."""
         b = x.shape[0]
-        if self.router_kind == "static":
-            return self.routers[modality].softmax(-1).expand(b, self.num_modality_tokens, -1)
+        if self.opts.router == "static":
+            return self.routers[modality].softmax(-1).expand(b, self.opts.num_modality_tokens, -1)
         summary = masked_mean(x, mask)[:, None, :]  # [B, 1, dim]
         return self.routers[modality](self.modality_tokens[modality][None] + summary).softmax(-1)  # [B, N, E]
 
@@ -149,7 +145,7 @@ class UniversalProjector(Projector):
         if tokens.shape[-1] != width:
             raise ValueError(f"universal projector: modality {name!r} expects tokens of width {width}, "
                              f"got {tuple(tokens.shape)}")
-        b, n = tokens.shape[0], self.num_modality_tokens
+        b, n = tokens.shape[0], self.opts.num_modality_tokens
         x = self.inputs[name](tokens)  # [B, T, dim]
         seq = torch.cat([self.modality_tokens[name].expand(b, -1, -1), x], dim=1)  # [B, N + T, dim]
         seq_mask = torch.cat([mask.new_ones(b, n), mask], dim=1)
