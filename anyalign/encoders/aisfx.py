@@ -39,26 +39,13 @@ WEIGHTS, CONFIG = "aisfx.safetensors", "aisfx_config.json"
 
 
 def mel_filterbank(sr: float, n_fft: int, n_mels: int, f_min: float, f_max: float) -> np.ndarray:
-    """HTK-scale triangular mel filters `[n_mels, 1 + n_fft // 2]`, each of unit sum.
+    """HTK-scale triangular mel filters `[n_mels, 1 + n_fft // 2]`, each of unit sum (librosa's `filters.mel(...,
+    htk=True, norm=1)`, which the aisfx package uses), from transformers' filter bank."""
+    from transformers.audio_utils import mel_filter_bank
 
-    Numerically librosa's `filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=True, norm=1)`.
-    """
-    def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-    def mel_to_hz(m: np.ndarray) -> np.ndarray:
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-    fft_freqs = np.linspace(0.0, sr / 2.0, 1 + n_fft // 2)
-    mel_f = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))  # band edges and centres
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    sums = weights.sum(axis=1, keepdims=True)
-    weights = np.where(sums > np.finfo(np.float32).tiny, weights / np.maximum(sums, 1e-300), weights)
-    return weights.astype(np.float32)
+    fb = mel_filter_bank(num_frequency_bins=1 + n_fft // 2, num_mel_filters=n_mels, min_frequency=f_min,
+                         max_frequency=f_max, sampling_rate=int(sr), mel_scale="htk").T  # [M, F]
+    return (fb / np.maximum(fb.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)).astype(np.float32)
 
 
 class AisfxFrontEnd:
