@@ -1,8 +1,4 @@
-"""anyalign: adapter-based multimodal alignment (AnyMAL / OneLLM / ImageBind style).
-
-Frozen encoders -> small trainable projectors -> a shared embedding space and a frozen LLM's input space.
-Public names are imported on first use (PEP 562), so `import anyalign` and the CLI's `--help` stay fast.
-"""
+"""anyalign: adapter-based multimodal alignment; public names are imported on first use (PEP 562)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,6 @@
-"""One-time converters that turn registry-shipped model files into the project's formats (safetensors + JSON).
-
-`whisper-ct2`: a CTranslate2 Whisper model (`model.bin`, `config.json`, `tokenizer.json`) -> a transformers
-`WhisperForConditionalGeneration` folder (float32 safetensors; the original stays in its `ctranslate2/` subfolder).
-`model.bin` is read by `read_ct2` below (no CTranslate2 needed). Its layout is CTranslate2's own
-(`specs/model_spec.py::_serialize`, binary version 6), little-endian:
-`u32 version, str spec_name, u32 revision, u32 n_vars,
-n_vars x (str name, u8 ndim, ndim x u32 dim, u8 dtype, u32 nbytes, bytes), u32 n_aliases,
-n_aliases x (str alias, str target)`, where `str` is `u16 length (with the trailing NUL), bytes, NUL` and the
-dtype ids are float32, int8, int16, int32, float16, bfloat16 in that order.
-`aisfx`: the aisfx package's pickled checkpoint, hash-checked and read with `torch.load(weights_only=True)`
-(numpy scalars allow-listed) -> `aisfx.safetensors` + `aisfx_config.json` (embedding network only).
-"""
+"""One-time converters of registry-shipped model files into safetensors + JSON: a CTranslate2 Whisper model into a
+transformers folder (`read_ct2` parses `model.bin` as data, CTranslate2's binary version 6; no CTranslate2 needed)
+and aisfx's pickled checkpoint, hash-checked and read with `torch.load(weights_only=True)`."""
 
 from __future__ import annotations
 

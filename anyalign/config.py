@@ -57,12 +57,8 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", strict: bool = True) -> C:
-    """Build dataclass `cls` from `data`, recursing into nested dataclass fields.
-
-    Args:
-        source: name used in error messages (a file path, or "config").
-        strict: unknown keys raise `ConfigError` (user recipes); otherwise they warn (saved files).
-    """
+    """Build dataclass `cls` from `data`, recursing into nested dataclass fields; `source` names it in errors, and
+    unknown keys raise `ConfigError` when `strict` (user recipes), else warn (saved files)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)

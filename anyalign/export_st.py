@@ -1,15 +1,6 @@
-"""A space as a sentence-transformers model: `SentenceTransformer(DIR, trust_remote_code=True).encode(...)` gives
-anyalign's vectors for text and for each exported modality.
-
-The model is one `Router` (sentence-transformers >= 5): the `text` route is sentence-transformers' own
-Transformer -> Pooling -> Normalize modules when the space's text side is a sentence-transformers model run by the
-`text` encoder (its pooling, `max_seq_length` as anyalign runs it), and an `AnyAlignModule` otherwise; every other
-modality is an `AnyAlignModule` holding a saved adapter (or an encoder spec) and running it exactly as
-`Embedder.embed` does (windows of long inputs averaged). Inputs are routed by their inferred modality (text
-strings, audio and image files ...), or explicitly: `model.encode([{"imu": window}])` or
-`model.encode(windows, task="imu")` for modalities sentence-transformers does not infer. The exported folder needs
-anyalign installed where it is loaded (the modules are anyalign classes: hence `trust_remote_code=True`).
-"""
+"""A space as a sentence-transformers model: one `Router` whose `text` route is sentence-transformers' own modules
+(when the space's text side is a sentence-transformers model) and whose other routes are `AnyAlignModule`s running an
+adapter exactly as `Embedder.embed` does; loading needs anyalign installed (`trust_remote_code=True`)."""
 
 from __future__ import annotations
 

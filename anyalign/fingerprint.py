@@ -8,11 +8,8 @@ from pathlib import Path
 
 
 def source_fingerprint(source: str | os.PathLike | None, *, max_files: int = 2000) -> str | None:
-    """A hex string that changes when the files behind `source` change.
-
-    A local file or folder contributes each file's relative name, size, modification time (ns) and inode, so a
-    weight file replaced at the same path (copied over, re-downloaded, `os.replace`d) gives a new fingerprint even
-    when the folder's own size and mtime stay the same. A hub id or tag is its own identity; None for no source."""
+    """A hex string that changes when the files behind `source` change: each file's relative name, size, mtime (ns)
+    and inode, so a file replaced at the same path changes it; a hub id or tag is its own identity."""
     if source is None:
         return None
     path = Path(source).expanduser()

@@ -1,21 +1,6 @@
-"""Where weights and artifacts come from, written so that an artifact travels: Hub ids, assets, relative paths.
-
-Every artifact (a saved adapter, a feature manifest, an index) records the frozen encoders' weights in the most
-portable form that names them exactly (`portable_source`):
-
-- the Hub id of the weights where they have one, also when this machine holds them as a local asset copy
-  (MiniLM is `sentence-transformers/all-MiniLM-L6-v2` however it was fetched); `asset:<name>` for an asset
-  that has no Hub id (the SmolLM2 GGUF, the EfficientNet-Lite0 checkpoint);
-- `./path` relative to the artifact when the weights live inside it (they travel with it);
-- an absolute path only for weights the user pointed to elsewhere.
-
-Loading (`local_source`) turns the record back into something to load: the local asset copy, the Hub id (the
-libraries then honour the Hub cache and `HF_HUB_OFFLINE`), or the path; weights that cannot be reached fail in one
-line naming them and the override `ANYALIGN_WEIGHTS="RECORDED=PATH"` (pairs separated by `;`), which points any
-recorded source at a local copy. Artifacts themselves (`resolve_artifact`) are local folders or Hub repos
-(`org/name`, `org/name@revision`), downloaded once into the Hub cache with `snapshot_download`. Uploading
-(`push_folder`) and the model card (`model_card`) are here too; `ModalityAdapter.push_to_hub` uses them.
-"""
+"""Where weights and artifacts come from, recorded so that an artifact travels (`portable_source`: an asset's Hub id
+or `asset:<name>`, `./path` inside the artifact, else an absolute path) and found again (`local_source`, with the
+`ANYALIGN_WEIGHTS="RECORDED=PATH"` override); artifacts from the Hub (`resolve_artifact`), upload and model card."""
 
 from __future__ import annotations
 

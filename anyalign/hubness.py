@@ -1,19 +1,6 @@
-"""Hubness correction of cross-modal similarity scores: inverted softmax and query-bank normalisation (QB-Norm).
-
-In high-dimensional shared spaces a few gallery items ("hubs") are the nearest neighbour of many queries: an
-adapter that collapses onto popular answers returns them for everything. Both corrections rescale each gallery
-item's score by how strongly a reference set of queries (the "bank": e.g. training queries, never the test
-queries) is drawn to it:
-
-- `"is"`, inverted softmax (Smith et al. 2017, Bilingual word vectors): `s'(q, g) = beta * s(q, g) -
-  log sum_b exp(beta * s(b, g))`, the log of the item's softmax over the bank plus this query.
-- `"qb-norm"`, QB-Norm with the dynamic inverted softmax (Bogolin et al. 2022): the same, but only for queries
-  whose top-1 item lies in the bank's activation set (items that are in the top-k of some bank query); other
-  queries keep their raw scores (the rescale is monotone per query, so only its ranking matters).
-
-Scores are `[Q, N]` numpy arrays (cosine similarities); the output ranks the gallery per query. Corrected scores
-are logits, not cosines: rank with them, do not threshold them with cosine cut-offs.
-"""
+"""Hubness correction of cross-modal scores against a bank of reference queries (never the test queries): inverted
+softmax (`"is"`, Smith et al. 2017) and QB-Norm (`"qb-norm"`, Bogolin et al. 2022: only queries whose top-1 item is
+in the bank's activation set). Corrected scores are logits: rank with them, do not threshold them as cosines."""
 
 from __future__ import annotations
 

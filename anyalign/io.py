@@ -26,10 +26,8 @@ os.umask(_UMASK)  # read once: temp files are created 0600, finished ones get th
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; on success rename it over `path`, on error remove it.
-
-    Readers never see a half-written file or folder, and a failed write leaves the old one intact.
-    """
+    """Yield a temporary sibling of `path`; on success rename it over `path`, on error remove it (readers never see a
+    half-written file or folder, and a failed write leaves the old one intact)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
@@ -217,11 +215,8 @@ class PretrainedSource:
 
 
 def resolve_pretrained(source: str | os.PathLike) -> PretrainedSource:
-    """Classify a `pretrained=` argument.
-
-    Local paths win; `hf-hub:` prefixes and `org/name` ids are hub ids; anything else is a library tag
-    (e.g. an open_clip tag such as `laion2b_s34b_b79k`).
-    """
+    """Classify a `pretrained=` argument: local paths win; `hf-hub:` prefixes and `org/name` ids are hub ids;
+    anything else is a library tag (e.g. the open_clip tag `laion2b_s34b_b79k`)."""
     text = str(source)
     path = Path(text).expanduser()
     if path.is_file():

@@ -1,12 +1,5 @@
-"""What alignment training and the LLM package agree on, below both of them in the layer order.
-
-`anyalign.align` (training) and `anyalign.llm` (a frozen causal LM with adapters' heads) are independent siblings:
-neither imports the other. Training meets the LLM through two things defined here: the `<modality>` placeholder
-syntax of prompts, and the registry of frozen-LLM backends. `anyalign/llm/model.py` declares the built-in backend
-(Hugging Face causal LMs, GGUF included) with `@register_llm_backend("transformers")`; like every registry's
-built-ins (`anyalign.registry`), it is found by that line and its module imported the first time a recipe needs an
-LLM, and an out-of-tree backend registers the same way from a plugin.
-"""
+"""What training (`align`) and the frozen LLM (`llm`) agree on, below both: the `<modality>` placeholder syntax and
+the registry of LLM backends (`anyalign/llm/model.py` declares the built-in one with `@register_llm_backend`)."""
 
 from __future__ import annotations
 
@@ -30,11 +23,8 @@ def placeholder_pattern(modalities: Iterable[str]) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class LLMBackend:
-    """How training loads a frozen LLM and wraps it with the adapters' LLM heads.
-
-    `load(name_or_path, gguf_file=, dtype=) -> (llm, tokenizer, source)`; `wrap(llm, tokenizer, adapters,
-    source=) -> multimodal LM` (with `add_lora`, `save_pretrained`, `prepare`, `embed_ids` and a call computing the
-    loss, as `anyalign.llm.MultimodalLM`); `is_bundle(folder)`: whether the folder is a saved multimodal LM."""
+    """How training loads a frozen LLM (`load(name_or_path, gguf_file=, dtype=) -> (llm, tokenizer, source)`), wraps
+    it with the adapters' heads (`wrap(...)`, as `anyalign.llm.MultimodalLM`) and recognises a saved bundle."""
 
     load: Callable[..., tuple[Any, Any, Any]]
     wrap: Callable[..., Any]

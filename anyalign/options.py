@@ -1,21 +1,7 @@
-"""Typed options of registered components (encoders, projectors): a dataclass per component, checked on use.
-
-A component declares its options as a dataclass whose fields carry defaults and help text::
-
-    @dataclass
-    class MLPOptions:
-        depth: int = field(default=2, metadata={"help": "linear layers"})
-
-A component registered without one (e.g. a user's plugin) gets one derived from its factory's keyword
-parameters (`options_from_signature`). `check_options` validates a user's `{name: value}` mapping against it:
-an unknown key, a wrong type or a missing required option is a one-line `ConfigError` naming the source,
-the component, the field and the valid options with their types and defaults.
-
-Keys a component forwards to a library unchecked (e.g. timm model arguments) are allowed when its dataclass
-sets the class variable `extra_options` to a description of where they go; a classmethod
-`check_extra(values, extra, source) -> dict` may validate them (the video encoder checks them against its
-image encoder's options).
-"""
+"""Typed options of registered components (encoders, projectors): a dataclass per component (field defaults and
+`metadata={"help": ...}`), or one derived from the factory's keyword parameters; `check_options` validates a user's
+mapping against it in one line naming the source, the field and the valid options. A dataclass whose class variable
+`extra_options` says where unknown keys go accepts them (`check_extra(values, extra, source)` may check them)."""
 
 from __future__ import annotations
 
@@ -120,11 +106,8 @@ def describe_options(cls: type, *, with_extra: bool = True) -> str:
 
 
 def options_from_signature(fn: Callable[..., Any], *, skip: tuple[str, ...] = (), name: str | None = None) -> type:
-    """A dataclass of `fn`'s keyword parameters (annotations + defaults); a `**kwargs` parameter allows extra keys.
-
-    `skip` names parameters that are not options (e.g. `in_dim`, `out_dim` of a projector); the names in
-    `NOT_OPTIONS`, `self` and `*args` are always skipped.
-    """
+    """A dataclass of `fn`'s keyword parameters (annotations + defaults) but `skip`, `NOT_OPTIONS`, `self` and
+    `*args`; a `**kwargs` parameter allows extra keys."""
     target = fn.__init__ if inspect.isclass(fn) else fn  # type: ignore[misc]
     sig = inspect.signature(target)
     try:
@@ -172,11 +155,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def check_options(kind: str, name: str, cls: type, options: dict[str, Any], *, source: str) -> dict[str, Any]:
-    """Validate `options` against dataclass `cls` of component `kind` `name`; return them coerced to its types.
-
-    Only the given keys are returned (defaults stay with the component). Raises a one-line `ConfigError`
-    naming `source`, the component, the field and the valid options.
-    """
+    """Validate `options` against dataclass `cls` of component `kind` `name`; return the given keys coerced to its
+    types, or raise a one-line `ConfigError` naming `source`, the component, the field and the valid options."""
     if not isinstance(options, dict):
         raise ConfigError(f"{source}: {kind} {name!r} options must be a mapping, got {type(options).__name__}")
     hints = typing.get_type_hints(cls)

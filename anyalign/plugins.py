@@ -1,12 +1,5 @@
-"""Out-of-tree extensions: encoders, projectors, tasks and data kinds defined in a user's own package.
-
-A plugin is a module that registers components when imported (`@register_encoder`, `@register_projector`,
-`@register_task`, `@register_data_kind`, the same decorators the built-ins use). anyalign imports plugins from
-the entry-point group `anyalign.plugins` (in the plugin's `pyproject.toml`:
-`[project.entry-points."anyalign.plugins"] myenc = "my_package.anyalign_plugin"`), from the environment variable
-`ANYALIGN_PLUGINS=module[,module]`, and from the CLI's `--plugin module` (repeatable). Every registry asks for
-plugins before it answers, so every command finds them.
-"""
+"""Out-of-tree extensions: modules that register components with the built-ins' decorators, imported from the entry
+point group `anyalign.plugins`, `ANYALIGN_PLUGINS=module[,module]` and the CLI's `--plugin module`."""
 
 from __future__ import annotations
 
@@ -32,11 +25,8 @@ _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def load_plugins(extra: list[str] | None = None) -> list[str]:
-    """Import every plugin not imported yet (entry points, `ANYALIGN_PLUGINS`, `extra`); returns the new ones.
-
-    A plugin named with `--plugin` (`extra`) that fails to import raises `PluginError` (one line: the plugin and
-    the exception); one from the environment (entry point, `ANYALIGN_PLUGINS`) is disabled with a warning instead,
-    so a broken package installed beside anyalign does not break unrelated commands."""
+    """Import every plugin not imported yet (entry points, `ANYALIGN_PLUGINS`, `extra`); returns the new ones. One
+    named with `--plugin` that fails raises `PluginError`; one from the environment is disabled with a warning."""
     global _scanned
     wanted: list[tuple[str, str, bool]] = []  # (module, where it was named, strict)
     if not _scanned:

@@ -1,15 +1,6 @@
-"""One generic name -> factory registry, shared by encoders, projectors, losses and index types.
-
-A new component is one decorated function (timm style)::
-
-    @ENCODERS.register("my-encoder")
-    def my_encoder(pretrained=None, **overrides) -> Encoder: ...
-
-The decorator is the only registration. A registry given its `package` and decorator name finds the built-ins by
-reading their decorators (`@register_encoder("text", ...)`) in the package's modules without importing them, so
-asking for one component imports only the module that declares it; listing imports every declaring module.
-Out-of-tree components register the same way from an entry-point plugin (`anyalign.plugins`).
-"""
+"""One generic name -> factory registry (timm style: a new component is one decorated function). Given its package
+and decorator name, a registry finds the built-ins by reading their decorator lines without importing them, so asking
+for one component imports only its module; plugins register the same way (`anyalign.plugins`)."""
 
 from __future__ import annotations
 

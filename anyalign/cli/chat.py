@@ -1,11 +1,5 @@
-"""`anyalign chat`: ask a causal LM about media files through trained adapters.
-
-    anyalign chat --llm HuggingFaceTB/SmolLM2-135M-Instruct --adapter imu=runs/imu --input imu=walk.npy \\
-        "What is the person doing?"
-
-A prompt without placeholders gets one `<modality>` placeholder per `--input`, in the order given, on its own
-line before the text; a prompt with placeholders must match the inputs one to one.
-"""
+"""`anyalign chat`: ask a causal LM about media files through trained adapters (a prompt without placeholders gets
+one `<modality>` line per `--input`); `anyalign eval transcription`: the LLM's WER through a speech adapter."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""SIGINT / SIGTERM for the CLI: the running command stops with 130 / 143 and one line saying what was kept.
-
-The handler raises `Interrupted` (a BaseException, like KeyboardInterrupt, so every `finally` and every atomic
-writer's cleanup runs, but not a KeyboardInterrupt, which typer turns into a return value the caller would miss).
-A second signal while the first unwinds kills the process the default way.
-"""
+"""SIGINT / SIGTERM for the CLI: the command stops with 130 / 143 and one line saying what was kept. `Interrupted`
+is a BaseException (every `finally` runs) but not a KeyboardInterrupt (which typer would swallow)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""`anyalign` console script: a thin layer over the Python API, one module per command group.
-
-Each command module defines `register(app, eval_app)`, which adds its commands, and `HELP_ORDER` (its place in
-`anyalign --help`); a new group is one module, found by its `def register` line.
-"""
+"""`anyalign` console script: one module per command group, each found by its `def register(app, eval_app)` line and
+placed in `--help` by its `HELP_ORDER`."""
 
 from __future__ import annotations
 

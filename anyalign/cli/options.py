@@ -1,13 +1,6 @@
-"""Options shared by the commands, written once: the encoder spec group (and its `--text-` variant for the other
-side of a space), workers, device, autocast, `--json` and `--quiet`; and flags that were replaced, each answered with
-a one-line error naming its replacement.
-
-The encoder spec group: `--adapter DIR` (a trained adapter, which records its encoder) or `--encoder NAME`
-[`--pretrained P`] [`--set key=value` ...] [`--autocast A`]; the text side of a space (zero-shot labels, text
-queries) is `--text-encoder NAME_OR_ADAPTER_DIR` [`--text-pretrained P`] [`--text-set ...`] [`--text-autocast A`].
-`--quiet` is added to every command by `AnyalignGroup`: no progress bars, no log lines below errors, no chatter on
-stdout besides the result.
-"""
+"""Options shared by the commands, written once: the encoder spec group (`--adapter DIR` or `--encoder NAME
+--pretrained P --set k=v --autocast A`, and its `--text-` variant for the other side of a space), workers, device,
+`--json`, `--quiet` (added to every command by `AnyalignGroup`), and the replaced flags' one-line errors."""
 
 from __future__ import annotations
 

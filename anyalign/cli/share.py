@@ -1,10 +1,5 @@
-"""Taking a trained space elsewhere: `anyalign push` (the Hugging Face Hub) and `anyalign export st`
-(a sentence-transformers model).
-
-    anyalign push runs/imu/adapters/imu user/imu-adapter            # model card from the run's eval.json + recipe
-    anyalign push runs/imu/adapters/imu user/imu-adapter --stage-only staged/   # write what would be uploaded
-    anyalign export st runs/imu/adapters/imu -o imu-st   # SentenceTransformer("imu-st", trust_remote_code=True)
-"""
+"""`anyalign push` (an adapter to the Hugging Face Hub, with a model card) and `anyalign export st` (a space as a
+sentence-transformers model)."""
 
 from __future__ import annotations
 

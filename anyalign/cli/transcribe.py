@@ -1,11 +1,5 @@
-"""`anyalign transcribe`: Whisper's own decoder on audio files, folders or jsonl lists (the ASR baseline).
-
-    anyalign transcribe clip.wav speech/ speech/test.jsonl [--whisper DIR] [--json] [-o transcripts.jsonl]
-
-Prints `key<TAB>transcript` per input, then, when the inputs carry reference texts (`--reference FIELD`, default the
-rows' `text`), the corpus WER after Whisper's English normaliser. `-o` writes the rows as jsonl (`audio`, `text` =
-the transcript, `reference`), e.g. as distillation targets.
-"""
+"""`anyalign transcribe`: Whisper's own decoder on audio files, folders or jsonl lists (the ASR baseline), with the
+corpus WER where the inputs carry reference text."""
 
 from __future__ import annotations
 

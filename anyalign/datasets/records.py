@@ -1,25 +1,7 @@
-"""The input layer: every dataset file or folder becomes `Record`s, for extract, embed, classify, eval and train.
-
-A `Record` holds one sample: raw media per modality (paths, tar members or arrays), the paired `text`, a `label`,
-a `fold`, a `group` (what belongs together: a recording, a speaker), a unique `key` and the other fields as
-`meta`. `read_records(path)` recognises the format; `kind=` names it. Formats (README, "Data formats"):
-
-| kind | what |
-| --- | --- |
-| `jsonl` | one object per line: a media path per modality (`"image": "a.png"`, relative to the file) or   |
-|         | `path`; `text`/`caption`, `label`, `key`, `fold`, `group`, `conversations`                          |
-| `txt` | one item per line: a sentence for text encoders, a file path for media encoders |
-| `csv` | header `path,label[,fold][,text][,group]` (`file`/`filename`, `class`/`category` also accepted) |
-| `folder` | files found recursively; class folders (`root/<class>/...`) give the label |
-| `glob` | a pattern such as `sounds/**/*.wav` |
-| `esc50` / `urbansound8k` | the ESC-50 / UrbanSound8K folders with their metadata csv and folds |
-| `uea` | a UEA time-series archive folder (`*_TRAIN.arff` / `.ts`): `[C, T]` windows, fold train/test |
-| `webdataset` | `.tar` shards (or a folder of them): one sample per key, `.json`/`.txt`/`.cls` members as fields |
-
-A new kind is one reader function decorated with `@register_data_kind(name)` in a module of this package
-(`readers.py`, `webdataset.py`) or of a plugin.
-Text is never taken for a path: `Record.input(modality)` gives a text encoder the `text`, a media encoder its path.
-"""
+"""The input layer: every dataset file or folder becomes `Record`s, for extract, embed, classify, eval and train
+(formats: README, "Data formats"). A new kind is one reader decorated with `@register_data_kind(name)` here, in
+`readers.py`/`webdataset.py` or in a plugin. Text is never taken for a path: `Record.input` gives a text encoder the
+`text`, a media encoder its file."""
 
 from __future__ import annotations
 

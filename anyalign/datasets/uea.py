@@ -1,9 +1,5 @@
-"""Reader for UEA multivariate time-series archives (e.g. BasicMotions, the smartwatch IMU set).
-
-An archive folder holds `<Name>_TRAIN.arff` / `<Name>_TEST.arff` (one relational attribute holding the channels,
-then a nominal class attribute; parsed with `scipy.io.arff`) and/or the sktime `.ts` twins
-(`v,v,...:v,v,...:label`, one line per series). ARFF is preferred when both exist. Missing values (`?`) become NaN.
-"""
+"""UEA multivariate time-series archives (e.g. BasicMotions): `<Name>_TRAIN/TEST.arff` (read with `scipy.io.arff`)
+or the sktime `.ts` twins; missing values (`?`) become NaN."""
 
 from __future__ import annotations
 

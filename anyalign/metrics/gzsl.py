@@ -1,10 +1,6 @@
-"""Generalised zero-shot metrics (Xian et al. 2018; Chao et al. 2016) of a score matrix over seen and unseen classes.
-
-Mean per-class accuracy on seen and on unseen items and their harmonic mean H; the seen-unseen accuracy curve of
-calibrated stacking (seen scores lowered by gamma, swept over every gamma) and its area (AUSUC); the gamma that
-maximises H on validation scores, alone (`tune_calibration`) or over pseudo-unseen rotations
-(`tune_calibration_rotated`, what training records in the adapter). Pure functions of scores: no model.
-"""
+"""Generalised zero-shot metrics of a score matrix (Xian et al. 2018; Chao et al. 2016): seen / unseen mean
+per-class accuracy and their harmonic mean H, the calibrated-stacking curve and its area (AUSUC), and the gamma that
+maximises H, on validation scores or over pseudo-unseen rotations. Pure functions of scores."""
 
 from __future__ import annotations
 

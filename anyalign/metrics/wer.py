@@ -1,12 +1,6 @@
-"""Word error rate as ASR papers report it: jiwer's word alignment after Whisper's English text normaliser.
-
-The normaliser is transformers' `EnglishTextNormalizer` (the one `WhisperTokenizer.normalize` uses) with OpenAI's
-British -> American spelling map (`english.json`, shipped by pip `whisper-normalizer`): lower case, punctuation and
-fillers ("uh", "hmm") removed, numbers written as digits ("twenty-one" -> "21"), contractions expanded
-("it's" -> "it is"), "colour" -> "color". So WER here compares with published Whisper numbers.
-WER over a corpus is the total number of substitutions + deletions + insertions divided by the total number of
-reference words (not the mean of per-utterance rates).
-"""
+"""Word error rate as ASR papers report it: jiwer's word alignment after Whisper's English normaliser (transformers'
+`EnglishTextNormalizer` with OpenAI's spelling map from `whisper-normalizer`); a corpus WER is total edits over total
+reference words."""
 
 from __future__ import annotations
 
