@@ -1,16 +1,9 @@
 """aisfx, a sound-effects embedding CNN (Ma & Lerch, ISMIR 2022), as a frozen audio encoder ("aisfx").
 
-The network is the package's `EmbeddingNet('max', 3, 1, 64)` re-implemented here with the same parameter names:
-four blocks of two 3x3 conv + batch-norm + ReLU, 2x2 max pooling after the first three, then the mean over
-frequency and the max over time -> 512-d. Its input is a 96-bin HTK mel spectrogram at 44.1 kHz (n_fft 2048,
-hop 1024, Hann window, zero-padded centred frames, power, filters of unit sum), compressed as
-`log10(1e4 x + 1) / 9.4578` after peak-normalising the waveform: the package's librosa front end, computed with
-torch and numpy (no librosa). The model sees blocks of 100 frames (about 2.3 s); longer clips are cut into blocks
-with a hop of `hop_fraction` blocks (a trailing partial block is dropped, as the package does), and clips shorter
-than one block, on which the package's own code asserts, are zero-padded to one block (silence in this scale).
-Tokens are the per-block embeddings `[B, W, 512]`; pooled is their mean.
-`pretrained=` is the folder written by `python -m anyalign.assets aisfx` (`aisfx.safetensors` +
-`aisfx_config.json`), its safetensors file, or the tag `aisfx` for that cached asset; None builds random weights.
+The package's `EmbeddingNet('max', 3, 1, 64)` with its parameter names, on its librosa front end recomputed with torch
+(96-bin HTK log-mel at 44.1 kHz). Clips are cut into ~2.3 s blocks (100 frames, hop `hop_fraction`; a short clip is
+zero-padded to one block); tokens are the per-block embeddings `[B, W, 512]`, pooled their mean. `pretrained`: the
+folder from `python -m anyalign.assets aisfx`, its safetensors file, or the tag `aisfx`; None: random weights.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Decode one raw audio input (file path, `(array, sample_rate)` or a bare 1-D array) to mono float32 at a target rate.
-
-Shared by the audio encoders (CLAP, Whisper) so they accept the same inputs and fail the same way: an `InputError`
-naming the file or describing the bad array. Files are read with soundfile (libsndfile), multi-channel audio is
-averaged to mono and resampled with a polyphase filter (`scipy.signal.resample_poly`).
+"""Decode one raw audio input (file path, `(array, sample_rate)` or a bare 1-D array) to mono float32 at a target rate,
+the same way for every audio encoder (soundfile reads, polyphase resampling, an `InputError` naming a bad input).
 """
 
 from __future__ import annotations

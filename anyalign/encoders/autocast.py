@@ -1,11 +1,8 @@
 """`autocast: auto` for frozen encoders: bf16 only where this machine runs it faster than fp32.
 
-bf16 speed depends on the CPU: without native bf16 instructions a bf16 GEMM runs at a fraction of fp32 (0.20x
-measured on a Xeon without avx512_bf16/AMX), with them it can be several times faster (3.3x on an EPYC with
-avx512_bf16). `auto_autocast_dtype(device)` therefore picks bf16 on a CPU only when /proc/cpuinfo lists
-`avx512_bf16` or `amx_bf16` AND a quick probe (a transformer-sized GEMM timed both ways, about 0.2 s, cached per
-CPU model and torch version under `$ANYALIGN_CACHE`) shows bf16 at least `MIN_SPEEDUP` faster; else fp32 (None).
-On CUDA it is bf16 where the GPU supports it.
+On a CPU bf16 is chosen only when /proc/cpuinfo lists `avx512_bf16` or `amx_bf16` AND a ~0.2 s GEMM probe (cached per
+CPU model and torch version under `$ANYALIGN_CACHE`) shows it `MIN_SPEEDUP` faster (without native bf16 it runs at
+0.2x fp32); on CUDA it is bf16 where the GPU supports it.
 """
 
 from __future__ import annotations

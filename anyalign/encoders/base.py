@@ -1,10 +1,8 @@
 """The one interface every frozen modality encoder implements.
 
-An encoder is split in three so that the expensive parts run where they should:
-`load(item)` decodes one raw input (a path, array, PIL image or string) and may run in DataLoader workers;
-`collate(items)` turns decoded items into a batch of tensors; `encode(batch)` runs the network and returns
-token features `[B, T, D]` with a validity mask plus a pooled embedding `[B, P]`.
-Calling the encoder on raw inputs does all three under `no_grad` (and bf16 autocast when asked).
+`load(item)` decodes one raw input (may run in DataLoader workers), `collate(items)` batches decoded items as tensors,
+`encode(batch)` runs the network: token features `[B, T, D]`, their mask and a pooled `[B, P]`. Calling the encoder on
+raw inputs does all three (no grad when frozen, autocast when asked).
 """
 
 from __future__ import annotations

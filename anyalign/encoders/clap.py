@@ -1,21 +1,10 @@
 """CLAP towers as frozen encoders: "clap-audio" (HTSAT) and "clap-text" (RoBERTa), through transformers.
 
-LAION's CLAP checkpoints are used in their transformers-converted form (`laion/clap-htsat-unfused` by default,
-`laion/clap-htsat-fused`, `laion/larger_clap_*`); `pretrained=` is a hub id or a local folder written by
-`save_pretrained` (model + processor/feature extractor + tokenizer). The original `laion_clap` package is
-available as the optional `laion-clap` extra for converting or cross-checking its `.pt` checkpoints; it is not
-needed to run these encoders. Each encoder loads and keeps only its own tower and projection head.
-
-Audio: the waveform (mono, resampled to the extractor's 48 kHz) is cut into windows of `window_seconds`
-(default: the model's 10 s clip; a tail shorter than half a window is dropped unless it is the whole clip).
-Every window is at most one clip long, so the feature extractor only ever repeat-pads (`repeatpad`) and its
-random crop (`rand_trunc`) or random fusion choice never fires: inference is deterministic. Fused checkpoints
-get `is_longer=False` for every window (their fusion branch is for clips longer than 10 s, which windowing
-replaces). Tokens are HTSAT's final feature map `[B, T, D]` in time-major order (time x frequency bins, 64
-tokens of 768-d per 10 s window for HTSAT-base); windows of one input are concatenated along T. Pooled is the
-L2-normalised projected audio embedding, averaged over windows and renormalised.
-Text: tokens are RoBERTa's last hidden states with the real attention mask; pooled is the L2-normalised projected
-text embedding, in the same space as the audio one (zero-shot audio classification).
+`pretrained` is a transformers CLAP hub id (default `laion/clap-htsat-unfused`) or a `save_pretrained` folder; each
+encoder keeps only its own tower and projection. Audio is cut into windows of at most the model's 10 s clip, so the
+extractor only repeat-pads and inference is deterministic (fused checkpoints get `is_longer=False`). Audio tokens are
+HTSAT's final feature map, time-major, windows concatenated; text tokens RoBERTa's last hidden states. Pooled is the
+normalised projected embedding (averaged over windows), one space for both towers.
 """
 
 from __future__ import annotations

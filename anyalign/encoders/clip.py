@@ -1,14 +1,9 @@
 """OpenCLIP towers as frozen encoders: "clip-image" and "clip-text".
 
-Each encoder keeps only its own tower (the other one is dropped after loading to save memory). Tokens are the
-transformer's final-layer outputs after the tower's final LayerNorm (`layer=-2` etc. picks an earlier block through
-open_clip's `forward_intermediates`, keeping only that block); pooled is the L2-normalised CLIP embedding, so image
-and text pooled vectors live in the same space.
-
-`pretrained` may be an open_clip tag (`laion2b_s34b_b79k`), a hub id (`hf-hub:org/name`), a local open_clip folder
-(`open_clip_config.json` + weights) or a local checkpoint file (safetensors or a weights-only torch file) holding
-either a full CLIP state dict or just the needed tower. `model` is an open_clip config name (built-in or shipped in
-`anyalign/model_configs/`, e.g. the tiny test config "anyalign-tiny-vit") or a path to a config JSON file.
+Each keeps only its own tower. Tokens are a transformer block's outputs (final LayerNorm applied; `layer` picks the
+block), pooled the L2-normalised CLIP embedding, so image and text share a space. `pretrained`: an open_clip tag, a hub
+id, a local open_clip folder or a checkpoint file (full CLIP or one tower); `model`: an open_clip config name (those in
+anyalign/model_configs/ included, e.g. "anyalign-tiny-vit") or a config .json path.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Bring your own encoder: wrap any `nn.Module` in a few lines.
-
-    enc = wrap_module(my_net, modality="ecg", load=read_ecg, collate=torch.stack, token_dim=256)
-
-`my_net(batch)` may return `[B, T, D]` tokens, `[B, D]` pooled vectors, a `(tokens, mask)` pair or an
-`EncoderOutput`; missing parts are filled in (all-valid mask, masked-mean pooling, one token per vector).
+"""Bring your own encoder: `wrap_module(my_net, modality="ecg", load=read_ecg, token_dim=256)`. `my_net(batch)` may
+return tokens `[B, T, D]`, pooled `[B, D]`, `(tokens, mask)` or an `EncoderOutput`; missing parts are filled in.
 """
 
 from __future__ import annotations

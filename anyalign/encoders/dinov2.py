@@ -1,10 +1,6 @@
-"""DINOv2 vision transformers through timm ("dinov2").
-
-Tokens are the final-LayerNorm outputs of `forward_features`: the class token followed by the patch tokens,
-`[B, 1 + h*w, D]`; register tokens (`*_reg4` variants) are dropped. Pooled is the class token as DINOv2's
-linear probes use it, not L2-normalised by default (`normalize=True` to normalise it).
-Images are run at `img_size=224` unless told otherwise (timm's default for DINOv2 is 518, ~5x the compute);
-pretrained position embeddings are resized by timm's checkpoint filter.
+"""DINOv2 vision transformers through timm ("dinov2"): tokens `[B, 1 + h*w, D]` (class token, then patches; register
+tokens dropped), pooled the class token as DINOv2's linear probes use it. Run at `img_size=224` unless told otherwise
+(timm's 518 costs ~5x); timm's checkpoint filter resizes pretrained position embeddings.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Feature extraction: run a frozen encoder once over a corpus and cache its features as webdataset shards.
 
-The input list (see `inputs.discover_inputs`) is cut deterministically into chunks of `shard_size` items;
-chunk i is written by rank `i % world_size` as `features-r{rank}-{i}.tar`, so `accelerate launch` / `torchrun`
-split the work and every rank writes its own shards. Files are decoded and collated in DataLoader workers, the
-encoder runs under `torch.inference_mode()` in the main process. A shard counts as finished once its tar and
-its `.json` sidecar (sample count, failures, the keys of its inputs and the encoder settings) are both on
-disk, both written atomically; a rerun skips finished shards, which makes extraction resume after a kill.
-Inputs that fail to decode are skipped, logged, counted and listed in the sidecar, the manifest and the summary.
+The sorted inputs are cut into chunks of `shard_size`; chunk i is written by rank `i % world_size` (so `torchrun` /
+`accelerate launch` split the work). Inputs are decoded and collated in DataLoader workers, encoded under
+`inference_mode`. A shard is finished once its tar and `.json` sidecar are both written (atomically), so a rerun skips
+it: extraction resumes after a kill. Undecodable inputs are skipped, counted and listed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Decode one raw image input (path, PIL image, array or tensor) to an RGB PIL image for the image encoders.
-
-Shared by the CLIP, DINOv2, timm and video encoders so that every image family accepts the same inputs and
-fails the same way: an `InputError` naming the file or describing the bad array.
+"""Decode one raw image input (path, PIL image, array or tensor) to an RGB PIL image, the same way for every image
+encoder (an `InputError` naming a bad input).
 """
 
 from __future__ import annotations

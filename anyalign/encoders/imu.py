@@ -1,19 +1,9 @@
 """IMU encoder for 6-axis accelerometer + gyroscope windows (AnyMAL's IMU modality, IMU2CLIP-style).
 
-IMU2CLIP (Moon et al., 2022) encodes raw IMU windows with a 1-D convolutional stack and binds them to CLIP's
-space; there are no public pretrained IMU weights that load offline here, so this encoder is meant to be
-trained from scratch as part of an adapter (`train_encoder: true`) and frozen afterwards like any other.
-Architecture: strided 1-D conv stem (downsamples time by `stride`) -> small Transformer encoder -> tokens
-`[B, T', D]` with a mask for shorter inputs; pooled = masked mean `[B, D]`. (IMU2CLIP's conv + GRU stack is
-replaced by a Transformer so the token sequence is attended as a whole, like the other modalities.)
-Preprocessing, in order: arrays `[C, T]` (or `[T, C]`, detected when only the other axis has `channels`
-entries; `[C, C]` is read as `[C, T]`), `.npy` files and `.csv` files (one row per time step, an optional
-header row); resampling from `sample_rate` to `target_rate` Hz (polyphase); with `window_seconds`, streams
-longer than one window are cut into windows every `hop_seconds` (a tail shorter than a window is dropped,
-see `window_stream`) whose valid tokens are concatenated (pooled = mean over all of them); per-channel
-normalisation of every window: `normalize="window"` (z-score over time, removes sensor offset and gain but
-also the motion's magnitude) or `normalize="stats"` with fixed `channel_mean`/`channel_std` (from
-`channel_stats(training_windows)`; they are encoder options, so adapters record and restore them).
+No public pretrained IMU weights load offline, so it trains from scratch in an adapter (`train_encoder: true`): a
+strided 1-D conv stem, then a small Transformer; tokens `[B, T', D]` with a mask, pooled their masked mean. Inputs
+(`[C, T]`/`[T, C]` arrays, `.npy`, `.csv`) are resampled to `target_rate`, optionally cut into `window_seconds`
+windows (valid tokens concatenated) and normalised per channel (`window` z-score, or fixed `stats`).
 """
 
 from __future__ import annotations

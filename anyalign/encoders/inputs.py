@@ -1,9 +1,5 @@
-"""The inputs of an extraction run, from the input layer (`anyalign.datasets.records`) or a single file.
-
-Every input becomes an `Item` (stable key, the value the encoder's `load` receives, metadata to store with its
-features). The list is sorted/ordered deterministically so that cutting it into shards gives the same shards on
-every rank and on every rerun. Inputs that cannot be for this encoder are refused up front with an error naming
-the input and the file types the encoder reads; single undecodable files are left to `load` (counted failures).
+"""The inputs of an extraction run, from the input layer (`anyalign.datasets.records`) or a single file, as `Item`s in
+a deterministic order (same shards on every rank and rerun); inputs the encoder cannot read are refused up front.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Label bridging: put a supervised classifier's inputs into a text encoder's space through its class names.
+"""Label bridging ("label-bridge"): a classifier's inputs in a text encoder's space through its class names.
 
-The embedding of an input is the probability-weighted mean of the text embeddings of the classifier's class
-names, `normalize(softmax(logits / T)[top-k] @ E_text)`. It needs no paired data, so an ImageNet classifier
-such as the offline EfficientNet-Lite0 gives text -> image retrieval in a sentence encoder's space. It can only
-express what the label set names (1000 ImageNet classes); a trained adapter or a CLIP tower is the general tool.
+An input's embedding is `normalize(softmax(logits / T)[top-k] @ E_text)` over the class-name embeddings: no paired data
+needed (e.g. EfficientNet-Lite0 gives text -> image retrieval), but only what the label set names.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Resume checks of feature extraction: a content identity per input, and finished shards cleared of inputs that
-changed since they were written (edited text rows, files overwritten under the same name).
-
-A finished shard's sidecar lists `fingerprints` beside `keys`. On a rerun, an input whose fingerprint differs is
-removed from its shard (the tar is rewritten without its records, atomically; no other input is re-encoded) and
-extracted again into a new shard.
+"""Resume checks of feature extraction: finished shards are cleared of inputs that changed since they were written
+(edited text rows, overwritten files), which are then extracted again; no other input is re-encoded.
 """
 
 from __future__ import annotations

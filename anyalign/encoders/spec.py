@@ -1,10 +1,8 @@
 """`EncoderSpec`: the one spelling of "which frozen encoder": registry name, weights source, options, autocast.
 
-Recipes (adapters and anchors), saved adapters, feature manifests, index records, zero-shot and every CLI
-command that picks an encoder (`--encoder NAME --pretrained P --set key=value --autocast bf16`) hold one of
-these and call `build()`; its JSON form is `{"name", "pretrained", "options", "autocast"}` (a bare string is a
-name with defaults). Weights are held portably (`anyalign.hub`): an asset copy as its Hub id (or `asset:<name>`),
-a user's local path absolute; artifacts write weights that live inside them as `./path`; `build()` resolves.
+Recipes, saved adapters, feature manifests, indexes and every CLI command that picks an encoder hold one and call
+`build()`; its JSON form is `{"name", "pretrained", "options", "autocast"}` (a bare string is a name). Weights are held
+portably (`anyalign.hub`): an asset as its Hub id, a user's path absolute, an artifact's own weights as `./path`.
 """
 
 from __future__ import annotations

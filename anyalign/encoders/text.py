@@ -1,10 +1,6 @@
-"""Any Hugging Face sentence encoder folder or hub id, pooled as its own sentence-transformers configuration says.
-
-A model folder written by sentence-transformers (`modules.json`: Transformer -> Pooling [-> Normalize]) is run the
-way sentence-transformers runs it: its pooling mode (`1_Pooling/config.json`), `max_seq_length` and `do_lower_case`
-(`sentence_bert_config.json`), its default prompt (`config_sentence_transformers.json`). Options given explicitly
-win; a plain transformers folder is mean-pooled with 128 tokens. Modules beyond those (a Dense layer) are refused in
-one line rather than silently skipped.
+"""Any Hugging Face sentence encoder ("text"), run as its own sentence-transformers configuration says: pooling mode,
+max_seq_length, lowercasing and default prompt (explicit options win). A plain transformers folder is mean-pooled with
+128 tokens; sentence-transformers modules beyond Transformer/Pooling/Normalize are refused.
 """
 
 from __future__ import annotations

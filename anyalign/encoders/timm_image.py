@@ -1,11 +1,7 @@
 """Any timm image model as a frozen encoder ("timm-image"), plus the timm loading helpers DINOv2 shares.
 
-Tokens are the final feature map flattened to `[B, H*W, C]` (`forward_features`; transformer models give their
-token sequence as is), pooled is the model's own global pooling before the classifier
-(`forward_head(pre_logits=True)`, not normalised). Preprocessing is timm's eval transform from the model's data
-config. Local checkpoints in the EfficientNet-PyTorch (lukemelas) layout, e.g. EfficientNet-Lite0, are renamed
-to timm's layout on load (`convert_lukemelas_efficientnet`) and get that checkpoint's (x - 0.5) / 0.5 input
-normalisation.
+Tokens are the final feature map `[B, H*W, C]`, pooled the model's pre-logits global pool; preprocessing is timm's eval
+transform. EfficientNet-PyTorch (lukemelas) checkpoints, e.g. EfficientNet-Lite0, are renamed to timm's layout.
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
 """A frozen universal trunk with trainable modality tokenizers (Meta-Transformer; OneLLM's universal encoder).
 
-Meta-Transformer (Zhang et al., 2023) feeds every modality, after a light per-modality tokenizer, through one
-frozen pretrained transformer; OneLLM (Han et al., 2024) does the same with a frozen CLIP ViT. Here the trunk is a
-local Hugging Face model folder of one of two kinds, and the tokenizer is the only part that trains:
-
-- an encoder-only model that takes `inputs_embeds` (e.g. the BERT layers of all-MiniLM-L6-v2): the tokens go
-  through its own embedding block (pretrained positions and LayerNorm) and its layers;
-- a Whisper checkpoint (WhisperModel / WhisperForConditionalGeneration, or a saved WhisperEncoder alone, e.g.
-  Whisper tiny.en): the tokenizer takes the place of Whisper's mel front end (its two convolutions, dropped), and
-  the tokens get Whisper's sinusoidal positions and go through its encoder layers (padded tokens masked out of
-  attention, as in the "whisper" encoder's `padding: longest`) and final LayerNorm.
-
-Tokenizers:
-
-- `patch1d` (sensor streams `[C, T]`): non-overlapping patches of `patch` time steps, each flattened and
-  projected linearly to the trunk's width (a window of 100 steps with `patch: 10` -> 10 tokens);
-- `patch2d` (spectrograms or images `[C, H, W]` or `[H, W]`): a `patch` x `patch` strided convolution (ViT's patch
-  embedding); inputs in a batch are padded on the right (the last axis, time for a spectrogram).
-
-The trunk runs its first `layers` layers (default all); tokens = its last hidden states, pooled = their masked mean.
-
-Where it sits: an encoder is the frozen part of an adapter and a projector its trainable head, but here the
-trainable tokenizer runs *before* frozen layers. It lives inside this encoder, with `train_encoder: true` meaning
-"train the tokenizer": `unfreeze()` makes only the tokenizer trainable, the trunk stays frozen and in eval mode,
-and `trained_state_dict()` gives the adapter only the tokenizer to save (the trunk is rebuilt from `pretrained`,
-like any frozen encoder). So the recipe, the trainer, checkpoints and saved adapters need nothing new.
+The trunk is a local transformers folder: an encoder-only model taking `inputs_embeds` (e.g. MiniLM's BERT layers), or
+a Whisper encoder whose mel front end the tokenizer replaces. Tokenizers: `patch1d` (sensor streams `[C, T]`, linear
+patches of `patch` steps) and `patch2d` (spectrograms or images `[C, H, W]`, ViT's patch embedding). Tokens are the
+trunk's last hidden states after its first `layers` layers, pooled their masked mean. Only the tokenizer trains
+(`train_encoder: true`): `unfreeze()` leaves the trunk frozen and `trained_state_dict()` holds only the tokenizer.
 """
 
 from __future__ import annotations

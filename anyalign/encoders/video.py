@@ -1,11 +1,7 @@
-"""Video as a short sequence of frames encoded by any registered image encoder ("video").
+"""Video as frames encoded by any registered image encoder ("video"; default "clip-image").
 
-`num_frames` frames are sampled uniformly (the centre frame of each of `num_frames` equal segments) with PyAV
-and encoded one by one by the image encoder (default "clip-image"). Tokens are the per-frame pooled embeddings
-plus a fixed (not learned) sinusoidal temporal position: `token_t = e_t + temporal_scale * |e_t| * p_t` with
-`p_t` the transformer sinusoidal encoding of frame slot t scaled to unit norm, so `temporal_scale` (default 0.1)
-is the size of the position relative to the frame embedding; 0 turns it off. Videos with fewer frames than
-`num_frames` give all their frames and a mask. Pooled is the L2-normalised mean of the frame embeddings.
+`num_frames` frames are sampled uniformly with PyAV. Tokens are the per-frame pooled embeddings plus a fixed sinusoidal
+position of relative size `temporal_scale` (0: off), masked for shorter videos; pooled the normalised frame mean.
 """
 
 from __future__ import annotations

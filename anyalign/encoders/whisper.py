@@ -1,28 +1,11 @@
 """Whisper's audio encoder as a frozen encoder ("whisper"), the Qwen-Audio / LLaSM recipe, through transformers.
 
-Audio (mono, resampled to 16 kHz) becomes Whisper's 80/128-bin log-mel spectrogram; the encoder's last hidden state
-is the token sequence `[B, T, D]` (one token per 20 ms: `ceil(samples / hop)` mel frames, 100 per second, halved
-by the stride-2 convolution). Two paths, chosen by the `padding` option (recorded in the encoder spec when set):
-
-- `"window"` (default): Whisper's training condition. Every clip is padded to the 30 s window, so `T = 1500`
-  whatever its length and a 1.4 s clip costs as much as 30 s; the mask covers the frames of real audio.
-- `"longest"`: the encoder runs on the clip's own frames. A batch is padded to its longest clip (an even number
-  of mel frames, plus the two frames after the last token that its convolutions read, as in the padded path),
-  positional embeddings are sliced to that length, and padded frames are masked out of self-attention, so a clip
-  gives the same tokens alone or in any batch. Much faster on short clips, but NOT equal to the padded path:
-  in the padded path the real frames also attend to the padding, which Whisper was trained with.
-  Measured on Whisper tiny.en and espeak-ng speech (benchmarks/whisper_length.py): per-frame cosine to the padded
-  path's valid frames averages 0.81-0.98 (lowest frame 0.46-0.69) for 0.5-3.8 s clips, lower the shorter the clip;
-  only a clip of a full 30 s window gives identical tokens. Adapters trained on one path should be used with it.
-
-Pooled is the masked mean of the valid tokens (not normalised). Audio longer than `window_seconds` (default 30 s)
-is cut into windows, the last one as long as what is left (nothing is dropped), whose valid tokens are
-concatenated, so a batch with a long clip has `T = max total valid frames`. Only the encoder is kept; the
-decoder is dropped after loading. `pretrained=` is a hub id (default `openai/whisper-base`) or a local folder
-written by `save_pretrained` (a WhisperModel or WhisperForConditionalGeneration checkpoint plus its feature
-extractor config), e.g. the real Whisper tiny.en converted by `python -m anyalign.assets whisper-tiny.en`.
-Weights load in float32 whatever the checkpoint stores (float16 checkpoints are common); bf16 runs through
-`autocast`.
+Tokens are the encoder's last hidden states `[B, T, D]` (one per 20 ms of real audio, masked), pooled their masked
+mean. `padding: window` (default) pads every clip to Whisper's 30 s input, as it was trained; `padding: longest` runs
+on the batch's longest clip (positions sliced, padding masked out of attention): much faster on short clips but NOT
+equal to the padded path (per-frame cosine 0.81-0.98 on 0.5-3.8 s clips, benchmarks/whisper_length.py). Audio longer
+than `window_seconds` is cut into windows whose valid tokens are concatenated. `pretrained`: a hub id (default
+`openai/whisper-base`) or a `save_pretrained` folder; weights load in float32 and only the encoder is kept.
 """
 
 from __future__ import annotations
