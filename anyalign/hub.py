@@ -37,22 +37,11 @@ def asset_for_path(path: str | os.PathLike) -> Asset | None:
     """The asset whose cache copy `path` is: in this cache, or (for a path that no longer exists, e.g. recorded on
     another machine) any asset cache laid out the same way."""
     p = Path(path).expanduser()
-    root = assets_root()
-    for a in ASSETS.values():
-        if p == root / a.path:
-            return a
-    exists = p.exists()
-    if exists:
-        resolved = p.resolve()
-        for a in ASSETS.values():
-            if (root / a.path).exists() and resolved == (root / a.path).resolve():
-                return a
-        return None
-    posix = p.as_posix()
-    for a in ASSETS.values():
-        if posix.endswith("/" + a.path.strip("/")):
-            return a
-    return None
+    if p.exists():
+        copies = {a.name: assets_root() / a.path for a in ASSETS.values()}
+        return next((a for a in ASSETS.values() if copies[a.name].exists()
+                     and p.resolve() == copies[a.name].resolve()), None)
+    return next((a for a in ASSETS.values() if p.as_posix().endswith("/" + a.path.strip("/"))), None)
 
 
 def asset_for_id(source: str) -> Asset | None:

@@ -30,14 +30,11 @@ class Hubness:
         return correct_scores(scores, bank_scores, method=self.method, beta=self.beta, k=self.k)
 
 
-def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-    m = x.max(axis=axis, keepdims=True)
-    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
-
-
 def correct_scores(scores: np.ndarray, bank_scores: np.ndarray, *, method: str = "qb-norm", beta: float = 20.0,
                    k: int = 1) -> np.ndarray:
     """Hubness-corrected `scores` `[Q, N]` given the bank queries' scores `[B, N]` on the same gallery."""
+    from scipy.special import logsumexp  # here: `import anyalign.retrieval` stays light
+
     Hubness(method, beta, k)  # checks the arguments
     s = np.asarray(scores, dtype=np.float64)
     if method == "none":
@@ -48,7 +45,7 @@ def correct_scores(scores: np.ndarray, bank_scores: np.ndarray, *, method: str =
                          f"same gallery of N items")
     if bank.shape[0] == 0:
         raise ValueError("hubness: the query bank is empty (give reference queries, e.g. training queries)")
-    norm = _logsumexp(beta * bank, axis=0)  # [N] how strongly the bank is drawn to each item
+    norm = logsumexp(beta * bank, axis=0)  # [N] how strongly the bank is drawn to each item
     corrected = beta * s - np.logaddexp(norm[None, :], beta * s)  # [Q, N] log softmax over bank + this query
     if method == "is":
         return corrected.astype(np.float32)
