@@ -232,23 +232,6 @@ def resolve_pretrained(source: str | os.PathLike) -> PretrainedSource:
     return PretrainedSource("tag", text)
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield `(line_number, object)` for each non-empty line of a JSON-lines file, with errors naming file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: jsonl file not found")
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-        yield n, row
-
-
 def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt

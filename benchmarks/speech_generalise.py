@@ -103,8 +103,8 @@ from anyalign.demos.speech_corpus import (
     fortune_sentences,
     synthesize_corpus,
 )
+from anyalign.demos.speech_texts import iter_jsonl
 from anyalign.hubness import Hubness, hub_occurrence
-from anyalign.io import iter_jsonl
 from anyalign.retrieval.evaluate import exact_metrics
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -50,8 +50,16 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from ..io import atomic_path, iter_jsonl, write_json, write_jsonl
-from .speech_texts import FORTUNES_DIR, WORD_LIST, ZEROSHOT_WORDS, Utterance, fortune_sentences, read_utterances
+from ..io import atomic_path, write_json, write_jsonl
+from .speech_texts import (
+    FORTUNES_DIR,
+    WORD_LIST,
+    ZEROSHOT_WORDS,
+    Utterance,
+    fortune_sentences,
+    iter_jsonl,
+    read_utterances,
+)
 from .speech_voices import (
     DEFAULT_FLITE_VOICES,
     DEFAULT_TEST_VOICES,

@@ -6,21 +6,39 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-
-from ..io import iter_jsonl
 
 #: words the zero-shot checks speak (digits, colours): kept out of generated training sentences
 ZEROSHOT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "red", "green",
                   "blue", "yellow", "black", "white", "orange", "purple", "brown", "pink")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORD_LIST = Path("/usr/share/dict/american-english")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield `(line_number, object)` for each non-empty line of a JSON-lines file, with errors naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: jsonl file not found")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        yield n, row
+
 
 
 @dataclass(frozen=True)
