@@ -3,7 +3,7 @@
 Accepted inputs (`open_source(path)`):
   * an `anyalign embed` output folder (`embeddings.json` + `embeddings-XXXXX.npy` [N, E] float32 +
     `metadata-XXXXX.jsonl`, one JSON object per row),
-  * an extraction feature folder (`manifest.json` + webdataset shards; the pooled vectors are used),
+  * an extraction feature folder (`manifest.json` + webdataset shards; the pooled vectors are read into memory),
   * a `.npy` file [N, E] (optional sidecar `NAME.jsonl` with one metadata row per vector), or a folder of them.
 Every row gets a global id: its position across the inputs, in order. `.npy` files are memory-mapped, so a
 training sample and batches for adding are read from disk as needed.
@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,28 @@ class Batch:
 
 
 @dataclass
-class _NpyShard:
-    vectors: Path
-    metadata: Path | None
+class Shard:
+    """Consecutive rows of a source: an `.npy` file (memory-mapped when first read) or an in-memory array `[n, E]`,
+    their metadata (a `.jsonl` file, a list of dicts, or none) and their modality."""
+
+    vectors: Path | np.ndarray
+    metadata: Path | Sequence[dict[str, Any]] | None
     count: int
+    modality: str | None = None
     offset: int = 0  # global id of the first row
     _array: np.ndarray | None = field(default=None, repr=False)
     _offsets: list[int] | None = field(default=None, repr=False)
 
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = _open_npy(self.vectors)
+            self._array = self.vectors if isinstance(self.vectors, np.ndarray) else _open_npy(self.vectors)
         return self._array
 
     def read_metadata(self, start: int, stop: int) -> list[dict[str, Any]]:
         if self.metadata is None:
             return [{} for _ in range(start, stop)]
+        if not isinstance(self.metadata, Path):
+            return list(self.metadata[start:stop])
         if self._offsets is None:  # byte offset of every line, so that any row range is one seek away
             with self.metadata.open("rb") as f:
                 self._offsets = [0] + [f.tell() for _ in iter(f.readline, b"")]
@@ -87,25 +93,25 @@ def _open_npy(path: Path) -> np.ndarray:
 
 
 class EmbeddingSource:
-    """Rows of one or more embedding files, addressable by global id; see the module docstring."""
+    """Rows of one or more shards, addressable by global id (their position across the shards); see the module
+    docstring."""
 
-    def __init__(self, shards: Sequence[_NpyShard], *, name: str, modality: str | None = None,
-                 embedders: dict[str, dict[str, Any]] | None = None, records: Any = None, dim: int | None = None):
+    def __init__(self, shards: Sequence[Shard], *, name: str, modality: str | None = None,
+                 embedders: dict[str, dict[str, Any]] | None = None, dim: int | None = None) -> None:
         self.name = name
         self.modality = modality
         self.embedders = dict(embedders or {})  # modality -> embedder spec (how these vectors were made)
-        self._shards = list(shards)
-        self._records = records  # feature-folder rows: callable returning an iterator of (vector, meta)
+        self.shards = list(shards)
         offset = 0
-        for s in self._shards:
-            s.offset = offset
+        for s in self.shards:
+            s.offset, s.modality = offset, s.modality or modality
             offset += s.count
-        self._count = offset if records is None else int(records.count)
-        self.dim = dim if dim is not None else (self._shards[0].array().shape[1] if self._shards else 0)
-        for s in self._shards:
+        self._count = offset
+        self.dim = dim if dim is not None else (self.shards[0].array().shape[1] if self.shards else 0)
+        for s in self.shards:
             if s.array().shape[1] != self.dim:
-                raise ValueError(f"{s.vectors}: dimension {s.array().shape[1]} differs from {self.dim} "
-                                 f"(first file of {name})")
+                raise ValueError(f"{s.vectors if isinstance(s.vectors, Path) else name}: dimension "
+                                 f"{s.array().shape[1]} differs from {self.dim} (first file of {name})")
 
     def __len__(self) -> int:
         return self._count
@@ -113,44 +119,18 @@ class EmbeddingSource:
     def batches(self, batch_size: int = 65536, *, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
         """Rows with global ids in `[start, stop)`, in order, as float32 batches."""
         stop = self._count if stop is None else min(stop, self._count)
-        if self._records is not None:
-            yield from self._record_batches(batch_size, start, stop)
-            return
-        for s in self._shards:
+        for s in self.shards:
             lo, hi = max(start, s.offset), min(stop, s.offset + s.count)
             for b in range(lo, hi, batch_size):
                 e = min(b + batch_size, hi)
                 vecs = np.ascontiguousarray(s.array()[b - s.offset: e - s.offset], dtype=np.float32)
                 yield Batch(np.arange(b, e, dtype=np.int64), vecs, s.read_metadata(b - s.offset, e - s.offset))
 
-    def _record_batches(self, batch_size: int, start: int, stop: int) -> Iterator[Batch]:
-        ids, vecs, metas = [], [], []
-        for i, (vec, meta) in enumerate(self._records()):
-            if i >= stop:
-                break
-            if i < start:
-                continue
-            ids.append(i)
-            vecs.append(vec)
-            metas.append(meta)
-            if len(ids) == batch_size:
-                yield Batch(np.asarray(ids, np.int64), np.stack(vecs).astype(np.float32), metas)
-                ids, vecs, metas = [], [], []
-        if ids:
-            yield Batch(np.asarray(ids, np.int64), np.stack(vecs).astype(np.float32), metas)
-
     def take(self, ids: np.ndarray) -> np.ndarray:
         """Vectors `[len(ids), E]` float32 of the given (sorted, unique) global ids: reads only those rows."""
         ids = np.asarray(ids, dtype=np.int64)
         out = np.empty((len(ids), self.dim), dtype=np.float32)
-        if self._records is not None:
-            want = {int(g): j for j, g in enumerate(ids)}
-            for i, (vec, _meta) in enumerate(self._records()):
-                j = want.get(i)
-                if j is not None:
-                    out[j] = vec
-            return out
-        for s in self._shards:
+        for s in self.shards:
             sel = (ids >= s.offset) & (ids < s.offset + s.count)
             if sel.any():
                 out[sel] = s.array()[ids[sel] - s.offset]
@@ -167,6 +147,40 @@ class EmbeddingSource:
         return ids, self.take(ids)
 
 
+class ArraySource(EmbeddingSource):
+    """An in-memory array `[N, E]` (with optional metadata rows): for the Python API and benchmarks."""
+
+    def __init__(self, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None, *,
+                 modality: str | None = None, name: str = "array",
+                 embedders: dict[str, dict[str, Any]] | None = None) -> None:
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise ValueError(f"{name}: expected embeddings of shape [N, dim], got {tuple(vectors.shape)}")
+        if metadata is not None and len(metadata) != len(vectors):
+            raise ValueError(f"{name}: {len(metadata)} metadata rows for {len(vectors)} vectors")
+        super().__init__([Shard(vectors, metadata, len(vectors))], name=name, modality=modality,
+                         embedders=embedders, dim=int(vectors.shape[1]))
+
+
+class ConcatSource(EmbeddingSource):
+    """Several sources one after another; ids continue across them, each shard keeps its source's modality."""
+
+    def __init__(self, sources: Sequence[EmbeddingSource]) -> None:
+        if not sources:
+            raise ValueError("no embeddings inputs given")
+        dims = {s.dim for s in sources}
+        if len(dims) > 1:
+            raise ValueError("embeddings inputs have different dimensions: "
+                             + ", ".join(f"{s.name} ({s.dim})" for s in sources))
+        mods = {s.modality for s in sources if s.modality}
+        embedders: dict[str, dict[str, Any]] = {}
+        for s in sources:
+            embedders.update(s.embedders)
+        super().__init__([replace(sh, offset=0) for s in sources for sh in s.shards],
+                         name=", ".join(s.name for s in sources), modality=mods.pop() if len(mods) == 1 else None,
+                         embedders=embedders, dim=sources[0].dim)
+
+
 def _embeddings_dir(path: Path) -> EmbeddingSource:
     manifest = read_json(path / EMBEDDINGS_MANIFEST)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
@@ -180,7 +194,7 @@ def _embeddings_dir(path: Path) -> EmbeddingSource:
             raise ValueError(f"{path / EMBEDDINGS_MANIFEST}: shards[{i}] needs a 'vectors' file name") from None
         if not vec.is_file():
             raise FileNotFoundError(f"{vec}: listed in {path / EMBEDDINGS_MANIFEST} but missing")
-        shards.append(_NpyShard(vec, meta, int(_open_npy(vec).shape[0])))
+        shards.append(Shard(vec, meta, int(_open_npy(vec).shape[0])))
     return EmbeddingSource(shards, name=str(path), modality=manifest.get("modality"),
                            embedders=manifest.get("embedders") or {}, dim=manifest.get("dim"))
 
@@ -190,44 +204,27 @@ def _npy_files(paths: Sequence[Path]) -> EmbeddingSource:
     for p in paths:
         side = p.with_suffix(".jsonl")
         arr = _open_npy(p)
-        shards.append(_NpyShard(p, side if side.is_file() else None, int(arr.shape[0])))
+        shards.append(Shard(p, side if side.is_file() else None, int(arr.shape[0])))
     return EmbeddingSource(shards, name=", ".join(str(p) for p in paths))
 
 
-class _FeatureRecords:
-    """Re-iterable (pooled vector, metadata) pairs of an extraction feature folder."""
-
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
-        self.path = path
-        counts = [s.get("count", s.get("samples")) for s in manifest.get("shards", []) if isinstance(s, dict)]
-        if counts and all(isinstance(c, int) for c in counts):
-            self.count = sum(counts)
-        else:
-            self.count = sum(1 for _ in self())
-
-    def __call__(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-        try:
-            from ..features import iter_features
-        except ModuleNotFoundError as e:
-            raise ValueError(f"{self.path}: reading feature folders needs anyalign.features ({e})") from None
-        for rec in iter_features(self.path):
-            meta = dict(rec.meta or {})
-            meta.setdefault("key", str(rec.key))
-            yield rec.pooled.float().numpy().reshape(-1), meta
-
-
 def _features_dir(path: Path) -> EmbeddingSource:
+    """The pooled vectors of an extraction feature folder (read into memory: one `[E]` row per record)."""
+    from ..features import iter_features, manifest_encoder
+
     manifest = read_json(path / FEATURES_MANIFEST)
     if not isinstance(manifest, dict) or "pooled_dim" not in manifest:
         raise ValueError(f"{path / FEATURES_MANIFEST}: not an extraction manifest (expected 'pooled_dim')")
-    records = _FeatureRecords(path, manifest)
+    vectors, metadata = [], []
+    for rec in iter_features(path):
+        vectors.append(rec.pooled.float().numpy().reshape(-1))
+        metadata.append({**(rec.meta or {}), "key": (rec.meta or {}).get("key", str(rec.key))})
+    dim = int(manifest["pooled_dim"])
     modality = manifest.get("modality")
-    from ..features import manifest_encoder
-
     encoder = manifest_encoder(manifest, str(path / FEATURES_MANIFEST))
     spec = {"encoder": encoder.to_dict()} if encoder is not None else None
-    return EmbeddingSource([], name=str(path), modality=modality, records=records, dim=int(manifest["pooled_dim"]),
-                           embedders={modality: spec} if modality and spec else {})
+    return ArraySource(np.stack(vectors) if vectors else np.zeros((0, dim), np.float32), metadata,
+                       modality=modality, name=str(path), embedders={modality: spec} if modality and spec else {})
 
 
 def open_source(path: str | os.PathLike) -> EmbeddingSource:
@@ -250,70 +247,6 @@ def open_source(path: str | os.PathLike) -> EmbeddingSource:
     return _npy_files([p])
 
 
-class ConcatSource(EmbeddingSource):
-    """Several sources one after another; ids continue across them."""
-
-    def __init__(self, sources: Sequence[EmbeddingSource]) -> None:
-        if not sources:
-            raise ValueError("no embeddings inputs given")
-        dims = {s.dim for s in sources}
-        if len(dims) > 1:
-            raise ValueError("embeddings inputs have different dimensions: "
-                             + ", ".join(f"{s.name} ({s.dim})" for s in sources))
-        self.sources = list(sources)
-        self.name = ", ".join(s.name for s in sources)
-        self.dim = sources[0].dim
-        mods = {s.modality for s in sources if s.modality}
-        self.modality = mods.pop() if len(mods) == 1 else None
-        self.embedders = {}
-        for s in sources:
-            self.embedders.update(s.embedders)
-        self.offsets = np.cumsum([0] + [len(s) for s in sources])
-        self._count = int(self.offsets[-1])
-
-    def batches(self, batch_size: int = 65536, *, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
-        stop = self._count if stop is None else min(stop, self._count)
-        for s, off in zip(self.sources, self.offsets[:-1]):
-            lo, hi = max(start - off, 0), min(stop - off, len(s))
-            if lo < hi:
-                for b in s.batches(batch_size, start=int(lo), stop=int(hi)):
-                    yield Batch(b.ids + off, b.vectors, b.metadata)
-
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        for s, off in zip(self.sources, self.offsets[:-1]):
-            sel = (ids >= off) & (ids < off + len(s))
-            if sel.any():
-                out[sel] = s.take(ids[sel] - off)
-        return out
-
-
-class ArraySource(EmbeddingSource):
-    """An in-memory array `[N, E]` (with optional metadata rows): for the Python API and benchmarks."""
-
-    def __init__(self, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None, *,
-                 modality: str | None = None, name: str = "array") -> None:
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2:
-            raise ValueError(f"{name}: expected embeddings of shape [N, dim], got {tuple(vectors.shape)}")
-        if metadata is not None and len(metadata) != len(vectors):
-            raise ValueError(f"{name}: {len(metadata)} metadata rows for {len(vectors)} vectors")
-        self.name, self.modality, self.embedders = name, modality, {}
-        self.vectors, self.meta = vectors, metadata
-        self.dim, self._count, self._records = int(vectors.shape[1]), int(vectors.shape[0]), None
-
-    def batches(self, batch_size: int = 65536, *, start: int = 0, stop: int | None = None) -> Iterator[Batch]:
-        stop = self._count if stop is None else min(stop, self._count)
-        for b in range(start, stop, batch_size):
-            e = min(b + batch_size, stop)
-            meta = list(self.meta[b:e]) if self.meta is not None else [{} for _ in range(b, e)]
-            yield Batch(np.arange(b, e, dtype=np.int64), np.ascontiguousarray(self.vectors[b:e], np.float32), meta)
-
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.vectors[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
-
-
 def open_sources(paths: Sequence[str | os.PathLike] | EmbeddingSource | np.ndarray) -> EmbeddingSource:
     """One source over several inputs (paths), or pass an `EmbeddingSource` / array through."""
     if isinstance(paths, EmbeddingSource):
@@ -326,5 +259,5 @@ def open_sources(paths: Sequence[str | os.PathLike] | EmbeddingSource | np.ndarr
     return sources[0] if len(sources) == 1 else ConcatSource(sources)
 
 
-__all__ = ["ArraySource", "Batch", "ConcatSource", "EmbeddingSource", "EMBEDDINGS_MANIFEST", "open_source",
+__all__ = ["ArraySource", "Batch", "ConcatSource", "EmbeddingSource", "EMBEDDINGS_MANIFEST", "Shard", "open_source",
            "open_sources"]

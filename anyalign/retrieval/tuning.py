@@ -48,13 +48,11 @@ def query_side(source: Any, embedders: dict[str, Any]) -> QuerySide | None:
     """The space's text side when an index records it (a `text` embedder for queries) and its corpus is not all
     text: text queries into an IMU or image index are another distribution than its rows. Returns the side with
     the source's text rows (inputs whose modality is text), or None when queries look like the corpus."""
-    subs = list(getattr(source, "sources", [source]))
-    corpus = {s.modality for s in subs if s.modality}
+    corpus = {s.modality for s in source.shards if s.modality}
     side = "text"
     if not corpus or corpus == {side} or side not in embedders:
         return None
-    offsets = getattr(source, "offsets", [0])
-    ranges = [(int(off), int(off) + len(s)) for s, off in zip(subs, offsets) if s.modality == side and len(s)]
+    ranges = [(s.offset, s.offset + s.count) for s in source.shards if s.modality == side and s.count]
     return QuerySide(side, ranges)
 
 
