@@ -1,6 +1,6 @@
 """The input layer: every dataset file or folder becomes `Record`s, for extract, embed, classify, eval and train
 (formats: README, "Data formats"). A new kind is one reader decorated with `@register_data_kind(name)` here, in
-`readers.py`/`webdataset.py` or in a plugin. Text is never taken for a path: `Record.input` gives a text encoder the
+`readers.py` or in a plugin. Text is never taken for a path: `Record.input` gives a text encoder the
 `text`, a media encoder its file."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 from ..registry import Registry
 
-TEXT_FIELDS = ("text", "caption")  #: the fields a row's paired text may be in
 logger = logging.getLogger(__name__)
 
 
@@ -93,7 +92,7 @@ class Record:
         return out
 
 
-#: the built-in kinds are the `@register_data_kind` readers of `readers.py` and `webdataset.py` (found by that line)
+#: the built-in kinds are the `@register_data_kind` readers of `readers.py` (found by that line)
 DATA_KINDS: Registry[list[Record]] = Registry("data kind", package=__package__, decorator="register_data_kind")
 _Reader = Callable[..., list[Record]]
 
@@ -228,14 +227,5 @@ def read_labelled(path: str | os.PathLike, *, modality: str | None = None, exten
     return ds.select_folds(folds) if folds is not None else ds
 
 
-def labelled_subset(records: Iterable[Record], where: str) -> list[Record]:
-    """The records that carry a label (an error naming `where` when none does)."""
-    out = [r for r in records if r.label is not None]
-    if not out:
-        raise ValueError(f"{where}: no record has a label (jsonl: a 'label' field; csv: a label column; folders: "
-                         f"class subfolders)")
-    return out
-
-
-__all__ = ["DATA_KINDS", "BrokenInput", "LabelledDataset", "Record", "TarMember", "TEXT_FIELDS", "detect_kind",
-           "labelled_subset", "read_labelled", "read_records", "register_data_kind"]
+__all__ = ["DATA_KINDS", "BrokenInput", "LabelledDataset", "Record", "TarMember", "detect_kind", "read_labelled",
+           "read_records", "register_data_kind"]
