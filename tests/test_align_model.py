@@ -14,9 +14,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from anyalign.adapter import AdapterConfig, ModalityAdapter
+from anyalign.align.augment import augment_series
 from anyalign.align.config import AugmentSpec, DataSource
-from anyalign.align.data import Collator, EpochSampler, PairedDataset, augment_series
+from anyalign.align.data import Collator, EpochSampler, PairedDataset
 from anyalign.align.model import AlignmentModel
+from anyalign.align.tasks import CaptionTask, ContrastiveTask
 from anyalign.encoders.custom import wrap_module
 from anyalign.features import FeatureRecord
 from anyalign.llm import MultimodalLM
@@ -65,7 +67,7 @@ def test_caption_loss_is_on_target_tokens_only(tiny_llm) -> None:
     llm, tok = tiny_llm
     adapter = _adapter("imu")
     mllm = MultimodalLM(llm, tok, {"imu": adapter})
-    model = AlignmentModel({"imu": adapter}, mllm=mllm)
+    model = AlignmentModel({"imu": adapter}, mllm=mllm, tasks=[CaptionTask()])
     prompts = ["<imu> what is the person doing?", "describe this motion <imu>"]
     targets = ["a person is walking", "running"]
     examples = [_example("caption", {"imu": [_feature(5)]}, prompt=prompts[0], target=targets[0]),
@@ -100,7 +102,8 @@ def test_mixed_batch_contrastive_and_caption(tiny_llm) -> None:
     imu = _adapter("imu", llm=True, embed=True)
     anchor = wrap_module(torch.nn.Linear(6, 16), modality="image", token_dim=16).freeze()
     mllm = MultimodalLM(llm, tok, {"imu": imu})
-    model = AlignmentModel({"imu": imu}, anchors={"image": anchor}, mllm=mllm, contrastive_pairs=[("imu", "image")])
+    model = AlignmentModel({"imu": imu}, anchors={"image": anchor}, mllm=mllm,
+                           tasks=[ContrastiveTask([("imu", "image")]), CaptionTask()])
     img = lambda: FeatureRecord("k", torch.randn(1, 16), torch.randn(16))  # noqa: E731 - cached anchor features
     examples = [_example("contrastive", {"imu": [_feature(4)], "image": [img()]}, label="walk"),
                 _example("caption", {"imu": [_feature(2)]}, prompt="<imu> what?", target="walking"),

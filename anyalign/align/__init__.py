@@ -11,8 +11,7 @@ from .build import build_model
 from .config import Recipe, load_recipe
 from .losses import InfoNCE, gather_with_grad, info_nce
 from .model import AlignmentModel
-from .run import train
-from .trainer import Trainer, TrainingError, TrainResult
+from .trainer import Trainer, TrainingError, TrainResult, train
 
 __all__ = ["AlignmentModel", "InfoNCE", "Recipe", "TrainResult", "Trainer", "TrainingError", "build_model",
            "gather_with_grad", "info_nce", "load_recipe", "train"]

@@ -79,7 +79,7 @@ def _rotation_scores(trainer: Any, modality: str, prompts: dict[str, list[str]])
                                                                                         list[str]]:
     """`[N, C]` cosine scores of the validation items (the trainer's eval sets) against every seen class's prompts,
     their class ids and the class order."""
-    from .batch import Collator
+    from .data import Collator
 
     model = trainer.unwrapped.eval()
     classes = sorted(prompts)

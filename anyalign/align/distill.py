@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..encoders import EncoderOutput
-from .batch import Batch
+from .data import Batch
 from .tasks import AlignmentModel, LossTerms, Task, register_task
 
 DEFAULT_DISTILL_PROMPT = "<{modality}>\nWhat was said?"

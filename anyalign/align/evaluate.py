@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .batch import Collator
-from .data import PairedDataset
+from .data import Collator, PairedDataset
 from .model import LLM_TASKS, AlignmentModel
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ FSDP2 reduce-scatters the gradients of a unit over the parameters that received 
 unit the same number of times in the same order: ranks without rows of an LM task run the LLM on one token
 (`idle_llm`, weighted 0), and every trainable root parameter joins the graph with weight 0.
 
-State is always gathered to full tensors (align/fsdp_state.py): checkpoints (`model.safetensors`, `optimizer.bin`)
-and saved adapters/LoRA have the same format and keys as a DDP run's, so either kind of run resumes from the other's
-checkpoints.
+State is always gathered to full tensors (`FSDPStateIO`): checkpoints (`model.safetensors`, `optimizer.bin`, in
+accelerate's names) and saved adapters/LoRA have the same format and keys as a DDP run's, so either kind of run
+resumes from the other's checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ import torch.distributed as dist
 from torch import nn
 
 LLM_NAME = "fsdp_llm"
+MODEL_FILE = "model.safetensors"  # accelerate's names, so DDP and FSDP checkpoints read the same
+OPTIMIZER_FILE = "optimizer.bin"
 
 
 def fsdp_requested(recipe: Any) -> bool:
@@ -199,6 +202,53 @@ class FSDPState:
                 mod._parameters[name] = p
 
 
+class FSDPStateIO:
+    """The accelerator as `save_checkpoint` / `resume_run` use it, with the model and optimizer state gathered to
+    full tensors (accelerate's files and names) instead of accelerate's per-rank view; scheduler and RNG via
+    accelerate."""
+
+    def __init__(self, accelerator: Any, fsdp: FSDPState, optimizer: Any) -> None:
+        self._acc, self._fsdp, self._optimizer = accelerator, fsdp, optimizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._acc, name)
+
+    @contextlib.contextmanager
+    def _without_optimizers(self) -> Iterator[None]:
+        kept, self._acc._optimizers = self._acc._optimizers, []
+        try:
+            yield
+        finally:
+            self._acc._optimizers = kept
+
+    def save_state(self, output_dir: str) -> None:
+        """Model and optimizer gathered (main process writes), the rest through accelerate."""
+        from safetensors.torch import save_file
+
+        model_sd = {k: v.contiguous() for k, v in self._fsdp.full_state_dict().items()}
+        optim_sd = self._fsdp.full_optimizer_state(self._optimizer)
+        if self._acc.is_main_process:
+            save_file(model_sd, str(Path(output_dir) / MODEL_FILE), metadata={"format": "pt"})
+            torch.save(optim_sd, Path(output_dir) / OPTIMIZER_FILE)
+        with self._without_optimizers():
+            self._acc.save_state(output_dir)
+
+    def load_state(self, input_dir: str) -> None:
+        """The inverse of `save_state`: full tensors read, then sharded into the run."""
+        from safetensors.torch import load_file
+
+        with self._without_optimizers():
+            self._acc.load_state(input_dir)
+        self._fsdp.load_full_state_dict(load_file(str(Path(input_dir) / MODEL_FILE)))
+        self._fsdp.load_full_optimizer_state(self._optimizer, torch.load(Path(input_dir) / OPTIMIZER_FILE,
+                                                                         map_location="cpu", weights_only=True))
+
+
+def state_io(accelerator: Any, fsdp: FSDPState | None, optimizer: Any) -> Any:
+    """What saves and loads a run's checkpoints: the accelerator itself, or its FSDP full-tensor view."""
+    return accelerator if fsdp is None else FSDPStateIO(accelerator, fsdp, optimizer)
+
+
 def shard_model(model: Any, device: torch.device) -> FSDPState:
     """Shard `model` (an AlignmentModel) in place with FSDP2 over all ranks of the default process group."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -253,4 +303,4 @@ def _touch_trainable(module: nn.Module, args: Any, output: Any) -> Any:
     return {**output, key: output[key] + zero.to(output[key].dtype)}
 
 
-__all__ = ["FSDPState", "decoder_layers", "fsdp_requested", "saved_keys", "shard_model"]
+__all__ = ["FSDPState", "FSDPStateIO", "decoder_layers", "fsdp_requested", "saved_keys", "shard_model", "state_io"]

@@ -11,7 +11,6 @@ text of a frozen causal LM), `("aux", modality, name)` (projector auxiliary loss
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,8 +21,8 @@ from torch import nn
 from ..adapter import HEAD_ATTRS, ModalityAdapter
 from ..encoders import Encoder, EncoderOutput
 from ..projectors import Projector
-from .batch import Batch, MediaBatch
-from .tasks import LLM_TASKS, TASKS, ContrastiveTask, LossTerms, Task, TermKey
+from .data import Batch, MediaBatch
+from .tasks import LLM_TASKS, LossTerms, Task, TermKey
 
 
 class _Frozen:
@@ -42,23 +41,14 @@ class _Frozen:
 
 
 class AlignmentModel(nn.Module):
-    """Adapters + training tasks for one recipe; `forward = training_forward` so DDP wraps it directly.
-
-    `tasks` are `Task` instances (align/tasks.py); without them they are made from `contrastive_pairs` /
-    `anchor_options` (a `ContrastiveTask`) and `llm_tasks` (when an `mllm` is given). `loss_weights` maps term
-    keys to the weights the trainer applies (default 1).
-    """
+    """Adapters + training tasks (`Task` instances, align/tasks.py) for one recipe; `forward = training_forward` so
+    DDP wraps it directly. `loss_weights` maps term keys to the weights the trainer applies (default 1)."""
 
     def __init__(self, adapters: dict[str, ModalityAdapter], *, anchors: dict[str, Encoder] | None = None,
-                 frozen_encoders: dict[str, Encoder] | None = None, mllm: Any = None,
-                 contrastive_pairs: Sequence[tuple[str, str]] = (), anchor_options: dict[str, dict] | None = None,
-                 llm_tasks: Sequence[str] = LLM_TASKS, tasks: Sequence[Task] | None = None,
-                 loss_weights: dict[TermKey, float] | None = None, text_cache_size: int = 100_000) -> None:
+                 frozen_encoders: dict[str, Encoder] | None = None, mllm: Any = None, tasks: Sequence[Task] = (),
+                 loss_weights: dict[TermKey, float] | None = None) -> None:
         super().__init__()
         self.adapters = nn.ModuleDict(adapters)
-        if tasks is None:
-            tasks = [ContrastiveTask(contrastive_pairs, anchor_options)] if contrastive_pairs else []
-            tasks += [TASKS.get(t)() for t in llm_tasks] if mllm is not None else []
         self.tasks = nn.ModuleDict({t.name: t for t in tasks})  # fixed order: every rank runs the same collectives
         self.loss_weights: dict[TermKey, float] = dict(loss_weights or {})
         self.frozen = _Frozen()
@@ -73,8 +63,6 @@ class AlignmentModel(nn.Module):
                     self.lora[name.replace(".", "__")] = p
             if mllm.code_embeddings is not None:
                 self.code_embeddings = mllm.code_embeddings.requires_grad_(True)
-        self._text_cache: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
-        self._text_cache_size = text_cache_size
         self.text_tables: dict[str, Any] = {}  # anchor -> caption table on disk (text_cache.py), set by the trainer
 
     # --- device / mode handling of the frozen parts -----------------------------------------------------------
@@ -82,7 +70,6 @@ class AlignmentModel(nn.Module):
         super()._apply(fn, recurse)
         for mod in self.frozen.modules():
             mod._apply(fn)
-        self._text_cache.clear()
         return self
 
     def train(self, mode: bool = True) -> AlignmentModel:
@@ -136,21 +123,14 @@ class AlignmentModel(nn.Module):
 
     @torch.no_grad()
     def anchor_texts(self, anchor: str, texts: Sequence[str]) -> torch.Tensor:
-        """Frozen text-anchor embeddings `[N, E]`, memoised per sentence (the anchor never changes)."""
+        """Frozen text-anchor embeddings `[N, E]`: from the anchor's table on disk when the trainer set one (every
+        caption encoded once, text_cache.py), else encoded now."""
         enc = self.frozen.anchors[anchor]
-        if anchor in self.text_tables:  # every caption encoded once into a table on disk (no LRU, no cliff)
-            return self.text_tables[anchor].get(list(texts)).to(self.device) if texts else \
-                torch.zeros(0, enc.pooled_dim, device=self.device)
-        missing = list(dict.fromkeys(t for t in texts if (anchor, t) not in self._text_cache))
-        if missing:
-            pooled = F.normalize(enc(missing).pooled.float(), dim=-1).cpu()
-            for t, e in zip(missing, pooled):
-                self._text_cache[(anchor, t)] = e
-            while len(self._text_cache) > self._text_cache_size:
-                self._text_cache.popitem(last=False)
         if not texts:
             return torch.zeros(0, enc.pooled_dim, device=self.device)
-        return torch.stack([self._text_cache[(anchor, t)] for t in texts]).to(self.device)
+        if anchor in self.text_tables:
+            return self.text_tables[anchor].get(list(texts)).to(self.device)
+        return F.normalize(enc(list(texts)).pooled.float(), dim=-1).to(self.device)
 
     # --- training -----------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> LossTerms:

@@ -108,7 +108,7 @@ def _shared_of(plans: list[StagePlan]) -> set[str]:
 def train_progressive(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,
                       callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run every stage in order; returns (and writes to `progressive.json`) each stage's metrics per modality."""
-    from .run import train
+    from .trainer import train
 
     out = Path(output_dir or recipe.output_path)
     rows = []

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .batch import Batch, Collator
 from .config import Recipe
-from .data import EpochSampler, PairedDataset
+from .data import Batch, Collator, EpochSampler, PairedDataset
 from .launch import TrainingError
 from .model import AlignmentModel
 from .stream import FeatureStream, choose_mode, default_lanes, prefetched

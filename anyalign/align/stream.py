@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..encoders import EncoderOutput
 from ..features import decode_sample, iter_shard_raw, read_manifest, shard_files
-from .batch import Batch, MediaBatch
 from .config import DataSource
+from .data import Batch, MediaBatch
 
 logger = logging.getLogger(__name__)
 

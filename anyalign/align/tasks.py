@@ -29,8 +29,8 @@ from torch import nn
 
 from ..config import ConfigError
 from ..encoders import EncoderOutput
-from .batch import Batch
 from .config import TASK_REGISTRY
+from .data import Batch
 from .losses import contrastive_loss, global_size
 
 AlignmentModel = nn.Module  # annotations only: the model passes itself in (importing model.py here would be a cycle)

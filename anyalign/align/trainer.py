@@ -12,7 +12,7 @@ shards the model itself with torch's `fully_shard` (align/fsdp.py), on CPU (gloo
 adapters hold full tensors in the same files as a DDP run's.
 
 Where the parts live: the accelerator, optimizer and schedule in `launch.py`, the run's data in `run_data.py`,
-checkpoints and resume in `resume.py`, FSDP state I/O in `fsdp_state.py`, the model from a recipe in `build.py`;
+checkpoints and resume in `checkpoint.py`, FSDP and its state I/O in `fsdp.py`, the model from a recipe in `build.py`;
 this module is the loop.
 """
 
@@ -33,16 +33,15 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_path, write_json
 from .build import build_model
+from .calibration import record_zeroshot
 from .captions import captions_used
-from .checkpoint import latest_checkpoint, list_checkpoints
+from .checkpoint import latest_checkpoint, list_checkpoints, resume_run, save_run_checkpoint
 from .config import Recipe, recipe_to_dict
 from .evaluate import evaluate_model
-from .fsdp import FSDPState, fsdp_requested, shard_model
-from .fsdp_state import state_io
+from .fsdp import FSDPState, fsdp_requested, shard_model, state_io
 from .launch import TrainingError, check_run_folder, make_accelerator, make_optimizer, make_schedule
 from .metrics_log import MetricsLog, plot_curves
 from .model import AlignmentModel
-from .resume import resume_run, save_run_checkpoint
 from .run_data import build_run_data, fill_text_table
 from .tasks import term_name
 
@@ -317,4 +316,13 @@ class Trainer:
         return {"fsdp": self.fsdp.record} if self.fsdp is not None else {}
 
 
-__all__ = ["Callback", "TrainResult", "Trainer", "TrainingError"]
+def train(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,
+          callbacks: list[Callback] | None = None) -> TrainResult:
+    """Train one recipe end to end (`Trainer`); the saved adapters then record their seen classes and, with
+    `data.validation`, the zero-shot calibration tuned there (align/calibration.py)."""
+    result = Trainer(recipe, output_dir=output_dir, callbacks=callbacks).fit(resume=resume)
+    record_zeroshot(recipe, result.output_dir, result.adapters)
+    return result
+
+
+__all__ = ["Callback", "TrainResult", "Trainer", "TrainingError", "train"]

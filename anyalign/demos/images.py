@@ -148,7 +148,7 @@ def train_image_adapter(features: dict[str, Path], output: str | os.PathLike, *,
     classes only into `output`, the calibration gamma tuned on the training photos set aside by pseudo-unseen
     rotations over the seen classes (`calibration_folds` of them; None: every seen class alone) and recorded in the
     adapter; returns the adapter folder."""
-    from ..align.run import train
+    from ..align import train
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

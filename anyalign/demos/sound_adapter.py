@@ -60,7 +60,7 @@ def train_sound_adapter(features: str | os.PathLike, output: str | os.PathLike, 
                         root: str | os.PathLike | None = None) -> Path:
     """Train the aisfx -> MiniLM head (`sound_recipe`) from `features/{train,test}` into `output`; returns the saved
     adapter folder."""
-    from ..align.run import train
+    from ..align import train
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
