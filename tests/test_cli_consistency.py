@@ -182,12 +182,11 @@ def test_command_groups_are_found_by_their_register_function_in_help_order(capsy
     import importlib
 
     names = cli_main.command_modules()
-    assert names == ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data", "share",
-                     "transcribe"]
+    assert names == ["encoders", "extract", "train", "retrieval", "zeroshot", "chat", "quickstart", "data", "share"]
     orders = [importlib.import_module(f"anyalign.cli.{n}").HELP_ORDER for n in names]
     assert orders == sorted(set(orders))  # distinct, so `anyalign --help` has one order
     code, out, _ = run_captured(capsys, "--help")
     listed = [ln.split()[1] for ln in out.splitlines() if ln.startswith("│ ") and ln[2:3].isalpha()]
     first = ["encoders", "projectors", "extract", "train", "embed", "search", "serve", "classify", "chat",
-             "quickstart", "push", "transcribe"]
+             "transcribe", "quickstart", "push"]
     assert code == 0 and listed[:len(first)] == first
