@@ -170,10 +170,9 @@ class AisfxOptions:
 
 @register_encoder("aisfx", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
                   default_model="aisfx", options=AisfxOptions)
-def aisfx_encoder(pretrained: str | None = None, *, hop_fraction: float = 0.5,
-                  hidden: int | None = None) -> AisfxAudioEncoder:
+def aisfx_encoder(pretrained: str | None, opts: AisfxOptions) -> AisfxAudioEncoder:
     """aisfx from its converted checkpoint (`pretrained`), or random weights of width `hidden` (default 64)."""
-    state, config = None, {}
+    state, config, hidden = None, {}, opts.hidden
     if pretrained is not None:
         state, config, where = _read_checkpoint(str(pretrained))
         found = int(state["conv_block1.conv1.weight"].shape[0]) if "conv_block1.conv1.weight" in state else None
@@ -188,5 +187,5 @@ def aisfx_encoder(pretrained: str | None = None, *, hop_fraction: float = 0.5,
             raise ValueError(f"aisfx: {where} does not fit the aisfx network: {len(missing)} missing "
                              f"({missing[:3]}), {len(unexpected)} unexpected ({unexpected[:3]}) weights")
     front = {**FRONT_END, **{k: v for k, v in (config.get("front_end") or {}).items() if k in FRONT_END}}
-    return AisfxAudioEncoder(net.eval(), front, hop_fraction=hop_fraction)
+    return AisfxAudioEncoder(net.eval(), front, hop_fraction=opts.hop_fraction)
 

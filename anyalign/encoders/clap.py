@@ -171,7 +171,7 @@ class ClapTextOptions:
 
 @register_encoder("clap-audio", modality="audio", token_dim=768, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
                   default_model=DEFAULT_CLAP_MODEL, options=ClapAudioOptions)
-def clap_audio_encoder(pretrained: str | None = None, *, window_seconds: float | None = None) -> ClapAudioEncoder:
+def clap_audio_encoder(pretrained: str | None, opts: ClapAudioOptions) -> ClapAudioEncoder:
     """CLAP audio tower from a hub id or local folder (default laion/clap-htsat-unfused); long audio is windowed."""
     source = hf_source(pretrained, "clap-audio", DEFAULT_CLAP_MODEL)
     model = load_tower(ClapAudioModelWithProjection, source, "clap-audio")
@@ -179,12 +179,12 @@ def clap_audio_encoder(pretrained: str | None = None, *, window_seconds: float |
         extractor = ClapFeatureExtractor.from_pretrained(source)
     except OSError as e:
         raise FileNotFoundError(f"clap-audio: no feature extractor config in {source!r}: {e}") from None
-    return ClapAudioEncoder(model, extractor, window_seconds=window_seconds)
+    return ClapAudioEncoder(model, extractor, window_seconds=opts.window_seconds)
 
 
 @register_encoder("clap-text", modality="text", token_dim=768, pooled_dim=512, input_spec=ClapTextEncoder.input_spec,
                   default_model=DEFAULT_CLAP_MODEL, options=ClapTextOptions)
-def clap_text_encoder(pretrained: str | None = None, *, max_length: int = 77) -> ClapTextEncoder:
+def clap_text_encoder(pretrained: str | None, opts: ClapTextOptions) -> ClapTextEncoder:
     """CLAP text tower from a hub id or local folder (default laion/clap-htsat-unfused); `max_length` as in LAION."""
     source = hf_source(pretrained, "clap-text", DEFAULT_CLAP_MODEL)
     model = load_tower(ClapTextModelWithProjection, source, "clap-text")
@@ -192,4 +192,4 @@ def clap_text_encoder(pretrained: str | None = None, *, max_length: int = 77) ->
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as e:
         raise FileNotFoundError(f"clap-text: no tokenizer in {source!r}: {e}") from None
-    return ClapTextEncoder(model, tokenizer, max_length=max_length)
+    return ClapTextEncoder(model, tokenizer, max_length=opts.max_length)

@@ -275,23 +275,21 @@ class CLIPOptions:
 
 @register_encoder("clip-image", modality="image", token_dim=768, pooled_dim=512, input_spec=IMAGE_INPUT_SPEC,
                   default_model=DEFAULT_CLIP_MODEL, options=CLIPOptions)
-def clip_image_encoder(pretrained: str | None = None, *, model: str = DEFAULT_CLIP_MODEL, layer: int = -1,
-                       **open_clip_kwargs: Any) -> CLIPImageEncoder:
+def clip_image_encoder(pretrained: str | None, opts: CLIPOptions, **open_clip_kwargs: Any) -> CLIPImageEncoder:
     """OpenCLIP vision tower; `open_clip_kwargs` go to `open_clip.create_model_and_transforms`."""
-    clip, preprocess, _ = build_clip(model, pretrained, "image", **open_clip_kwargs)
+    clip, preprocess, _ = build_clip(opts.model, pretrained, "image", **open_clip_kwargs)
     visual = clip.visual
     del clip  # drop the text tower
-    return CLIPImageEncoder(visual, preprocess, layer=layer)
+    return CLIPImageEncoder(visual, preprocess, layer=opts.layer)
 
 
 @register_encoder("clip-text", modality="text", token_dim=512, pooled_dim=512,
                   input_spec=CLIPTextEncoder.input_spec, default_model=DEFAULT_CLIP_MODEL, options=CLIPOptions)
-def clip_text_encoder(pretrained: str | None = None, *, model: str = DEFAULT_CLIP_MODEL, layer: int = -1,
-                      **open_clip_kwargs: Any) -> CLIPTextEncoder:
+def clip_text_encoder(pretrained: str | None, opts: CLIPOptions, **open_clip_kwargs: Any) -> CLIPTextEncoder:
     """OpenCLIP text tower with its own tokenizer; `open_clip_kwargs` go to open_clip's factory."""
-    clip, _, tokenizer_name = build_clip(model, pretrained, "text", **open_clip_kwargs)
+    clip, _, tokenizer_name = build_clip(opts.model, pretrained, "text", **open_clip_kwargs)
     embed_dim = int(clip.visual.output_dim)
     clip.visual = None  # drop the image tower
     context = open_clip_kwargs.get("force_context_length")
     tokenizer = open_clip.get_tokenizer(tokenizer_name, context_length=context)
-    return CLIPTextEncoder(clip, tokenizer, embed_dim=embed_dim, layer=layer)
+    return CLIPTextEncoder(clip, tokenizer, embed_dim=embed_dim, layer=opts.layer)

@@ -69,9 +69,7 @@ class DINOv2Options:
 
 @register_encoder("dinov2", modality="image", token_dim=384, pooled_dim=384, input_spec=IMAGE_INPUT_SPEC,
                   default_model=DEFAULT_DINOV2_MODEL, options=DINOv2Options)
-def dinov2_encoder(pretrained: str | None = None, *, model: str = DEFAULT_DINOV2_MODEL, img_size: int = 224,
-                   normalize: bool = False, data_config: dict[str, Any] | None = None,
-                   **timm_kwargs: Any) -> DINOv2Encoder:
+def dinov2_encoder(pretrained: str | None, opts: DINOv2Options, **timm_kwargs: Any) -> DINOv2Encoder:
     """DINOv2 (`vit_{small,base,large,giant2}_patch14_dinov2`, `*_reg4_*`) from a hub id or local file."""
-    net = create_timm_model(model, pretrained, img_size=img_size, **timm_kwargs)
-    return DINOv2Encoder(net, timm_transform(net, data_config), normalize=normalize)
+    net = create_timm_model(opts.model, pretrained, img_size=opts.img_size, **timm_kwargs)
+    return DINOv2Encoder(net, timm_transform(net, opts.data_config), normalize=opts.normalize)

@@ -223,9 +223,9 @@ def _read_file(path: Path) -> np.ndarray:
 
 @register_encoder("imu", modality="imu", token_dim=256, pooled_dim=256, input_spec=IMU_INPUT_SPEC,
                   default_model="imu-conv-transformer (train from scratch)", options=IMUOptions)
-def imu_encoder(pretrained: str | None = None, **options: Any) -> IMUEncoder:
+def imu_encoder(pretrained: str | None, opts: IMUOptions) -> IMUEncoder:
     """IMU encoder; `pretrained=` a local safetensors/.pt state dict of this architecture."""
-    enc = IMUEncoder(IMUOptions(**options))
+    enc = IMUEncoder(opts)
     if pretrained is not None:
         src = resolve_pretrained(pretrained)
         if src.kind != "file":

@@ -86,23 +86,19 @@ class LabelBridgeOptions:
 @register_encoder("label-bridge", modality="image", token_dim=1280, pooled_dim=384,
                   input_spec="image file, PIL image or array (classified, then mapped to text space)",
                   default_model="timm efficientnet_lite0 + all-MiniLM-L6-v2", options=LabelBridgeOptions)
-def label_bridge_encoder(pretrained: str | None = None, *, classifier: str = "timm-image",
-                         classifier_kwargs: dict[str, Any] | None = None, text_encoder: str = "text",
-                         text_pretrained: str | None = None, labels: Sequence[str] | str = "imagenet",
-                         template: str = "a photo of a {}.", temperature: float = 1.0,
-                         top_k: int = 5) -> LabelBridgeEncoder:
+def label_bridge_encoder(pretrained: str | None, opts: LabelBridgeOptions) -> LabelBridgeEncoder:
     """`pretrained` are the classifier's weights; `labels` its class names in order ("imagenet" for ImageNet-1k)."""
-    clf = create_encoder(classifier, pretrained=pretrained, **(classifier_kwargs or {}))
+    clf = create_encoder(opts.classifier, pretrained=pretrained, **(opts.classifier_kwargs or {}))
     model = getattr(clf, "model", None)
     if model is None or not hasattr(model, "get_classifier"):
-        raise ValueError(f"label-bridge: classifier {classifier!r} exposes no classification head")
+        raise ValueError(f"label-bridge: classifier {opts.classifier!r} exposes no classification head")
     head = model.get_classifier()
-    names = imagenet_class_names() if labels == "imagenet" else list(labels)
+    names = imagenet_class_names() if opts.labels == "imagenet" else list(opts.labels)
     if getattr(head, "out_features", len(names)) != len(names):
         raise ValueError(f"label-bridge: the classifier has {head.out_features} classes but {len(names)} labels "
                          f"were given")
-    text = create_encoder(text_encoder, pretrained=text_pretrained)
+    text = create_encoder(opts.text_encoder, pretrained=opts.text_pretrained)
     with torch.inference_mode():
-        prompts = [template.format(n) for n in names]
+        prompts = [opts.template.format(n) for n in names]
         emb = torch.cat([text(prompts[i : i + 256]).pooled for i in range(0, len(prompts), 256)])
-    return LabelBridgeEncoder(clf, head, F.normalize(emb, dim=-1), temperature=temperature, top_k=top_k)
+    return LabelBridgeEncoder(clf, head, F.normalize(emb, dim=-1), temperature=opts.temperature, top_k=opts.top_k)

@@ -41,11 +41,10 @@ def register_encoder(
     name: str, *, modality: str, token_dim: int, pooled_dim: int, input_spec: str, default_model: str = "",
     options: type | None = None,
 ) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
-    """Register an encoder factory `fn(pretrained=None, **options) -> Encoder` with its listing facts.
-
-    `options` is the dataclass of its options (fields with defaults and `metadata={"help": ...}`); without it
-    one is derived from the factory's keyword parameters, so every encoder's options are checked.
-    """
+    """Register an encoder factory with its listing facts. With `options` (a dataclass: fields with defaults and
+    `metadata={"help": ...}`) the factory is `fn(pretrained, opts, **extra) -> Encoder` and gets its options whole;
+    without, it is `fn(pretrained=None, **options)` and a dataclass is derived from its keywords, so every encoder's
+    options are checked."""
     if options is not None and not dataclasses.is_dataclass(options):
         raise TypeError(f"register_encoder({name!r}): options must be a dataclass, got {options!r}")
 
@@ -111,7 +110,13 @@ def create_encoder(
     if device is not None and check_device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!s}: no CUDA GPU is available on this machine (use cpu)")
     overrides = check_encoder_options(name, overrides, source="options")
-    enc = ENCODERS.get(name)(pretrained=pretrained, **overrides)
+    fn, cls = ENCODERS.get(name), encoder_options(name)
+    if getattr(cls, "derived", False):  # a factory registered without an options dataclass takes them as keywords
+        enc = fn(pretrained=pretrained, **overrides)
+    else:  # the declared dataclass is passed whole; keys it does not declare (its `extra_options`) go on as keywords
+        own = {f.name for f in dataclasses.fields(cls)}
+        enc = fn(pretrained, cls(**{k: v for k, v in overrides.items() if k in own}),
+                 **{k: v for k, v in overrides.items() if k not in own})
     enc = _to_weights_dtype(enc, name, weights_dtype, device)
     enc.registry_name = name
     enc.build_args = {"name": name, "pretrained": pretrained, "options": dict(overrides),

@@ -152,8 +152,7 @@ class TextOptions:
 
 @register_encoder("text", modality="text", token_dim=384, pooled_dim=384, input_spec=HFTextEncoder.input_spec,
                   default_model=DEFAULT_TEXT_MODEL, options=TextOptions)
-def text_encoder(pretrained: str | None = None, *, max_length: int | None = None, normalize: bool = True,
-                 pooling: str | None = None) -> HFTextEncoder:
+def text_encoder(pretrained: str | None, opts: TextOptions) -> HFTextEncoder:
     """A sentence encoder from a local folder or hub id (default: all-MiniLM-L6-v2), run as its own
     sentence-transformers configuration says unless options override it."""
     source = str(pretrained or DEFAULT_TEXT_MODEL)
@@ -167,6 +166,6 @@ def text_encoder(pretrained: str | None = None, *, max_length: int | None = None
             f"text encoder: cannot load {source!r} (expected a Hugging Face model folder or a reachable hub id): {e}"
         ) from None
     own = st_config(source)
-    return HFTextEncoder(model, tokenizer, max_length=max_length or own.get("max_length", DEFAULT_MAX_LENGTH),
-                         normalize=normalize, pooling=pooling or own.get("pooling", "mean"),
+    return HFTextEncoder(model, tokenizer, max_length=opts.max_length or own.get("max_length", DEFAULT_MAX_LENGTH),
+                         normalize=opts.normalize, pooling=opts.pooling or own.get("pooling", "mean"),
                          lowercase=own.get("lowercase", False), prompt=own.get("prompt", ""))

@@ -189,8 +189,7 @@ class TimmImageOptions:
 
 @register_encoder("timm-image", modality="image", token_dim=1280, pooled_dim=1280, input_spec=IMAGE_INPUT_SPEC,
                   default_model=DEFAULT_TIMM_MODEL, options=TimmImageOptions)
-def timm_image_encoder(pretrained: str | None = None, *, model: str = DEFAULT_TIMM_MODEL,
-                       data_config: dict[str, Any] | None = None, **timm_kwargs: Any) -> TimmImageEncoder:
+def timm_image_encoder(pretrained: str | None, opts: TimmImageOptions, **timm_kwargs: Any) -> TimmImageEncoder:
     """Any `timm.create_model` name; `timm_kwargs` go to timm, `data_config` overrides preprocessing."""
-    net = create_timm_model(model, pretrained, **timm_kwargs)
-    return TimmImageEncoder(net, timm_transform(net, data_config))
+    net = create_timm_model(opts.model, pretrained, **timm_kwargs)
+    return TimmImageEncoder(net, timm_transform(net, opts.data_config))

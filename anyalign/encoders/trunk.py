@@ -70,19 +70,14 @@ class TrunkEncoder(Encoder):
     extensions = (".npy", ".csv")
     input_spec = TRUNK_INPUT_SPEC
 
-    def __init__(self, trunk: nn.Module, *, tokenizer: Tokenizer = "patch1d", channels: int = 6, patch: int = 10,
-                 layers: int | None = None, normalize: Literal["none", "window"] = "window") -> None:
+    def __init__(self, trunk: nn.Module, opts: TrunkOptions) -> None:
         super().__init__()
-        if tokenizer not in ("patch1d", "patch2d"):
-            raise ValueError(f"trunk: tokenizer must be 'patch1d' or 'patch2d', got {tokenizer!r}")
-        if channels < 1 or patch < 1:
-            raise ValueError(f"trunk: channels and patch must be >= 1, got {channels}, {patch}")
         blocks = _layer_list(trunk)
-        if layers is not None:
-            if not 1 <= layers <= len(blocks):
-                raise ValueError(f"trunk: layers must be in 1..{len(blocks)} for this trunk, got {layers}")
-            del blocks[layers:]
-        self.kind, self.channels, self.patch, self.normalize = tokenizer, channels, patch, normalize
+        if opts.layers is not None:
+            if not 1 <= opts.layers <= len(blocks):
+                raise ValueError(f"trunk: layers must be in 1..{len(blocks)} for this trunk, got {opts.layers}")
+            del blocks[opts.layers:]
+        self.kind, self.channels, self.normalize = opts.tokenizer, opts.channels, opts.normalize
         self.whisper = getattr(trunk.config, "model_type", None) == "whisper"
         width = int(trunk.config.hidden_size)
         if self.whisper:  # the tokenizer replaces the mel front end
@@ -92,7 +87,7 @@ class TrunkEncoder(Encoder):
                     delattr(trunk, front)
         else:
             self.max_tokens = int(getattr(trunk.config, "max_position_embeddings", 512))
-        self.tokenizer = (Patch1d if tokenizer == "patch1d" else Patch2d)(channels, patch, width)
+        self.tokenizer = (Patch1d if opts.tokenizer == "patch1d" else Patch2d)(opts.channels, opts.patch, width)
         self.trunk = trunk.requires_grad_(False).eval()
         self.token_dim = self.pooled_dim = width
 
@@ -199,8 +194,10 @@ class TrunkOptions:
 
     tokenizer: Tokenizer = field(default="patch1d", metadata={"help": "patch1d (sensor streams) or patch2d "
                                                                       "(spectrograms, images)"})
-    channels: int = field(default=6, metadata={"help": "input channels (sensor axes, image or spectrogram channels)"})
-    patch: int = field(default=10, metadata={"help": "time steps (patch1d) or pixels per side (patch2d) per token"})
+    channels: int = field(default=6, metadata={"help": "input channels (sensor axes, image or spectrogram channels)",
+                                               "min": 1})
+    patch: int = field(default=10, metadata={"help": "time steps (patch1d) or pixels per side (patch2d) per token",
+                                             "min": 1})
     layers: int | None = field(default=None, metadata={"help": "use the trunk's first N layers (default: all)"})
     normalize: Literal["none", "window"] = field(default="window",
                                                  metadata={"help": "window: per-channel z-score of each input"})
@@ -210,7 +207,7 @@ class TrunkOptions:
                   default_model="a local encoder-only transformer or Whisper folder, e.g. all-MiniLM-L6-v2 "
                                 "(required)",
                   options=TrunkOptions)
-def trunk_encoder(pretrained: str | None = None, **options: Any) -> TrunkEncoder:
+def trunk_encoder(pretrained: str | None, opts: TrunkOptions) -> TrunkEncoder:
     """A modality tokenizer + the frozen layers of a local transformer or Whisper model folder (`pretrained`)."""
     if pretrained is None:
         raise ValueError("trunk encoder: pretrained= must name a local transformer folder (e.g. "
@@ -222,4 +219,4 @@ def trunk_encoder(pretrained: str | None = None, **options: Any) -> TrunkEncoder
         trunk = _load_trunk(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"trunk encoder: cannot load {path} as a transformer: {str(e).splitlines()[0]}") from None
-    return TrunkEncoder(trunk, **options)
+    return TrunkEncoder(trunk, opts)

@@ -157,10 +157,9 @@ class VideoOptions:
 
 @register_encoder("video", modality="video", token_dim=512, pooled_dim=512, input_spec=VIDEO_INPUT_SPEC,
                   default_model="clip-image:ViT-B-32", options=VideoOptions)
-def video_encoder(pretrained: str | None = None, *, image_encoder: str = "clip-image", num_frames: int = 8,
-                  temporal_scale: float = 0.1, **image_kwargs: Any) -> VideoEncoder:
+def video_encoder(pretrained: str | None, opts: VideoOptions, **image_kwargs: Any) -> VideoEncoder:
     """Video through a registered image encoder; `pretrained` and `image_kwargs` go to that image encoder."""
-    image = create_encoder(image_encoder, pretrained=pretrained, frozen=True, **image_kwargs)
+    image = create_encoder(opts.image_encoder, pretrained=pretrained, frozen=True, **image_kwargs)
     if image.modality != "image":
-        raise ValueError(f"video: image_encoder={image_encoder!r} is a {image.modality!r} encoder, expected image")
-    return VideoEncoder(image, num_frames=num_frames, temporal_scale=temporal_scale)
+        raise ValueError(f"video: image_encoder={opts.image_encoder!r} is a {image.modality} encoder, expected image")
+    return VideoEncoder(image, num_frames=opts.num_frames, temporal_scale=opts.temporal_scale)

@@ -151,8 +151,7 @@ class WhisperOptions:
 
 @register_encoder("whisper", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
                   default_model=DEFAULT_WHISPER_MODEL, options=WhisperOptions)
-def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | None = None,
-                    padding: str = "window") -> WhisperAudioEncoder:
+def whisper_encoder(pretrained: str | None, opts: WhisperOptions) -> WhisperAudioEncoder:
     """Whisper's encoder from a hub id or local folder (default openai/whisper-base)."""
     source = hf_source(pretrained, "whisper", DEFAULT_WHISPER_MODEL)
     encoder = load_tower(WhisperModel, source, "whisper", prefix="encoder.").get_encoder()  # the decoder is dropped
@@ -160,4 +159,4 @@ def whisper_encoder(pretrained: str | None = None, *, window_seconds: float | No
         extractor = WhisperFeatureExtractor.from_pretrained(source)
     except OSError as e:
         raise FileNotFoundError(f"whisper: no feature extractor config in {source!r}: {e}") from None
-    return WhisperAudioEncoder(encoder, extractor, window_seconds=window_seconds, padding=padding)
+    return WhisperAudioEncoder(encoder, extractor, window_seconds=opts.window_seconds, padding=opts.padding)

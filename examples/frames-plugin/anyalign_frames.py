@@ -72,6 +72,6 @@ class FramesEncoder(Encoder):
 
 @register_encoder("frames", modality="sensor", token_dim=32, pooled_dim=32, input_spec=FramesEncoder.input_spec,
                   options=FramesOptions)
-def frames_encoder(pretrained: str | None = None, **options: Any) -> FramesEncoder:
-    """The frames encoder (`pretrained` is unused: its projection is fixed by `seed`)."""
-    return FramesEncoder(FramesOptions(**options))
+def frames_encoder(pretrained: str | None, opts: FramesOptions) -> FramesEncoder:
+    """The frames encoder, given its options whole (`pretrained` is unused: its projection is fixed by `seed`)."""
+    return FramesEncoder(opts)
