@@ -1,8 +1,9 @@
 """`anyalign` console script: one module per command group, each found by its `def register(app, eval_app)` line and
-placed in `--help` by its `HELP_ORDER`."""
+placed in `--help` by its `HELP_ORDER`; expected errors and SIGINT / SIGTERM end in one line (exit 2, 130 / 143)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
@@ -11,6 +12,8 @@ import re
 import signal
 import sqlite3
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -58,6 +61,58 @@ def _register_all() -> None:
         importlib.import_module(f"{__package__}.{name}").register(app, eval_app)
 
 
+# what survives an interrupted command and how to go on (keyed by the command path)
+_KEPT = {
+    "embed": "nothing was written (the output is swapped in only when complete); run the same command again",
+    "extract": "finished shards are kept in the output folder; run the same command again to resume",
+    "train": "checkpoints saved so far are kept in the output folder; rerun with --resume to continue",
+    "index": "the index folder is as it was before this command (writes are swapped in atomically); "
+             "run the same command again",
+    "quickstart": "finished steps are kept; run the same command again to resume",
+}
+_DEFAULT = "nothing half-written was kept; run the same command again"
+
+
+class Interrupted(BaseException):
+    """The process received SIGINT or SIGTERM; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one kills at once
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """Within the block, SIGINT / SIGTERM raise `Interrupted` in the main thread; old handlers restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, _raise)
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def interrupted_message(e: Interrupted, argv: list[str]) -> str:
+    """One line: which signal stopped which command, what was kept, how to go on."""
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):  # global options; --plugin takes a value
+        rest = rest[2:] if rest[0] == "--plugin" else rest[1:]
+    command = rest[0] if rest else ""
+    return (f"interrupted by {signal.Signals(e.signum).name}{f' during `anyalign {command}`' if command else ''}: "
+            f"{_KEPT.get(command, _DEFAULT)}")
+
+
 def os_error_line(e: OSError) -> str:
     """`PATH: reason` for an OSError (ENOSPC, EACCES, EROFS ...), without the `[Errno n]` prefix."""
     where = e.filename if e.filename is not None else ""
@@ -75,7 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     from ..config import ConfigError
     from ..plugins import PluginError
     from ..registry import UnknownNameError
-    from .interrupts import Interrupted, interrupted_message, interrupts_raise
 
     # InputError and ConfigError are ValueErrors; listed classes come without importing torch (fast --help)
     expected = (CLIError, ConfigError, UnknownNameError, FileNotFoundError, ValueError, PluginError)
