@@ -130,9 +130,9 @@ def _scores(trainer: Trainer, index: int, modality: str
             ) -> tuple[torch.Tensor, list[int], list[str], list[str], torch.Tensor]:
     """Eval source `index`: test embeddings, labels, class names, templates, scores against the class prompts."""
     model = trainer.unwrapped.eval()
-    ds = trainer.eval_sets[index]
+    ds = trainer.data.eval_sets[index]
     embs, ys = [], []
-    for batch in DataLoader(ds, batch_size=64, collate_fn=Collator(trainer.collate_fns, ds.labels)):
+    for batch in DataLoader(ds, batch_size=64, collate_fn=Collator(trainer.data.collate_fns, ds.labels)):
         batch = batch.to(model.device)
         embs.append(model.embed(modality, model.features(modality, batch.media[modality]))[0].float().cpu())
         ys += batch.labels.tolist()
@@ -274,10 +274,10 @@ def run_shared(steps: int, out: Path, assets: Path, progressive: bool, dataset: 
 def _caption_choice(trainer: Trainer, index: int, modality: str) -> float:
     """Closed-set answer of the LLM: the class caption with the lowest summed next-token loss, top-1 vs the label."""
     model = trainer.unwrapped.eval()
-    ds = trainer.eval_sets[index]
+    ds = trainer.data.eval_sets[index]
     candidates = [ps[0] for ps in ds.class_prompts().values()]  # "The person is playing badminton." per class
     right = total = 0
-    for batch in DataLoader(ds, batch_size=20, collate_fn=Collator(trainer.collate_fns, ds.labels)):
+    for batch in DataLoader(ds, batch_size=20, collate_fn=Collator(trainer.data.collate_fns, ds.labels)):
         batch = batch.to(model.device)
         feats = {modality: model.features(modality, batch.media[modality])}
         for r in range(len(batch)):
@@ -477,10 +477,10 @@ def _speech_answers(trainer: Trainer, index: int, *, choice: bool, text_prompt: 
 
     model = trainer.unwrapped.eval()
     mllm = model.frozen.mllm
-    ds = trainer.eval_sets[index]
+    ds = trainer.data.eval_sets[index]
     texts = iter([rec["caption"] for _, rec in ds.records])  # what was said (the DataLoader keeps the order)
     batches = []
-    for batch in DataLoader(ds, batch_size=16, collate_fn=Collator(trainer.collate_fns, ds.labels)):
+    for batch in DataLoader(ds, batch_size=16, collate_fn=Collator(trainer.data.collate_fns, ds.labels)):
         batch = batch.to(model.device)
         feats = model.features("speech", batch.media["speech"])
         if text_prompt is None:
@@ -594,7 +594,7 @@ def run_joint(steps: int, out: Path, assets: Path, equal_rows: bool = True,
         trainer.fit()
         before, after = _eval_losses(out / name, 0), _eval_losses(out / name, n)
         row: dict = {m: {"caption_loss_before": _of(before, m), "caption_loss_after": _of(after, m),
-                         "n_caption_eval": len(trainer.eval_sets[next(i for i in at[m] if evals[i][1].get("task")
+                         "n_caption_eval": len(trainer.data.eval_sets[next(i for i in at[m] if evals[i][1].get("task")
                                                                       == "caption")])} for m in mods}
         for m in shared_space:
             if m in mods:

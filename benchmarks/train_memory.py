@@ -50,7 +50,7 @@ class Probe:
         Probe.t_last = time.time()
 
 trainer = Trainer(load_recipe({recipe!r}), output_dir={out!r}, callbacks=[Probe()])
-mode = trainer.data_mode
+mode = trainer.data.mode
 trainer.fit()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"mode": mode, "first_step_s": Probe.first, "peak_rss_mb": rss,

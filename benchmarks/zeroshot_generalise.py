@@ -104,8 +104,8 @@ def _unfiltered_file(out: Path) -> Path:
 def _test_embeddings(trainer: Trainer, modality: str) -> tuple[torch.Tensor, list[int], list[str], list[str]]:
     """Shared-space embeddings of the first eval source, its label ids, class names and `{}` templates."""
     model = trainer.unwrapped.eval()
-    ds = trainer.eval_sets[0]
-    loader = DataLoader(ds, batch_size=64, collate_fn=Collator(trainer.collate_fns, ds.labels))
+    ds = trainer.data.eval_sets[0]
+    loader = DataLoader(ds, batch_size=64, collate_fn=Collator(trainer.data.collate_fns, ds.labels))
     embs, ys = [], []
     for batch in loader:
         batch = batch.to(model.device)
@@ -157,9 +157,9 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
     trainer = Trainer(recipe, output_dir=out / f"{name}-{condition}-{part}")
     trainer.fit()
     train_s = time.perf_counter() - t0
-    seen = sorted(trainer.train_set.labels)
+    seen = sorted(trainer.data.train_set.labels)
     pool_phrases = {p for si in range(len(recipe.data.train)) for lab in seen
-                    for p in trainer.train_set.caption_pool(si).phrases(lab)}
+                    for p in trainer.data.train_set.caption_pool(si).phrases(lab)}
     emb, ys, classes, templates = _test_embeddings(trainer, cfg["modality"])
     model = trainer.unwrapped
     phrasings = {} if validation else read_phrasings(cfg["phrasings"], classes)  # validation: seen classes only
@@ -172,7 +172,7 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
     def embed_text(texts: list[str]) -> torch.Tensor:
         return model.anchor_texts("text", texts).cpu()
 
-    prompts = trainer.eval_sets[0].class_prompts()
+    prompts = trainer.data.eval_sets[0].class_prompts()
     cls = torch.stack([F.normalize(embed_text(ps).mean(0), dim=-1) for ps in prompts.values()])
     scores = emb @ cls.t()
     res = {"dataset": name, "condition": condition, "trained_on": seen, "train_s": round(train_s, 1),
@@ -180,7 +180,7 @@ def _run(name: str, cfg: dict, condition: str, subset: bool, steps: int, out: Pa
            "n_training_phrases": len(pool_phrases), "augment": dataclasses.asdict(recipe.data.train[0].augment)
            if recipe.data.train[0].augment else None}
     if validation:
-        assert not set(trainer.train_set.labels) & set(cfg["validation_unseen"])  # pseudo-unseen never trained on
+        assert not set(trainer.data.train_set.labels) & set(cfg["validation_unseen"])  # pseudo-unseen never trained on
         res["calibration"] = tune_calibration(scores, ys, classes, seen)
         res["validation"] = unseen_protocol(scores, ys, classes, seen, calibration=res["calibration"])
         res["n_validation"] = len(ys)

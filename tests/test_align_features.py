@@ -66,7 +66,7 @@ def test_cached_features_train_like_the_live_encoder(tmp_path: Path, minilm_dir:
     cached = Trainer(load_recipe(_recipe(tmp_path, "cached", {"kind": "features", "path": str(feats)}, weights,
                                          minilm_dir)), output_dir=tmp_path / "cached")
     assert live.unwrapped.has_encoder("imu") and not cached.unwrapped.has_encoder("imu")  # never built
-    assert [k for _, r in cached.train_set.records for k in [r["key"]]] == [f"w{i:02d}" for i in range(16)]
+    assert [k for _, r in cached.data.train_set.records for k in [r["key"]]] == [f"w{i:02d}" for i in range(16)]
     live.fit()
     cached.fit()
     curves = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in r]

@@ -157,7 +157,7 @@ def test_unseen_classes_never_reach_the_trainer_and_the_report(tmp_path: Path, m
     trainer.model.register_forward_pre_hook(lambda mod, args: seen_batches.append(args[0]))
     trainer.fit()
     assert len(seen_batches) == 10
-    labels = {trainer.train_set.labels[i] for b in seen_batches for i in b.labels.tolist()}
+    labels = {trainer.data.train_set.labels[i] for b in seen_batches for i in b.labels.tolist()}
     keys = {k for b in seen_batches for k in b.keys}
     captions = {c for b in seen_batches for c in b.captions}
     assert labels == set(SEEN) and -1 not in {i for b in seen_batches for i in b.labels.tolist()}

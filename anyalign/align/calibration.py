@@ -84,8 +84,8 @@ def _rotation_scores(trainer: Any, modality: str, prompts: dict[str, list[str]])
     model = trainer.unwrapped.eval()
     classes = sorted(prompts)
     embs, ys = [], []
-    for ds in trainer.eval_sets:
-        loader = DataLoader(ds, batch_size=64, collate_fn=Collator(trainer.collate_fns, ds.labels))
+    for ds in trainer.data.eval_sets:
+        loader = DataLoader(ds, batch_size=64, collate_fn=Collator(trainer.data.collate_fns, ds.labels))
         for batch in loader:
             batch = batch.to(model.device)
             if modality not in batch.media:
@@ -103,8 +103,8 @@ def _rotation_scores(trainer: Any, modality: str, prompts: dict[str, list[str]])
 
 def _check_disjoint(trainer: Any) -> None:
     """Validation items must be held out of training: no (path, key) on both sides."""
-    train_keys = {(trainer.train_set.sources[si].path, r["key"]) for si, r in trainer.train_set.records}
-    for ds in trainer.eval_sets:
+    train_keys = {(trainer.data.train_set.sources[si].path, r["key"]) for si, r in trainer.data.train_set.records}
+    for ds in trainer.data.eval_sets:
         both = [r["key"] for si, r in ds.records if (ds.sources[si].path, r["key"]) in train_keys]
         if both:
             raise ValueError(f"data.validation ({_describe(ds.sources[0])}): {len(both)} item(s) are also training "
@@ -168,7 +168,7 @@ def tune_rotated(recipe: Recipe, run_dir: Path, modality: str) -> dict[str, Any]
         prompts = {}  # the training captions' own class prompts (phrase x templates), the held-out classes' too
         for c in seen:
             i = first[c][0]
-            prompts[c] = trainer.train_set.caption_pool(where[i]).class_prompts(c) if i in where else \
+            prompts[c] = trainer.data.train_set.caption_pool(where[i]).class_prompts(c) if i in where else \
                 [t.format(caption=_phrase(first[c][1], c), label=_phrase(first[c][1], c))
                  for t in first[c][1].caption_templates]
         scores, ys, classes = _rotation_scores(trainer, modality, prompts)

@@ -85,8 +85,13 @@ def info_nce(logits: torch.Tensor, positives: torch.Tensor | None = None) -> tor
         target = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
     pos = positives.to(logits.dtype)
-    row = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
-    col = -(pos.t() / pos.t().sum(1, keepdim=True) * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    return _soft_ce(logits, pos / pos.sum(1, keepdim=True), pos.t() / pos.t().sum(1, keepdim=True))
+
+
+def _soft_ce(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy against row-stochastic targets for the rows (a->b) and the columns (b->a)."""
+    row = -(rows * F.log_softmax(logits, 1)).sum(1).mean()
+    col = -(cols * F.log_softmax(logits.t(), 1)).sum(1).mean()
     return 0.5 * (row + col)
 
 
@@ -115,14 +120,17 @@ class InfoNCE(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if a.shape != b.shape or a.dim() != 2:
-            raise ValueError(f"InfoNCE: expected two [B, E] tensors of the same shape, got {tuple(a.shape)} "
-                             f"and {tuple(b.shape)}")
+            raise ValueError(f"{type(self).__name__}: expected two [B, E] tensors of the same shape, got "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
         a = gather_with_grad(F.normalize(a.float(), dim=-1))  # [W*B, E]
         b = gather_with_grad(F.normalize(b.float(), dim=-1))  # [W*B, E]
-        logits = self.scale * a @ b.t()  # [W*B, W*B]
+        labels = gather_no_grad(labels) if labels is not None else None
+        return self.loss(self.scale * a @ b.t(), b, labels)  # logits [W*B, W*B]
+
+    def loss(self, logits: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The loss of the gathered logits (`b`: the anchor side, `labels`: gathered)."""
         positives = None
         if labels is not None:
-            labels = gather_no_grad(labels)
             unlabelled = -1 - torch.arange(labels.shape[0], device=labels.device)  # unique: only its own pair
             labels = torch.where(labels < 0, unlabelled, labels)
             positives = labels[:, None] == labels[None, :]  # [W*B, W*B]
@@ -156,20 +164,10 @@ class SoftInfoNCE(InfoNCE):
             raise ValueError(f"SoftInfoNCE: soft_temperature must be > 0, got {soft_temperature}")
         self.soft_temperature = soft_temperature
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if a.shape != b.shape or a.dim() != 2:
-            raise ValueError(f"SoftInfoNCE: expected two [B, E] tensors of the same shape, got {tuple(a.shape)} "
-                             f"and {tuple(b.shape)}")
-        a = gather_with_grad(F.normalize(a.float(), dim=-1))  # [W*B, E]
-        b = gather_with_grad(F.normalize(b.float(), dim=-1))  # [W*B, E]
-        if labels is not None:
-            labels = gather_no_grad(labels)
+    def loss(self, logits: torch.Tensor, b: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
             target = soft_targets(b.detach(), self.soft_temperature, labels)  # [W*B, W*B], symmetric
-        logits = self.scale * a @ b.t()  # [W*B, W*B]
-        row = -(target * F.log_softmax(logits, 1)).sum(1).mean()
-        col = -(target.t() * F.log_softmax(logits.t(), 1)).sum(1).mean()
-        return 0.5 * (row + col)
+        return _soft_ce(logits, target, target.t())
 
 
 def contrastive_loss(options: dict | None = None) -> InfoNCE:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
-import threading
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,53 +270,22 @@ class FeatureStream(IterableDataset):
                 chunks = []
 
 
-class _Raised:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """`items` made `depth` ahead by one background thread: with no loader workers the next batch's shard reading and
+    decoding (which release the GIL in reads and copies) overlap the step instead of adding to it. Same items, same
+    order; an error while making one is raised here, at its turn. Closing this generator stops the thread."""
+    it = iter(items)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="anyalign-prefetch")
+    try:
+        ahead = deque(pool.submit(next, it, _END) for _ in range(depth))
+        while (item := ahead.popleft().result()) is not _END:
+            ahead.append(pool.submit(next, it, _END))
+            yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _END = object()
-
-
-def prefetched(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
-    """`items` made `depth` ahead in a background thread: with no loader workers the next batch's shard reading and
-    decoding (which release the GIL in reads and copies) overlap the step instead of adding to it. Same items, same
-    order; an error while making one is raised here, at its turn. Closing this generator stops the thread."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        """Queue `item` unless the consumer stopped; False when it did."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def fill() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            put(_Raised(e))
-
-    thread = threading.Thread(target=fill, name="anyalign-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, _Raised):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def _as_is(chunk: dict[str, Any]) -> dict[str, Any]:

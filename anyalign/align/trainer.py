@@ -121,23 +121,6 @@ class Trainer:
     def unwrapped(self) -> AlignmentModel:
         return self.accelerator.unwrap_model(self.model)
 
-    @property
-    def train_set(self) -> Any:
-        """The training data: a `PairedDataset`, or the `FeatureStream` of streamed feature sets."""
-        return self.data.train_set
-
-    @property
-    def eval_sets(self) -> list[Any]:
-        return self.data.eval_sets
-
-    @property
-    def collate_fns(self) -> dict[str, Any]:
-        return self.data.collate_fns
-
-    @property
-    def data_mode(self) -> str:
-        return self.data.mode
-
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         """Train to `train.max_steps` (with `resume`, from the newest intact checkpoint), evaluate and save."""
@@ -181,7 +164,8 @@ class Trainer:
             with atomic_path(self.output_dir / "recipe.yaml") as tmp:
                 tmp.write_text(yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
             if self.data.stream is None:  # streamed data: its captions are not all known up front
-                write_json(self.output_dir / "captions.json", captions_used(self.train_set, self.eval_sets))
+                write_json(self.output_dir / "captions.json",
+                           captions_used(self.data.train_set, self.data.eval_sets))
         if t.trackers():  # tensorboard: <output>/tensorboard/<name>; the others: the recipe's name as project
             acc.init_trackers(self.recipe.name, config={"lr": t.lr, "batch_size": t.batch_size,
                                                         "grad_accum": t.grad_accum, "max_steps": t.max_steps,
@@ -274,10 +258,11 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics on the main process (logged and returned; empty on other ranks)."""
         metrics: dict[str, float] = {}
-        if self.eval_sets and self.accelerator.is_main_process:
+        if self.data.eval_sets and self.accelerator.is_main_process:
             e = self.recipe.eval
-            metrics = evaluate_model(self.unwrapped, self.eval_sets, self.collate_fns, batch_size=e.batch_size,
-                                     zero_shot=e.zero_shot, recall_k=e.recall_k, max_samples=e.max_samples)
+            metrics = evaluate_model(self.unwrapped, self.data.eval_sets, self.data.collate_fns,
+                                     batch_size=e.batch_size, zero_shot=e.zero_shot, recall_k=e.recall_k,
+                                     max_samples=e.max_samples)
             self.metrics.log(self.step, metrics)
             logger.info("step %d: %s", self.step, metrics)
         self.accelerator.wait_for_everyone()
