@@ -239,11 +239,6 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: refused: nested too deeply") from None
 
 
-def parse_scalar(raw: str) -> Any:
-    """A `key=value` value: YAML, with `1e-4` read as a float."""
-    return parse_yaml(raw, f"value {raw!r}")
-
-
 #: variables with a default when unset: the asset cache is where the install command puts the real models
 ENV_DEFAULTS: dict[str, Callable[[], str]] = {
     "ANYALIGN_ASSETS": lambda: str(Path.home() / ".cache" / "anyalign-assets"),

@@ -149,13 +149,6 @@ def local_source(source: str | None, *, what: str = "encoder") -> str | None:
 
 
 # --- artifacts ---------------------------------------------------------------------------------------------------
-def split_revision(name: str) -> tuple[str, str | None]:
-    """`org/name@rev` -> (`org/name`, `rev`); no `@`: revision None."""
-    name = name[len(HUB_SCHEME):] if name.startswith(HUB_SCHEME) else name
-    repo, sep, rev = name.partition("@")
-    return repo, (rev or None) if sep else None
-
-
 def resolve_artifact(name_or_path: str | os.PathLike, *, marker: str, what: str,
                      revision: str | None = None) -> Path:
     """A local artifact folder, or a Hub repo (`org/name`, `org/name@rev`, `hf-hub:org/name`) downloaded once into
@@ -164,10 +157,10 @@ def resolve_artifact(name_or_path: str | os.PathLike, *, marker: str, what: str,
     local = Path(text).expanduser()
     if local.exists() or _looks_like_path(text):
         return local
-    repo, rev = split_revision(text)
+    repo, _, rev = text.removeprefix(HUB_SCHEME).partition("@")
     if not _HUB_ID.match(repo):
         return local  # the caller's missing-folder error names it
-    revision = revision or rev
+    revision = revision or rev or None
     try:
         from huggingface_hub import snapshot_download
 
@@ -272,4 +265,4 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
 
 __all__ = ["ASSET_SCHEME", "OVERRIDE_ENV", "asset_for_id", "asset_for_path", "hub_cached", "hub_offline", "is_hub_id",
            "local_source", "model_card", "portable_source", "push_folder", "rebase_source", "resolve_artifact",
-           "split_revision", "stage_folder"]
+           "stage_folder"]

@@ -44,12 +44,7 @@ class OptionInfo:
         return out
 
 
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
+REQUIRED: Any = dataclasses.MISSING  #: the default of an option that has none
 
 
 def _show(value: Any) -> str:
@@ -82,18 +77,9 @@ def type_label(tp: Any) -> str:
 def option_fields(cls: type) -> list[OptionInfo]:
     """The options of dataclass `cls` in declaration order."""
     hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = REQUIRED
-        out.append(OptionInfo(f.name, type_label(hints.get(f.name, Any)), default, f.metadata.get("help", "")))
-    return out
+    return [OptionInfo(f.name, type_label(hints.get(f.name, Any)),
+                       f.default if f.default_factory is dataclasses.MISSING else f.default_factory(),
+                       f.metadata.get("help", "")) for f in dataclasses.fields(cls) if f.init]
 
 
 def describe_options(cls: type, *, with_extra: bool = True) -> str:

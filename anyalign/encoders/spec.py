@@ -16,15 +16,14 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, parse_scalar
+from ..config import ConfigError, parse_yaml
+from ..config import from_dict as config_from_dict
 from ..fingerprint import source_fingerprint
 from ..hub import local_source, portable_source, rebase_source
 from .autocast import AUTOCAST_NAMES
 from .base import Encoder
 from .inputs import encoder_class
 from .registry import check_encoder_options, create_encoder, encoder_info
-
-_KEYS = ("name", "pretrained", "options", "autocast")
 
 
 @dataclass(frozen=True)
@@ -69,19 +68,9 @@ class EncoderSpec:
             return cls(data)
         if base is not None and isinstance(data, dict) and isinstance(data.get("pretrained"), str):
             data = {**data, "pretrained": rebase_source(data["pretrained"], base)}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected an encoder name or a mapping with {', '.join(_KEYS)}, "
-                              f"got {data!r}")
-        unknown = sorted(set(data) - set(_KEYS))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} for an encoder; expected: "
-                              f"{', '.join(_KEYS)}")
-        if "name" not in data:
+        if isinstance(data, dict) and "name" not in data:
             raise ConfigError(f"{source}: an encoder needs a 'name' (see `anyalign encoders`)")
-        try:
-            return cls(data["name"], data.get("pretrained"), dict(data.get("options") or {}), data.get("autocast"))
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        return config_from_dict(cls, data, source=source)  # unknown keys, types and __post_init__ checks named
 
     @classmethod
     def of(cls, encoder: Any) -> EncoderSpec:
@@ -102,7 +91,7 @@ class EncoderSpec:
             key, sep, raw = item.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"--set {item!r}: expected key=value")
-            options[key.strip()] = parse_scalar(raw)
+            options[key.strip()] = parse_yaml(raw, f"value {raw!r}")
         return cls(name, pretrained, options, autocast).checked("--set")
 
     # --- checks and building -----------------------------------------------------------------------------
