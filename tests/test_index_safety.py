@@ -13,7 +13,7 @@ from _cli import run_captured as run
 from _retrieval_helpers import clustered
 
 from anyalign.retrieval import ArraySource, Retriever, add_to_index, build_index, combine_parts, read_config
-from anyalign.retrieval.index import IndexBusyError, writer_lock
+from anyalign.retrieval.index_safety import IndexBusyError, writer_lock
 from anyalign.retrieval.metadata import MetadataStore
 
 D = 16

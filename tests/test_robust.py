@@ -262,7 +262,7 @@ def test_factory_strings_that_crash_faiss_are_one_line(tmp_path, capsys, emb, fa
 
 
 def test_lock_that_cannot_be_created_is_one_line_not_a_hang(tmp_path, capsys, emb) -> None:
-    from anyalign.retrieval.index import lock_path
+    from anyalign.retrieval.index_safety import lock_path
 
     lock_path(tmp_path / "idx").mkdir()  # a folder where the lock file goes: it can never be created
     t0 = time.perf_counter()

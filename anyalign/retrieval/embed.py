@@ -32,7 +32,7 @@ from ..encoders import InputError
 from ..encoders.inputs import SafeDecode
 from ..io import atomic_path, check_not_input, check_replaceable, read_json, replace_dir, write_json
 from .preview import signal_preview
-from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST
+from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST, open_source, rank_range
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +158,6 @@ def launcher_world_size() -> int:
         return 1
 
 
-def _slice(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Contiguous `[start, stop)` of `n` inputs for `rank` (as `index.rank_range` splits ids for index parts)."""
-    return n * rank // world, n * (rank + 1) // world
-
-
 def check_embed_output(output: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
                        overwrite: bool = False) -> None:
     """`output` is apart from the inputs and new, empty or an embeddings folder (else `overwrite` is needed)."""
@@ -199,7 +194,7 @@ def _embed_slice(items: list[EmbedItem], feature_dirs: list[Path], writer: Embed
                  batch_size: int, num_workers: int, rank: int, world: int) -> list[dict[str, str]]:
     """Embed this rank's slice of the items and of each feature folder (segments 0, 1, ...); returns failures."""
     failures: list[dict[str, str]] = []
-    lo, hi = _slice(len(items), rank, world)
+    lo, hi = rank_range(len(items), rank, world)
     mine = items[lo:hi]
     if world > 1:
         writer.cut(0)
@@ -229,10 +224,8 @@ def _embed_slice(items: list[EmbedItem], feature_dirs: list[Path], writer: Embed
     for segment, folder in enumerate(feature_dirs, 1):
         start, stop = 0, None
         if world > 1:
-            from .sources import open_source
-
             writer.cut(segment)
-            start, stop = _slice(len(open_source(folder)), rank, world)
+            start, stop = rank_range(len(open_source(folder)), rank, world)
         _embed_features(folder, embedder, writer, batch_size, start, stop)
     return failures
 

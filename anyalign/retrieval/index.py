@@ -42,18 +42,7 @@ import numpy as np
 from ..config import read_saved, to_dict
 from ..io import write_json
 from ..version import FORMAT_VERSION, __version__
-from .index_safety import (
-    CONFIG_NAME,
-    INDEX_NAME,
-    IVFDATA_NAME,
-    IndexBusyError,
-    check_factory,
-    check_k,
-    check_output,
-    check_target_recall,
-    lock_path,
-    writer_lock,
-)
+from .index_safety import CONFIG_NAME, INDEX_NAME, IVFDATA_NAME, check_factory, check_k
 from .metadata import MetadataStore
 from .tuning import ExactNeighbours, _inner, ivf_of, set_params
 
@@ -281,6 +270,5 @@ def _add_rows(index: faiss.Index, meta: MetadataStore, ids: np.ndarray, vectors:
     meta.add(ids, rows)
 
 
-__all__ = ["CONFIG_NAME", "INDEX_NAME", "IVFDATA_NAME", "IndexBusyError", "IndexConfig", "check_factory", "check_k",
-           "check_output", "check_target_recall", "gpu_count", "invalid_rows", "load_index", "lock_path", "new_index",
-           "read_config", "read_faiss", "supports_remove", "to_gpu", "write_index_dir", "writer_lock"]
+__all__ = ["IndexConfig", "gpu_count", "invalid_rows", "load_index", "new_index", "read_config", "read_faiss",
+           "supports_remove", "to_gpu", "write_index_dir"]

@@ -21,9 +21,6 @@ from .index import (
     _add_rows,
     _normalized,
     _Skipped,
-    check_k,
-    check_output,
-    check_target_recall,
     fingerprint,
     gpu_count,
     invalid_rows,
@@ -33,22 +30,14 @@ from .index import (
     to_cpu,
     to_gpu,
     write_index_dir,
-    writer_lock,
 )
+from .index_safety import check_k, check_output, check_target_recall, writer_lock
 from .metadata import METADATA_NAME, MetadataStore
 from .rawvectors import DTYPES, RawVectors, RawWriter, check_dtype
-from .sources import EmbeddingSource, open_sources
+from .sources import EmbeddingSource, open_sources, rank_range
 from .tuning import ExactNeighbours, _inner, ivf_of, query_side, sample_ranges, tune
 
 logger = logging.getLogger(__name__)
-
-
-# --- build -------------------------------------------------------------------------------------------------
-def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Contiguous id range `[start, stop)` that process `rank` of `world_size` indexes."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world size {world_size}")
-    return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def build_index(

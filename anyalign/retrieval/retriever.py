@@ -19,7 +19,8 @@ import faiss
 import numpy as np
 
 from .autoindex import parse_memory
-from .index import check_k, invalid_rows
+from .index import invalid_rows
+from .index_safety import check_k
 from .metadata import DEFAULT_MEMORY_BUDGET, row_dict
 from .results import SMALL_GATHER, SearchResult, SearchResults
 from .shards import open_parts, search_parts

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .index_safety import lock_path
 from .retriever import Retriever
 
 logger = logging.getLogger(__name__)
@@ -43,41 +44,27 @@ def _signature(folders: Sequence[Path]) -> tuple:
     return tuple(sig)
 
 
-def _lock_files(index_dir: Path) -> list[Path]:
-    """Writer lock files of an index folder (filelock's, inside the folder or beside it), if any exist."""
-    out = [index_dir.parent / f"{index_dir.name}.lock", index_dir.parent / f".{index_dir.name}.lock"]
-    try:
-        out += [index_dir / n for n in os.listdir(index_dir) if n.endswith(".lock")]
-    except OSError:
-        pass
-    return [p for p in out if p.is_file()]
-
-
 @contextmanager
 def _shared_lock(index_dir: Path) -> Iterator[bool]:
-    """Hold a shared flock on the writers' lock files while reading; yields False when a writer holds one."""
+    """Hold a shared flock on the writers' lock file (`index_safety.lock_path`) while reading; yields False when a
+    writer holds it."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - no flock (Windows): rely on the writers' atomic folder swap
+
+        fd = os.open(lock_path(index_dir), os.O_RDONLY)
+    except (ImportError, OSError):  # no writer now, or no flock (Windows: the writers' folder swap is atomic)
         yield True
         return
-    fds: list[int] = []
     try:
-        for path in _lock_files(index_dir):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            fds.append(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                yield False
-                return
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        yield False
+        return
+    try:
         yield True
     finally:
-        for fd in fds:
-            os.close(fd)  # closing releases the flock
+        os.close(fd)  # closing releases the flock
 
 
 def _collapse(folders: Sequence[Path]) -> tuple[Path, ...]:

@@ -23,20 +23,9 @@ from faiss.contrib.ondisk import merge_ondisk
 
 from ..config import to_dict
 from ..io import atomic_path, write_json
-from .index import (
-    CONFIG_NAME,
-    INDEX_NAME,
-    IVFDATA_NAME,
-    IndexConfig,
-    check_output,
-    gpu_count,
-    load_index,
-    read_config,
-    read_faiss,
-    to_gpu,
-    writer_lock,
-)
+from .index import IndexConfig, gpu_count, load_index, read_config, read_faiss, to_gpu
 from .index_build import build_index
+from .index_safety import CONFIG_NAME, INDEX_NAME, IVFDATA_NAME, check_output, writer_lock
 from .metadata import METADATA_NAME, MetadataStore
 from .rawvectors import RawVectors, RawWriter, refine_factor, refined_search
 from .tuning import ivf_of, knob, set_params

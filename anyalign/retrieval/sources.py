@@ -181,6 +181,13 @@ class ConcatSource(EmbeddingSource):
                          embedders=embedders, dim=sources[0].dim)
 
 
+def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous id range `[start, stop)` of `n` rows that process `rank` of `world_size` takes."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world size {world_size}")
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
 def _embeddings_dir(path: Path) -> EmbeddingSource:
     manifest = read_json(path / EMBEDDINGS_MANIFEST)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
@@ -260,4 +267,4 @@ def open_sources(paths: Sequence[str | os.PathLike] | EmbeddingSource | np.ndarr
 
 
 __all__ = ["ArraySource", "Batch", "ConcatSource", "EmbeddingSource", "EMBEDDINGS_MANIFEST", "Shard", "open_source",
-           "open_sources"]
+           "open_sources", "rank_range"]
