@@ -7,7 +7,7 @@ vectors (a bare encoder's pooled output is its own space, e.g. CLAP or CLIP towe
 Every embedder can be written down as a small JSON *record* (`{"encoder": EncoderSpec}` or `{"adapter": DIR}`)
 that indexes and embedding folders store, so the other side of a space is found from the artifact: an adapter
 records the anchors it was aligned to (`AdapterConfig.space`); a tower of a two-tower model names its partner
-(`EncoderSpec.partner`). `Embedder.for_modality(records, "text")` finds the text side either way.
+(`EncoderSpec.partner`). `find_record(records, "text")` finds the text side either way.
 
 Decoding (`load`) is separate from the network (`embed_collated`) so it can run in DataLoader workers and one
 corrupt input fails alone. An encoder that needs long inputs cut into windows says so (`Encoder.split_long`);
@@ -75,18 +75,6 @@ class Embedder:
         if record.get("encoder"):
             return cls.from_encoder(_record_spec(record), device=device, autocast=autocast)
         raise ValueError(f"embedder record {dict(record)!r}: expected an 'adapter' folder or an 'encoder' spec")
-
-    @classmethod
-    def for_modality(cls, records: Mapping[str, Mapping[str, Any]], modality: str, *,
-                     device: str | torch.device | None = None) -> Embedder:
-        """The embedder for `modality` in the space of `records` (modality -> record): the recorded one, else the
-        partner that a recorded adapter was aligned to, or that a recorded tower names."""
-        record = find_record(records, modality)
-        if record is None:
-            known = ", ".join(sorted(records)) or "none"
-            raise ValueError(f"no {modality} embedder for this space: it records {known}, and none of them names a "
-                             f"{modality} side (an adapter's recorded anchors, or a two-tower model's other tower)")
-        return cls.from_record(record, device=device)
 
     # --- what it is -----------------------------------------------------------------------------------------
     @property
@@ -226,7 +214,7 @@ def pool_windows(emb: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
 
 def _record_spec(record: Mapping[str, Any]) -> EncoderSpec:
     enc = record["encoder"]
-    if isinstance(enc, str):  # records written before EncoderSpec: name + pretrained + kwargs
+    if isinstance(enc, str):  # the short form: name + pretrained + kwargs beside it
         enc = {"name": enc, "pretrained": record.get("pretrained"), "options": record.get("kwargs") or {}}
     return EncoderSpec.from_dict(enc, source="embedder record")
 

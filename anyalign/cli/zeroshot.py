@@ -200,7 +200,7 @@ def eval_zeroshot_cmd(
         if ds.classes != clf.labels:
             clf = clf.with_labels(ds.classes)
     clf.check_inputs([str(p) for p in ds.paths])
-    from ..zeroshot.protocols import CachedEmbeddings, write_protocols
+    from ..zeroshot.protocols import write_protocols
 
     seen = clf.seen_labels  # --seen-classes, else what the adapter records (names or label_text phrases)
     if seen is not None and len(seen) == len(ds.classes):
@@ -209,7 +209,6 @@ def eval_zeroshot_cmd(
         typer.echo(f"note: none of the dataset's classes is one the model was trained on ({', '.join(clf.seen)}): "
                    "every class is unseen (pass --seen-classes with the dataset's class names if that is wrong)",
                    err=True)
-    clf = CachedEmbeddings(clf) if labels_file or seen else clf  # protocols reuse the report's embeddings
     report = evaluate_zeroshot(clf, ds, eval_folds=fold or None, probe=probe, top_k=top_k)
     paths = write_report(report, output)
     lines = write_protocols(clf, ds, report, output, labels_file=labels_file, seen=seen, eval_folds=fold or None) \

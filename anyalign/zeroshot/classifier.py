@@ -104,6 +104,7 @@ class ZeroShotClassifier:
         self.calibration_gamma = calibration
         self.calibration_source = calibration_source
         self._weights: torch.Tensor | None = None
+        self._embedded: tuple[list[str], EmbeddingResult] | None = None  # the last inputs embedded, and the result
         self.cache_hit = False
         self.hubness: tuple[Hubness, torch.Tensor] | None = None  # (correction, bank query embeddings [B, E])
 
@@ -256,11 +257,15 @@ class ZeroShotClassifier:
     def embed(self, inputs: Sequence[Any], *, batch_size: int | None = None, num_workers: int | None = None,
               progress: bool | None = None, desc: str = "embed") -> EmbeddingResult:
         """Embed inputs in batches (windows pooled); failures are collected, not raised. A words-head query
-        embeds against this classifier's labels (`constrain_query`)."""
-        self.constrain_query()
-        return embed_inputs(self.query, inputs, batch_size=batch_size or self.batch_size,
-                            num_workers=self.num_workers if num_workers is None else num_workers,
-                            progress=self.progress if progress is None else progress, desc=desc)
+        embeds against this classifier's labels (`constrain_query`). The same inputs again (a report, then its
+        protocols) reuse the last result."""
+        key = [str(x) for x in inputs]
+        if self._embedded is None or self._embedded[0] != key:
+            self.constrain_query()
+            self._embedded = (key, embed_inputs(self.query, inputs, batch_size=batch_size or self.batch_size,
+                                                num_workers=self.num_workers if num_workers is None else num_workers,
+                                                progress=self.progress if progress is None else progress, desc=desc))
+        return self._embedded[1]
 
     # --- classification -------------------------------------------------------------------------------------
     def constrain_query(self) -> bool:

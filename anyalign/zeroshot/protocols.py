@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -205,23 +204,6 @@ def recorded_seen_classes(adapter_dir: str | os.PathLike) -> list[str] | None:
     return list(rec["seen_classes"]) if rec and rec.get("seen_classes") else None
 
 
-class CachedEmbeddings:
-    """A classifier whose `embed` returns embeddings computed once (so the report and the protocols share them)."""
-
-    def __init__(self, classifier: Any) -> None:
-        self._clf = classifier
-        self._cache: dict[str, Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._clf, name)
-
-    def embed(self, inputs: Sequence[Any], **options: Any) -> Any:
-        key = json.dumps([str(x) for x in inputs])
-        if key not in self._cache:
-            self._cache[key] = self._clf.embed(inputs, **options)
-        return self._cache[key]
-
-
 def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
                        labels_file: str | os.PathLike | None = None, seen: Sequence[str] | None = None,
                        eval_folds: Sequence[str] | None = None, calibration: float | None = None) -> dict[str, Any]:
@@ -254,13 +236,6 @@ def evaluate_protocols(classifier: Any, dataset: Any, report: dict[str, Any], *,
             if calibration and calibration == gamma else None
     report["protocols"] = out
     return out
-
-
-def resolve_seen(seen_classes: str | None, adapter: str | os.PathLike | None) -> list[str] | None:
-    """`--seen-classes a,b` or, for an adapter, the classes its training run was restricted to (None: closed set)."""
-    if seen_classes:
-        return [c.strip() for c in seen_classes.split(",") if c.strip()]
-    return recorded_seen_classes(adapter) if adapter is not None else None
 
 
 def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_dir: str | os.PathLike, *,
@@ -301,7 +276,7 @@ def write_protocols(classifier: Any, dataset: Any, report: dict[str, Any], out_d
     return lines
 
 
-__all__ = ["CachedEmbeddings", "PROTOCOLS_PNG", "REPORT_JSON", "evaluate_protocols", "phrase_class_embeddings",
+__all__ = ["PROTOCOLS_PNG", "REPORT_JSON", "evaluate_protocols", "phrase_class_embeddings",
            "phrasing_protocol", "plot_protocols", "read_phrasings", "recorded_seen_classes", "recorded_zeroshot",
-           "resolve_seen", "seen_unseen_curve", "tune_calibration", "tune_calibration_rotated", "unseen_protocol",
+           "seen_unseen_curve", "tune_calibration", "tune_calibration_rotated", "unseen_protocol",
            "write_protocols"]
