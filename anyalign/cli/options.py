@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -95,13 +96,9 @@ def echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-_QUIET_PARAM: list[Any] = []
-
-
+@functools.cache
 def _quiet_option() -> Any:
     """The click `--quiet/-q` option as typer builds it, not passed to the command (see `set_quiet`); built once."""
-    if _QUIET_PARAM:
-        return _QUIET_PARAM[0]
     probe = typer.Typer()
 
     @probe.command()
@@ -111,7 +108,6 @@ def _quiet_option() -> Any:
 
     param = typer.main.get_command(probe).params[0]
     param.expose_value = False
-    _QUIET_PARAM.append(param)
     return param
 
 
