@@ -88,68 +88,41 @@ def read_ct2(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str], d
 # --- Whisper: CTranslate2 -> transformers ----------------------------------------------------------------------------
 
 
+#: CTranslate2 WhisperSpec name pieces -> transformers' WhisperForConditionalGeneration ones, applied in order
+_WHISPER_RENAMES = [
+    (r"^(en|de)coder/", r"model.\1coder."), (r"layer_(\d+)/", r"layers.\1."),
+    ("self_attention/linear_0", "self_attn.qkv"), ("self_attention/linear_1", "self_attn.out_proj"),
+    ("self_attention/layer_norm", "self_attn_layer_norm"), ("attention/linear_0", "encoder_attn.q_proj"),
+    ("attention/linear_1", "encoder_attn.kv"), ("attention/linear_2", "encoder_attn.out_proj"),
+    ("attention/layer_norm", "encoder_attn_layer_norm"), ("ffn/linear_0", "fc1"), ("ffn/linear_1", "fc2"),
+    ("ffn/layer_norm", "final_layer_norm"), ("position_encodings/encodings", "embed_positions.weight"),
+    ("embeddings/weight", "embed_tokens.weight"), ("/gamma$", ".weight"), ("/beta$", ".bias"), ("/", "."),
+]
+
+
 def _whisper_state_dict(v: dict[str, np.ndarray], where: Path) -> dict[str, Any]:
-    """Map CTranslate2 WhisperSpec variables to WhisperForConditionalGeneration keys (float32 tensors)."""
+    """CTranslate2 WhisperSpec variables as WhisperForConditionalGeneration weights (float32 tensors): renamed, the
+    fused q/k/v (k/v) projections split; the tied output projection and the scalar settings left out."""
     import torch
 
     sd: dict[str, torch.Tensor] = {}
-
-    def get(name: str) -> np.ndarray:
-        if name not in v:
-            raise ConversionError(f"{where}: no variable {name!r} (not a CTranslate2 Whisper model?)")
-        return v[name].astype(np.float32)
-
-    def put(key: str, arr: np.ndarray) -> None:
-        sd[key] = torch.from_numpy(np.ascontiguousarray(arr))
-
-    def linear(dst: str, src: str) -> None:
-        put(f"{dst}.weight", get(f"{src}/weight"))
-        put(f"{dst}.bias", get(f"{src}/bias"))
-
-    def norm(dst: str, src: str) -> None:
-        put(f"{dst}.weight", get(f"{src}/gamma"))
-        put(f"{dst}.bias", get(f"{src}/beta"))
-
-    def packed(dsts: list[str], src: str) -> None:  # fused projections; transformers' k_proj has no bias
-        for dst, w, b in zip(dsts, np.split(get(f"{src}/weight"), len(dsts)), np.split(get(f"{src}/bias"),
-                                                                                        len(dsts))):
-            put(f"{dst}.weight", w)
-            if dst.endswith("k_proj"):
-                if np.abs(b).max() > 0:
-                    raise ConversionError(f"{where}: {src} has a non-zero key bias, which transformers' Whisper "
+    for name, arr in v.items():
+        if arr.ndim == 0 or name == "decoder/projection/weight":
+            continue
+        key = name
+        for pattern, repl in _WHISPER_RENAMES:
+            key = re.sub(pattern, repl, key)
+        head, _, kind = key.rpartition(".")  # e.g. model.encoder.layers.0.self_attn.qkv, weight
+        base, _, fused = head.rpartition(".")
+        parts = fused if fused in ("qkv", "kv") else ""
+        for p, chunk in zip(parts, np.split(arr, len(parts))) if parts else [(None, arr)]:
+            out = f"{base}.{p}_proj.{kind}" if p else key
+            if out.endswith("k_proj.bias"):  # transformers' k_proj has no bias
+                if np.abs(chunk).max() > 0:
+                    raise ConversionError(f"{where}: {name} has a non-zero key bias, which transformers' Whisper "
                                           f"cannot hold")
-            else:
-                put(f"{dst}.bias", b)
-
-    def ffn(dst: str, src: str) -> None:
-        linear(f"{dst}.fc1", f"{src}/ffn/linear_0")
-        linear(f"{dst}.fc2", f"{src}/ffn/linear_1")
-        norm(f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
-
-    def self_attn(dst: str, src: str) -> None:
-        packed([f"{dst}.self_attn.{p}_proj" for p in "qkv"], f"{src}/self_attention/linear_0")
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
-
-    enc, dec = "model.encoder", "model.decoder"
-    for i in (1, 2):
-        linear(f"{enc}.conv{i}", f"encoder/conv{i}")
-    put(f"{enc}.embed_positions.weight", get("encoder/position_encodings/encodings"))
-    norm(f"{enc}.layer_norm", "encoder/layer_norm")
-    for i in range(_count_layers(v, "encoder")):
-        self_attn(f"{enc}.layers.{i}", f"encoder/layer_{i}")
-        ffn(f"{enc}.layers.{i}", f"encoder/layer_{i}")
-    put(f"{dec}.embed_tokens.weight", get("decoder/embeddings/weight"))
-    put(f"{dec}.embed_positions.weight", get("decoder/position_encodings/encodings"))
-    norm(f"{dec}.layer_norm", "decoder/layer_norm")
-    for i in range(_count_layers(v, "decoder")):
-        src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        self_attn(dst, src)
-        linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
-        packed([f"{dst}.encoder_attn.k_proj", f"{dst}.encoder_attn.v_proj"], f"{src}/attention/linear_1")
-        linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
-        norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
-        ffn(dst, src)
+                continue
+            sd[out] = torch.from_numpy(np.ascontiguousarray(chunk.astype(np.float32)))
     return sd
 
 
