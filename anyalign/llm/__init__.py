@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from .bundle import BUNDLE_CONFIG, LLMSource, is_bundle, load_llm
 from .model import MultimodalLM, MultimodalLMOutput, context_length, is_discrete
-from .prompt import DEFAULT_MODALITIES, MediaSlot, PromptPlan, plan_prompts
-from .splice import IGNORE_INDEX, Layout, MediaTokens, layout_batch, splice
+from .prompt import (
+    DEFAULT_MODALITIES,
+    IGNORE_INDEX,
+    Layout,
+    MediaSlot,
+    MediaTokens,
+    PromptPlan,
+    layout_batch,
+    plan_prompts,
+    splice,
+)
 
 __all__ = ["BUNDLE_CONFIG", "DEFAULT_MODALITIES", "IGNORE_INDEX", "LLMSource", "Layout", "MediaSlot", "MediaTokens",
            "MultimodalLM", "MultimodalLMOutput", "PromptPlan", "context_length", "is_bundle", "is_discrete",

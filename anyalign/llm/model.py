@@ -1,7 +1,7 @@
 """`MultimodalLM`: modality adapters plugged into an unmodified Hugging Face causal LM.
 
-The LLM class is never subclassed: prompts are planned and tokenized here (`prompt.py`), adapter soft tokens are
-spliced into `inputs_embeds` (`splice.py`), and the stock `forward` / `generate` of the LLM run on the result.
+The LLM class is never subclassed: prompts are planned and tokenized and adapter soft tokens spliced into
+`inputs_embeds` (`prompt.py`); the stock `forward` / `generate` of the LLM run on the result.
 Discrete adapters (the `rvq` projector) instead extend the vocabulary: their codes become token ids past the
 LLM's original vocabulary, embedded by a small trainable table that is mirrored into the resized embedding matrix.
 A `heard` LLM head hands the LLM its adapter's words-head transcript as ordinary text ids (projectors/heard.py).
@@ -25,8 +25,7 @@ from ..encoders import EncoderOutput
 from ..language_model import LLMBackend, register_llm_backend
 from ..projectors.heard import reads_transcript
 from .lora import LoraMixin
-from .prompt import check_media, plan_prompts
-from .splice import Layout, MediaTokens, layout_batch, row_lengths, soft_pool, splice
+from .prompt import Layout, MediaTokens, check_media, layout_batch, plan_prompts, row_lengths, soft_pool, splice
 
 if TYPE_CHECKING:
     from .bundle import LLMSource
