@@ -186,18 +186,10 @@ def convert_whisper_ct2(src: Path, dest: Path) -> None:
     model.save_pretrained(dest, safe_serialization=True)
     WhisperFeatureExtractor(feature_size=int(n_mels)).save_pretrained(dest)
     shutil.copy2(src / "tokenizer.json", dest / "tokenizer.json")
-    special = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>"}
-    (dest / "tokenizer_config.json").write_text(json.dumps({
+    special = dict.fromkeys(("bos_token", "eos_token", "unk_token", "pad_token"), "<|endoftext|>")
+    (dest / "tokenizer_config.json").write_text(json.dumps({  # transformers' tokenizers-backed WhisperTokenizer
         "tokenizer_class": "WhisperTokenizer", "model_max_length": 1024, "errors": "replace",
         "add_prefix_space": False, **special}, indent=2) + "\n")
-    (dest / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    model_tok = tok["model"]  # BPE vocab + merges, for tokenizer classes that read the slow-tokenizer files
-    (dest / "vocab.json").write_text(json.dumps(model_tok["vocab"], ensure_ascii=False) + "\n")
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model_tok["merges"]]
-    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    (dest / "added_tokens.json").write_text(json.dumps(
-        {t: i for t, i in ids.items() if i >= len(model_tok["vocab"])}, ensure_ascii=False, indent=2) + "\n")
     shutil.copytree(src, dest / "ctranslate2")  # the original, kept for checks against CTranslate2 itself
     provenance = {"format": "CTranslate2", **header, "variables": header["stored"],
                   "source_files": sorted(p.name for p in src.iterdir())}
