@@ -1,18 +1,10 @@
 """Pick a faiss index for a corpus from its size, dimension and a memory budget (the autofaiss approach).
 
-Rules, in order (n vectors of dimension d, inner product on normalised vectors):
-  * n < 10k: `Flat` (exact search is already fast);
-  * n < 100k and the vectors plus an HNSW graph fit (CPU only): `HNSW32,Flat`;
-  * the raw vectors fit: `IVF{nlist},Flat` with nlist ~ 4 sqrt(n) (a power of two; an HNSW coarse quantizer
-    from 16k lists on), fewer lists (down to ~sqrt(n)) where k-means on `TRAIN_PER_LIST` points per list would
-    exceed `TRAIN_FLOPS` (about two minutes on two cores: 1M x 512 gets 2048 lists, not 4096);
-  * otherwise compressed: `IVF{nlist},PQ{m}` with the largest m bytes/vector that fits and divides d (OPQ's
-    rotation is left out: its training alone took longer than the whole rest of a 1M build on 2 cores); only
-    when no m of at least half the largest fitting one divides d, `OPQ{m}_{d'},IVF{nlist},PQ{m}`.
-    The budget counts what the index holds in memory: a compressed index also keeps the normalised vectors on
-    disk (float16 by default) to re-rank its candidates exactly; that file is memory-mapped, read through the page
-    cache (its pages count in RSS as shared, reclaimable file pages, not anonymous memory), and not part of the
-    budget (see `index_build.build_index(raw_vectors=...)`).
+Rules, in order (n vectors of dimension d): n < 10k: `Flat`; n < 100k and the graph fits (CPU): `HNSW32,Flat`;
+the raw vectors fit: `IVF{nlist},Flat` (nlist ~ 4 sqrt(n), fewer where k-means would exceed `TRAIN_FLOPS`; an HNSW
+coarse quantizer from 16k lists on); else `IVF{nlist},PQ{m}` with the largest m bytes/vector that fits and divides
+d (OPQ only when none of at least half that size does: its training alone outlasted a whole 1M build). The budget
+counts what the index holds in memory, not the raw vectors a compressed index keeps on disk (`rawvectors.py`).
 """
 
 from __future__ import annotations

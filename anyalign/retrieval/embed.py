@@ -1,14 +1,10 @@
 """`anyalign embed`: run an embedder over raw inputs (or cached features) and write embedding shards.
 
-Output folder: `embeddings-XXXXX.npy` (float32 `[N, E]`, L2-normalised) + `metadata-XXXXX.jsonl` (one row per
-vector: `source`, `modality`, `caption` and user fields) + `embeddings.json` (dim, modality, the records of the
-embedder and of the other sides of its space, shard list, failures). It is written atomically. Inputs: any
-format of the input layer (`anyalign.datasets.records`: folders, globs, jsonl, txt, csv, tar shards ...), media
-files, or extraction feature folders (`manifest.json`: the adapter's head runs on the cached features).
-Inputs that fail to decode are skipped and listed under `failures`.
-Under a launcher (`accelerate launch` / `torchrun`: `WORLD_SIZE` > 1) each rank embeds its own contiguous slice of
-the inputs into `embeddings-rRRRRR-XXXXX.npy` shards; rank 0 then writes one manifest listing every rank's shards
-in input order, so the folder reads (and indexes) exactly like a 1-process run."""
+Output folder (written atomically): `embeddings-XXXXX.npy` (float32 `[N, E]`, L2-normalised) + `metadata-XXXXX.jsonl`
+(`source`, `modality`, `caption` and user fields per row) + `embeddings.json` (dim, modality, the embedder's and
+its space's records, shards, failures: inputs that fail to decode are skipped and listed). Under a launcher
+(`WORLD_SIZE` > 1) each rank embeds its contiguous slice into `embeddings-rRRRRR-XXXXX.npy` shards and rank 0 writes
+one manifest in input order, so the folder reads exactly like a 1-process run."""
 
 from __future__ import annotations
 

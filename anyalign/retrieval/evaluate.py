@@ -1,13 +1,8 @@
-"""Retrieval metrics for paired test sets: recall@K (a relevant item in the top K) and mean average precision.
+"""Retrieval metrics for paired test sets: recall@K (a relevant item in the top K), mAP and median rank.
 
-Relevance: `match="row"` pairs query i with gallery item i (e.g. caption i <-> image i); `match=FIELD` makes
-every gallery item whose metadata FIELD equals the query's relevant (several captions per image, or classes).
-Against embeddings (exact search) mAP ranks the whole gallery; against an index folder the ranking is the
-index's top `max(ks)` (mAP@K, normalised by min(#relevant, K)).
-
-Ties are ranked pessimistically, the same rule as the trainer's eval (`anyalign.align.evaluate`): an item whose
-score equals a relevant item's counts as ranked above it. `median_rank` is the median 1-based rank of each
-query's first relevant item (None when, against an index, it lies beyond the ranks searched).
+Relevance: `match="row"` pairs query i with gallery item i; `match=FIELD` makes every gallery item whose metadata
+FIELD equals the query's relevant. Against embeddings (exact search) mAP ranks the whole gallery; against an index
+folder, the index's top `max(ks)` (mAP@K). Ties are ranked pessimistically, as the trainer's eval does.
 """
 
 from __future__ import annotations

@@ -1,29 +1,10 @@
-"""A faiss index folder over the shared embedding space: its config, checks, GPU helpers, save and load.
+"""A faiss index folder over the shared embedding space: its config, GPU helpers, save and load.
 
-Building is `index_build.py` (`build_index`), adding and deleting rows `index_update.py`.
-
-An index folder holds `index.faiss`, `anyalign_index.json` (`IndexConfig`: dim, metric, factory, tuned search
-parameters, how queries are embedded) and `metadata.sqlite`. Builds train on a sample, add the corpus in
-batches straight from the embedding shards (never loading it whole), tune nprobe/efSearch to a target recall on
-held-out queries and write the folder atomically: a failed build leaves any previous index untouched.
-Vectors are L2-normalised and compared by inner product (cosine similarity).
-Compressed indexes (PQ/OPQ/SQ codes) also keep the normalised vectors on disk (`vectors.f16`, float16 unless
-`raw_vectors="float32"`; `None` for none), written as they stream in and kept in step by adds: a search fetches
-`k * refine` candidates from faiss and re-ranks them exactly against those rows (`rawvectors.py`); `refine` is
-tuned with nprobe. That file is memory-mapped and read through the page cache, outside the memory budget (the
-pages read show in a searching process's RSS as shared, reclaimable file pages, up to the file's size).
-
-Safety rules every writer (build, train, add, delete, merge) follows:
-  * one writer at a time: it holds `.NAME.lock` beside the index folder while it writes (`filelock`; beside, not
-    inside, because the folder itself is swapped atomically; removed again when done); a second writer waits, or
-    fails after `lock_timeout` seconds with `IndexBusyError`;
-  * it never replaces a path it did not write: an existing file, or a folder holding anything but an anyalign
-    index's own files, is refused unless `overwrite=True`;
-  * rows with NaN/inf values or a zero norm are skipped (they have no direction and could never be found),
-    counted in `IndexConfig.skipped` and logged; their ids are left unused.
-Tuning queries are held out: a random sample of the corpus is kept out of the index while nprobe/efSearch are
-tuned (then added), or the user's own query set is used; the recall reported is the one on those queries.
-On machines where faiss reports GPUs (`faiss-gpu` extra), training, adding and searching run on them.
+An index folder holds `index.faiss`, `anyalign_index.json` (`IndexConfig`) and `metadata.sqlite`; compressed (PQ/SQ)
+indexes also keep their normalised vectors on disk for exact re-ranking (`rawvectors.py`). Vectors are
+L2-normalised and compared by inner product (cosine). Building is `index_build.py`, adding and deleting rows
+`index_update.py`; the rules every writer follows (one writer at a time, never replacing a path it did not write,
+rows with NaN/inf or zero norm skipped and counted) are `index_safety.py`'s.
 """
 
 from __future__ import annotations

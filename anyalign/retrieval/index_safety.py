@@ -1,8 +1,10 @@
 """Index writers' safety: the folder layout, the writer lock, output ownership, staging left by killed writers,
 and the checks of user values (k, target recall, faiss factory strings) made before faiss sees them.
 
-faiss aborts or crashes the process on some factory strings (`HNSW0`, `HNSW1`, `PQ4x0`, `RR0`, `IVF4_HNSW0`) and
-hangs on `NSG0`: `check_factory` refuses them with one line instead.
+One writer at a time holds `.NAME.lock` beside the index folder (beside, not inside: the folder is swapped
+atomically), waiting for another or failing after `lock_timeout` with `IndexBusyError`; an existing path that is
+not an anyalign index is replaced only with `overwrite=True`. faiss aborts, crashes or hangs on some factory
+strings (`HNSW0`, `PQ4x0`, `NSG0` ...): `check_factory` refuses them with one line instead.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """Per-vector metadata in SQLite, keyed by vector id: source path/URL, caption, modality and any user fields.
 
-SQLite (rather than parquet) because indexes take incremental adds and deletes. Rows of vectors that the
-index cannot remove physically (HNSW) are kept and flagged `deleted`; searches filter them out.
-Lookups of a batch of ids are one statement (bound ids for a few, `json_each` over the list for many) returning raw
-row tuples; `row_dict` turns one into a dict, and a search result does that only when its metadata is read.
-A read-only store (the search path) whose rows fit `memory_budget` loads them once, at its second lookup (a one-shot
-search never pays for it; `load()` does it at once), into an in-memory table (`RowTable`: sorted ids, positions by
-offset or a dense map, one tuple per row), so a search's metadata is a vectorised lookup with no SQL; larger stores
-and writable ones keep reading SQLite.
+SQLite because indexes take incremental adds and deletes; rows of vectors the index cannot remove (HNSW) are
+flagged `deleted` and filtered out. A read-only store (the search path) whose rows fit `memory_budget` loads them
+into an in-memory `RowTable` at its second lookup (a one-shot search never pays for it), so a search's metadata is a
+vectorised lookup with no SQL; rows stay tuples until a result's `metadata` is read (`row_dict`).
 """
 
 from __future__ import annotations

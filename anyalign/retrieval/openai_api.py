@@ -2,15 +2,10 @@
 
     POST /v1/embeddings   {"input": str | [str, ...], "model": NAME, "encoding_format": "float" | "base64"}
     GET  /v1/models       the models: the space (the index folder's name) and each query modality
-    GET  /v1/models/{id}
 
-`model` is a query modality (`text`, `imu`, `image` ...) or the space's name. For `text` every input is text; for
-another modality every input is a file's bytes as base64 or a data URL (`data:image/png;base64,...`; an IMU window
-as a base64 `.npy`). The space's name routes each input: a data URL is media (its type picks the modality), anything
-else is text. Vectors are the space's normalised embeddings, exactly those the search endpoints query with.
-`usage.prompt_tokens` counts the text inputs' tokens as the text encoder's tokenizer does (media count 0).
-Errors come in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; the server's bearer token is the
-API key.
+`model` is a query modality (every input of `text` is text; of another modality, a file's bytes as base64 or a
+data URL) or the space's name (a data URL is media, its type picking the modality; anything else is text). The
+vectors are those the search endpoints query with; errors come in OpenAI's shape; the bearer token is the API key.
 """
 
 from __future__ import annotations

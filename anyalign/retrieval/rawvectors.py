@@ -1,18 +1,11 @@
 """Raw (normalised) vectors kept on disk beside a compressed index, to re-rank its candidates exactly.
 
-A PQ/SQ index's codes lose too much to rank near neighbours right (IVF-PQ at 64 bytes/vector plateaus far below
-a 0.95 recall@10 target whatever nprobe). So compressed indexes keep the L2-normalised vectors as a flat
-`vectors.f16` (or `vectors.f32`) file of rows `[rows, dim]` next to `index.faiss`. A search with `refine=R`
-fetches `k * R` candidates from faiss, scores them by exact inner product against their rows and returns the
-best k. The file is memory-mapped and read through the OS page cache: it is not part of the index's memory
-budget. The pages a process reads (with large folios, up to 2 MiB around each row) do count in its RSS, as
-shared, clean file pages (RssFile, up to the file's size) that the kernel reclaims under memory pressure, not as
-anonymous memory.
-
-Rows are found by id through `segments`: `[first_id, first_row, count]` runs of consecutive ids (a part's ids
-are contiguous from its first id and adds continue them, so there is usually one run). Deleted ids keep their
-rows (faiss no longer returns them); rows of skipped (NaN/zero) vectors hold zeros. The file name, dtype, row
-count and segments are recorded in the index config's `raw` entry.
+A PQ/SQ index's codes lose too much to rank near neighbours right, so compressed indexes keep the vectors as a flat
+`vectors.f16` (or `.f32`) file `[rows, dim]`; a search with `refine=R` fetches `k * R` faiss candidates and returns
+the best k by exact inner product. The file is memory-mapped (read through the page cache: its pages count in RSS
+as shared, reclaimable file pages, outside the index's memory budget). Rows are found by id through `segments`,
+`[first_id, first_row, count]` runs of consecutive ids; deleted ids keep their rows, skipped (NaN/zero) rows hold
+zeros. The config's `raw` entry records file, dtype, rows and segments.
 """
 
 from __future__ import annotations

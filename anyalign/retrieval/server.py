@@ -1,6 +1,6 @@
 """`anyalign serve`: a small HTTP API (FastAPI) and web page over a `Retriever`.
 
-    GET  /                      the search page (modality tabs, thumbnails, players, signal plots, more like this)
+    GET  /                      the search page
     GET  /api/info              index facts, query modalities, items per modality, example queries
     POST /api/search            JSON {"text": ...} | {"vector": [...]} | {"like": ID}, optional "k", "modality"
     POST /api/search/file       multipart upload `file` (+ form fields `k`, `modality`) -> {"results": [...]}
@@ -10,17 +10,10 @@
     POST /v1/embeddings         OpenAI-compatible embeddings; GET /v1/models (see `openai_api.py`)
     GET  /docs, /openapi.json   the API described: a plain page (no CDN) and the schema
 
-Modules: `search_api.py` (page and /api routes), `openai_api.py` (/v1), `served.py` (the index state and its
-reloads), `batching.py` (query micro-batching), `page.py` (HTML); this module assembles the app, guards it and runs it.
-
-Boundaries: media are served only by vector id, only regular files under the corpus roots (resolved, so a symlink
-cannot lead out) and only media content types; every response says `nosniff`, the page has a Content-Security-Policy
-and may not be framed. Requests need a Host on the allow-list and, with a token, `Authorization: Bearer TOKEN` (or
-the page's cookie); bodies are capped; clients that stall while sending headers or a body are cut off. Errors are
-one-line JSON `{"error": ...}` (OpenAI's shape under `/v1`). The index folder is watched: after `anyalign index
-add/delete` the next request is answered from the new state (reloaded atomically, after the writer's lock is
-released). Concurrent text queries are embedded together in one encoder call (micro-batching); each is then searched
-on its own, as a lone query would be.
+This module assembles the app, guards it (Host allow-list, bearer token or the page's cookie, body size and
+stalled-client limits, `nosniff`/CSP/no-framing headers, one-line JSON errors) and runs it; the routes are in
+`search_api.py` and `openai_api.py`, the index state and its reloads in `served.py`, query micro-batching in
+`batching.py`.
 """
 
 from __future__ import annotations

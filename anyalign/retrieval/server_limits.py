@@ -1,13 +1,7 @@
-"""Limits of the search service that keep one client from starving the others, strict Host parsing, and error
-messages scrubbed of the server's own temporary paths.
-
-* Every connection must finish its request headers within `header_timeout` seconds (per request, keep-alive
-  included), else it is closed.
-* One peer address may hold at most `per_peer` connections whose headers are not complete yet: a new one beyond
-  that closes that peer's oldest such connection. Half-open connections of one peer therefore never fill the
-  global connection limit (uvicorn's `limit_concurrency`) that answers everyone 503.
-* `Host` is parsed strictly (a name, IPv4 or [IPv6] and an optional numeric port): `localhost:80@evil.com` is
-  refused instead of read as `localhost`.
+"""Limits that keep one client from starving the others, strict Host parsing, and error messages scrubbed of the
+server's temporary paths: request headers must be complete within `header_timeout` seconds (per request), and one
+peer may hold at most `per_peer` connections still sending headers, so its half-open connections never fill
+uvicorn's global `limit_concurrency`; `localhost:80@evil.com` is refused, not read as `localhost`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Indexes larger than one machine: parts built independently, searched together or merged on disk.
 
-Workflow: train once (`build_index(..., train_only=True)`), build each part from that trained index on its own
-machine or rank (`build_index(..., trained=..., rank=r, world_size=w)`; ids stay global), then either
-`combine_parts(parts, out)` (an index *set*: every part is searched and the results merged) or
-`combine_parts(parts, out, ondisk=True)` (IVF parts only: one index whose inverted lists are merged into a
-single `index.ivfdata` file with faiss's `merge_ondisk`, memory-mapped at search time).
+Train once (`build_index(..., train_only=True)`), build each part from it (`trained=..., rank=r, world_size=w`; ids
+stay global), then `combine_parts(parts, out)` (a *set*: every part searched, results merged) or with `ondisk=True`
+(IVF parts: one index whose inverted lists faiss's `merge_ondisk` writes to one memory-mapped `index.ivfdata`).
 """
 
 from __future__ import annotations
