@@ -33,7 +33,8 @@ def extract_cmd(
     accelerate's `--cpu` multi-process mode needs MPI).
     """
     from ..encoders.extract import check_feature_output, extract, process_state
-    from ..encoders.inputs import discover_inputs, encoder_class
+    from ..encoders.inputs import discover_inputs
+    from ..encoders.registry import encoder_class
     from ..features import read_manifest
     from .options import CLIError
 

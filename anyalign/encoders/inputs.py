@@ -4,7 +4,6 @@ a deterministic order (same shards on every rank and rerun); inputs the encoder 
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections import Counter
@@ -17,8 +16,6 @@ from torch.utils.data import Dataset
 
 from ..datasets.records import BrokenInput, TarMember
 from .base import Encoder, InputError
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,25 +46,6 @@ def load_item(encoder: Encoder, value: Any) -> Any:
 
 def _accepts(encoder: Any, name: str | os.PathLike) -> bool:
     return Path(name).suffix.lower() in encoder.extensions
-
-
-def encoder_class(name: str, *, declared_inputs: bool = False) -> type[Encoder] | None:
-    """The class a registered encoder factory returns (from its annotation); None when unknown. With
-    `declared_inputs`, only a class that declares its modality and file types at class level, which lets inputs
-    be checked before any weights load."""
-    import typing
-
-    from .registry import ENCODERS
-
-    try:
-        cls = typing.get_type_hints(ENCODERS.get(name)).get("return")
-    except Exception:  # noqa: BLE001 - unresolvable annotations: check after loading instead
-        return None
-    if not (isinstance(cls, type) and issubclass(cls, Encoder)):
-        return None
-    if declared_inputs and not (cls.modality and (cls.extensions or cls.modality == "text")):
-        return None
-    return cls
 
 
 def _wanted(encoder: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,21 @@ def create_encoder(
     if frozen:
         enc.freeze()
     return enc
+
+
+def encoder_class(name: str, *, declared_inputs: bool = False) -> type[Encoder] | None:
+    """The class a registered encoder factory returns (from its annotation); None when unknown. With
+    `declared_inputs`, only a class that declares its modality and file types at class level, which lets inputs
+    be checked before any weights load."""
+    try:
+        cls = typing.get_type_hints(ENCODERS.get(name)).get("return")
+    except Exception:  # noqa: BLE001 - unresolvable annotations: check after loading instead
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, Encoder)):
+        return None
+    if declared_inputs and not (cls.modality and (cls.extensions or cls.modality == "text")):
+        return None
+    return cls
 
 
 def list_encoders(modality: str | None = None) -> list[str]:

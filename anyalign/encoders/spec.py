@@ -22,8 +22,7 @@ from ..fingerprint import source_fingerprint
 from ..hub import local_source, portable_source, rebase_source
 from .autocast import AUTOCAST_NAMES
 from .base import Encoder
-from .inputs import encoder_class
-from .registry import check_encoder_options, create_encoder, encoder_info
+from .registry import check_encoder_options, create_encoder, encoder_class, encoder_info
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ class Retriever:
     def modality_for_file(self, path: str | os.PathLike) -> str:
         """The modality whose embedder reads this file type (recorded embedders first, then their partners)."""
         from ..embedder import find_record
-        from ..encoders.inputs import encoder_class
+        from ..encoders.registry import encoder_class
 
         suffix = Path(path).suffix.lower()
         for m in self._file_modalities():
