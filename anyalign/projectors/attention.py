@@ -1,8 +1,5 @@
-"""Attention building blocks shared by the query-based projectors (perceiver, qformer, universal).
-
-One `Attention` module on `F.scaled_dot_product_attention` with the optional stabilisers of Unified-IO 2
-(QK-normalisation, scaled cosine logits) and 2D rotary position embeddings for image token grids.
-"""
+"""Attention blocks of the query-based projectors (perceiver, qformer, universal): one `Attention` on SDPA with
+Unified-IO 2's optional stabilisers (QK-norm, scaled cosine logits), and 2D rotary positions for image grids."""
 
 from __future__ import annotations
 

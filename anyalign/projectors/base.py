@@ -1,9 +1,5 @@
-"""The projector interface: encoder tokens `[B, T, D_in]` (+ mask) -> projected tokens `[B, N, D_out]` (+ mask).
-
-Projectors are the small trainable part of anyalign. The same module type serves both targets: the shared
-embedding space (its output tokens are pooled and L2-normalised by the adapter) and a frozen LLM's input
-space (its output tokens are spliced into `inputs_embeds` as soft tokens).
-"""
+"""The projector interface: encoder tokens `[B, T, D_in]` (+ mask) -> projected tokens `[B, N, D_out]` (+ mask),
+pooled by the adapter into the shared space or spliced into a frozen LLM's `inputs_embeds` as soft tokens."""
 
 from __future__ import annotations
 

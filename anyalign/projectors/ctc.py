@@ -1,11 +1,8 @@
 """A words head: frame features -> characters (CTC), embedded by the space's frozen text encoder.
 
-Why: a pooled projector trained contrastively on a few thousand sentences learns to recognise those sentences, not
-words (issue 22: R@1 0.14 on new sentences). A CTC character head is local in time, so what it learns (sounds ->
-letters) carries over to sentences and words it never heard; the shared-space embedding of a clip is then the frozen
-text encoder's embedding of what the head heard, which lands exactly where the space's text side puts that text.
-Trained by the `ctc` task (`align/ctc.py`) on the rows' transcripts; `score()` ranks candidate texts by their CTC
-likelihood (zero-shot words, re-ranking), `transcribe()` returns the greedy transcript.
+Why: a pooled contrastive projector learns its training sentences, not words (issue 22: R@1 0.14 on new sentences);
+a CTC character head is local in time, so it spells sentences it never heard, and the text encoder's embedding of
+what it heard lands where the space's text side puts that text. Trained by the `ctc` task (`align/ctc.py`).
 """
 
 from __future__ import annotations

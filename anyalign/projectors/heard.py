@@ -1,12 +1,8 @@
 """The LLM reads what the words head heard: a clip's LLM input is its transcript as ordinary text tokens.
 
-Why: soft tokens from a small projector, trained on a few thousand synthetic sentences, teach a frozen 135M LLM to
-write sentences like its training captions, not what was said (issue 22: LLM WER 3.97x Whisper's decoder on new
-sentences). The CTC words head (`projectors/ctc.py`) spells sentences it never heard; handing its transcript to the
-LLM as text keeps that, and the LLM answers about speech exactly as it answers the same words typed, so spoken
-questions and instructions work without instruction data. A LoRA on the LLM (the `caption` task, transcript as the
-target) can then learn to correct the head's spelling. The head has no weights of its own: the adapter's words
-head (its `ctc` shared-space projector) does the hearing, and `MultimodalLM` tokenizes what it heard.
+Why: soft tokens from a small projector teach a frozen LLM its training captions, not what was said (issue 22: WER
+3.97x Whisper's); the CTC words head (`projectors/ctc.py`) spells new sentences, and as text the LLM answers about
+speech as about the same words typed. No weights of its own: `MultimodalLM` tokenizes what the words head heard.
 """
 
 from __future__ import annotations

@@ -66,19 +66,11 @@ class PerceiverOptions:
 class PerceiverProjector(Projector):
     """Perceiver resampler (Flamingo, Alayrac et al., 2022; AnyMAL, Moon et al., 2023) with Unified-IO 2 options.
 
-    `num_latents` learned queries cross-attend to the encoder tokens (projected to `dim`) over `depth` layers;
-    the output is always `num_latents` tokens of width `out_dim`. Padded tokens are masked out of the keys;
-    the latents themselves are always valid keys, so a sample without valid tokens still gives finite output.
-
-    Unified-IO 2 (Lu et al., 2023) stabilisers, all off by default:
-    - `qk_norm`: LayerNorm on each head's queries and keys.
-    - `cosine_attention`: L2-normalised queries/keys times a learnable per-head scale (capped at 100).
-    - `rope_2d`: 2D rotary embeddings of the image tokens' (row, col) applied to their keys. The latent queries
-      and all prefix tokens (CLS, registers) sit at position 0 = no rotation, so attention to them is
-      position-free while grid tokens are seen at (row + 1, col + 1). The grid is `grid_size=[rows, cols]` with
-      `num_prefix_tokens` (default: whatever precedes the rows * cols grid tokens), or, without `grid_size`,
-      inferred per sample from its valid token count n: n square -> no prefix, n - 1 square -> one CLS token
-      (or exactly `num_prefix_tokens`). Valid tokens are numbered in order, so right padding does not move them.
+    `num_latents` learned queries cross-attend to [encoder tokens; latents] (padding masked out, so a sample
+    without valid tokens still gives finite output) and give `num_latents` tokens of width `out_dim`. Unified-IO 2
+    (Lu et al., 2023) stabilisers, off by default: `qk_norm`, `cosine_attention`, and `rope_2d` (2D rotary
+    positions of the image grid on the keys; latents and prefix tokens such as CLS at position 0, the grid from
+    `grid_size` or inferred per sample, see `attention.grid_positions`).
     """
 
     def __init__(self, in_dim: int, out_dim: int, opts: PerceiverOptions | None = None, **options: Any) -> None:

@@ -76,18 +76,10 @@ class RVQOptions:
 class ResidualVQProjector(Projector):
     """Residual vector quantiser (SoundStream, Zeghidour et al., 2021; VQ-VAE, van den Oord et al., 2017).
 
-    Tokens (optionally stride-pooled) are projected to `code_dim` and quantised by `num_quantizers` codebooks of
-    `codebook_size` codes, each quantising the residual the previous ones left. Gradients pass the quantiser with
-    the straight-through estimator; `losses` holds "commitment" (encoder output -> codes, times
-    `commitment_weight`) and, without EMA, "codebook" (codes -> encoder output). With `ema=True` the codebooks are
-    buffers updated during training as exponential moving averages of their assigned vectors (`decay`) instead of
-    the codebook loss. Codes unused for `dead_code_steps` training steps are restarted from random vectors of the
-    current batch (0 = never); `kmeans_init` initialises the codebooks by k-means on the first training batch.
-
-    Output: `codes` [B, N, Q] long (0 at padded positions) and tokens = the quantised vectors projected to
-    `out_dim`. `codes_to_vocab` / `vocab_to_codes` map codes to ids in an LLM vocabulary extended by
-    `vocab_size_needed` entries; `usage()` reports per-quantiser code perplexity. Under DDP the EMA statistics
-    are all-reduced and initialisations/restarts are broadcast from rank 0.
+    `num_quantizers` codebooks each quantise the residual the previous ones left (straight-through gradients;
+    "commitment" loss, and "codebook" loss unless the codebooks follow EMAs; k-means init, dead-code restarts;
+    DDP-synchronised). Output: `codes` [B, N, Q] and the quantised tokens; `codes_to_vocab` maps codes to ids of
+    an LLM vocabulary extended by `vocab_size_needed` entries.
     """
 
     def __init__(self, in_dim: int, out_dim: int, opts: RVQOptions | None = None, **options: Any) -> None:

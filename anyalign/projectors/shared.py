@@ -1,14 +1,8 @@
-"""Shared projectors: one projector instance used by several modality adapters, saved once.
+"""Shared projectors: one projector instance used by several modality adapters (tied weights), saved once.
 
-A recipe declares `projectors: {upm: {name: universal, ...}}` and adapters name it (`llm_projector: upm`); every
-adapter then holds the same module (tied weights, as a language model ties its input and output embeddings), so
-the optimizer, DDP and checkpoints see one set of parameters. For the "universal" projector each user modality
-gets its own input projection, modality tokens and router (`add_modality`) while the experts are shared.
-
-On disk a run's `adapters/` folder holds the shared part once, in `_shared/<name>/` (`anyalign_projector.json`:
-the projector spec, its users and this layout's version; `anyalign_projector.safetensors`: its weights). Each
-adapter that uses it records `{"name", "path" (relative to the adapter folder), "sha256", "format_version"}` in
-its config's `shared` field and leaves those weights out of its own file.
+A recipe declares `projectors: {upm: {name: universal, ...}}` and adapters name it (`llm_projector: upm`). On disk
+it sits once in `adapters/_shared/<name>/` (spec + users in JSON, weights in safetensors); each adapter using it
+records `{"name", "path", "sha256", "format_version"}` in its config's `shared` field.
 """
 
 from __future__ import annotations

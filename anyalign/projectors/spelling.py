@@ -1,10 +1,8 @@
 """Spelling a CTC head's transcript with the words of a word list (the words head's free transcripts).
 
-Why: a character head spells what it hears ("befor mareage"); a text encoder embeds misspellings far from the words
-meant, so the free transcript retrieves poorly. Each heard word is replaced, left to right, by the word-list entry
-within edit distance 2 whose whole-sentence CTC likelihood plus a unigram prior (the list's counts) is highest,
-with the heard spelling itself kept as a candidate (at an out-of-list penalty). It is open vocabulary as far as the
-list goes (e.g. Debian's 100k-word `wamerican`), needs no language model and never sees the sentences to find.
+Why: a text encoder embeds misspellings ("befor mareage") far from the words meant. Each heard word becomes the
+list word within edit distance 2 with the best sentence CTC likelihood plus unigram prior (the heard spelling kept
+at an out-of-list penalty): open vocabulary as far as the list goes, with no language model.
 """
 
 from __future__ import annotations

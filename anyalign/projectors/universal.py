@@ -63,22 +63,10 @@ class UniversalOptions:
 class UniversalProjector(Projector):
     """Universal projection module (OneLLM, Han et al., 2024): shared experts mixed by per-modality routers.
 
-    One module serves every modality in `modalities`: each has its own input projection (`in_dims[m]`, default
-    `in_dim`, to width `dim`), `num_modality_tokens` learnable modality tokens and a router; the
-    `num_experts` projection experts (transformer stacks of `expert_depth` blocks) are shared. The modality
-    tokens are prepended to the projected encoder tokens, every expert processes the sequence (padded tokens
-    masked out of attention), the experts' outputs at the modality-token positions are mixed with the router
-    weights and projected to `out_dim`: the output is `num_modality_tokens` tokens per sample.
-
-    Routers: `"token"` (default) computes soft weights per output token from that modality token plus the
-    masked mean of the sample's input tokens (an MLP per modality, so the mix depends on the content);
-    `"static"` learns one softmax weight vector per modality. `forward(..., modality=m)` selects them;
-    `modality` may be omitted only when a single modality is configured.
-
-    Adding a modality: `projector.add_modality("ecg", in_dim=256)` creates its input projection, modality
-    tokens and router (the experts stay shared) and records it in `config`, so `spec()` and saved adapters
-    rebuild it; create the optimizer afterwards (or add the new parameters to it), and train at least the
-    new parts on the new modality's data. Equivalently list it in `modalities` when building the projector.
+    Each modality has its own input projection, `num_modality_tokens` learned tokens and router; the experts
+    (transformer stacks over [modality tokens; input tokens]) are shared, and their outputs at the modality-token
+    positions, mixed by the router (`"token"`: from the content; `"static"`: one learned mix), are the output.
+    `forward(..., modality=m)` picks the modality; `add_modality` adds one later (recorded in `spec()`).
     """
 
     def __init__(self, in_dim: int, out_dim: int, opts: UniversalOptions | None = None, **options: Any) -> None:
