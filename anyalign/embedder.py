@@ -1,17 +1,9 @@
-"""`Embedder`: inputs of one modality -> L2-normalised vectors `[N, E]` of a named shared space.
+"""`Embedder`: inputs of one modality -> L2-normalised vectors `[N, E]` of a shared space (retrieval, zero-shot).
 
-One class serves retrieval (`anyalign embed`, `search`, `serve`), zero-shot classification and the quickstart.
-It wraps a frozen encoder, optionally behind a trained `ModalityAdapter` whose shared-space head gives the
-vectors (a bare encoder's pooled output is its own space, e.g. CLAP or CLIP towers, or a text anchor).
-
-Every embedder can be written down as a small JSON *record* (`{"encoder": EncoderSpec}` or `{"adapter": DIR}`)
-that indexes and embedding folders store, so the other side of a space is found from the artifact: an adapter
-records the anchors it was aligned to (`AdapterConfig.space`); a tower of a two-tower model names its partner
-(`EncoderSpec.partner`). `find_record(records, "text")` finds the text side either way.
-
-Decoding (`load`) is separate from the network (`embed_collated`) so it can run in DataLoader workers and one
-corrupt input fails alone. An encoder that needs long inputs cut into windows says so (`Encoder.split_long`);
-the windows' embeddings are averaged and renormalised.
+A frozen encoder, optionally behind a trained `ModalityAdapter`'s shared-space head. Its JSON *record*
+(`{"encoder": EncoderSpec}` or `{"adapter": DIR}`) is stored by indexes and embedding folders, so `find_record`
+finds the other side of a space from the artifact (an adapter's recorded anchors, a tower's partner). Decoding
+(`load`) is apart from the network (`embed_collated`) so it runs in DataLoader workers and a bad input fails alone.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""Transcription: Whisper's own decoder as the ASR baseline (`anyalign transcribe`), and the word error rate of a
-causal LM's transcripts through a speech adapter (LLaSM / Qwen-Audio style) next to it on the same recordings.
-
-    report = transcribe(["speech/test.jsonl"])  # Whisper tiny.en; WER against the rows' `text`
-    report = evaluate_transcription(read_records("speech/test.jsonl", modalities=["audio"]), model,
-                                    whisper="~/.cache/anyalign-assets/audio-models/whisper-tiny.en")
-
-Both systems see the same audio files; WER is the corpus rate after Whisper's English normaliser (`metrics.wer`),
-also per speaker group (voice) so a held-out-voice split can be read off directly. `anyalign transcribe` and
-`anyalign eval transcription` are the CLI.
-"""
+"""Transcription: Whisper's own decoder as the ASR baseline (`anyalign transcribe`), and the WER of a causal LM's
+transcripts through a speech adapter next to it on the same files (`anyalign eval transcription`); WER after
+Whisper's English normaliser (`metrics.wer`), also per speaker group."""
 
 from __future__ import annotations
 

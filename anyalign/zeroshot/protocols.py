@@ -1,17 +1,11 @@
 """Zero-shot protocols beyond the training label set: other phrasings of the classes, and unseen classes.
 
-- Phrasings (`--labels-file`): a YAML/JSON file `{set name: {class: phrase | [phrases]}}` names every class in
-  other words; each set is scored like the closed set (same templates, phrases of a class averaged) and reported
-  with its ratio to the closed-set accuracy (or to a set named `training` when the file has one).
-- Unseen classes (generalised zero-shot learning, Xian et al. 2018): the adapter was trained on `seen` classes
-  only (`data.train[*].classes` in its recipe); items of all classes are classified among all classes and the
-  report gives mean per-class accuracy on seen and on unseen items and their harmonic mean H, plus the
-  conventional zero-shot accuracy of unseen items among the unseen classes alone. Adapters trained on seen classes
-  score them higher than any unseen class (the GZSL bias), so the report also gives the seen-unseen accuracy curve
-  and its area (AUSUC, Chao et al. 2016: calibrated stacking, seen scores lowered by gamma, swept over every gamma)
-  and, with `calibration`, the metrics at one gamma; `tune_calibration` picks gamma on validation data (never on
-  the test split: the curve's best point on the evaluated data is reported only as an oracle bound). The metrics
-  themselves are pure functions of scores, in `anyalign.metrics.gzsl`.
+- Phrasings (`--labels-file`, YAML/JSON `{set: {class: phrase | [phrases]}}`): each set scored like the closed
+  set, reported with its ratio to the closed-set accuracy (or to a set named `training`).
+- Unseen classes (generalised zero-shot learning, Xian et al. 2018): all items among all classes; mean per-class
+  accuracy on seen and unseen items, their harmonic mean H, unseen items among unseen classes alone, and the
+  seen-unseen curve with its area (AUSUC, Chao et al. 2016: calibrated stacking). Gamma is tuned on validation
+  data only; the curve's best point on the evaluated data is reported as an oracle bound. Metrics: `metrics.gzsl`.
 """
 
 from __future__ import annotations
