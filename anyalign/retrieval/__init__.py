@@ -10,23 +10,7 @@ numpy, faiss and SQLite, not torch, which only embedding queries and `embed_to_f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..lazy import lazy_exports
-
-if TYPE_CHECKING:
-    from ..embedder import Embedder, as_embedder
-    from .autoindex import IndexChoice, choose_index, parse_memory
-    from .embed import embed_to_folder
-    from .evaluate import evaluate_retrieval, exact_metrics, ranked_metrics
-    from .index import IndexConfig, gpu_count, load_index, read_config
-    from .index_build import build_index
-    from .index_update import add_to_index, delete_from_index
-    from .metadata import MetadataStore
-    from .results import SearchResult, SearchResults
-    from .retriever import Retriever
-    from .shards import build_parts, combine_parts
-    from .sources import ArraySource, EmbeddingSource, open_source, open_sources
 
 _LAZY = {
     "Embedder": "..embedder", "as_embedder": "..embedder",
@@ -45,31 +29,4 @@ _LAZY = {
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
-__all__ = [
-    "ArraySource",
-    "Embedder",
-    "EmbeddingSource",
-    "IndexChoice",
-    "IndexConfig",
-    "MetadataStore",
-    "Retriever",
-    "SearchResult",
-    "SearchResults",
-    "add_to_index",
-    "as_embedder",
-    "build_index",
-    "build_parts",
-    "choose_index",
-    "combine_parts",
-    "delete_from_index",
-    "embed_to_folder",
-    "evaluate_retrieval",
-    "exact_metrics",
-    "gpu_count",
-    "load_index",
-    "open_source",
-    "open_sources",
-    "parse_memory",
-    "ranked_metrics",
-    "read_config",
-]
+__all__ = sorted(_LAZY)
