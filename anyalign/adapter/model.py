@@ -20,13 +20,7 @@ from ..encoders.spec import EncoderSpec
 from ..io import load_weights, save_weights, write_json
 from ..projectors import Projector, ProjectorOutput, create_projector
 from ..projectors.heard import reads_transcript
-from ..projectors.shared import (
-    SHARED_DIR,
-    build_projector_from_spec,
-    load_shared_state,
-    read_shared_config,
-    save_shared_projector,
-)
+from ..projectors.shared import SHARED_DIR, load_shared_projector, save_shared_projector
 from ..version import FORMAT_VERSION, __version__
 from .config import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, read_adapter_config, resolve_adapter
 from .portable import import_plugins, portable_fields, push_adapter_folder
@@ -187,11 +181,9 @@ class ModalityAdapter(nn.Module):
                 encoder = spec.build(pretrained=encoder_pretrained, frozen=not (is_trainable and config.train_encoder))
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"{path}: {e} (or pass encoder_pretrained=PATH)") from None
-        shared = {}
-        for key, ref in config.shared.items():  # shared projectors: one folder beside the adapters, checked by hash
-            where = path / ref["path"]
-            shared[key] = build_projector_from_spec(read_shared_config(where)["projector"])
-            shared[key].load_state_dict(load_shared_state(where, sha256=ref.get("sha256")))
+        # shared projectors: one folder beside the adapters, checked by hash
+        shared = {key: load_shared_projector(path / ref["path"], sha256=ref.get("sha256"))
+                  for key, ref in config.shared.items()}
         adapter = cls(config, encoder, shared_heads=shared)
         state = load_weights(path / WEIGHTS_NAME)
         if not load_encoder:

@@ -24,12 +24,6 @@ SHARED_WEIGHTS = "anyalign_projector.safetensors"
 SHARED_FORMAT_VERSION = 1  # 1: spec + users in JSON, weights in safetensors, referenced by sha256
 
 
-def build_projector_from_spec(spec: dict[str, Any]) -> Projector:
-    """A projector from its `spec()` (name, in_dim, out_dim and options)."""
-    opts = {k: v for k, v in spec.items() if k not in ("name", "in_dim", "out_dim")}
-    return create_projector(spec["name"], in_dim=int(spec["in_dim"]), out_dim=int(spec["out_dim"]), **opts)
-
-
 def save_shared_projector(directory: str | os.PathLike, name: str, projector: Projector,
                           users: list[str]) -> dict[str, Any]:
     """Write a shared projector into `directory` and return its reference `{name, sha256, format_version}`."""
@@ -69,16 +63,17 @@ def load_shared_state(directory: str | os.PathLike, *, sha256: str | None = None
     return load_weights(path)
 
 
-def load_shared_projector(directory: str | os.PathLike) -> Projector:
-    """Rebuild a saved shared projector (e.g. to continue from it in a later stage)."""
+def load_shared_projector(directory: str | os.PathLike, *, sha256: str | None = None) -> Projector:
+    """Rebuild a saved shared projector, its weights checked against the fingerprint an adapter recorded."""
     spec = read_shared_config(directory)["projector"]
-    proj = build_projector_from_spec(spec)
-    missing, unexpected = proj.load_state_dict(load_shared_state(directory), strict=False)
+    opts = {k: v for k, v in spec.items() if k not in ("name", "in_dim", "out_dim")}
+    proj = create_projector(spec["name"], in_dim=int(spec["in_dim"]), out_dim=int(spec["out_dim"]), **opts)
+    missing, unexpected = proj.load_state_dict(load_shared_state(directory, sha256=sha256), strict=False)
     if missing or unexpected:
         raise ValueError(f"{Path(directory) / SHARED_WEIGHTS}: weights do not match {SHARED_CONFIG} "
                          f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
     return proj
 
 
-__all__ = ["SHARED_CONFIG", "SHARED_DIR", "SHARED_FORMAT_VERSION", "SHARED_WEIGHTS", "build_projector_from_spec",
-           "load_shared_projector", "load_shared_state", "read_shared_config", "save_shared_projector"]
+__all__ = ["SHARED_CONFIG", "SHARED_DIR", "SHARED_FORMAT_VERSION", "SHARED_WEIGHTS", "load_shared_projector",
+           "load_shared_state", "read_shared_config", "save_shared_projector"]
