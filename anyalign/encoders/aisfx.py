@@ -21,7 +21,7 @@ from torch import nn
 
 from ..io import load_weights, resolve_pretrained
 from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio
-from .base import Encoder, EncoderOutput, masked_mean, pad_sequences
+from .base import Encoder, EncoderOutput, join_windows, masked_mean
 from .registry import register_encoder
 
 #: the pretrained model's front end (aisfx 0.1.2 inference.py / preprocessing.py)
@@ -131,9 +131,8 @@ class AisfxAudioEncoder(Encoder):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         emb = self.net(batch["blocks"].to(self.net.conv_block1.conv1.weight.dtype))  # [sum W, C]
-        counts = batch["windows"].tolist()
-        tokens, mask = pad_sequences(list(torch.split(emb, counts)))  # [B, W_max, C]
-        mask = mask.to(tokens.device)
+        ones = torch.ones(emb.shape[0], 1, dtype=torch.bool, device=emb.device)
+        tokens, mask = join_windows(emb[:, None], ones, batch["windows"].tolist())  # [B, W_max, C]: a token per block
         return EncoderOutput(tokens, mask, masked_mean(tokens.float(), mask))
 
 

@@ -142,6 +142,16 @@ def pad_sequences(seqs: Sequence[torch.Tensor], pad_value: float = 0.0) -> tuple
     return out, mask
 
 
+def join_windows(tokens: torch.Tensor, mask: torch.Tensor, counts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows' tokens `[W, T, D]` + mask `[W, T]` -> inputs' `[B, T', D]` + mask: the valid tokens of each input's
+    `counts[b]` consecutive windows concatenated (returned unchanged when every input is one window)."""
+    if all(c == 1 for c in counts):
+        return tokens, mask
+    seqs = [torch.cat([t[m] for t, m in zip(ts, ms)]) for ts, ms in zip(tokens.split(counts), mask.split(counts))]
+    out, out_mask = pad_sequences(seqs)
+    return out, out_mask.to(out.device)
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid tokens: `[B, T, D]`, `[B, T]` -> `[B, D]`."""
     w = mask.to(tokens.dtype).unsqueeze(-1)

@@ -26,7 +26,7 @@ from transformers import (
 
 from ..io import resolve_pretrained
 from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
-from .base import Encoder, EncoderOutput, InputError, pad_sequences
+from .base import Encoder, EncoderOutput, InputError, join_windows
 from .registry import register_encoder
 
 DEFAULT_CLAP_MODEL = "laion/clap-htsat-unfused"
@@ -111,12 +111,10 @@ class ClapAudioEncoder(Encoder):
         tokens = fmap.permute(0, 3, 2, 1).flatten(1, 2)  # [W, T*F, D], time-major
         emb = F.normalize(self.model.audio_projection(out.pooler_output).float(), dim=-1)  # [W, P]
         counts = batch["windows"].tolist()
-        if all(c == 1 for c in counts):
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-            return EncoderOutput(tokens, mask, emb)
         pooled = torch.stack([F.normalize(e.mean(0), dim=-1) for e in torch.split(emb, counts)])  # [B, P]
-        tokens, mask = pad_sequences([t.flatten(0, 1) for t in torch.split(tokens, counts)])  # [B, T_max, D]
-        return EncoderOutput(tokens, mask.to(tokens.device), pooled)
+        valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        tokens, mask = join_windows(tokens, valid, counts)  # [B, T_max, D]: an input's windows concatenated
+        return EncoderOutput(tokens, mask, pooled)
 
 
 class ClapTextEncoder(Encoder):

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..io import load_weights, resolve_pretrained
 from .audio_io import resample
-from .base import Encoder, EncoderOutput, InputError, masked_mean, pad_sequences
+from .base import Encoder, EncoderOutput, InputError, join_windows, masked_mean, pad_sequences
 from .registry import register_encoder
 
 IMU_INPUT_SPEC = "array [6, T] or [T, 6] (accel xyz + gyro xyz), or a .npy/.csv file of one"
@@ -154,11 +154,7 @@ class IMUEncoder(Encoder):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         h, tmask = self.encode_windows(batch["x"], batch["mask"])  # [W, T', D], [W, T']
-        counts = batch["windows"].tolist() if "windows" in batch else [1] * h.shape[0]
-        if any(c != 1 for c in counts):  # several windows per input: concatenate their valid tokens
-            seqs = [torch.cat([t[m] for t, m in zip(hs, ms)]) for hs, ms in zip(h.split(counts), tmask.split(counts))]
-            h, tmask = pad_sequences(seqs)
-            tmask = tmask.to(h.device)
+        h, tmask = join_windows(h, tmask, batch["windows"].tolist() if "windows" in batch else [1] * h.shape[0])
         return EncoderOutput(h, tmask, masked_mean(h, tmask))
 
     def encode_windows(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers import WhisperFeatureExtractor, WhisperModel
 
 from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
-from .base import Encoder, EncoderOutput, masked_mean, pad_sequences
+from .base import Encoder, EncoderOutput, join_windows, masked_mean
 from .clap import hf_source, load_tower
 from .registry import register_encoder
 
@@ -123,17 +123,8 @@ class WhisperAudioEncoder(Encoder):
             hidden = self.encoder(feats).last_hidden_state  # [W, 1500, D]
         else:
             hidden = self._encode_clip_length(feats, valid)  # [W, T_max, D]
-        counts = batch["windows"].tolist()
-        if all(c == 1 for c in counts):
-            mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < valid.to(hidden.device)[:, None]
-            return EncoderOutput(hidden, mask, masked_mean(hidden.float(), mask))
-        per_window = [h[:n] for h, n in zip(hidden, valid.tolist())]  # valid frames of each window
-        seqs, i = [], 0
-        for c in counts:
-            seqs.append(torch.cat(per_window[i:i + c]))
-            i += c
-        tokens, mask = pad_sequences(seqs)  # [B, T_max, D]
-        mask = mask.to(tokens.device)
+        mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < valid.to(hidden.device)[:, None]  # [W, T]
+        tokens, mask = join_windows(hidden, mask, batch["windows"].tolist())  # [B, T_max, D]
         return EncoderOutput(tokens, mask, masked_mean(tokens.float(), mask))
 
 
