@@ -107,17 +107,10 @@ def ranked_metrics(retrieved: Sequence[Sequence[bool]], n_relevant: Sequence[int
     return out
 
 
-def _pessimistic_order(scores: Sequence[float], flags: Sequence[bool]) -> list[bool]:
+def _pessimistic_order(scores: Sequence[float], flags: Sequence[bool]) -> np.ndarray:
     """Relevance flags of one ranked list with each run of equal scores reordered non-relevant first."""
-    out: list[bool] = []
-    i = 0
-    while i < len(scores):
-        j = i
-        while j < len(scores) and scores[j] == scores[i]:
-            j += 1
-        group = list(flags[i:j])
-        out += [False] * group.count(False) + [True] * group.count(True)
-        i = j
+    out = np.zeros(len(flags), dtype=bool)
+    out[pessimistic_ranks(np.asarray(scores, dtype=np.float64), np.flatnonzero(flags))] = True
     return out
 
 
