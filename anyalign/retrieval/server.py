@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
 from ..encoders import InputError
 from .batching import QueryBatcher
@@ -139,29 +140,18 @@ class _Abort(Exception):
     pass
 
 
-def _host_of(value: str | None) -> str | None:
-    """`Host` header -> lower-case host name without port ('[::1]:80' -> '::1'); None when malformed."""
-    return parse_host(value)
-
-
 class _Guard:
-    """ASGI middleware: security headers on every response, the Host allow-list, and the bearer token."""
+    """ASGI middleware: security headers on every response, the Host allow-list, and the bearer token (or the
+    page's cookie)."""
 
     def __init__(self, app: Any, hosts: Sequence[str], token: str | None) -> None:
         self.app, self.token = app, token
         self.any_host = "*" in hosts
-        self.hosts = {name for h in hosts if h != "*" and (name := _host_of(h)) is not None}
+        self.hosts = {name for h in hosts if h != "*" and (name := parse_host(h)) is not None}
 
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        given = ""
-        for name, value in headers:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                given = value[7:].decode("latin-1").strip()
-            elif name == b"cookie" and not given:
-                for part in value.decode("latin-1").split(";"):
-                    key, _, val = part.strip().partition("=")
-                    if key == TOKEN_COOKIE:
-                        given = unquote(val)
+    def _authorized(self, conn: HTTPConnection) -> bool:
+        auth = conn.headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else unquote(conn.cookies.get(TOKEN_COOKIE, ""))
         return hmac.compare_digest(given.encode("utf-8", "replace"), self.token.encode())  # type: ignore[union-attr]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -178,18 +168,16 @@ class _Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        headers = scope.get("headers") or []
-        host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
-        if not self.any_host and (host is None or _host_of(host) not in self.hosts):
+        conn = HTTPConnection(scope)
+        host = conn.headers.get("host")
+        if not self.any_host and (host is None or parse_host(host) not in self.hosts):
             await _send_error(secured_send, 400, f"host {_one_line(host, 80)!r} is not allowed (serve --allow-host)")
             return
-        if self.token and scope.get("path", "/") != "/" and not self._authorized(headers):
+        if self.token and scope.get("path", "/") != "/" and not self._authorized(conn):
             await _send_error(secured_send, 401, "missing or wrong token (send 'Authorization: Bearer TOKEN')",
                               [(b"www-authenticate", b'Bearer realm="anyalign"')], scope.get("path", ""))
             return
         await self.app(scope, receive, secured_send)
-
-
 
 
 def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int = 100,
