@@ -43,22 +43,16 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             replace_dir(tmp, path)
         else:
             os.replace(tmp, path)
-    except OSError as e:  # disk full, permission denied ...: the partial output goes, the error names the path
+    except BaseException as e:  # the partial output goes; an error about the staging copy names the output instead
         _remove(tmp)
-        name = str(e.filename) if e.filename is not None else ""
-        if e.filename is None or str(tmp) in name:
+        name = str(getattr(e, "filename", None) or "")
+        if isinstance(e, OSError) and (e.filename is None or str(tmp) in name):  # disk full, permission denied ...
             if isinstance(e, shutil.Error) or e.strerror is None:  # copytree's list of failures: the first reason
                 reasons = e.args[0] if e.args and isinstance(e.args[0], list) else [(None, None, str(e))]
                 e = _errno_of(str(reasons[0][2]) if reasons else str(e))
             raise OSError(e.errno, e.strerror or str(e), name.replace(str(tmp), str(path)) or str(path)) from None
-        raise
-    except ValueError as e:  # a reader's message about the staging copy names the output instead
-        _remove(tmp)
-        if str(tmp) in str(e):
+        if isinstance(e, ValueError) and str(tmp) in str(e):
             raise type(e)(str(e).replace(str(tmp), str(path))) from None
-        raise
-    except BaseException:
-        _remove(tmp)
         raise
 
 

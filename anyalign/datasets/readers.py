@@ -129,14 +129,13 @@ def read_csv(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
         if len(cells) != len(header):
             out.append(broken(f"row{n}", where, f"{len(cells)} columns, the header has {len(header)}"))
             continue
-        row = dict(zip(header, cells))
-        if not row[path_col] or not row[label_col]:
+        row = {h: c for h, c in zip(header, cells) if c}  # empty cells are absent fields
+        if path_col not in row or label_col not in row:
             out.append(broken(f"row{n}", where, f"empty {path_col!r} or {label_col!r}"))
             continue
-        file = Path(row[path_col]).expanduser()
-        file = file if file.is_absolute() else path.parent / file
-        out.append(Record(_rel(file, path.parent), {"path": [str(file)]}, row.get("text") or None, row[label_col],
-                          row.get("fold") or None, row.get("group") or None, meta={"source": str(file)}, where=where))
+        row["path"], row["label"] = row.pop(path_col), row.pop(label_col)
+        file = Path(_resolve(path.parent, row["path"]))
+        out.append(row_record(row, path.parent, where, _rel(file, path.parent), modalities))
     return out
 
 
