@@ -1,7 +1,8 @@
-"""Any timm image model as a frozen encoder ("timm-image"), plus the timm loading helpers DINOv2 shares.
+"""timm image models as frozen encoders: any model ("timm-image") and DINOv2 ("dinov2").
 
-Tokens are the final feature map `[B, H*W, C]`, pooled the model's pre-logits global pool; preprocessing is timm's eval
-transform. EfficientNet-PyTorch (lukemelas) checkpoints, e.g. EfficientNet-Lite0, are renamed to timm's layout.
+Tokens are the final feature map `[B, H*W, C]` (a ViT's token sequence), pooled the model's pre-logits global pool;
+preprocessing is timm's eval transform. EfficientNet-PyTorch (lukemelas) checkpoints, e.g. EfficientNet-Lite0, are
+renamed to timm's layout.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..io import WEIGHT_SUFFIXES, load_weights, resolve_pretrained
@@ -21,6 +23,7 @@ from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
 from .registry import register_encoder
 
 DEFAULT_TIMM_MODEL = "efficientnet_lite0"
+DEFAULT_DINOV2_MODEL = "vit_small_patch14_dinov2"
 TIMM_EXTRA = "keyword arguments of timm.create_model and the model class (e.g. drop_rate, num_classes)"
 
 # EfficientNet-PyTorch names -> timm names. Blocks with an expansion conv have three convs (pw, dw, pwl);
@@ -144,16 +147,18 @@ def timm_transform(model: nn.Module, data_config: dict[str, Any] | None = None) 
 
 
 class TimmImageEncoder(Encoder):
-    """A timm model: tokens = final features `[B, H*W, C]`, pooled = pre-logits global pool `[B, P]`."""
+    """A timm model: tokens = final features `[B, H*W, C]` (a ViT's prefix and patch tokens, registers dropped),
+    pooled = pre-logits global pool `[B, P]` (L2-normalised with `normalize`)."""
 
     modality = "image"
     extensions = IMAGE_EXTENSIONS
     input_spec = IMAGE_INPUT_SPEC
 
-    def __init__(self, model: nn.Module, transform: Callable) -> None:
+    def __init__(self, model: nn.Module, transform: Callable, *, normalize: bool = False) -> None:
         super().__init__()
         self.model = model
         self.transform = transform
+        self.normalize = normalize
         self.token_dim = int(model.num_features)
         self.pooled_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
 
@@ -171,10 +176,11 @@ class TimmImageEncoder(Encoder):
                 tokens = feats.flatten(1, 2)  # [B, H*W, C]
             else:
                 tokens = feats.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, H*W, C]
-        else:
-            tokens = feats  # [B, N, C] already
+        else:  # [B, prefix + N, C]: register tokens (DINOv2 *_reg4_*) are scratch space, dropped
+            prefix, regs = getattr(self.model, "num_prefix_tokens", 0), getattr(self.model, "num_reg_tokens", 0)
+            tokens = torch.cat([feats[:, :prefix - regs], feats[:, prefix:]], dim=1) if regs else feats
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return EncoderOutput(tokens, mask, pooled)
+        return EncoderOutput(tokens, mask, F.normalize(pooled.float(), dim=-1) if self.normalize else pooled)
 
 
 @dataclass
@@ -193,3 +199,27 @@ def timm_image_encoder(pretrained: str | None, opts: TimmImageOptions, **timm_kw
     """Any `timm.create_model` name; `timm_kwargs` go to timm, `data_config` overrides preprocessing."""
     net = create_timm_model(opts.model, pretrained, **timm_kwargs)
     return TimmImageEncoder(net, timm_transform(net, opts.data_config))
+
+
+@dataclass
+class DINOv2Options:
+    """Options of the "dinov2" encoder."""
+
+    model: str = field(default=DEFAULT_DINOV2_MODEL, metadata={
+        "help": "timm DINOv2 name: vit_{small,base,large,giant2}_patch14_dinov2, *_reg4_*"})
+    img_size: int = field(default=224, metadata={"help": "input resolution (timm's default 518 costs ~5x)"})
+    normalize: bool = field(default=False, metadata={"help": "L2-normalise the pooled class token"})
+    data_config: dict[str, Any] | None = field(default=None, metadata={
+        "help": "overrides of timm's preprocessing config (e.g. {crop_pct: 1.0})"})
+    extra_options: ClassVar[str] = TIMM_EXTRA
+
+
+@register_encoder("dinov2", modality="image", token_dim=384, pooled_dim=384, input_spec=IMAGE_INPUT_SPEC,
+                  default_model=DEFAULT_DINOV2_MODEL, options=DINOv2Options)
+def dinov2_encoder(pretrained: str | None, opts: DINOv2Options, **timm_kwargs: Any) -> TimmImageEncoder:
+    """DINOv2 through timm: tokens `[B, 1 + h*w, D]` (class token, then patches), pooled the class token as DINOv2's
+    linear probes use it; run at 224 px unless told otherwise (timm resizes pretrained position embeddings)."""
+    net = create_timm_model(opts.model, pretrained, img_size=opts.img_size, **timm_kwargs)
+    if getattr(net, "cls_token", None) is None:
+        raise ValueError(f"dinov2: {type(net).__name__} has no class token to pool")
+    return TimmImageEncoder(net, timm_transform(net, opts.data_config), normalize=opts.normalize)
