@@ -9,8 +9,10 @@ finds the other side of a space from the artifact (an adapter's recorded anchors
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,17 @@ from .adapter import CONFIG_NAME, WEIGHTS_NAME, ModalityAdapter, read_adapter_co
 from .encoders import Encoder, EncoderOutput
 from .encoders.spec import EncoderSpec, source_fingerprint
 from .hub import is_hub_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddingResult:
+    """Embeddings `[M, E]` of the inputs that worked, their positions in the input list, and the failures."""
+
+    embeddings: torch.Tensor
+    index: list[int]
+    errors: dict[int, str]
 
 
 class Embedder:
@@ -173,6 +186,47 @@ class Embedder:
         emb = self.embed_collated(self.collate(flat)).cpu()
         return pool_windows(emb, [len(ws) for ws in loaded]).numpy()
 
+    def encode(self, inputs: Sequence[Any], *, batch_size: int = 32, num_workers: int = 0,
+               progress: bool | None = None, desc: str = "embed") -> EmbeddingResult:
+        """Embed many inputs in batches of `batch_size` windows, decoding and preprocessing in `num_workers`
+        DataLoader workers; an input that cannot be decoded, preprocessed or embedded is recorded in `errors`
+        (a failing batch is retried input by input) and the others go on."""
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        from .encoders.inputs import SafeDecode
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        loader = DataLoader(SafeDecode(inputs, self.load, describe=_Describe(inputs)), batch_size=batch_size,
+                            num_workers=num_workers, collate_fn=_Collate(self, batch_size))
+        rows: list[tuple[int, torch.Tensor]] = []
+        errors: dict[int, str] = {}
+        bar = tqdm(total=len(inputs), desc=desc, unit="file", disable=None if progress is None else not progress)
+        with bar:
+            for chunks, failed, size in loader:
+                errors.update(failed)
+                for group, batch in chunks:
+                    rows += self._encode_chunk(group, batch, inputs, errors)
+                bar.update(size)
+        for i in sorted(errors):
+            logger.info("%s", errors[i])
+        emb = torch.stack([e for _, e in rows]) if rows else torch.zeros(0, self.dim)
+        return EmbeddingResult(emb, [i for i, _ in rows], errors)
+
+    def _encode_chunk(self, group: list[tuple[int, list[Any]]], batch: dict[str, Any] | None, inputs: Sequence[Any],
+                      errors: dict[int, str]) -> list[tuple[int, torch.Tensor]]:
+        """`(position, embedding)` of a chunk's inputs (windows pooled); a failing chunk is retried one by one."""
+        try:
+            batch = self.collate([w for _, ws in group for w in ws]) if batch is None else batch
+            pooled = pool_windows(self.embed_collated(batch).cpu(), [len(ws) for _, ws in group])  # [n, E]
+            return [(i, e) for (i, _), e in zip(group, pooled)]
+        except Exception as e:  # noqa: BLE001 - find the input that breaks the batch
+            if len(group) == 1:
+                errors[group[0][0]] = _Describe(inputs)(group[0][0], e)
+                return []
+        return [row for item in group for row in self._encode_chunk([item], None, inputs, errors)]
+
     def embed(self, inputs: Sequence[Any] | str | Path, batch_size: int = 64) -> np.ndarray:
         """Raw inputs (sentences, paths, arrays) -> `[N, E]` float32 in input order; any bad input raises.
         Sentences are batched by length (in input order a batch pads to its longest sentence: ~1.4-2.4x the
@@ -195,6 +249,48 @@ class Embedder:
     def to(self, device: str | torch.device) -> Embedder:
         (self.adapter if self.adapter is not None else self.encoder).to(device)  # type: ignore[union-attr]
         return self
+
+
+def input_name(item: Any, i: int) -> str:
+    """How an input is named in predictions and errors: its path, else its position."""
+    return str(item) if isinstance(item, (str, os.PathLike)) else f"input {i}"
+
+
+class _Describe:
+    """Names the input in a failure message (picklable, for DataLoader workers)."""
+
+    def __init__(self, inputs: Sequence[Any]) -> None:
+        self.inputs = inputs
+
+    def __call__(self, i: int, e: BaseException) -> str:
+        name, msg = input_name(self.inputs[i], i), str(e) or type(e).__name__
+        return msg if name in msg else f"{name}: {msg}"
+
+
+class _Collate:
+    """Groups decoded inputs into chunks of at most `max_windows` windows and preprocesses each (in the DataLoader
+    worker); a chunk whose preprocessing fails goes back unprocessed, for `encode` to retry input by input."""
+
+    def __init__(self, embedder: Embedder, max_windows: int) -> None:
+        self.embedder, self.max_windows = embedder, max_windows
+
+    def __call__(self, items: list[tuple[int, list[Any] | None, str | None]]) -> tuple[list[Any], dict[int, str], int]:
+        chunks: list[tuple[list[tuple[int, list[Any]]], dict[str, Any] | None]] = []
+        errors: dict[int, str] = {}
+        groups: list[list[tuple[int, list[Any]]]] = [[]]
+        for i, windows, err in items:
+            if err is not None:
+                errors[i] = err
+            elif groups[-1] and sum(len(ws) for _, ws in groups[-1]) + len(windows) > self.max_windows:
+                groups.append([(i, windows)])
+            else:
+                groups[-1].append((i, windows))
+        for group in filter(None, groups):
+            try:
+                chunks.append((group, self.embedder.collate([w for _, ws in group for w in ws])))
+            except Exception:  # noqa: BLE001 - retried input by input in the main process
+                chunks.append((group, None))
+        return chunks, errors, len(items)
 
 
 def pool_windows(emb: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
@@ -247,4 +343,4 @@ def as_embedder(obj: Any, *, device: str | torch.device | None = None) -> Embedd
     raise TypeError(f"cannot use {type(obj).__name__} as an embedder (expected an adapter, encoder or path)")
 
 
-__all__ = ["Embedder", "as_embedder", "find_record", "pool_windows"]
+__all__ = ["Embedder", "EmbeddingResult", "as_embedder", "find_record", "input_name", "pool_windows"]

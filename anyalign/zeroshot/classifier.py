@@ -2,9 +2,8 @@
 
 Class embeddings follow open_clip's recipe: per class, embed every template-filled prompt, L2-normalise, average,
 renormalise; stacked they form the `[E, C]` classifier. They are cached on disk, keyed by a hash of (text model
-identity, labels, templates), so repeated runs skip the text tower. Inputs are decoded in a DataLoader (optional
-workers) and embedded in batches with a progress bar; a file that cannot be decoded or embedded is reported in
-its `Prediction.error` and the others are still classified (see `batching`).
+identity, labels, templates), so repeated runs skip the text tower. Inputs are embedded by `Embedder.encode`
+(DataLoader workers, batches); a file that cannot be decoded or embedded is reported in its `Prediction.error`.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..adapter import CONFIG_NAME
-from ..embedder import Embedder
+from ..embedder import Embedder, EmbeddingResult, input_name
 from ..encoders.spec import EncoderSpec
 from ..hubness import Hubness
 from ..io import atomic_path
-from .batching import EmbeddingResult, embed_inputs, input_name
 from .prompts import check_labels, check_templates, class_prompts, default_templates
 
 logger = logging.getLogger(__name__)
@@ -262,9 +260,10 @@ class ZeroShotClassifier:
         key = [str(x) for x in inputs]
         if self._embedded is None or self._embedded[0] != key:
             self.constrain_query()
-            self._embedded = (key, embed_inputs(self.query, inputs, batch_size=batch_size or self.batch_size,
-                                                num_workers=self.num_workers if num_workers is None else num_workers,
-                                                progress=self.progress if progress is None else progress, desc=desc))
+            workers = self.num_workers if num_workers is None else num_workers
+            progress = self.progress if progress is None else progress
+            self._embedded = (key, self.query.encode(inputs, batch_size=batch_size or self.batch_size,
+                                                     num_workers=workers, progress=progress, desc=desc))
         return self._embedded[1]
 
     # --- classification -------------------------------------------------------------------------------------
