@@ -90,7 +90,7 @@ def expand_names(names: list[str]) -> list[str]:
 
 def assets_root(root: str | os.PathLike | None = None) -> Path:
     """The cache folder: `root`, else `$ANYALIGN_ASSETS`, else `~/.cache/anyalign-assets`."""
-    return Path(root or os.environ.get("ANYALIGN_ASSETS") or ENV_DEFAULTS["ANYALIGN_ASSETS"]()).expanduser()
+    return Path(root or os.environ.get("ANYALIGN_ASSETS") or ENV_DEFAULTS["ANYALIGN_ASSETS"]).expanduser()
 
 
 def asset_path(name: str, root: str | os.PathLike | None = None) -> Path:

@@ -13,7 +13,6 @@ import os
 import re
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -240,9 +239,7 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 #: variables with a default when unset: the asset cache is where the install command puts the real models
-ENV_DEFAULTS: dict[str, Callable[[], str]] = {
-    "ANYALIGN_ASSETS": lambda: str(Path.home() / ".cache" / "anyalign-assets"),
-}
+ENV_DEFAULTS = {"ANYALIGN_ASSETS": "~/.cache/anyalign-assets"}
 
 
 def expand_env(value: Any, where: str = "", extra: dict[str, str] | None = None) -> Any:
@@ -263,7 +260,7 @@ def expand_env(value: Any, where: str = "", extra: dict[str, str] | None = None)
         if default is not None:
             return default
         if name in ENV_DEFAULTS:
-            return ENV_DEFAULTS[name]()
+            return os.path.expanduser(ENV_DEFAULTS[name])
         raise ConfigError(f"field {where!r}: environment variable {name} is not set (used in {value!r}); "
                           f"export {name}=... or write the path directly")
 

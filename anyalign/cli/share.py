@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from . import options as o
+
 export_app = typer.Typer(help="Export a trained space to another library's format.", no_args_is_help=True)
 
 
@@ -29,7 +31,7 @@ def push_cmd(
     message: str = typer.Option("Upload anyalign adapter", "--message", "-m", help="Commit message."),
     stage_only: Path = typer.Option(None, "--stage-only", help="Only write the files that would be uploaded (the "
                                                                "adapter and its README.md model card) here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = o.JSON,
 ) -> None:
     """Upload an adapter to the Hugging Face Hub with a model card (its space, training data and measured numbers);
     load it anywhere with `ModalityAdapter.from_pretrained("user/name")` or `--adapter user/name`."""
@@ -59,7 +61,7 @@ def export_st_cmd(
                                                    "space."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the sentence-transformers model."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = o.JSON,
 ) -> None:
     """Write a space (its text side + the adapters' modalities) as a sentence-transformers model whose Router sends
     each input to its modality: `SentenceTransformer(DIR, trust_remote_code=True).encode(["a sentence"])`, and for a
