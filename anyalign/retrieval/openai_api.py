@@ -139,7 +139,7 @@ class OpenAIEmbeddings:
             data, suffix = _media_bytes(item, i)
             if model != space:
                 if suffix is None:  # the modality's embedder reads one kind of file: take that
-                    exts = list(self.served.embedder(state, model).extensions)
+                    exts = list(state.retriever.embedder(model).extensions)
                     suffix = exts[0] if len(exts) == 1 else None
                 if suffix is None:
                     raise OpenAIError(400, f"input[{i}]: cannot tell the file type: send a data URL "
@@ -175,7 +175,7 @@ class OpenAIEmbeddings:
             by_modality.setdefault(m, []).append(j)
         for m, js in by_modality.items():
             try:
-                emb = self.served.embedder(state, m)
+                emb = state.retriever.embedder(m)
             except (ValueError, FileNotFoundError, OSError) as e:
                 raise OpenAIError(400, f"{m} inputs: {e}", param="model") from None
             try:

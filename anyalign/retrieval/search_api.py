@@ -147,7 +147,7 @@ def add_search_routes(app: FastAPI, served: Any, *, batcher: Any, max_k: int, ma
 
     def embed_one(state: ServedState, modality: str, value: str) -> np.ndarray:
         try:
-            return served.embedder(state, modality).embed([value])
+            return state.retriever.embedder(modality).embed([value])
         except (ValueError, InputError, FileNotFoundError) as e:
             raise HTTPException(400, str(e)) from None
 
@@ -165,7 +165,7 @@ def add_search_routes(app: FastAPI, served: Any, *, batcher: Any, max_k: int, ma
         for m in state.retriever.modalities:
             if m != "text":
                 try:
-                    exts[m] = list(served.embedder(state, m).extensions)
+                    exts[m] = list(state.retriever.embedder(m).extensions)
                 except Exception as e:  # noqa: BLE001 - an unavailable embedder only drops its extensions
                     logger.warning("embedder %s unavailable: %s", m, e)
         if state.generation not in summaries:
@@ -193,7 +193,7 @@ def add_search_routes(app: FastAPI, served: Any, *, batcher: Any, max_k: int, ma
         if batcher is None:  # one encoder call per query; text is never read as a path on this machine
             return await run_in_threadpool(run, state, r.search_text, req.text, req.k, modality)
         try:
-            emb = state.embedders.get("text") or await run_in_threadpool(served.embedder, state, "text")
+            emb = state.retriever._embedders.get("text") or await run_in_threadpool(state.retriever.embedder, "text")
             vec = await batcher.embed(emb, req.text)  # type: ignore[arg-type]
         except (ValueError, InputError, FileNotFoundError) as e:
             raise HTTPException(400, str(e)) from None

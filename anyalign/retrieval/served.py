@@ -9,7 +9,7 @@ import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,6 @@ class ServedState:
     roots: tuple[Path, ...]
     signature: tuple
     generation: int = 0
-    embedders: dict[str, Any] = field(default_factory=dict)  # modality -> Embedder, loaded by this server
 
 
 class ServedIndex:
@@ -133,15 +132,15 @@ class ServedIndex:
             self.explicit_roots = _collapse([Path(r).resolve() for r in media_roots])
         self._lock = threading.Lock()
         self._failed: tuple | None = None
-        self.state = self._state(retriever, self._signature(retriever), 0, {})
+        self.state = self._state(retriever, self._signature(retriever), 0)
 
     def _signature(self, retriever: Retriever) -> tuple:
         return _signature([self.index_dir, *(p.folder for p in retriever.parts if p.folder != self.index_dir)])
 
-    def _state(self, retriever: Retriever, sig: tuple, generation: int, embedders: dict[str, Any]) -> ServedState:
+    def _state(self, retriever: Retriever, sig: tuple, generation: int) -> ServedState:
         roots = self.explicit_roots if self.explicit_roots is not None else derive_media_roots(retriever)
         retriever.load_metadata()  # rows in memory (when they fit) before serving, not after two SQL lookups
-        return ServedState(retriever, roots, sig, generation, embedders)
+        return ServedState(retriever, roots, sig, generation)
 
     def changed(self) -> bool:
         sig = self._signature(self.state.retriever)
@@ -166,14 +165,13 @@ class ServedIndex:
                     return False  # keep answering from the old state until the writer is done
                 try:
                     new = Retriever(self.index_dir, device=old.retriever.device)
-                    keep = {}
-                    for m, emb in old.embedders.items():  # reuse loaded models unless the index changed how
-                        if old.retriever.config.embedders.get(m) in (None, new.config.embedders.get(m)):
+                    was = old.retriever.config.embedders
+                    for m, emb in old.retriever._embedders.items():  # loaded models, unless the index changed how
+                        if was.get(m) in (None, new.config.embedders.get(m)):
                             new.set_embedder(m, emb)
-                            keep[m] = emb
                     if [p.folder for p in new.parts] != [p.folder for p in old.retriever.parts]:
                         sig = self._signature(new)
-                    state = self._state(new, sig, old.generation + 1, keep)
+                    state = self._state(new, sig, old.generation + 1)
                 except (OSError, ValueError, RuntimeError) as e:
                     self._failed = sig
                     logger.warning("could not reload %s (still serving the previous state): %s", self.index_dir, e)
@@ -183,12 +181,6 @@ class ServedIndex:
             self.state, self._failed = state, None
             logger.info("reloaded %s (generation %d, %d items)", self.index_dir, state.generation, len(new))
             return True
-
-    def embedder(self, state: ServedState, modality: str) -> Any:
-        """The state's embedder for `modality`, loaded once (blocking: call from a worker thread)."""
-        if modality not in state.embedders:
-            state.embedders[modality] = state.retriever.embedder(modality)
-        return state.embedders[modality]
 
 
 __all__ = ["MEDIA_CONTENT_TYPES", "MEDIA_TYPES", "ServedIndex", "ServedState", "derive_media_roots", "media_file"]

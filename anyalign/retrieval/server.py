@@ -194,7 +194,7 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 20.0, max_k: int 
     served = ServedIndex(retriever, media_roots)
     for m in retriever.modalities:  # load query models now, not on the first request
         try:
-            served.embedder(served.state, m)
+            retriever.embedder(m)
         except Exception as e:  # noqa: BLE001 - reported again (as a 400) when a query needs it
             logger.warning("%s embedder unavailable: %s", m, e)
     batcher = QueryBatcher(batch_max, batch_wait_ms) if batch_max > 1 else None
