@@ -24,11 +24,10 @@ TRAIN_FLOPS = 4e12  # most k-means work the auto choice plans for (~2 min at 30 
 
 @dataclass(frozen=True)
 class IndexChoice:
-    """A factory string with the reason it was chosen and its estimated memory use."""
+    """A factory string with the reason it was chosen."""
 
     factory: str
     reason: str
-    bytes_estimate: int
 
 
 def parse_memory(text: str | int | float | None) -> int | None:
@@ -82,28 +81,25 @@ def choose_index(n: int, d: int, memory: int | str | None = "4G", *, gpu: bool =
     budget = parse_memory(memory) or (4 << 30)
     raw = n * (4 * d + 8)  # vectors + 64-bit ids
     if n < FLAT_BELOW:
-        return IndexChoice("Flat", f"{n} < {FLAT_BELOW} vectors: exact search", raw)
+        return IndexChoice("Flat", f"{n} < {FLAT_BELOW} vectors: exact search")
     hnsw = raw + n * HNSW_M * 2 * 4 * 1.1  # level-0 links (2M) + upper levels
     if n < HNSW_BELOW and not gpu and hnsw <= budget:
-        return IndexChoice(f"HNSW{HNSW_M},Flat", f"{n} < {HNSW_BELOW} vectors and the graph fits", int(hnsw))
+        return IndexChoice(f"HNSW{HNSW_M},Flat", f"{n} < {HNSW_BELOW} vectors and the graph fits")
     nlist = num_lists(n, d)
     coarse = f"IVF{nlist}_HNSW32" if nlist >= 16384 and not gpu else f"IVF{nlist}"
     centroids = nlist * d * 4 * (2 if "HNSW" in coarse else 1)
     if raw + centroids <= budget:
-        return IndexChoice(f"{coarse},Flat", f"raw vectors ({format_bytes(raw)}) fit in {format_bytes(budget)}",
-                           raw + centroids)
+        return IndexChoice(f"{coarse},Flat", f"raw vectors ({format_bytes(raw)}) fit in {format_bytes(budget)}")
     per_vector = (budget - centroids - 4 * d * d) / n - 8  # ids (+ an OPQ matrix)
     fits = [m for m in _PQ_BYTES if m <= per_vector and m <= d]
     why = f"raw vectors ({format_bytes(raw)}) exceed {format_bytes(budget)}: "
     for m in fits:
         if d % m == 0 and 2 * m >= fits[0]:  # a code size that divides d, at least half the largest that fits
-            return IndexChoice(f"{coarse},PQ{m}", why + f"{m} bytes/vector product quantization",
-                               int(n * (m + 8) + centroids))
+            return IndexChoice(f"{coarse},PQ{m}", why + f"{m} bytes/vector product quantization")
     if fits:
         m = fits[0]
         return IndexChoice(f"OPQ{m}_{_opq_out_dim(d, m)},{coarse},PQ{m}",
-                           why + f"{m} bytes/vector product quantization (OPQ: no code size divides dim {d})",
-                           int(n * (m + 8) + centroids))
+                           why + f"{m} bytes/vector product quantization (OPQ: no code size divides dim {d})")
     need = n * (_PQ_BYTES[-1] + 8) + centroids
     raise ValueError(f"memory budget {format_bytes(budget)} is too small for {n} vectors of dim {d} "
                      f"(the most compressed index needs about {format_bytes(need)})")
