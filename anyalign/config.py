@@ -86,8 +86,9 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
         elif sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, source=f"{source}: {name}", strict=strict)
         elif not _type_ok(value, tp):
+            values = value if isinstance(value, (list, tuple)) else [value]
             hint = ("; YAML reads unquoted yes/no/on/off/true/false as booleans: quote them (e.g. '[\"on\", \"off\"]')"
-                    if _has_bool(value) and "str" in _type_name(tp) else "")
+                    if any(isinstance(v, bool) for v in values) and "str" in _type_name(tp) else "")
             raise ConfigError(f"{source}: field {name!r} expects {_type_name(tp)}, got {value!r}{hint}")
         kwargs[name] = value
     try:
@@ -96,10 +97,6 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
         raise ConfigError(f"{source}: {e}") from None
     except ValueError as e:  # __post_init__ checks
         raise ConfigError(f"{source}: {e}") from None
-
-
-def _has_bool(value: Any) -> bool:
-    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
 
 
 def _reader_in(tp: Any) -> tuple[Any, bool]:

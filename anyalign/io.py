@@ -44,7 +44,10 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         else:
             os.replace(tmp, path)
     except BaseException as e:  # the partial output goes; an error about the staging copy names the output instead
-        _remove(tmp)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         name = str(getattr(e, "filename", None) or "")
         if isinstance(e, OSError) and (e.filename is None or str(tmp) in name):  # disk full, permission denied ...
             if isinstance(e, shutil.Error) or e.strerror is None:  # copytree's list of failures: the first reason
@@ -64,13 +67,6 @@ def _errno_of(text: str) -> OSError:
         if os.strerror(code) in text:
             return OSError(code, os.strerror(code))
     return OSError(errno.EIO, text)
-
-
-def _remove(tmp: Path) -> None:
-    if tmp.is_dir() and not tmp.is_symlink():
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.unlink(missing_ok=True)
 
 
 def replace_dir(folder: str | os.PathLike, path: str | os.PathLike) -> None:
