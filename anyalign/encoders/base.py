@@ -57,6 +57,9 @@ class Encoder(nn.Module):
     # --- the three stages -------------------------------------------------------------------------------
     def load(self, item: Any) -> Any:
         """Decode one raw input (cheap to run in a worker). Raise `InputError` naming the input on failure."""
+        if self.modality == "text" and not isinstance(item, str):  # every text encoder takes strings
+            name = self.registry_name or type(self).__name__
+            raise InputError(f"{name} expects strings, got {type(item).__name__}: {item!r:.80}")
         return item
 
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from transformers import (
 
 from ..io import resolve_pretrained
 from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
-from .base import Encoder, EncoderOutput, InputError, join_windows
+from .base import Encoder, EncoderOutput, join_windows
 from .registry import register_encoder
 
 DEFAULT_CLAP_MODEL = "laion/clap-htsat-unfused"
@@ -135,11 +135,6 @@ class ClapTextEncoder(Encoder):
         self.max_length = min(int(max_length), int(model.config.max_position_embeddings) - 2)
         self.token_dim = int(model.config.hidden_size)
         self.pooled_dim = int(model.config.projection_dim)
-
-    def load(self, item: Any) -> str:
-        if not isinstance(item, str):
-            raise InputError(f"clap-text expects strings, got {type(item).__name__}: {item!r:.80}")
-        return item
 
     def collate(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(items), padding=True, truncation=True, max_length=self.max_length,

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io import load_weights, resolve_pretrained
-from .base import Encoder, EncoderOutput, InputError
-from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
+from .base import Encoder, EncoderOutput
+from .image_io import IMAGE_INPUT_SPEC, ImageEncoder
 from .registry import register_encoder
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
@@ -115,12 +115,8 @@ def _load_tower_checkpoint(clip: nn.Module, path: str, tower: str) -> None:
         )
 
 
-class CLIPImageEncoder(Encoder):
+class CLIPImageEncoder(ImageEncoder):
     """CLIP vision tower: tokens `[B, 1 + h*w, width]` (class token first), pooled = normalised CLIP embedding."""
-
-    modality = "image"
-    extensions = IMAGE_EXTENSIONS
-    input_spec = IMAGE_INPUT_SPEC
 
     @classmethod
     def partner_spec(cls, spec: Any, modality: str) -> Any:
@@ -131,16 +127,10 @@ class CLIPImageEncoder(Encoder):
     def __init__(self, visual: nn.Module, preprocess: Callable, *, layer: int = -1) -> None:
         super().__init__()
         self.visual = visual
-        self.preprocess = preprocess
+        self.transform = preprocess
         self.layer = layer
         self.pooled_dim = int(visual.output_dim)
         self.token_dim = _vision_width(visual)
-
-    def load(self, item: Any) -> torch.Tensor:
-        return self.preprocess(load_image(item))  # [3, H, W]
-
-    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"pixels": torch.stack(list(items))}  # [B, 3, H, W]
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         out = self.visual.forward_intermediates(
@@ -188,11 +178,6 @@ class CLIPTextEncoder(Encoder):
         self.layer = layer
         self.pooled_dim = int(embed_dim)
         self.token_dim = _text_width(clip)
-
-    def load(self, item: Any) -> str:
-        if not isinstance(item, str):
-            raise InputError(f"clip-text expects strings, got {type(item).__name__}: {item!r:.80}")
-        return item
 
     def collate(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
         ids = self.tokenizer(list(items))  # [B, context_length], padded to the model's full context

@@ -5,6 +5,7 @@ encoder (an `InputError` naming a bad input).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .base import InputError
+from .base import Encoder, InputError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 IMAGE_INPUT_SPEC = (
@@ -74,3 +75,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+class ImageEncoder(Encoder):
+    """Base of the image encoders: raw images through the model's own `transform` (set by the subclass), batched as
+    pixels `[B, 3, H, W]`."""
+
+    modality = "image"
+    extensions = IMAGE_EXTENSIONS
+    input_spec = IMAGE_INPUT_SPEC
+    transform: Callable[[Image.Image], torch.Tensor]
+
+    def load(self, item: Any) -> torch.Tensor:
+        return self.transform(load_image(item))  # [3, H, W]
+
+    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"pixels": torch.stack(list(items))}  # [B, 3, H, W]

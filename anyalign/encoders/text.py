@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from ..config import ConfigError
-from .base import Encoder, EncoderOutput, InputError, masked_mean
+from .base import Encoder, EncoderOutput, masked_mean
 from .registry import register_encoder
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,6 @@ class HFTextEncoder(Encoder):
         self.lowercase = lowercase
         self.prompt = prompt
         self.token_dim = self.pooled_dim = int(model.config.hidden_size)
-
-    def load(self, item: Any) -> str:
-        if not isinstance(item, str):
-            raise InputError(f"text encoder expects strings, got {type(item).__name__}: {item!r:.80}")
-        return item
 
     def collate(self, items: Sequence[str]) -> dict[str, torch.Tensor]:
         texts = [self.prompt + (t.lower() if self.lowercase else t) for t in items]

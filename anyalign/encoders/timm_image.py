@@ -8,7 +8,7 @@ renamed to timm's layout.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io import WEIGHT_SUFFIXES, load_weights, resolve_pretrained
-from .base import Encoder, EncoderOutput
-from .image_io import IMAGE_EXTENSIONS, IMAGE_INPUT_SPEC, load_image
+from .base import EncoderOutput
+from .image_io import IMAGE_INPUT_SPEC, ImageEncoder
 from .registry import register_encoder
 
 DEFAULT_TIMM_MODEL = "efficientnet_lite0"
@@ -146,13 +146,9 @@ def timm_transform(model: nn.Module, data_config: dict[str, Any] | None = None) 
     return create_transform(**cfg, is_training=False)
 
 
-class TimmImageEncoder(Encoder):
+class TimmImageEncoder(ImageEncoder):
     """A timm model: tokens = final features `[B, H*W, C]` (a ViT's prefix and patch tokens, registers dropped),
     pooled = pre-logits global pool `[B, P]` (L2-normalised with `normalize`)."""
-
-    modality = "image"
-    extensions = IMAGE_EXTENSIONS
-    input_spec = IMAGE_INPUT_SPEC
 
     def __init__(self, model: nn.Module, transform: Callable, *, normalize: bool = False) -> None:
         super().__init__()
@@ -161,12 +157,6 @@ class TimmImageEncoder(Encoder):
         self.normalize = normalize
         self.token_dim = int(model.num_features)
         self.pooled_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
-
-    def load(self, item: Any) -> torch.Tensor:
-        return self.transform(load_image(item))  # [3, H, W]
-
-    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"pixels": torch.stack(list(items))}  # [B, 3, H, W]
 
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         feats = self.model.forward_features(batch["pixels"])
