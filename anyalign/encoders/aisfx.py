@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io import load_weights, resolve_pretrained
-from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio
-from .base import Encoder, EncoderOutput, join_windows, masked_mean
+from .audio_io import AUDIO_INPUT_SPEC, AudioEncoder
+from .base import EncoderOutput, join_windows, masked_mean
 from .registry import register_encoder
 
 #: the pretrained model's front end (aisfx 0.1.2 inference.py / preprocessing.py)
@@ -93,12 +93,8 @@ class AisfxNet(nn.Module):
         return x.mean(dim=3).amax(dim=2)  # mean over frequency, max over time: [B, C]
 
 
-class AisfxAudioEncoder(Encoder):
+class AisfxAudioEncoder(AudioEncoder):
     """aisfx: per-block embeddings `[B, W, 512]` (blocks of ~2.3 s), pooled = their mean `[B, 512]`."""
-
-    modality = "audio"
-    extensions = AUDIO_EXTENSIONS
-    input_spec = AUDIO_INPUT_SPEC
 
     def __init__(self, net: AisfxNet, front_end: dict[str, float], *, hop_fraction: float = 0.5) -> None:
         super().__init__()
@@ -110,9 +106,6 @@ class AisfxAudioEncoder(Encoder):
         self.block = int(front_end["block_frames"])
         self.block_hop = max(1, int(round(self.block * hop_fraction)))
         self.token_dim = self.pooled_dim = net.out_dim
-
-    def load(self, item: Any) -> np.ndarray:
-        return load_audio(item, self.sample_rate)  # [N] at 44.1 kHz
 
     def blocks(self, frames: torch.Tensor) -> torch.Tensor:
         """`[T, M]` frames -> `[W, block, M]`: short clips zero-padded to one block, a partial last block dropped."""

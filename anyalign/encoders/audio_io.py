@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from .base import InputError
+from .base import Encoder, InputError
 
 
 def _audio_extensions() -> tuple[str, ...]:
@@ -101,3 +101,15 @@ def _to_mono(arr: Any, where: str) -> np.ndarray:
     elif arr.ndim != 1:
         raise InputError(f"{where}: expected shape [N], [C, N] or [N, C], got {tuple(arr.shape)}")
     return arr
+
+
+class AudioEncoder(Encoder):
+    """Base of the audio encoders: raw audio decoded to a mono waveform `[N]` at the model's `sample_rate`."""
+
+    modality = "audio"
+    extensions = AUDIO_EXTENSIONS
+    input_spec = AUDIO_INPUT_SPEC
+    sample_rate: int
+
+    def load(self, item: Any) -> np.ndarray:
+        return load_audio(item, self.sample_rate)  # [N]

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from ..io import resolve_pretrained
-from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
+from .audio_io import AUDIO_INPUT_SPEC, AudioEncoder, split_windows
 from .base import Encoder, EncoderOutput, join_windows
 from .registry import register_encoder
 
@@ -63,12 +63,8 @@ def load_tower(cls: type, source: str, family: str, *, prefix: str = "") -> Any:
     return model.eval()
 
 
-class ClapAudioEncoder(Encoder):
+class ClapAudioEncoder(AudioEncoder):
     """HTSAT audio tower: tokens `[B, T, D]` (windows concatenated), pooled = normalised CLAP embedding `[B, P]`."""
-
-    modality = "audio"
-    extensions = AUDIO_EXTENSIONS
-    input_spec = AUDIO_INPUT_SPEC
 
     @classmethod
     def partner_spec(cls, spec: Any, modality: str) -> Any:
@@ -90,9 +86,6 @@ class ClapAudioEncoder(Encoder):
         self.fusion = bool(model.config.enable_fusion)
         self.token_dim = int(model.audio_model.audio_encoder.num_features)
         self.pooled_dim = int(model.config.projection_dim)
-
-    def load(self, item: Any) -> np.ndarray:
-        return load_audio(item, self.sample_rate)  # [N] at 48 kHz
 
     def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         windows = [split_windows(w, self.window_samples) for w in items]

@@ -13,15 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import WhisperFeatureExtractor, WhisperModel
 
-from .audio_io import AUDIO_EXTENSIONS, AUDIO_INPUT_SPEC, load_audio, split_windows
-from .base import Encoder, EncoderOutput, join_windows, masked_mean
+from .audio_io import AUDIO_INPUT_SPEC, AudioEncoder, split_windows
+from .base import EncoderOutput, join_windows, masked_mean
 from .clap import hf_source, load_tower
 from .registry import register_encoder
 
@@ -50,13 +50,9 @@ def encoder_layers(encoder: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor
     return encoder.layer_norm(x)
 
 
-class WhisperAudioEncoder(Encoder):
+class WhisperAudioEncoder(AudioEncoder):
     """Whisper encoder: tokens `[B, T, D]` masked to the real audio (T = 1500 when padded to the window), pooled =
     masked mean `[B, D]`."""
-
-    modality = "audio"
-    extensions = AUDIO_EXTENSIONS
-    input_spec = AUDIO_INPUT_SPEC
 
     def __init__(self, encoder: torch.nn.Module, extractor: WhisperFeatureExtractor, *,
                  window_seconds: float | None = None, padding: str = "window") -> None:
@@ -85,9 +81,6 @@ class WhisperAudioEncoder(Encoder):
         """Encoder frames that hold real audio for a clip (window) of `n_samples`."""
         mel = math.ceil(n_samples / self.extractor.hop_length)  # 100 mel frames per second at 16 kHz
         return max(1, min(self.max_positions, math.ceil(mel / self.mel_per_token)))
-
-    def load(self, item: Any) -> np.ndarray:
-        return load_audio(item, self.sample_rate)  # [N] at 16 kHz
 
     def collate(self, items: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         windows = [split_windows(w, self.window_samples, min_fraction=0.0) for w in items]  # every tail kept
