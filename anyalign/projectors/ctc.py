@@ -144,10 +144,10 @@ class CTCProjector(Projector):
         """The transcript of each clip: greedy letters, spelled with the `vocabulary` words when one is set."""
         lp, lengths = self.log_probs(tokens, mask)
         heard = self.decode(lp, lengths)
-        if self.config.get("vocabulary") is None:
+        if self.opts.vocabulary is None:
             return heard
         if self._speller is None:
-            self._speller = WordSpeller.from_file(self.config["vocabulary"], self.alphabet)
+            self._speller = WordSpeller.from_file(self.opts.vocabulary, self.alphabet)
         return [self._speller.spell(heard[b], lambda texts, b=b: self._log_likelihood(lp[b], int(lengths[b]), texts))
                 for b in range(len(heard))]
 

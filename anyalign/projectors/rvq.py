@@ -131,9 +131,9 @@ class ResidualVQProjector(Projector):
                 residual = residual - chosen.detach()
                 codes.append(idx)
             z_q = z + (quantized - z).detach()  # straight-through estimator
-        losses = {"commitment": commitment * self.config["commitment_weight"]}
+        losses = {"commitment": commitment * self.opts.commitment_weight}
         if not self.ema:
-            losses["codebook"] = codebook_loss * self.config["codebook_weight"]
+            losses["codebook"] = codebook_loss * self.opts.codebook_weight
         codes_t = torch.stack(codes, dim=-1).masked_fill(~mask[..., None], 0)  # [B, N, Q]
         return ProjectorOutput(self.proj_out(z_q.to(self.proj_out.weight.dtype)), mask, losses, codes_t)
 
@@ -144,7 +144,7 @@ class ResidualVQProjector(Projector):
             return
         residual = z
         for q in range(self.num_quantizers):
-            centroids = kmeans(residual, self.codebook_size, self.config["kmeans_iters"])
+            centroids = kmeans(residual, self.codebook_size, self.opts.kmeans_iters)
             if _distributed():
                 dist.broadcast(centroids, src=0)
             self.codebooks.data[q] = centroids
@@ -167,15 +167,15 @@ class ResidualVQProjector(Projector):
                 dist.all_reduce(sums)
         self.usage_counts[q] += counts
         if self.ema:
-            decay = self.config["decay"]
+            decay = self.opts.decay
             size, embed_sum = self.ema_cluster_size[q], self.ema_embed_sum[q]
             size.mul_(decay).add_(counts, alpha=1 - decay)
             embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
             n = size.sum()
-            eps = self.config["eps"]
+            eps = self.opts.eps
             smoothed = (size + eps) / (n + k * eps) * n  # Laplace smoothing keeps rare codes finite
             self.codebooks[q] = torch.where(size[:, None] > 0, embed_sum / smoothed[:, None], self.codebooks[q])
-        steps = self.config["dead_code_steps"]
+        steps = self.opts.dead_code_steps
         if not steps:
             return
         unused = self.unused_steps[q]

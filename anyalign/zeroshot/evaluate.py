@@ -101,31 +101,25 @@ def linear_probe(emb: np.ndarray, targets: Sequence[int], folds: Sequence[str | 
 
 def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, *,
                    title: str = "zero-shot confusion matrix") -> Path:
-    """Write a row-normalised confusion-matrix heatmap (counts annotated for small class sets) as PNG."""
+    """Write a row-normalised confusion-matrix heatmap as PNG (sklearn's display; values shown up to 20 classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     cm = np.asarray(cm, dtype=np.float64)
-    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(classes)
     size = min(4 + 0.35 * n, 24)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
-    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    if n <= 60:
-        ax.set_xticks(range(n), classes, rotation=90, fontsize=max(5, 10 - n // 10))
-        ax.set_yticks(range(n), classes, fontsize=max(5, 10 - n // 10))
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                            color="white" if rows[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)  # fraction of each true class
+    ConfusionMatrixDisplay(rows, display_labels=list(classes)).plot(ax=ax, cmap="Blues", include_values=n <= 20,
+                                                                   values_format=".2f", xticks_rotation=90,
+                                                                   im_kw={"vmin": 0, "vmax": 1})
+    if n > 60:  # too many to name
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     return save_figure(fig, path)
 
