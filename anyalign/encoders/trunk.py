@@ -159,33 +159,19 @@ def _layer_list(trunk: nn.Module) -> nn.ModuleList:
 
 
 def _load_trunk(path: Path) -> nn.Module:
-    """The transformer in a local folder: an encoder-only AutoModel, or a Whisper checkpoint's encoder."""
-    from transformers import AutoConfig, AutoModel
-
-    if AutoConfig.from_pretrained(str(path), local_files_only=True).model_type != "whisper":
-        return AutoModel.from_pretrained(str(path), local_files_only=True)
-    from transformers import WhisperModel
+    """The transformer in a local folder: an encoder-only AutoModel, or a Whisper checkpoint's encoder (a whole
+    Whisper model, or a WhisperEncoder saved alone)."""
+    from transformers import AutoConfig, AutoModel, WhisperModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from .clap import load_tower
 
-    if _weight_names(path) & {"conv1.weight", "layer_norm.weight"}:  # a WhisperEncoder saved alone
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if config.model_type != "whisper":
+        return AutoModel.from_pretrained(str(path), local_files_only=True)
+    if "WhisperEncoder" in (config.architectures or []):
         return load_tower(WhisperEncoder, str(path), "trunk")
     return load_tower(WhisperModel, str(path), "trunk", prefix="encoder.").get_encoder()
-
-
-def _weight_names(path: Path) -> set[str]:
-    """The tensor names of a folder's safetensors checkpoint (single file or sharded index); empty if neither."""
-    import json
-
-    from safetensors import safe_open
-
-    if (path / "model.safetensors").is_file():
-        with safe_open(str(path / "model.safetensors"), "pt") as f:
-            return set(f.keys())
-    if (path / "model.safetensors.index.json").is_file():
-        return set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"])
-    return set()
 
 
 @dataclass
