@@ -1,12 +1,8 @@
-"""Augmentation of raw sensor windows `[C, T]` for training (never applied to evaluation data).
+"""Augmentation of raw sensor windows `[C, T]` for training (never for evaluation data).
 
-`augment_series` applies, in order and each only when its option is on: a random 3-D rotation of the sensor frame
-(`rotate`, the same rotation for every axis triad, so an accelerometer and a gyroscope mounted on one body turn
-together), time warping (`time_warp`, a smooth random change of speed), a random resized crop (`crop`), a circular
-shift (`shift`), a per-channel gain (`scale`), one gain for the whole window (`scale_all`, which keeps the triads'
-geometry) and jitter. Rotation, whole-window scaling and time warping are the augmentations of UniMTS (Zhang et al.,
-NeurIPS 2024), which makes IMU zero-shot robust to device orientation, subject and speed. Randomness comes only from
-the generator passed in (the dataset makes one per (seed, epoch, index): exact resume).
+`augment_series` applies, each when its option is on: a random 3-D rotation of every axis triad alike (`rotate`),
+time warping, a random resized crop, a circular shift, per-channel and whole-window gains, and jitter (rotation,
+whole-window scaling and time warping as in UniMTS, NeurIPS 2024). Randomness comes only from the generator passed in.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from ..projectors import Projector
 from .config import AdapterSpec, Recipe
 from .model import AlignmentModel
 from .shared import SharedProjectors
+from .sources import source_modality
 from .tasks import LLM_TASKS, TASKS, parse_loss_weights
 
 logger = logging.getLogger(__name__)
@@ -40,33 +41,21 @@ def _feature_dims(modality: str, sources: Sequence[Any], encoder: str | None = N
     from ..features import read_manifest
 
     manifests = {s.path: read_manifest(s.path) for s in sources if s.kind == "features"}
-
-    def source_modality(s: Any) -> str | None:
-        if s.kind == "uea":
-            return s.modality or "imu"
-        if s.kind == "features":
-            return s.modality or manifests[s.path].get("modality")
-        return s.modality
-
     for s in sources:  # a source may rename the features' modality (speech for audio) if the encoder matches
         stored = manifests[s.path].get("modality") if s.kind == "features" else None
         if encoder and s.modality == modality and stored and stored != modality:
             made_by = manifests[s.path].get("encoder")
             made_by = made_by.get("name") if isinstance(made_by, dict) else made_by
             if made_by != encoder:
-                _raise(f"{s.path}: features of modality {stored!r} (encoder {made_by!r}), but the data source says "
-                       f"{modality!r}, whose adapter uses encoder {encoder!r}")
+                raise ValueError(f"{s.path}: features of modality {stored!r} (encoder {made_by!r}), but the data "
+                                 f"source says {modality!r}, whose adapter uses encoder {encoder!r}")
     if any(s.kind == "jsonl" or (s.kind != "features" and source_modality(s) == modality) for s in sources):
         return None  # raw inputs of this modality (a jsonl manifest may hold any modality)
     dims = {(int(manifests[s.path]["token_dim"]), int(manifests[s.path]["pooled_dim"])) for s in sources
             if s.kind == "features" and source_modality(s) == modality}
     if len(dims) > 1:
-        _raise(f"adapters.{modality}: feature shards of different widths {sorted(dims)}")
+        raise ValueError(f"adapters.{modality}: feature shards of different widths {sorted(dims)}")
     return dims.pop() if dims else None
-
-
-def _raise(msg: str) -> Any:
-    raise ValueError(msg)
 
 
 def _check_projectors(modality: str, spec: AdapterSpec) -> None:
@@ -91,14 +80,9 @@ def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int 
                             shared: SharedProjectors | None = None) -> tuple[ModalityAdapter, Encoder | None]:
     """A fresh (or `init_from`) adapter for one modality and its encoder (registered only when trained/saved).
 
-    `space` (the anchors' encoder specs) and `llm` are recorded in the adapter's config; an `init_from` adapter's
-    recorded space is kept when this stage has no anchors of its own (e.g. LLM alignment after binding).
-
-    With `feature_dims` (all its data are cached features) and a frozen encoder, the encoder is not built at all.
-    Random initialisation is seeded from `seed` alone, so it does not depend on what was built before (the
-    cached-feature and live-encoder runs of a recipe start from the same projector weights). A head named by a
-    string is the shared projector of that name in `shared`.
-    """
+    `space` (the anchors' specs; an `init_from` adapter's own when this stage has none) and `llm` are recorded in its
+    config. With `feature_dims` (all its data cached) a frozen encoder is not built. Initialisation is seeded from
+    `seed` alone, so cached-feature and live-encoder runs start alike. A head named by a string is `shared`'s."""
     _check_projectors(modality, spec)
     encoder = None
     torch.manual_seed(seed)  # a trained-from-scratch encoder's init

@@ -1,17 +1,11 @@
 """Zero-shot calibration as part of the adapter: seen classes, gamma and where gamma was tuned, in the saved config.
 
-After a run trains on labelled data, every saved shared-space adapter records (`AdapterConfig.zeroshot`) the classes
-it was trained on, named as its captions named them (the recipe's `label_text` phrase, else the lower-cased name),
-and its `label_text`. When the recipe names validation data (`data.validation`: held-out groups/users of the
-*training* data, never the evaluation split), the calibration gamma of calibrated stacking (Chao et al. 2016: seen
-classes' scores lowered by gamma, against the bias of adapters towards the classes they were trained on) is tuned
-there by rotating pseudo-unseen classes over the seen ones: the seen classes are split into `eval.calibration_folds`
-groups (default: one class per group, i.e. every seen class held out alone); for each group an adapter is trained
-with the same recipe without that group (`eval.calibration_steps` steps, default `train.max_steps`), the validation
-items of all seen classes are scored against all of them, and gamma maximises the mean seen/unseen harmonic mean over
-the rotations. The real unseen classes and the test split play no part. `ZeroShotClassifier.from_adapter`,
-`anyalign classify` and `anyalign eval zeroshot` then apply the recorded gamma whenever the labels mix seen and unseen
-classes (`--calibration G` overrides it, `--no-calibration` turns it off).
+After a run on labelled data, every saved shared-space adapter records (`AdapterConfig.zeroshot`) its seen classes
+(named as its captions named them) and `label_text`. With `data.validation` (held-out groups of the *training* data,
+never the test split), the gamma of calibrated stacking (Chao et al. 2016) is tuned there by pseudo-unseen rotation:
+for each of `eval.calibration_folds` groups of seen classes an adapter is trained without that group
+(`eval.calibration_steps` steps), the validation items are scored against all seen classes, and gamma maximises the
+mean seen/unseen harmonic mean over the rotations. `classify`, `eval zeroshot` and the API then apply it.
 """
 
 from __future__ import annotations
@@ -80,6 +74,7 @@ def _rotation_scores(trainer: Any, modality: str, prompts: dict[str, list[str]])
     """`[N, C]` cosine scores of the validation items (the trainer's eval sets) against every seen class's prompts,
     their class ids and the class order."""
     from .data import Collator
+    from .evaluate import class_embeddings
 
     model = trainer.unwrapped.eval()
     classes = sorted(prompts)
@@ -96,8 +91,7 @@ def _rotation_scores(trainer: Any, modality: str, prompts: dict[str, list[str]])
             ys += [classes.index(ds.labels[int(batch.labels[j])]) for j in keep]
     if not embs:
         raise ValueError(f"data.validation: no {modality} items to tune the calibration on")
-    cls = torch.stack([F.normalize(model.anchor_texts("text", prompts[c]).float().cpu().mean(0), dim=-1)
-                       for c in classes])  # [C, E]
+    cls = class_embeddings(model, "text", {c: prompts[c] for c in classes}).float().cpu()  # [C, E]
     return F.normalize(torch.cat(embs), dim=-1) @ cls.t(), ys, classes
 
 

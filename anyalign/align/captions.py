@@ -1,16 +1,10 @@
 """Caption diversity without new data: a pool of captions per class (or per free caption) to draw from.
 
-A data source's `captions:` section fills the pool from
-(a) `templates` (`{label}` / `{caption}` placeholders; default: the source's `caption_templates`),
-(b) `synonyms`: other phrases per class (`{Running: [jogging, going for a run]}`), each put through the templates,
-(c) `paraphrases`: written once, offline, by a frozen LLM and filtered (`anyalign data paraphrase`,
-    `anyalign.demos.paraphrases`: kept only if nearer its own class than any other in the anchor space by a
-    margin, naming no other class and repeating no evaluation phrasing; the file counts the drops per reason):
-    entries keyed by a class name hold other phrases for the class (put through the templates like synonyms);
-    entries keyed by an original caption hold whole sentences.
-
-Zero-shot class prompts stay the source's own phrasing (templates x the class phrase), so accuracy with and
-without the extra captions is measured against the same class embeddings.
+A data source's `captions:` section fills the pool from `templates` (default: the source's `caption_templates`),
+`synonyms` per class, and `paraphrases` written once offline by a frozen LLM and filtered in the anchor space
+(`anyalign data paraphrase`): phrases for a class go through the templates, paraphrases of a free caption are whole
+sentences. Zero-shot class prompts stay the source's own phrasing, so accuracy with and without the extra captions is
+measured against the same class embeddings.
 """
 
 from __future__ import annotations

@@ -144,17 +144,11 @@ def save_checkpoint(accelerator: Any, output_dir: str | os.PathLike, step: int, 
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
-
 
 
 def expected_state(recipe: Recipe, accelerator: Any, data: RunData, step: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError, expand_env, from_dict, load_config, parse_yaml, recipe_file, to_dict
+from ..config import ConfigError, from_dict, load_config, recipe_file
 from ..encoders.spec import EncoderSpec
 from ..io import WEIGHT_SUFFIXES
 from ..registry import Registry
@@ -185,16 +185,12 @@ class TrainSpec:
         for key in ("batch_size", "grad_accum", "max_steps", "save_every", "keep_checkpoints", "log_every"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"field {key!r} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ConfigError(f"field 'lr' must be > 0, got {self.lr}")
-        if self.encoder_lr is not None and self.encoder_lr <= 0:
-            raise ConfigError(f"field 'encoder_lr' must be > 0, got {self.encoder_lr}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"field 'warmup_steps' must be >= 0, got {self.warmup_steps}")
-        if self.clip_grad is not None and self.clip_grad <= 0:  # a negative norm flips the update (trains uphill)
-            raise ConfigError(f"field 'clip_grad' must be > 0 (or null for no clipping), got {self.clip_grad}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"field 'weight_decay' must be >= 0, got {self.weight_decay}")
+        # clip_grad: a negative norm flips the update (trains uphill)
+        for key, low, strict in (("lr", 0, True), ("encoder_lr", 0, True), ("clip_grad", 0, True),
+                                 ("warmup_steps", 0, False), ("weight_decay", 0, False)):
+            value = getattr(self, key)
+            if value is not None and (value <= low if strict else value < low):
+                raise ConfigError(f"field {key!r} must be {'>' if strict else '>='} {low}, got {value}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"field 'betas' must be two numbers in [0, 1), got {self.betas}")
         from accelerate.utils import LoggerType
@@ -373,11 +369,5 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None, *, 
     return recipe
 
 
-def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    """Plain-dict form of a recipe (written next to a run's outputs)."""
-    return to_dict(recipe)
-
-
 __all__ = ["AdapterSpec", "AnchorSpec", "AugmentSpec", "DataSource", "DataSpec", "EvalSpec", "LoraSpec", "ModelSpec",
-           "ProgressiveSpec", "Recipe", "StageSpec", "TASK_REGISTRY", "TrainSpec", "check_paths", "expand_env",
-           "load_recipe", "parse_yaml", "recipe_to_dict"]
+           "ProgressiveSpec", "Recipe", "StageSpec", "TASK_REGISTRY", "TrainSpec", "check_paths", "load_recipe"]

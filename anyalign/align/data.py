@@ -140,6 +140,17 @@ def item_draws(seed: int, epoch: int, indices: Sequence[int] | np.ndarray, k: in
         return _mix64(x + np.arange(1, k + 1, dtype=np.uint64)[None, :])  # [n, k]
 
 
+def fill_caption(templates: Sequence[str], label_text: dict[str, str], caption: str | None, label: Any,
+                 draw: int | None) -> str | None:
+    """A record's caption: the template chosen by `draw` (None: the first) filled with its caption and label phrase
+    (`label_text`, else the lower-cased label); None when it has neither."""
+    if caption is None and label is None:
+        return None
+    phrase = label_text.get(str(label), str(label).lower()) if label is not None else ""
+    t = templates[draw % len(templates)] if draw is not None else templates[0]
+    return t.format(caption=caption or phrase, label=phrase)
+
+
 # --- the dataset ---------------------------------------------------------------------------------------------
 def _conversation_to_pair(conv: list[dict[str, Any]], where: str) -> tuple[str, str]:
     """LLaVA `[{"from": human|gpt, "value"}]` or chat `[{"role", "content"}]` -> (prompt, last answer).
@@ -196,30 +207,18 @@ class PairedDataset(Dataset):
         if src.captions is not None:  # caption diversity: draw from the source's pool
             pool = self.caption_pool(si).captions(rec)
             return (pool[draw % len(pool)] if draw is not None else pool[0]) if pool else None
-        label = rec.get("label")
-        templates = self._templates(si)
-        if rec.get("caption") is None and label is None:
-            return None
-        phrase = src.label_text.get(str(label), str(label).lower()) if label is not None else ""
-        t = templates[draw % len(templates)] if draw is not None else templates[0]
-        return t.format(caption=rec.get("caption") or phrase, label=phrase)
+        return fill_caption(self._templates(si), src.label_text, rec.get("caption"), rec.get("label"), draw)
 
     def all_captions(self) -> set[str]:
         """Every caption any epoch can produce (all templates), for precomputing frozen text-anchor embeddings."""
-        out: set[str] = set()
+        out: set[str | None] = set()
         for si, rec in self.records:
-            src = self.sources[si]
-            if src.captions is not None:
+            if self.sources[si].captions is not None:
                 out.update(self.caption_pool(si).captions(rec))
-                continue
-            if rec.get("caption") is None and rec.get("label") is None:
-                continue
-            templates = self._templates(si)
-            for t in templates:
-                label = rec.get("label")
-                phrase = src.label_text.get(str(label), str(label).lower()) if label is not None else ""
-                out.add(t.format(caption=rec.get("caption") or phrase, label=phrase))
-        return out
+            else:
+                out.update(self.caption(si, rec, d) for d in range(len(self._templates(si))))
+        out.discard(None)
+        return out  # type: ignore[return-value]
 
     def _templates(self, si: int) -> list[str]:
         src = self.sources[si]
@@ -323,4 +322,5 @@ class EpochSampler(Sampler):
         return self.n
 
 
-__all__ = ["Batch", "Collator", "EpochSampler", "MediaBatch", "PairedDataset", "item_draws", "pad_features"]
+__all__ = ["Batch", "Collator", "EpochSampler", "MediaBatch", "PairedDataset", "fill_caption", "item_draws",
+           "pad_features"]

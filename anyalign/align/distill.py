@@ -1,12 +1,9 @@
 """Knowledge distillation from text to speech (Ultravox's recipe): the frozen LLM answering the transcript as text
-is the teacher of the same LLM answering the speech.
+teaches the same LLM answering the speech.
 
-For each row, the student prompt holds a media placeholder (`<audio>\\nWhat was said?`); the teacher prompt is the
-same with the placeholder replaced by the row's transcript (its caption). Both see the same response tokens (the
-row's target; the transcript itself when the row has none), and the loss is the KL divergence from the teacher's
-next-token distribution to the student's at every response position, `T^2 KL(p_teacher/T || p_student/T)`,
-averaged over response tokens. The teacher runs without gradients; only the adapter (and LoRA, if any) learns, so
-whatever the LLM does with text (answering, following instructions) carries over to speech without labels for it.
+The teacher prompt is the student's (`<audio>\\nWhat was said?`) with the placeholder replaced by the transcript; both
+see the same response tokens and the loss is `T^2 KL(p_teacher/T || p_student/T)` per response token. Only the adapter
+(and LoRA) learns, so what the LLM does with text carries over to speech without labels for it.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
-"""FSDP2 (torch `fully_shard`) for the alignment model, on CPU (gloo) and GPUs, without accelerate's FSDP plugin.
+"""FSDP2 (torch `fully_shard`) for the alignment model, on CPU (gloo) and GPUs, without accelerate's FSDP plugin
+(which accelerate 1.x enables for GPU runs only).
 
-accelerate (1.x) enables its FSDP plugin only for GPU-type runs, so the trainer shards the model itself, the same
-way on every device. Units: every decoder layer of the frozen LLM (its frozen weights and the LoRA weights peft put
-in it; FSDP2 shards per parameter, so frozen and trainable weights share a unit) and the `AlignmentModel` root
-(projectors, trained encoders, code table). The LLM is registered in the root's module tree (`fsdp_llm`) because
-FSDP2 needs a single root; its frozen weights outside the layers (embeddings, final norm, LM head) and scalar
-parameters (InfoNCE temperatures, which FSDP2 cannot shard) stay replicated, their gradients averaged here.
-
-FSDP2 reduce-scatters the gradients of a unit over the parameters that received one, so every rank must use every
-unit the same number of times in the same order: ranks without rows of an LM task run the LLM on one token
-(`idle_llm`, weighted 0), and every trainable root parameter joins the graph with weight 0.
-
-State is always gathered to full tensors (`FSDPStateIO`): checkpoints (`model.safetensors`, `optimizer.bin`, in
-accelerate's names) and saved adapters/LoRA have the same format and keys as a DDP run's, so either kind of run
-resumes from the other's checkpoints.
+Units: every decoder layer of the frozen LLM (frozen and LoRA weights together: FSDP2 shards per parameter) and the
+`AlignmentModel` root, in whose module tree the LLM is registered (`fsdp_llm`: FSDP2 needs one root). Weights
+outside the layers and scalar parameters (temperatures) stay replicated, their gradients averaged here. Every rank
+must use every unit alike: ranks without LM rows run the LLM on one token (`idle_llm`, weight 0) and every trainable
+root parameter joins the graph with weight 0. State is gathered to full tensors (`FSDPStateIO`), so checkpoints and
+saved adapters have a DDP run's files and keys, and either kind of run resumes from the other's checkpoints.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """`AlignmentModel`: trainable adapters (ImageBind-style, one per modality) around frozen encoders and LLM.
 
-Only trainable parts are registered submodules (projector heads, encoders trained from scratch, InfoNCE
-temperatures, LoRA weights), so `state_dict()`, DDP and checkpoints hold just them; the frozen encoders,
-anchors and the LLM live beside them (moved along by `.to()`) and run under `no_grad`.
-`training_forward(batch)` returns one loss per term of its registered tasks (align/tasks.py), keyed by tuples:
-`("contrastive", modality, anchor)` (binding), `("caption",)` and `("instruct",)` (next-token loss on the target
-text of a frozen causal LM), `("aux", modality, name)` (projector auxiliary losses). `build_model(recipe)`
-(align/build.py) builds it from a recipe.
+Only trainable parts are registered submodules (projector heads, trained encoders, temperatures, LoRA), so the state
+dict, DDP and checkpoints hold just them; frozen encoders, anchors and the LLM live beside them (moved by `.to()`).
+`training_forward(batch)` returns one loss per term of its tasks (align/tasks.py); `build_model` (build.py) makes it.
 """
 
 from __future__ import annotations

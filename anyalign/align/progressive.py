@@ -1,13 +1,9 @@
 """Progressive alignment (OneLLM, Han et al., 2024): modalities join the shared projector one stage at a time.
 
-A recipe with a `progressive:` section runs one ordinary training stage per entry of `stages`, into
-`<output>/stage<k>/`. Stage k trains the adapters of every modality added so far: those of earlier stages start
-from stage k-1's saved adapters (`init_from`) and the shared projectors from stage k-1's `_shared/` folder (their
-experts, routers and modality tokens bit-exactly; a universal projector gains the new modalities). The new
-modalities' data are mixed with the earlier modalities' data so that the earlier ones make up about `replay` of the
-training items (whole sources are repeated, never subsampled, so every item stays in the mix; the achieved share is
-reported). Every stage evaluates every modality it has on the recipe's eval sources, and `progressive.json` holds
-the table (one row per stage), so forgetting of earlier modalities is visible.
+A recipe with `progressive:` runs one ordinary stage per entry into `<output>/stage<k>/`, each starting from the
+previous stage's adapters and `_shared/` projectors. Earlier modalities' data stay in the mix at about `replay` of the
+training items (whole sources repeated, never subsampled); every stage evaluates every modality it has, and
+`progressive.json` holds one row per stage, so forgetting is visible.
 """
 
 from __future__ import annotations
@@ -20,27 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..io import write_json
+from ..io import read_json, write_json
 from .config import DataSource, DataSpec, Recipe
+from .sources import read_source, source_modality
 
 logger = logging.getLogger(__name__)
 
 MAX_REPEAT = 8  # the largest number of copies of one source used to reach a replay share
 
 
-def source_modality(src: DataSource, where: str) -> str:
-    """The modality a training source feeds: its `modality`, a UEA archive's default (imu), or a feature manifest's."""
-    if src.modality:
-        return src.modality
-    if src.kind == "uea":
-        return "imu"
-    if src.kind == "features":
-        from ..features import read_manifest
-
-        m = read_manifest(src.path).get("modality")
-        if m:
-            return str(m)
-    raise ConfigError(f"{where}: a progressive recipe needs each data source's modality (set modality: ...)")
+def _modality(src: DataSource, where: str) -> str:
+    m = source_modality(src)
+    if not m:
+        raise ConfigError(f"{where}: a progressive recipe needs each data source's modality (set modality: ...)")
+    return str(m)
 
 
 def replay_repeats(earlier: int, new: int, share: float) -> tuple[int, int, float]:
@@ -67,13 +56,11 @@ class StagePlan:
 
 def plan_stages(recipe: Recipe, output_dir: str | os.PathLike) -> list[StagePlan]:
     """The ordinary recipes of a progressive recipe's stages (stage k reads stage k-1's saved outputs)."""
-    from .sources import read_source
-
     if recipe.progressive is None:
         raise ValueError("plan_stages: the recipe has no progressive section")
     out = Path(output_dir)
-    train = [(s, source_modality(s, f"data.train[{i}]")) for i, s in enumerate(recipe.data.train)]
-    evals = [(s, source_modality(s, f"data.eval[{i}]")) for i, s in enumerate(recipe.data.eval)]
+    train = [(s, _modality(s, f"data.train[{i}]")) for i, s in enumerate(recipe.data.train)]
+    evals = [(s, _modality(s, f"data.eval[{i}]")) for i, s in enumerate(recipe.data.eval)]
     plans, seen, prev = [], [], None
     for k, stage in enumerate(recipe.progressive.stages, start=1):
         earlier, seen = list(seen), seen + list(stage.add)
@@ -88,7 +75,7 @@ def plan_stages(recipe: Recipe, output_dir: str | os.PathLike) -> list[StagePlan
         adapters = {m: dataclasses.replace(recipe.adapters[m], init_from=str(prev / "adapters" / m))
                     if m in earlier else recipe.adapters[m] for m in seen}
         used = {ref for a in adapters.values() for ref in (a.embed_projector, a.llm_projector) if isinstance(ref, str)}
-        projectors = {n: ({**p, "init_from": str(prev / "adapters")} if prev is not None and n in _shared_of(plans)
+        projectors = {n: ({**p, "init_from": str(prev / "adapters")} if plans and n in plans[-1].recipe.projectors
                           else dict(p)) for n, p in recipe.projectors.items() if n in used}
         data = DataSpec(train=[s for s in old_src for _ in range(ke)] + [s for s in new_src for _ in range(kn)],
                         eval=[s for s, m in evals if m in seen])
@@ -101,10 +88,6 @@ def plan_stages(recipe: Recipe, output_dir: str | os.PathLike) -> list[StagePlan
     return plans
 
 
-def _shared_of(plans: list[StagePlan]) -> set[str]:
-    return set(plans[-1].recipe.projectors) if plans else set()
-
-
 def train_progressive(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,
                       callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Run every stage in order; returns (and writes to `progressive.json`) each stage's metrics per modality."""
@@ -115,8 +98,6 @@ def train_progressive(recipe: Recipe, *, output_dir: str | os.PathLike | None = 
     for plan in plan_stages(recipe, out):
         stage_dir = Path(plan.recipe.output_dir)
         if resume and (stage_dir / "eval.json").is_file():
-            from ..io import read_json
-
             metrics = {k: v for k, v in read_json(stage_dir / "eval.json").items() if k.startswith("eval/")}
             logger.info("stage %d already finished in %s", plan.index, stage_dir)
         else:
@@ -144,4 +125,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["StagePlan", "format_table", "plan_stages", "replay_repeats", "source_modality", "train_progressive"]
+__all__ = ["StagePlan", "format_table", "plan_stages", "replay_repeats", "train_progressive"]

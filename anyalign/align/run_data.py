@@ -19,7 +19,7 @@ from .config import Recipe
 from .data import Batch, Collator, EpochSampler, PairedDataset
 from .launch import TrainingError
 from .model import AlignmentModel
-from .stream import FeatureStream, choose_mode, default_lanes, prefetched
+from .stream import FeatureStream, choose_mode, prefetched
 from .text_cache import table_for_anchor
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ def build_run_data(recipe: Recipe, model: AlignmentModel, accelerator: Any) -> R
     eval_sets = [PairedDataset([s], media, seed=recipe.seed, train=False, loaders=loaders) for s in recipe.data.eval]
     mode = choose_mode(t.stream, recipe.data.train)
     if mode == "stream":  # large feature sets: read as a stream, never all in memory
-        lanes = t.stream_lanes or default_lanes(accelerator.num_processes, t.num_workers)
+        # default: one lane per (process, worker) slot, so every worker of every rank reads its own shards
+        lanes = t.stream_lanes or accelerator.num_processes * max(1, t.num_workers)
         try:
             stream = FeatureStream(recipe.data.train, batch_size=t.batch_size, lanes=lanes, buffer=t.stream_buffer,
                                    seed=recipe.seed, rank=accelerator.process_index,

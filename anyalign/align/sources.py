@@ -26,6 +26,17 @@ def _stem_caption(path: Path) -> str:
     return re.sub(r"[-_.]+", " ", path.stem).strip()
 
 
+def source_modality(src: DataSource) -> str | None:
+    """The modality a source feeds: its `modality`, a UEA archive's default (imu), or a feature manifest's."""
+    if src.modality or src.kind not in ("uea", "features"):
+        return src.modality
+    if src.kind == "uea":
+        return "imu"
+    from ..features import read_manifest
+
+    return read_manifest(src.path).get("modality")
+
+
 def read_source(src: DataSource, media_names: Sequence[str]) -> list[dict[str, Any]]:
     """Records of one source: `{"media": {m: [item]}, "caption", "label", "key", "conversation"}`."""
     path = Path(src.path).expanduser()
@@ -112,4 +123,4 @@ def _rename_placeholder(turn: Any, old: str, new: str) -> Any:
             for k, v in turn.items()}
 
 
-__all__ = ["read_source"]
+__all__ = ["read_source", "source_modality"]

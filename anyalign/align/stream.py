@@ -1,18 +1,11 @@
 """Streamed training data from feature shards: bounded memory, shards split across ranks and workers, exact resume.
 
-The stream is a pure function of (seed, epoch, lanes, buffer), never of the number of processes:
-
-- each epoch the shards of all sources are put in a seeded order and dealt to `lanes` lanes (shard j -> lane
-  j % lanes);
-- a lane reads its shards one after the other, sample by sample (nothing else held), through a seeded shuffle
-  buffer of `buffer` samples;
-- global batch n is the concatenation of `batch_size / lanes` consecutive samples of every lane.
-
-Lane k is read by rank `k % world` and, inside a rank, by DataLoader worker `(k // world) % workers`, so ranks
-and workers read disjoint shards (webdataset's `split_by_node` / `split_by_worker`), while the global batch holds
-the same samples whatever the number of processes. Tokens stay float16 until the batch is assembled. The position
-is (epoch, batches consumed in that epoch): a resumed run replays its epoch's lanes up to that batch without
-decoding the skipped samples, so it sees exactly the samples an uninterrupted run would.
+The stream is a pure function of (seed, epoch, lanes, buffer), never of the number of processes: each epoch the
+shards are put in a seeded order and dealt to `lanes` lanes; a lane reads its shards sample by sample through a
+seeded shuffle buffer; global batch n joins `batch_size / lanes` consecutive samples of every lane. Lane k is read by
+rank `k % world` and, inside it, by one DataLoader worker, so ranks and workers read disjoint shards while the global
+batch is the same whatever the process count. The position is (epoch, batches consumed): a resumed run replays its
+epoch's lanes up to it without decoding the skipped samples.
 """
 
 from __future__ import annotations
@@ -34,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..encoders import EncoderOutput
 from ..features import decode_sample, iter_shard_raw, read_manifest, shard_files
 from .config import DataSource
-from .data import Batch, MediaBatch
+from .data import Batch, MediaBatch, fill_caption
 
 logger = logging.getLogger(__name__)
 
@@ -223,11 +216,7 @@ class FeatureStream(IterableDataset):
             m = self.modalities[shard.source]
             per_mod.setdefault(m, []).append((i, tokens, pooled))
             label = meta.get("label")
-            caption = None
-            if meta.get("caption") is not None or label is not None:
-                phrase = src.label_text.get(str(label), str(label).lower()) if label is not None else ""
-                template = src.caption_templates[int(draws[i, 0]) % len(src.caption_templates)]
-                caption = template.format(caption=meta.get("caption") or phrase, label=phrase)
+            caption = fill_caption(src.caption_templates, src.label_text, meta.get("caption"), label, int(draws[i, 0]))
             prompt = target = None
             if src.task == "caption":
                 prompt = src.prompts[int(draws[i, 1]) % len(src.prompts)].format(modality=m)
@@ -321,10 +310,5 @@ def join_chunks(chunks: list[dict[str, Any]]) -> Batch:
                  [x for c in chunks for x in c["keys"]])
 
 
-def default_lanes(world: int, num_workers: int) -> int:
-    """One lane per (process, worker) slot: every worker of every rank reads its own shards."""
-    return world * max(1, num_workers)
-
-
-__all__ = ["AUTO_STREAM_RECORDS", "FeatureStream", "StreamShard", "choose_mode", "default_lanes", "feature_shards",
+__all__ = ["AUTO_STREAM_RECORDS", "FeatureStream", "StreamShard", "choose_mode", "feature_shards",
            "join_chunks", "prefetched"]

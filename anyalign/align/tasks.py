@@ -1,20 +1,11 @@
 """Training tasks: one registered class per objective (open_clip style), each turning a batch into loss terms.
 
-A task is an `nn.Module` (so its trainable state, e.g. InfoNCE temperatures, is part of the model's state dict
-and of DDP) with `training_forward(model, batch, feats) -> {term key: loss}`. Rows of a mixed batch belong to
-the task named in their data source (`data.*.task`). A new objective is one class plus one registration::
-
-    @register_task("my-task")
-    class MyTask(Task):
-        @classmethod
-        def from_recipe(cls, recipe, *, adapters, anchors, mllm): return cls() if ... else None
-        def training_forward(self, model, batch, feats): return {("my-task",): loss}
-
-Loss terms are keyed by tuples whose first item is the task name: `("contrastive", modality, anchor)`,
-`("caption",)`, `("instruct",)`, and `("aux", modality, name)` for a projector's auxiliary losses (e.g. RVQ
-commitment). Names for logs and `train.loss_weights` are made from the tuple by `term_name` only (modality and
-anchor names are open strings and may contain `-`, e.g. `ir-depth`); `parse_loss_weights` maps recipe keys back
-to tuples by matching the names of the terms a recipe can produce, never by splitting.
+A task is an `nn.Module` (its trainable state, e.g. InfoNCE temperatures, is in the state dict and under DDP) with
+`training_forward(model, batch, feats) -> {term key: loss}`; a row belongs to the task its data source names. A new
+objective is one `Task` subclass under `@register_task("name")`. Term keys are tuples whose first item is the task
+name (`("contrastive", modality, anchor)`, `("caption",)`, `("aux", modality, name)` for projector auxiliary losses);
+logged and `train.loss_weights` names come from the tuple (`term_name`), and are mapped back by matching the names a
+recipe can produce, never by splitting (modality names may contain `-`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """The alignment training loop on accelerate: mixed precision, accumulation, DDP or FSDP2 via `accelerate launch`.
 
-Exact resume: the data order is a pure function of (seed, epoch), per-sample randomness is seeded by
-(seed, epoch, index), and a checkpoint holds the trainable weights, optimizer, scheduler and every rank's RNG;
-resuming loads it and skips the consumed batches of the current epoch (`skip_first_batches`), so a run killed
-and resumed ends with the same weights as an uninterrupted one. Large feature sets are streamed (`stream.py`,
-`train.stream`); the checkpoint then records the stream position. Checkpoints carry a manifest of sizes and
-hashes; `--resume` falls back to the newest intact one.
-
-Multi-process runs use DDP, or FSDP2 (`train.fsdp: true` or `accelerate launch --use_fsdp`): the trainer then
-shards the model itself with torch's `fully_shard` (align/fsdp.py), on CPU (gloo) as on GPUs; checkpoints and saved
-adapters hold full tensors in the same files as a DDP run's.
-
-Where the parts live: the accelerator, optimizer and schedule in `launch.py`, the run's data in `run_data.py`,
-checkpoints and resume in `checkpoint.py`, FSDP and its state I/O in `fsdp.py`, the model from a recipe in `build.py`;
-this module is the loop.
+Exact resume: the data order is a pure function of (seed, epoch) and per-sample randomness of (seed, epoch, index);
+a checkpoint holds the trainable weights, optimizer, scheduler, every rank's RNG and the stream position, so a run
+killed and resumed ends with the same weights as an uninterrupted one. Where the parts live: the accelerator,
+optimizer and schedule in `launch.py`, the run's data in `run_data.py` (large feature sets streamed, `stream.py`),
+checkpoints and resume in `checkpoint.py`, FSDP2 sharding and its state I/O in `fsdp.py`, the model in `build.py`.
 """
 
 from __future__ import annotations
@@ -31,12 +22,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..config import to_dict
 from ..io import atomic_path, write_json
 from .build import build_model
 from .calibration import record_zeroshot
 from .captions import captions_used
 from .checkpoint import latest_checkpoint, list_checkpoints, resume_run, save_run_checkpoint
-from .config import Recipe, recipe_to_dict
+from .config import Recipe
 from .evaluate import evaluate_model
 from .fsdp import FSDPState, fsdp_requested, shard_model, state_io
 from .launch import TrainingError, check_run_folder, make_accelerator, make_optimizer, make_schedule
@@ -99,6 +91,7 @@ class Trainer:
         self.data = build_run_data(recipe, self.model, acc)
         optimizer = make_optimizer(self.model, recipe, sharded=self.fsdp is not None)
         self.optimizer, self.scheduler = self._prepare(optimizer, make_schedule(optimizer, recipe))
+        self.state_io = state_io(acc, self.fsdp, self.optimizer)  # what saves and loads checkpoints
         if "text" in recipe.anchors:
             fill_text_table(recipe, self.unwrapped, self.data, acc)
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", acc, enabled=acc.is_main_process)
@@ -147,7 +140,7 @@ class Trainer:
             if self.recipe.eval.every and self.step % self.recipe.eval.every == 0 and self.step < t.max_steps:
                 self.evaluate()
             if self.step % t.save_every == 0 and self.step < t.max_steps:
-                self._checkpoint()
+                save_run_checkpoint(self.state_io, self.output_dir, self.recipe, self.data, self.step)
             for cb in self.callbacks:
                 cb.on_step_end(self, self.step, logs)
         bar.close()
@@ -162,7 +155,7 @@ class Trainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.output_dir / "recipe.yaml") as tmp:
-                tmp.write_text(yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
+                tmp.write_text(yaml.safe_dump(to_dict(self.recipe), sort_keys=False))
             if self.data.stream is None:  # streamed data: its captions are not all known up front
                 write_json(self.output_dir / "captions.json",
                            captions_used(self.data.train_set, self.data.eval_sets))
@@ -171,7 +164,7 @@ class Trainer:
                                                         "grad_accum": t.grad_accum, "max_steps": t.max_steps,
                                                         "mixed_precision": t.mixed_precision})
         if resume:
-            self.step = resume_run(self._state_io(), self.output_dir, self.recipe, self.data)
+            self.step = resume_run(self.state_io, self.output_dir, self.recipe, self.data)
             self.metrics.truncate_after(self.step)
         if self.step == 0 and self.recipe.eval.at_start:
             self.evaluate()
@@ -247,13 +240,6 @@ class Trainer:
         bar.set_postfix(loss=f"{logs['loss']:.4f}", sps=f"{logs['samples_per_s']:.0f}")
         return logs
 
-    # --- checkpoints ------------------------------------------------------------------------------------------
-    def _checkpoint(self) -> Path:
-        return save_run_checkpoint(self._state_io(), self.output_dir, self.recipe, self.data, self.step)
-
-    def _state_io(self) -> Any:
-        return state_io(self.accelerator, self.fsdp, self.optimizer)
-
     # --- evaluation and the saved run -------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics on the main process (logged and returned; empty on other ranks)."""
@@ -291,14 +277,12 @@ class Trainer:
             with atomic_path(self.output_dir / "mllm", is_dir=True) as tmp:
                 model.frozen.mllm.save_pretrained(tmp)
         write_json(self.output_dir / "eval.json", {"step": self.step, "world_size": self.accelerator.num_processes,
-                                                   "distributed": self.distributed, **self._fsdp_record(),
+                                                   "distributed": self.distributed,
+                                                   **({"fsdp": self.fsdp.record} if self.fsdp is not None else {}),
                                                    "mixed_precision": self.accelerator.mixed_precision,
                                                    "grad_accum": self.accelerator.gradient_accumulation_steps,
                                                    **metrics})
         return saved, plot_curves(self.metrics.read(), self.output_dir / "curves.png", title=self.recipe.name)
-
-    def _fsdp_record(self) -> dict[str, Any]:
-        return {"fsdp": self.fsdp.record} if self.fsdp is not None else {}
 
 
 def train(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume: bool = False,

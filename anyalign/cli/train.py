@@ -31,19 +31,16 @@ def train_cmd(
     from .options import CLIError
 
     recipe = load_recipe(config, list(overrides or []))
-    if recipe.progressive is not None:  # OneLLM's stages, one after another (align/progressive.py)
-        from ..align.progressive import format_table, train_progressive
-
-        try:
-            report = train_progressive(recipe, output_dir=output, resume=resume)
-        except TrainingError as e:
-            raise CLIError(str(e)) from None
-        if as_json:
-            o.echo_json(report)
-        else:
-            typer.echo(format_table(report["stages"]))
-        return
     try:
+        if recipe.progressive is not None:  # OneLLM's stages, one after another (align/progressive.py)
+            from ..align.progressive import format_table, train_progressive
+
+            report = train_progressive(recipe, output_dir=output, resume=resume)
+            if as_json:
+                o.echo_json(report)
+            else:
+                typer.echo(format_table(report["stages"]))
+            return
         result = train(recipe, output_dir=output, resume=resume)
     except TrainingError as e:
         raise CLIError(str(e)) from None
