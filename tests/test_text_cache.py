@@ -49,8 +49,8 @@ def test_get_encodes_missing_once_in_length_sorted_batches(tmp_path: Path) -> No
     assert enc.calls == [["", "b"], ["cc", "dddd"], ["a much longer caption"]]
     assert len(table) == 5 and table.dim == E
     assert table.add(["b", "new", "cc"]) == 1 and len(table) == 6
-    assert set(table.lookup(["b", "absent"])) == {"b"}
-    assert torch.equal(table.lookup(["b"])["b"], _normed("b"))
+    enc.calls.clear()
+    assert torch.equal(table.get(["b", "absent"])[0], _normed("b")) and enc.calls == [["absent"]]
     assert table.get([]).shape == (0, E)
     table.close()
 
@@ -102,7 +102,8 @@ def test_hash_collision_returns_the_right_vectors(tmp_path: Path, monkeypatch: p
     enc = Encoder(salt=1.0)
     again = TextEmbeddingTable(tmp_path, enc)
     assert torch.equal(again.get(texts), out.flip(0)) and enc.calls == [] and len(again) == 50
-    assert set(again.lookup(["caption 3", "caption 77"])) == {"caption 3"}
+    again.get(["caption 3", "caption 77"])
+    assert enc.calls == [["caption 77"]]
 
 
 def test_leftovers_of_a_crashed_writer_are_never_read(tmp_path: Path) -> None:
@@ -111,7 +112,8 @@ def test_leftovers_of_a_crashed_writer_are_never_read(tmp_path: Path) -> None:
     for name in ("vectors.f32", "ends.u64", "texts.bin"):  # a writer killed after appending, before table.json
         with open(tmp_path / name, "ab") as f:
             f.write(b"\x07" * 40)
-    assert TextEmbeddingTable(tmp_path, Encoder()).lookup(["c"]) == {}
+    reader = TextEmbeddingTable(tmp_path, enc := Encoder())
+    assert len(reader) == 2 and torch.equal(reader.get(["c"])[0], _normed("c")) and enc.calls == [["c"]]
     table.get(["c"])
     again = TextEmbeddingTable(tmp_path, Encoder(salt=1.0))
     assert torch.equal(again.get(["a", "b", "c"]), torch.stack([_normed(t) for t in "abc"])) and len(again) == 3
@@ -162,9 +164,10 @@ def test_lookups_find_exactly_the_stored_captions(tmp_path: Path, monkeypatch: p
     if collide:
         _collide(monkeypatch, b"\1" * 8)
     texts = [f"caption {i} ✓" for i in range(300)]
-    table = TextEmbeddingTable(tmp_path, Encoder())
+    table = TextEmbeddingTable(tmp_path, enc := Encoder())
     table.add(texts)
-    many = table.lookup([*texts, "absent"])
-    few = {t: v for i in range(0, len(texts), 7) for t, v in table.lookup(texts[i:i + 7] + ["absent"]).items()}
-    assert set(many) == set(few) == set(texts)
-    assert all(torch.equal(many[t], _normed(t)) and torch.equal(few[t], _normed(t)) for t in texts)
+    enc.calls.clear()
+    many = table.get(texts)
+    few = torch.cat([table.get(texts[i:i + 7]) for i in range(0, len(texts), 7)])
+    assert enc.calls == [] and torch.equal(many, few)
+    assert all(torch.equal(v, _normed(t)) for t, v in zip(texts, many))

@@ -79,15 +79,6 @@ class TextEmbeddingTable:
             self._refresh()
             return self.rows
 
-    def lookup(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Embeddings of those `texts` the table holds (missing ones are absent from the result)."""
-        with self._mutex:
-            keys = list(dict.fromkeys(texts))
-            loc = self._find_fresh([utf8(t) for t in keys])
-            hit = np.flatnonzero(loc >= 0)
-            vec = torch.from_numpy(self._vectors(loc[hit]))
-            return {keys[i]: vec[j] for j, i in enumerate(hit.tolist())}
-
     def get(self, texts: Sequence[str]) -> torch.Tensor:
         """`[N, E]` embeddings of `texts` (in order), encoding and storing the missing ones first."""
         texts = list(texts)
