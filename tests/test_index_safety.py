@@ -104,7 +104,7 @@ def test_writers_never_replace_what_they_did_not_write(tmp_path, writer, victim)
             return build_index(ArraySource(clustered(100, D)), out, factory="IVF4,Flat", train_only=True, **kw)
         return combine_parts(parts, out, ondisk=writer == "merge-ondisk", **kw)
 
-    with pytest.raises(ValueError, match="refusing to overwrite.*--overwrite"):
+    with pytest.raises(ValueError, match="refusing to replace.*--overwrite"):
         write()
     if victim == "folder":
         assert (out / "thesis.txt").read_text() == "three years of work" and (out / "sub" / "data.csv").is_file()
@@ -129,7 +129,7 @@ def test_cli_merge_refuses_a_user_folder(tmp_path, capsys) -> None:
     parts = _two_parts(tmp_path)
     _user_folder(tmp_path / "out")
     code, _, err = run(capsys, "index", "merge", *parts, "-o", tmp_path / "out")
-    assert code == 2 and "refusing to overwrite" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "refusing to replace" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "out" / "thesis.txt").is_file()
     code, out, err = run(capsys, "index", "merge", *parts, "-o", tmp_path / "out", "--overwrite")
     assert code == 0 and "600 vectors" in out, err

@@ -269,7 +269,7 @@ def test_failed_build_keeps_previous_index(tmp_path, corpus, monkeypatch) -> Non
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("keep me")
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="refusing to overwrite"):
+    with pytest.raises(ValueError, match="refusing to replace"):
         build_index(ArraySource(corpus), tmp_path / "notes")
 
 

@@ -20,18 +20,15 @@ from pathlib import Path
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from ..io import is_artifact
-from .metadata import METADATA_NAME
-from .rawvectors import RAW_FILES
+from ..io import check_replaceable
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.faiss"
 CONFIG_NAME = "anyalign_index.json"
 IVFDATA_NAME = "index.ivfdata"
-# files an index folder may hold: only a folder made of these (or an empty one) is replaced without --overwrite
-OWN_FILES = frozenset({CONFIG_NAME, INDEX_NAME, IVFDATA_NAME, METADATA_NAME, f"{METADATA_NAME}-journal",
-                       f"{METADATA_NAME}-wal", f"{METADATA_NAME}-shm"}) | RAW_FILES
+# what an index folder holds (a regex): only a folder of these (or an empty one) is replaced without --overwrite
+OWN_FILES = r"anyalign_index\.json|index\.faiss|index\.ivfdata|metadata\.sqlite(-journal|-wal|-shm)?|vectors\.f(16|32)"
 
 
 class IndexBusyError(TimeoutError, ValueError):
@@ -139,26 +136,13 @@ def writer_lock(index_dir: str | os.PathLike, timeout: float | None = None) -> I
 
 
 def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> None:
-    """Refuse to replace `output` unless it is absent, an empty folder, or an index folder of our own files."""
-    output = Path(output)
-    if not output.exists() and not output.is_symlink():
-        return
-    if output.is_dir() and not output.is_symlink():
-        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in output.iterdir())
-        foreign = [e for e in entries if e not in OWN_FILES]
-        if not entries or (not foreign and is_artifact(output, marker=CONFIG_NAME, marker_keys=("dim", "factory"))):
-            return
-        if not foreign:
-            foreign = [f"{CONFIG_NAME} that is not an index's"]
-        what = f"holds files that are not an anyalign index's ({', '.join(foreign[:3])}" \
-               f"{', ...' if len(foreign) > 3 else ''})"
-    else:
-        what = "is a file, not an index folder"
-    if not overwrite:
-        raise ValueError(f"{output}: exists and {what}; refusing to overwrite it (pass --overwrite to replace it)")
-    logger.warning("%s: %s; replacing it (overwrite)", output, what)
-    if not output.is_dir() or output.is_symlink():
-        output.unlink()  # atomic_path swaps folders; a file in the way is removed first
+    """Refuse to replace `output` unless it is absent, an empty folder, or an index folder of our own files
+    (`io.check_replaceable`); with `overwrite`, a file in the way is removed first (atomic_path swaps folders)."""
+    check_replaceable(output, marker=CONFIG_NAME, what="anyalign index", overwrite=overwrite,
+                      marker_keys=("dim", "factory"), own=OWN_FILES)
+    if overwrite and (Path(output).is_file() or Path(output).is_symlink()):
+        logger.warning("%s: a file, not an index folder; replacing it (overwrite)", output)
+        Path(output).unlink()
 
 
 __all__ = ["CONFIG_NAME", "INDEX_NAME", "IVFDATA_NAME", "IndexBusyError", "OWN_FILES", "check_factory", "check_k",

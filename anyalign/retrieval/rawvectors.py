@@ -18,7 +18,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 DTYPES = {"float16": ("vectors.f16", np.float16), "float32": ("vectors.f32", np.float32)}
-RAW_FILES = frozenset(name for name, _ in DTYPES.values())
 CHUNK_BYTES = 32 << 20  # candidate rows gathered at a time while re-ranking (as float32)
 GPU_MAX_K = 2048
 
@@ -207,5 +206,4 @@ def refined_search(index: Any, raw: RawVectors | None, queries: np.ndarray, k: i
     return raw.rerank(queries, cand, k)
 
 
-__all__ = ["DTYPES", "RAW_FILES", "RawVectors", "RawWriter", "check_dtype", "check_file", "refine_factor",
-           "refined_search"]
+__all__ = ["DTYPES", "RawVectors", "RawWriter", "check_dtype", "check_file", "refine_factor", "refined_search"]
