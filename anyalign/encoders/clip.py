@@ -8,6 +8,7 @@ anyalign/model_configs/ included, e.g. "anyalign-tiny-vit") or a config .json pa
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -27,15 +28,13 @@ from .registry import register_encoder
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
-_configs_registered = False
 
 
+@functools.cache
 def register_model_configs() -> None:
     """Make the configs shipped with anyalign (e.g. "anyalign-tiny-vit") known to open_clip, once."""
-    global _configs_registered
-    if not _configs_registered and MODEL_CONFIG_DIR.is_dir():
+    if MODEL_CONFIG_DIR.is_dir():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
-    _configs_registered = True
 
 
 def _config_name(model: str) -> str:
@@ -70,9 +69,10 @@ def build_clip(model: str, pretrained: str | None, tower: str, **kwargs: Any) ->
             tag = src.location
         else:
             file = src.location
-    quiet = _DropRandomInitWarning() if file is not None else None  # weights come from `file` just below
-    if quiet:
-        logging.getLogger().addFilter(quiet)
+    def quiet(record: logging.LogRecord) -> bool:  # open_clip warns of random weights that `file` replaces below
+        return file is None or not str(record.msg).startswith("No pretrained weights loaded")
+
+    logging.getLogger().addFilter(quiet)
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=tag, pretrained_text=False, **kwargs
@@ -80,18 +80,10 @@ def build_clip(model: str, pretrained: str | None, tower: str, **kwargs: Any) ->
     except (RuntimeError, OSError, ValueError, TypeError) as e:
         raise ValueError(f"clip: cannot build model {arch!r} with pretrained={pretrained!r}: {e}") from None
     finally:
-        if quiet:
-            logging.getLogger().removeFilter(quiet)
+        logging.getLogger().removeFilter(quiet)
     if file is not None:
         _load_tower_checkpoint(clip, file, tower)
     return clip, preprocess, arch
-
-
-class _DropRandomInitWarning(logging.Filter):
-    """Hide open_clip's "initialized randomly" warning when a local checkpoint is loaded right after."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No pretrained weights loaded")
 
 
 def _in_tower(key: str, tower: str) -> bool:
