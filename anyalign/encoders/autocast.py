@@ -23,31 +23,18 @@ MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this factor to be chosen on a CPU
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def _cpuinfo(*keys: str) -> str:
+    """The value of the first /proc/cpuinfo line starting with one of `keys` ("" where there is none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(keys)), "")
+
+
 def cpu_flags() -> set[str]:
     """The CPU feature flags of this machine (empty where /proc/cpuinfo does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cache_file() -> Path:
-    root = os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign"
-    return Path(root) / "autocast_probe.json"
+    return set(_cpuinfo("flags", "Features").split())
 
 
 def probe_cpu_bf16(n: int = 512, k: int = 1536, repeats: int = 5) -> float:
@@ -73,8 +60,8 @@ def _cpu_bf16_is_faster() -> bool:
     flags = cpu_flags()
     if not any(f in flags for f in _BF16_FLAGS):
         return False  # no native bf16: emulated bf16 is always slower
-    key = f"{_cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
-    path = _cache_file()
+    key = f"{_cpuinfo('model name') or platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    path = Path(os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign") / "autocast_probe.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
