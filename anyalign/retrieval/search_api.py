@@ -145,6 +145,14 @@ def add_search_routes(app: FastAPI, served: Any, *, batcher: Any, max_k: int, ma
             raise HTTPException(400, str(e)) from None
         return {"results": [result_json(state, r) for r in results]}
 
+    def live_row(item_id: str) -> tuple[ServedState, int, dict[str, Any]]:
+        i = parse_id(item_id)
+        state = served.current()
+        row = state.retriever.metadata([i])[0]
+        if row is None or row.get("deleted"):
+            raise HTTPException(404, f"no item {i}")
+        return state, i, row
+
     def embed_one(state: ServedState, modality: str, value: str) -> np.ndarray:
         try:
             return state.retriever.embedder(modality).embed([value])
@@ -220,21 +228,13 @@ def add_search_routes(app: FastAPI, served: Any, *, batcher: Any, max_k: int, ma
     @app.get("/api/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
         """One item's metadata."""
-        i = parse_id(item_id)
-        state = served.current()
-        row = state.retriever.metadata([i])[0]
-        if row is None or row.get("deleted"):
-            raise HTTPException(404, f"no item {i}")
+        state, i, row = live_row(item_id)
         return result_json(state, SearchResult(i, 0.0, row))
 
     @app.get("/api/media/{item_id}")
     def media(item_id: str) -> FileResponse:
         """The item's media file (only media types, only under the corpus roots)."""
-        i = parse_id(item_id)
-        state = served.current()
-        row = state.retriever.metadata([i])[0]
-        if row is None or row.get("deleted"):
-            raise HTTPException(404, f"no item {i}")
+        state, i, row = live_row(item_id)
         src = str(row.get("source") or "")
         if row.get("modality") in MEDIA_TYPES and os.path.isabs(src) \
                 and Path(src).suffix.lower() not in MEDIA_CONTENT_TYPES:
