@@ -93,7 +93,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     b, p = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
     unit = "images" if args.encoder == "timm" else "sentences"
-    print(f"encoder {enc.registry_name}: {len(values)} {unit}, batch {args.batch_size}, workers {args.workers}, "
+    print(f"encoder {enc.spec.name}: {len(values)} {unit}, batch {args.batch_size}, workers {args.workers}, "
           f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, median of {args.repeats}")
     print(f"bare loop (load + collate + forward): {b:8.1f} {unit}/s   runs: {', '.join(f'{r[0]:.1f}' for r in runs)}")
     print(f"extract pipeline (workers + shards):   {p:8.1f} {unit}/s   runs: {', '.join(f'{r[1]:.1f}' for r in runs)}")

@@ -51,14 +51,13 @@ class Encoder(nn.Module):
         self.pooled_dim: int = 0
         self.autocast_dtype: torch.dtype | None = None
         self.frozen = False
-        self.registry_name: str = ""  # set by create_encoder; lets adapters record how to rebuild it
-        self.build_args: dict[str, Any] | None = None  # how create_encoder built it (see `EncoderSpec.of`)
+        self.spec: Any = None  # the EncoderSpec create_encoder built it from (adapters record it to rebuild it)
 
     # --- the three stages -------------------------------------------------------------------------------
     def load(self, item: Any) -> Any:
         """Decode one raw input (cheap to run in a worker). Raise `InputError` naming the input on failure."""
         if self.modality == "text" and not isinstance(item, str):  # every text encoder takes strings
-            name = self.registry_name or type(self).__name__
+            name = self.spec.name if self.spec else type(self).__name__
             raise InputError(f"{name} expects strings, got {type(item).__name__}: {item!r:.80}")
         return item
 

@@ -119,9 +119,9 @@ def create_encoder(
         enc = fn(pretrained, cls(**{k: v for k, v in overrides.items() if k in own}),
                  **{k: v for k, v in overrides.items() if k not in own})
     enc = _to_weights_dtype(enc, name, weights_dtype, device)
-    enc.registry_name = name
-    enc.build_args = {"name": name, "pretrained": pretrained, "options": dict(overrides),
-                      "autocast": autocast if isinstance(autocast, str) else None}  # `EncoderSpec.of(enc)`
+    from .spec import EncoderSpec  # spec.py builds through this module
+
+    enc.spec = EncoderSpec(name, pretrained, dict(overrides), autocast if isinstance(autocast, str) else None)
     if device is not None:
         enc = enc.to(device)
     enc.autocast_dtype = resolve_autocast(autocast, enc.device)  # "auto": bf16 only where this machine is faster

@@ -74,10 +74,7 @@ class EncoderSpec:
     @classmethod
     def of(cls, encoder: Any) -> EncoderSpec:
         """The spec an encoder instance was created from by `create_encoder` (its name alone otherwise)."""
-        args = getattr(encoder, "build_args", None)
-        if args:
-            return cls(args["name"], args["pretrained"], dict(args["options"]), args["autocast"])
-        return cls(getattr(encoder, "registry_name", "") or type(encoder).__name__)
+        return getattr(encoder, "spec", None) or cls(type(encoder).__name__)
 
     __from_config__ = from_dict  # lets `anyalign.config.from_dict` read a recipe field typed EncoderSpec
 
