@@ -186,13 +186,6 @@ def stage_folder(src: str | os.PathLike, dest: str | os.PathLike, files: Iterabl
     return dest
 
 
-def _table(rows: Mapping[str, Any]) -> str:
-    lines = ["| metric | value |", "| --- | --- |"]
-    for k, v in rows.items():
-        lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    return "\n".join(lines)
-
-
 def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, evaluation: Mapping[str, Any] | None = None,
                recipe: Mapping[str, Any] | None = None) -> str:
     """A Hub model card (README.md) for a saved adapter: what it reads, the space it was aligned to, what it was
@@ -201,12 +194,12 @@ def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, evaluat
     enc = config.get("encoder") or {}
     space = config.get("space") or {}
     title = repo_id or f"anyalign {modality} adapter"
+    from huggingface_hub import ModelCardData
+
     tags = ["anyalign", "multimodal", "adapter", str(modality)] + [str(m) for m in space]
-    front = ["---", "library_name: anyalign", "tags:"] + [f"- {t}" for t in dict.fromkeys(tags)]
     bases = [s.get("pretrained") for s in space.values() if s.get("pretrained") and is_hub_id(str(s["pretrained"]))]
-    if bases:
-        front += ["base_model:"] + [f"- {b}" for b in dict.fromkeys(bases)]
-    front.append("---")
+    front = ["---", ModelCardData(library_name="anyalign", tags=list(dict.fromkeys(tags)),
+                                  base_model=list(dict.fromkeys(bases)) or None).to_yaml(), "---"]
     body = [f"# {title}", "",
             f"An anyalign adapter that embeds **{modality}** inputs into a shared space.", "",
             "## What it is", "",
@@ -235,7 +228,9 @@ def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, evaluat
     if evaluation:
         body += ["Measured by anyalign at the end of training on the run's held-out data (see the recipe for the "
                  "split); `chance` rows give the chance level of the metric beside them.", "",
-                 _table({k: v for k, v in evaluation.items() if k.startswith("eval/") or k == "step"})]
+                 "| metric | value |", "| --- | --- |"]
+        body += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()
+                 if k.startswith("eval/") or k == "step"]
     else:
         body.append("No evaluation was saved with this adapter.")
     body += ["", "## Use", "", "```python", "from anyalign import ModalityAdapter", "",

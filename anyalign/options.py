@@ -48,12 +48,7 @@ REQUIRED: Any = dataclasses.MISSING  #: the default of an option that has none
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+    return repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
 
 
 def type_label(tp: Any) -> str:
