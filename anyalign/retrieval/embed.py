@@ -79,18 +79,6 @@ def collect_inputs(paths: Sequence[str | os.PathLike], embedder: Embedder) -> tu
     return items, feature_dirs
 
 
-class _RawLoader:
-    """Picklable `load` for DataLoader workers: an item's raw input through the embedder."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-
-    def __call__(self, item: EmbedItem) -> Any:
-        if isinstance(item.raw, BrokenInput):
-            raise InputError(item.raw.reason)
-        return self.embedder.load(item.raw)
-
-
 class EmbeddingWriter:
     """Writes `embeddings-XXXXX.npy` / `metadata-XXXXX.jsonl` shards of `shard_size` rows, then the manifest.
 
@@ -196,7 +184,7 @@ def _embed_slice(items: list[EmbedItem], feature_dirs: list[Path], writer: Embed
         writer.cut(0)
     if mine:
         order = _length_order(mine, embedder, batch_size * _SORT_WINDOW)
-        decode = SafeDecode([mine[j] for j in order], _RawLoader(embedder), errors=(InputError, OSError))
+        decode = SafeDecode([mine[j].raw for j in order], embedder.load, errors=(InputError, OSError))
         loader = DataLoader(decode, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
         done: dict[int, np.ndarray | None] = {}  # input position -> vector (None: failed), until written in order
         written = 0
