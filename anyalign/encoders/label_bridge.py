@@ -46,13 +46,9 @@ class LabelBridgeEncoder(Encoder):
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         return self.classifier.collate(items)
 
-    def logits(self, out: EncoderOutput) -> torch.Tensor:
-        """Class logits `[B, C]` from the classifier's pooled features."""
-        return self.head(out.pooled)
-
     def encode(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         out = self.classifier.encode(batch)
-        probs = torch.softmax(self.logits(out).float() / self.temperature, dim=-1)  # [B, C]
+        probs = torch.softmax(self.head(out.pooled).float() / self.temperature, dim=-1)  # [B, C] over the classes
         if 0 < self.top_k < probs.shape[1]:
             top = probs.topk(self.top_k, dim=-1)
             probs = torch.zeros_like(probs).scatter_(1, top.indices, top.values)

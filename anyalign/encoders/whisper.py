@@ -26,7 +26,6 @@ from .clap import hf_source, load_tower
 from .registry import register_encoder
 
 DEFAULT_WHISPER_MODEL = "openai/whisper-base"
-PADDINGS = ("window", "longest")
 
 
 def key_padding_mask(mask: torch.Tensor, attn_implementation: str | None) -> torch.Tensor | None:
@@ -65,8 +64,6 @@ class WhisperAudioEncoder(AudioEncoder):
         if not 0 < self.window_seconds <= self.clip_seconds:
             raise ValueError(f"whisper: window_seconds must be in (0, {self.clip_seconds:g}] (Whisper's input "
                              f"window), got {window_seconds}")
-        if padding not in PADDINGS:
-            raise ValueError(f"whisper: padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
         self.padding = padding
         self.window_samples = int(round(self.window_seconds * self.sample_rate))
         self.max_positions = int(encoder.config.max_source_positions)
