@@ -73,7 +73,7 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
         if name not in data:
             continue
         value, tp = data[name], hints[name]
-        sub = _dataclass_in(tp)
+        sub = next((t for t in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(t)), None)
         reader, mapped = _reader_in(tp)
         if reader is not None and value is not None:  # a type with its own config form (e.g. EncoderSpec)
             where = f"{source}: {name}"
@@ -93,9 +93,7 @@ def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config", str
         kwargs[name] = value
     try:
         return cls(**kwargs)
-    except TypeError as e:  # missing required fields
-        raise ConfigError(f"{source}: {e}") from None
-    except ValueError as e:  # __post_init__ checks
+    except (TypeError, ValueError) as e:  # missing required fields, __post_init__ checks
         raise ConfigError(f"{source}: {e}") from None
 
 
@@ -109,15 +107,6 @@ def _reader_in(tp: Any) -> tuple[Any, bool]:
             if len(args) == 2 and hasattr(args[1], "__from_config__"):
                 return args[1].__from_config__, True
     return None, False
-
-
-def _dataclass_in(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp
-    for arg in typing.get_args(tp):
-        if dataclasses.is_dataclass(arg):
-            return arg
-    return None
 
 
 def _type_name(tp: Any) -> str:
