@@ -28,7 +28,7 @@ from ..encoders import InputError
 from ..encoders.inputs import SafeDecode
 from ..io import atomic_path, check_not_input, check_replaceable, read_json, replace_dir, write_json
 from .preview import signal_preview
-from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST, open_source, rank_range
+from .sources import EMBEDDINGS_MANIFEST, FEATURES_MANIFEST, rank_range
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _embed_slice(items: list[EmbedItem], feature_dirs: list[Path], writer: Embed
         start, stop = 0, None
         if world > 1:
             writer.cut(segment)
-            start, stop = rank_range(len(open_source(folder)), rank, world)
+            start, stop = rank_range(_feature_count(folder), rank, world)
         _embed_features(folder, embedder, writer, batch_size, start, stop)
     return failures
 
@@ -268,6 +268,14 @@ def _embed_ranks(items: list[EmbedItem], feature_dirs: list[Path], output: Path,
     if total == 0:
         raise ValueError(_nothing(every_failure))
     return read_json(output / EMBEDDINGS_MANIFEST)
+
+
+def _feature_count(folder: Path) -> int:
+    """Records of a feature folder: its manifest's count, else counted from the shards (without decoding)."""
+    from ..features import iter_shard_raw, read_manifest, shard_files
+
+    count = read_manifest(folder).get("count")
+    return count if isinstance(count, int) else sum(1 for p in shard_files(folder) for _ in iter_shard_raw(p))
 
 
 def _embed_features(folder: Path, embedder: Embedder, writer: EmbeddingWriter, batch_size: int, start: int = 0,
