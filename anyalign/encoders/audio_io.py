@@ -33,11 +33,8 @@ AUDIO_INPUT_SPEC = (
 
 
 def load_audio(item: Any, target_rate: int) -> np.ndarray:
-    """Return `item` as a mono float32 waveform `[N]` at `target_rate` Hz; raise `InputError` naming the input.
-
-    A bare array is taken to be at `target_rate` already; pass `(array, sample_rate)` otherwise. 2-D arrays are
-    `[C, N]` or `[N, C]` (the shorter axis is the channel axis) and are averaged to mono.
-    """
+    """`item` as a mono float32 waveform `[N]` at `target_rate` Hz (a bare array is taken to be at that rate; 2-D
+    arrays are mixed down over their shorter axis); an `InputError` naming the input otherwise."""
     if isinstance(item, (str, os.PathLike)):
         wave, rate, where = *_read_file(Path(item)), str(item)
     elif isinstance(item, tuple) and len(item) == 2 and np.isscalar(item[1]):

@@ -51,11 +51,8 @@ def _config_name(model: str) -> str:
 
 
 def build_clip(model: str, pretrained: str | None, tower: str, **kwargs: Any) -> tuple[nn.Module, Callable, str]:
-    """Create an open_clip model (+ eval preprocess) from a config name and any supported `pretrained` source.
-
-    Returns `(clip_model, preprocess, tokenizer_name)`; `tower` ("image" | "text") decides which keys a local
-    checkpoint must provide.
-    """
+    """`(clip_model, eval preprocess, tokenizer name)` from a config name and any `pretrained` source; `tower`
+    ("image" | "text") is what a local checkpoint must hold."""
     register_model_configs()
     name = _config_name(model)
     arch, tag, file = name, None, None

@@ -64,11 +64,8 @@ def process_state() -> Any:
 
 @dataclass
 class _Batch:
-    """A batch as it leaves a worker: the indices it covers, collated groups of good items, and failures.
-
-    Normally one group holds every decoded item; when `collate` rejects the batch, each item is collated alone
-    (`isolated`), so one odd input costs only itself: it fails, or is encoded on its own.
-    """
+    """A batch as it leaves a worker: its indices, collated groups of good items, failures. One group normally; when
+    `collate` rejects the batch each item is collated alone (`isolated`), so an odd input costs only itself."""
 
     indices: list[int]
     groups: list[tuple[list[int], dict[str, Any]]]
@@ -124,11 +121,8 @@ def finished_shards(output: Path) -> dict[int, tuple[Path, dict[str, Any]]]:
 def extract(encoder: Encoder, source: str | os.PathLike, output: str | os.PathLike, *, batch_size: int = 32,
             num_workers: int = 0, shard_size: int = 1000, spec: EncoderSpec | None = None,
             progress: bool = True, items: list[Item] | None = None) -> ExtractSummary:
-    """Extract features of every input into `output` (resumable, rank-sharded); returns this rank's summary.
-
-    `items` are the already discovered inputs of `source` (found from it otherwise); `spec` (default: the spec
-    the encoder was created from) is recorded in the manifest, and a resumed run must match it.
-    """
+    """Extract features of every input into `output` (resumable, rank-sharded); returns this rank's summary. `items`:
+    the inputs of `source` if already discovered; `spec` (default: the encoder's) is recorded, a resume must match."""
     if batch_size < 1 or shard_size < 1 or num_workers < 0:
         raise ValueError(f"batch_size and shard_size must be >= 1 and num_workers >= 0, got {batch_size}, "
                          f"{shard_size}, {num_workers}")

@@ -67,12 +67,8 @@ def encoder_options(name: str) -> type:
 
 
 def check_encoder_options(name: str, options: dict[str, Any], *, source: str = "--set") -> dict[str, Any]:
-    """`options` checked against encoder `name`'s options and coerced to their types (only the given keys).
-
-    Raises a one-line `ConfigError` naming `source`, the encoder, the bad field and the valid options, e.g.
-    `--set nosuchopt=3: encoder 'text' has no option 'nosuchopt'; options: max_length (int, default 128), ...`.
-    `pretrained`, `device`, `autocast` and `frozen` are settings of `create_encoder`, not options.
-    """
+    """`options` checked against encoder `name`'s options and coerced to their types (only the given keys); else a
+    one-line `ConfigError` naming `source`, the encoder, the bad field and the valid options."""
     return check_options("encoder", name, encoder_options(name), options, source=source)
 
 
@@ -94,20 +90,10 @@ def create_encoder(
     weights_dtype: str | torch.dtype | None = None,
     **overrides: Any,
 ) -> Encoder:
-    """Build a registered encoder.
-
-    Args:
-        name: registry name (see `list_encoders()`).
-        pretrained: weights source: a local file/folder, a hub id (`org/name` or `hf-hub:org/name`), or a
-            library tag. None builds the architecture with random weights.
-        device: where to put it.
-        autocast: "bf16"/"bfloat16" (or a dtype) to run `encode` under autocast; None for full precision.
-        frozen: eval mode and no gradients (the default for frozen encoders).
-        weights_dtype: dtype of the floating weights; None: float32 whatever the checkpoint holds (float16
-            checkpoints included). Half precision ("bf16"/"fp16") only on CUDA.
-        overrides: architecture/preprocessing options of that encoder (e.g. `model="ViT-B-32"`), checked against
-            its options dataclass (`encoder_options(name)`): an unknown or mistyped one is a `ConfigError`.
-    """
+    """Build registered encoder `name` from `pretrained` (a local file/folder, a hub id or a library tag; None: random
+    weights), frozen by default. `autocast`: "bf16", "fp16", "auto" or None (fp32) for `encode`; `weights_dtype`:
+    float32 unless half is asked for on CUDA. `overrides` are the encoder's options (e.g. `model="ViT-B-32"`), checked
+    against its options dataclass: an unknown or mistyped one is a `ConfigError`."""
     if device is not None and check_device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!s}: no CUDA GPU is available on this machine (use cpu)")
     overrides = check_encoder_options(name, overrides, source="options")

@@ -75,12 +75,8 @@ def convert_lukemelas_efficientnet(state: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def create_timm_model(name: str, pretrained: str | None, **kwargs: Any) -> nn.Module:
-    """A timm model with weights from nothing (random), a hub id, a timm tag, a local file or a local folder.
-
-    Local files are read without unpickling; when their keys match the model exactly they are loaded directly,
-    otherwise timm's own checkpoint filter for the architecture converts them (e.g. original DINOv2 weights,
-    position-embedding resizing). EfficientNet-PyTorch checkpoints are renamed first.
-    """
+    """A timm model with random weights, or from a hub id, a timm tag or a local file/folder (read without unpickling;
+    a foreign layout goes through timm's checkpoint filter, EfficientNet-PyTorch keys are renamed)."""
     if pretrained is None:
         return _create(name, False, **kwargs)
     src = resolve_pretrained(pretrained)
