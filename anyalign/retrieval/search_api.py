@@ -1,9 +1,8 @@
 """The search routes of `anyalign serve` and the page they feed (see `server.py` for the whole list).
 
-A search takes a text, a vector or `like` (an indexed item's id: "more like this"), and optionally `modality` to
-return only items of that modality; the page asks once per modality and shows the lists side by side, since cosine
-scales differ between modalities. Hits carry their caption/label, a media URL where a playable file exists and,
-for array items (IMU windows ...), a small `signal` preview the page draws.
+A search takes a text, a vector or `like` (an indexed item's id), and optionally a `modality` to keep (the page
+asks once per modality: cosine scales differ between them); hits carry their caption/label, a media URL where a
+playable file exists and, for array items (IMU windows ...), a small `signal` preview the page draws.
 """
 
 from __future__ import annotations

@@ -76,13 +76,8 @@ def _collapse(folders: Sequence[Path]) -> tuple[Path, ...]:
 
 
 def derive_media_roots(retriever: Retriever) -> tuple[Path, ...]:
-    """Corpus roots from the metadata: the (resolved) folders holding the items' media files.
-
-    Index folders do not record the corpus roots they were built from (today's `IndexConfig.sources` names the
-    embedding folders), so they are derived from the local media paths the metadata records (`anyalign embed`
-    records them resolved, so the folders are not resolved again: a folder made a symlink later leads nowhere);
-    `--media-root` gives them explicitly instead.
-    """
+    """Corpus roots: the folders holding the items' local media files, as the metadata records them (`anyalign
+    embed` records them resolved; they are not resolved again, so a folder made a symlink later leads nowhere)."""
     dirs: set[str] = set()
     for part in retriever.parts:
         modality = part.meta.field_values("modality")

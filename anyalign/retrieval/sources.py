@@ -1,12 +1,8 @@
 """Read embedding vectors for indexing without loading the corpus into RAM.
 
-Accepted inputs (`open_source(path)`):
-  * an `anyalign embed` output folder (`embeddings.json` + `embeddings-XXXXX.npy` [N, E] float32 +
-    `metadata-XXXXX.jsonl`, one JSON object per row),
-  * an extraction feature folder (`manifest.json` + webdataset shards; the pooled vectors are read into memory),
-  * a `.npy` file [N, E] (optional sidecar `NAME.jsonl` with one metadata row per vector), or a folder of them.
-Every row gets a global id: its position across the inputs, in order. `.npy` files are memory-mapped, so a
-training sample and batches for adding are read from disk as needed.
+Inputs (`open_source(path)`): an `anyalign embed` folder (`embeddings.json` + `embeddings-XXXXX.npy` `[N, E]` +
+`metadata-XXXXX.jsonl`), an extraction feature folder (its pooled vectors, read into memory), or `.npy` files
+`[N, E]` (memory-mapped; optional sidecar `NAME.jsonl`). Every row's global id is its position across the inputs.
 """
 
 from __future__ import annotations
