@@ -82,28 +82,9 @@ def rebase_source(source: str | None, base: str | os.PathLike) -> str | None:
     return source
 
 
-def _overrides() -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in os.environ.get(OVERRIDE_ENV, "").split(";"):
-        key, sep, value = item.partition("=")
-        if sep and key.strip() and value.strip():
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
 def hub_offline() -> bool:
     """True when the Hub must not be contacted (`HF_HUB_OFFLINE`, read now, not at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_cached(repo_id: str, revision: str | None = None) -> Path | None:
-    """The Hub cache's snapshot folder of `repo_id` (at `revision`, default main), or None when not cached."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), or a malformed cache: not usable
-        return None
 
 
 def _unreachable(what: str, source: str, where: str) -> FileNotFoundError:
@@ -117,7 +98,8 @@ def local_source(source: str | None, *, what: str = "encoder") -> str | None:
     if source is None:
         return None
     text = str(source)
-    override = _overrides().get(text)
+    pairs = (item.partition("=") for item in os.environ.get(OVERRIDE_ENV, "").split(";"))
+    override = {k.strip(): v.strip() for k, sep, v in pairs if sep and k.strip() and v.strip()}.get(text)
     if override is not None:
         return str(Path(override).expanduser())
     if text.startswith(ASSET_SCHEME):
@@ -141,10 +123,13 @@ def local_source(source: str | None, *, what: str = "encoder") -> str | None:
     if asset is not None and (assets_root() / asset.path).exists():
         return str(assets_root() / asset.path)
     if is_hub_id(text) and hub_offline():
-        repo = text[len(HUB_SCHEME):] if text.startswith(HUB_SCHEME) else text
-        if hub_cached(repo) is None:
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(text.removeprefix(HUB_SCHEME), local_files_only=True)
+        except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError), or a malformed cache: not usable
             hint = f"no asset copy at {assets_root() / asset.path}, " if asset is not None else ""
-            raise _unreachable(what, text, f"{hint}not in the Hub cache, and HF_HUB_OFFLINE is set")
+            raise _unreachable(what, text, f"{hint}not in the Hub cache, and HF_HUB_OFFLINE is set") from None
     return text
 
 
@@ -258,6 +243,6 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     return str(getattr(info, "commit_url", info))
 
 
-__all__ = ["ASSET_SCHEME", "OVERRIDE_ENV", "asset_for_id", "asset_for_path", "hub_cached", "hub_offline", "is_hub_id",
+__all__ = ["ASSET_SCHEME", "OVERRIDE_ENV", "asset_for_id", "asset_for_path", "hub_offline", "is_hub_id",
            "local_source", "model_card", "portable_source", "push_folder", "rebase_source", "resolve_artifact",
            "stage_folder"]
