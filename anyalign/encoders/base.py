@@ -125,11 +125,19 @@ class Encoder(nn.Module):
         window long inputs themselves (Whisper, CLAP: `window_seconds`) or need no windows return `[loaded]`."""
         return [loaded]
 
+    #: modality -> the registered encoder that embeds it into this space (a two-tower model's other tower), built
+    #: from the same weights and these of this encoder's options
+    partners: ClassVar[dict[str, str]] = {}
+    shared_options: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def partner_spec(cls, spec: Any, modality: str) -> Any:
-        """The `EncoderSpec` that embeds `modality` into this encoder's space (a two-tower model's other tower, or a
-        bridge's text space); None when this family names none. `spec` is the spec this encoder is built from."""
-        return None
+        """The `EncoderSpec` that embeds `modality` into this encoder's space, given the spec this encoder is built
+        from (`partners` by default; a bridge overrides it); None when this family names none."""
+        if modality not in cls.partners:
+            return None
+        shared = {k: v for k, v in spec.options.items() if k in cls.shared_options}
+        return spec.replace(name=cls.partners[modality], options=shared)
 
     def accepts_file(self, path: str | Path) -> bool:
         """True when `path` has one of this encoder's file suffixes."""

@@ -66,10 +66,7 @@ def load_tower(cls: type, source: str, family: str, *, prefix: str = "") -> Any:
 class ClapAudioEncoder(AudioEncoder):
     """HTSAT audio tower: tokens `[B, T, D]` (windows concatenated), pooled = normalised CLAP embedding `[B, P]`."""
 
-    @classmethod
-    def partner_spec(cls, spec: Any, modality: str) -> Any:
-        """CLAP's text tower of the same checkpoint embeds text into this space."""
-        return spec.replace(name="clap-text", options={}) if modality == "text" else None
+    partners = {"text": "clap-text"}  # the text tower of the same checkpoint
 
     def __init__(self, model: ClapAudioModelWithProjection, extractor: ClapFeatureExtractor, *,
                  window_seconds: float | None = None) -> None:
@@ -116,10 +113,7 @@ class ClapTextEncoder(Encoder):
     modality = "text"
     input_spec = "str: one sentence per item"
 
-    @classmethod
-    def partner_spec(cls, spec: Any, modality: str) -> Any:
-        """CLAP's audio tower of the same checkpoint embeds audio into this space."""
-        return spec.replace(name="clap-audio", options={}) if modality == "audio" else None
+    partners = {"audio": "clap-audio"}
 
     def __init__(self, model: ClapTextModelWithProjection, tokenizer: Any, *, max_length: int = 77) -> None:
         super().__init__()

@@ -107,11 +107,7 @@ def _load_tower_checkpoint(clip: nn.Module, path: str, tower: str) -> None:
 class CLIPImageEncoder(ImageEncoder):
     """CLIP vision tower: tokens `[B, 1 + h*w, width]` (class token first), pooled = normalised CLIP embedding."""
 
-    @classmethod
-    def partner_spec(cls, spec: Any, modality: str) -> Any:
-        """CLIP's text tower of the same model and weights embeds text into this space."""
-        shared = {k: v for k, v in spec.options.items() if k == "model"}
-        return spec.replace(name="clip-text", options=shared) if modality == "text" else None
+    partners, shared_options = {"text": "clip-text"}, ("model",)  # the text tower of the same model and weights
 
     def __init__(self, visual: nn.Module, preprocess: Callable, *, layer: int = -1) -> None:
         super().__init__()
@@ -154,11 +150,7 @@ class CLIPTextEncoder(Encoder):
     modality = "text"
     input_spec = "text: one caption string per item"
 
-    @classmethod
-    def partner_spec(cls, spec: Any, modality: str) -> Any:
-        """CLIP's image tower of the same model and weights embeds images into this space."""
-        shared = {k: v for k, v in spec.options.items() if k == "model"}
-        return spec.replace(name="clip-image", options=shared) if modality == "image" else None
+    partners, shared_options = {"image": "clip-image"}, ("model",)
 
     def __init__(self, clip: nn.Module, tokenizer: Any, *, embed_dim: int, layer: int = -1) -> None:
         super().__init__()
