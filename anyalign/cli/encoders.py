@@ -44,10 +44,6 @@ def _value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else repr(v)
 
 
-def _echo_json(items: list[dict[str, Any]]) -> None:
-    typer.echo(json.dumps(items, indent=2, default=str))
-
-
 def list_encoders_cmd(
     name: str = typer.Argument(None, help="Show only this encoder."),
     modality: str = typer.Option(None, help="Only encoders of this modality."),
@@ -64,7 +60,7 @@ def list_encoders_cmd(
         options, extra = _options(encoder_options(n))
         items.append({**info.__dict__, "options": options, "extra_options": extra})
     if as_json:
-        _echo_json(items)
+        o.echo_json(items)
         return
     for i, it in enumerate(items):
         if i:
@@ -91,7 +87,7 @@ def list_projectors_cmd(
         options, extra = _options(projector_options(n))
         items.append({"name": n, "design": doc[0] if doc else "", "options": options, "extra_options": extra})
     if as_json:
-        _echo_json(items)
+        o.echo_json(items)
         return
     for i, it in enumerate(items):
         if i:
