@@ -106,8 +106,10 @@ def options_from_signature(fn: Callable[..., Any], *, skip: tuple[str, ...] = ()
         tp = hints.get(p.name, Any)
         if p.default is p.empty:
             fields.append((p.name, tp, dataclasses.field()))
+        elif getattr(p.default, "__hash__", None) is None:  # list, dict, set: dataclasses want a factory
+            fields.append((p.name, tp, dataclasses.field(default_factory=lambda d=p.default: copy.deepcopy(d))))
         else:
-            fields.append((p.name, tp, _field_with_default(p.default)))
+            fields.append((p.name, tp, dataclasses.field(default=p.default)))
     fields.sort(key=lambda f: f[2].default is not dataclasses.MISSING or f[2].default_factory is not
                 dataclasses.MISSING)  # required first, as dataclasses demand (stable sort keeps the order)
     cls_name = name or f"{getattr(fn, '__name__', 'Component')}Options"
@@ -116,13 +118,6 @@ def options_from_signature(fn: Callable[..., Any], *, skip: tuple[str, ...] = ()
     cls.derived = True  # type: ignore[attr-defined]  # not declared: no help texts
     cls.__doc__ = f"Options derived from the keyword parameters of {getattr(fn, '__qualname__', fn)}."
     return cls
-
-
-def _field_with_default(value: Any) -> Any:
-    """A dataclass field defaulting to `value` (mutable defaults through a copying factory)."""
-    if getattr(value, "__hash__", None) is None:  # list, dict, set: dataclasses refuse them as plain defaults
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(value))
-    return dataclasses.field(default=value)
 
 
 def _coerce(value: Any, tp: Any) -> Any:
