@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..options import check_options, options_from_signature
@@ -117,3 +118,20 @@ def full_mask(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     return mask.bool()
+
+
+def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average groups of `stride` consecutive tokens, `[B, T, D]` -> `[B, ceil(T/stride), D]`: padded positions do
+    not contribute, and a group with no valid token stays masked out."""
+    if stride <= 1:
+        return tokens, mask
+    b, t, d = tokens.shape
+    pad = (-t) % stride
+    w = mask.to(tokens.dtype)
+    if pad:
+        tokens = F.pad(tokens, (0, 0, 0, pad))
+        w = F.pad(w, (0, pad))
+    g = (t + pad) // stride
+    wsum = w.view(b, g, stride).sum(-1)  # [B, G]
+    pooled = (tokens * w.unsqueeze(-1)).view(b, g, stride, d).sum(2) / wsum.clamp_min(1.0).unsqueeze(-1)
+    return pooled, wsum > 0

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Projector, ProjectorOutput, full_mask, register_projector
-from .pooling import pool_tokens
+from .base import Projector, ProjectorOutput, full_mask, pool_tokens, register_projector
 from .spelling import WordSpeller, normalize_text
 
 BLANK = 0  # CTC blank is class 0; the alphabet's characters are classes 1..len(alphabet)

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Projector, ProjectorOutput, full_mask, register_projector
-from .pooling import pool_tokens
+from .base import Projector, ProjectorOutput, full_mask, pool_tokens, register_projector
 
 
 @dataclass

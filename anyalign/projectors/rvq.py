@@ -10,8 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Projector, ProjectorOutput, full_mask, register_projector
-from .pooling import pool_tokens
+from .base import Projector, ProjectorOutput, full_mask, pool_tokens, register_projector
 
 
 def _distributed() -> bool:
