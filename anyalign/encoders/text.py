@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 128  # for a model without a sentence-transformers max_seq_length
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len", "lasttoken")
+Pooling = Literal["mean", "cls", "max", "mean_sqrt_len", "lasttoken"]  # sentence-transformers' modes
 _ST_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
                     "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
                     "pooling_mode_lasttoken": "lasttoken"}
@@ -40,8 +40,6 @@ class HFTextEncoder(Encoder):
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH,
                  normalize: bool = True, pooling: str = "mean", lowercase: bool = False, prompt: str = "") -> None:
         super().__init__()
-        if pooling not in POOLING_MODES:
-            raise ConfigError(f"text encoder: pooling={pooling!r}; expected one of {', '.join(POOLING_MODES)}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -141,8 +139,7 @@ class TextOptions:
         "help": "tokens per sentence, longer ones truncated (default: the model's max_seq_length, else 128)",
         "min": 1})
     normalize: bool = field(default=True, metadata={"help": "L2-normalise the pooled embedding"})
-    pooling: str | None = field(default=None, metadata={
-        "help": f"one of {', '.join(POOLING_MODES)} (default: the model's pooling, else mean)"})
+    pooling: Pooling | None = field(default=None, metadata={"help": "default: the model's pooling, else mean"})
 
 
 @register_encoder("text", modality="text", token_dim=384, pooled_dim=384, input_spec=HFTextEncoder.input_spec,
