@@ -11,12 +11,10 @@
 
 from __future__ import annotations
 
-from ..embedder import Embedder, EmbeddingResult
 from .classifier import Prediction, ZeroShotClassifier, default_cache_dir
 from .evaluate import classification_metrics, evaluate_zeroshot, linear_probe, plot_confusion, write_report
 from .prompts import DEFAULT_TEMPLATES, check_labels, check_templates, default_templates, parse_labels
 
-__all__ = ["DEFAULT_TEMPLATES", "Embedder", "EmbeddingResult", "Prediction", "ZeroShotClassifier",
-           "check_labels", "check_templates", "classification_metrics", "default_cache_dir",
-           "default_templates", "evaluate_zeroshot", "linear_probe",
+__all__ = ["DEFAULT_TEMPLATES", "Prediction", "ZeroShotClassifier", "check_labels", "check_templates",
+           "classification_metrics", "default_cache_dir", "default_templates", "evaluate_zeroshot", "linear_probe",
            "parse_labels", "plot_confusion", "write_report"]
