@@ -3,7 +3,7 @@
 The package's `EmbeddingNet('max', 3, 1, 64)` with its parameter names, on its librosa front end recomputed with torch
 (96-bin HTK log-mel at 44.1 kHz). Clips are cut into ~2.3 s blocks (100 frames, hop `hop_fraction`; a short clip is
 zero-padded to one block); tokens are the per-block embeddings `[B, W, 512]`, pooled their mean. `pretrained`: the
-folder from `python -m anyalign.assets aisfx`, its safetensors file, or the tag `aisfx`; None: random weights.
+folder from `python -m anyalign.assets aisfx` (recorded as `asset:aisfx`) or its safetensors file; None: random.
 """
 
 from __future__ import annotations
@@ -130,19 +130,11 @@ class AisfxAudioEncoder(AudioEncoder):
 
 
 def _read_checkpoint(pretrained: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
-    """(state dict, config, where) from an aisfx folder, its safetensors file, or the tag `aisfx` (cached asset)."""
-    if pretrained == "aisfx":
-        from ..assets import asset_path
-
-        folder = asset_path("aisfx")
-        if not (folder / WEIGHTS).is_file():
-            raise FileNotFoundError(f"aisfx: the converted checkpoint is not in {folder}; run "
-                                    f"`python -m anyalign.assets aisfx` (or set ANYALIGN_ASSETS)")
-        pretrained = str(folder)
+    """(state dict, config, where) from an aisfx folder or its safetensors file."""
     src = resolve_pretrained(pretrained)
     if src.kind not in ("file", "dir"):
         raise FileNotFoundError(f"aisfx: pretrained={pretrained!r} is not a local folder or file (expected the "
-                                f"folder from `python -m anyalign.assets aisfx`, its {WEIGHTS}, or the tag 'aisfx')")
+                                f"folder from `python -m anyalign.assets aisfx`, i.e. asset:aisfx, or its {WEIGHTS})")
     path = Path(src.location)
     weights = path / WEIGHTS if path.is_dir() else path
     cfg_path = weights.with_name(CONFIG)
@@ -161,7 +153,7 @@ class AisfxOptions:
 
 
 @register_encoder("aisfx", modality="audio", token_dim=512, pooled_dim=512, input_spec=AUDIO_INPUT_SPEC,
-                  default_model="aisfx", options=AisfxOptions)
+                  default_model="asset:aisfx", options=AisfxOptions)
 def aisfx_encoder(pretrained: str | None, opts: AisfxOptions) -> AisfxAudioEncoder:
     """aisfx from its converted checkpoint (`pretrained`), or random weights of width `hidden` (default 64)."""
     state, config, hidden = None, {}, opts.hidden
