@@ -113,14 +113,6 @@ def interrupted_message(e: Interrupted, argv: list[str]) -> str:
             f"{_KEPT.get(command, _DEFAULT)}")
 
 
-def os_error_line(e: OSError) -> str:
-    """`PATH: reason` for an OSError (ENOSPC, EACCES, EROFS ...), without the `[Errno n]` prefix."""
-    where = e.filename if e.filename is not None else ""
-    reason = e.strerror or str(e)
-    hint = "; free some space and run the command again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn expected errors into one-line messages (exit code 2)."""
     logging.basicConfig(level=os.environ.get("ANYALIGN_LOG", "WARNING").upper(),
@@ -148,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(interrupted_message(e, args), err=True)
         sys.exit(e.exit_code)
     except OSError as e:  # disk full, permission denied, read-only file system: the path and the reason
-        typer.echo(f"error: {os_error_line(e)}", err=True)
+        hint = "; free some space and run the command again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        where = f"{e.filename}: " if e.filename is not None else ""
+        typer.echo(f"error: {where}{e.strerror or e}{hint}", err=True)
         sys.exit(1)
     except sqlite3.Error as e:  # an index's metadata store (disk full, locked, corrupt)
         typer.echo(f"error: metadata database: {' '.join(str(e).split())}", err=True)
