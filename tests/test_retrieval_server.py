@@ -4,15 +4,13 @@ linear head) with a tiny BERT as the text embedder. The page is rendered by head
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from _retrieval_helpers import COLOURS, image_corpus, tiny_bert, tiny_image_adapter
+from _served_space import running
 from fastapi.testclient import TestClient
 
 from anyalign.retrieval import Retriever, as_embedder, build_index, embed_to_folder
@@ -106,12 +104,6 @@ def test_media_served_only_by_id(client: TestClient, served) -> None:
     assert client.get("/api/items/2").json()["caption"] == "a blue square"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chromium(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -122,19 +114,9 @@ def _chromium(url: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="/usr/bin/chromium not installed (apt-get install chromium)")
 def test_page_renders_results_in_headless_chromium(served, tmp_path) -> None:
-    import uvicorn
     from PIL import Image
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(served[1]), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
+    with running(create_app(served[1])) as port:
         url = f"http://127.0.0.1:{port}/?q=a+red+square&k=6"
         dom = _chromium(url, tmp_path, "--dump-dom")
         assert dom.returncode == 0, dom.stderr[-2000:]
@@ -143,9 +125,6 @@ def test_page_renders_results_in_headless_chromium(served, tmp_path) -> None:
         shot = tmp_path / "page.png"
         out = _chromium(url, tmp_path, f"--screenshot={shot}")
         assert shot.is_file(), out.stderr[-2000:]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)  # [H, W, 3]
     assert (np.abs(img - 255).sum(-1) > 30).mean() > 0.05  # not a blank page
     for name in ("red", "green", "blue", "yellow"):  # every thumbnail colour is on screen

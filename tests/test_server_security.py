@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from _retrieval_helpers import tiny_bert
+from _served_space import running
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -378,12 +379,6 @@ def test_page_with_token_in_headless_chromium(corpus: dict, tmp_path: Path) -> N
     import subprocess
 
     app = create_app(Retriever(corpus["root"] / "idx"), token="page-token")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn_server(app, host="127.0.0.1", port=port, log_level="warning")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1000,2400",
              "--virtual-time-budget=15000", "--hide-scrollbars"]
@@ -393,21 +388,13 @@ def test_page_with_token_in_headless_chromium(corpus: dict, tmp_path: Path) -> N
         return subprocess.run([str(CHROMIUM), *flags, profile, *args, url], capture_output=True, text=True,
                               timeout=120)
 
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        assert server.started
+    with running(app) as port:
         page = f"http://127.0.0.1:{port}/?q=a+red+square&k=19"
         without = chromium(page, "--dump-dom").stdout
         assert "needs a token" in without and 'class="result"' not in without
         shot = tmp_path / "page.png"
         chromium(page + "#token=page-token", f"--screenshot={shot}")
         dom = chromium(page + "#token=page-token", "--dump-dom").stdout
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert dom.count('class="result"') == 19, dom[-2000:]
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert (np.abs(img - np.array([220, 30, 30])).sum(-1) < 40).sum() > 500  # the red thumbnail loaded
