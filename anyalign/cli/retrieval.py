@@ -24,7 +24,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     eval_app.command("retrieval")(eval_retrieval_cmd)
 
 
-LOCK_HELP = "Seconds to wait for another process writing this index (default: as long as it takes)."
+LOCK_TIMEOUT = typer.Option(None, "--lock-timeout", help="Seconds to wait for another process writing this index "
+                            "(default: as long as it takes).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index.")
 
 
 def _echo_config(cfg: object, output: Path, **extra: object) -> None:
@@ -113,8 +115,8 @@ def build_cmd(
     text_set: list[str] = o.TEXT_SET, text_autocast: str = o.TEXT_AUTOCAST,
     gpu: bool = typer.Option(None, "--gpu/--no-gpu", help="Default: use GPUs when faiss reports them."),
     batch_size: int = typer.Option(65536, "--batch-size", min=1, help="Vectors added per batch."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
-    lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
+    overwrite: bool = OVERWRITE,
+    lock_timeout: float = LOCK_TIMEOUT,
     as_json: bool = o.JSON,
 ) -> None:
     """Build an index: auto-chosen (or given) type, trained on a sample, filled in batches, tuned, saved.
@@ -154,8 +156,8 @@ def train_cmd(
     factory: str = typer.Option("auto", "--factory"),
     memory: str = typer.Option("4G", "--memory"),
     world_size: int = typer.Option(1, "--world-size", min=1, help="Parts planned (auto choice sizes one part)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
-    lock_timeout: float = typer.Option(None, "--lock-timeout", help="Seconds to wait for another writer."),
+    overwrite: bool = OVERWRITE,
+    lock_timeout: float = LOCK_TIMEOUT,
     as_json: bool = o.JSON,
 ) -> None:
     """Train an empty index once; parts built from it with --trained can be merged on disk."""
@@ -174,8 +176,8 @@ def merge_cmd(
     parts: list[Path] = typer.Argument(..., help="Index parts built with --rank/--world-size."),
     output: Path = typer.Option(..., "--output", "-o"),
     ondisk: bool = typer.Option(False, "--ondisk", help="Merge IVF lists into one memory-mapped index.ivfdata."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an --output that is not an anyalign index."),
-    lock_timeout: float = typer.Option(None, "--lock-timeout", help="Seconds to wait for another writer."),
+    overwrite: bool = OVERWRITE,
+    lock_timeout: float = LOCK_TIMEOUT,
     as_json: bool = o.JSON,
 ) -> None:
     """Combine independently built parts: a searchable set, or (IVF) one on-disk index."""
@@ -209,7 +211,7 @@ def info_cmd(index: Path = typer.Argument(...), as_json: bool = o.JSON) -> None:
 def add_cmd(
     index: Path = typer.Argument(...),
     embeddings: list[Path] = typer.Argument(...),
-    lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
+    lock_timeout: float = LOCK_TIMEOUT,
     as_json: bool = o.JSON,
 ) -> None:
     """Append embeddings to an index (new ids follow the existing ones; NaN/inf or zero rows are skipped)."""
@@ -231,7 +233,7 @@ def delete_cmd(
     index: Path = typer.Argument(...),
     ids: list[int] = typer.Option(None, "--id", help="Vector id to delete (repeatable)."),
     sources: list[str] = typer.Option(None, "--source", help="Delete items with this metadata source."),
-    lock_timeout: float = typer.Option(None, "--lock-timeout", help=LOCK_HELP),
+    lock_timeout: float = LOCK_TIMEOUT,
     as_json: bool = o.JSON,
 ) -> None:
     """Delete vectors by id or by source path."""
