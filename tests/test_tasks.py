@@ -12,7 +12,8 @@ import yaml
 
 from anyalign.align import Trainer, load_recipe
 from anyalign.align.build import build_model
-from anyalign.align.tasks import TASKS, Task, parse_loss_weights, register_task, term_name
+from anyalign.align.config import TASK_REGISTRY
+from anyalign.align.tasks import Task, parse_loss_weights, register_task, term_name
 from anyalign.config import ConfigError
 
 IMU = {"dim": 16, "depth": 1, "heads": 2, "dropout": 0.0}
@@ -137,7 +138,7 @@ def test_a_new_task_is_one_class_plus_one_registration(tmp_path: Path, minilm_di
         losses = [r["loss/test-cosine/ir-depth"] for r in logs if "loss" in r]
         assert len(losses) == 3 and all(0.0 < v < 2.0 for v in losses)
     finally:
-        TASKS._items.pop("test-cosine", None)
+        TASK_REGISTRY._items.pop("test-cosine", None)
 
 
 def test_misspelt_encoder_option_in_a_recipe_names_the_field(tmp_path: Path, minilm_dir: Path) -> None:

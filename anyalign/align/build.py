@@ -17,11 +17,11 @@ from ..encoders.spec import EncoderSpec
 from ..io import load_weights
 from ..language_model import llm_backend
 from ..projectors import Projector
-from .config import AdapterSpec, Recipe
+from .config import TASK_REGISTRY, AdapterSpec, Recipe
 from .model import AlignmentModel
 from .shared import SharedProjectors
 from .sources import source_modality
-from .tasks import LLM_TASKS, TASKS, parse_loss_weights
+from .tasks import LLM_TASKS, parse_loss_weights
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def build_model(recipe: Recipe, *, need_llm: bool | None = None) -> AlignmentMod
             lo = recipe.model.lora
             mllm.add_lora(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=lo.target_modules)
     order = [t for t in ("contrastive", *LLM_TASKS) if t in tasks] + sorted(tasks - {"contrastive", *LLM_TASKS})
-    built = [TASKS.get(t).from_recipe(recipe, adapters=adapters, anchors=anchors, mllm=mllm) for t in order]
+    built = [TASK_REGISTRY.get(t).from_recipe(recipe, adapters=adapters, anchors=anchors, mllm=mllm) for t in order]
     built = [t for t in built if t is not None]
     weights = parse_loss_weights(recipe.train.loss_weights, [k for t in built for k in t.terms()], list(adapters))
     return AlignmentModel(adapters, anchors=anchors, frozen_encoders=frozen, mllm=mllm, tasks=built,

@@ -60,15 +60,12 @@ class Task(nn.Module):
         return [i for i, t in enumerate(batch.tasks) if t == self.name]
 
 
-TASKS = TASK_REGISTRY  # the registry of task classes (kept in config.py so recipes check names without tasks.py)
-
-
 def register_task(name: str) -> Any:
     """Class decorator registering a `Task` under `name` (the value of `data.*.task` in recipes)."""
 
     def wrap(cls: type[Task]) -> type[Task]:
         cls.name = name
-        return TASKS.register(name)(cls)
+        return TASK_REGISTRY.register(name)(cls)
 
     return wrap
 
@@ -77,8 +74,8 @@ def term_name(key: TermKey) -> str:
     """Logged name of a loss term: `imu-text` (contrastive), `caption`, `imu/commitment` (auxiliary)."""
     if key[0] == AUX:
         return f"{key[1]}/{key[2]}"
-    if key[0] in TASKS:
-        return TASKS.get(key[0]).term_name(key)
+    if key[0] in TASK_REGISTRY:
+        return TASK_REGISTRY.get(key[0]).term_name(key)
     return "/".join(key)
 
 
@@ -239,5 +236,5 @@ class InstructTask(LMTask):
 
 LLM_TASKS = ("caption", "instruct", "distill")  # tasks that need the LLM (distill: align/distill.py)
 
-__all__ = ["AUX", "LLM_TASKS", "TASKS", "CaptionTask", "ContrastiveTask", "InstructTask", "LMTask", "LossTerms",
+__all__ = ["AUX", "LLM_TASKS", "CaptionTask", "ContrastiveTask", "InstructTask", "LMTask", "LossTerms",
            "Task", "TermKey", "parse_loss_weights", "register_task", "term_name"]
