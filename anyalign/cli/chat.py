@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from . import options as o
+from .options import CLIError
 
 HELP_ORDER = 60  # place of this module's commands in `anyalign --help`
 
@@ -21,8 +22,6 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
 
 def _pairs(values: list[str] | None, option: str) -> list[tuple[str, str]]:
-    from .options import CLIError
-
     out = []
     for value in values or []:
         modality, sep, target = value.partition("=")
@@ -38,7 +37,6 @@ def load_model(llm: str | None, gguf_file: str | None, adapter: list[str] | None
     """The MultimodalLM named by `--llm/--gguf-file/--adapter` or `--bundle` (shared by chat and eval
     transcription); `needs` lists (option text, modality) pairs that must have an adapter."""
     from ..llm import MultimodalLM
-    from .options import CLIError
 
     adapters = _pairs(adapter, "--adapter")
     if bundle is not None and (llm or adapters):
@@ -81,8 +79,6 @@ def chat_cmd(
     as_json: bool = o.JSON,
 ) -> None:
     """Generate an answer about media files with a causal LM and modality adapters."""
-    from .options import CLIError
-
     media = _pairs(inputs, "--input")
     names = [m for m, _ in _pairs(adapter, "--adapter")]
     for modality, file in media:  # cheap checks before the model loads

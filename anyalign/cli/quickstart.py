@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from . import options as o
+from .options import CLIError
 
 HELP_ORDER = 70  # place of this module's commands in `anyalign --help`
 
@@ -28,7 +29,6 @@ def quickstart_cmd(
     """Train an IMU adapter on real data, classify zero-shot, search across modalities, ask an LLM; write a report."""
     from ..assets import AssetError
     from ..demos.quickstart import QuickstartOptions, run_quickstart
-    from .options import CLIError
 
     opts = QuickstartOptions(output=output, assets=assets, fast=fast, contrastive_steps=contrastive_steps,
                              caption_steps=caption_steps, speech_steps=speech_steps,

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from . import options as o
+from .options import CLIError
 
 export_app = typer.Typer(help="Export a trained space to another library's format.", no_args_is_help=True)
 
@@ -37,7 +38,6 @@ def push_cmd(
     load it anywhere with `ModalityAdapter.from_pretrained("user/name")` or `--adapter user/name`."""
     from ..adapter import push_adapter_folder, stage_adapter
     from ..hub import is_hub_id
-    from .options import CLIError
 
     if not is_hub_id(repo_id) or "@" in repo_id:
         raise CLIError(f"{repo_id!r}: expected a Hub repo id such as user/imu-adapter")
@@ -69,8 +69,6 @@ def export_st_cmd(
     try:
         from ..export_st import export_sentence_transformers
     except ImportError as e:
-        from .options import CLIError
-
         raise CLIError(f"export st needs sentence-transformers >= 5 (pip install 'anyalign[st]'): {e}") from None
     out = export_sentence_transformers(adapters, output, overwrite=overwrite)
     routes = json.loads((out / "router_config.json").read_text())["structure"]
