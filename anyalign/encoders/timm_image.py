@@ -188,16 +188,13 @@ def timm_image_encoder(pretrained: str | None, opts: TimmImageOptions, **timm_kw
 
 
 @dataclass
-class DINOv2Options:
-    """Options of the "dinov2" encoder."""
+class DINOv2Options(TimmImageOptions):
+    """Options of the "dinov2" encoder (timm-image's, with DINOv2's models)."""
 
     model: str = field(default=DEFAULT_DINOV2_MODEL, metadata={
         "help": "timm DINOv2 name: vit_{small,base,large,giant2}_patch14_dinov2, *_reg4_*"})
     img_size: int = field(default=224, metadata={"help": "input resolution (timm's default 518 costs ~5x)"})
     normalize: bool = field(default=False, metadata={"help": "L2-normalise the pooled class token"})
-    data_config: dict[str, Any] | None = field(default=None, metadata={
-        "help": "overrides of timm's preprocessing config (e.g. {crop_pct: 1.0})"})
-    extra_options: ClassVar[str] = TIMM_EXTRA
 
 
 @register_encoder("dinov2", modality="image", token_dim=384, pooled_dim=384, input_spec=IMAGE_INPUT_SPEC,
