@@ -23,6 +23,7 @@ from ..adapter import CONFIG_NAME
 from ..io import read_json, write_json
 from ..metrics.gzsl import tune_calibration_rotated
 from .config import DataSource, Recipe
+from .launch import TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +107,13 @@ def _check_disjoint(trainer: Any) -> None:
                              f"split: eval, or other folds/users)")
 
 
-def _rotation_trainer(recipe: Recipe, out: Path) -> Any:
+def _rotation_trainer(recipe: Recipe, out: Path, make_trainer: Any) -> Any:
     """A trainer for one rotation; with fewer training examples than the batch (a class held out of a small data
     set), the batch shrinks to what there is."""
     import re
 
-    from .trainer import Trainer, TrainingError
-
     try:
-        return Trainer(recipe, output_dir=out)
+        return make_trainer(recipe, output_dir=out)
     except TrainingError as e:
         small = re.search(r"larger than the (\d+) training examples", str(e))
         if not small or int(small.group(1)) < 2:
@@ -122,10 +121,10 @@ def _rotation_trainer(recipe: Recipe, out: Path) -> Any:
         logger.warning("calibration rotation %s: batch size %d -> %s (fewer training examples without the held-out "
                        "classes)", out.name, recipe.train.batch_size, small.group(1))
         recipe.train.batch_size = int(small.group(1))
-        return Trainer(recipe, output_dir=out)
+        return make_trainer(recipe, output_dir=out)
 
 
-def tune_rotated(recipe: Recipe, run_dir: Path, modality: str) -> dict[str, Any]:
+def tune_rotated(recipe: Recipe, run_dir: Path, modality: str, make_trainer: Any) -> dict[str, Any]:
     """Train one adapter per pseudo-unseen rotation and tune gamma on the validation data (see module docstring)."""
     sources = _labelled_sources(run_dir, recipe)
     seen = sorted({c for _, _, classes in sources for c in classes})
@@ -156,7 +155,7 @@ def tune_rotated(recipe: Recipe, run_dir: Path, modality: str) -> dict[str, Any]
         r.train.warmup_steps = min(r.train.warmup_steps, steps // 5)
         r.train.tensorboard = False
         r.eval.at_start, r.eval.every = False, 0
-        trainer = _rotation_trainer(r, run_dir / "calibration" / f"rotation-{k}")
+        trainer = _rotation_trainer(r, run_dir / "calibration" / f"rotation-{k}", make_trainer)
         _check_disjoint(trainer)
         trainer.fit()
         prompts = {}  # the training captions' own class prompts (phrase x templates), the held-out classes' too
@@ -180,9 +179,11 @@ def tune_rotated(recipe: Recipe, run_dir: Path, modality: str) -> dict[str, Any]
             "per_rotation": tuned["rotations"], "calibration": tuned["calibration"]}
 
 
-def record_zeroshot(recipe: Recipe, run_dir: str | Path, adapters: dict[str, str]) -> dict[str, Any] | None:
+def record_zeroshot(recipe: Recipe, run_dir: str | Path, adapters: dict[str, str], make_trainer: Any
+                    ) -> dict[str, Any] | None:
     """Record seen classes (and, with `data.validation`, the rotation-tuned gamma) in every saved shared-space
-    adapter of a finished run; returns what was recorded (None: no labelled training data)."""
+    adapter of a finished run; returns what was recorded (None: no labelled training data). `make_trainer` (the
+    `Trainer` class) trains the rotations; it is passed in so that this module does not import the loop calling it."""
     run_dir = Path(run_dir)
     record = seen_record(run_dir, recipe)
     if record is None or not adapters:
@@ -194,7 +195,7 @@ def record_zeroshot(recipe: Recipe, run_dir: str | Path, adapters: dict[str, str
         return None
     if recipe.data.validation:
         modality = next(iter(targets))
-        source = tune_rotated(recipe, run_dir, modality)
+        source = tune_rotated(recipe, run_dir, modality, make_trainer)
         record["calibration"] = source.pop("calibration")
         record["calibration_source"] = source
         logger.info("calibration gamma %.4f (mean H over %d rotations %.3f, uncalibrated %.3f)",

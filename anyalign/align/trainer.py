@@ -290,7 +290,7 @@ def train(recipe: Recipe, *, output_dir: str | os.PathLike | None = None, resume
     """Train one recipe end to end (`Trainer`); the saved adapters then record their seen classes and, with
     `data.validation`, the zero-shot calibration tuned there (align/calibration.py)."""
     result = Trainer(recipe, output_dir=output_dir, callbacks=callbacks).fit(resume=resume)
-    record_zeroshot(recipe, result.output_dir, result.adapters)
+    record_zeroshot(recipe, result.output_dir, result.adapters, Trainer)
     return result
 
 
