@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -94,12 +94,8 @@ class Record:
 
 #: the built-in kinds are the `@register_data_kind` readers of `readers.py` (found by that line)
 DATA_KINDS: Registry[list[Record]] = Registry("data kind", package=__package__, decorator="register_data_kind")
-_Reader = Callable[..., list[Record]]
-
-
-def register_data_kind(name: str) -> Callable[[_Reader], _Reader]:
-    """Register `fn(path: Path, *, modalities: Sequence[str]) -> list[Record]` as data kind `name`."""
-    return DATA_KINDS.register(name)
+#: `@register_data_kind(name)` on `fn(path: Path, *, modalities: Sequence[str]) -> list[Record]` adds data kind `name`
+register_data_kind = DATA_KINDS.register
 
 
 def detect_kind(path: str | os.PathLike) -> str:
