@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import Encoder, EncoderOutput
-from .registry import create_encoder, register_encoder
+from .registry import register_encoder
+from .spec import create_encoder
 
 
 class LabelBridgeEncoder(Encoder):

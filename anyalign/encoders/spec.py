@@ -7,8 +7,10 @@ portably (`anyalign.hub`): an asset as its Hub id, a user's path absolute, an ar
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +22,11 @@ from ..config import ConfigError, parse_yaml
 from ..config import from_dict as config_from_dict
 from ..fingerprint import source_fingerprint
 from ..hub import local_source, portable_source, rebase_source
-from .autocast import AUTOCAST_NAMES
+from .autocast import AUTOCAST_NAMES, resolve_autocast
 from .base import Encoder
-from .registry import check_encoder_options, create_encoder, encoder_class, encoder_info
+from .registry import ENCODERS, check_device, check_encoder_options, encoder_class, encoder_info, encoder_options
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,4 +147,52 @@ class EncoderSpec:
         return f"{self.name}" + (f" @ {self.pretrained}" if self.pretrained else "") + (f" ({opts})" if opts else "")
 
 
-__all__ = ["EncoderSpec"]
+def create_encoder(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    autocast: str | torch.dtype | None = None,
+    frozen: bool = True,
+    weights_dtype: str | torch.dtype | None = None,
+    **overrides: Any,
+) -> Encoder:
+    """Build registered encoder `name` from `pretrained` (a local file/folder, a hub id or a library tag; None: random
+    weights), frozen by default. `autocast`: "bf16", "fp16", "auto" or None (fp32) for `encode`; `weights_dtype`:
+    float32 unless half is asked for on CUDA. `overrides` are the encoder's options (e.g. `model="ViT-B-32"`), checked
+    against its options dataclass: an unknown or mistyped one is a `ConfigError`."""
+    if device is not None and check_device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!s}: no CUDA GPU is available on this machine (use cpu)")
+    overrides = check_encoder_options(name, overrides, source="options")
+    fn, cls = ENCODERS.get(name), encoder_options(name)
+    if getattr(cls, "derived", False):  # a factory registered without an options dataclass takes them as keywords
+        enc = fn(pretrained=pretrained, **overrides)
+    else:  # the declared dataclass is passed whole; keys it does not declare (its `extra_options`) go on as keywords
+        own = {f.name for f in dataclasses.fields(cls)}
+        enc = fn(pretrained, cls(**{k: v for k, v in overrides.items() if k in own}),
+                 **{k: v for k, v in overrides.items() if k not in own})
+    enc = _to_weights_dtype(enc, name, weights_dtype, device)
+    enc.spec = EncoderSpec(name, pretrained, dict(overrides), autocast if isinstance(autocast, str) else None)
+    if device is not None:
+        enc = enc.to(device)
+    enc.autocast_dtype = resolve_autocast(autocast, enc.device)  # "auto": bf16 only where this machine is faster
+    if frozen:
+        enc.freeze()
+    return enc
+
+
+def _to_weights_dtype(enc: Encoder, name: str, weights_dtype: str | torch.dtype | None,
+                      device: str | torch.device | None) -> Encoder:
+    """Cast floating parameters and buffers to one compute dtype (float32 unless half is asked for on CUDA)."""
+    dtype = resolve_autocast(weights_dtype) or torch.float32
+    if dtype != torch.float32 and torch.device(device or "cpu").type != "cuda":
+        raise ValueError(f"encoder {name!r}: weights_dtype={weights_dtype!r} needs device='cuda'; on CPU weights "
+                         f"stay float32 (use autocast='bf16' for speed)")
+    found = {t.dtype for t in (*enc.parameters(), *enc.buffers()) if t.is_floating_point()}
+    if found - {dtype}:
+        logger.info("encoder %s: casting weights %s -> %s", name, sorted(map(str, found)), dtype)
+        enc = enc.to(dtype)
+    return enc
+
+
+__all__ = ["EncoderSpec", "create_encoder"]

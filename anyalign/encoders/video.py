@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .base import Encoder, EncoderOutput, InputError, masked_mean, pad_sequences
-from .registry import check_encoder_options, create_encoder, register_encoder
+from .registry import check_encoder_options, register_encoder
+from .spec import create_encoder
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 VIDEO_INPUT_SPEC = (
