@@ -136,6 +136,11 @@ def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLik
         raise ValueError(f"{what} {output}: {relation} the input {item}; write to a folder outside the inputs")
 
 
+def cache_dir(name: str) -> Path:
+    """`$ANYALIGN_CACHE/<name>`, else `~/.cache/anyalign/<name>`: where anyalign keeps what it can rebuild."""
+    return Path(os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign").expanduser() / name
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as pretty JSON, atomically."""
     with atomic_path(path) as tmp:

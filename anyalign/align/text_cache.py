@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..encoders.spec import EncoderSpec
+from ..io import cache_dir
 
 _FORMAT = 2
 #: rows encoded between two writes (bounds memory while adding millions of captions)
@@ -44,8 +45,7 @@ def utf8(text: str) -> bytes:
 
 def text_cache_root() -> Path:
     """`$ANYALIGN_CACHE/text-embeddings`, else `~/.cache/anyalign/text-embeddings`."""
-    root = os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign"
-    return Path(root) / "text-embeddings"
+    return cache_dir("text-embeddings")
 
 
 def anchor_fingerprint(spec: EncoderSpec) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from ..io import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _cpu_bf16_is_faster() -> bool:
     if not any(f in flags for f in _BF16_FLAGS):
         return False  # no native bf16: emulated bf16 is always slower
     key = f"{_cpuinfo('model name') or platform.machine()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
-    path = Path(os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign") / "autocast_probe.json"
+    path = cache_dir("autocast_probe.json")
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -25,7 +25,7 @@ from torch import nn
 from ..adapter import ModalityAdapter
 from ..fingerprint import source_fingerprint
 from ..hub import local_source, portable_source
-from ..io import atomic_path, load_weights, read_json, save_weights, write_json
+from ..io import atomic_path, cache_dir, load_weights, read_json, save_weights, write_json
 from ..version import FORMAT_VERSION, __version__
 
 MultimodalLM = nn.Module  # annotations only: model.py calls into this module, so it is not imported back
@@ -83,7 +83,7 @@ def cached_gguf_folder(folder: str | os.PathLike, gguf_file: str, *, root: str |
     if not src.is_file():
         raise FileNotFoundError(f"gguf_file={gguf_file!r}: not found in {folder}")
     if root is None:
-        root = Path(os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign") / "llm-gguf"
+        root = cache_dir("llm-gguf")
     target = Path(root) / gguf_fingerprint(src)
     if (target / GGUF_DONE).is_file():
         return target

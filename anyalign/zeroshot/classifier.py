@@ -24,7 +24,7 @@ from ..adapter import CONFIG_NAME
 from ..embedder import Embedder, EmbeddingResult, input_name
 from ..encoders.spec import EncoderSpec
 from ..hubness import Hubness
-from ..io import atomic_path
+from ..io import atomic_path, cache_dir
 from .prompts import check_labels, check_templates, class_prompts, default_templates
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,7 @@ CACHE_VERSION = 1
 
 def default_cache_dir() -> Path:
     """`$ANYALIGN_CACHE/zeroshot`, else `~/.cache/anyalign/zeroshot`."""
-    root = os.environ.get("ANYALIGN_CACHE") or Path.home() / ".cache" / "anyalign"
-    return Path(root).expanduser() / "zeroshot"
+    return cache_dir("zeroshot")
 
 
 @dataclass
