@@ -218,6 +218,27 @@ def test_rotated_calibration_pools_every_pseudo_unseen_rotation() -> None:
     assert one["mean_harmonic_mean"] == pytest.approx(1.0)
 
 
+def test_a_rotation_with_fewer_examples_than_the_batch_trains_with_a_smaller_batch(tmp_path: Path) -> None:
+    """Holding a class out of a small set can leave fewer examples than train.batch_size: the rotation shrinks the
+    batch to what is left (from the error's own count), and gives up below two examples."""
+    from types import SimpleNamespace
+
+    from anyalign.align.calibration import _rotation_trainer
+    from anyalign.align.launch import BatchLargerThanData
+
+    def make_trainer(recipe, output_dir):  # the real Trainer raises this from its data setup
+        if recipe.train.batch_size > examples:
+            raise BatchLargerThanData(recipe.train.batch_size, examples)
+        return recipe.train.batch_size
+
+    recipe = SimpleNamespace(train=SimpleNamespace(batch_size=8))
+    examples = 5
+    assert _rotation_trainer(recipe, tmp_path / "rot-0", make_trainer) == 5 and recipe.train.batch_size == 5
+    recipe.train.batch_size, examples = 8, 1
+    with pytest.raises(BatchLargerThanData, match="larger than the 1 training examples"):
+        _rotation_trainer(recipe, tmp_path / "rot-1", make_trainer)
+
+
 def test_seen_classes_from_a_recipe_are_named_as_its_captions_name_them(tmp_path: Path) -> None:
     """An adapter saved before it recorded its seen classes: the run's recipe.yaml, mapped through label_text."""
     from anyalign.zeroshot.protocols import recorded_zeroshot

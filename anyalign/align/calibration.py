@@ -23,7 +23,7 @@ from ..adapter import CONFIG_NAME
 from ..io import read_json, write_json
 from ..metrics.gzsl import tune_calibration_rotated
 from .config import DataSource, Recipe
-from .launch import TrainingError
+from .launch import BatchLargerThanData
 
 logger = logging.getLogger(__name__)
 
@@ -110,17 +110,14 @@ def _check_disjoint(trainer: Any) -> None:
 def _rotation_trainer(recipe: Recipe, out: Path, make_trainer: Any) -> Any:
     """A trainer for one rotation; with fewer training examples than the batch (a class held out of a small data
     set), the batch shrinks to what there is."""
-    import re
-
     try:
         return make_trainer(recipe, output_dir=out)
-    except TrainingError as e:
-        small = re.search(r"larger than the (\d+) training examples", str(e))
-        if not small or int(small.group(1)) < 2:
+    except BatchLargerThanData as e:
+        if e.examples < 2:
             raise
-        logger.warning("calibration rotation %s: batch size %d -> %s (fewer training examples without the held-out "
-                       "classes)", out.name, recipe.train.batch_size, small.group(1))
-        recipe.train.batch_size = int(small.group(1))
+        logger.warning("calibration rotation %s: batch size %d -> %d (fewer training examples without the held-out "
+                       "classes)", out.name, recipe.train.batch_size, e.examples)
+        recipe.train.batch_size = e.examples
         return make_trainer(recipe, output_dir=out)
 
 

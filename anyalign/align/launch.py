@@ -20,6 +20,14 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, inconsistent resume); the message says what to do."""
 
 
+class BatchLargerThanData(TrainingError):
+    """`train.batch_size` exceeds the `examples` the training data holds (calibration rotations shrink the batch)."""
+
+    def __init__(self, batch_size: int, examples: int) -> None:
+        super().__init__(f"train.batch_size={batch_size} is larger than the {examples} training examples; lower it")
+        self.examples = examples
+
+
 def launcher_settings(recipe: Recipe) -> None:
     """Fill the recipe's unset `train.mixed_precision` / `train.grad_accum` from the launcher (`accelerate launch
     --mixed_precision bf16 --gradient_accumulation_steps 4`, or `accelerate config`, which set ACCELERATE_* variables);

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from .config import Recipe
 from .data import Batch, Collator, EpochSampler, PairedDataset
-from .launch import TrainingError
+from .launch import BatchLargerThanData, TrainingError
 from .model import AlignmentModel
 from .stream import FeatureStream, choose_mode, prefetched
 from .text_cache import table_for_anchor
@@ -78,8 +78,7 @@ def build_run_data(recipe: Recipe, model: AlignmentModel, accelerator: Any) -> R
         return RunData(mode, stream, stream.loader(), eval_sets, collate_fns, stream=stream)
     train_set = PairedDataset(recipe.data.train, media, seed=recipe.seed, train=True, loaders=loaders)
     if len(train_set) < t.batch_size:
-        raise TrainingError(f"train.batch_size={t.batch_size} is larger than the {len(train_set)} training examples; "
-                            f"lower it")
+        raise BatchLargerThanData(t.batch_size, len(train_set))
     sampler = EpochSampler(len(train_set), seed=recipe.seed)
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
                         collate_fn=Collator(collate_fns, train_set.labels), num_workers=t.num_workers,
