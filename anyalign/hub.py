@@ -1,16 +1,14 @@
 """Where weights and artifacts come from, recorded so that an artifact travels (`portable_source`: an asset's Hub id
 or `asset:<name>`, `./path` inside the artifact, else an absolute path) and found again (`local_source`, with the
-`ANYALIGN_WEIGHTS="RECORDED=PATH"` override); artifacts from the Hub (`resolve_artifact`), upload and model card."""
+`ANYALIGN_WEIGHTS="RECORDED=PATH"` override) and artifacts from the Hub (`resolve_artifact`); uploads live in
+`adapter/portable.py`."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-import shutil
-from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from .assets import ASSETS, Asset, assets_root
 
@@ -161,88 +159,5 @@ def resolve_artifact(name_or_path: str | os.PathLike, *, marker: str, what: str,
     return folder
 
 
-def stage_folder(src: str | os.PathLike, dest: str | os.PathLike, files: Iterable[str]) -> Path:
-    """Copy the named files of `src` (those present) into a fresh `dest` for an upload; returns `dest`."""
-    src, dest = Path(src), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in files:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dest / name)
-    return dest
-
-
-def model_card(config: Mapping[str, Any], *, repo_id: str | None = None, evaluation: Mapping[str, Any] | None = None,
-               recipe: Mapping[str, Any] | None = None) -> str:
-    """A Hub model card (README.md) for a saved adapter: what it reads, the space it was aligned to, what it was
-    trained on (from the run's recipe) and its measured numbers (from the run's eval.json), with chance levels."""
-    modality = config.get("modality", "?")
-    enc = config.get("encoder") or {}
-    space = config.get("space") or {}
-    title = repo_id or f"anyalign {modality} adapter"
-    from huggingface_hub import ModelCardData
-
-    tags = ["anyalign", "multimodal", "adapter", str(modality)] + [str(m) for m in space]
-    bases = [s.get("pretrained") for s in space.values() if s.get("pretrained") and is_hub_id(str(s["pretrained"]))]
-    front = ["---", ModelCardData(library_name="anyalign", tags=list(dict.fromkeys(tags)),
-                                  base_model=list(dict.fromkeys(bases)) or None).to_yaml(), "---"]
-    body = [f"# {title}", "",
-            f"An anyalign adapter that embeds **{modality}** inputs into a shared space.", "",
-            "## What it is", "",
-            f"- frozen encoder: `{enc.get('name')}`" + (f" (weights `{enc.get('pretrained')}`)"
-                                                       if enc.get("pretrained") else " (weights saved here)"
-                                                       if config.get("train_encoder") else ""),
-            f"- projector: `{(config.get('embed_projector') or {}).get('name', 'identity')}` -> "
-            f"{config.get('embed_dim')}-d, L2-normalised"]
-    for m, s in space.items():
-        body.append(f"- aligned to the `{m}` side: `{s.get('name')}`"
-                    + (f" (`{s.get('pretrained')}`)" if s.get("pretrained") else ""))
-    if config.get("llm"):
-        body.append(f"- LLM soft tokens for `{config['llm'].get('name_or_path')}`")
-    if recipe:
-        body += ["", "## Training", ""]
-        data = recipe.get("data") or {}
-        for part in ("train", "validation", "eval"):
-            for s in data.get(part) or []:
-                path = s.get("path") if isinstance(s, Mapping) else s
-                body.append(f"- {part}: `{Path(str(path)).name}`"
-                            + (f" ({s.get('kind')})" if isinstance(s, Mapping) and s.get("kind") else ""))
-        train = recipe.get("train") or {}
-        if train:
-            body.append(f"- {train.get('max_steps')} steps, batch {train.get('batch_size')}, lr {train.get('lr')}")
-    body += ["", "## Evaluation", ""]
-    if evaluation:
-        body += ["Measured by anyalign at the end of training on the run's held-out data (see the recipe for the "
-                 "split); `chance` rows give the chance level of the metric beside them.", "",
-                 "| metric | value |", "| --- | --- |"]
-        body += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()
-                 if k.startswith("eval/") or k == "step"]
-    else:
-        body.append("No evaluation was saved with this adapter.")
-    body += ["", "## Use", "", "```python", "from anyalign import ModalityAdapter", "",
-             f'adapter = ModalityAdapter.from_pretrained("{repo_id or "PATH"}")',
-             "vectors = adapter.embed_inputs(inputs)  # [N, E], L2-normalised", "```", "",
-             "Command line: `anyalign search --adapter " + (repo_id or "PATH") + " ...`; as a sentence-transformers "
-             "model: `anyalign export st " + (repo_id or "PATH") + " -o st-model`.", ""]
-    return "\n".join(front + body)
-
-
-def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
-                branch: str | None = None, commit_message: str = "Upload anyalign adapter") -> str:
-    """Create the Hub repo `repo_id` if needed and upload `folder` to it (`HfApi.create_repo` + `upload_folder`);
-    returns the commit URL. Needs network and a token (`hf auth login` or `token=`)."""
-    if hub_offline():
-        raise RuntimeError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set")
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if branch:
-        api.create_branch(repo_id, branch=branch, exist_ok=True)
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", revision=branch,
-                             commit_message=commit_message)
-    return str(getattr(info, "commit_url", info))
-
-
 __all__ = ["ASSET_SCHEME", "OVERRIDE_ENV", "asset_for_id", "asset_for_path", "hub_offline", "is_hub_id",
-           "local_source", "model_card", "portable_source", "push_folder", "rebase_source", "resolve_artifact",
-           "stage_folder"]
+           "local_source", "portable_source", "rebase_source", "resolve_artifact"]

@@ -14,10 +14,10 @@ import yaml
 from test_portable import populate_hub_cache
 
 from anyalign.adapter import CONFIG_NAME, WEIGHTS_NAME, ModalityAdapter, build_adapter
+from anyalign.adapter.portable import model_card, push_folder
 from anyalign.cli.main import main
 from anyalign.embedder import Embedder
 from anyalign.encoders.spec import EncoderSpec
-from anyalign.hub import model_card, push_folder
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 OLD, NEW = "1" * 40, "2" * 40
