@@ -99,7 +99,7 @@ def fill_text_table(recipe: Recipe, model: AlignmentModel, data: RunData, accele
     with accelerator.main_process_first():  # the main process encodes, the others then find everything stored
         added = table.add(sorted(texts), progress=accelerator.is_local_main_process and len(texts) > 10_000)
     if added:
-        logger.info("text anchor: %d new caption embeddings in %s", added, table.path)
+        logger.info("text anchor: %d new caption embeddings in %s", added, table.folder)
     model.text_tables["text"] = table
 
 

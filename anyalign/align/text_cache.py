@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..encoders.spec import EncoderSpec
-from ..io import cache_dir
+from ..io import cache_dir, write_json
 
 _FORMAT = 2
 #: rows encoded between two writes (bounds memory while adding millions of captions)
@@ -60,7 +60,7 @@ class TextEmbeddingTable:
 
     def __init__(self, folder: str | os.PathLike, encode: Callable[[list[str]], torch.Tensor], *,
                  batch_size: int = 256) -> None:
-        self.folder = self.path = Path(folder)
+        self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.encode, self.batch_size = encode, batch_size
         self.dim: int | None = None
@@ -262,10 +262,7 @@ class TextEmbeddingTable:
 def table_for_anchor(spec: EncoderSpec, encoder: Any, *, root: str | os.PathLike | None = None,
                      batch_size: int = 256) -> TextEmbeddingTable:
     """The table of one frozen text anchor (`spec`: its encoder spec; `encoder(texts).pooled`)."""
-    from ..io import write_json
-
     folder = (Path(root) if root is not None else text_cache_root()) / anchor_fingerprint(spec)
-    folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "anchor.json").is_file():
         write_json(folder / "anchor.json", spec.to_dict())
 
