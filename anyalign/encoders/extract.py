@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..features import MANIFEST, SHARD_PATTERN, FeatureWriter, write_manifest
 from ..io import check_not_input, is_artifact, read_json, write_json
 from .base import Encoder, EncoderOutput
-from .inputs import Item, SafeDecode, discover_inputs, load_item
+from .inputs import Item, SafeDecode, discover_inputs, failure_reason, load_item
 from .resume import drop_changed, input_fingerprint
 from .spec import EncoderSpec
 
@@ -78,10 +78,6 @@ class _Batch:
         return self
 
 
-def _reason(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"
-
-
 class _Collate:
     """Collate the decoded items of a batch in the worker, falling back to one item at a time on error."""
 
@@ -98,13 +94,13 @@ class _Collate:
             return _Batch(indices, [([i for i, _ in good], self.encoder.collate([x for _, x in good]))], failed)
         except Exception as e:  # noqa: BLE001 - find the items responsible, keep the rest
             if len(good) == 1:
-                return _Batch(indices, [], sorted([*failed, (good[0][0], _reason(e))]))
+                return _Batch(indices, [], sorted([*failed, (good[0][0], failure_reason(e))]))
         groups = []
         for i, x in good:
             try:
                 groups.append(([i], self.encoder.collate([x])))
             except Exception as e:  # noqa: BLE001
-                failed.append((i, _reason(e)))
+                failed.append((i, failure_reason(e)))
         return _Batch(indices, groups, sorted(failed), isolated=True)
 
 
@@ -282,7 +278,7 @@ def _run(encoder: Encoder, items: list[Item], chunks: dict[int, list[int]], todo
                     except Exception as e:  # noqa: BLE001 - only a lone item that broke its batch is skipped
                         if not batch.isolated:
                             raise
-                        shard.fail(items[ok[0]], _reason(e))
+                        shard.fail(items[ok[0]], failure_reason(e))
                         continue
                     shard.add([items[i].key for i in ok], out, [items[i].meta for i in ok])
                 shard.remaining -= len(batch.indices)

@@ -100,6 +100,11 @@ def discover_inputs(source: str | os.PathLike, encoder: Any) -> list[Item]:
     return items
 
 
+def failure_reason(e: BaseException) -> str:
+    """How a failed input is worded in failure lists: `"Type: message"`."""
+    return f"{type(e).__name__}: {e}"
+
+
 class SafeDecode(Dataset):
     """`load(values[i])` per item, returned as `(i, decoded, None)` or `(i, None, "reason")`, so a long run never dies
     on one corrupt file: the caller counts and lists the failures."""
@@ -117,4 +122,4 @@ class SafeDecode(Dataset):
         try:
             return i, self.load(self.values[i]), None
         except self.errors as e:
-            return i, None, self.describe(i, e) if self.describe is not None else f"{type(e).__name__}: {e}"
+            return i, None, self.describe(i, e) if self.describe is not None else failure_reason(e)
