@@ -55,7 +55,7 @@ def row_record(row: dict[str, Any], base: Path, where: str, default_key: str,
 
 @register_data_kind("jsonl")
 def read_jsonl(path: Path, *, modalities: Sequence[str] = ()) -> list[Record]:
-    """One JSON object per line (see the module docstring); a line that is not one becomes an error record."""
+    """One JSON object per line (fields: README, "Data formats"); a line that is not one becomes an error record."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: jsonl file not found")
     try:

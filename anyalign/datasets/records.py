@@ -50,7 +50,7 @@ class BrokenInput:
 
 @dataclass
 class Record:
-    """One sample of any dataset (see the module docstring); `error` marks a row that could not be read."""
+    """One sample of any dataset (fields: README, "Data formats"); `error` marks a row that could not be read."""
 
     key: str
     media: dict[str, list[Any]] = field(default_factory=dict)  # modality (or "path": untyped) -> raw inputs
