@@ -1,4 +1,4 @@
-"""Encoder registry and the `create_encoder` factory (timm / open_clip style)."""
+"""Encoder registry: name -> factory, its listing facts and its options dataclass (`create_encoder`: `spec.py`)."""
 
 from __future__ import annotations
 
