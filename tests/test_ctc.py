@@ -17,7 +17,7 @@ import torch
 from anyalign.adapter import AdapterConfig, ModalityAdapter
 from anyalign.encoders.spec import EncoderSpec
 from anyalign.projectors import create_projector
-from anyalign.projectors.ctc import normalize_text
+from anyalign.projectors.spelling import normalize_text
 from tests._retrieval_helpers import WORDS, tiny_bert
 
 LETTERS = " abcdefghijklmnopqrstuvwxyz"

@@ -189,4 +189,5 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     return str(getattr(info, "commit_url", info))
 
 
-__all__ = ["push_adapter_folder", "stage_adapter"]
+__all__ = ["import_plugins", "model_card", "portable_fields", "push_adapter_folder", "push_folder", "stage_adapter",
+           "stage_folder"]

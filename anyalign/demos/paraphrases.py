@@ -217,7 +217,6 @@ def write_paraphrases(path: str | os.PathLike, sources: Mapping[str, Sequence[st
     return path
 
 
-
 #: how much nearer (cosine) a rewrite must be to its own class than to any other class to be kept
 DEFAULT_MARGIN = 0.05
 

@@ -40,7 +40,6 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
         yield n, row
 
 
-
 @dataclass(frozen=True)
 class Utterance:
     """One text to speak: its label (e.g. the command word), an answer (spoken questions) and takes per voice."""
