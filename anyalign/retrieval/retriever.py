@@ -20,7 +20,7 @@ import numpy as np
 
 from .autoindex import parse_memory
 from .index import invalid_rows
-from .index_safety import check_k
+from .index_safety import CONFIG_NAME, check_k
 from .metadata import DEFAULT_MEMORY_BUDGET, row_dict
 from .results import SMALL_GATHER, SearchResult, SearchResults
 from .shards import open_parts, search_parts
@@ -38,9 +38,8 @@ class Retriever:
         `device`: torch device for query embedders; `use_gpu`: search on GPUs (default: when faiss has them);
         `metadata_memory`: RAM budget (bytes or '1G') per part for its metadata rows in memory (0: SQLite only)."""
         from ..hub import resolve_artifact
-        from .index_safety import CONFIG_NAME as INDEX_CONFIG
 
-        self.index_dir = resolve_artifact(index_dir, marker=INDEX_CONFIG, what="index")  # a folder or a Hub id
+        self.index_dir = resolve_artifact(index_dir, marker=CONFIG_NAME, what="index")  # a folder or a Hub id
         self.config, self.parts = open_parts(self.index_dir, use_gpu=use_gpu)
         self._ntotal = sum(int(p.index.ntotal) for p in self.parts)  # the parts are opened read-only
         budget = parse_memory(metadata_memory) or 0
