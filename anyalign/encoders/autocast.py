@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import cache_dir
+from ..io import cache_dir, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,7 @@ def _cpu_bf16_is_faster() -> bool:
     if key not in cached:
         cached[key] = probe_cpu_bf16()
         try:
-            from ..io import write_json
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, cached)
+            write_json(path, cached)  # makes the cache folder
         except OSError:  # a read-only cache folder: probe again next time
             pass
         logger.info("bf16 autocast probe on %s: %.2fx fp32", key, cached[key])
