@@ -169,21 +169,20 @@ def save_run_checkpoint(state_io: Any, output_dir: Path, recipe: Recipe, data: R
 
 def resume_run(state_io: Any, output_dir: Path, recipe: Recipe, data: RunData) -> int:
     """Load the newest intact checkpoint of `output_dir` into the run; returns its step (0: none, start afresh)."""
-    acc = state_io
     listed = list_checkpoints(output_dir)
     if not listed:
         logger.info("--resume: no checkpoint in %s, starting from scratch", output_dir)
         return 0
     state0 = read_state(listed[-1])
     need = None  # every rank's RNG state must be there when the process count is unchanged
-    if state0.get("world_size") == acc.num_processes:
-        need = [f"random_states_{r}.pkl" for r in range(acc.num_processes)]
+    if state0.get("world_size") == state_io.num_processes:
+        need = [f"random_states_{r}.pkl" for r in range(state_io.num_processes)]
     ckpt, bad = latest_good_checkpoint(output_dir, need=need)
-    acc.wait_for_everyone()  # every rank has chosen before damaged ones are moved aside
-    if acc.is_main_process:
+    state_io.wait_for_everyone()  # every rank has chosen before damaged ones are moved aside
+    if state_io.is_main_process:
         for path, _ in bad:
             logger.warning("moved the damaged checkpoint %s to %s", path, set_aside(path))
-    acc.wait_for_everyone()
+    state_io.wait_for_everyone()
     if ckpt is None:
         problems = "; ".join(f"{p.name}: {why}" for p, why in bad)
         raise TrainingError(f"--resume: no intact checkpoint in {checkpoint_dir(output_dir)} ({problems}); start "
@@ -193,15 +192,14 @@ def resume_run(state_io: Any, output_dir: Path, recipe: Recipe, data: RunData) -
                        ", ".join(p.name for p, _ in bad))
     state = read_state(ckpt)
     step = int(state["step"])
-    expect = expected_state(recipe, acc, data, step)
-    expect.pop("stream", None)
+    expect = expected_state(recipe, state_io, data, step)
+    now = expect.pop("stream", None)
     diff = {k: (state.get(k), v) for k, v in expect.items() if state.get(k, "map") != v}
-    if data.stream is not None and "stream" in state:
-        now = data.stream.state(step * recipe.train.grad_accum)
+    if now is not None and "stream" in state:
         diff.update({f"stream.{k}": (state["stream"].get(k), v) for k, v in now.items()
                      if state["stream"].get(k) != v})
-    if not (ckpt / f"random_states_{acc.process_index}.pkl").is_file():
-        diff["rng_state"] = ("missing", f"rank {acc.process_index}")
+    if not (ckpt / f"random_states_{state_io.process_index}.pkl").is_file():
+        diff["rng_state"] = ("missing", f"rank {state_io.process_index}")
     if diff:
         logger.warning("%s was written with different settings %s (saved, now): resume will not be exact", ckpt, diff)
     try:
