@@ -18,7 +18,8 @@ from ..config import to_dict
 from ..encoders import Encoder, EncoderOutput, masked_mean
 from ..encoders.spec import EncoderSpec
 from ..io import load_weights, save_weights, write_json
-from ..projectors import Projector, ProjectorOutput, create_projector
+from ..projectors import Projector, ProjectorOutput
+from ..projectors.base import projector_from_spec
 from ..projectors.heard import reads_transcript
 from ..projectors.shared import SHARED_DIR, load_shared_projector, save_shared_projector
 from ..version import FORMAT_VERSION, __version__
@@ -34,8 +35,7 @@ HEAD_ATTRS = {"embed_projector": "embed_head", "llm_projector": "llm_head"}  # c
 def _build_head(spec: dict[str, Any] | None, in_dim: int, out_dim: int | None) -> Projector | None:
     if spec is None or out_dim is None:
         return None
-    opts = {k: v for k, v in spec.items() if k not in ("name", "in_dim", "out_dim")}
-    return create_projector(spec["name"], in_dim=in_dim, out_dim=out_dim, **opts)
+    return projector_from_spec(spec, in_dim=in_dim, out_dim=out_dim)
 
 
 class ModalityAdapter(nn.Module):

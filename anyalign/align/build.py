@@ -62,6 +62,7 @@ def _check_projectors(modality: str, spec: AdapterSpec) -> None:
     """A recipe's projector options against the projector's options dataclass (one-line errors naming the field)."""
     from ..config import ConfigError
     from ..projectors import check_projector_options
+    from ..projectors.base import spec_options
 
     for head in ("embed_projector", "llm_projector"):
         proj = getattr(spec, head)
@@ -70,8 +71,7 @@ def _check_projectors(modality: str, spec: AdapterSpec) -> None:
         where = f"adapters.{modality}.{head}"
         if not isinstance(proj, dict) or not isinstance(proj.get("name"), str):
             raise ConfigError(f"{where}: expected a mapping with a projector name, e.g. {{name: mlp}}, got {proj!r}")
-        opts = {k: v for k, v in proj.items() if k not in ("name", "in_dim", "out_dim")}
-        check_projector_options(proj["name"], opts, source=where)
+        check_projector_options(proj["name"], spec_options(proj), source=where)
 
 
 def build_adapter_from_spec(modality: str, spec: AdapterSpec, *, embed_dim: int | None, llm_dim: int | None,

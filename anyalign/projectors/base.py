@@ -108,6 +108,17 @@ def create_projector(name: str, *, in_dim: int, out_dim: int, **config: Any) -> 
     return PROJECTORS.get(name)(in_dim, out_dim, **config)
 
 
+def spec_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """The options of a projector spec (a recipe's or a saved config's mapping), without its name and widths."""
+    return {k: v for k, v in spec.items() if k not in ("name", "in_dim", "out_dim")}
+
+
+def projector_from_spec(spec: dict[str, Any], *, in_dim: int | None = None, out_dim: int | None = None) -> Projector:
+    """Build the projector a spec names; widths from the arguments, else from the spec (a saved projector)."""
+    return create_projector(spec["name"], in_dim=int(spec["in_dim"] if in_dim is None else in_dim),
+                            out_dim=int(spec["out_dim"] if out_dim is None else out_dim), **spec_options(spec))
+
+
 def list_projectors() -> list[str]:
     """Registered projector names."""
     return PROJECTORS.names()

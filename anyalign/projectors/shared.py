@@ -16,7 +16,7 @@ import torch
 from ..fingerprint import file_sha256
 from ..io import load_weights, read_json, save_weights, write_json
 from ..version import __version__
-from .base import Projector, create_projector
+from .base import Projector, projector_from_spec
 
 SHARED_DIR = "_shared"
 SHARED_CONFIG = "anyalign_projector.json"
@@ -66,8 +66,7 @@ def load_shared_state(directory: str | os.PathLike, *, sha256: str | None = None
 def load_shared_projector(directory: str | os.PathLike, *, sha256: str | None = None) -> Projector:
     """Rebuild a saved shared projector, its weights checked against the fingerprint an adapter recorded."""
     spec = read_shared_config(directory)["projector"]
-    opts = {k: v for k, v in spec.items() if k not in ("name", "in_dim", "out_dim")}
-    proj = create_projector(spec["name"], in_dim=int(spec["in_dim"]), out_dim=int(spec["out_dim"]), **opts)
+    proj = projector_from_spec(spec)
     missing, unexpected = proj.load_state_dict(load_shared_state(directory, sha256=sha256), strict=False)
     if missing or unexpected:
         raise ValueError(f"{Path(directory) / SHARED_WEIGHTS}: weights do not match {SHARED_CONFIG} "
