@@ -178,12 +178,12 @@ class LabelledDataset:
 
     def select_folds(self, folds: Iterable[str | int]) -> LabelledDataset:
         """Only the items of the given folds (classes keep their order and ids)."""
-        wanted = [str(f) for f in folds]
-        if not self.folds:
+        wanted, present = [str(f) for f in folds], self.folds  # `folds` scans every item: once
+        if not present:
             raise ValueError(f"{self.root}: the {self.layout} layout has no folds; drop --fold")
-        unknown = [f for f in wanted if f not in self.folds]
+        unknown = [f for f in wanted if f not in present]
         if unknown:
-            raise ValueError(f"{self.root}: no fold {', '.join(unknown)} (folds: {', '.join(self.folds)})")
+            raise ValueError(f"{self.root}: no fold {', '.join(unknown)} (folds: {', '.join(present)})")
         return replace(self, items=[it for it in self.items if it.fold in wanted])
 
 
