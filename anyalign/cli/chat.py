@@ -180,4 +180,3 @@ def transcribe_cmd(
     if report["wer"] is not None:
         typer.echo(f"WER {report['wer']:.4f} over {report['n_scored']} of {report['n']} clips "
                    f"({report['reference_words']} reference words; Whisper's English normaliser)")
-
