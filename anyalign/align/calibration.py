@@ -23,6 +23,8 @@ from ..adapter import CONFIG_NAME
 from ..io import read_json, write_json
 from ..metrics.gzsl import tune_calibration_rotated
 from .config import DataSource, Recipe
+from .data import Collator
+from .evaluate import class_embeddings
 from .launch import BatchLargerThanData
 
 logger = logging.getLogger(__name__)
@@ -74,9 +76,6 @@ def _rotation_scores(trainer: Any, modality: str, prompts: dict[str, list[str]])
                                                                                         list[str]]:
     """`[N, C]` cosine scores of the validation items (the trainer's eval sets) against every seen class's prompts,
     their class ids and the class order."""
-    from .data import Collator
-    from .evaluate import class_embeddings
-
     model = trainer.unwrapped.eval()
     classes = sorted(prompts)
     embs, ys = [], []
