@@ -36,9 +36,9 @@ def asset_for_path(path: str | os.PathLike) -> Asset | None:
     another machine) any asset cache laid out the same way."""
     p = Path(path).expanduser()
     if p.exists():
-        copies = {a.name: assets_root() / a.path for a in ASSETS.values()}
-        return next((a for a in ASSETS.values() if copies[a.name].exists()
-                     and p.resolve() == copies[a.name].resolve()), None)
+        here, root = p.resolve(), assets_root()
+        return next((a for a in ASSETS.values() if (root / a.path).exists() and (root / a.path).resolve() == here),
+                    None)
     return next((a for a in ASSETS.values() if p.as_posix().endswith("/" + a.path.strip("/"))), None)
 
 
