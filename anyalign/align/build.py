@@ -12,11 +12,14 @@ from typing import Any
 import torch
 
 from ..adapter import HEAD_ATTRS, WEIGHTS_NAME, AdapterConfig, ModalityAdapter, read_adapter_config
+from ..config import ConfigError
 from ..encoders import Encoder
 from ..encoders.spec import EncoderSpec
+from ..features import read_manifest
 from ..io import load_weights
 from ..language_model import llm_backend
-from ..projectors import Projector
+from ..projectors import Projector, check_projector_options
+from ..projectors.base import spec_options
 from .config import TASK_REGISTRY, AdapterSpec, Recipe
 from .model import AlignmentModel
 from .shared import SharedProjectors
@@ -38,8 +41,6 @@ def _embed_dim(recipe: Recipe, anchors: dict[str, Encoder]) -> int | None:
 def _feature_dims(modality: str, sources: Sequence[Any], encoder: str | None = None) -> tuple[int, int] | None:
     """(token_dim, pooled_dim) when every source with `modality` is cached features; None otherwise. With `encoder`
     (the adapter's encoder name), a source that renames the features' modality must have them from that encoder."""
-    from ..features import read_manifest
-
     manifests = {s.path: read_manifest(s.path) for s in sources if s.kind == "features"}
     for s in sources:  # a source may rename the features' modality (speech for audio) if the encoder matches
         stored = manifests[s.path].get("modality") if s.kind == "features" else None
@@ -60,10 +61,6 @@ def _feature_dims(modality: str, sources: Sequence[Any], encoder: str | None = N
 
 def _check_projectors(modality: str, spec: AdapterSpec) -> None:
     """A recipe's projector options against the projector's options dataclass (one-line errors naming the field)."""
-    from ..config import ConfigError
-    from ..projectors import check_projector_options
-    from ..projectors.base import spec_options
-
     for head in ("embed_projector", "llm_projector"):
         proj = getattr(spec, head)
         if proj is None or isinstance(proj, str):  # a shared projector: checked once (SharedProjectors)

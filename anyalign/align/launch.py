@@ -10,6 +10,9 @@ from typing import Any
 
 import torch
 
+from ..adapter import CONFIG_NAME
+from ..language_model import llm_backend
+from ..projectors.shared import SHARED_DIR
 from .config import Recipe
 from .model import AlignmentModel
 
@@ -112,10 +115,6 @@ def make_optimizer(model: AlignmentModel, recipe: Recipe, *, sharded: bool = Fal
 def check_run_folder(output_dir: Path) -> None:
     """Refuse a run folder whose `adapters/` or `mllm/` anyalign did not write: a finished run replaces them, and no
     command deletes what it did not write (a folder of saved adapters, `_shared/` parts or an LLM bundle is ours)."""
-    from ..adapter import CONFIG_NAME
-    from ..language_model import llm_backend
-    from ..projectors.shared import SHARED_DIR
-
     adapters, mllm = output_dir / "adapters", output_dir / "mllm"
     if adapters.is_symlink() or adapters.is_file():
         raise TrainingError(f"{adapters}: not a folder of saved adapters; choose another train.output_dir")

@@ -8,6 +8,7 @@ dict, DDP and checkpoints hold just them; frozen encoders, anchors and the LLM l
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from ..adapter import HEAD_ATTRS, ModalityAdapter
 from ..encoders import Encoder, EncoderOutput
 from ..projectors import Projector
+from ..projectors.shared import SHARED_DIR, save_shared_projector
 from .data import Batch, MediaBatch
 from .tasks import LLM_TASKS, LossTerms, Task, TermKey
 
@@ -177,10 +179,6 @@ class AlignmentModel(nn.Module):
     def save_adapters(self, directory: Any, *, is_main_process: bool = True) -> dict[str, str]:
         """`save_pretrained` every adapter into `directory/<modality>`; shared projectors once into
         `directory/_shared/<name>` (projectors/shared.py), referenced by each adapter that uses them."""
-        from pathlib import Path
-
-        from ..projectors.shared import SHARED_DIR, save_shared_projector
-
         if SHARED_DIR in self.adapters:
             raise ValueError(f"modality name {SHARED_DIR!r} is reserved for the shared projectors' folder")
         shared_saved = {name: save_shared_projector(Path(directory) / SHARED_DIR / name, name, proj, users)
