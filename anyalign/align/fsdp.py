@@ -237,11 +237,6 @@ class FSDPStateIO:
                                                                          map_location="cpu", weights_only=True))
 
 
-def state_io(accelerator: Any, fsdp: FSDPState | None, optimizer: Any) -> Any:
-    """What saves and loads a run's checkpoints: the accelerator itself, or its FSDP full-tensor view."""
-    return accelerator if fsdp is None else FSDPStateIO(accelerator, fsdp, optimizer)
-
-
 def shard_model(model: Any, device: torch.device) -> FSDPState:
     """Shard `model` (an AlignmentModel) in place with FSDP2 over all ranks of the default process group."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -296,4 +291,4 @@ def _touch_trainable(module: nn.Module, args: Any, output: Any) -> Any:
     return {**output, key: output[key] + zero.to(output[key].dtype)}
 
 
-__all__ = ["FSDPState", "FSDPStateIO", "decoder_layers", "fsdp_requested", "saved_keys", "shard_model", "state_io"]
+__all__ = ["FSDPState", "FSDPStateIO", "decoder_layers", "fsdp_requested", "saved_keys", "shard_model"]

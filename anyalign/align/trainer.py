@@ -30,7 +30,7 @@ from .captions import captions_used
 from .checkpoint import latest_checkpoint, list_checkpoints, resume_run, save_run_checkpoint
 from .config import Recipe
 from .evaluate import evaluate_model
-from .fsdp import FSDPState, fsdp_requested, shard_model, state_io
+from .fsdp import FSDPState, FSDPStateIO, fsdp_requested, shard_model
 from .launch import TrainingError, check_run_folder, make_accelerator, make_optimizer, make_schedule
 from .metrics_log import MetricsLog, plot_curves
 from .model import AlignmentModel
@@ -91,7 +91,8 @@ class Trainer:
         self.data = build_run_data(recipe, self.model, acc)
         optimizer = make_optimizer(self.model, recipe, sharded=self.fsdp is not None)
         self.optimizer, self.scheduler = self._prepare(optimizer, make_schedule(optimizer, recipe))
-        self.state_io = state_io(acc, self.fsdp, self.optimizer)  # what saves and loads checkpoints
+        # what saves and loads checkpoints: the accelerator, or its FSDP full-tensor view
+        self.state_io = acc if self.fsdp is None else FSDPStateIO(acc, self.fsdp, self.optimizer)
         if "text" in recipe.anchors:
             fill_text_table(recipe, self.unwrapped, self.data, acc)
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl", acc, enabled=acc.is_main_process)
